@@ -1,0 +1,13 @@
+//! certkeeper: a standalone ACME (RFC 8555) client daemon for bare-metal hosts.
+//!
+//! The flow: [`config`] is parsed and validated, the [`scheduler`] decides what is due, the [`acme`]
+//! protocol layer orders certificates, [`challenge`] solvers prove control of each name, the [`store`]
+//! verifies and writes the PEM files, and [`hooks`] reload the servers that read them.
+
+pub mod acme;
+pub mod challenge;
+pub mod config;
+pub mod daemon;
+pub mod hooks;
+pub mod scheduler;
+pub mod store;
