@@ -1,0 +1,280 @@
+//! The order flow for one certificate: account → order → authorizations → challenges → finalize →
+//! download → verify → install.
+//!
+//! Every step that talks to the CA is resumable: the order URL and the new private key are saved in the
+//! state directory before the CA is asked to validate anything, so a process killed at any point
+//! continues the same order on its next start instead of leaving it (and its rate-limit cost) behind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use openssl::pkey::{PKey, Private};
+use tracing::{debug, info, warn};
+
+use crate::acme::{self, AcmeError, Identifier, NewOrder, Poll};
+use crate::challenge::{ChallengeCtx, ChallengeKind, Solver};
+use crate::config::{CertificateConfig, IssuerConfig};
+use crate::store::{self, InstalledPaths, VerifiedCert};
+
+use super::{IssueError, Runtime};
+
+/// What a successful issuance produced.
+#[derive(Debug)]
+pub struct Issued {
+    /// The issuer (config name) that issued the certificate.
+    pub issuer: String,
+    /// The new certificate, as verified before it was installed.
+    pub cert: VerifiedCert,
+    /// Where the files are.
+    pub paths: InstalledPaths,
+}
+
+/// How long one order may take from newOrder to a downloaded certificate before it is given up for
+/// this attempt (it stays resumable).
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Issue (or renew) one certificate, trying its issuers in order.
+///
+/// Falls back to the next issuer when one fails with an error that retrying the same CA soon will not
+/// fix, or when the CA cannot be reached. A failure of every issuer returns the first issuer's error,
+/// since that is the CA the administrator prefers.
+pub async fn issue(
+    rt: &Runtime,
+    cert: &CertificateConfig,
+    replaces: Option<String>,
+) -> Result<Issued, IssueError> {
+    let _lock = rt.state.lock_cert(&cert.name).map_err(IssueError::from_store)?;
+    let mut first_err: Option<IssueError> = None;
+    for (i, issuer_name) in cert.issuers.iter().enumerate() {
+        let Some(issuer) = rt.config.issuers.get(issuer_name) else {
+            return Err(IssueError::permanent(format!("unknown issuer {issuer_name:?}")));
+        };
+        // ARI's `replaces` names a certificate of the same CA; another CA does not know it.
+        let replaces = if i == 0 { replaces.clone() } else { None };
+        match issue_with(rt, cert, issuer, replaces).await {
+            Ok(issued) => return Ok(issued),
+            Err(e) => {
+                let more = i + 1 < cert.issuers.len();
+                if more && e.fall_back {
+                    warn!(cert = %cert.name, issuer = %issuer_name, error = %e, "issuer failed; trying the next one");
+                } else if more {
+                    // A retryable error at a CA that is up: the same CA later is the better bet.
+                    return Err(first_err.unwrap_or(e));
+                }
+                if first_err.is_none() {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| IssueError::permanent("the certificate names no issuer")))
+}
+
+async fn issue_with(
+    rt: &Runtime,
+    cert: &CertificateConfig,
+    issuer: &IssuerConfig,
+    replaces: Option<String>,
+) -> Result<Issued, IssueError> {
+    let account = rt.account(issuer).await?;
+    let mut state = rt.state.load_cert_state(&cert.name).map_err(IssueError::from_store)?;
+
+    // Resume an order left by a previous run (crash, kill -9, shutdown) when it is still usable.
+    let mut resumed = None;
+    if let (Some(url), Some(key_pem)) = (
+        state.order_url.clone().filter(|_| state.issuer.as_deref() == Some(&issuer.name)),
+        rt.state.load_pending_key(&cert.name).map_err(IssueError::from_store)?,
+    ) {
+        match (account.order(&url).await, PKey::private_key_from_pem(&key_pem)) {
+            Ok(order) if order_matches(&order.body.identifiers, &cert.domains) && order.body.status.is_usable() => {
+                info!(cert = %cert.name, order = %url, status = ?order.body.status, "resuming order");
+                resumed = Some((order, key_pem, PKey::private_key_from_pem(&key_pem).ok()));
+            }
+            Ok(order) => debug!(cert = %cert.name, order = %url, status = ?order.body.status, "previous order not usable"),
+            Err(e) => debug!(cert = %cert.name, order = %url, error = %e, "previous order not found"),
+        }
+        let _ = PKey::private_key_from_pem(&key_pem);
+    }
+
+    let (mut order, key) = match resumed {
+        Some((order, _pem, Some(key))) => (order, key),
+        _ => {
+            let key = new_cert_key(rt, cert)?;
+            let key_pem = key.private_key_to_pem_pkcs8().map_err(|e| IssueError::internal(format!("encoding the new key: {e}")))?;
+            // The key is on disk before the CA knows the order, so a resumed order finalizes with it.
+            rt.state.save_pending_key(&cert.name, &key_pem).map_err(IssueError::from_store)?;
+            let req = NewOrder {
+                identifiers: cert.domains.iter().map(|d| Identifier::from_name(d)).collect(),
+                profile: cert.profile.clone(),
+                replaces,
+            };
+            let order = account.new_order(&req).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+            state.order_url = Some(order.url.clone());
+            state.issuer = Some(issuer.name.clone());
+            rt.state.save_cert_state(&cert.name, &state).map_err(IssueError::from_store)?;
+            info!(cert = %cert.name, issuer = %issuer.name, order = %order.url, "order created");
+            (order, key)
+        }
+    };
+
+    let deadline = tokio::time::Instant::now() + ORDER_TIMEOUT;
+    let poll = Poll::until(deadline);
+
+    if order.body.status == acme::OrderStatus::Pending {
+        solve_authorizations(rt, &account, cert, issuer, &order.body.authorizations).await?;
+        order = account.poll_order(&order.url, &poll).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+    }
+    if order.body.status == acme::OrderStatus::Ready {
+        let csr = acme::build_csr(&key, &cert.domains).map_err(|e| IssueError::internal(format!("building the CSR: {e}")))?;
+        order = account.finalize(&order, &csr).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+    }
+    if order.body.status == acme::OrderStatus::Processing || order.body.status == acme::OrderStatus::Ready {
+        order = account.poll_order(&order.url, &poll).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+    }
+    if order.body.status != acme::OrderStatus::Valid {
+        let detail = order.body.error.as_ref().map(|p| format!(": {p}")).unwrap_or_default();
+        return Err(IssueError::retryable(format!(
+            "the order {} ended as {:?}{detail}",
+            order.url, order.body.status
+        )));
+    }
+    let Some(cert_url) = order.body.certificate.clone() else {
+        return Err(IssueError::retryable(format!("the CA marked order {} valid but gave no certificate URL", order.url)));
+    };
+    let chain = account
+        .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
+        .await
+        .map_err(|e| IssueError::from_acme(e, issuer))?;
+
+    let key_pem = key.private_key_to_pem_pkcs8().map_err(|e| IssueError::internal(format!("encoding the key: {e}")))?;
+    let verified = store::verify_pair(&key_pem, chain.pem.as_bytes(), &cert.domains, None)
+        .map_err(|e| IssueError::retryable(format!("the CA's certificate was rejected, nothing was written: {e}")))?;
+    let spec = rt.output_spec(cert)?;
+    let paths = store::install(&spec, &key_pem, chain.pem.as_bytes(), &verified).map_err(IssueError::from_store)?;
+
+    state.order_url = None;
+    rt.state.save_cert_state(&cert.name, &state).map_err(IssueError::from_store)?;
+    rt.state.remove_pending_key(&cert.name).map_err(IssueError::from_store)?;
+    info!(cert = %cert.name, issuer = %issuer.name, serial = %verified.serial_hex, not_after = %verified.not_after, "certificate installed");
+    Ok(Issued { issuer: issuer.name.clone(), cert: verified, paths })
+}
+
+/// The private key for a new order: the live key again when `key_reuse` is set and its type still
+/// matches, otherwise a fresh one from the OS RNG.
+fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>, IssueError> {
+    if cert.key_reuse {
+        let spec = rt.output_spec(cert)?;
+        if let Ok(Some(live)) = store::read_installed(&spec) {
+            if let Ok(key) = PKey::private_key_from_pem(&live.key_pem) {
+                if acme::KeyType::of(&key) == Some(cert.key) {
+                    return Ok(key);
+                }
+            }
+        }
+    }
+    cert.key.generate().map_err(|e| IssueError::internal(format!("generating a {} key: {e}", cert.key)))
+}
+
+fn order_matches(ids: &[Identifier], domains: &[String]) -> bool {
+    let mut a: Vec<String> = ids.iter().map(|i| i.as_name()).collect();
+    let mut b: Vec<String> = domains.to_vec();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// Solve every pending authorization of an order concurrently. Cleanup runs for every challenge that
+/// was presented, whatever happened.
+async fn solve_authorizations(
+    rt: &Runtime,
+    account: &acme::Account,
+    cert: &CertificateConfig,
+    issuer: &IssuerConfig,
+    authz_urls: &[String],
+) -> Result<(), IssueError> {
+    let results = join_all(authz_urls.iter().map(|url| solve_one(rt, account, cert, issuer, url))).await;
+    // Report the first failure, but only after every authorization finished and cleaned up.
+    results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+}
+
+async fn solve_one(
+    rt: &Runtime,
+    account: &acme::Account,
+    cert: &CertificateConfig,
+    issuer: &IssuerConfig,
+    url: &str,
+) -> Result<(), IssueError> {
+    let authz = account.authorization(url).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+    match authz.status {
+        acme::AuthzStatus::Valid => return Ok(()),
+        acme::AuthzStatus::Pending => {}
+        other => {
+            return Err(IssueError::retryable(format!(
+                "authorization for {} is {:?}{}",
+                authz.identifier.value,
+                other,
+                authz.failure().map(|p| format!(": {p}")).unwrap_or_default()
+            )));
+        }
+    }
+    let name = authz.identifier.value.clone();
+    let (solver, kind) = rt.solver_for(issuer, &name, authz.wildcard, authz.identifier.is_ip())?;
+    let Some(challenge) = authz.challenges.iter().find(|c| ChallengeKind::parse(&c.kind) == Some(kind)) else {
+        let offered: Vec<&str> = authz.challenges.iter().map(|c| c.kind.as_str()).collect();
+        return Err(IssueError::permanent(format!(
+            "the CA offers {} for {name}, not {kind} which the solver for this name uses: configure a solver of an offered type",
+            offered.join(", ")
+        )));
+    };
+    let ctx = ChallengeCtx {
+        cert_name: cert.name.clone(),
+        identifier: name.clone(),
+        is_ip: authz.identifier.is_ip(),
+        wildcard: authz.wildcard,
+        kind,
+        token: challenge.token.clone(),
+        key_authorization: account.key_authorization(&challenge.token),
+    };
+    let result = present_and_validate(account, issuer, solver.as_ref(), &ctx, &challenge.url, url).await;
+    // Cleanup gets its own time; the order's failure must not leave a TXT record or token behind.
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(60), solver.cleanup(&ctx)).await.unwrap_or_else(|_| {
+        Err(crate::challenge::SolveError::retryable(format!("cleanup for {name} timed out")))
+    }) {
+        warn!(cert = %cert.name, identifier = %name, error = %e, "challenge cleanup failed");
+    }
+    result
+}
+
+async fn present_and_validate(
+    account: &acme::Account,
+    issuer: &IssuerConfig,
+    solver: &dyn Solver,
+    ctx: &ChallengeCtx,
+    challenge_url: &str,
+    authz_url: &str,
+) -> Result<(), IssueError> {
+    solver.present(ctx).await.map_err(IssueError::from_solve)?;
+    solver.wait(ctx).await.map_err(IssueError::from_solve)?;
+    account.respond(challenge_url).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+    let poll = Poll::until(tokio::time::Instant::now() + ORDER_TIMEOUT);
+    let authz = account.poll_authorization(authz_url, &poll).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+    if authz.status == acme::AuthzStatus::Valid {
+        debug!(cert = %ctx.cert_name, identifier = %ctx.identifier, "authorization valid");
+        return Ok(());
+    }
+    let problem = authz.failure().cloned();
+    Err(match problem {
+        Some(p) => IssueError::from_acme(AcmeError::Problem(Box::new(p)), issuer),
+        None => IssueError::retryable(format!(
+            "the CA did not validate {} ({:?}) and gave no reason",
+            ctx.identifier, authz.status
+        )),
+    })
+}
+
+#[allow(dead_code)]
+fn _assert_send(rt: &Arc<Runtime>, cert: &CertificateConfig) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(issue(rt, cert, None));
+}
