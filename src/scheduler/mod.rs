@@ -10,6 +10,23 @@
 //! - [`due`]: combines all of the above into a [`Due`] with a plain-words [`DueReason`];
 //! - [`config_fingerprint`]: detects config changes that need a new certificate;
 //! - [`Timers`]: the daemon's per-certificate deadlines.
+//!
+//! # Wiring (for the daemon)
+//!
+//! For each certificate, on start, reload, ARI fetch and after every attempt:
+//! 1. `fp = config_fingerprint(..)` of the current config; `fingerprint_changed` = `fp` differs
+//!    from the fingerprint stored with the installed certificate;
+//! 2. `retry = persisted_retry.for_config(&fp)`: a permanent failure under an older config is
+//!    lifted, otherwise the backoff state is kept (a config change does not bypass backoff, so a
+//!    still-broken config can't hammer the CA);
+//! 3. `let d = due(&facts, Timestamp::now(), &mut stable_rng(name, salt))`, with the salt taken
+//!    from the installed serial and the ARI window, so re-evaluating gives the same time;
+//! 4. `match d.wake_at() { Some(at) => timers.set(name, at), None => timers.remove(name) }`; show
+//!    `d.to_string()` in `certkeeper status`;
+//! 5. after an attempt: `retry.on_failure(now, retry_after, permanent, msg, rng)` or
+//!    `retry.on_success()`, persist, and go back to 3.
+//!
+//! The event loop sleeps for `timers.sleep_for(now)` and works on `timers.pop_due(now)`.
 
 mod backoff;
 mod policy;

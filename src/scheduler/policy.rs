@@ -837,6 +837,107 @@ mod tests {
     }
 
     #[test]
+    fn due_missing_or_changed_respects_pending_backoff() {
+        let now = ts("2026-02-01T00:00:00Z");
+        let mut rng = StdRng::seed_from_u64(4);
+        let retry = RetryState::default()
+            .for_config("fp-1")
+            .on_failure(now, None, false, "dns timeout", &mut rng)
+            .on_failure(now, None, false, "dns timeout", &mut rng)
+            .on_failure(now, None, false, "dns timeout", &mut rng);
+        let pending = retry
+            .next_retry
+            .expect("transient failure schedules a retry");
+        assert!(pending > now);
+        for facts in [
+            CertFacts {
+                retry: retry.clone(),
+                ..CertFacts::default()
+            },
+            CertFacts {
+                retry: retry.clone(),
+                fingerprint_changed: true,
+                ..facts_90()
+            },
+        ] {
+            let d = due(&facts, now, &mut rng);
+            assert_eq!(d.at, pending);
+            assert_eq!(
+                d.reason,
+                DueReason::Retry {
+                    attempt: 3,
+                    error: "dns timeout".into()
+                }
+            );
+            assert!(!d.is_due(now) && d.is_due(pending));
+        }
+    }
+
+    #[test]
+    fn due_stopped_until_config_fingerprint_changes() {
+        let now = ts("2026-02-01T00:00:00Z");
+        let mut rng = StdRng::seed_from_u64(4);
+        let stopped = RetryState::default().for_config("fp-1").on_failure(
+            now,
+            None,
+            true,
+            "CAA forbids this CA",
+            &mut rng,
+        );
+        let facts = |retry: RetryState| CertFacts {
+            retry,
+            ..CertFacts::default()
+        };
+        let d = due(&facts(stopped.clone().for_config("fp-1")), now, &mut rng);
+        assert_eq!(
+            d.reason,
+            DueReason::Stopped {
+                error: "CAA forbids this CA".into()
+            }
+        );
+        let d = due(&facts(stopped.for_config("fp-2")), now, &mut rng);
+        assert_eq!(
+            d,
+            Due {
+                at: now,
+                reason: DueReason::Missing
+            }
+        );
+    }
+
+    proptest::proptest! {
+        /// For any certificate and any renew_before: the point keeps a third of the lifetime, is
+        /// past the 1/10 floor, and the jittered due time is never after the point nor before now.
+        #[test]
+        fn renewal_point_bounds(
+            start in 1_600_000_000i64..2_000_000_000,
+            lifetime_secs in 3_600i64..(10 * 365 * DAY),
+            renew_before in proptest::option::of(0u64..(20 * 365 * 86_400)),
+            now_offset in 0i64..(10 * 365 * DAY),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let nb = Timestamp::from_second(start).expect("in range");
+            let l = SignedDuration::from_secs(lifetime_secs);
+            let na = add_sat(nb, l);
+            let p = renewal_point(nb, na, renew_before.map(Duration::from_secs));
+            proptest::prop_assert!(p <= add_sat(nb, l * 2 / 3));
+            proptest::prop_assert!(p >= add_sat(nb, l / 10));
+            proptest::prop_assert!(p < na);
+
+            let now = add_sat(nb, SignedDuration::from_secs(now_offset));
+            let facts = CertFacts {
+                installed: Some((nb, na)),
+                renew_before: renew_before.map(Duration::from_secs),
+                ..CertFacts::default()
+            };
+            let d = due(&facts, now, &mut StdRng::seed_from_u64(seed));
+            proptest::prop_assert!(d.at >= now);
+            proptest::prop_assert!(d.at <= p.max(now));
+            proptest::prop_assert!(d.at >= add_sat(p, -max_jitter(nb, na)).max(now));
+        }
+    }
+
+    #[test]
     fn display_texts() {
         let now = ts("2026-12-01T09:13:00Z");
         assert_eq!(
