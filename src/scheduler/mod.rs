@@ -1,1 +1,220 @@
-//! (being written)
+//! Renewal scheduling policy: when each certificate is due, and why.
+//!
+//! Pure code with an injected clock (`now`) and random source, wired into the daemon by the
+//! caller:
+//! - [`renewal_point`]: the default renewal time (30 days before Not After, but always while at
+//!   least a third of the lifetime remains, never before a tenth of it has passed);
+//! - [`jitter_earlier`], [`ari_renewal_time`], [`ari_refetch_at`]: jitter and RFC 9773 ARI;
+//! - [`RetryState`]: persisted failure backoff (1 min … 6 h, CA Retry-After honoured, permanent
+//!   errors stop until the config changes);
+//! - [`due`]: combines all of the above into a [`Due`] with a plain-words [`DueReason`];
+//! - [`config_fingerprint`]: detects config changes that need a new certificate;
+//! - [`Timers`]: the daemon's per-certificate deadlines.
+//!
+//! # Wiring (for the daemon)
+//!
+//! For each certificate, on start, reload, ARI fetch and after every attempt:
+//! 1. `fp = config_fingerprint(..)` of the current config; `fingerprint_changed` = `fp` differs
+//!    from the fingerprint stored with the installed certificate;
+//! 2. `retry = persisted_retry.for_config(&fp)`: a permanent failure under an older config is
+//!    lifted, otherwise the backoff state is kept (a config change does not bypass backoff, so a
+//!    still-broken config can't hammer the CA);
+//! 3. `let d = due(&facts, Timestamp::now(), &mut stable_rng(name, salt))`, with the salt taken
+//!    from the installed serial and the ARI window, so re-evaluating gives the same time;
+//! 4. `match d.wake_at() { Some(at) => timers.set(name, at), None => timers.remove(name) }`; show
+//!    `d.to_string()` in `certkeeper status`;
+//! 5. after an attempt: `retry.on_failure(now, retry_after, permanent, msg, rng)` or
+//!    `retry.on_success()`, persist, and go back to 3.
+//!
+//! The event loop sleeps for `timers.sleep_for(now)` and works on `timers.pop_due(now)`.
+
+mod backoff;
+mod policy;
+mod timers;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+pub use backoff::{BACKOFF_SCHEDULE, MIN_RETRY_DELAY, RetryState, backoff_delay, expiry_cap};
+pub use policy::{
+    ARI_REFETCH_DEFAULT, ARI_REFETCH_MAX, ARI_REFETCH_MIN, CertFacts, DEFAULT_RENEW_BEFORE, Due,
+    DueReason, MAX_JITTER, ari_refetch_at, ari_renewal_time, due, jitter_earlier, max_jitter,
+    renewal_point,
+};
+pub use timers::Timers;
+
+/// A stable fingerprint of the certificate settings that require a new certificate when changed.
+///
+/// SHA-256 (lowercase hex) over a versioned, length-prefixed encoding of:
+/// - `domains`: lowercased, sorted and de-duplicated, so order and case don't matter;
+/// - `key_type`: the configured key type string (e.g. `ecdsa-p256`);
+/// - `issuers`: in order, since the first issuer is the one that issues;
+/// - `profile`: the ACME profile, if any.
+///
+/// Store it with the certificate; a different value for the current config means
+/// [`CertFacts::fingerprint_changed`].
+pub fn config_fingerprint<D, I>(
+    domains: &[D],
+    key_type: &str,
+    issuers: &[I],
+    profile: Option<&str>,
+) -> String
+where
+    D: AsRef<str>,
+    I: AsRef<str>,
+{
+    let mut names: Vec<String> = domains
+        .iter()
+        .map(|d| d.as_ref().trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    names.sort();
+    names.dedup();
+
+    let mut buf = Vec::new();
+    let mut field = |tag: &[u8], value: &[u8]| {
+        buf.extend_from_slice(tag);
+        buf.extend_from_slice(&(value.len() as u64).to_be_bytes());
+        buf.extend_from_slice(value);
+    };
+    field(b"v", b"certkeeper-config-fingerprint-1");
+    for n in &names {
+        field(b"d", n.as_bytes());
+    }
+    field(b"k", key_type.as_bytes());
+    for i in issuers {
+        field(b"i", i.as_ref().as_bytes());
+    }
+    match profile {
+        Some(p) => field(b"p", p.as_bytes()),
+        None => field(b"n", b""),
+    }
+    openssl::sha::sha256(&buf)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A random source seeded from a certificate name and a salt, for reproducible jitter.
+///
+/// Seeding with, e.g., the installed certificate's serial or the ARI window bounds gives the same
+/// renewal time on every re-evaluation and across restarts, so a reload does not re-roll the dice
+/// (RFC 9773 lets a client keep its pick until the window changes), while different certificates
+/// still spread out.
+pub fn stable_rng(cert_name: &str, salt: &[u8]) -> StdRng {
+    let mut input = Vec::with_capacity(cert_name.len() + salt.len() + 9);
+    input.extend_from_slice(&(cert_name.len() as u64).to_be_bytes());
+    input.extend_from_slice(cert_name.as_bytes());
+    input.extend_from_slice(salt);
+    StdRng::from_seed(openssl::sha::sha256(&input))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    fn fp(domains: &[&str], key: &str, issuers: &[&str], profile: Option<&str>) -> String {
+        config_fingerprint(domains, key, issuers, profile)
+    }
+
+    #[test]
+    fn fingerprint_is_stable_hex_sha256() {
+        let a = fp(&["example.com"], "ecdsa-p256", &["le"], None);
+        assert_eq!(a.len(), 64);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(a, fp(&["example.com"], "ecdsa-p256", &["le"], None));
+    }
+
+    #[test]
+    fn fingerprint_ignores_domain_order_case_and_duplicates() {
+        let a = fp(&["a.example", "b.example"], "rsa-2048", &["le"], None);
+        assert_eq!(
+            a,
+            fp(&["b.example", "a.example"], "rsa-2048", &["le"], None)
+        );
+        assert_eq!(
+            a,
+            fp(
+                &["B.example.", "a.example", "a.example"],
+                "rsa-2048",
+                &["le"],
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn fingerprint_changes_with_each_input() {
+        let base = fp(
+            &["a.example"],
+            "ecdsa-p256",
+            &["le", "zerossl"],
+            Some("tlsserver"),
+        );
+        let variants = [
+            fp(
+                &["a.example", "b.example"],
+                "ecdsa-p256",
+                &["le", "zerossl"],
+                Some("tlsserver"),
+            ),
+            fp(
+                &["c.example"],
+                "ecdsa-p256",
+                &["le", "zerossl"],
+                Some("tlsserver"),
+            ),
+            fp(
+                &["a.example"],
+                "ecdsa-p384",
+                &["le", "zerossl"],
+                Some("tlsserver"),
+            ),
+            fp(
+                &["a.example"],
+                "ecdsa-p256",
+                &["zerossl", "le"],
+                Some("tlsserver"),
+            ),
+            fp(&["a.example"], "ecdsa-p256", &["le"], Some("tlsserver")),
+            fp(
+                &["a.example"],
+                "ecdsa-p256",
+                &["le", "zerossl"],
+                Some("shortlived"),
+            ),
+            fp(&["a.example"], "ecdsa-p256", &["le", "zerossl"], None),
+            // Field boundaries are unambiguous: a domain can't masquerade as a key type.
+            fp(
+                &["a.exampleecdsa-p256"],
+                "",
+                &["le", "zerossl"],
+                Some("tlsserver"),
+            ),
+            fp(
+                &["a.example"],
+                "ecdsa-p256",
+                &["lezerossl"],
+                Some("tlsserver"),
+            ),
+            fp(&["a.example"], "ecdsa-p256", &["le", "zerossl"], Some("")),
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(&base, v, "variant {i} collides");
+        }
+    }
+
+    #[test]
+    fn stable_rng_is_reproducible_per_name_and_salt() {
+        let a: u64 = stable_rng("www", b"serial-1").random();
+        let b: u64 = stable_rng("www", b"serial-1").random();
+        let c: u64 = stable_rng("www", b"serial-2").random();
+        let d: u64 = stable_rng("api", b"serial-1").random();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+    }
+}
