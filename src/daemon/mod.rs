@@ -2,6 +2,8 @@
 //! renewal pass over the configured certificates, and the daemon loop.
 
 pub mod issue;
+pub mod pass;
+pub mod run;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -178,7 +180,7 @@ impl Runtime {
         }
         let solver: Arc<dyn Solver> = match &chosen.kind {
             SolverKind::Http01 { self_check } => Arc::new(Http01Solver::new(self.tokens.clone(), *self_check)),
-            SolverKind::Webroot { path } => Arc::new(crate::challenge::http01::WebrootSolver::new(path.clone())),
+            SolverKind::Webroot { path } => Arc::new(crate::challenge::webroot::WebrootSolver::new(path.clone())),
             SolverKind::Dns01 { provider, propagation } => {
                 let p = provider.build().map_err(|e| IssueError::permanent(format!("issuer {}: {e}", issuer.name)))?;
                 Arc::new(Dns01Solver::new(p, propagation.clone()))

@@ -1,0 +1,139 @@
+//! HTTP-01 through a directory another web server already serves (`webroot`).
+//!
+//! For hosts where certkeeper's own listener cannot be used: the token file is written to
+//! `<path>/.well-known/acme-challenge/<token>` and the existing server (nginx `root`, Apache
+//! `DocumentRoot`) answers the CA. The file is removed after validation, whatever the outcome.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
+
+/// Writes HTTP-01 responses as files under a web server's document root.
+#[derive(Debug, Clone)]
+pub struct WebrootSolver {
+    root: PathBuf,
+}
+
+impl WebrootSolver {
+    /// A solver writing under `root` (the directory that holds `.well-known/`).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    fn challenge_dir(&self) -> PathBuf {
+        self.root.join(".well-known").join("acme-challenge")
+    }
+
+    /// The file that answers `token`, after checking the token cannot escape the directory.
+    fn token_path(&self, token: &str) -> Result<PathBuf, SolveError> {
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(SolveError::permanent(format!(
+                "the CA sent a challenge token with characters outside base64url ({token:?}); refusing to write it"
+            )));
+        }
+        Ok(self.challenge_dir().join(token))
+    }
+}
+
+fn create_dir_world_readable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    // The web server usually runs as another user: the path must be traversable and readable.
+    let mut perms = std::fs::metadata(dir)?.permissions();
+    if perms.mode() & 0o005 != 0o005 {
+        perms.set_mode(perms.mode() | 0o755);
+        std::fs::set_permissions(dir, perms)?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Solver for WebrootSolver {
+    fn kind(&self) -> ChallengeKind {
+        ChallengeKind::Http01
+    }
+
+    async fn present(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        let path = self.token_path(&ch.token)?;
+        let dir = self.challenge_dir();
+        let body = ch.key_authorization.clone();
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            create_dir_world_readable(&root.join(".well-known"))?;
+            create_dir_world_readable(&dir)?;
+            let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("token")));
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+            f.write_all(body.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| SolveError::retryable(format!("webroot: writing the token was interrupted: {e}")))?
+        .map_err(|e| {
+            SolveError::permanent(format!(
+                "webroot: cannot write the HTTP-01 token under {}: {e} (the directory must exist and be writable by certkeeper)",
+                self.root.display()
+            ))
+        })
+    }
+
+    async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        let path = self.token_path(&ch.token)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SolveError::retryable(format!("webroot: cannot remove {}: {e}", path.display()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(token: &str) -> ChallengeCtx {
+        ChallengeCtx {
+            cert_name: "www".into(),
+            identifier: "example.com".into(),
+            is_ip: false,
+            wildcard: false,
+            kind: ChallengeKind::Http01,
+            token: token.into(),
+            key_authorization: format!("{token}.thumbprint"),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_then_removes_the_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let solver = WebrootSolver::new(dir.path().to_path_buf());
+        let ch = ctx("abc_DEF-123");
+        solver.present(&ch).await.unwrap();
+        let file = dir.path().join(".well-known/acme-challenge/abc_DEF-123");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "abc_DEF-123.thumbprint");
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o644);
+        solver.cleanup(&ch).await.unwrap();
+        assert!(!file.exists());
+        // cleanup is idempotent and does not assume present succeeded
+        solver.cleanup(&ch).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refuses_tokens_that_could_escape_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let solver = WebrootSolver::new(dir.path().to_path_buf());
+        let err = solver.present(&ctx("../../etc/passwd")).await.unwrap_err();
+        assert!(err.message.contains("outside base64url"), "{err}");
+        assert!(!err.retryable);
+        assert!(!dir.path().join(".well-known").exists());
+    }
+
+    #[tokio::test]
+    async fn unwritable_root_says_what_to_fix() {
+        let solver = WebrootSolver::new(PathBuf::from("/proc/certkeeper-no-such-dir"));
+        let err = solver.present(&ctx("tok")).await.unwrap_err();
+        assert!(err.message.contains("cannot write the HTTP-01 token under /proc/certkeeper-no-such-dir"), "{err}");
+    }
+}
