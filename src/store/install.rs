@@ -560,7 +560,7 @@ mod tests {
                 .unwrap()
                 .cert
                 .serial_hex,
-            "1"
+            "01"
         );
     }
 
