@@ -419,6 +419,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn background_child_holding_output_does_not_block() {
+        // A hook that starts a daemon which keeps stdout open must still return promptly.
+        let start = Instant::now();
+        let out = run_reloads(
+            &[req("a", &["a.test"], &["sleep 4 & echo hi"])],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            start.elapsed() < Duration::from_millis(3500),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            out[0].status,
+            HookStatus::Ok {
+                output: "hi\n".into()
+            }
+        );
+    }
+
+    #[tokio::test]
     async fn nothing_to_run() {
         assert!(
             run_reloads(&[req("a", &["a.test"], &[])], Duration::from_secs(1))

@@ -10,6 +10,7 @@
 //! has a time limit.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,6 +31,11 @@ pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Challenge requests have no body; anything larger than this is refused.
 const BODY_LIMIT: usize = 1024;
+/// Default cap on open connections per listener (slow clients cannot exhaust file descriptors).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default cap on a connection's lifetime: axum sets no header-read timeout, so a client sending
+/// headers byte by byte (slowloris) is cut off here. A CA's validation request takes well under a second.
+pub const DEFAULT_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// What is served for one token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +206,8 @@ pub enum Http01Error {
 pub struct Http01Server {
     listeners: Vec<std::net::TcpListener>,
     tokens: TokenStore,
+    max_connections: usize,
+    connection_lifetime: Duration,
 }
 
 impl Http01Server {
@@ -228,7 +236,20 @@ impl Http01Server {
                 })?;
             listeners.push(l);
         }
-        Ok(Self { listeners, tokens })
+        Ok(Self {
+            listeners,
+            tokens,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            connection_lifetime: DEFAULT_CONNECTION_LIFETIME,
+        })
+    }
+
+    /// Change the per-listener connection cap and the longest a connection may stay open
+    /// (defaults [`DEFAULT_MAX_CONNECTIONS`], [`DEFAULT_CONNECTION_LIFETIME`]).
+    pub fn with_connection_limits(mut self, max_connections: usize, lifetime: Duration) -> Self {
+        self.max_connections = max_connections.max(1);
+        self.connection_lifetime = lifetime;
+        self
     }
 
     /// The bound addresses (with the real port when port 0 was asked for).
@@ -254,6 +275,11 @@ impl Http01Server {
             })?;
             let listener = tokio::net::TcpListener::from_std(l)
                 .map_err(|source| Http01Error::Serve { addr, source })?;
+            let listener = LimitedListener {
+                inner: listener,
+                permits: Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
+                lifetime: self.connection_lifetime,
+            };
             let app = app.clone();
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
@@ -267,6 +293,102 @@ impl Http01Server {
             }));
         }
         Ok(tasks)
+    }
+}
+
+/// A TCP listener that caps open connections and their lifetime.
+struct LimitedListener {
+    inner: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+    lifetime: Duration,
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // Wait for a free slot before accepting; the kernel backlog holds the rest.
+        let permit = loop {
+            match self.permits.clone().acquire_owned().await {
+                Ok(p) => break p,
+                // The semaphore is never closed; if it were, serve without a cap rather than spin.
+                Err(_) => {
+                    self.permits = Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONNECTIONS))
+                }
+            }
+        };
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let conn = LimitedConn {
+            inner: io,
+            deadline: Box::pin(tokio::time::sleep(self.lifetime)),
+            _permit: permit,
+        };
+        (conn, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that fails its reads and writes once its lifetime is over.
+struct LimitedConn {
+    inner: tokio::net::TcpStream,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl LimitedConn {
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn lifetime_over() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "HTTP-01 connection lifetime exceeded",
+    )
+}
+
+impl tokio::io::AsyncRead for LimitedConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LimitedConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -536,6 +658,50 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.text().await.unwrap(), "good.thumbprint");
+    }
+
+    #[tokio::test]
+    async fn slow_clients_are_cut_off_and_connections_capped() {
+        let tokens = TokenStore::new();
+        Http01Solver::new(tokens.clone(), false)
+            .present(&ctx("example.com", "good"))
+            .await
+            .unwrap();
+        let server = Http01Server::bind(&["127.0.0.1:0".parse().unwrap()], tokens)
+            .unwrap()
+            .with_connection_limits(1, Duration::from_millis(300));
+        let addr = server.local_addrs()[0];
+        let stop = CancellationToken::new();
+        let _t = server.serve(stop.clone()).unwrap();
+        // A slowloris client holding the only slot is disconnected at the lifetime...
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: exa")
+            .await
+            .unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .ok();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        // ...and the slot is free again for a real request.
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            reqwest::Client::new()
+                .get(url(addr, "good"))
+                .header("host", "example.com")
+                .send(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        stop.cancel();
     }
 
     #[tokio::test]
