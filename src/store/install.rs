@@ -358,8 +358,9 @@ fn file_name(p: &Path) -> String {
 /// Read what is live in `spec.dir`: `Ok(None)` when nothing is installed.
 ///
 /// Reads through `.live` when present (the files must all exist, the key must match the leaf, the
-/// chain must be signed in order, and `fullchain.pem` must equal `cert.pem` + `chain.pem`), otherwise
-/// a pair of regular files written by another tool. Anything incomplete or mismatched is
+/// chain must be signed in order, `fullchain.pem` must equal `cert.pem` + `chain.pem`, and the four
+/// top-level names must be the symlinks into `.live`, which is what servers read), otherwise a pair
+/// of regular files written by another tool. Anything incomplete or mismatched is
 /// [`StoreError::Torn`]. The certificate may be expired: this reports what is on disk.
 pub fn read_installed(spec: &OutputSpec) -> Result<Option<Installed>, StoreError> {
     let dir = &spec.dir;
@@ -401,6 +402,17 @@ pub fn read_installed(spec: &OutputSpec) -> Result<Option<Installed>, StoreError
             _ => StoreError::io("reading", &p, e),
         })
     };
+    if source_dir != *dir {
+        for f in FILES {
+            let want = Path::new(LIVE).join(f);
+            if !fs::read_link(dir.join(f)).is_ok_and(|t| t == want) {
+                return Err(torn(format!(
+                    "{f} is not the symlink to {} (an install was interrupted)",
+                    want.display()
+                )));
+            }
+        }
+    }
     let key_pem = read("privkey.pem")?;
     let fullchain_pem = read("fullchain.pem")?;
     let parsed = parse_pair(&key_pem, &fullchain_pem).map_err(|e| torn(e.to_string()))?;
@@ -655,6 +667,76 @@ mod tests {
             read_installed(&s).unwrap_err(),
             StoreError::Torn { .. }
         ));
+    }
+
+    #[test]
+    fn interrupted_first_install_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = spec(tmp.path());
+        let pki = Pki::new();
+        let (k, c, v) = issue(&pki, 1);
+        install(&s, &k, &c, &v).unwrap();
+        fs::remove_file(tmp.path().join("cert.pem")).unwrap();
+        let err = read_installed(&s).unwrap_err().to_string();
+        assert!(err.contains("cert.pem is not the symlink"), "{err}");
+        // The next install repairs it.
+        let (k, c, v) = issue(&pki, 2);
+        install(&s, &k, &c, &v).unwrap();
+        assert_eq!(read_installed(&s).unwrap().unwrap().cert.serial_hex, "02");
+    }
+
+    /// Child half of `kill_9_never_leaves_a_torn_pair`: installs new pairs in a loop until killed.
+    #[test]
+    #[ignore = "helper process for kill_9_never_leaves_a_torn_pair"]
+    fn crash_child_install_loop() {
+        let Some(dir) = std::env::var_os("CERTKEEPER_CRASH_DIR") else {
+            return;
+        };
+        let pki = Pki::new();
+        let s = spec(Path::new(&dir));
+        for serial in 100.. {
+            let (k, c, v) = issue(&pki, serial);
+            install(&s, &k, &c, &v).unwrap();
+        }
+    }
+
+    #[test]
+    fn kill_9_never_leaves_a_torn_pair() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = spec(tmp.path());
+        let pki = Pki::new();
+        let (k, c, v) = issue(&pki, 1);
+        install(&s, &k, &c, &v).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 0..12u64 {
+            let mut child = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "store::install::tests::crash_child_install_loop",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("CERTKEEPER_CRASH_DIR", tmp.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(40 + round * 17));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            let got = read_installed(&s).unwrap().expect("a pair stays installed");
+            // What a server reads through the top-level symlinks is a matching pair too.
+            let key = fs::read(tmp.path().join("privkey.pem")).unwrap();
+            let full = fs::read(tmp.path().join("fullchain.pem")).unwrap();
+            let top = parse_pair(&key, &full).unwrap();
+            assert_eq!(top.info.serial_hex, got.cert.serial_hex);
+            seen.insert(got.cert.serial_hex);
+        }
+        assert!(
+            seen.len() > 1,
+            "the child never got to install anything: {seen:?}"
+        );
     }
 
     #[test]
