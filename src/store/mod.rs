@@ -75,6 +75,21 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A state value could not be encoded as JSON.
+    #[error("encoding state for {path}: {source}")]
+    Encode {
+        /// The state file that was to be written.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An account is registered already; its key is not replaced.
+    #[error(
+        "account '{0}' is already registered with its key; refusing to replace the key \
+         (move the account directory aside to register a new account)"
+    )]
+    AccountExists(String),
     /// Another process holds the issuance lock of a certificate.
     #[error(
         "certificate '{name}' is being issued by another certkeeper process (lock {path} is held); \

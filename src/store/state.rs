@@ -172,8 +172,14 @@ impl StateStore {
 
     /// Save an account key. Call this BEFORE registering the key with the CA, so a crash between
     /// the two never strands an account the CA knows and we do not.
+    ///
+    /// Refuses ([`StoreError::AccountExists`]) once the account has a record, so a registered
+    /// account's key is never overwritten by mistake.
     pub fn save_account_key(&self, id: &str, key_pem: &str) -> Result<(), StoreError> {
         let dir = self.account_dir(id)?;
+        if dir.join("account.json").exists() {
+            return Err(StoreError::AccountExists(id.to_string()));
+        }
         make_private_dir(&dir)?;
         atomic_write(
             &dir.join("key.pem"),
@@ -383,6 +389,12 @@ mod tests {
         let acct = s.load_account(&id).unwrap().unwrap();
         assert_eq!(acct.record, Some(rec));
         assert_eq!(acct.key_pem, "-----BEGIN PRIVATE KEY-----\nx\n");
+        let err = s.save_account_key(&id, "other").unwrap_err();
+        assert!(matches!(err, StoreError::AccountExists(_)), "{err}");
+        assert_eq!(
+            s.load_account(&id).unwrap().unwrap().key_pem,
+            "-----BEGIN PRIVATE KEY-----\nx\n"
+        );
     }
 
     #[test]
