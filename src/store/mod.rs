@@ -1,1 +1,131 @@
-//! (being written)
+//! The store: verified, atomic, crash-safe writes of certificate files and daemon state.
+//!
+//! Nothing is ever lost or torn. PEM files are verified as a matching pair before anything on disk is
+//! touched; every file is written to a temporary file in the same directory, fsynced, renamed into
+//! place, and the directory fsynced. A certificate's output directory switches from the old pair to the
+//! new pair with one atomic rename of the `.live` symlink (see [`install`]). State (account keys,
+//! per-certificate JSON, in-flight order keys, issuance locks) lives under `state_dir` (see
+//! [`StateStore`]).
+
+mod atomic;
+mod install;
+mod state;
+mod verify;
+
+use std::path::PathBuf;
+
+pub use atomic::{atomic_write, fsync_dir};
+pub use install::{Installed, InstalledPaths, OutputSpec, install, read_installed};
+pub use state::{AccountRecord, CertLock, CertState, StateStore, StoredAccount, account_id};
+pub use verify::{VerifiedCert, verify_pair};
+
+/// Errors of the store; every message says what happened and, where it helps, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("writing", "creating directory", ...).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configured user name does not exist on this host.
+    #[error("unknown user '{0}' in output.owner: create it or fix the configuration")]
+    UnknownUser(String),
+    /// A configured group name does not exist on this host.
+    #[error("unknown group '{0}' in output.group: create it or fix the configuration")]
+    UnknownGroup(String),
+    /// Looking up a user or group failed at the OS level.
+    #[error("looking up {kind} '{name}': {source}")]
+    Lookup {
+        /// "user" or "group".
+        kind: &'static str,
+        /// The name looked up.
+        name: String,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// The key and certificate chain do not form a valid, matching, currently valid pair.
+    #[error("certificate check failed: {0}")]
+    Verify(String),
+    /// What is live in an output directory is incomplete or does not match.
+    #[error("installed certificate in {dir} is broken: {reason}; the next renewal will replace it")]
+    Torn {
+        /// The output directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A certificate or account name cannot be used as a file name.
+    #[error(
+        "name '{0}' cannot be used as a file name: use letters, digits, '.', '_' or '-', not starting with '.'"
+    )]
+    InvalidName(String),
+    /// A state file exists but cannot be parsed.
+    #[error("state file {path} is corrupt: {source}; move it aside to start that entry afresh")]
+    CorruptState {
+        /// The state file.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A state value could not be encoded as JSON.
+    #[error("encoding state for {path}: {source}")]
+    Encode {
+        /// The state file that was to be written.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An account is registered already; its key is not replaced.
+    #[error(
+        "account '{0}' is already registered with its key; refusing to replace the key \
+         (move the account directory aside to register a new account)"
+    )]
+    AccountExists(String),
+    /// Another process holds the issuance lock of a certificate.
+    #[error(
+        "certificate '{name}' is being issued by another certkeeper process (lock {path} is held); \
+         wait for it to finish"
+    )]
+    Locked {
+        /// The certificate name.
+        name: String,
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// An OpenSSL operation failed while handling keys or certificates.
+    #[error("{context}: {source}")]
+    Openssl {
+        /// What was being done.
+        context: &'static str,
+        /// The OpenSSL error stack.
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn ssl(context: &'static str) -> impl FnOnce(openssl::error::ErrorStack) -> Self {
+        move |source| Self::Openssl { context, source }
+    }
+}

@@ -1,1 +1,733 @@
-//! (being written)
+//! HTTP-01: one long-lived axum listener that answers `/.well-known/acme-challenge/{token}`.
+//!
+//! The [`Http01Solver`] only inserts into and removes from a shared [`TokenStore`]; the listener
+//! ([`Http01Server`]) reads it. Put it behind nginx with
+//! `location /.well-known/acme-challenge/ { proxy_pass http://127.0.0.1:8402; }` or bind port 80 directly.
+//!
+//! Defences, after lego and acme-redirect: only `GET`/`HEAD` of that one path; tokens must be
+//! base64url (`^[A-Za-z0-9_-]{1,255}$`) before any lookup; when the request has a `Host`, it must be the
+//! token's identifier (DNS rebinding guard); request bodies are never read and are capped; each request
+//! has a time limit.
+
+use std::collections::HashMap;
+use std::future::Future as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
+
+/// The path prefix the CA requests (RFC 8555 §8.3).
+pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+/// Longest time one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Challenge requests have no body; anything larger than this is refused.
+const BODY_LIMIT: usize = 1024;
+/// Default cap on open connections per listener (slow clients cannot exhaust file descriptors).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default cap on a connection's lifetime: axum sets no header-read timeout, so a client sending
+/// headers byte by byte (slowloris) is cut off here. A CA's validation request takes well under a second.
+pub const DEFAULT_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// What is served for one token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The response body: the key authorization.
+    pub key_authorization: String,
+    /// The identifier (DNS name or IP) the challenge is for; the request `Host` must match it.
+    pub identifier: String,
+}
+
+/// The tokens currently answered, shared between solver and listener.
+#[derive(Clone, Debug, Default)]
+pub struct TokenStore {
+    inner: Arc<RwLock<HashMap<String, Entry>>>,
+}
+
+impl TokenStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serve `entry` for `token` (replacing an earlier entry for the same token).
+    pub fn insert(&self, token: impl Into<String>, entry: Entry) {
+        let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(token.into(), entry);
+    }
+
+    /// Stop serving `token`; returns what was served.
+    pub fn remove(&self, token: &str) -> Option<Entry> {
+        let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        map.remove(token)
+    }
+
+    /// What is served for `token`.
+    pub fn get(&self, token: &str) -> Option<Entry> {
+        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        map.get(token).cloned()
+    }
+
+    /// How many tokens are being served.
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no token is being served.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The router answering HTTP-01 challenges from `tokens`; everything else is 404.
+pub fn router(tokens: TokenStore) -> Router {
+    Router::new()
+        .route("/.well-known/acme-challenge/{token}", get(serve_token))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(limit_request))
+        .with_state(tokens)
+}
+
+async fn limit_request(req: Request, next: Next) -> Response {
+    let too_big = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > BODY_LIMIT as u64);
+    if too_big {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
+}
+
+async fn serve_token(
+    State(tokens): State<TokenStore>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !valid_token(&token) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let Some(entry) = tokens.get(&token) else {
+        tracing::debug!(token = %token, "HTTP-01 request for an unknown token");
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if let Some(host) = headers.get(header::HOST) {
+        let ok = host
+            .to_str()
+            .is_ok_and(|h| host_matches(h, &entry.identifier));
+        if !ok {
+            tracing::warn!(
+                token = %token, identifier = %entry.identifier, host = ?host,
+                "HTTP-01 request with a Host that is not the challenge's identifier; answered 404"
+            );
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    }
+    tracing::debug!(identifier = %entry.identifier, "served HTTP-01 challenge");
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        entry.key_authorization,
+    )
+        .into_response()
+}
+
+/// True for a base64url token of 1..=255 characters.
+pub fn valid_token(t: &str) -> bool {
+    (1..=255).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether a `Host` header value (with optional port) names `identifier`.
+///
+/// DNS names compare case-insensitively, ignoring a trailing dot; IP identifiers compare as
+/// addresses (`[::1]:80` matches `::1`).
+fn host_matches(host: &str, identifier: &str) -> bool {
+    let host = host.trim();
+    let bare = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, _)) => inside,
+            None => return false,
+        }
+    } else if host.matches(':').count() == 1 {
+        host.split_once(':').map_or(host, |(h, _)| h)
+    } else {
+        host
+    };
+    match identifier.parse::<IpAddr>() {
+        Ok(ip) => bare.parse::<IpAddr>().is_ok_and(|h| h == ip),
+        Err(_) => bare
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(identifier.trim_end_matches('.')),
+    }
+}
+
+/// Errors of the HTTP-01 listener.
+#[derive(Debug, thiserror::Error)]
+pub enum Http01Error {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong and what to do.
+        reason: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bound socket could not be handed to the runtime.
+    #[error("cannot serve on {addr}: {source}")]
+    Serve {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The HTTP-01 listeners, bound but not yet serving.
+#[derive(Debug)]
+pub struct Http01Server {
+    listeners: Vec<std::net::TcpListener>,
+    tokens: TokenStore,
+    max_connections: usize,
+    connection_lifetime: Duration,
+}
+
+impl Http01Server {
+    /// Bind every address first, so a bad address fails before anything is served.
+    pub fn bind(addrs: &[SocketAddr], tokens: TokenStore) -> Result<Self, Http01Error> {
+        let mut listeners = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let l = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| {
+                    let reason = match source.kind() {
+                        std::io::ErrorKind::PermissionDenied => format!(
+                            "permission denied — run as root, give CAP_NET_BIND_SERVICE, or listen on a high \
+                             port behind nginx proxy_pass ({source})"
+                        ),
+                        std::io::ErrorKind::AddrInUse => format!(
+                            "address already in use — another server (nginx?) listens there; proxy \
+                             /.well-known/acme-challenge/ from it to a free port and listen on that ({source})"
+                        ),
+                        std::io::ErrorKind::AddrNotAvailable => {
+                            format!("no such local address on this host — fix http01.listen ({source})")
+                        }
+                        _ => source.to_string(),
+                    };
+                    Http01Error::Bind { addr, reason, source }
+                })?;
+            listeners.push(l);
+        }
+        Ok(Self {
+            listeners,
+            tokens,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            connection_lifetime: DEFAULT_CONNECTION_LIFETIME,
+        })
+    }
+
+    /// Change the per-listener connection cap and the longest a connection may stay open
+    /// (defaults [`DEFAULT_MAX_CONNECTIONS`], [`DEFAULT_CONNECTION_LIFETIME`]).
+    pub fn with_connection_limits(mut self, max_connections: usize, lifetime: Duration) -> Self {
+        self.max_connections = max_connections.max(1);
+        self.connection_lifetime = lifetime;
+        self
+    }
+
+    /// The bound addresses (with the real port when port 0 was asked for).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Start serving on every listener until `shutdown` is cancelled. Must be called inside a
+    /// tokio runtime; returns one task per listener.
+    pub fn serve(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, Http01Error> {
+        let app = router(self.tokens);
+        let mut tasks = Vec::new();
+        for l in self.listeners {
+            let addr = l.local_addr().map_err(|source| Http01Error::Serve {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            let listener = tokio::net::TcpListener::from_std(l)
+                .map_err(|source| Http01Error::Serve { addr, source })?;
+            let listener = LimitedListener {
+                inner: listener,
+                permits: Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
+                lifetime: self.connection_lifetime,
+            };
+            let app = app.clone();
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                tracing::info!(%addr, "HTTP-01 listener started");
+                let r = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(%addr, error = %e, "HTTP-01 listener stopped with an error");
+                }
+            }));
+        }
+        Ok(tasks)
+    }
+}
+
+/// A TCP listener that caps open connections and their lifetime.
+struct LimitedListener {
+    inner: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+    lifetime: Duration,
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // Wait for a free slot before accepting; the kernel backlog holds the rest.
+        let permit = loop {
+            match self.permits.clone().acquire_owned().await {
+                Ok(p) => break p,
+                // The semaphore is never closed; if it were, serve without a cap rather than spin.
+                Err(_) => {
+                    self.permits = Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONNECTIONS))
+                }
+            }
+        };
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let conn = LimitedConn {
+            inner: io,
+            deadline: Box::pin(tokio::time::sleep(self.lifetime)),
+            _permit: permit,
+        };
+        (conn, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that fails its reads and writes once its lifetime is over.
+struct LimitedConn {
+    inner: tokio::net::TcpStream,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl LimitedConn {
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn lifetime_over() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "HTTP-01 connection lifetime exceeded",
+    )
+}
+
+impl tokio::io::AsyncRead for LimitedConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LimitedConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The HTTP-01 solver: publishes key authorizations in the [`TokenStore`] the listener serves.
+#[derive(Clone, Debug)]
+pub struct Http01Solver {
+    /// The store shared with the [`Http01Server`].
+    pub tokens: TokenStore,
+    /// Whether [`Solver::wait`] should fetch `http://<identifier>/.well-known/acme-challenge/<token>`
+    /// itself before the CA is asked to validate. Not implemented yet: `wait` currently returns at
+    /// once whatever this says (the self-check comes in a later issue).
+    pub self_check: bool,
+}
+
+impl Http01Solver {
+    /// A solver publishing into `tokens`.
+    pub fn new(tokens: TokenStore, self_check: bool) -> Self {
+        Self { tokens, self_check }
+    }
+}
+
+#[async_trait::async_trait]
+impl Solver for Http01Solver {
+    fn kind(&self) -> ChallengeKind {
+        ChallengeKind::Http01
+    }
+
+    async fn present(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        if !valid_token(&ch.token) {
+            return Err(SolveError::permanent(format!(
+                "certificate '{}': the CA sent an HTTP-01 token with characters outside base64url for {}",
+                ch.cert_name, ch.identifier
+            )));
+        }
+        self.tokens.insert(
+            ch.token.clone(),
+            Entry {
+                key_authorization: ch.key_authorization.clone(),
+                identifier: ch.identifier.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        self.tokens.remove(&ch.token);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    async fn start(
+        tokens: TokenStore,
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        Vec<tokio::task::JoinHandle<()>>,
+    ) {
+        let server = Http01Server::bind(&["127.0.0.1:0".parse().unwrap()], tokens).unwrap();
+        let addr = server.local_addrs()[0];
+        let stop = CancellationToken::new();
+        let tasks = server.serve(stop.clone()).unwrap();
+        (addr, stop, tasks)
+    }
+
+    fn ctx(identifier: &str, token: &str) -> ChallengeCtx {
+        ChallengeCtx {
+            cert_name: "www".into(),
+            identifier: identifier.into(),
+            is_ip: identifier.parse::<IpAddr>().is_ok(),
+            wildcard: false,
+            kind: ChallengeKind::Http01,
+            token: token.into(),
+            key_authorization: format!("{token}.thumbprint"),
+        }
+    }
+
+    fn url(addr: SocketAddr, token: &str) -> String {
+        format!("http://{addr}{CHALLENGE_PREFIX}{token}")
+    }
+
+    #[tokio::test]
+    async fn serves_presented_key_authorization_until_cleanup() {
+        let tokens = TokenStore::new();
+        let (addr, stop, tasks) = start(tokens.clone()).await;
+        let solver = Http01Solver::new(tokens.clone(), false);
+        let ch = ctx("example.com", "tok_EN-1");
+        solver.present(&ch).await.unwrap();
+        let c = reqwest::Client::new();
+        let r = c
+            .get(url(addr, "tok_EN-1"))
+            .header("host", "Example.COM:80")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/octet-stream");
+        assert_eq!(r.text().await.unwrap(), "tok_EN-1.thumbprint");
+        let r = c
+            .head(url(addr, "tok_EN-1"))
+            .header("host", "example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        solver.cleanup(&ch).await.unwrap();
+        solver.cleanup(&ch).await.unwrap();
+        let r = c
+            .get(url(addr, "tok_EN-1"))
+            .header("host", "example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        stop.cancel();
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn rejects_unknown_bad_wrong_host_and_other_methods() {
+        let tokens = TokenStore::new();
+        let (addr, _stop, _t) = start(tokens.clone()).await;
+        Http01Solver::new(tokens.clone(), false)
+            .present(&ctx("example.com", "good"))
+            .await
+            .unwrap();
+        let c = reqwest::Client::new();
+        assert_eq!(
+            c.get(url(addr, "unknown")).send().await.unwrap().status(),
+            404
+        );
+        assert_eq!(
+            c.get(url(addr, "bad.token")).send().await.unwrap().status(),
+            404
+        );
+        assert_eq!(
+            c.get(url(addr, "bad%2Ftoken"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            c.get(url(addr, &"a".repeat(256)))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            c.get(url(addr, "good"))
+                .header("host", "evil.test")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        let post = c
+            .post(url(addr, "good"))
+            .header("host", "example.com")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            post.status() == 405 || post.status() == 404,
+            "{}",
+            post.status()
+        );
+        assert_eq!(
+            c.get(format!("http://{addr}/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            c.get(format!("http://{addr}/.well-known/acme-challenge/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        // Without a Host override reqwest sends 127.0.0.1:port, which is not example.com.
+        assert_eq!(c.get(url(addr, "good")).send().await.unwrap().status(), 404);
+        assert_eq!(
+            c.get(url(addr, "good"))
+                .header("host", "example.com.")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn ip_identifiers_compare_as_addresses() {
+        assert!(host_matches("[::1]:8080", "::1"));
+        assert!(host_matches("[0:0::1]", "::1"));
+        assert!(host_matches("192.0.2.1:80", "192.0.2.1"));
+        assert!(!host_matches("192.0.2.2", "192.0.2.1"));
+        assert!(!host_matches("[::1", "::1"));
+        assert!(!host_matches("example.com.evil", "example.com"));
+        let tokens = TokenStore::new();
+        let (addr, _stop, _t) = start(tokens.clone()).await;
+        Http01Solver::new(tokens.clone(), false)
+            .present(&ctx("127.0.0.1", "iptok"))
+            .await
+            .unwrap();
+        let r = reqwest::get(url(addr, "iptok")).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(bytes).await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[tokio::test]
+    async fn garbage_and_oversized_requests_get_4xx_and_server_survives() {
+        let tokens = TokenStore::new();
+        let (addr, _stop, _t) = start(tokens.clone()).await;
+        Http01Solver::new(tokens.clone(), false)
+            .present(&ctx("example.com", "good"))
+            .await
+            .unwrap();
+        let garbage = raw(addr, b"\x00\x01GARBAGE \xff\r\n\r\n").await;
+        assert!(garbage.starts_with("HTTP/1.1 4"), "{garbage:?}");
+        let big_header = format!(
+            "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(1 << 20)
+        );
+        let resp = raw(addr, big_header.as_bytes()).await;
+        assert!(
+            resp.is_empty() || resp.starts_with("HTTP/1.1 4"),
+            "{resp:?}"
+        );
+        let body = "b".repeat(64 * 1024);
+        let big_body = format!(
+            "GET {CHALLENGE_PREFIX}good HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let resp = raw(addr, big_body.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 413"), "{resp:?}");
+        let r = reqwest::Client::new()
+            .get(url(addr, "good"))
+            .header("host", "example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "good.thumbprint");
+    }
+
+    #[tokio::test]
+    async fn slow_clients_are_cut_off_and_connections_capped() {
+        let tokens = TokenStore::new();
+        Http01Solver::new(tokens.clone(), false)
+            .present(&ctx("example.com", "good"))
+            .await
+            .unwrap();
+        let server = Http01Server::bind(&["127.0.0.1:0".parse().unwrap()], tokens)
+            .unwrap()
+            .with_connection_limits(1, Duration::from_millis(300));
+        let addr = server.local_addrs()[0];
+        let stop = CancellationToken::new();
+        let _t = server.serve(stop.clone()).unwrap();
+        // A slowloris client holding the only slot is disconnected at the lifetime...
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: exa")
+            .await
+            .unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .ok();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        // ...and the slot is free again for a real request.
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            reqwest::Client::new()
+                .get(url(addr, "good"))
+                .header("host", "example.com")
+                .send(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn bind_errors_are_explained() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = Http01Server::bind(&["127.0.0.1:0".parse().unwrap(), addr], TokenStore::new())
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("cannot listen on {addr}: address already in use")),
+            "{msg}"
+        );
+        let err =
+            Http01Server::bind(&["192.0.2.77:0".parse().unwrap()], TokenStore::new()).unwrap_err();
+        assert!(err.to_string().contains("fix http01.listen"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn present_refuses_bad_tokens() {
+        let s = Http01Solver::new(TokenStore::new(), false);
+        let err = s
+            .present(&ctx("example.com", "../../etc"))
+            .await
+            .unwrap_err();
+        assert!(!err.retryable);
+        assert!(s.tokens.is_empty());
+    }
+}
