@@ -381,3 +381,145 @@ fn zone_covers(zone: &str, name: &str) -> bool {
             .strip_suffix(zone)
             .is_some_and(|rest| rest.ends_with('.'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid main file; cases append to it or replace lines of it.
+    const BASE: &str = r#"state_dir = "/var/lib/certkeeper"
+
+[issuer.le]
+directory = "https://127.0.0.1:14000/dir"
+contact = ["mailto:admin@example.com"]
+
+[[issuer.le.solver]]
+http01 = {}
+
+[[issuer.le.solver]]
+selector = { dns_zones = ["example.com"] }
+dns01 = { provider = "exec", command = "/bin/true" }
+
+[certificate.www]
+issuer = "le"
+domains = ["example.com", "www.example.com"]
+output = { dir = "/etc/nginx/tls/www" }
+"#;
+
+    /// Write `main` (and `(name, text)` includes under `conf.d/`) to a temp dir, load, and return the
+    /// result with the temp dir path replaced by `DIR`.
+    fn load_case(main: &str, includes: &[(&str, &str)]) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        for (name, text) in includes {
+            std::fs::write(dir.path().join("conf.d").join(name), text).unwrap();
+        }
+        let path = dir.path().join("certkeeper.toml");
+        std::fs::write(&path, main).unwrap();
+        load(&path).map_err(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), "DIR")
+        })
+    }
+
+    fn err_of(main: &str, includes: &[(&str, &str)]) -> String {
+        match load_case(main, includes) {
+            Ok(_) => panic!("config unexpectedly valid:\n{main}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn base_is_valid_and_defaults_apply() {
+        let cfg = load_case(BASE, &[]).unwrap();
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/certkeeper"));
+        assert_eq!(
+            cfg.http01.listen,
+            vec!["127.0.0.1:8402".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(cfg.admin.is_none());
+        assert_eq!(
+            cfg.daemon,
+            DaemonConfig {
+                max_concurrent: 8,
+                hook_timeout: Duration::from_secs(60)
+            }
+        );
+        let le = &cfg.issuers["le"];
+        assert_eq!(le.account_key, KeyType::EcdsaP256);
+        assert_eq!(le.solvers.len(), 2);
+        match &le.solvers[1].kind {
+            SolverKind::Dns01 { propagation, .. } => {
+                assert_eq!(*propagation, PropagationConfig::default())
+            }
+            other => panic!("{other:?}"),
+        }
+        let www = &cfg.certificates["www"];
+        assert_eq!(www.issuers, vec!["le"]);
+        assert_eq!(www.key, KeyType::EcdsaP256);
+        assert_eq!(www.renew_before, None);
+        assert_eq!(
+            www.output,
+            OutputConfig {
+                dir: PathBuf::from("/etc/nginx/tls/www"),
+                owner: None,
+                group: None,
+                key_mode: 0o600,
+                cert_mode: 0o644
+            }
+        );
+        assert_eq!(cfg.files.len(), 1);
+    }
+
+    #[test]
+    fn malformed_configs_report_file_line_column_and_key() {
+        let cases: &[(&str, String, &[(&str, &str)], &str)] = &[
+            ("syntax error", BASE.replace("contact = [", "contact = [,"), &[], "DIR/certkeeper.toml:5:12: extra comma in array, expected value"),
+            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `include`, `http01`, `admin`, `daemon`, `issuer`, `certificate`"),
+            ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `solver`"),
+            ("unknown solver key", BASE.replace("http01 = {}", "http01 = { self_chek = true }"), &[], "DIR/certkeeper.toml:8:12: issuer.le.solver[0].http01.self_chek: unknown field `self_chek`, expected `self_check`"),
+            ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`"),
+            ("unknown output key", BASE.replace("tls/www\" }", "tls/www\", mode = \"0640\" }"), &[], "DIR/certkeeper.toml:17:40: certificate.www.output.mode: unknown field `mode`, expected one of `dir`, `owner`, `group`, `key_mode`, `cert_mode`"),
+            ("wrong type", BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = \"example.com\""), &[], "DIR/certkeeper.toml:16:11: certificate.www.domains: invalid type: string \"example.com\", expected a sequence"),
+            ("unknown issuer", BASE.replace("issuer = \"le\"", "issuer = \"le2\""), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"le2\" (defined issuers: le)"),
+            ("issuer list with unknown", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"zerossl\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"zerossl\" (defined issuers: le)"),
+            ("wildcard without dns01", BASE.replace("\"www.example.com\"]", "\"*.other.org\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org needs a dns01 solver: add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"),
+            ("IP with dns01 only", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"192.0.2.1\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: 192.0.2.1 is an IP address and needs an http01 or webroot solver (dns01 cannot prove IP addresses): add [[issuer.le.solver]] with http01 = {} and no selector"),
+            ("no solver covers a name", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"www.other.org\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: no solver of issuer \"le\" covers www.other.org: add a solver whose selector covers it, or one without a selector"),
+            ("unreadable secret file", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_file = \"/nonexistent/eab.key\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:37: issuer.le.eab.hmac_key_file: cannot read secret file /nonexistent/eab.key: No such file or directory (os error 2) (check the path and that certkeeper's user may read it)"),
+            ("missing env secret", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_env = \"CERTKEEPER_TEST_UNSET_EAB\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:36: issuer.le.eab.hmac_key_env: environment variable CERTKEEPER_TEST_UNSET_EAB is not set (or not valid UTF-8): set it in the service environment, e.g. systemd Environment= or EnvironmentFile="),
+            ("secret neither file nor env", BASE.replace("contact =", "eab = { kid = \"k1\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:7: issuer.le.eab: no hmac_key given: set hmac_key_file = \"/path/to/file\" or hmac_key_env = \"VARIABLE\""),
+            ("duplicate domain", BASE.replace("\"www.example.com\"]", "\"WWW.example.com.\", \"www.example.com\"]"), &[], "DIR/certkeeper.toml:16:47: certificate.www.domains[2]: \"www.example.com\" is listed twice: remove one"),
+            ("same output dir", format!("{BASE}\n[certificate.api]\ndomains = [\"api.example.com\"]\noutput = {{ dir = \"/etc/nginx/tls/www\" }}\n"), &[], "DIR/certkeeper.toml:21:18: certificate.api.output.dir: certificate.www (DIR/certkeeper.toml:17:18) already writes to /etc/nginx/tls/www: give each certificate its own output dir"),
+            ("duplicate certificate across includes", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("a.toml", "[certificate.api]\ndomains = [\"api.example.com\"]\noutput = { dir = \"/tls/api\" }\n"), ("b.toml", "\n[certificate.api]\ndomains = [\"api2.example.com\"]\noutput = { dir = \"/tls/api2\" }\n")], "DIR/conf.d/b.toml:2:14: certificate.api: defined twice: here and at DIR/conf.d/a.toml:1:14; rename or remove one"),
+            ("duplicate certificate main and include", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("www.toml", "[certificate.www]\ndomains = [\"x.example.com\"]\noutput = { dir = \"/tls/x\" }\n")], "DIR/conf.d/www.toml:1:14: certificate.www: defined twice: here and at DIR/certkeeper.toml:15:14; rename or remove one"),
+            ("include with top-level key", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("x.toml", "state_dir = \"/x\"\n")], "DIR/conf.d/x.toml:1:1: state_dir: unknown field `state_dir`, expected `issuer` or `certificate` (included files may only define issuer.* and certificate.*)"),
+            ("include of missing file", format!("include = [\"conf.d/none.toml\"]\n{BASE}"), &[], "DIR/certkeeper.toml:1:12: include[0]: DIR/conf.d/none.toml: No such file or directory (os error 2)"),
+            ("bad mode", BASE.replace("tls/www\" }", "tls/www\", key_mode = \"0988\" }"), &[], "DIR/certkeeper.toml:17:51: certificate.www.output.key_mode: \"0988\" is not an octal file mode: write e.g. \"0640\""),
+            ("decimal mode", BASE.replace("tls/www\" }", "tls/www\", key_mode = 640 }"), &[], "DIR/certkeeper.toml:17:51: certificate.www.output.key_mode: 640 is a decimal number: write the mode as an octal string, e.g. \"0640\""),
+            ("bad duration", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nrenew_before = \"30x\""), &[], "DIR/certkeeper.toml:16:16: certificate.www.renew_before: invalid duration \"30x\": failed to parse input in the \"friendly\" duration format: expected to find unit designator suffix (e.g., `years` or `secs`) after parsing integer; use e.g. \"30d\", \"12h\", \"90s\", \"1d 12h\" or \"P30D\""),
+            ("bad hook timeout", format!("{BASE}\n[daemon]\nhook_timeout = \"-5s\"\n"), &[], "DIR/certkeeper.toml:20:16: daemon.hook_timeout: invalid duration \"-5s\": must be greater than zero; use e.g. \"30d\", \"12h\", \"90s\", \"1d 12h\" or \"P30D\""),
+            ("relative output dir", BASE.replace("/etc/nginx/tls/www", "tls/www"), &[], "DIR/certkeeper.toml:17:18: certificate.www.output.dir: must be an absolute path, got \"tls/www\""),
+            ("relative state_dir", BASE.replace("\"/var/lib/certkeeper\"", "\"var/lib/certkeeper\""), &[], "DIR/certkeeper.toml:1:13: state_dir: must be an absolute path, got \"var/lib/certkeeper\""),
+            ("two solver kinds", BASE.replace("http01 = {}", "http01 = {}\nwebroot = { path = \"/var/www\" }"), &[], "DIR/certkeeper.toml:7:1: issuer.le.solver[0]: set exactly one of http01, webroot, dns01 per solver, found http01 and webroot: split them into separate [[...solver]] tables"),
+            ("no solver kind", BASE.replace("http01 = {}", "selector = { dns_zones = [\"a.example\"] }"), &[], "DIR/certkeeper.toml:7:1: issuer.le.solver[0]: no solver kind: set exactly one of http01 = {}, webroot = { path = \"...\" }, dns01 = { provider = \"...\" }"),
+            ("issuer without solvers", "[issuer.le]\ndirectory = \"letsencrypt\"\n".to_string(), &[], "DIR/certkeeper.toml:1:9: issuer.le: no solvers: add [[issuer.le.solver]] with http01 = {} (or webroot = { path = \"...\" }, or dns01 = { provider = \"...\", ... })"),
+            ("certificate without domains", BASE.replace("domains = [\"example.com\", \"www.example.com\"]\n", ""), &[], "DIR/certkeeper.toml:14:14: certificate.www.domains: no domains: list the names, e.g. domains = [\"example.com\", \"www.example.com\"]"),
+            ("bad directory", BASE.replace("https://127.0.0.1:14000/dir", "letsencrypt-prod"), &[], "DIR/certkeeper.toml:4:13: issuer.le.directory: \"letsencrypt-prod\" is neither a known CA (letsencrypt, letsencrypt-staging, zerossl) nor an https:// URL of an ACME directory"),
+            ("bad contact", BASE.replace("mailto:admin@example.com", "admin@example.com"), &[], "DIR/certkeeper.toml:5:12: issuer.le.contact[0]: \"admin@example.com\" must be a mailto: URL, e.g. \"mailto:admin@example.com\""),
+            ("bad key type", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nkey = \"ed25519\""), &[], "DIR/certkeeper.toml:16:7: certificate.www.key: unknown key type \"ed25519\" (expected one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096)"),
+            ("bad listen", format!("{BASE}\n[http01]\nlisten = [\"localhost:80\"]\n"), &[], "DIR/certkeeper.toml:20:11: http01.listen[0]: \"localhost:80\" is not an IP address with a port: write e.g. \"127.0.0.1:8402\" or \"[::1]:8402\""),
+            ("bad domain", BASE.replace("\"www.example.com\"]", "\"www..example.com\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: \"www..example.com\" is not a DNS name: each dot-separated label must have 1 to 63 characters"),
+            ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown variant `exek`, expected `exec`"),
+            ("propagation on http01", BASE.replace("http01 = {}", "http01 = {}\npropagation = { check = false }"), &[], "DIR/certkeeper.toml:9:15: issuer.le.solver[0].propagation: only applies to dns01 solvers: remove it"),
+        ];
+        let mut failures = Vec::new();
+        for (name, main, includes, want) in cases {
+            let got = err_of(main, includes);
+            if got != *want {
+                failures.push(format!("case {name:?}:\n  want: {want}\n  got:  {got}"));
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+}

@@ -208,7 +208,10 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let defined: Vec<&str> = raw_issuers.keys().map(String::as_str).collect();
     let mut certificates = BTreeMap::new();
     let mut dirs: BTreeMap<PathBuf, (String, String)> = BTreeMap::new();
-    for (name, (file, key, raw)) in &raw_certs {
+    // In file order, so a clash is reported at the later definition.
+    let mut ordered: Vec<_> = raw_certs.iter().collect();
+    ordered.sort_by_key(|(_, (file, key, _))| (*file, key.span().start));
+    for (name, (file, key, raw)) in ordered {
         let Some(cert) = certificate(&mut cx, *file, name, key, raw, &defined, &issuers) else {
             continue;
         };
