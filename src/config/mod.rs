@@ -522,4 +522,283 @@ output = { dir = "/etc/nginx/tls/www" }
         }
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     }
+
+    fn http01(zones: &[&str], names: &[&str]) -> SolverConfig {
+        SolverConfig {
+            selector: Selector {
+                dns_zones: zones.iter().map(|s| s.to_string()).collect(),
+                dns_names: names.iter().map(|s| s.to_string()).collect(),
+            },
+            kind: SolverKind::Http01 { self_check: true },
+        }
+    }
+
+    fn dns01(zones: &[&str], names: &[&str], command: &str) -> SolverConfig {
+        SolverConfig {
+            kind: SolverKind::Dns01 {
+                provider: DnsProviderConfig::Exec(crate::challenge::dns01::providers::ExecConfig {
+                    command: command.to_string(),
+                }),
+                propagation: PropagationConfig::default(),
+            },
+            ..http01(zones, names)
+        }
+    }
+
+    #[test]
+    fn solver_selection_follows_cert_manager_precedence() {
+        let issuer = IssuerConfig {
+            name: "le".into(),
+            directory: "https://ca.test/dir".into(),
+            contact: vec![],
+            ca_bundle: None,
+            eab: None,
+            account_key: KeyType::EcdsaP256,
+            solvers: vec![
+                http01(&[], &[]),                                 // 0: fallback
+                dns01(&["example.com"], &[], "zone"),             // 1
+                dns01(&["sub.example.com"], &[], "longer-zone"),  // 2
+                http01(&[], &["exact.sub.example.com"]),          // 3
+                dns01(&[], &["*.wild.example.com"], "wild-name"), // 4
+                dns01(&["example.com"], &[], "zone-dup"),         // 5: loses ties to 1
+                http01(&["ip.test"], &["192.0.2.7"]),             // 6
+            ],
+        };
+        let idx = |id: &str, wildcard: bool| {
+            issuer.solver_for(id, wildcard).map(|s| {
+                issuer
+                    .solvers
+                    .iter()
+                    .position(|x| std::ptr::eq(x, s))
+                    .unwrap()
+            })
+        };
+        let cases: &[(&str, bool, Option<usize>)] = &[
+            ("other.org", false, Some(0)),             // only the fallback matches
+            ("example.com", false, Some(1)),           // zone apex
+            ("www.example.com", false, Some(1)),       // below the zone
+            ("WWW.Example.COM.", false, Some(1)),      // case and trailing dot ignored
+            ("notexample.com", false, Some(0)),        // suffix but not a label boundary
+            ("a.sub.example.com", false, Some(2)),     // longest zone wins
+            ("exact.sub.example.com", false, Some(3)), // exact name beats any zone
+            ("example.com", true, Some(1)),            // wildcard: dns01 only, zone match
+            ("other.org", true, None), // wildcard: the http01 fallback may not answer
+            ("wild.example.com", true, Some(4)), // exact wildcard name beats zone
+            ("wild.example.com", false, Some(1)), // the non-wildcard name is not `*.`
+            ("192.0.2.7", false, Some(6)), // IP exact name
+            ("192.0.2.8", false, Some(0)), // IP: fallback http01, never dns01
+        ];
+        for (id, wildcard, want) in cases {
+            assert_eq!(idx(id, *wildcard), *want, "{id} wildcard={wildcard}");
+        }
+
+        let dns_only = IssuerConfig {
+            solvers: vec![dns01(&[], &[], "any")],
+            ..issuer.clone()
+        };
+        assert!(
+            dns_only.solver_for("192.0.2.1", false).is_none(),
+            "IP addresses never get dns01"
+        );
+        assert!(
+            dns_only.solver_for("x.test", true).is_some(),
+            "a selector-less dns01 solver takes wildcards"
+        );
+    }
+
+    #[test]
+    fn includes_are_sorted_merged_and_listed() {
+        let main = format!("include = [\"conf.d/*.toml\", \"extra.toml\"]\n{BASE}");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("conf.d")).unwrap();
+        std::fs::write(d.join("conf.d/20-b.toml"), "[certificate.b]\nissuer = \"le\"\ndomains = [\"b.example.com\"]\noutput = { dir = \"/tls/b\" }\n").unwrap();
+        std::fs::write(
+            d.join("conf.d/10-a.toml"),
+            "[issuer.other]\ndirectory = \"letsencrypt-staging\"\n[[issuer.other.solver]]\nwebroot = { path = \"www\" }\n\n[certificate.a]\nissuer = [\"other\", \"le\"]\ndomains = [\"a.example.com\"]\noutput = { dir = \"/tls/a\" }\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("conf.d/notes.txt"), "not toml").unwrap();
+        std::fs::write(d.join("extra.toml"), "[certificate.c]\nissuer = \"le\"\ndomains = [\"c.example.com\"]\noutput = { dir = \"/tls/c\" }\n").unwrap();
+        let path = d.join("certkeeper.toml");
+        std::fs::write(&path, main).unwrap();
+
+        let cfg = load(&path).unwrap();
+        assert_eq!(
+            cfg.files,
+            vec![
+                path.clone(),
+                d.join("conf.d/10-a.toml"),
+                d.join("conf.d/20-b.toml"),
+                d.join("extra.toml")
+            ]
+        );
+        assert_eq!(
+            cfg.certificates.keys().collect::<Vec<_>>(),
+            ["a", "b", "c", "www"]
+        );
+        assert_eq!(cfg.certificates["a"].issuers, ["other", "le"]);
+        let other = &cfg.issuers["other"];
+        assert_eq!(
+            other.directory,
+            "https://acme-staging-v02.api.letsencrypt.org/directory"
+        );
+        // Relative paths resolve against the directory of the file that names them.
+        match &other.solvers[0].kind {
+            SolverKind::Webroot { path } => assert_eq!(path, &d.join("conf.d/www")),
+            k => panic!("{k:?}"),
+        }
+        // `www` names no issuer while two are defined.
+        let err = Config::from_str(
+            &format!("include = [\"conf.d/*.toml\"]\n{BASE}").replace("issuer = \"le\"\n", ""),
+            &path,
+        )
+        .unwrap_err()
+        .to_string()
+        .replace(&d.display().to_string(), "DIR");
+        assert_eq!(
+            err,
+            "DIR/certkeeper.toml:15:14: certificate.www: no issuer: set issuer = \"NAME\" or a fallback list [\"A\", \"B\"] (defined issuers: le, other)"
+        );
+    }
+
+    #[test]
+    fn full_config_parses_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("eab.key"), "c2VjcmV0LWhtYWM\n").unwrap();
+        let text = r#"
+state_dir = "/srv/ck"
+[http01]
+listen = ["127.0.0.1:8402", "[::1]:8402"]
+[admin]
+listen = "127.0.0.1:8403"
+[daemon]
+max_concurrent = 3
+hook_timeout = "1m 30s"
+
+[issuer.le]
+directory = "letsencrypt"
+contact = ["mailto:a@example.com", "mailto:b@example.com"]
+ca_bundle = "pebble-ca.pem"
+eab = { kid = "kid-1", hmac_key_file = "eab.key" }
+account_key = "rsa-3072"
+
+[[issuer.le.solver]]
+http01 = { self_check = false }
+
+[[issuer.le.solver]]
+selector = { dns_zones = ["Example.COM."], dns_names = ["x.example.com"] }
+dns01 = { provider = "exec", command = "/usr/local/bin/dns-hook" }
+propagation = { check = false, timeout = "5m", interval = "P0DT10S", nameservers = ["127.0.0.1:5353"] }
+
+[certificate.www]
+issuer = ["le"]
+domains = ["Example.com.", "*.example.com", "192.0.2.1"]
+key = "ecdsa-p384"
+renew_before = "20d 12h"
+profile = "shortlived"
+preferred_chain = "ISRG Root X1"
+key_reuse = true
+output = { dir = "/etc/nginx/tls/www", owner = "root", group = "www-data", key_mode = "0640", cert_mode = 0o444 }
+reload = ["nginx -t && systemctl reload nginx", "true"]
+"#;
+        let cfg = Config::from_str(text, &dir.path().join("main.toml")).unwrap();
+        assert_eq!(cfg.state_dir, PathBuf::from("/srv/ck"));
+        assert_eq!(cfg.http01.listen.len(), 2);
+        assert_eq!(
+            cfg.admin,
+            Some(AdminConfig {
+                listen: "127.0.0.1:8403".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            cfg.daemon,
+            DaemonConfig {
+                max_concurrent: 3,
+                hook_timeout: Duration::from_secs(90)
+            }
+        );
+        let le = &cfg.issuers["le"];
+        assert_eq!(
+            le.directory,
+            "https://acme-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(le.contact.len(), 2);
+        assert_eq!(
+            le.ca_bundle.as_deref(),
+            Some(dir.path().join("pebble-ca.pem").as_path())
+        );
+        let eab = le.eab.as_ref().unwrap();
+        assert_eq!(
+            (eab.kid.as_str(), eab.hmac_key.expose()),
+            ("kid-1", "c2VjcmV0LWhtYWM")
+        );
+        assert!(
+            !format!("{cfg:?}").contains("c2VjcmV0LWhtYWM"),
+            "secret leaked through Debug"
+        );
+        assert_eq!(le.account_key, KeyType::Rsa3072);
+        assert!(matches!(
+            le.solvers[0].kind,
+            SolverKind::Http01 { self_check: false }
+        ));
+        assert_eq!(le.solvers[1].selector.dns_zones, ["example.com"]);
+        match &le.solvers[1].kind {
+            SolverKind::Dns01 { propagation, .. } => assert_eq!(
+                *propagation,
+                PropagationConfig {
+                    check: false,
+                    timeout: Duration::from_secs(300),
+                    interval: Duration::from_secs(10),
+                    nameservers: vec!["127.0.0.1:5353".into()]
+                }
+            ),
+            k => panic!("{k:?}"),
+        }
+        let www = &cfg.certificates["www"];
+        assert_eq!(www.domains, ["example.com", "*.example.com", "192.0.2.1"]);
+        assert_eq!(www.key, KeyType::EcdsaP384);
+        assert_eq!(
+            www.renew_before,
+            Some(Duration::from_secs(20 * 86400 + 12 * 3600))
+        );
+        assert_eq!(www.profile.as_deref(), Some("shortlived"));
+        assert_eq!(www.preferred_chain.as_deref(), Some("ISRG Root X1"));
+        assert!(www.key_reuse);
+        assert_eq!(
+            www.output,
+            OutputConfig {
+                dir: "/etc/nginx/tls/www".into(),
+                owner: Some("root".into()),
+                group: Some("www-data".into()),
+                key_mode: 0o640,
+                cert_mode: 0o444
+            }
+        );
+        assert_eq!(www.reload.len(), 2);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let text = BASE
+            .replace("\"/var/lib/certkeeper\"", "\"rel\"")
+            .replace("/etc/nginx/tls/www", "rel");
+        let err =
+            Config::from_str(&text, Path::new("/etc/certkeeper/certkeeper.toml")).unwrap_err();
+        assert_eq!(err.diagnostics().len(), 2);
+        assert_eq!(
+            err.to_string(),
+            "/etc/certkeeper/certkeeper.toml:1:13: state_dir: must be an absolute path, got \"rel\"\n\
+             /etc/certkeeper/certkeeper.toml:17:18: certificate.www.output.dir: must be an absolute path, got \"rel\""
+        );
+    }
+
+    #[test]
+    fn unreadable_main_file() {
+        let err = load(Path::new("/nonexistent/certkeeper.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/certkeeper.toml: cannot read config file: No such file or directory (os error 2)"
+        );
+    }
 }
