@@ -346,7 +346,7 @@ impl IssuerConfig {
             if (wildcard && !dns01) || (is_ip && dns01) {
                 continue;
             }
-            let rank = if solver.selector.dns_names.iter().any(|n| *n == full) {
+            let rank = if solver.selector.dns_names.contains(&full) {
                 (3, 0)
             } else if let Some(len) = (!is_ip)
                 .then(|| {
@@ -473,7 +473,8 @@ output = { dir = "/etc/nginx/tls/www" }
 
     #[test]
     fn malformed_configs_report_file_line_column_and_key() {
-        let cases: &[(&str, String, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("syntax error", BASE.replace("contact = [", "contact = [,"), &[], "DIR/certkeeper.toml:5:12: extra comma in array, expected value"),
             ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `include`, `http01`, `admin`, `daemon`, `issuer`, `certificate`"),
             ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `solver`"),
@@ -507,10 +508,12 @@ output = { dir = "/etc/nginx/tls/www" }
             ("certificate without domains", BASE.replace("domains = [\"example.com\", \"www.example.com\"]\n", ""), &[], "DIR/certkeeper.toml:14:14: certificate.www.domains: no domains: list the names, e.g. domains = [\"example.com\", \"www.example.com\"]"),
             ("bad directory", BASE.replace("https://127.0.0.1:14000/dir", "letsencrypt-prod"), &[], "DIR/certkeeper.toml:4:13: issuer.le.directory: \"letsencrypt-prod\" is neither a known CA (letsencrypt, letsencrypt-staging, zerossl) nor an https:// URL of an ACME directory"),
             ("bad contact", BASE.replace("mailto:admin@example.com", "admin@example.com"), &[], "DIR/certkeeper.toml:5:12: issuer.le.contact[0]: \"admin@example.com\" must be a mailto: URL, e.g. \"mailto:admin@example.com\""),
-            ("bad key type", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nkey = \"ed25519\""), &[], "DIR/certkeeper.toml:16:7: certificate.www.key: unknown key type \"ed25519\" (expected one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096)"),
+            ("bad key type", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nkey = \"ed25519\""), &[], "DIR/certkeeper.toml:16:7: certificate.www.key: unknown key type \"ed25519\": use one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096"),
             ("bad listen", format!("{BASE}\n[http01]\nlisten = [\"localhost:80\"]\n"), &[], "DIR/certkeeper.toml:20:11: http01.listen[0]: \"localhost:80\" is not an IP address with a port: write e.g. \"127.0.0.1:8402\" or \"[::1]:8402\""),
             ("bad domain", BASE.replace("\"www.example.com\"]", "\"www..example.com\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: \"www..example.com\" is not a DNS name: each dot-separated label must have 1 to 63 characters"),
             ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown variant `exek`, expected `exec`"),
+            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: unknown field `commnd`, expected `command`"),
+            ("duplicate issuer in list", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"le\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: issuer \"le\" is listed twice: remove one"),
             ("propagation on http01", BASE.replace("http01 = {}", "http01 = {}\npropagation = { check = false }"), &[], "DIR/certkeeper.toml:9:15: issuer.le.solver[0].propagation: only applies to dns01 solvers: remove it"),
         ];
         let mut failures = Vec::new();
@@ -799,6 +802,15 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
         assert_eq!(
             err.to_string(),
             "/nonexistent/certkeeper.toml: cannot read config file: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn default_listen_constant_matches_default() {
+        let cfg = Config::from_str(BASE, Path::new("/etc/certkeeper/certkeeper.toml")).unwrap();
+        assert_eq!(
+            cfg.http01.listen,
+            vec![DEFAULT_HTTP01_LISTEN.parse::<SocketAddr>().unwrap()]
         );
     }
 }

@@ -662,8 +662,15 @@ fn certificate(
                     format!("is empty: name at least one issuer (defined issuers: {defined_list})"),
                 );
             }
-            for n in &list.get_ref().0 {
-                if !defined.contains(&n.as_str()) {
+            for (i, n) in list.get_ref().0.iter().enumerate() {
+                if list.get_ref().0[..i].contains(n) {
+                    cx.err(
+                        file,
+                        &list.span(),
+                        format!("{p}.issuer"),
+                        format!("issuer \"{n}\" is listed twice: remove one"),
+                    );
+                } else if !defined.contains(&n.as_str()) {
                     cx.err(
                         file,
                         &list.span(),
