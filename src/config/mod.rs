@@ -813,4 +813,15 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
             vec![DEFAULT_HTTP01_LISTEN.parse::<SocketAddr>().unwrap()]
         );
     }
+
+    #[test]
+    fn relative_paths_resolve_to_absolute_ones() {
+        let text = BASE.replace("http01 = {}", "webroot = { path = \"acme-www\" }");
+        let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
+        let want = std::env::current_dir().unwrap().join("acme-www");
+        match &cfg.issuers["le"].solvers[0].kind {
+            SolverKind::Webroot { path } => assert_eq!(path, &want),
+            k => panic!("{k:?}"),
+        }
+    }
 }

@@ -53,7 +53,9 @@ impl Ctx {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.files[file].dir().join(p)
+            // A main file given as a relative path still yields absolute paths for the daemon.
+            let joined = self.files[file].dir().join(p);
+            std::path::absolute(&joined).unwrap_or(joined)
         }
     }
 }
