@@ -72,9 +72,10 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The dotted key path (`certificate.www.output.dir`, `issuer.le.solver[1].dns01`) of the deepest key
-/// or value at `offset`, if the text parses as TOML.
+/// or value at `offset` (best effort when the text has syntax errors).
 pub(crate) fn key_path_at(text: &str, offset: usize) -> Option<String> {
-    let table = DeTable::parse(text).ok()?;
+    // Recoverable parsing still yields the keys around a syntax error.
+    let (table, _errors) = DeTable::parse_recoverable(text);
     let mut path = Vec::new();
     if walk_table(table.get_ref(), offset, &mut path) {
         Some(render(&path))
