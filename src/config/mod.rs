@@ -1,1 +1,829 @@
-//! (being written)
+//! The configuration: TOML files parsed, merged and validated into owned types.
+//!
+//! [`load`] reads the main file (usually `/etc/certkeeper/certkeeper.toml`) and the files its
+//! `include` globs name, merges their `issuer.*` and `certificate.*` tables, and validates the whole.
+//! Every problem is reported as `FILE:LINE:COLUMN: KEY.PATH: what is wrong and what to do`; all
+//! problems found are reported at once. The validated [`Config`] holds no spans and no raw TOML.
+//!
+//! Secrets (EAB HMAC key, DNS provider credentials) are read at load time from `*_file` or `*_env`
+//! keys (see [`secret`]); relative paths in `ca_bundle`, `*_file` and `webroot.path` are resolved
+//! against the directory of the file that names them.
+
+mod duration;
+mod glob;
+mod raw;
+pub mod secret;
+mod source;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::parse_duration;
+pub use secret::{Secret, SecretError, SecretSource, read_secret};
+
+use crate::acme::KeyType;
+use crate::challenge::dns01::providers::DnsProviderConfig;
+
+/// Where the state lives when `state_dir` is not set (systemd's `StateDirectory=certkeeper`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/certkeeper";
+/// The HTTP-01 listener when `[http01]` is absent: loopback only, for nginx to proxy
+/// `/.well-known/acme-challenge/` to (binding port 80 itself would clash with nginx).
+pub const DEFAULT_HTTP01_LISTEN: &str = "127.0.0.1:8402";
+/// Orders in flight at once by default: enough for a host's certificates, gentle on the CA.
+pub const DEFAULT_MAX_CONCURRENT: usize = 8;
+/// How long a reload hook may run by default before it is killed.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default DNS propagation timeout: authoritative servers usually agree within a minute.
+pub const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default DNS propagation polling interval.
+pub const DEFAULT_PROPAGATION_INTERVAL: Duration = Duration::from_secs(2);
+/// Default private key mode: owner only.
+pub const DEFAULT_KEY_MODE: u32 = 0o600;
+/// Default certificate mode: world readable (certificates are public).
+pub const DEFAULT_CERT_MODE: u32 = 0o644;
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The main config file, as given to [`load`].
+    pub source: PathBuf,
+    /// Every file read: the main file first, then the included files in include order.
+    pub files: Vec<PathBuf>,
+    /// Where account keys and per-certificate state live (absolute).
+    pub state_dir: PathBuf,
+    /// The HTTP-01 listener.
+    pub http01: Http01Config,
+    /// The admin listener (`/healthz`, `/metrics`); `None` when `[admin]` is absent.
+    pub admin: Option<AdminConfig>,
+    /// Daemon-wide limits.
+    pub daemon: DaemonConfig,
+    /// The issuers (`[issuer.NAME]`), by name.
+    pub issuers: BTreeMap<String, IssuerConfig>,
+    /// The certificates (`[certificate.NAME]`), by name.
+    pub certificates: BTreeMap<String, CertificateConfig>,
+}
+
+/// `[http01]`: where the built-in HTTP-01 responder listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Http01Config {
+    /// Socket addresses to bind; default `127.0.0.1:8402`.
+    pub listen: Vec<SocketAddr>,
+}
+
+/// `[admin]`: the admin HTTP listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Socket address to bind.
+    pub listen: SocketAddr,
+}
+
+/// `[daemon]`: daemon-wide limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Orders in flight at once (at least 1; default 8).
+    pub max_concurrent: usize,
+    /// How long one reload hook may run before it is killed (default 60s).
+    pub hook_timeout: Duration,
+}
+
+/// `[issuer.NAME]`: an ACME CA account and how to solve its challenges.
+#[derive(Clone, Debug)]
+pub struct IssuerConfig {
+    /// The issuer's name (the table key).
+    pub name: String,
+    /// The ACME directory URL (shorthands already expanded).
+    pub directory: String,
+    /// Account contacts, each `mailto:...`.
+    pub contact: Vec<String>,
+    /// Extra trust roots (PEM) for the directory's TLS, e.g. Pebble's CA.
+    pub ca_bundle: Option<PathBuf>,
+    /// External account binding, when the CA requires it (ZeroSSL, Google).
+    pub eab: Option<EabConfig>,
+    /// The account key type (default ecdsa-p256).
+    pub account_key: KeyType,
+    /// The solvers, in the order written (earlier wins ties in [`IssuerConfig::solver_for`]).
+    pub solvers: Vec<SolverConfig>,
+}
+
+/// External account binding credentials (RFC 8555 §7.3.4).
+#[derive(Clone, Debug)]
+pub struct EabConfig {
+    /// The key identifier the CA gave.
+    pub kid: String,
+    /// The HMAC key as the CA gave it (base64url text).
+    pub hmac_key: Secret,
+}
+
+/// One `[[issuer.NAME.solver]]`.
+#[derive(Clone, Debug)]
+pub struct SolverConfig {
+    /// Which identifiers this solver is for; empty means "any" (the fallback).
+    pub selector: Selector,
+    /// How the challenge is answered.
+    pub kind: SolverKind,
+}
+
+/// A solver's selector, as in cert-manager.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Zones: the solver covers these names and all names below them (lowercase, no trailing dot).
+    pub dns_zones: Vec<String>,
+    /// Exact names (`*.example.com` for a wildcard); an exact match beats any zone.
+    pub dns_names: Vec<String>,
+}
+
+impl Selector {
+    /// True when the selector names nothing, i.e. the solver is a fallback for any identifier.
+    pub fn is_empty(&self) -> bool {
+        self.dns_zones.is_empty() && self.dns_names.is_empty()
+    }
+}
+
+/// How a solver answers challenges.
+#[derive(Clone, Debug)]
+pub enum SolverKind {
+    /// HTTP-01 through certkeeper's own listener (`[http01]`).
+    Http01 {
+        /// Fetch the token through the public name before telling the CA (default true).
+        self_check: bool,
+    },
+    /// HTTP-01 by writing token files under a web server's document root.
+    Webroot {
+        /// The document root; files go to `<path>/.well-known/acme-challenge/<token>`.
+        path: PathBuf,
+    },
+    /// DNS-01 through a DNS provider.
+    Dns01 {
+        /// The provider and its settings.
+        provider: DnsProviderConfig,
+        /// How to wait for the TXT record to be visible.
+        propagation: PropagationConfig,
+    },
+}
+
+impl SolverKind {
+    /// True for the DNS-01 kind.
+    pub fn is_dns01(&self) -> bool {
+        matches!(self, Self::Dns01 { .. })
+    }
+
+    /// The config key of this kind: `http01`, `webroot` or `dns01`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Http01 { .. } => "http01",
+            Self::Webroot { .. } => "webroot",
+            Self::Dns01 { .. } => "dns01",
+        }
+    }
+}
+
+/// DNS propagation checking for a dns01 solver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PropagationConfig {
+    /// Poll the authoritative nameservers until they serve the record (default true).
+    pub check: bool,
+    /// Give up after this long (default 120s).
+    pub timeout: Duration,
+    /// Poll this often (default 2s).
+    pub interval: Duration,
+    /// Ask these nameservers (`host:port`) instead of the zone's authoritative ones.
+    pub nameservers: Vec<String>,
+}
+
+impl Default for PropagationConfig {
+    fn default() -> Self {
+        Self {
+            check: true,
+            timeout: DEFAULT_PROPAGATION_TIMEOUT,
+            interval: DEFAULT_PROPAGATION_INTERVAL,
+            nameservers: Vec::new(),
+        }
+    }
+}
+
+/// `[certificate.NAME]`: one certificate to keep valid.
+#[derive(Clone, Debug)]
+pub struct CertificateConfig {
+    /// The certificate's name (the table key).
+    pub name: String,
+    /// Issuer names, tried in order (a fallback list).
+    pub issuers: Vec<String>,
+    /// The names: lowercase DNS names without trailing dot, `*.` wildcards, or IP addresses.
+    pub domains: Vec<String>,
+    /// The certificate key type (default ecdsa-p256).
+    pub key: KeyType,
+    /// Renew this long before Not After; `None` means the default (30 days, capped at 1/3 of the
+    /// lifetime; ARI wins when offered).
+    pub renew_before: Option<Duration>,
+    /// The CA profile to ask for, when the CA offers profiles.
+    pub profile: Option<String>,
+    /// Prefer the alternate chain whose topmost issuer has this common name.
+    pub preferred_chain: Option<String>,
+    /// Keep the private key across renewals.
+    pub key_reuse: bool,
+    /// Where and how the PEM files are written.
+    pub output: OutputConfig,
+    /// Shell commands run (each with `/bin/sh -c`) after a new certificate is written.
+    pub reload: Vec<String>,
+}
+
+/// Where a certificate's PEM files go, and their ownership and modes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputConfig {
+    /// Absolute directory holding `fullchain.pem`, `privkey.pem`, `chain.pem`, `cert.pem`.
+    pub dir: PathBuf,
+    /// Owner user of the files; `None` keeps certkeeper's user.
+    pub owner: Option<String>,
+    /// Group of the files; `None` keeps certkeeper's group.
+    pub group: Option<String>,
+    /// Mode of `privkey.pem` (default 0o600).
+    pub key_mode: u32,
+    /// Mode of the certificate files (default 0o644).
+    pub cert_mode: u32,
+}
+
+/// One problem at a known place in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line and column (in characters), when known.
+    pub position: Option<(usize, usize)>,
+    /// The dotted key path, e.g. `certificate.www.output.dir`, when known.
+    pub key: Option<String>,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The main config file could not be read.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// One or more problems in the config files; each is `FILE:LINE:COL: KEY: message`.
+    #[error("{}", render_all(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// The individual problems (empty for [`ConfigError::Read`]).
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Self::Read { .. } => &[],
+            Self::Invalid(d) => d,
+        }
+    }
+}
+
+fn render_all(diags: &[Diagnostic]) -> String {
+    diags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Read, merge and validate the config at `path` and the files it includes.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Config::from_str(&text, path)
+}
+
+impl Config {
+    /// Parse and validate `text` as if it were the main config file at `path`.
+    ///
+    /// `include` patterns are resolved against `path`'s directory and read from disk.
+    pub fn from_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        validate::build(text, path)
+    }
+}
+
+impl IssuerConfig {
+    /// Choose the solver for one identifier, as cert-manager does.
+    ///
+    /// `identifier` is the name without `*.` (or an IP address); `wildcard` says whether the order
+    /// asked for `*.identifier`. Among the solvers that may answer it (wildcards: dns01 only; IP
+    /// addresses: http01 and webroot only): an exact `dns_names` match wins, then the longest
+    /// matching `dns_zones` entry, then a selector-less solver; ties go to the one written first.
+    pub fn solver_for(&self, identifier: &str, wildcard: bool) -> Option<&SolverConfig> {
+        let id = identifier.trim_end_matches('.').to_ascii_lowercase();
+        let is_ip = id.parse::<IpAddr>().is_ok();
+        let full = if wildcard {
+            format!("*.{id}")
+        } else {
+            id.clone()
+        };
+        let mut best: Option<((u8, usize), &SolverConfig)> = None;
+        for solver in &self.solvers {
+            let dns01 = solver.kind.is_dns01();
+            if (wildcard && !dns01) || (is_ip && dns01) {
+                continue;
+            }
+            let rank = if solver.selector.dns_names.contains(&full) {
+                (3, 0)
+            } else if let Some(len) = (!is_ip)
+                .then(|| {
+                    solver
+                        .selector
+                        .dns_zones
+                        .iter()
+                        .filter(|z| zone_covers(z, &id))
+                        .map(|z| z.len())
+                        .max()
+                })
+                .flatten()
+            {
+                (2, len)
+            } else if solver.selector.is_empty() {
+                (1, 0)
+            } else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+                best = Some((rank, solver));
+            }
+        }
+        best.map(|(_, s)| s)
+    }
+}
+
+/// Whether `zone` is `name` or a parent of it.
+fn zone_covers(zone: &str, name: &str) -> bool {
+    name == zone
+        || name
+            .strip_suffix(zone)
+            .is_some_and(|rest| rest.ends_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid main file; cases append to it or replace lines of it.
+    const BASE: &str = r#"state_dir = "/var/lib/certkeeper"
+
+[issuer.le]
+directory = "https://127.0.0.1:14000/dir"
+contact = ["mailto:admin@example.com"]
+
+[[issuer.le.solver]]
+http01 = {}
+
+[[issuer.le.solver]]
+selector = { dns_zones = ["example.com"] }
+dns01 = { provider = "exec", command = "/bin/true" }
+
+[certificate.www]
+issuer = "le"
+domains = ["example.com", "www.example.com"]
+output = { dir = "/etc/nginx/tls/www" }
+"#;
+
+    /// Write `main` (and `(name, text)` includes under `conf.d/`) to a temp dir, load, and return the
+    /// result with the temp dir path replaced by `DIR`.
+    fn load_case(main: &str, includes: &[(&str, &str)]) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        for (name, text) in includes {
+            std::fs::write(dir.path().join("conf.d").join(name), text).unwrap();
+        }
+        let path = dir.path().join("certkeeper.toml");
+        std::fs::write(&path, main).unwrap();
+        load(&path).map_err(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), "DIR")
+        })
+    }
+
+    fn err_of(main: &str, includes: &[(&str, &str)]) -> String {
+        match load_case(main, includes) {
+            Ok(_) => panic!("config unexpectedly valid:\n{main}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn base_is_valid_and_defaults_apply() {
+        let cfg = load_case(BASE, &[]).unwrap();
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/certkeeper"));
+        assert_eq!(
+            cfg.http01.listen,
+            vec!["127.0.0.1:8402".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(cfg.admin.is_none());
+        assert_eq!(
+            cfg.daemon,
+            DaemonConfig {
+                max_concurrent: 8,
+                hook_timeout: Duration::from_secs(60)
+            }
+        );
+        let le = &cfg.issuers["le"];
+        assert_eq!(le.account_key, KeyType::EcdsaP256);
+        assert_eq!(le.solvers.len(), 2);
+        match &le.solvers[1].kind {
+            SolverKind::Dns01 { propagation, .. } => {
+                assert_eq!(*propagation, PropagationConfig::default())
+            }
+            other => panic!("{other:?}"),
+        }
+        let www = &cfg.certificates["www"];
+        assert_eq!(www.issuers, vec!["le"]);
+        assert_eq!(www.key, KeyType::EcdsaP256);
+        assert_eq!(www.renew_before, None);
+        assert_eq!(
+            www.output,
+            OutputConfig {
+                dir: PathBuf::from("/etc/nginx/tls/www"),
+                owner: None,
+                group: None,
+                key_mode: 0o600,
+                cert_mode: 0o644
+            }
+        );
+        assert_eq!(cfg.files.len(), 1);
+    }
+
+    #[test]
+    fn malformed_configs_report_file_line_column_and_key() {
+        type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            ("syntax error", BASE.replace("contact = [", "contact = [,"), &[], "DIR/certkeeper.toml:5:12: issuer.le.contact: extra comma in array, expected value"),
+            ("unclosed header", BASE.replace("[certificate.www]", "[certificate.www"), &[], "DIR/certkeeper.toml:14:17: unclosed table, expected `]`"),
+            ("bad string", BASE.replace("issuer = \"le\"", "issuer = \"le"), &[], "DIR/certkeeper.toml:15:13: invalid basic string, expected `\"`"),
+            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `include`, `http01`, `admin`, `daemon`, `issuer`, `certificate`"),
+            ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `solver`"),
+            ("unknown solver key", BASE.replace("http01 = {}", "http01 = { self_chek = true }"), &[], "DIR/certkeeper.toml:8:12: issuer.le.solver[0].http01.self_chek: unknown field `self_chek`, expected `self_check`"),
+            ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`"),
+            ("unknown output key", BASE.replace("tls/www\" }", "tls/www\", mode = \"0640\" }"), &[], "DIR/certkeeper.toml:17:40: certificate.www.output.mode: unknown field `mode`, expected one of `dir`, `owner`, `group`, `key_mode`, `cert_mode`"),
+            ("wrong type", BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = \"example.com\""), &[], "DIR/certkeeper.toml:16:11: certificate.www.domains: invalid type: string \"example.com\", expected a sequence"),
+            ("unknown issuer", BASE.replace("issuer = \"le\"", "issuer = \"le2\""), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"le2\" (defined issuers: le)"),
+            ("issuer list with unknown", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"zerossl\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"zerossl\" (defined issuers: le)"),
+            ("wildcard without dns01", BASE.replace("\"www.example.com\"]", "\"*.other.org\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org needs a dns01 solver: add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"),
+            ("IP with dns01 only", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"192.0.2.1\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: 192.0.2.1 is an IP address and needs an http01 or webroot solver (dns01 cannot prove IP addresses): add [[issuer.le.solver]] with http01 = {} and no selector"),
+            ("no solver covers a name", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"www.other.org\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: no solver of issuer \"le\" covers www.other.org: add a solver whose selector covers it, or one without a selector"),
+            ("unreadable secret file", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_file = \"/nonexistent/eab.key\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:37: issuer.le.eab.hmac_key_file: cannot read secret file /nonexistent/eab.key: No such file or directory (os error 2) (check the path and that certkeeper's user may read it)"),
+            ("missing env secret", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_env = \"CERTKEEPER_TEST_UNSET_EAB\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:36: issuer.le.eab.hmac_key_env: environment variable CERTKEEPER_TEST_UNSET_EAB is not set (or not valid UTF-8): set it in the service environment, e.g. systemd Environment= or EnvironmentFile="),
+            ("secret neither file nor env", BASE.replace("contact =", "eab = { kid = \"k1\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:7: issuer.le.eab: no hmac_key given: set hmac_key_file = \"/path/to/file\" or hmac_key_env = \"VARIABLE\""),
+            ("duplicate domain", BASE.replace("\"www.example.com\"]", "\"WWW.example.com.\", \"www.example.com\"]"), &[], "DIR/certkeeper.toml:16:47: certificate.www.domains[2]: \"www.example.com\" is listed twice: remove one"),
+            ("same output dir", format!("{BASE}\n[certificate.api]\ndomains = [\"api.example.com\"]\noutput = {{ dir = \"/etc/nginx/tls/www\" }}\n"), &[], "DIR/certkeeper.toml:21:18: certificate.api.output.dir: certificate.www (DIR/certkeeper.toml:17:18) already writes to /etc/nginx/tls/www: give each certificate its own output dir"),
+            ("duplicate certificate across includes", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("a.toml", "[certificate.api]\ndomains = [\"api.example.com\"]\noutput = { dir = \"/tls/api\" }\n"), ("b.toml", "\n[certificate.api]\ndomains = [\"api2.example.com\"]\noutput = { dir = \"/tls/api2\" }\n")], "DIR/conf.d/b.toml:2:14: certificate.api: defined twice: here and at DIR/conf.d/a.toml:1:14; rename or remove one"),
+            ("duplicate certificate main and include", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("www.toml", "[certificate.www]\ndomains = [\"x.example.com\"]\noutput = { dir = \"/tls/x\" }\n")], "DIR/conf.d/www.toml:1:14: certificate.www: defined twice: here and at DIR/certkeeper.toml:15:14; rename or remove one"),
+            ("include with top-level key", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("x.toml", "state_dir = \"/x\"\n")], "DIR/conf.d/x.toml:1:1: state_dir: unknown field `state_dir`, expected `issuer` or `certificate` (included files may only define issuer.* and certificate.*)"),
+            ("include of missing file", format!("include = [\"conf.d/none.toml\"]\n{BASE}"), &[], "DIR/certkeeper.toml:1:12: include[0]: DIR/conf.d/none.toml: No such file or directory (os error 2)"),
+            ("bad mode", BASE.replace("tls/www\" }", "tls/www\", key_mode = \"0988\" }"), &[], "DIR/certkeeper.toml:17:51: certificate.www.output.key_mode: \"0988\" is not an octal file mode: write e.g. \"0640\""),
+            ("decimal mode", BASE.replace("tls/www\" }", "tls/www\", key_mode = 640 }"), &[], "DIR/certkeeper.toml:17:51: certificate.www.output.key_mode: 640 is a decimal number: write the mode as an octal string, e.g. \"0640\""),
+            ("bad duration", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nrenew_before = \"30x\""), &[], "DIR/certkeeper.toml:16:16: certificate.www.renew_before: invalid duration \"30x\": failed to parse input in the \"friendly\" duration format: expected to find unit designator suffix (e.g., `years` or `secs`) after parsing integer; use e.g. \"30d\", \"12h\", \"90s\", \"1d 12h\" or \"P30D\""),
+            ("bad hook timeout", format!("{BASE}\n[daemon]\nhook_timeout = \"-5s\"\n"), &[], "DIR/certkeeper.toml:20:16: daemon.hook_timeout: invalid duration \"-5s\": must be greater than zero; use e.g. \"30d\", \"12h\", \"90s\", \"1d 12h\" or \"P30D\""),
+            ("relative output dir", BASE.replace("/etc/nginx/tls/www", "tls/www"), &[], "DIR/certkeeper.toml:17:18: certificate.www.output.dir: must be an absolute path, got \"tls/www\""),
+            ("relative state_dir", BASE.replace("\"/var/lib/certkeeper\"", "\"var/lib/certkeeper\""), &[], "DIR/certkeeper.toml:1:13: state_dir: must be an absolute path, got \"var/lib/certkeeper\""),
+            ("two solver kinds", BASE.replace("http01 = {}", "http01 = {}\nwebroot = { path = \"/var/www\" }"), &[], "DIR/certkeeper.toml:7:1: issuer.le.solver[0]: set exactly one of http01, webroot, dns01 per solver, found http01 and webroot: split them into separate [[...solver]] tables"),
+            ("no solver kind", BASE.replace("http01 = {}", "selector = { dns_zones = [\"a.example\"] }"), &[], "DIR/certkeeper.toml:7:1: issuer.le.solver[0]: no solver kind: set exactly one of http01 = {}, webroot = { path = \"...\" }, dns01 = { provider = \"...\" }"),
+            ("issuer without solvers", "[issuer.le]\ndirectory = \"letsencrypt\"\n".to_string(), &[], "DIR/certkeeper.toml:1:9: issuer.le: no solvers: add [[issuer.le.solver]] with http01 = {} (or webroot = { path = \"...\" }, or dns01 = { provider = \"...\", ... })"),
+            ("certificate without domains", BASE.replace("domains = [\"example.com\", \"www.example.com\"]\n", ""), &[], "DIR/certkeeper.toml:14:14: certificate.www.domains: no domains: list the names, e.g. domains = [\"example.com\", \"www.example.com\"]"),
+            ("bad directory", BASE.replace("https://127.0.0.1:14000/dir", "letsencrypt-prod"), &[], "DIR/certkeeper.toml:4:13: issuer.le.directory: \"letsencrypt-prod\" is neither a known CA (letsencrypt, letsencrypt-staging, zerossl) nor an https:// URL of an ACME directory"),
+            ("bad contact", BASE.replace("mailto:admin@example.com", "admin@example.com"), &[], "DIR/certkeeper.toml:5:12: issuer.le.contact[0]: \"admin@example.com\" must be a mailto: URL, e.g. \"mailto:admin@example.com\""),
+            ("bad key type", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nkey = \"ed25519\""), &[], "DIR/certkeeper.toml:16:7: certificate.www.key: unknown key type \"ed25519\": use one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096"),
+            ("bad listen", format!("{BASE}\n[http01]\nlisten = [\"localhost:80\"]\n"), &[], "DIR/certkeeper.toml:20:11: http01.listen[0]: \"localhost:80\" is not an IP address with a port: write e.g. \"127.0.0.1:8402\" or \"[::1]:8402\""),
+            ("bad domain", BASE.replace("\"www.example.com\"]", "\"www..example.com\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: \"www..example.com\" is not a DNS name: each dot-separated label must have 1 to 63 characters"),
+            ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown variant `exek`, expected `exec`"),
+            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: unknown field `commnd`, expected `command`"),
+            ("duplicate issuer in list", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"le\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: issuer \"le\" is listed twice: remove one"),
+            ("propagation on http01", BASE.replace("http01 = {}", "http01 = {}\npropagation = { check = false }"), &[], "DIR/certkeeper.toml:9:15: issuer.le.solver[0].propagation: only applies to dns01 solvers: remove it"),
+        ];
+        let mut failures = Vec::new();
+        for (name, main, includes, want) in cases {
+            let got = err_of(main, includes);
+            if got != *want {
+                failures.push(format!("case {name:?}:\n  want: {want}\n  got:  {got}"));
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    fn http01(zones: &[&str], names: &[&str]) -> SolverConfig {
+        SolverConfig {
+            selector: Selector {
+                dns_zones: zones.iter().map(|s| s.to_string()).collect(),
+                dns_names: names.iter().map(|s| s.to_string()).collect(),
+            },
+            kind: SolverKind::Http01 { self_check: true },
+        }
+    }
+
+    fn dns01(zones: &[&str], names: &[&str], command: &str) -> SolverConfig {
+        SolverConfig {
+            kind: SolverKind::Dns01 {
+                provider: DnsProviderConfig::Exec(crate::challenge::dns01::providers::ExecConfig {
+                    command: command.to_string(),
+                }),
+                propagation: PropagationConfig::default(),
+            },
+            ..http01(zones, names)
+        }
+    }
+
+    #[test]
+    fn solver_selection_follows_cert_manager_precedence() {
+        let issuer = IssuerConfig {
+            name: "le".into(),
+            directory: "https://ca.test/dir".into(),
+            contact: vec![],
+            ca_bundle: None,
+            eab: None,
+            account_key: KeyType::EcdsaP256,
+            solvers: vec![
+                http01(&[], &[]),                                 // 0: fallback
+                dns01(&["example.com"], &[], "zone"),             // 1
+                dns01(&["sub.example.com"], &[], "longer-zone"),  // 2
+                http01(&[], &["exact.sub.example.com"]),          // 3
+                dns01(&[], &["*.wild.example.com"], "wild-name"), // 4
+                dns01(&["example.com"], &[], "zone-dup"),         // 5: loses ties to 1
+                http01(&["ip.test"], &["192.0.2.7"]),             // 6
+            ],
+        };
+        let idx = |id: &str, wildcard: bool| {
+            issuer.solver_for(id, wildcard).map(|s| {
+                issuer
+                    .solvers
+                    .iter()
+                    .position(|x| std::ptr::eq(x, s))
+                    .unwrap()
+            })
+        };
+        let cases: &[(&str, bool, Option<usize>)] = &[
+            ("other.org", false, Some(0)),             // only the fallback matches
+            ("example.com", false, Some(1)),           // zone apex
+            ("www.example.com", false, Some(1)),       // below the zone
+            ("WWW.Example.COM.", false, Some(1)),      // case and trailing dot ignored
+            ("notexample.com", false, Some(0)),        // suffix but not a label boundary
+            ("a.sub.example.com", false, Some(2)),     // longest zone wins
+            ("exact.sub.example.com", false, Some(3)), // exact name beats any zone
+            ("example.com", true, Some(1)),            // wildcard: dns01 only, zone match
+            ("other.org", true, None), // wildcard: the http01 fallback may not answer
+            ("wild.example.com", true, Some(4)), // exact wildcard name beats zone
+            ("wild.example.com", false, Some(1)), // the non-wildcard name is not `*.`
+            ("192.0.2.7", false, Some(6)), // IP exact name
+            ("192.0.2.8", false, Some(0)), // IP: fallback http01, never dns01
+        ];
+        for (id, wildcard, want) in cases {
+            assert_eq!(idx(id, *wildcard), *want, "{id} wildcard={wildcard}");
+        }
+
+        let dns_only = IssuerConfig {
+            solvers: vec![dns01(&[], &[], "any")],
+            ..issuer.clone()
+        };
+        assert!(
+            dns_only.solver_for("192.0.2.1", false).is_none(),
+            "IP addresses never get dns01"
+        );
+        assert!(
+            dns_only.solver_for("x.test", true).is_some(),
+            "a selector-less dns01 solver takes wildcards"
+        );
+    }
+
+    #[test]
+    fn includes_are_sorted_merged_and_listed() {
+        let main = format!("include = [\"conf.d/*.toml\", \"extra.toml\"]\n{BASE}");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("conf.d")).unwrap();
+        std::fs::write(d.join("conf.d/20-b.toml"), "[certificate.b]\nissuer = \"le\"\ndomains = [\"b.example.com\"]\noutput = { dir = \"/tls/b\" }\n").unwrap();
+        std::fs::write(
+            d.join("conf.d/10-a.toml"),
+            "[issuer.other]\ndirectory = \"letsencrypt-staging\"\n[[issuer.other.solver]]\nwebroot = { path = \"www\" }\n\n[certificate.a]\nissuer = [\"other\", \"le\"]\ndomains = [\"a.example.com\"]\noutput = { dir = \"/tls/a\" }\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("conf.d/notes.txt"), "not toml").unwrap();
+        std::fs::write(d.join("extra.toml"), "[certificate.c]\nissuer = \"le\"\ndomains = [\"c.example.com\"]\noutput = { dir = \"/tls/c\" }\n").unwrap();
+        let path = d.join("certkeeper.toml");
+        std::fs::write(&path, main).unwrap();
+
+        let cfg = load(&path).unwrap();
+        assert_eq!(
+            cfg.files,
+            vec![
+                path.clone(),
+                d.join("conf.d/10-a.toml"),
+                d.join("conf.d/20-b.toml"),
+                d.join("extra.toml")
+            ]
+        );
+        assert_eq!(
+            cfg.certificates.keys().collect::<Vec<_>>(),
+            ["a", "b", "c", "www"]
+        );
+        assert_eq!(cfg.certificates["a"].issuers, ["other", "le"]);
+        let other = &cfg.issuers["other"];
+        assert_eq!(
+            other.directory,
+            "https://acme-staging-v02.api.letsencrypt.org/directory"
+        );
+        // Relative paths resolve against the directory of the file that names them.
+        match &other.solvers[0].kind {
+            SolverKind::Webroot { path } => assert_eq!(path, &d.join("conf.d/www")),
+            k => panic!("{k:?}"),
+        }
+        // `www` names no issuer while two are defined.
+        let err = Config::from_str(
+            &format!("include = [\"conf.d/*.toml\"]\n{BASE}").replace("issuer = \"le\"\n", ""),
+            &path,
+        )
+        .unwrap_err()
+        .to_string()
+        .replace(&d.display().to_string(), "DIR");
+        assert_eq!(
+            err,
+            "DIR/certkeeper.toml:15:14: certificate.www: no issuer: set issuer = \"NAME\" or a fallback list [\"A\", \"B\"] (defined issuers: le, other)"
+        );
+    }
+
+    #[test]
+    fn full_config_parses_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("eab.key"), "c2VjcmV0LWhtYWM\n").unwrap();
+        let text = r#"
+state_dir = "/srv/ck"
+[http01]
+listen = ["127.0.0.1:8402", "[::1]:8402"]
+[admin]
+listen = "127.0.0.1:8403"
+[daemon]
+max_concurrent = 3
+hook_timeout = "1m 30s"
+
+[issuer.le]
+directory = "letsencrypt"
+contact = ["mailto:a@example.com", "mailto:b@example.com"]
+ca_bundle = "pebble-ca.pem"
+eab = { kid = "kid-1", hmac_key_file = "eab.key" }
+account_key = "rsa-3072"
+
+[[issuer.le.solver]]
+http01 = { self_check = false }
+
+[[issuer.le.solver]]
+selector = { dns_zones = ["Example.COM."], dns_names = ["x.example.com"] }
+dns01 = { provider = "exec", command = "/usr/local/bin/dns-hook" }
+propagation = { check = false, timeout = "5m", interval = "P0DT10S", nameservers = ["127.0.0.1:5353"] }
+
+[certificate.www]
+issuer = ["le"]
+domains = ["Example.com.", "*.example.com", "192.0.2.1"]
+key = "ecdsa-p384"
+renew_before = "20d 12h"
+profile = "shortlived"
+preferred_chain = "ISRG Root X1"
+key_reuse = true
+output = { dir = "/etc/nginx/tls/www", owner = "root", group = "www-data", key_mode = "0640", cert_mode = 0o444 }
+reload = ["nginx -t && systemctl reload nginx", "true"]
+"#;
+        let cfg = Config::from_str(text, &dir.path().join("main.toml")).unwrap();
+        assert_eq!(cfg.state_dir, PathBuf::from("/srv/ck"));
+        assert_eq!(cfg.http01.listen.len(), 2);
+        assert_eq!(
+            cfg.admin,
+            Some(AdminConfig {
+                listen: "127.0.0.1:8403".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            cfg.daemon,
+            DaemonConfig {
+                max_concurrent: 3,
+                hook_timeout: Duration::from_secs(90)
+            }
+        );
+        let le = &cfg.issuers["le"];
+        assert_eq!(
+            le.directory,
+            "https://acme-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(le.contact.len(), 2);
+        assert_eq!(
+            le.ca_bundle.as_deref(),
+            Some(dir.path().join("pebble-ca.pem").as_path())
+        );
+        let eab = le.eab.as_ref().unwrap();
+        assert_eq!(
+            (eab.kid.as_str(), eab.hmac_key.expose()),
+            ("kid-1", "c2VjcmV0LWhtYWM")
+        );
+        assert!(
+            !format!("{cfg:?}").contains("c2VjcmV0LWhtYWM"),
+            "secret leaked through Debug"
+        );
+        assert_eq!(le.account_key, KeyType::Rsa3072);
+        assert!(matches!(
+            le.solvers[0].kind,
+            SolverKind::Http01 { self_check: false }
+        ));
+        assert_eq!(le.solvers[1].selector.dns_zones, ["example.com"]);
+        match &le.solvers[1].kind {
+            SolverKind::Dns01 { propagation, .. } => assert_eq!(
+                *propagation,
+                PropagationConfig {
+                    check: false,
+                    timeout: Duration::from_secs(300),
+                    interval: Duration::from_secs(10),
+                    nameservers: vec!["127.0.0.1:5353".into()]
+                }
+            ),
+            k => panic!("{k:?}"),
+        }
+        let www = &cfg.certificates["www"];
+        assert_eq!(www.domains, ["example.com", "*.example.com", "192.0.2.1"]);
+        assert_eq!(www.key, KeyType::EcdsaP384);
+        assert_eq!(
+            www.renew_before,
+            Some(Duration::from_secs(20 * 86400 + 12 * 3600))
+        );
+        assert_eq!(www.profile.as_deref(), Some("shortlived"));
+        assert_eq!(www.preferred_chain.as_deref(), Some("ISRG Root X1"));
+        assert!(www.key_reuse);
+        assert_eq!(
+            www.output,
+            OutputConfig {
+                dir: "/etc/nginx/tls/www".into(),
+                owner: Some("root".into()),
+                group: Some("www-data".into()),
+                key_mode: 0o640,
+                cert_mode: 0o444
+            }
+        );
+        assert_eq!(www.reload.len(), 2);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let text = BASE
+            .replace("\"/var/lib/certkeeper\"", "\"rel\"")
+            .replace("/etc/nginx/tls/www", "rel");
+        let err =
+            Config::from_str(&text, Path::new("/etc/certkeeper/certkeeper.toml")).unwrap_err();
+        assert_eq!(err.diagnostics().len(), 2);
+        assert_eq!(
+            err.to_string(),
+            "/etc/certkeeper/certkeeper.toml:1:13: state_dir: must be an absolute path, got \"rel\"\n\
+             /etc/certkeeper/certkeeper.toml:17:18: certificate.www.output.dir: must be an absolute path, got \"rel\""
+        );
+    }
+
+    #[test]
+    fn unreadable_main_file() {
+        let err = load(Path::new("/nonexistent/certkeeper.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/certkeeper.toml: cannot read config file: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn default_listen_constant_matches_default() {
+        let cfg = Config::from_str(BASE, Path::new("/etc/certkeeper/certkeeper.toml")).unwrap();
+        assert_eq!(
+            cfg.http01.listen,
+            vec![DEFAULT_HTTP01_LISTEN.parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_to_absolute_ones() {
+        let text = BASE.replace("http01 = {}", "webroot = { path = \"acme-www\" }");
+        let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
+        let want = std::env::current_dir().unwrap().join("acme-www");
+        match &cfg.issuers["le"].solvers[0].kind {
+            SolverKind::Webroot { path } => assert_eq!(path, &want),
+            k => panic!("{k:?}"),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The config files as written: serde structs with spans, before validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+
+use crate::challenge::dns01::providers::DnsProviderConfig;
+
+/// A spanned string.
+pub(crate) type SStr = Spanned<String>;
+
+/// The main file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMain {
+    pub state_dir: Option<SStr>,
+    #[serde(default)]
+    pub include: Vec<SStr>,
+    pub http01: Option<RawHttp01>,
+    pub admin: Option<RawAdmin>,
+    pub daemon: Option<RawDaemon>,
+    #[serde(default)]
+    pub issuer: BTreeMap<SStr, RawIssuer>,
+    #[serde(default)]
+    pub certificate: BTreeMap<SStr, RawCertificate>,
+}
+
+/// An included file: only issuers and certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInclude {
+    #[serde(default)]
+    pub issuer: BTreeMap<SStr, RawIssuer>,
+    #[serde(default)]
+    pub certificate: BTreeMap<SStr, RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp01 {
+    pub listen: Spanned<Vec<SStr>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: SStr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDaemon {
+    pub max_concurrent: Option<Spanned<i64>>,
+    pub hook_timeout: Option<SStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIssuer {
+    pub directory: SStr,
+    #[serde(default)]
+    pub contact: Vec<SStr>,
+    pub ca_bundle: Option<SStr>,
+    pub eab: Option<Spanned<RawEab>>,
+    pub account_key: Option<SStr>,
+    #[serde(default)]
+    pub solver: Vec<Spanned<RawSolver>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEab {
+    pub kid: SStr,
+    pub hmac_key_file: Option<SStr>,
+    pub hmac_key_env: Option<SStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSolver {
+    pub selector: Option<RawSelector>,
+    pub http01: Option<Spanned<RawHttp01Solver>>,
+    pub webroot: Option<Spanned<RawWebroot>>,
+    pub dns01: Option<Spanned<DnsProviderConfig>>,
+    pub propagation: Option<Spanned<RawPropagation>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSelector {
+    #[serde(default)]
+    pub dns_zones: Vec<SStr>,
+    #[serde(default)]
+    pub dns_names: Vec<SStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp01Solver {
+    pub self_check: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebroot {
+    pub path: SStr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPropagation {
+    pub check: Option<bool>,
+    pub timeout: Option<SStr>,
+    pub interval: Option<SStr>,
+    #[serde(default)]
+    pub nameservers: Vec<SStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub issuer: Option<Spanned<OneOrMany>>,
+    #[serde(default = "empty_spanned_list")]
+    pub domains: Spanned<Vec<SStr>>,
+    pub key: Option<SStr>,
+    pub renew_before: Option<SStr>,
+    pub profile: Option<SStr>,
+    pub preferred_chain: Option<SStr>,
+    #[serde(default)]
+    pub key_reuse: bool,
+    pub output: Spanned<RawOutput>,
+    #[serde(default)]
+    pub reload: Vec<SStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutput {
+    pub dir: SStr,
+    pub owner: Option<SStr>,
+    pub group: Option<SStr>,
+    pub key_mode: Option<Spanned<Mode>>,
+    pub cert_mode: Option<Spanned<Mode>>,
+}
+
+fn empty_spanned_list() -> Spanned<Vec<SStr>> {
+    Spanned::new(0..0, Vec::new())
+}
+
+/// `issuer = "le"` or `issuer = ["le", "zerossl"]`.
+#[derive(Debug, Default)]
+pub(crate) struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an issuer name or a list of issuer names")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A file mode: an octal string `"0640"` (or a TOML octal integer `0o640`).
+#[derive(Debug)]
+pub(crate) enum Mode {
+    Text(String),
+    Number(i64),
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Mode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an octal file mode as a string, e.g. \"0640\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Mode, E> {
+                Ok(Mode::Text(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Mode, E> {
+                Ok(Mode::Number(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

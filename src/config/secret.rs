@@ -1,0 +1,237 @@
+//! Secrets read from files or environment variables, redacted in logs.
+//!
+//! Config keys never hold a secret inline: a secret `foo` is given either as `foo_file` (a path whose
+//! content is the secret, one trailing newline trimmed) or `foo_env` (the name of an environment
+//! variable). [`read_secret`] implements that rule once, for the issuer's EAB key and for the DNS
+//! providers' own `*_file` / `*_env` keys.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A secret value (EAB HMAC key, TSIG secret, API token).
+///
+/// `Debug` and `Display` print `[redacted]`, so a secret cannot leak through a log line or a
+/// `{:?}` of a config struct. Use [`Secret::expose`] at the single place the value is needed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself. Call this only where the value is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Where a secret comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file whose content is the secret (one trailing newline is trimmed).
+    File(PathBuf),
+    /// An environment variable holding the secret.
+    Env(String),
+}
+
+/// Why a secret could not be read.
+///
+/// Messages name the config keys (`<key>_file`, `<key>_env`) but not where they are; the config module
+/// prefixes the file:line:column of the key.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Neither `<key>_file` nor `<key>_env` was set.
+    #[error("no {key} given: set {key}_file = \"/path/to/file\" or {key}_env = \"VARIABLE\"")]
+    Missing {
+        /// The secret's base key name, e.g. `hmac_key`.
+        key: String,
+    },
+    /// Both `<key>_file` and `<key>_env` were set.
+    #[error("both {key}_file and {key}_env are set: keep only one")]
+    Both {
+        /// The secret's base key name.
+        key: String,
+    },
+    /// The secret file could not be read.
+    #[error(
+        "cannot read secret file {path}: {source} (check the path and that certkeeper's user may read it)"
+    )]
+    File {
+        /// The file named by `<key>_file`.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The environment variable is not set or not valid UTF-8.
+    #[error(
+        "environment variable {var} is not set (or not valid UTF-8): set it in the service environment, e.g. systemd Environment= or EnvironmentFile="
+    )]
+    Env {
+        /// The variable named by `<key>_env`.
+        var: String,
+    },
+    /// The secret is empty.
+    #[error("{origin} is empty: put the secret there")]
+    Empty {
+        /// The file path or `environment variable NAME`.
+        origin: String,
+    },
+}
+
+impl SecretSource {
+    /// Choose the source from a `<key>_file` / `<key>_env` pair; exactly one must be set.
+    ///
+    /// `key` is the base name used in messages, e.g. `"tsig_secret"` for `tsig_secret_file` /
+    /// `tsig_secret_env`.
+    pub fn from_keys(
+        key: &str,
+        file: Option<&Path>,
+        env: Option<&str>,
+    ) -> Result<Self, SecretError> {
+        match (file, env) {
+            (Some(path), None) => Ok(Self::File(path.to_path_buf())),
+            (None, Some(var)) => Ok(Self::Env(var.to_string())),
+            (None, None) => Err(SecretError::Missing {
+                key: key.to_string(),
+            }),
+            (Some(_), Some(_)) => Err(SecretError::Both {
+                key: key.to_string(),
+            }),
+        }
+    }
+
+    /// Read the secret now.
+    ///
+    /// A file's content loses one trailing `\n` (or `\r\n`); an empty secret is an error.
+    pub fn read(&self) -> Result<Secret, SecretError> {
+        match self {
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                let value = text
+                    .strip_suffix("\r\n")
+                    .or_else(|| text.strip_suffix('\n'))
+                    .unwrap_or(&text);
+                if value.is_empty() {
+                    return Err(SecretError::Empty {
+                        origin: format!("secret file {}", path.display()),
+                    });
+                }
+                Ok(Secret::new(value))
+            }
+            Self::Env(var) => {
+                let value =
+                    std::env::var(var).map_err(|_| SecretError::Env { var: var.clone() })?;
+                if value.is_empty() {
+                    return Err(SecretError::Empty {
+                        origin: format!("environment variable {var}"),
+                    });
+                }
+                Ok(Secret::new(value))
+            }
+        }
+    }
+}
+
+/// Read a secret given as `<key>_file` or `<key>_env` (exactly one of them).
+///
+/// The helper DNS providers use for their own secret keys, e.g.
+/// `read_secret("tsig_secret", cfg.tsig_secret_file.as_deref(), cfg.tsig_secret_env.as_deref())`.
+pub fn read_secret(
+    key: &str,
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Secret, SecretError> {
+    SecretSource::from_keys(key, file, env)?.read()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_are_redacted() {
+        let s = Secret::new("hunter2-very-secret");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{s}"), "[redacted]");
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct Holder {
+            key: Secret,
+        }
+        let dbg = format!("{:?}", Holder { key: s.clone() });
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert_eq!(s.expose(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn file_secret_trims_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, "abc \n\n").unwrap();
+        let s = read_secret("k", Some(&path), None).unwrap();
+        assert_eq!(s.expose(), "abc \n");
+        std::fs::write(&path, "xyz\r\n").unwrap();
+        assert_eq!(read_secret("k", Some(&path), None).unwrap().expose(), "xyz");
+    }
+
+    #[test]
+    fn missing_both_empty_and_unreadable_are_errors() {
+        let e = read_secret("tsig_secret", None, None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no tsig_secret given: set tsig_secret_file = \"/path/to/file\" or tsig_secret_env = \"VARIABLE\""
+        );
+        let e = read_secret("tsig_secret", Some(Path::new("/x")), Some("Y")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "both tsig_secret_file and tsig_secret_env are set: keep only one"
+        );
+        let e = read_secret("k", Some(Path::new("/nonexistent/certkeeper/k")), None).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "cannot read secret file /nonexistent/certkeeper/k: No such file or directory"
+            ),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty");
+        std::fs::write(&path, "\n").unwrap();
+        let e = read_secret("k", Some(&path), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "secret file {} is empty: put the secret there",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn env_secret() {
+        let e = read_secret("k", None, Some("CERTKEEPER_TEST_SURELY_UNSET_VAR")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("environment variable CERTKEEPER_TEST_SURELY_UNSET_VAR is not set")
+        );
+        // PATH is always set in the test environment.
+        let s = read_secret("k", None, Some("PATH")).unwrap();
+        assert!(!s.expose().is_empty());
+    }
+}

@@ -1,0 +1,900 @@
+//! From parsed files to a validated [`Config`]: includes, merging, and every check.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::raw::{Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawSolver, SStr};
+use super::source::{SourceFile, key_seg};
+use super::{
+    AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, EabConfig,
+    Http01Config, IssuerConfig, OutputConfig, PropagationConfig, Selector, SolverConfig,
+    SolverKind, parse_duration, secret::SecretSource,
+};
+use crate::acme::KeyType;
+
+/// Directory shorthands.
+const SHORTHANDS: [(&str, &str); 3] = [
+    (
+        "letsencrypt",
+        "https://acme-v02.api.letsencrypt.org/directory",
+    ),
+    (
+        "letsencrypt-staging",
+        "https://acme-staging-v02.api.letsencrypt.org/directory",
+    ),
+    ("zerossl", "https://acme.zerossl.com/v2/DV90"),
+];
+
+/// The files read so far and the problems found.
+struct Ctx {
+    files: Vec<SourceFile>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx {
+    fn err(
+        &mut self,
+        file: usize,
+        span: &Range<usize>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
+        let d = self.files[file].diag(span, key, msg);
+        self.diags.push(d);
+    }
+
+    /// Resolve a path written in `file` against that file's directory.
+    fn resolve(&self, file: usize, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            // A main file given as a relative path still yields absolute paths for the daemon.
+            let joined = self.files[file].dir().join(p);
+            std::path::absolute(&joined).unwrap_or(joined)
+        }
+    }
+}
+
+/// Parse, merge and validate.
+pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let mut cx = Ctx {
+        files: vec![SourceFile {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+        }],
+        diags: Vec::new(),
+    };
+    let main: RawMain = match toml::from_str(text) {
+        Ok(m) => m,
+        Err(e) => return Err(ConfigError::Invalid(vec![cx.files[0].toml_error(&e)])),
+    };
+
+    // Includes.
+    let mut includes: Vec<(usize, RawInclude)> = Vec::new();
+    for (i, pat) in main.include.iter().enumerate() {
+        let key = format!("include[{i}]");
+        let full = cx.resolve(0, pat.get_ref());
+        let paths = match super::glob::expand(&full) {
+            Ok(p) => p,
+            Err(msg) => {
+                cx.err(0, &pat.span(), key, msg);
+                continue;
+            }
+        };
+        for p in paths {
+            if cx.files.iter().any(|f| f.path == p) {
+                continue;
+            }
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) => {
+                    cx.err(
+                        0,
+                        &pat.span(),
+                        key.clone(),
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                    continue;
+                }
+            };
+            cx.files.push(SourceFile { path: p, text });
+            let idx = cx.files.len() - 1;
+            match toml::from_str::<RawInclude>(&cx.files[idx].text) {
+                Ok(inc) => includes.push((idx, inc)),
+                Err(e) => {
+                    let mut d = cx.files[idx].toml_error(&e);
+                    if d.message.starts_with("unknown field") {
+                        d.message.push_str(
+                            " (included files may only define issuer.* and certificate.*)",
+                        );
+                    }
+                    cx.diags.push(d);
+                }
+            }
+        }
+    }
+
+    // Merge issuer.* and certificate.* across files; a name defined twice is an error naming both.
+    let mut raw_issuers: BTreeMap<String, (usize, SStr, RawIssuer)> = BTreeMap::new();
+    let mut raw_certs: BTreeMap<String, (usize, SStr, RawCertificate)> = BTreeMap::new();
+    let main_parts = (0usize, main.issuer, main.certificate);
+    let inc_parts = includes
+        .into_iter()
+        .map(|(f, inc)| (f, inc.issuer, inc.certificate));
+    for (file, issuers, certs) in std::iter::once(main_parts).chain(inc_parts) {
+        for (name, raw) in issuers {
+            merge(&mut cx, &mut raw_issuers, "issuer", file, name, raw);
+        }
+        for (name, raw) in certs {
+            merge(&mut cx, &mut raw_certs, "certificate", file, name, raw);
+        }
+    }
+
+    // Top level.
+    let state_dir = match &main.state_dir {
+        None => PathBuf::from(super::DEFAULT_STATE_DIR),
+        Some(s) => {
+            if !Path::new(s.get_ref()).is_absolute() {
+                cx.err(
+                    0,
+                    &s.span(),
+                    "state_dir",
+                    format!("must be an absolute path, got \"{}\"", s.get_ref()),
+                );
+            }
+            PathBuf::from(s.get_ref())
+        }
+    };
+    let http01 = match &main.http01 {
+        None => Http01Config {
+            listen: vec![default_http01_listen()],
+        },
+        Some(h) => {
+            if h.listen.get_ref().is_empty() {
+                cx.err(
+                    0,
+                    &h.listen.span(),
+                    "http01.listen",
+                    "needs at least one address, e.g. [\"127.0.0.1:8402\"]",
+                );
+            }
+            let mut listen = Vec::new();
+            for (i, a) in h.listen.get_ref().iter().enumerate() {
+                if let Some(addr) = socket_addr(&mut cx, 0, a, &format!("http01.listen[{i}]")) {
+                    listen.push(addr);
+                }
+            }
+            Http01Config { listen }
+        }
+    };
+    let admin = main
+        .admin
+        .as_ref()
+        .and_then(|a| socket_addr(&mut cx, 0, &a.listen, "admin.listen"))
+        .map(|listen| AdminConfig { listen });
+    let mut daemon = DaemonConfig {
+        max_concurrent: super::DEFAULT_MAX_CONCURRENT,
+        hook_timeout: super::DEFAULT_HOOK_TIMEOUT,
+    };
+    if let Some(d) = &main.daemon {
+        if let Some(m) = &d.max_concurrent {
+            match usize::try_from(*m.get_ref()) {
+                Ok(n) if n >= 1 => daemon.max_concurrent = n,
+                _ => cx.err(
+                    0,
+                    &m.span(),
+                    "daemon.max_concurrent",
+                    format!("must be at least 1, got {}", m.get_ref()),
+                ),
+            }
+        }
+        if let Some(t) = duration(&mut cx, 0, d.hook_timeout.as_ref(), "daemon.hook_timeout") {
+            daemon.hook_timeout = t;
+        }
+    }
+
+    // Issuers.
+    let mut issuers = BTreeMap::new();
+    for (name, (file, key, raw)) in &raw_issuers {
+        if let Some(issuer) = issuer(&mut cx, *file, name, key, raw) {
+            issuers.insert(name.clone(), issuer);
+        }
+    }
+
+    // Certificates.
+    let defined: Vec<&str> = raw_issuers.keys().map(String::as_str).collect();
+    let mut certificates = BTreeMap::new();
+    let mut dirs: BTreeMap<PathBuf, (String, String)> = BTreeMap::new();
+    // In file order, so a clash is reported at the later definition.
+    let mut ordered: Vec<_> = raw_certs.iter().collect();
+    ordered.sort_by_key(|(_, (file, key, _))| (*file, key.span().start));
+    for (name, (file, key, raw)) in ordered {
+        let Some(cert) = certificate(&mut cx, *file, name, key, raw, &defined, &issuers) else {
+            continue;
+        };
+        let here = cx.files[*file].place(&raw.output.get_ref().dir.span());
+        if let Some((other, place)) = dirs.get(&cert.output.dir) {
+            let msg = format!(
+                "certificate.{} ({place}) already writes to {}: give each certificate its own output dir",
+                key_seg(other),
+                cert.output.dir.display()
+            );
+            cx.err(
+                *file,
+                &raw.output.get_ref().dir.span(),
+                format!("certificate.{}.output.dir", key_seg(name)),
+                msg,
+            );
+        } else {
+            dirs.insert(cert.output.dir.clone(), (name.clone(), here));
+        }
+        certificates.insert(name.clone(), cert);
+    }
+
+    if !cx.diags.is_empty() {
+        return Err(ConfigError::Invalid(cx.diags));
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        files: cx.files.into_iter().map(|f| f.path).collect(),
+        state_dir,
+        http01,
+        admin,
+        daemon,
+        issuers,
+        certificates,
+    })
+}
+
+fn default_http01_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8402))
+}
+
+fn merge<T>(
+    cx: &mut Ctx,
+    map: &mut BTreeMap<String, (usize, SStr, T)>,
+    table: &str,
+    file: usize,
+    name: SStr,
+    raw: T,
+) {
+    let key = format!("{table}.{}", key_seg(name.get_ref()));
+    if let Some((first_file, first_name, _)) = map.get(name.get_ref()) {
+        let first = cx.files[*first_file].place(&first_name.span());
+        cx.err(
+            file,
+            &name.span(),
+            key,
+            format!("defined twice: here and at {first}; rename or remove one"),
+        );
+        return;
+    }
+    map.insert(name.get_ref().clone(), (file, name, raw));
+}
+
+fn socket_addr(cx: &mut Ctx, file: usize, s: &SStr, key: &str) -> Option<SocketAddr> {
+    match s.get_ref().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            let msg = format!(
+                "\"{}\" is not an IP address with a port: write e.g. \"127.0.0.1:8402\" or \"[::1]:8402\"",
+                s.get_ref()
+            );
+            cx.err(file, &s.span(), key, msg);
+            None
+        }
+    }
+}
+
+fn duration(cx: &mut Ctx, file: usize, s: Option<&SStr>, key: &str) -> Option<std::time::Duration> {
+    let s = s?;
+    match parse_duration(s.get_ref()) {
+        Ok(d) => Some(d),
+        Err(msg) => {
+            cx.err(file, &s.span(), key, msg);
+            None
+        }
+    }
+}
+
+fn key_type(cx: &mut Ctx, file: usize, s: Option<&SStr>, key: &str) -> Option<KeyType> {
+    let Some(s) = s else {
+        return Some(KeyType::EcdsaP256);
+    };
+    match s.get_ref().parse::<KeyType>() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            cx.err(file, &s.span(), key, e.to_string());
+            None
+        }
+    }
+}
+
+fn issuer(
+    cx: &mut Ctx,
+    file: usize,
+    name: &str,
+    key: &SStr,
+    raw: &RawIssuer,
+) -> Option<IssuerConfig> {
+    let p = format!("issuer.{}", key_seg(name));
+    let errors_before = cx.diags.len();
+
+    let dir = raw.directory.get_ref();
+    let directory = if let Some((_, url)) = SHORTHANDS.iter().find(|(s, _)| s == dir) {
+        url.to_string()
+    } else {
+        let ok = reqwest::Url::parse(dir).is_ok_and(|u| {
+            matches!(u.scheme(), "https" | "http") && u.host_str().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
+            cx.err(
+                file,
+                &raw.directory.span(),
+                format!("{p}.directory"),
+                format!(
+                    "\"{dir}\" is neither a known CA (letsencrypt, letsencrypt-staging, zerossl) nor an https:// URL of an ACME directory"
+                ),
+            );
+        }
+        dir.clone()
+    };
+
+    let mut contact = Vec::new();
+    for (i, c) in raw.contact.iter().enumerate() {
+        let ok = c
+            .get_ref()
+            .strip_prefix("mailto:")
+            .is_some_and(|rest| rest.contains('@'));
+        if !ok {
+            cx.err(
+                file,
+                &c.span(),
+                format!("{p}.contact[{i}]"),
+                format!(
+                    "\"{}\" must be a mailto: URL, e.g. \"mailto:admin@example.com\"",
+                    c.get_ref()
+                ),
+            );
+        }
+        contact.push(c.get_ref().clone());
+    }
+
+    let ca_bundle = raw
+        .ca_bundle
+        .as_ref()
+        .map(|c| cx.resolve(file, c.get_ref()));
+
+    let eab = raw.eab.as_ref().and_then(|eab_s| {
+        let e = eab_s.get_ref();
+        if e.kid.get_ref().is_empty() {
+            cx.err(
+                file,
+                &e.kid.span(),
+                format!("{p}.eab.kid"),
+                "is empty: use the key id your CA gave you",
+            );
+        }
+        let file_path = e
+            .hmac_key_file
+            .as_ref()
+            .map(|f| cx.resolve(file, f.get_ref()));
+        let source = match SecretSource::from_keys(
+            "hmac_key",
+            file_path.as_deref(),
+            e.hmac_key_env.as_ref().map(|v| v.get_ref().as_str()),
+        ) {
+            Ok(s) => s,
+            Err(err) => {
+                cx.err(file, &eab_s.span(), format!("{p}.eab"), err.to_string());
+                return None;
+            }
+        };
+        match source.read() {
+            Ok(hmac_key) => Some(EabConfig {
+                kid: e.kid.get_ref().clone(),
+                hmac_key,
+            }),
+            Err(err) => {
+                let (span, k) = match (&e.hmac_key_file, &e.hmac_key_env) {
+                    (Some(f), _) => (f.span(), "hmac_key_file"),
+                    (_, Some(v)) => (v.span(), "hmac_key_env"),
+                    _ => (eab_s.span(), ""),
+                };
+                cx.err(file, &span, format!("{p}.eab.{k}"), err.to_string());
+                None
+            }
+        }
+    });
+
+    let account_key = key_type(
+        cx,
+        file,
+        raw.account_key.as_ref(),
+        &format!("{p}.account_key"),
+    );
+
+    if raw.solver.is_empty() {
+        cx.err(
+            file,
+            &key.span(),
+            p.clone(),
+            format!(
+                "no solvers: add [[{p}.solver]] with http01 = {{}} (or webroot = {{ path = \"...\" }}, or dns01 = {{ provider = \"...\", ... }})"
+            ),
+        );
+    }
+    let mut solvers = Vec::new();
+    for (i, s) in raw.solver.iter().enumerate() {
+        if let Some(sc) = solver(cx, file, &format!("{p}.solver[{i}]"), s) {
+            solvers.push(sc);
+        }
+    }
+
+    if cx.diags.len() > errors_before {
+        return None;
+    }
+    Some(IssuerConfig {
+        name: name.to_string(),
+        directory,
+        contact,
+        ca_bundle,
+        eab,
+        account_key: account_key?,
+        solvers,
+    })
+}
+
+fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<SolverConfig> {
+    let raw = s.get_ref();
+    let mut kinds = Vec::new();
+    if raw.http01.is_some() {
+        kinds.push("http01");
+    }
+    if raw.webroot.is_some() {
+        kinds.push("webroot");
+    }
+    if raw.dns01.is_some() {
+        kinds.push("dns01");
+    }
+    if kinds.len() != 1 {
+        let msg = if kinds.is_empty() {
+            "no solver kind: set exactly one of http01 = {}, webroot = { path = \"...\" }, dns01 = { provider = \"...\" }"
+                .to_string()
+        } else {
+            format!(
+                "set exactly one of http01, webroot, dns01 per solver, found {}: split them into separate [[...solver]] tables",
+                kinds.join(" and ")
+            )
+        };
+        cx.err(file, &s.span(), p, msg);
+        return None;
+    }
+    if let (Some(prop), None) = (&raw.propagation, &raw.dns01) {
+        cx.err(
+            file,
+            &prop.span(),
+            format!("{p}.propagation"),
+            "only applies to dns01 solvers: remove it",
+        );
+    }
+
+    let mut selector = Selector::default();
+    if let Some(sel) = &raw.selector {
+        for (i, z) in sel.dns_zones.iter().enumerate() {
+            match normalize_name(z.get_ref()) {
+                Ok(Ident::Dns(n)) => selector.dns_zones.push(n),
+                Ok(_) => cx.err(
+                    file,
+                    &z.span(),
+                    format!("{p}.selector.dns_zones[{i}]"),
+                    format!(
+                        "\"{}\" is not a DNS zone name: write e.g. \"example.com\"",
+                        z.get_ref()
+                    ),
+                ),
+                Err(msg) => cx.err(file, &z.span(), format!("{p}.selector.dns_zones[{i}]"), msg),
+            }
+        }
+        for (i, n) in sel.dns_names.iter().enumerate() {
+            match normalize_name(n.get_ref()) {
+                Ok(Ident::Dns(n)) | Ok(Ident::Ip(n)) => selector.dns_names.push(n),
+                Ok(Ident::Wildcard(base)) => selector.dns_names.push(format!("*.{base}")),
+                Err(msg) => cx.err(file, &n.span(), format!("{p}.selector.dns_names[{i}]"), msg),
+            }
+        }
+    }
+
+    let kind = if let Some(h) = &raw.http01 {
+        SolverKind::Http01 {
+            self_check: h.get_ref().self_check.unwrap_or(true),
+        }
+    } else if let Some(w) = &raw.webroot {
+        SolverKind::Webroot {
+            path: cx.resolve(file, w.get_ref().path.get_ref()),
+        }
+    } else if let Some(d) = &raw.dns01 {
+        let mut propagation = PropagationConfig::default();
+        if let Some(pr) = &raw.propagation {
+            let pr = pr.get_ref();
+            if let Some(c) = pr.check {
+                propagation.check = c;
+            }
+            if let Some(t) = duration(
+                cx,
+                file,
+                pr.timeout.as_ref(),
+                &format!("{p}.propagation.timeout"),
+            ) {
+                propagation.timeout = t;
+            }
+            if let Some(t) = duration(
+                cx,
+                file,
+                pr.interval.as_ref(),
+                &format!("{p}.propagation.interval"),
+            ) {
+                propagation.interval = t;
+            }
+            for (i, ns) in pr.nameservers.iter().enumerate() {
+                let v = ns.get_ref();
+                let ok = v.parse::<SocketAddr>().is_ok()
+                    || v.parse::<IpAddr>().is_ok()
+                    || v.rsplit_once(':')
+                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok())
+                    || normalize_name(v).is_ok_and(|n| matches!(n, Ident::Dns(_)));
+                if ok {
+                    propagation.nameservers.push(v.clone());
+                } else {
+                    cx.err(
+                        file,
+                        &ns.span(),
+                        format!("{p}.propagation.nameservers[{i}]"),
+                        format!("\"{v}\" is not a nameserver address: write e.g. \"127.0.0.1:53\" or \"ns1.example.com\""),
+                    );
+                }
+            }
+        }
+        SolverKind::Dns01 {
+            provider: d.get_ref().clone(),
+            propagation,
+        }
+    } else {
+        return None;
+    };
+    Some(SolverConfig { selector, kind })
+}
+
+/// A normalized identifier.
+enum Ident {
+    Dns(String),
+    /// The base name of `*.base`.
+    Wildcard(String),
+    Ip(String),
+}
+
+/// Lowercase, drop a trailing dot, and check a DNS name, `*.` wildcard or IP address.
+fn normalize_name(raw: &str) -> Result<Ident, String> {
+    let s = raw.trim_end_matches('.').to_ascii_lowercase();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Ident::Ip(ip.to_string()));
+    }
+    if !s.is_ascii() {
+        return Err(format!(
+            "\"{raw}\" is not ASCII: write internationalized names in their xn-- (punycode) form"
+        ));
+    }
+    let (wildcard, base) = match s.strip_prefix("*.") {
+        Some(b) => (true, b),
+        None => (false, s.as_str()),
+    };
+    if base.is_empty() {
+        return Err(format!("\"{raw}\" is not a DNS name"));
+    }
+    if base.len() > 253 {
+        return Err(format!("\"{raw}\" is longer than 253 characters"));
+    }
+    for label in base.split('.') {
+        if label.contains('*') {
+            return Err(format!(
+                "\"{raw}\": '*' is only allowed as the whole first label, e.g. \"*.example.com\""
+            ));
+        }
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!(
+                "\"{raw}\" is not a DNS name: each dot-separated label must have 1 to 63 characters"
+            ));
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return Err(format!(
+                "\"{raw}\" is not a DNS name: labels may hold only letters, digits and inner hyphens"
+            ));
+        }
+    }
+    Ok(if wildcard {
+        Ident::Wildcard(base.to_string())
+    } else {
+        Ident::Dns(base.to_string())
+    })
+}
+
+fn certificate(
+    cx: &mut Ctx,
+    file: usize,
+    name: &str,
+    key: &SStr,
+    raw: &RawCertificate,
+    defined: &[&str],
+    issuers: &BTreeMap<String, IssuerConfig>,
+) -> Option<CertificateConfig> {
+    let p = format!("certificate.{}", key_seg(name));
+    let errors_before = cx.diags.len();
+    let defined_list = if defined.is_empty() {
+        "none".to_string()
+    } else {
+        defined.join(", ")
+    };
+
+    // Issuers.
+    let issuer_names: Vec<String> = match &raw.issuer {
+        None if defined.len() == 1 => vec![defined[0].to_string()],
+        None => {
+            cx.err(
+                file,
+                &key.span(),
+                p.clone(),
+                format!("no issuer: set issuer = \"NAME\" or a fallback list [\"A\", \"B\"] (defined issuers: {defined_list})"),
+            );
+            Vec::new()
+        }
+        Some(list) => {
+            if list.get_ref().0.is_empty() {
+                cx.err(
+                    file,
+                    &list.span(),
+                    format!("{p}.issuer"),
+                    format!("is empty: name at least one issuer (defined issuers: {defined_list})"),
+                );
+            }
+            for (i, n) in list.get_ref().0.iter().enumerate() {
+                if list.get_ref().0[..i].contains(n) {
+                    cx.err(
+                        file,
+                        &list.span(),
+                        format!("{p}.issuer"),
+                        format!("issuer \"{n}\" is listed twice: remove one"),
+                    );
+                } else if !defined.contains(&n.as_str()) {
+                    cx.err(
+                        file,
+                        &list.span(),
+                        format!("{p}.issuer"),
+                        format!("unknown issuer \"{n}\" (defined issuers: {defined_list})"),
+                    );
+                }
+            }
+            list.get_ref().0.clone()
+        }
+    };
+
+    // Domains.
+    let mut domains = Vec::new();
+    let mut idents = Vec::new();
+    if raw.domains.get_ref().is_empty() {
+        let span = if raw.domains.span().is_empty() {
+            key.span()
+        } else {
+            raw.domains.span()
+        };
+        cx.err(
+            file,
+            &span,
+            format!("{p}.domains"),
+            "no domains: list the names, e.g. domains = [\"example.com\", \"www.example.com\"]",
+        );
+    }
+    for (i, d) in raw.domains.get_ref().iter().enumerate() {
+        let k = format!("{p}.domains[{i}]");
+        match normalize_name(d.get_ref()) {
+            Ok(ident) => {
+                let text = match &ident {
+                    Ident::Dns(n) | Ident::Ip(n) => n.clone(),
+                    Ident::Wildcard(b) => format!("*.{b}"),
+                };
+                if domains.contains(&text) {
+                    cx.err(
+                        file,
+                        &d.span(),
+                        k,
+                        format!("\"{text}\" is listed twice: remove one"),
+                    );
+                    continue;
+                }
+                domains.push(text);
+                idents.push((d.span(), k, ident));
+            }
+            Err(msg) => cx.err(file, &d.span(), k, msg),
+        }
+    }
+
+    // Every name must have a solver at every issuer it may go to.
+    for issuer_name in &issuer_names {
+        let Some(issuer) = issuers.get(issuer_name) else {
+            continue;
+        };
+        for (span, k, ident) in &idents {
+            let msg = match ident {
+                Ident::Wildcard(base) => issuer.solver_for(base, true).is_none().then(|| {
+                    format!(
+                        "*.{base} needs a dns01 solver: add [[issuer.{}.solver]] with dns01 = {{...}} whose selector covers {base}",
+                        key_seg(issuer_name)
+                    )
+                }),
+                Ident::Ip(ip) => issuer.solver_for(ip, false).is_none().then(|| {
+                    format!(
+                        "{ip} is an IP address and needs an http01 or webroot solver (dns01 cannot prove IP addresses): add [[issuer.{}.solver]] with http01 = {{}} and no selector",
+                        key_seg(issuer_name)
+                    )
+                }),
+                Ident::Dns(n) => issuer.solver_for(n, false).is_none().then(|| {
+                    format!(
+                        "no solver of issuer \"{issuer_name}\" covers {n}: add a solver whose selector covers it, or one without a selector"
+                    )
+                }),
+            };
+            if let Some(msg) = msg {
+                cx.err(file, span, k.clone(), msg);
+            }
+        }
+    }
+
+    let key_type = key_type(cx, file, raw.key.as_ref(), &format!("{p}.key"));
+    let renew_before = duration(
+        cx,
+        file,
+        raw.renew_before.as_ref(),
+        &format!("{p}.renew_before"),
+    );
+    for (field, v) in [
+        ("profile", &raw.profile),
+        ("preferred_chain", &raw.preferred_chain),
+    ] {
+        if let Some(v) = v
+            && v.get_ref().trim().is_empty()
+        {
+            cx.err(
+                file,
+                &v.span(),
+                format!("{p}.{field}"),
+                "is empty: remove the key or give a value",
+            );
+        }
+    }
+    let mut reload = Vec::new();
+    for (i, r) in raw.reload.iter().enumerate() {
+        if r.get_ref().trim().is_empty() {
+            cx.err(
+                file,
+                &r.span(),
+                format!("{p}.reload[{i}]"),
+                "is an empty command: remove it",
+            );
+        }
+        reload.push(r.get_ref().clone());
+    }
+
+    // Output.
+    let out = raw.output.get_ref();
+    let dir = PathBuf::from(out.dir.get_ref());
+    if !dir.is_absolute() {
+        cx.err(
+            file,
+            &out.dir.span(),
+            format!("{p}.output.dir"),
+            format!("must be an absolute path, got \"{}\"", out.dir.get_ref()),
+        );
+    }
+    let key_mode = mode(
+        cx,
+        file,
+        out.key_mode.as_ref(),
+        &format!("{p}.output.key_mode"),
+        super::DEFAULT_KEY_MODE,
+    );
+    let cert_mode = mode(
+        cx,
+        file,
+        out.cert_mode.as_ref(),
+        &format!("{p}.output.cert_mode"),
+        super::DEFAULT_CERT_MODE,
+    );
+    for (field, v) in [("owner", &out.owner), ("group", &out.group)] {
+        if let Some(v) = v
+            && v.get_ref().trim().is_empty()
+        {
+            cx.err(
+                file,
+                &v.span(),
+                format!("{p}.output.{field}"),
+                "is empty: remove the key or name a user/group",
+            );
+        }
+    }
+
+    if cx.diags.len() > errors_before {
+        return None;
+    }
+    Some(CertificateConfig {
+        name: name.to_string(),
+        issuers: issuer_names,
+        domains,
+        key: key_type?,
+        renew_before,
+        profile: raw.profile.as_ref().map(|v| v.get_ref().clone()),
+        preferred_chain: raw.preferred_chain.as_ref().map(|v| v.get_ref().clone()),
+        key_reuse: raw.key_reuse,
+        output: OutputConfig {
+            dir,
+            owner: out.owner.as_ref().map(|v| v.get_ref().clone()),
+            group: out.group.as_ref().map(|v| v.get_ref().clone()),
+            key_mode: key_mode?,
+            cert_mode: cert_mode?,
+        },
+        reload,
+    })
+}
+
+/// A file mode: an octal string ("0640", "640") or a TOML octal integer (0o640), at most 0777.
+fn mode(
+    cx: &mut Ctx,
+    file: usize,
+    m: Option<&Spanned<Mode>>,
+    key: &str,
+    default: u32,
+) -> Option<u32> {
+    let Some(m) = m else { return Some(default) };
+    let parsed = match m.get_ref() {
+        Mode::Text(t) => {
+            let digits = t.strip_prefix("0o").unwrap_or(t);
+            (!digits.is_empty() && digits.len() <= 4)
+                .then(|| u32::from_str_radix(digits, 8).ok())
+                .flatten()
+                .ok_or_else(|| format!("\"{t}\" is not an octal file mode: write e.g. \"0640\""))
+        }
+        Mode::Number(n) => {
+            // Only a TOML octal literal (0o640) means what the user thinks; 640 or 420 would not.
+            let written = &cx.files[file].text[m.span()];
+            if written.starts_with("0o") {
+                u32::try_from(*n).map_err(|_| format!("{written} is not a file mode"))
+            } else {
+                Err(format!(
+                    "{written} is a decimal number: write the mode as an octal string, e.g. \"0640\""
+                ))
+            }
+        }
+    };
+    match parsed {
+        Ok(v) if v <= 0o777 => Some(v),
+        Ok(v) => {
+            cx.err(
+                file,
+                &m.span(),
+                key,
+                format!("mode {v:o} has bits above 0777 (setuid/setgid/sticky): use e.g. \"0640\""),
+            );
+            None
+        }
+        Err(msg) => {
+            cx.err(file, &m.span(), key, msg);
+            None
+        }
+    }
+}
