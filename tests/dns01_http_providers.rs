@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use certkeeper::challenge::dns01::TxtRecord;
 use certkeeper::challenge::dns01::providers::{DnsProviderConfig, sigv4};
-use certkeeper::challenge::dns01::{DnsProvider, TxtRecord};
 
 #[derive(Clone, Debug)]
 struct Seen {

@@ -1,7 +1,7 @@
 //! DNS provider plugins and their configuration: the `dns01 = { provider = "...", ... }` table.
 //!
 //! Secrets are read from `*_file` or `*_env` keys only, at build time, and kept in [`Secret`]
-//! (redacted in `Debug`). Every provider's server or API base URL can be overridden.
+//! ([`super::Secret`], redacted in `Debug`). Every provider's server or API base URL can be overridden.
 
 pub mod acme_dns;
 pub mod cloudflare;
@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-#[allow(unused_imports)]
-use super::Secret;
 use super::{DnsProvider, ProviderError};
 
 /// The `dns01` table: which provider, and its settings.
