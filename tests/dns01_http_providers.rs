@@ -98,6 +98,15 @@ fn cloudflare_api(s: &Seen) -> (StatusCode, String) {
                 format!(r#"{{"success":true,"errors":[],"result":{{"id":"{id}"}}}}"#),
             )
         }
+        ("GET", "/client/v4/zones/zone-1/dns_records", q) => {
+            // Lookup by name and value: only "lost" exists.
+            let hit = q == "type=TXT&name=_acme-challenge.www.example.com&content=lost";
+            let result = if hit { r#"[{"id":"rec-lost"}]"# } else { "[]" };
+            (
+                StatusCode::OK,
+                format!(r#"{{"success":true,"errors":[],"result":{result}}}"#),
+            )
+        }
         ("DELETE", p, _) if p.starts_with("/client/v4/zones/zone-1/dns_records/rec-") => (
             StatusCode::OK,
             r#"{"success":true,"errors":[],"result":{"id":"x"}}"#.into(),
@@ -124,8 +133,8 @@ async fn cloudflare_finds_zone_creates_and_deletes_by_id() {
     let h = p.present(&r).await.expect("present");
     assert_eq!(h.id.as_deref(), Some("zone-1/rec-val1"));
     p.cleanup(&r, h).await.expect("cleanup");
-    let seen = seen.lock().unwrap().clone();
-    let calls: Vec<String> = seen
+    let log = seen.lock().unwrap().clone();
+    let calls: Vec<String> = log
         .iter()
         .map(|s| format!("{} {}?{}", s.method, s.path, s.query))
         .collect();
@@ -139,10 +148,30 @@ async fn cloudflare_finds_zone_creates_and_deletes_by_id() {
             "DELETE /client/v4/zones/zone-1/dns_records/rec-val1?",
         ]
     );
-    let body: serde_json::Value = serde_json::from_str(&seen[3].body).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&log[3].body).unwrap();
     assert_eq!(
         body,
         serde_json::json!({"type": "TXT", "name": "_acme-challenge.www.example.com", "content": "val1", "ttl": 60})
+    );
+
+    // Without an id (present's answer was lost) cleanup finds the record by name and value.
+    seen.lock().unwrap().clear();
+    p.cleanup(&rec("lost", Some("example.com.")), Default::default())
+        .await
+        .expect("cleanup by value");
+    let calls: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            "GET /client/v4/zones",
+            "GET /client/v4/zones/zone-1/dns_records",
+            "DELETE /client/v4/zones/zone-1/dns_records/rec-lost",
+        ]
     );
 
     // A bad token is reported with the API's words and a hint.

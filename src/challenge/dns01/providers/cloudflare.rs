@@ -152,20 +152,31 @@ impl DnsProvider for Cloudflare {
     }
 
     async fn cleanup(&self, rec: &TxtRecord, handle: RecordHandle) -> Result<(), ProviderError> {
-        let Some((zone_id, record_id)) = handle.id.as_deref().and_then(|h| h.split_once('/'))
-        else {
-            return Err(ProviderError::Api {
-                provider: NAME,
-                message: format!("no record id kept for {}", rec.fqdn),
-                retryable: false,
-            });
+        let ids: Vec<(String, String)> = match handle.id.as_deref().and_then(|h| h.split_once('/'))
+        {
+            Some((zone_id, record_id)) => vec![(zone_id.to_string(), record_id.to_string())],
+            None => {
+                // No id (present's answer was lost): find records by exact name and value.
+                let zone_id = self.zone_id(rec).await?;
+                let what = format!("looking up TXT {} by value", rec.fqdn);
+                let req = self.http.get(format!(
+                    "{}/zones/{zone_id}/dns_records?type=TXT&name={}&content={}",
+                    self.base,
+                    fqdn::unfqdn(&rec.fqdn),
+                    rec.value
+                ));
+                let found: Vec<WithId> = self.call(req, &what).await?.unwrap_or_default();
+                found.into_iter().map(|r| (zone_id.clone(), r.id)).collect()
+            }
         };
-        let what = format!("deleting TXT {} (id {record_id})", rec.fqdn);
-        let req = self.http.delete(format!(
-            "{}/zones/{zone_id}/dns_records/{record_id}",
-            self.base
-        ));
-        let _: Option<serde_json::Value> = self.call(req, &what).await?;
+        for (zone_id, record_id) in ids {
+            let what = format!("deleting TXT {} (id {record_id})", rec.fqdn);
+            let req = self.http.delete(format!(
+                "{}/zones/{zone_id}/dns_records/{record_id}",
+                self.base
+            ));
+            let _: Option<serde_json::Value> = self.call(req, &what).await?;
+        }
         Ok(())
     }
 }
