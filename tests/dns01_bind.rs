@@ -174,3 +174,44 @@ async fn wrong_tsig_secret_is_explained() {
         None
     );
 }
+
+#[tokio::test]
+async fn zone_and_nameservers_found_via_resolver() {
+    let Some(server) = Bind::start().await else {
+        return;
+    };
+    // bind answers authoritative data to RD queries too, so it can stand in for a resolver here.
+    let lookup = certkeeper::challenge::dns01::zone::Lookup::recursive(vec![server.addr]);
+    assert_eq!(
+        lookup
+            .find_zone("_acme-challenge.deep.www.example.test")
+            .await
+            .unwrap(),
+        "example.test."
+    );
+    assert_eq!(
+        lookup
+            .follow_cname("_acme-challenge.cname.example.test")
+            .await
+            .unwrap(),
+        "delegated.acme.test."
+    );
+    assert_eq!(
+        lookup.find_zone("delegated.acme.test.").await.unwrap(),
+        "acme.test."
+    );
+    let ns = lookup.nameservers("example.test.").await.unwrap();
+    assert_eq!(
+        ns,
+        vec![(
+            "ns1.example.test.".to_string(),
+            "127.0.0.1:53".parse().unwrap()
+        )]
+    );
+    let err = lookup
+        .find_zone("nothing.invalid.")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nothing.invalid"), "{err}");
+}

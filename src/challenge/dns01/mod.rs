@@ -388,13 +388,30 @@ mod tests {
         }
     }
 
-    fn offline() -> PropagationConfig {
-        // A closed loopback port: lookups fail fast and the solver falls back to the plain name.
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    /// A loopback DNS "server" that answers every query REFUSED at once: lookups fail fast and
+    /// the solver falls back to the plain challenge name with no zone.
+    async fn refusing_server() -> std::net::SocketAddr {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                if n < 12 {
+                    continue;
+                }
+                let mut reply = buf[..n].to_vec();
+                reply[2] |= 0x80; // QR: response
+                reply[3] = (reply[3] & 0xF0) | 5; // RCODE REFUSED
+                let _ = sock.send_to(&reply, from).await;
+            }
+        });
+        addr
+    }
+
+    async fn offline() -> PropagationConfig {
         PropagationConfig {
             check: false,
-            nameservers: vec![addr],
+            nameservers: vec![refusing_server().await],
             ..PropagationConfig::default()
         }
     }
@@ -402,7 +419,7 @@ mod tests {
     #[tokio::test]
     async fn cleanup_deletes_exactly_what_present_created() {
         let rec = Arc::new(Recorder::default());
-        let solver = Dns01Solver::new(rec.clone(), offline());
+        let solver = Dns01Solver::new(rec.clone(), offline().await);
         let a = ctx("example.com", false, "a.b");
         let w = ctx("example.com", true, "c.d");
         // Cleanup before present: nothing happens.
@@ -436,12 +453,12 @@ mod tests {
             fail_present: true,
             ..Recorder::default()
         });
-        let solver = Dns01Solver::new(rec.clone(), offline());
+        let solver = Dns01Solver::new(rec.clone(), offline().await);
         let a = ctx("example.com", false, "a.b");
         let err = solver.present(&a).await.unwrap_err();
         assert!(err.retryable && err.message.contains("down"), "{err}");
         // wait refuses: there is nothing to wait for.
-        let mut checking = offline();
+        let mut checking = offline().await;
         checking.check = true;
         let solver2 = Dns01Solver::new(rec.clone(), checking);
         assert!(solver2.present(&a).await.is_err());

@@ -15,7 +15,7 @@ use super::zone::{self, Lookup, ZoneError};
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PropagationConfig {
-    /// Check at all; `false` trusts the provider and only sleeps nothing.
+    /// Run the check at all; `false` trusts the provider and asks the CA to validate at once.
     pub check: bool,
     /// Give up after this long (e.g. "120s").
     #[serde(deserialize_with = "de_duration")]

@@ -140,6 +140,11 @@ impl Lookup {
             .filter_map(|ip| ip.trim().split('%').next()?.parse::<IpAddr>().ok())
             .map(|ip| SocketAddr::new(ip, 53))
             .collect();
+        Self::recursive(servers)
+    }
+
+    /// Ask these recursive resolvers (RD on); the zone's NS set is then resolved through them.
+    pub fn recursive(servers: Vec<SocketAddr>) -> Self {
         Self {
             servers,
             recursive: true,
