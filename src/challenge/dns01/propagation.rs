@@ -232,4 +232,75 @@ mod tests {
             "{msg}"
         );
     }
+
+    /// A loopback responder answering every query with TXT `values`, AA set as told.
+    async fn fake_server(values: &'static [&'static str], authoritative: bool) -> SocketAddr {
+        use hickory_proto::op::{Message, OpCode};
+        use hickory_proto::rr::Record;
+        use hickory_proto::rr::rdata::TXT;
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let mut r = Message::response(q.metadata.id, OpCode::Query);
+                r.metadata.authoritative = authoritative;
+                r.queries = q.queries.clone();
+                for v in values {
+                    let name = q.queries[0].name().clone();
+                    r.answers.push(Record::from_rdata(
+                        name,
+                        60,
+                        RData::TXT(TXT::new(vec![v.to_string()])),
+                    ));
+                }
+                let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn judges_aa_flag_and_values() {
+        let fqdn = "_acme-challenge.example.com.";
+        let good = fake_server(&["other", "want"], true).await;
+        assert_eq!(observe(good, fqdn, "want").await, Observation::Ok);
+        let stale = fake_server(&["old"], true).await;
+        assert_eq!(
+            observe(stale, fqdn, "want").await,
+            Observation::Lagging("TXT [\"old\"]".into())
+        );
+        let cache = fake_server(&["want"], false).await;
+        let Observation::Lagging(what) = observe(cache, fqdn, "want").await else {
+            panic!("no AA must not pass")
+        };
+        assert!(what.contains("without the AA flag"), "{what}");
+
+        // Every server must pass: one good and one stale server still time out, naming the stale one.
+        let opts = PropagationConfig {
+            check: true,
+            timeout: Duration::from_millis(300),
+            interval: Duration::from_millis(100),
+            nameservers: vec![good, stale],
+        };
+        let msg = wait_for_txt(&opts, fqdn, Some("example.com."), "want")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&format!("{stale} answered TXT [\"old\"]"))
+                && !msg.contains(&good.to_string()),
+            "{msg}"
+        );
+        let opts = PropagationConfig {
+            nameservers: vec![good],
+            ..opts
+        };
+        wait_for_txt(&opts, fqdn, Some("example.com."), "want")
+            .await
+            .unwrap();
+    }
 }
