@@ -178,6 +178,9 @@ pub trait DnsProvider: Send + Sync {
     async fn cleanup(&self, rec: &TxtRecord, handle: RecordHandle) -> Result<(), ProviderError>;
 }
 
+/// (challenge name, TXT value): one presented record.
+type PresentKey = (String, String);
+
 /// A [`Solver`] for `dns-01` on top of a [`DnsProvider`].
 pub struct Dns01Solver {
     provider: Arc<dyn DnsProvider>,
@@ -186,7 +189,7 @@ pub struct Dns01Solver {
     /// What `present` created, keyed by (challenge name, value), so `cleanup` deletes exactly that.
     /// A `None` handle means `present` failed: the record may or may not exist (e.g. a timeout
     /// after the server applied the change), so `cleanup` tries a best-effort delete.
-    presented: Mutex<HashMap<(String, String), (TxtRecord, Option<RecordHandle>)>>,
+    presented: Mutex<HashMap<PresentKey, (TxtRecord, Option<RecordHandle>)>>,
 }
 
 impl fmt::Debug for Dns01Solver {
@@ -245,7 +248,7 @@ impl Dns01Solver {
     }
 }
 
-fn key_of(ch: &ChallengeCtx) -> (String, String) {
+fn key_of(ch: &ChallengeCtx) -> PresentKey {
     (fqdn::challenge_name(&ch.identifier), ch.dns_txt_value())
 }
 
