@@ -181,29 +181,7 @@ impl SolverKind {
     }
 }
 
-/// DNS propagation checking for a dns01 solver.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PropagationConfig {
-    /// Poll the authoritative nameservers until they serve the record (default true).
-    pub check: bool,
-    /// Give up after this long (default 120s).
-    pub timeout: Duration,
-    /// Poll this often (default 2s).
-    pub interval: Duration,
-    /// Ask these nameservers (`host:port`) instead of the zone's authoritative ones.
-    pub nameservers: Vec<String>,
-}
-
-impl Default for PropagationConfig {
-    fn default() -> Self {
-        Self {
-            check: true,
-            timeout: DEFAULT_PROPAGATION_TIMEOUT,
-            interval: DEFAULT_PROPAGATION_INTERVAL,
-            nameservers: Vec::new(),
-        }
-    }
-}
+pub use crate::challenge::dns01::PropagationConfig;
 
 /// `[certificate.NAME]`: one certificate to keep valid.
 #[derive(Clone, Debug)]

@@ -543,19 +543,18 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
             }
             for (i, ns) in pr.nameservers.iter().enumerate() {
                 let v = ns.get_ref();
-                let ok = v.parse::<SocketAddr>().is_ok()
-                    || v.parse::<IpAddr>().is_ok()
-                    || v.rsplit_once(':')
-                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok())
-                    || normalize_name(v).is_ok_and(|n| matches!(n, Ident::Dns(_)));
-                if ok {
-                    propagation.nameservers.push(v.clone());
+                let addr = v
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+                if let Some(addr) = addr {
+                    propagation.nameservers.push(addr);
                 } else {
                     cx.err(
                         file,
                         &ns.span(),
                         format!("{p}.propagation.nameservers[{i}]"),
-                        format!("\"{v}\" is not a nameserver address: write e.g. \"127.0.0.1:53\" or \"ns1.example.com\""),
+                        format!("\"{v}\" is not a nameserver address: write an IP address with an optional port, e.g. \"192.0.2.53\" or \"127.0.0.1:5353\""),
                     );
                 }
             }

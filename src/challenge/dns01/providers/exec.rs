@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::process::Command;
 
-use crate::challenge::dns01::propagation::parse_duration;
+use crate::config::parse_duration;
 use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, TxtRecord};
 
 const NAME: &str = "exec";
