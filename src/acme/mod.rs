@@ -4,4 +4,4 @@
 
 pub mod key;
 
-pub use key::{KeyGenError, KeyType, UnknownKeyType};
+pub use key::{AccountKey, KeyError, KeyGenError, KeyType, UnknownKeyType};
