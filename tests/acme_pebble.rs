@@ -242,6 +242,7 @@ async fn eab_required_right_key_works_wrong_key_names_eab() {
     .await
     .unwrap_err();
     let msg = err.to_string();
+    eprintln!("wrong EAB: {msg}");
     assert!(msg.contains("EAB"), "{msg}");
     assert!(
         err.problem().is_some(),
@@ -354,6 +355,7 @@ async fn unanswered_challenge_gives_structured_problem() {
     );
     assert!(p.detail.as_deref().is_some_and(|d| !d.is_empty()));
     let msg = err.to_string();
+    eprintln!("unanswered: {msg}");
     assert!(
         msg.contains("the CA could not verify control of missing.example.com; it saw:"),
         "{msg}"
@@ -403,6 +405,7 @@ async fn key_change_then_new_key_works_and_old_fails() {
         .update_contact(&["mailto:x@example.com".into()])
         .await
         .unwrap_err();
+    eprintln!("old key: {err}");
     assert!(err.problem().is_some(), "{err}");
 }
 
@@ -487,6 +490,7 @@ async fn unreachable_and_untrusted_ca_errors_say_so() {
     let err = Client::new(&pebble.directory_url(), &[], "t")
         .await
         .unwrap_err();
+    eprintln!("tls: {err}");
     assert!(matches!(err, AcmeError::Tls { .. }), "{err:?}");
     assert!(
         err.to_string()

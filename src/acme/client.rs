@@ -139,8 +139,12 @@ fn transport_error(url: &str, e: reqwest::Error) -> AcmeError {
     let mut chain = e.to_string();
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
+        let text = s.to_string();
+        // Error layers often repeat their source's text; show each piece once.
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
         src = s.source();
     }
     let lc = chain.to_lowercase();
