@@ -13,6 +13,9 @@ pub mod key;
 pub mod problem;
 pub mod types;
 
+#[cfg(test)]
+mod mock_tests;
+
 pub use account::{Account, CertificateChain, Eab, Poll, revoke_with_certificate_key};
 pub use ari::{RenewalInfo, SuggestedWindow, cert_id};
 pub use client::Client;
