@@ -69,13 +69,13 @@ fn poll() -> Poll {
     }
 }
 
-/// Run a whole order over HTTP-01 and return (chain PEM, cert key).
+/// Run a whole order over HTTP-01 and return (chain PEM, cert key, certificate URL).
 async fn issue(
     account: &Account,
     tokens: &Tokens,
     names: &[&str],
     cert_key: KeyType,
-) -> (String, openssl::pkey::PKey<openssl::pkey::Private>) {
+) -> (String, openssl::pkey::PKey<openssl::pkey::Private>, String) {
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::dns(*n)).collect();
     let order = account
         .new_order(&NewOrder {
@@ -108,11 +108,9 @@ async fn issue(
     account.finalize(&order, &csr).await.unwrap();
     let order = account.poll_order(&order.url, &poll()).await.unwrap();
     assert_eq!(order.body.status, OrderStatus::Valid);
-    let chain = account
-        .certificate(order.body.certificate.as_deref().unwrap())
-        .await
-        .unwrap();
-    (chain.pem, key)
+    let url = order.body.certificate.clone().unwrap();
+    let chain = account.certificate(&url).await.unwrap();
+    (chain.pem, key, url)
 }
 
 /// Verify the chain against pebble's root and check the leaf's names and key.
@@ -293,7 +291,7 @@ async fn issue_es256_p256_and_rs256_rsa_under_nonce_rejection() {
     )
     .await
     .unwrap();
-    let (pem, key) = issue(&ec, &tokens, &names, KeyType::EcdsaP256).await;
+    let (pem, key, _url) = issue(&ec, &tokens, &names, KeyType::EcdsaP256).await;
     verify_chain(&pebble, &pem, &names, &key).await;
     assert_eq!(KeyType::of(&key), Some(KeyType::EcdsaP256));
 
@@ -307,7 +305,7 @@ async fn issue_es256_p256_and_rs256_rsa_under_nonce_rejection() {
     .await
     .unwrap();
     assert_eq!(rsa.key().alg(), "RS256");
-    let (pem, key) = issue(&rsa, &tokens, &names, KeyType::Rsa2048).await;
+    let (pem, key, _url) = issue(&rsa, &tokens, &names, KeyType::Rsa2048).await;
     verify_chain(&pebble, &pem, &names, &key).await;
 }
 
@@ -423,7 +421,7 @@ async fn revoke_then_pebble_reports_revoked() {
     )
     .await
     .unwrap();
-    let (pem, key) = issue(
+    let (pem, key, _url) = issue(
         &account,
         &tokens,
         &["revoke.example.com"],
@@ -498,4 +496,74 @@ async fn unreachable_and_untrusted_ca_errors_say_so() {
         "{err}"
     );
     assert!(!err.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preferred_chain_picks_pebble_alternate_root() {
+    let opts = PebbleOpts {
+        alternate_roots: 1,
+        ..Default::default()
+    };
+    let Some((pebble, tokens, client)) = start(opts).await else {
+        return;
+    };
+    let account = Account::find_or_create(
+        &client,
+        AccountKey::generate(KeyType::EcdsaP256).unwrap(),
+        &[],
+        None,
+        true,
+    )
+    .await
+    .unwrap();
+    let (pem, _key, url) = issue(
+        &account,
+        &tokens,
+        &["chain.example.com"],
+        KeyType::EcdsaP256,
+    )
+    .await;
+    let cn = |pem: &str| {
+        let c = X509::from_pem(pem.as_bytes()).unwrap();
+        c.subject_name()
+            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+            .next()
+            .unwrap()
+            .data()
+            .to_string()
+            .unwrap()
+    };
+    let root0 = cn(&pebble.root_pem().await);
+    let root1 = cn(&pebble.mgmt_get("/roots/1").await);
+    assert_ne!(root0, root1);
+    let top_issuer = |pem: &str| {
+        let certs = X509::stack_from_pem(pem.as_bytes()).unwrap();
+        certs
+            .last()
+            .unwrap()
+            .issuer_name()
+            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+            .next()
+            .unwrap()
+            .data()
+            .to_string()
+            .unwrap()
+    };
+    assert_eq!(top_issuer(&pem), root0);
+    let default = account.certificate(&url).await.unwrap();
+    assert_eq!(
+        default.alternates.len(),
+        1,
+        "pebble should link one alternate chain"
+    );
+    let alt = account
+        .certificate_with_preference(&url, Some(&root1))
+        .await
+        .unwrap();
+    assert_eq!(top_issuer(&alt.pem), root1);
+    let same = account
+        .certificate_with_preference(&url, Some(&root0))
+        .await
+        .unwrap();
+    assert_eq!(top_issuer(&same.pem), root0);
 }
