@@ -76,7 +76,7 @@ async fn issue(
     names: &[&str],
     cert_key: KeyType,
 ) -> (String, openssl::pkey::PKey<openssl::pkey::Private>, String) {
-    let ids: Vec<Identifier> = names.iter().map(|n| Identifier::dns(*n)).collect();
+    let ids: Vec<Identifier> = names.iter().map(|n| Identifier::parse(n)).collect();
     let order = account
         .new_order(&NewOrder {
             identifiers: ids.clone(),
@@ -144,7 +144,15 @@ async fn verify_chain(
         .subject_alt_names()
         .unwrap()
         .iter()
-        .filter_map(|n| n.dnsname().map(str::to_string))
+        .filter_map(|n| {
+            n.dnsname().map(str::to_string).or_else(|| {
+                n.ipaddress().and_then(|b| match b.len() {
+                    4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(b).ok()?).to_string()),
+                    16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
+                    _ => None,
+                })
+            })
+        })
         .collect();
     for n in names {
         assert!(sans.iter().any(|s| s == n), "{n} missing from {sans:?}");
@@ -566,4 +574,39 @@ async fn preferred_chain_picks_pebble_alternate_root() {
         .await
         .unwrap();
     assert_eq!(top_issuer(&same.pem), root0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_identifier_issued_and_account_deactivated() {
+    let Some((pebble, tokens, client)) = start(PebbleOpts::default()).await else {
+        return;
+    };
+    let mut account = Account::find_or_create(
+        &client,
+        AccountKey::generate(KeyType::EcdsaP384).unwrap(),
+        &[],
+        None,
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(account.key().alg(), "ES384");
+    let names = ["127.0.0.1", "ip.example.com"];
+    let (pem, key, _url) = issue(&account, &tokens, &names, KeyType::EcdsaP384).await;
+    verify_chain(&pebble, &pem, &names, &key).await;
+
+    account.deactivate().await.unwrap();
+    assert_eq!(account.body().status, "deactivated");
+    let err = account
+        .new_order(&NewOrder {
+            identifiers: vec![Identifier::dns("after.example.com")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.problem().map(|p| p.kind()),
+        Some(ProblemKind::Unauthorized),
+        "{err}"
+    );
 }
