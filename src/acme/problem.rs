@@ -1,0 +1,389 @@
+//! ACME problem documents (RFC 7807, RFC 8555 §6.7): structured, classified, explained.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::Identifier;
+
+/// The `urn:ietf:params:acme:error:*` types (RFC 8555 §6.7), plus `Other` for anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProblemKind {
+    /// The nonce was stale or unknown; the request can be resent with a fresh nonce.
+    BadNonce,
+    /// The client lacks authorization (bad credentials, failed validation).
+    Unauthorized,
+    /// A CA rate limit was hit.
+    RateLimited,
+    /// The CA will not issue for this identifier.
+    RejectedIdentifier,
+    /// CAA records forbid the CA from issuing.
+    Caa,
+    /// A DNS problem during validation.
+    Dns,
+    /// The CA could not connect to the validation target.
+    Connection,
+    /// The response to a challenge was wrong.
+    IncorrectResponse,
+    /// The CA requires external account binding.
+    ExternalAccountRequired,
+    /// The CSR was unacceptable.
+    BadCsr,
+    /// No account exists for this key.
+    AccountDoesNotExist,
+    /// The request was malformed.
+    Malformed,
+    /// The CA had an internal error.
+    ServerInternal,
+    /// The identifier type is not supported.
+    UnsupportedIdentifier,
+    /// The order is not ready for finalization.
+    OrderNotReady,
+    /// The revocation reason is not allowed.
+    BadRevocationReason,
+    /// The certificate was already revoked.
+    AlreadyRevoked,
+    /// A TLS problem during validation.
+    Tls,
+    /// The user must visit the terms-of-service page.
+    UserActionRequired,
+    /// Any other type, including `about:blank`.
+    Other,
+}
+
+impl ProblemKind {
+    /// Classify a problem `type` URN.
+    pub fn from_type(t: &str) -> Self {
+        let Some(short) = t.strip_prefix("urn:ietf:params:acme:error:") else {
+            return Self::Other;
+        };
+        match short {
+            "badNonce" => Self::BadNonce,
+            "unauthorized" => Self::Unauthorized,
+            "rateLimited" => Self::RateLimited,
+            "rejectedIdentifier" => Self::RejectedIdentifier,
+            "caa" => Self::Caa,
+            "dns" => Self::Dns,
+            "connection" => Self::Connection,
+            "incorrectResponse" => Self::IncorrectResponse,
+            "externalAccountRequired" => Self::ExternalAccountRequired,
+            "badCSR" => Self::BadCsr,
+            "accountDoesNotExist" => Self::AccountDoesNotExist,
+            "malformed" => Self::Malformed,
+            "serverInternal" => Self::ServerInternal,
+            "unsupportedIdentifier" => Self::UnsupportedIdentifier,
+            "orderNotReady" => Self::OrderNotReady,
+            "badRevocationReason" => Self::BadRevocationReason,
+            "alreadyRevoked" => Self::AlreadyRevoked,
+            "tls" => Self::Tls,
+            "userActionRequired" => Self::UserActionRequired,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Which request a problem answered; it decides classification and advice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ProblemOrigin {
+    /// Not known (a problem parsed on its own).
+    #[default]
+    Unknown,
+    /// newAccount (creation or lookup).
+    NewAccount,
+    /// A challenge validation for this identifier (from an authorization's challenge `error`).
+    Challenge(String),
+    /// newOrder.
+    NewOrder,
+    /// finalize.
+    Finalize,
+    /// Any other request, named by its purpose.
+    Request(&'static str),
+}
+
+/// A sub-problem for one identifier (RFC 8555 §6.7.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubProblem {
+    /// The problem type URN.
+    #[serde(rename = "type", default = "about_blank")]
+    pub type_: String,
+    /// Human-readable detail from the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The identifier this sub-problem is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier: Option<Identifier>,
+}
+
+fn about_blank() -> String {
+    "about:blank".to_string()
+}
+
+/// An ACME problem document with the HTTP context it came with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The problem type URN, e.g. `urn:ietf:params:acme:error:rateLimited`.
+    #[serde(rename = "type", default = "about_blank")]
+    pub type_: String,
+    /// Human-readable detail from the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The status the document itself states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Per-identifier problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subproblems: Vec<SubProblem>,
+    /// The HTTP status of the response that carried the document (0 when embedded in an object).
+    #[serde(skip)]
+    pub http_status: u16,
+    /// When the response's `Retry-After` says to try again.
+    #[serde(skip)]
+    pub retry_after: Option<jiff::Timestamp>,
+    /// Which request this problem answered.
+    #[serde(skip)]
+    pub origin: ProblemOrigin,
+}
+
+impl Problem {
+    /// The classified type.
+    pub fn kind(&self) -> ProblemKind {
+        ProblemKind::from_type(&self.type_)
+    }
+
+    /// The HTTP status, from the response or else from the document.
+    pub fn effective_status(&self) -> u16 {
+        if self.http_status != 0 {
+            self.http_status
+        } else {
+            self.status.unwrap_or(0)
+        }
+    }
+
+    /// True when trying the same thing again later may succeed without a config change.
+    pub fn is_retryable(&self) -> bool {
+        use ProblemKind::*;
+        match self.kind() {
+            RejectedIdentifier
+            | Caa
+            | BadCsr
+            | UnsupportedIdentifier
+            | Malformed
+            | ExternalAccountRequired
+            | BadRevocationReason
+            | AlreadyRevoked
+            | UserActionRequired => false,
+            Unauthorized if self.origin == ProblemOrigin::NewAccount => false,
+            ServerInternal | RateLimited | Connection | Dns | BadNonce | Tls
+            | IncorrectResponse | Unauthorized | OrderNotReady | AccountDoesNotExist => true,
+            Other => self.effective_status() >= 500 || self.effective_status() == 429,
+        }
+    }
+
+    /// The detail text, or a placeholder.
+    fn detail_str(&self) -> &str {
+        self.detail.as_deref().unwrap_or("(no detail given)")
+    }
+
+    /// Cause and remedy in plain words, for a system administrator.
+    pub fn advice(&self) -> String {
+        use ProblemKind::*;
+        let detail = self.detail_str();
+        let name = match &self.origin {
+            ProblemOrigin::Challenge(n) => Some(n.clone()),
+            _ => self
+                .subproblems
+                .iter()
+                .find_map(|s| s.identifier.as_ref().map(|i| i.value.clone())),
+        };
+        match self.kind() {
+            Unauthorized if self.origin == ProblemOrigin::NewAccount => {
+                "the CA refused the account credentials: check the EAB kid and HMAC key (and that \
+                 the account key belongs to this CA)"
+                    .to_string()
+            }
+            ExternalAccountRequired => "the CA requires external account binding: set `eab = { kid, \
+                 hmac_key_file }` for this issuer with the values from the CA's dashboard"
+                .to_string(),
+            Unauthorized | IncorrectResponse | Connection | Dns | Tls
+                if matches!(self.origin, ProblemOrigin::Challenge(_)) || name.is_some() =>
+            {
+                let n = name.unwrap_or_else(|| "the name".into());
+                let what = match self.kind() {
+                    Dns => "check the DNS records (A/AAAA, CNAME, TXT) the CA resolves",
+                    Connection => "check that port 80 (HTTP-01) reaches certkeeper's listener or webroot and no firewall blocks the CA",
+                    Tls => "check the TLS setup the CA connected to",
+                    _ => "check that the challenge response is served where the CA looks (HTTP-01 proxy/webroot, DNS-01 TXT record)",
+                };
+                format!("the CA could not verify control of {n}; it saw: {detail}; {what}")
+            }
+            Unauthorized => format!("the CA refused the request as unauthorized: {detail}"),
+            RateLimited => match self.retry_after {
+                Some(t) => format!("the CA's rate limit was hit; certkeeper waits until {t} before trying again"),
+                None => "the CA's rate limit was hit; certkeeper backs off and tries again later".to_string(),
+            },
+            RejectedIdentifier => format!("the CA will not issue for {}: remove that name from the certificate or use another CA", name.unwrap_or_else(|| "a requested name".into())),
+            Caa => format!("CAA records forbid this CA from issuing for {}: add a CAA record allowing the CA, or use another issuer", name.unwrap_or_else(|| "a requested name".into())),
+            BadCsr => "the CA rejected the certificate request (CSR): check the key type is accepted by this CA".to_string(),
+            UnsupportedIdentifier => "the CA does not support one of the identifiers (IP address or wildcard?): remove it or use another CA".to_string(),
+            Malformed => "the CA rejected the request as malformed; this is likely a certkeeper bug or a CA incompatibility: please report it with this message".to_string(),
+            ServerInternal => "the CA had an internal error; certkeeper retries later".to_string(),
+            BadNonce => "the CA rejected the request nonce repeatedly; certkeeper retries later".to_string(),
+            AccountDoesNotExist => "the CA has no account for this key; certkeeper creates one".to_string(),
+            OrderNotReady => "the order was not ready to finalize: not all names were validated yet".to_string(),
+            BadRevocationReason => "the CA does not accept this revocation reason: use another reason code".to_string(),
+            AlreadyRevoked => "the certificate is already revoked; nothing to do".to_string(),
+            UserActionRequired => "the CA requires a manual step (often new terms of service): visit the CA's terms URL and agree".to_string(),
+            Dns | Connection | Tls | IncorrectResponse => format!("validation failed: {detail}"),
+            Other if self.effective_status() >= 500 => "the CA answered with a server error; certkeeper retries later".to_string(),
+            Other => format!("the CA rejected the request: {detail}"),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.effective_status();
+        if status != 0 {
+            write!(f, "HTTP {status} ")?;
+        }
+        write!(f, "{}: {}", self.type_, self.detail_str())?;
+        for s in &self.subproblems {
+            write!(f, "; ")?;
+            if let Some(id) = &s.identifier {
+                write!(f, "[{} {}] ", id.type_, id.value)?;
+            }
+            write!(
+                f,
+                "{}: {}",
+                s.type_,
+                s.detail.as_deref().unwrap_or("(no detail)")
+            )?;
+        }
+        write!(f, " — {}", self.advice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // https://www.rfc-editor.org/rfc/rfc8555#section-6.7.1
+    const RFC_SUBPROBLEMS: &str = r#"{
+        "type": "urn:ietf:params:acme:error:malformed",
+        "detail": "Some of the identifiers requested were rejected",
+        "subproblems": [
+            {
+                "type": "urn:ietf:params:acme:error:malformed",
+                "detail": "Invalid underscore in DNS name \"_example.org\"",
+                "identifier": { "type": "dns", "value": "_example.org" }
+            },
+            {
+                "type": "urn:ietf:params:acme:error:rejectedIdentifier",
+                "detail": "This CA will not issue for \"example.net\"",
+                "identifier": { "type": "dns", "value": "example.net" }
+            }
+        ]
+    }"#;
+
+    #[test]
+    fn parses_rfc_subproblems_and_displays_them() {
+        let mut p: Problem = serde_json::from_str(RFC_SUBPROBLEMS).unwrap();
+        p.http_status = 403;
+        assert_eq!(p.kind(), ProblemKind::Malformed);
+        assert_eq!(p.subproblems.len(), 2);
+        assert_eq!(
+            ProblemKind::from_type(&p.subproblems[1].type_),
+            ProblemKind::RejectedIdentifier
+        );
+        assert_eq!(
+            p.subproblems[1].identifier.as_ref().unwrap().value,
+            "example.net"
+        );
+        let s = p.to_string();
+        assert!(s.contains("HTTP 403"), "{s}");
+        assert!(s.contains("urn:ietf:params:acme:error:malformed"), "{s}");
+        assert!(
+            s.contains("Some of the identifiers requested were rejected"),
+            "{s}"
+        );
+        assert!(
+            s.contains("[dns example.net] urn:ietf:params:acme:error:rejectedIdentifier"),
+            "{s}"
+        );
+        assert!(s.contains("likely a certkeeper bug"), "{s}");
+        assert!(!p.is_retryable());
+    }
+
+    fn prob(t: &str, origin: ProblemOrigin) -> Problem {
+        Problem {
+            type_: format!("urn:ietf:params:acme:error:{t}"),
+            detail: Some("details here".into()),
+            status: None,
+            subproblems: vec![],
+            http_status: 403,
+            retry_after: None,
+            origin,
+        }
+    }
+
+    #[test]
+    fn classification() {
+        use ProblemOrigin::*;
+        for t in [
+            "rejectedIdentifier",
+            "caa",
+            "badCSR",
+            "unsupportedIdentifier",
+            "malformed",
+            "externalAccountRequired",
+        ] {
+            assert!(!prob(t, Unknown).is_retryable(), "{t}");
+        }
+        assert!(!prob("unauthorized", NewAccount).is_retryable());
+        for t in [
+            "serverInternal",
+            "rateLimited",
+            "connection",
+            "dns",
+            "badNonce",
+        ] {
+            assert!(prob(t, Unknown).is_retryable(), "{t}");
+        }
+        assert!(prob("unauthorized", Challenge("a.example".into())).is_retryable());
+        let mut other = prob("x", Unknown);
+        other.type_ = "about:blank".into();
+        other.http_status = 503;
+        assert!(other.is_retryable());
+        other.http_status = 400;
+        assert!(!other.is_retryable());
+        assert_eq!(
+            prob("userActionRequired", Unknown).kind(),
+            ProblemKind::UserActionRequired
+        );
+    }
+
+    #[test]
+    fn advice_in_plain_words() {
+        let mut p = prob("unauthorized", ProblemOrigin::NewAccount);
+        p.http_status = 401;
+        assert!(p.advice().contains("check the EAB kid and HMAC key"));
+        let p = prob(
+            "unauthorized",
+            ProblemOrigin::Challenge("www.example.com".into()),
+        );
+        assert!(
+            p.advice().starts_with(
+                "the CA could not verify control of www.example.com; it saw: details here"
+            ),
+            "{}",
+            p.advice()
+        );
+        let mut p = prob("rateLimited", ProblemOrigin::NewOrder);
+        p.retry_after = Some("2030-01-01T00:00:00Z".parse().unwrap());
+        assert!(
+            p.advice().contains("until 2030-01-01T00:00:00Z"),
+            "{}",
+            p.advice()
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! A pebble (+ pebble-challtestsrv) harness for integration tests.
+//!
+//! `Pebble::start` generates a TLS CA and a server certificate (SANs localhost, 127.0.0.1, ::1)
+//! into a tempdir, writes pebble's JSON config on free loopback ports, starts `/usr/bin/pebble`
+//! (and `pebble-challtestsrv` as its DNS unless a DNS server is given), and waits (bounded) until
+//! the directory answers. Both processes are killed by PID on drop; their output goes to files in
+//! the tempdir and is printed when the test panics.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::x509::extension::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+    SubjectKeyIdentifier,
+};
+use openssl::x509::{X509, X509NameBuilder};
+
+/// Path of the pebble binary.
+pub const PEBBLE_BIN: &str = "/usr/bin/pebble";
+/// Path of the challenge test server binary.
+pub const CHALLTESTSRV_BIN: &str = "/usr/bin/pebble-challtestsrv";
+
+/// A free TCP port on 127.0.0.1 (bound once, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// How to start pebble.
+#[derive(Clone, Debug, Default)]
+pub struct PebbleOpts {
+    /// EAB keys `(kid, base64url HMAC key)`; when set, EAB is required.
+    pub eab_keys: Option<Vec<(String, String)>>,
+    /// `PEBBLE_WFE_NONCEREJECT` percentage; pebble's default (5) when `None`.
+    pub nonce_reject: Option<u32>,
+    /// Use this DNS server instead of starting pebble-challtestsrv.
+    pub dns_server: Option<SocketAddr>,
+    /// The port pebble's VA connects to for HTTP-01 (your responder listens there).
+    pub http_port: u16,
+    /// `PEBBLE_ALTERNATE_ROOTS`: number of alternate chains (0 = none).
+    pub alternate_roots: u32,
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A running pebble. Dropping it kills the processes it started.
+pub struct Pebble {
+    dir: tempfile::TempDir,
+    acme_port: u16,
+    mgmt_port: u16,
+    challtestsrv_mgmt_port: Option<u16>,
+    dns_port: Option<u16>,
+    ca_pem: String,
+    procs: Vec<Proc>,
+}
+
+/// True when the pebble binaries are installed.
+pub fn available() -> bool {
+    Path::new(PEBBLE_BIN).exists() && Path::new(CHALLTESTSRV_BIN).exists()
+}
+
+fn name(cn: &str) -> openssl::x509::X509Name {
+    let mut n = X509NameBuilder::new().unwrap();
+    n.append_entry_by_text("CN", cn).unwrap();
+    n.build()
+}
+
+fn serial() -> openssl::asn1::Asn1Integer {
+    let mut bn = BigNum::new().unwrap();
+    bn.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+    bn.to_asn1_integer().unwrap()
+}
+
+/// A test CA and a leaf for localhost / 127.0.0.1 / ::1 signed by it: (ca_pem, leaf_pem, leaf_key_pem).
+pub fn make_tls_certs() -> (String, String, String) {
+    let ca_key: PKey<Private> = PKey::from_ec_key(
+        openssl::ec::EcKey::generate(
+            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&serial()).unwrap();
+    b.set_subject_name(&name("certkeeper test TLS CA")).unwrap();
+    b.set_issuer_name(&name("certkeeper test TLS CA")).unwrap();
+    b.set_pubkey(&ca_key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+        .unwrap();
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let ski = SubjectKeyIdentifier::new()
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(ski).unwrap();
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    let ca = b.build();
+
+    let key: PKey<Private> = PKey::from_ec_key(
+        openssl::ec::EcKey::generate(
+            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&serial()).unwrap();
+    b.set_subject_name(&name("localhost")).unwrap();
+    b.set_issuer_name(ca.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    b.append_extension(BasicConstraints::new().build().unwrap())
+        .unwrap();
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .digital_signature()
+            .key_encipherment()
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    b.append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .ip("127.0.0.1")
+        .ip("::1")
+        .build(&b.x509v3_context(Some(&ca), None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    let aki = AuthorityKeyIdentifier::new()
+        .keyid(true)
+        .build(&b.x509v3_context(Some(&ca), None))
+        .unwrap();
+    b.append_extension(aki).unwrap();
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    let leaf = b.build();
+    (
+        String::from_utf8(ca.to_pem().unwrap()).unwrap(),
+        String::from_utf8(leaf.to_pem().unwrap()).unwrap(),
+        String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+    )
+}
+
+fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).expect("create log file");
+    let err = out.try_clone().expect("clone log file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Proc { name, child, log }
+}
+
+impl Pebble {
+    /// Start pebble (and challtestsrv unless `opts.dns_server`), waiting until the directory answers.
+    pub async fn start(opts: PebbleOpts) -> Pebble {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca_pem, leaf_pem, key_pem) = make_tls_certs();
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), &leaf_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+        let acme_port = free_port();
+        let mgmt_port = free_port();
+        let tls_port = free_port();
+        let mut cfg = serde_json::json!({
+            "pebble": {
+                "listenAddress": format!("127.0.0.1:{acme_port}"),
+                "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+                "certificate": dir.path().join("cert.pem"),
+                "privateKey": dir.path().join("key.pem"),
+                "httpPort": opts.http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": opts.eab_keys.is_some(),
+            }
+        });
+        if let Some(keys) = &opts.eab_keys {
+            let m: serde_json::Map<String, serde_json::Value> = keys
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            cfg["pebble"]["externalAccountMACKeys"] = m.into();
+        }
+        let cfg_path = dir.path().join("pebble-config.json");
+        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+
+        let mut procs = Vec::new();
+        let (dns, challtestsrv_mgmt_port, dns_port) = match opts.dns_server {
+            Some(a) => (a.to_string(), None, None),
+            None => {
+                let dns_port = free_port();
+                let m = free_port();
+                procs.push(spawn(
+                    "challtestsrv",
+                    dir.path(),
+                    Command::new(CHALLTESTSRV_BIN).args([
+                        "-dns01",
+                        &format!("127.0.0.1:{dns_port}"),
+                        "-http01",
+                        "",
+                        "-https01",
+                        "",
+                        "-tlsalpn01",
+                        "",
+                        "-management",
+                        &format!("127.0.0.1:{m}"),
+                        "-defaultIPv4",
+                        "127.0.0.1",
+                        "-defaultIPv6",
+                        "",
+                    ]),
+                ));
+                (format!("127.0.0.1:{dns_port}"), Some(m), Some(dns_port))
+            }
+        };
+        let mut cmd = Command::new(PEBBLE_BIN);
+        cmd.args([
+            "-config",
+            cfg_path.to_str().unwrap(),
+            "-strict=false",
+            "-dnsserver",
+            &dns,
+        ])
+        .env("PEBBLE_VA_NOSLEEP", "1");
+        if let Some(n) = opts.nonce_reject {
+            cmd.env("PEBBLE_WFE_NONCEREJECT", n.to_string());
+        }
+        if opts.alternate_roots > 0 {
+            cmd.env("PEBBLE_ALTERNATE_ROOTS", opts.alternate_roots.to_string());
+        }
+        procs.push(spawn("pebble", dir.path(), &mut cmd));
+        let p = Pebble {
+            dir,
+            acme_port,
+            mgmt_port,
+            challtestsrv_mgmt_port,
+            dns_port,
+            ca_pem,
+            procs,
+        };
+        p.wait_ready().await;
+        p
+    }
+
+    async fn wait_ready(&self) {
+        let http = self.http_client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http.get(self.directory_url()).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                self.print_logs();
+                panic!(
+                    "pebble did not answer at {} within 20 s",
+                    self.directory_url()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(m) = self.challtestsrv_mgmt_port {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", m)).is_err() {
+                if Instant::now() > deadline {
+                    self.print_logs();
+                    panic!("pebble-challtestsrv did not listen on {m} within 10 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The ACME directory URL.
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.acme_port)
+    }
+
+    /// The PEM of the CA that signed pebble's TLS certificate (the `ca_bundle`).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The TLS CA as an openssl certificate.
+    pub fn ca_x509(&self) -> X509 {
+        X509::from_pem(self.ca_pem.as_bytes()).unwrap()
+    }
+
+    /// The management interface base URL (`/roots/0`, `/cert-status-by-serial/...`).
+    pub fn mgmt_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.mgmt_port)
+    }
+
+    /// The challtestsrv management URL, when the harness started it.
+    pub fn challtestsrv_mgmt(&self) -> Option<String> {
+        self.challtestsrv_mgmt_port
+            .map(|p| format!("http://127.0.0.1:{p}"))
+    }
+
+    /// The mock DNS server address (challtestsrv), when the harness started it.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+    }
+
+    /// The tempdir holding certs, config and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A reqwest client that trusts pebble's TLS CA.
+    pub fn http_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_certs_merge([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    /// GET a management path and return the body text.
+    pub async fn mgmt_get(&self, path: &str) -> String {
+        let r = self
+            .http_client()
+            .get(format!("{}{path}", self.mgmt_url()))
+            .send()
+            .await
+            .expect("mgmt GET");
+        assert!(
+            r.status().is_success(),
+            "mgmt GET {path}: HTTP {}",
+            r.status()
+        );
+        r.text().await.unwrap()
+    }
+
+    /// The issuing root certificate (PEM) from `/roots/0`.
+    pub async fn root_pem(&self) -> String {
+        self.mgmt_get("/roots/0").await
+    }
+
+    /// Print the process logs (also done automatically when a test panics).
+    pub fn print_logs(&self) {
+        for p in &self.procs {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            eprintln!("===== {} log ({}) =====\n{text}", p.name, p.log.display());
+        }
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        for p in &mut self.procs {
+            // Kill only the processes this harness started, by their own handle (PID).
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
