@@ -3,7 +3,8 @@
 //! [`Nginx::start`] writes a self-contained `nginx.conf` into a temporary prefix (pid file, logs and every
 //! temp path live there, so nothing under `/var/lib/nginx` or `/run` is touched), starts
 //! `nginx -c CONF -p PREFIX -e ERRLOG` in the foreground (`daemon off; master_process on;`) in its own
-//! process group, waits until its HTTP and HTTPS ports accept, and kills the whole group on `Drop`.
+//! process group, waits until its HTTP and HTTPS ports accept, and stops it on `Drop` (SIGTERM, bounded wait,
+//! then SIGKILL to the whole group).
 //!
 //! The HTTP server either proxies `/.well-known/acme-challenge/` to an upstream (the certkeeper HTTP-01
 //! listener), passing the client's `Host` header through unchanged, or serves it from a webroot; every other
@@ -20,7 +21,7 @@
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
-use std::io::{self, Read as _};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
@@ -272,12 +273,28 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: signals the process group of the master we spawned with process_group(0); its pgid == pid
-            // and the master is not reaped yet, so the id cannot have been reused.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
+        // SIGTERM first: the master stops and reaps its workers, so no zombie workers are left behind (a
+        // SIGKILLed worker group lingers as zombies until init reaps them). Bounded; then SIGKILL the group.
+        let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return;
+        };
+        // SAFETY: kill(2) on the master we spawned; it is not reaped yet, so the pid cannot have been reused.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => break,
             }
+        }
+        // SAFETY: signals the process group created by process_group(0) (pgid == master pid, not yet reaped).
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -382,7 +399,7 @@ pub async fn wait_for_serial_async(
 fn describe_subject(cert: &X509) -> String {
     cert.subject_name()
         .entries()
-        .filter_map(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+        .filter_map(|e| e.data().to_string().ok())
         .collect::<Vec<_>>()
         .join(",")
 }
