@@ -165,6 +165,40 @@ fn wait_for_serial_says_what_was_served_instead() {
 }
 
 #[test]
+fn probe_sends_sni_and_https_server_answers() {
+    require_nginx!();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let nginx = Nginx::start(NginxOpts {
+        cert_dir: certs.path().to_path_buf(),
+        placeholder_cert: true,
+        ..Default::default()
+    })
+    .expect("nginx starts");
+    // Same client settings as served_certificate; the server echoes the SNI it received.
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+        .expect("builder");
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let tcp = TcpStream::connect(nginx.https_addr()).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut tls = b.build().connect("sni-check.test", tcp).expect("handshake");
+    write!(
+        tls,
+        "GET / HTTP/1.1\r\nHost: sni-check.test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = String::new();
+    let _ = tls.read_to_string(&mut raw);
+    assert!(
+        raw.contains("sni=sni-check.test host=sni-check.test"),
+        "{raw}"
+    );
+    // The placeholder (no server_names) is for localhost.
+    let served = served_certificate(nginx.https_addr(), "sni-check.test").expect("probe");
+    assert!(format!("{:?}", served.subject_name()).contains("localhost"));
+}
+
+#[test]
 fn missing_certificate_without_placeholder_is_a_clear_error() {
     require_nginx!();
     let certs = tempfile::tempdir().expect("tempdir");

@@ -602,7 +602,7 @@ http {{\n\
         server_name {server_names};\n\
         ssl_certificate {chain};\n\
         ssl_certificate_key {key};\n\
-        location / {{\n            return 200 \"certkeeper-test-nginx\\n\";\n        }}\n\
+        location / {{\n            return 200 \"certkeeper-test-nginx sni=$ssl_server_name host=$host\\n\";\n        }}\n\
     }}\n\
 }}\n",
         pid = q(&prefix.join("nginx.pid"))?,
