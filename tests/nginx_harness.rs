@@ -199,6 +199,34 @@ fn probe_sends_sni_and_https_server_answers() {
 }
 
 #[test]
+fn rejected_reload_keeps_old_certificate_and_is_reported() {
+    require_nginx!();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let first = install_version(certs.path(), 1, &["r.test"]);
+    let nginx = Nginx::start(NginxOpts {
+        cert_dir: certs.path().to_path_buf(),
+        ..Default::default()
+    })
+    .expect("nginx starts");
+    // A torn pair (new cert, old key) like a non-atomic writer could leave behind.
+    let (cert2, _) = self_signed(&["r.test"]).expect("cert");
+    std::fs::write(
+        certs.path().join(".v-1/fullchain.pem"),
+        cert2.to_pem().expect("pem"),
+    )
+    .expect("write");
+    nginx.reload().expect("SIGHUP");
+    let err = nginx
+        .wait_for_https_serial("r.test", &serial_hex(&cert2), Duration::from_secs(2))
+        .expect_err("nginx must refuse a mismatched pair");
+    assert!(err.contains(&first), "old certificate still served: {err}");
+    assert!(
+        err.contains("key values mismatch"),
+        "reload failure quoted from the error log: {err}"
+    );
+}
+
+#[test]
 fn missing_certificate_without_placeholder_is_a_clear_error() {
     require_nginx!();
     let certs = tempfile::tempdir().expect("tempdir");

@@ -580,7 +580,7 @@ fn render_conf(
 master_process on;\n\
 worker_processes 1;\n\
 pid {pid};\n\
-error_log {err} info;\n\
+error_log {err} notice;\n\
 events {{\n    worker_connections 64;\n}}\n\
 http {{\n\
     access_log {access};\n\
