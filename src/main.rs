@@ -125,8 +125,8 @@ async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {
         }
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let _server = match Http01Server::bind(&cfg.http01.listen, tokens).await {
-        Ok(server) => Some(server.serve(shutdown.clone())),
+    let _server = match Http01Server::bind(&cfg.http01.listen, tokens).and_then(|s| s.serve(shutdown.clone())) {
+        Ok(handles) => Some(handles),
         Err(e) => {
             tracing::warn!(error = %e, "HTTP-01 listener not started; http-01 challenges will fail (is the daemon running? then use `systemctl reload certkeeper` instead)");
             None

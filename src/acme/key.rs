@@ -153,8 +153,6 @@ impl<'de> serde::Deserialize<'de> for KeyType {
     }
 }
 
-<<<<<<< HEAD
-=======
 /// base64url without padding (RFC 7515 §2), used everywhere in JWS and ARI.
 pub(crate) fn b64(data: impl AsRef<[u8]>) -> String {
     use base64::Engine as _;
@@ -345,7 +343,6 @@ fn thumbprint_of(members: &[(&str, String)]) -> String {
     ))
 }
 
->>>>>>> acme
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,8 +378,6 @@ mod tests {
         assert_eq!(w.key, KeyType::Rsa4096);
         assert!(toml::from_str::<W>("key = \"rsa-1024\"").is_err());
     }
-<<<<<<< HEAD
-=======
 
     #[test]
     fn thumbprint_matches_rfc7638_example() {
@@ -455,5 +450,4 @@ mod tests {
             format!("tok.{}", rsa.thumbprint())
         );
     }
->>>>>>> acme
 }

@@ -109,6 +109,18 @@ impl AcmeError {
         }
     }
 
+    /// True when the CA could not be reached at all (network, TLS), as opposed to answering with
+    /// an error: a reason to try another CA.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Tls { .. } | Self::Http { .. })
+            || self.problem().is_some_and(|p| p.effective_status() >= 500)
+    }
+
+    /// When the CA asked the client to come back (`Retry-After` on a problem response).
+    pub fn retry_after(&self) -> Option<jiff::Timestamp> {
+        self.problem().and_then(|p| p.retry_after)
+    }
+
     /// The problem document, if the CA sent one.
     pub fn problem(&self) -> Option<&Problem> {
         match self {

@@ -53,6 +53,8 @@ pub struct Config {
     pub source: PathBuf,
     /// Every file read: the main file first, then the included files in include order.
     pub files: Vec<PathBuf>,
+    /// The directories the `include` patterns look in, watched for new and removed files.
+    pub include_dirs: Vec<PathBuf>,
     /// Where account keys and per-certificate state live (absolute).
     pub state_dir: PathBuf,
     /// The HTTP-01 listener.

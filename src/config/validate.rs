@@ -76,9 +76,15 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
     // Includes.
     let mut includes: Vec<(usize, RawInclude)> = Vec::new();
+    let mut include_dirs: Vec<PathBuf> = Vec::new();
     for (i, pat) in main.include.iter().enumerate() {
         let key = format!("include[{i}]");
         let full = cx.resolve(0, pat.get_ref());
+        if let Some(dir) = full.parent().map(Path::to_path_buf) {
+            if !include_dirs.contains(&dir) {
+                include_dirs.push(dir);
+            }
+        }
         let paths = match super::glob::expand(&full) {
             Ok(p) => p,
             Err(msg) => {
@@ -242,6 +248,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Ok(Config {
         source: path.to_path_buf(),
         files: cx.files.into_iter().map(|f| f.path).collect(),
+        include_dirs,
         state_dir,
         http01,
         admin,

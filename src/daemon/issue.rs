@@ -5,14 +5,13 @@
 //! state directory before the CA is asked to validate anything, so a process killed at any point
 //! continues the same order on its next start instead of leaving it (and its rate-limit cost) behind.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use openssl::pkey::{PKey, Private};
 use tracing::{debug, info, warn};
 
-use crate::acme::{self, AcmeError, Identifier, NewOrder, Poll};
+use crate::acme::{self, AcmeError, AuthorizationStatus, Identifier, NewOrder, OrderStatus, Poll};
 use crate::challenge::{ChallengeCtx, ChallengeKind, Solver};
 use crate::config::{CertificateConfig, IssuerConfig};
 use crate::store::{self, InstalledPaths, VerifiedCert};
@@ -28,6 +27,8 @@ pub struct Issued {
     pub cert: VerifiedCert,
     /// Where the files are.
     pub paths: InstalledPaths,
+    /// The ARI CertID of the new certificate (RFC 9773), for renewal information and `replaces`.
+    pub ari_cert_id: Option<String>,
 }
 
 /// How long one order may take from newOrder to a downloaded certificate before it is given up for
@@ -78,37 +79,39 @@ async fn issue_with(
     replaces: Option<String>,
 ) -> Result<Issued, IssueError> {
     let account = rt.account(issuer).await?;
-    let mut state = rt.state.load_cert_state(&cert.name).map_err(IssueError::from_store)?;
+    let mut state = rt.state.load_cert_state(&cert.name).map_err(IssueError::from_store)?.unwrap_or_default();
+    let identifiers: Vec<Identifier> = cert.domains.iter().map(|d| Identifier::parse(d)).collect();
 
     // Resume an order left by a previous run (crash, kill -9, shutdown) when it is still usable.
     let mut resumed = None;
-    if let (Some(url), Some(key_pem)) = (
-        state.order_url.clone().filter(|_| state.issuer.as_deref() == Some(&issuer.name)),
-        rt.state.load_pending_key(&cert.name).map_err(IssueError::from_store)?,
-    ) {
-        match (account.order(&url).await, PKey::private_key_from_pem(&key_pem)) {
-            Ok(order) if order_matches(&order.body.identifiers, &cert.domains) && order.body.status.is_usable() => {
-                info!(cert = %cert.name, order = %url, status = ?order.body.status, "resuming order");
-                resumed = Some((order, key_pem, PKey::private_key_from_pem(&key_pem).ok()));
+    if let Some(url) = state.order_url.clone().filter(|_| state.issuer.as_deref() == Some(issuer.name.as_str())) {
+        let key = rt
+            .state
+            .load_pending_key(&cert.name)
+            .map_err(IssueError::from_store)?
+            .and_then(|pem| PKey::private_key_from_pem(&pem).ok());
+        if let Some(key) = key {
+            match account.order(&url).await {
+                Ok(order) if order_matches(&order.body.identifiers, &identifiers) && usable(order.body.status) => {
+                    info!(cert = %cert.name, order = %url, status = ?order.body.status, "resuming order");
+                    resumed = Some((order, key));
+                }
+                Ok(order) => debug!(cert = %cert.name, order = %url, status = ?order.body.status, "previous order not usable"),
+                Err(e) => debug!(cert = %cert.name, order = %url, error = %e, "previous order not found"),
             }
-            Ok(order) => debug!(cert = %cert.name, order = %url, status = ?order.body.status, "previous order not usable"),
-            Err(e) => debug!(cert = %cert.name, order = %url, error = %e, "previous order not found"),
         }
-        let _ = PKey::private_key_from_pem(&key_pem);
     }
 
     let (mut order, key) = match resumed {
-        Some((order, _pem, Some(key))) => (order, key),
-        _ => {
+        Some(r) => r,
+        None => {
             let key = new_cert_key(rt, cert)?;
-            let key_pem = key.private_key_to_pem_pkcs8().map_err(|e| IssueError::internal(format!("encoding the new key: {e}")))?;
+            let key_pem = key
+                .private_key_to_pem_pkcs8()
+                .map_err(|e| IssueError::internal(format!("encoding the new key: {e}")))?;
             // The key is on disk before the CA knows the order, so a resumed order finalizes with it.
             rt.state.save_pending_key(&cert.name, &key_pem).map_err(IssueError::from_store)?;
-            let req = NewOrder {
-                identifiers: cert.domains.iter().map(|d| Identifier::from_name(d)).collect(),
-                profile: cert.profile.clone(),
-                replaces,
-            };
+            let req = NewOrder { identifiers: identifiers.clone(), profile: cert.profile.clone(), replaces };
             let order = account.new_order(&req).await.map_err(|e| IssueError::from_acme(e, issuer))?;
             state.order_url = Some(order.url.clone());
             state.issuer = Some(issuer.name.clone());
@@ -118,21 +121,20 @@ async fn issue_with(
         }
     };
 
-    let deadline = tokio::time::Instant::now() + ORDER_TIMEOUT;
-    let poll = Poll::until(deadline);
+    let poll = Poll { timeout: ORDER_TIMEOUT, ..Poll::default() };
 
-    if order.body.status == acme::OrderStatus::Pending {
+    if order.body.status == OrderStatus::Pending {
         solve_authorizations(rt, &account, cert, issuer, &order.body.authorizations).await?;
         order = account.poll_order(&order.url, &poll).await.map_err(|e| IssueError::from_acme(e, issuer))?;
     }
-    if order.body.status == acme::OrderStatus::Ready {
-        let csr = acme::build_csr(&key, &cert.domains).map_err(|e| IssueError::internal(format!("building the CSR: {e}")))?;
+    if order.body.status == OrderStatus::Ready {
+        let csr = acme::build_csr(&key, &identifiers).map_err(|e| IssueError::internal(format!("building the CSR: {e}")))?;
         order = account.finalize(&order, &csr).await.map_err(|e| IssueError::from_acme(e, issuer))?;
     }
-    if order.body.status == acme::OrderStatus::Processing || order.body.status == acme::OrderStatus::Ready {
+    if order.body.status == OrderStatus::Processing || order.body.status == OrderStatus::Ready {
         order = account.poll_order(&order.url, &poll).await.map_err(|e| IssueError::from_acme(e, issuer))?;
     }
-    if order.body.status != acme::OrderStatus::Valid {
+    if order.body.status != OrderStatus::Valid {
         let detail = order.body.error.as_ref().map(|p| format!(": {p}")).unwrap_or_default();
         return Err(IssueError::retryable(format!(
             "the order {} ended as {:?}{detail}",
@@ -157,7 +159,8 @@ async fn issue_with(
     rt.state.save_cert_state(&cert.name, &state).map_err(IssueError::from_store)?;
     rt.state.remove_pending_key(&cert.name).map_err(IssueError::from_store)?;
     info!(cert = %cert.name, issuer = %issuer.name, serial = %verified.serial_hex, not_after = %verified.not_after, "certificate installed");
-    Ok(Issued { issuer: issuer.name.clone(), cert: verified, paths })
+    let ari_cert_id = chain.certificates().ok().and_then(|c| c.first().and_then(|leaf| acme::cert_id(leaf).ok()));
+    Ok(Issued { issuer: issuer.name.clone(), cert: verified, paths, ari_cert_id })
 }
 
 /// The private key for a new order: the live key again when `key_reuse` is set and its type still
@@ -176,12 +179,23 @@ fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>,
     cert.key.generate().map_err(|e| IssueError::internal(format!("generating a {} key: {e}", cert.key)))
 }
 
-fn order_matches(ids: &[Identifier], domains: &[String]) -> bool {
-    let mut a: Vec<String> = ids.iter().map(|i| i.as_name()).collect();
-    let mut b: Vec<String> = domains.to_vec();
-    a.sort();
-    b.sort();
-    a == b
+fn order_matches(a: &[Identifier], b: &[Identifier]) -> bool {
+    let key = |ids: &[Identifier]| {
+        let mut v: Vec<(String, String)> = ids.iter().map(|i| (i.type_.clone(), i.value.to_ascii_lowercase())).collect();
+        v.sort();
+        v
+    };
+    key(a) == key(b)
+}
+
+/// An order that can still lead to a certificate.
+fn usable(status: OrderStatus) -> bool {
+    matches!(status, OrderStatus::Pending | OrderStatus::Ready | OrderStatus::Processing | OrderStatus::Valid)
+}
+
+/// The CA's reason for a failed authorization: the first challenge error it recorded.
+fn authz_failure(authz: &acme::Authorization) -> Option<&acme::Problem> {
+    authz.challenges.iter().find_map(|c| c.error.as_ref())
 }
 
 /// Solve every pending authorization of an order concurrently. Cleanup runs for every challenge that
@@ -207,21 +221,22 @@ async fn solve_one(
 ) -> Result<(), IssueError> {
     let authz = account.authorization(url).await.map_err(|e| IssueError::from_acme(e, issuer))?;
     match authz.status {
-        acme::AuthzStatus::Valid => return Ok(()),
-        acme::AuthzStatus::Pending => {}
+        AuthorizationStatus::Valid => return Ok(()),
+        AuthorizationStatus::Pending => {}
         other => {
             return Err(IssueError::retryable(format!(
                 "authorization for {} is {:?}{}",
                 authz.identifier.value,
                 other,
-                authz.failure().map(|p| format!(": {p}")).unwrap_or_default()
+                authz_failure(&authz).map(|p| format!(": {p}")).unwrap_or_default()
             )));
         }
     }
     let name = authz.identifier.value.clone();
-    let (solver, kind) = rt.solver_for(issuer, &name, authz.wildcard, authz.identifier.is_ip())?;
-    let Some(challenge) = authz.challenges.iter().find(|c| ChallengeKind::parse(&c.kind) == Some(kind)) else {
-        let offered: Vec<&str> = authz.challenges.iter().map(|c| c.kind.as_str()).collect();
+    let is_ip = authz.identifier.type_ == "ip";
+    let (solver, kind) = rt.solver_for(issuer, &name, authz.wildcard, is_ip)?;
+    let Some(challenge) = authz.challenges.iter().find(|c| ChallengeKind::parse(&c.type_) == Some(kind)) else {
+        let offered: Vec<&str> = authz.challenges.iter().map(|c| c.type_.as_str()).collect();
         return Err(IssueError::permanent(format!(
             "the CA offers {} for {name}, not {kind} which the solver for this name uses: configure a solver of an offered type",
             offered.join(", ")
@@ -230,7 +245,7 @@ async fn solve_one(
     let ctx = ChallengeCtx {
         cert_name: cert.name.clone(),
         identifier: name.clone(),
-        is_ip: authz.identifier.is_ip(),
+        is_ip,
         wildcard: authz.wildcard,
         kind,
         token: challenge.token.clone(),
@@ -257,13 +272,16 @@ async fn present_and_validate(
     solver.present(ctx).await.map_err(IssueError::from_solve)?;
     solver.wait(ctx).await.map_err(IssueError::from_solve)?;
     account.respond(challenge_url).await.map_err(|e| IssueError::from_acme(e, issuer))?;
-    let poll = Poll::until(tokio::time::Instant::now() + ORDER_TIMEOUT);
+    let poll = Poll { timeout: ORDER_TIMEOUT, ..Poll::default() };
     let authz = account.poll_authorization(authz_url, &poll).await.map_err(|e| IssueError::from_acme(e, issuer))?;
-    if authz.status == acme::AuthzStatus::Valid {
+    if authz.status == AuthorizationStatus::Valid {
         debug!(cert = %ctx.cert_name, identifier = %ctx.identifier, "authorization valid");
         return Ok(());
     }
-    let problem = authz.failure().cloned();
+    let problem = authz_failure(&authz).cloned().map(|mut p| {
+        p.origin = acme::ProblemOrigin::Challenge(ctx.identifier.clone());
+        p
+    });
     Err(match problem {
         Some(p) => IssueError::from_acme(AcmeError::Problem(Box::new(p)), issuer),
         None => IssueError::retryable(format!(
@@ -273,8 +291,3 @@ async fn present_and_validate(
     })
 }
 
-#[allow(dead_code)]
-fn _assert_send(rt: &Arc<Runtime>, cert: &CertificateConfig) {
-    fn is_send<T: Send>(_: T) {}
-    is_send(issue(rt, cert, None));
-}

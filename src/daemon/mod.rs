@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::acme::{self, AcmeError};
 use crate::challenge::dns01::Dns01Solver;
@@ -125,25 +125,45 @@ impl Runtime {
         let client = acme::Client::new(&issuer.directory, &roots, USER_AGENT)
             .await
             .map_err(|e| IssueError::from_acme(e, issuer))?;
-        let id = account_id(issuer);
-        let key = match self.state.load_account_key(&id).map_err(IssueError::from_store)? {
-            Some(pem) => acme::AccountKey::from_pem(&pem)
-                .map_err(|e| IssueError::permanent(format!("issuer {}: the stored account key is unreadable: {e}", issuer.name)))?,
+        let id = store::account_id(&issuer.name, &issuer.directory);
+        let stored = self.state.load_account(&id).map_err(IssueError::from_store)?;
+        let known = stored.as_ref().and_then(|s| s.record.as_ref()).is_some();
+        let key = match stored {
+            Some(stored) => acme::AccountKey::from_pem(stored.key_pem.as_bytes()).map_err(|e| {
+                IssueError::permanent(format!(
+                    "issuer {}: the stored account key in {} is unreadable: {e}",
+                    issuer.name,
+                    self.state.root().display()
+                ))
+            })?,
             None => {
                 let key = acme::AccountKey::generate(issuer.account_key)
                     .map_err(|e| IssueError::internal(format!("generating the account key: {e}")))?;
                 let pem = key.to_pem().map_err(|e| IssueError::internal(format!("encoding the account key: {e}")))?;
+                let pem = String::from_utf8(pem).map_err(|e| IssueError::internal(format!("encoding the account key: {e}")))?;
+                // Stored before the CA sees it: a crash during registration finds the same account again.
                 self.state.save_account_key(&id, &pem).map_err(IssueError::from_store)?;
                 key
             }
         };
-        let eab = issuer.eab.as_ref().map(|e| acme::Eab { kid: e.kid.clone(), hmac_key: e.hmac_key.expose().to_vec() });
-        let account = acme::Account::find_or_create(client, key, &issuer.contact, eab.as_ref(), true)
+        let eab = match &issuer.eab {
+            Some(e) => Some(acme::Eab { kid: e.kid.clone(), hmac_key: decode_eab_key(e.hmac_key.expose()).map_err(|m| {
+                IssueError::permanent(format!("issuer {}: eab.hmac_key: {m}", issuer.name))
+            })? }),
+            None => None,
+        };
+        let account = acme::Account::find_or_create(&client, key, &issuer.contact, eab.as_ref(), true)
             .await
             .map_err(|e| IssueError::from_acme(e, issuer))?;
-        self.state
-            .save_account_record(&id, &store::AccountRecord::new(account.url(), &issuer.directory, &issuer.contact))
-            .map_err(IssueError::from_store)?;
+        if !known {
+            let record = store::AccountRecord {
+                url: account.url().to_string(),
+                directory: issuer.directory.clone(),
+                contact: issuer.contact.clone(),
+                created: jiff::Timestamp::now(),
+            };
+            self.state.save_account_record(&id, &record).map_err(IssueError::from_store)?;
+        }
         info!(issuer = %issuer.name, account = %account.url(), "account ready");
         accounts.insert(issuer.name.clone(), account.clone());
         Ok(account)
@@ -205,20 +225,36 @@ impl Runtime {
 /// Sent with every request to the CA.
 pub const USER_AGENT: &str = concat!("certkeeper/", env!("CARGO_PKG_VERSION"));
 
-/// The state-directory name of an issuer's account: the issuer name plus a short hash of the
-/// directory URL, so that pointing an issuer at another CA never reuses the other CA's account.
-pub fn account_id(issuer: &IssuerConfig) -> String {
-    let digest = openssl::sha::sha256(issuer.directory.as_bytes());
-    let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    let safe: String = issuer
-        .name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect();
-    format!("{safe}-{short}")
+/// Decode an EAB HMAC key as CAs hand it out: base64url without padding (RFC 8555 §7.3.4), but
+/// padded or standard base64 is accepted too, since that is what people paste.
+pub fn decode_eab_key(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let t = text.trim();
+    let unpadded = t.trim_end_matches('=');
+    URL_SAFE_NO_PAD
+        .decode(unpadded)
+        .or_else(|_| STANDARD.decode(t))
+        .map_err(|_| "not a base64url key as the CA gives it (e.g. \"zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W\")".to_string())
+        .and_then(|k| if k.is_empty() { Err("the key is empty".to_string()) } else { Ok(k) })
 }
 
-#[allow(dead_code)]
-fn _unused() {
-    warn!("");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eab_keys_decode_in_every_form_people_paste() {
+        let raw = b"\xfb\xff\x00secret-bytes";
+        use base64::Engine as _;
+        for enc in [
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+            base64::engine::general_purpose::URL_SAFE.encode(raw),
+            base64::engine::general_purpose::STANDARD.encode(raw),
+        ] {
+            assert_eq!(decode_eab_key(&format!("{enc}\n")).unwrap(), raw.to_vec(), "{enc}");
+        }
+        assert!(decode_eab_key("not base64 !!").unwrap_err().contains("base64url"));
+        assert!(decode_eab_key("").is_err());
+    }
 }

@@ -10,8 +10,8 @@ use tracing::{error, info};
 
 use crate::config::CertificateConfig;
 use crate::hooks::{self, HookOutcome, ReloadRequest};
-use crate::scheduler::{self, Due, DueReason};
-use crate::store;
+use crate::scheduler::{self, Due};
+use crate::store::{self, CertState};
 
 use super::issue::{self, Issued};
 use super::{IssueError, Runtime};
@@ -51,41 +51,37 @@ impl PassReport {
 /// the config (names, key type, issuers, profile), or when the installed files cannot be read as a
 /// matching pair; otherwise at its renewal point, or earlier inside the CA's ARI window.
 pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
-    let state = rt.state.load_cert_state(&cert.name).unwrap_or_default();
-    let fingerprint = scheduler::config_fingerprint(&cert.domains, cert.key, &cert.issuers, cert.profile.as_deref());
-    let spec = match rt.output_spec(cert) {
-        Ok(s) => s,
-        Err(_) => return Due::now(now, DueReason::Missing),
-    };
-    let installed = match store::read_installed(&spec) {
-        Ok(Some(live)) => Some(live),
-        Ok(None) => None,
+    let state = rt.state.load_cert_state(&cert.name).ok().flatten().unwrap_or_default();
+    let fingerprint = fingerprint(cert);
+    let installed = rt.output_spec(cert).ok().and_then(|spec| match store::read_installed(&spec) {
+        Ok(live) => live,
         Err(e) => {
             info!(cert = %cert.name, error = %e, "installed files unusable; issuing again");
             None
         }
-    };
-    let Some(live) = installed else {
-        return Due::now(now, DueReason::Missing);
-    };
-    let names_match = {
+    });
+    let fingerprint_changed = installed.as_ref().is_some_and(|live| {
         let mut a = live.cert.names.clone();
         let mut b = cert.domains.clone();
         a.sort();
         b.sort();
-        a == b
-    };
-    let fingerprint_changed = !names_match
-        || live.cert.key_type != Some(cert.key)
-        || state.config_fingerprint.as_deref().is_some_and(|f| f != fingerprint);
+        a != b
+            || live.cert.key_type != cert.key.as_str()
+            || state.config_fingerprint.as_deref().is_some_and(|f| f != fingerprint)
+    });
     let facts = scheduler::CertFacts {
-        installed: Some((live.cert.not_before, live.cert.not_after)),
+        installed: installed.as_ref().map(|live| (live.cert.not_before, live.cert.not_after)),
         fingerprint_changed,
-        ari_window: state.ari_window(),
-        retry: state.retry.clone(),
+        ari_window: state.ari_window,
+        retry: state.retry.clone().for_config(&fingerprint),
         renew_before: cert.renew_before,
     };
     scheduler::due(&facts, now, &mut rand::rng())
+}
+
+/// The fingerprint of what a certificate's config asks for; a change means issue again.
+pub fn fingerprint(cert: &CertificateConfig) -> String {
+    scheduler::config_fingerprint(&cert.domains, cert.key.as_str(), &cert.issuers, cert.profile.as_deref())
 }
 
 /// Run one pass over the configured certificates.
@@ -161,25 +157,35 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
 /// Issue one certificate and record the outcome (success, or the failure and its retry time) in its
 /// state file, so that backoff survives restarts.
 pub async fn issue_and_record(rt: &Runtime, cert: &CertificateConfig) -> Result<Issued, IssueError> {
-    let replaces = rt.state.load_cert_state(&cert.name).ok().and_then(|s| s.ari_cert_id.clone());
+    let replaces = rt.state.load_cert_state(&cert.name).ok().flatten().and_then(|s| s.ari_cert_id);
     let result = issue::issue(rt, cert, replaces).await;
     let now = Timestamp::now();
-    if let Ok(mut state) = rt.state.load_cert_state(&cert.name) {
-        match &result {
-            Ok(issued) => {
-                state.retry = scheduler::RetryState::default();
-                state.last_success = Some(now);
-                state.issuer = Some(issued.issuer.clone());
-                state.config_fingerprint =
-                    Some(scheduler::config_fingerprint(&cert.domains, cert.key, &cert.issuers, cert.profile.as_deref()));
-            }
-            Err(e) => {
-                state.retry = state.retry.on_failure(now, e.retry_after, !e.retryable, &e.message, &mut rand::rng());
-            }
+    let mut state = match rt.state.load_cert_state(&cert.name) {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => {
+            error!(cert = %cert.name, error = %e, "cannot read the certificate's state; starting afresh");
+            CertState::default()
         }
-        if let Err(e) = rt.state.save_cert_state(&cert.name, &state) {
-            error!(cert = %cert.name, error = %e, "cannot record the outcome in the state directory");
+    };
+    let fp = fingerprint(cert);
+    match &result {
+        Ok(issued) => {
+            state.retry = state.retry.on_success();
+            state.last_success = Some(now);
+            state.issuer = Some(issued.issuer.clone());
+            state.config_fingerprint = Some(fp);
+            state.ari_cert_id = issued.ari_cert_id.clone();
+            state.ari_window = None;
+            state.ari_refetch_at = None;
         }
+        Err(e) => {
+            let retry = state.retry.clone().for_config(&fp);
+            state.retry = retry.on_failure(now, e.retry_after, !e.retryable, e.message.clone(), &mut rand::rng());
+            state.last_error_at = Some(now);
+        }
+    }
+    if let Err(e) = rt.state.save_cert_state(&cert.name, &state) {
+        error!(cert = %cert.name, error = %e, "cannot record the outcome in the state directory");
     }
     result
 }

@@ -36,8 +36,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Arc::new(config::load(config_path)?);
     let tokens = TokenStore::default();
     let shutdown = CancellationToken::new();
-    let server = Http01Server::bind(&cfg.http01.listen, tokens.clone()).await?;
-    let _server = server.serve(shutdown.clone());
+    let server = Http01Server::bind(&cfg.http01.listen, tokens.clone())?;
+    let _server = server.serve(shutdown.clone())?;
     let mut rt = Arc::new(Runtime::new(cfg.clone(), tokens.clone()).context("opening the state directory")?);
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -147,7 +147,12 @@ fn finished(
     }
     let due = due_for(rt, cert, Timestamp::now());
     info!(cert = %name, at = %due.at, reason = %due.reason, "next renewal");
-    timers.set(name, due.at);
+    match due.wake_at() {
+        Some(at) => timers.set(&name, at),
+        None => {
+            timers.remove(&name);
+        }
+    }
 }
 
 fn schedule_all(rt: &Runtime, timers: &mut Timers) {
@@ -155,7 +160,12 @@ fn schedule_all(rt: &Runtime, timers: &mut Timers) {
     for (name, cert) in &rt.config.certificates {
         let due = due_for(rt, cert, now);
         info!(cert = %name, at = %due.at, reason = %due.reason, "scheduled");
-        timers.set(name.clone(), due.at);
+        match due.wake_at() {
+            Some(at) => timers.set(name, at),
+            None => {
+                timers.remove(name);
+            }
+        }
     }
 }
 
@@ -229,8 +239,7 @@ fn watch_config(cfg: &Config, tx: mpsc::Sender<()>) -> Option<Watcher> {
 
 /// Half the systemd watchdog interval, when systemd asked for a watchdog.
 fn sd_watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) { Some(Duration::from_micros(usec / 2)) } else { None }
+    sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 
 async fn tick(interval: Option<Duration>) {

@@ -74,6 +74,36 @@ pub enum HookStatus {
     },
 }
 
+impl std::fmt::Display for HookOutcome {
+    /// One line for the administrator: the command, for which certificates, and how it ended.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let certs = self.cert_names.join(", ");
+        let tail = |o: &str| {
+            let o = o.trim();
+            if o.is_empty() { String::new() } else { format!("; output: {o}") }
+        };
+        match &self.status {
+            HookStatus::Ok { .. } => write!(f, "`{}` (for {certs}) ran ok", self.command),
+            HookStatus::Failed { code: Some(c), output, .. } => {
+                write!(f, "`{}` (for {certs}) FAILED with exit code {c}{}", self.command, tail(output))
+            }
+            HookStatus::Failed { signal, output, .. } => write!(
+                f,
+                "`{}` (for {certs}) FAILED, killed by signal {}{}",
+                self.command,
+                signal.unwrap_or(0),
+                tail(output)
+            ),
+            HookStatus::TimedOut { output } => {
+                write!(f, "`{}` (for {certs}) TIMED OUT and was killed{}", self.command, tail(output))
+            }
+            HookStatus::SpawnError { message } => {
+                write!(f, "`{}` (for {certs}) could not be started: {message}", self.command)
+            }
+        }
+    }
+}
+
 impl HookStatus {
     /// True for [`HookStatus::Ok`].
     pub fn is_ok(&self) -> bool {

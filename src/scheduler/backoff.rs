@@ -46,6 +46,7 @@ pub fn expiry_cap(now: Timestamp, not_after: Timestamp) -> Timestamp {
 
 /// Failure and backoff state of one certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RetryState {
     /// Failed attempts since the last success.
     pub failures: u32,

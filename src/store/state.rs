@@ -92,20 +92,18 @@ pub struct CertState {
     pub issuer: Option<String>,
     /// When a certificate was last installed.
     pub last_success: Option<jiff::Timestamp>,
-    /// The last error, as shown to the administrator.
-    pub last_error: Option<String>,
     /// When the last error happened.
     pub last_error_at: Option<jiff::Timestamp>,
-    /// Consecutive failures since the last success.
-    pub failures: u32,
-    /// Do not try before this time (backoff or Retry-After).
-    pub next_retry: Option<jiff::Timestamp>,
-    /// A failure that needs a config change; no retry until the config changes.
-    pub permanent_failure: bool,
-    /// Fingerprint of the certificate's config when it last succeeded or failed permanently.
+    /// Failures since the last success, the backoff and the last error.
+    pub retry: crate::scheduler::RetryState,
+    /// Fingerprint of the certificate's config when it was last issued.
     pub config_fingerprint: Option<String>,
-    /// The last ARI renewal info (RFC 9773) as the CA sent it.
-    pub ari: Option<serde_json::Value>,
+    /// ARI (RFC 9773) CertID of the installed certificate, sent as `replaces` when renewing it.
+    pub ari_cert_id: Option<String>,
+    /// The CA's suggested renewal window for the installed certificate.
+    pub ari_window: Option<(jiff::Timestamp, jiff::Timestamp)>,
+    /// When to ask the CA for renewal information again.
+    pub ari_refetch_at: Option<jiff::Timestamp>,
 }
 
 /// The state directory.
@@ -404,9 +402,12 @@ mod tests {
         assert!(s.load_cert_state("www").unwrap().is_none());
         let st = CertState {
             order_url: Some("https://ca/order/1".into()),
-            failures: 3,
-            permanent_failure: true,
-            ari: Some(serde_json::json!({"suggestedWindow": {"start": "x"}})),
+            retry: crate::scheduler::RetryState {
+                failures: 3,
+                permanent: true,
+                ..Default::default()
+            },
+            ari_cert_id: Some("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE".into()),
             last_success: Some(jiff::Timestamp::from_second(1_700_000_000).unwrap()),
             ..Default::default()
         };
@@ -416,11 +417,11 @@ mod tests {
         // An older file with few fields and a newer one with unknown fields both load.
         fs::write(
             tmp.path().join("certs/old.json"),
-            r#"{"failures": 2, "future_field": [1]}"#,
+            r#"{"retry": {"failures": 2}, "future_field": [1]}"#,
         )
         .unwrap();
         let old = s.load_cert_state("old").unwrap().unwrap();
-        assert_eq!((old.failures, old.order_url), (2, None));
+        assert_eq!((old.retry.failures, old.order_url), (2, None));
         fs::write(tmp.path().join("certs/bad.json"), "{not json").unwrap();
         let err = s.load_cert_state("bad").unwrap_err().to_string();
         assert!(err.contains("bad.json is corrupt"), "{err}");
