@@ -280,9 +280,9 @@ async fn eab_required_right_key_works_wrong_key_names_eab() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_es256_p256_and_rs256_rsa_under_nonce_rejection() {
-    // 20 % of good nonces rejected: every request must survive badNonce retries.
+    // Half of all good nonces rejected: every request must survive badNonce retries.
     let opts = PebbleOpts {
-        nonce_reject: Some(20),
+        nonce_reject: Some(50),
         ..Default::default()
     };
     let Some((pebble, tokens, client)) = start(opts).await else {
