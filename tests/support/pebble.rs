@@ -369,6 +369,41 @@ impl Pebble {
         self.mgmt_get("/roots/0").await
     }
 
+    /// POST a JSON command to challtestsrv's management API (`/set-txt`, `/clear-txt`, `/add-a`, ...).
+    ///
+    /// Panics when the harness did not start challtestsrv or the command fails.
+    pub async fn challtestsrv(&self, path: &str, body: serde_json::Value) {
+        let base = self
+            .challtestsrv_mgmt()
+            .expect("challtestsrv was not started (dns_server given)");
+        let r = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("challtestsrv POST");
+        assert!(
+            r.status().is_success(),
+            "challtestsrv {path}: HTTP {}",
+            r.status()
+        );
+    }
+
+    /// Publish a TXT record in challtestsrv's mock DNS (`host` is an FQDN with trailing dot).
+    pub async fn set_txt(&self, host: &str, value: &str) {
+        self.challtestsrv(
+            "/set-txt",
+            serde_json::json!({ "host": host, "value": value }),
+        )
+        .await;
+    }
+
+    /// Remove the TXT records of `host` from challtestsrv's mock DNS.
+    pub async fn clear_txt(&self, host: &str) {
+        self.challtestsrv("/clear-txt", serde_json::json!({ "host": host }))
+            .await;
+    }
+
     /// Print the process logs (also done automatically when a test panics).
     pub fn print_logs(&self) {
         for p in &self.procs {
