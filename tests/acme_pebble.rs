@@ -280,9 +280,9 @@ async fn eab_required_right_key_works_wrong_key_names_eab() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_es256_p256_and_rs256_rsa_under_nonce_rejection() {
-    // 20 % of good nonces rejected: every request must survive badNonce retries.
+    // Half of all good nonces rejected: every request must survive badNonce retries.
     let opts = PebbleOpts {
-        nonce_reject: Some(20),
+        nonce_reject: Some(50),
         ..Default::default()
     };
     let Some((pebble, tokens, client)) = start(opts).await else {
@@ -609,4 +609,67 @@ async fn ip_identifier_issued_and_account_deactivated() {
         Some(ProblemKind::Unauthorized),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_via_challtestsrv_for_a_wildcard() {
+    let Some((pebble, _tokens, client)) = start(PebbleOpts::default()).await else {
+        return;
+    };
+    let account = Account::find_or_create(
+        &client,
+        AccountKey::generate(KeyType::EcdsaP256).unwrap(),
+        &[],
+        None,
+        true,
+    )
+    .await
+    .unwrap();
+    let ids = vec![Identifier::dns("*.wild.example.com")];
+    let order = account
+        .new_order(&NewOrder {
+            identifiers: ids.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let authz_url = &order.body.authorizations[0];
+    let authz = account.authorization(authz_url).await.unwrap();
+    assert!(authz.wildcard);
+    assert_eq!(authz.identifier.value, "wild.example.com");
+    assert!(
+        authz.challenge("http-01").is_none(),
+        "wildcards allow only dns-01"
+    );
+    let ch = authz.challenge("dns-01").unwrap();
+    let ctx = certkeeper::challenge::ChallengeCtx {
+        cert_name: "wild".into(),
+        identifier: authz.identifier.value.clone(),
+        is_ip: false,
+        wildcard: true,
+        kind: certkeeper::challenge::ChallengeKind::Dns01,
+        token: ch.token.clone(),
+        key_authorization: account.key_authorization(&ch.token),
+    };
+    pebble
+        .set_txt("_acme-challenge.wild.example.com.", &ctx.dns_txt_value())
+        .await;
+    account.respond(&ch.url).await.unwrap();
+    account
+        .poll_authorization(authz_url, &poll())
+        .await
+        .unwrap();
+    pebble.clear_txt("_acme-challenge.wild.example.com.").await;
+    let order = account.poll_order(&order.url, &poll()).await.unwrap();
+    let key = KeyType::EcdsaP256.generate().unwrap();
+    account
+        .finalize(&order, &build_csr(&key, &ids).unwrap())
+        .await
+        .unwrap();
+    let order = account.poll_order(&order.url, &poll()).await.unwrap();
+    let chain = account
+        .certificate(order.body.certificate.as_deref().unwrap())
+        .await
+        .unwrap();
+    verify_chain(&pebble, &chain.pem, &["*.wild.example.com"], &key).await;
 }

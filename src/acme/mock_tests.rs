@@ -470,7 +470,10 @@ async fn bad_nonce_retried_then_given_up_and_rate_limit_keeps_retry_after() {
         .await
         .unwrap_err();
     assert_eq!(err.problem().unwrap().kind(), ProblemKind::BadNonce);
-    assert_eq!(m.bad_nonce_posts.load(Ordering::SeqCst), 6);
+    assert_eq!(
+        m.bad_nonce_posts.load(Ordering::SeqCst),
+        client::BAD_NONCE_ATTEMPTS
+    );
     let err = a
         .respond(&format!("{base}/rate-limited"))
         .await

@@ -184,7 +184,29 @@ fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Proc {
 
 impl Pebble {
     /// Start pebble (and challtestsrv unless `opts.dns_server`), waiting until the directory answers.
+    ///
+    /// Ports are picked free but could be taken before pebble binds them; a start whose
+    /// processes exit early is retried (three tries in all) on new ports.
     pub async fn start(opts: PebbleOpts) -> Pebble {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut p = Self::start_once(&opts);
+            match p.wait_ready().await {
+                Ok(()) => return p,
+                Err(e) if attempt < 3 => {
+                    eprintln!("pebble harness: start {attempt} failed: {e}; retrying on new ports");
+                    p.print_logs();
+                }
+                Err(e) => {
+                    p.print_logs();
+                    panic!("pebble harness: {e}");
+                }
+            }
+        }
+    }
+
+    fn start_once(opts: &PebbleOpts) -> Pebble {
         let dir = tempfile::tempdir().expect("tempdir");
         let (ca_pem, leaf_pem, key_pem) = make_tls_certs();
         std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
@@ -260,7 +282,7 @@ impl Pebble {
             cmd.env("PEBBLE_ALTERNATE_ROOTS", opts.alternate_roots.to_string());
         }
         procs.push(spawn("pebble", dir.path(), &mut cmd));
-        let p = Pebble {
+        Pebble {
             dir,
             acme_port,
             mgmt_port,
@@ -268,39 +290,51 @@ impl Pebble {
             dns_port,
             ca_pem,
             procs,
-        };
-        p.wait_ready().await;
-        p
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// Wait until the directory answers and challtestsrv listens; `Err` when a process exited
+    /// (typically a port taken between `free_port` and its bind) or the deadline passed.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let http = self.http_client();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            self.check_alive()?;
             if let Ok(r) = http.get(self.directory_url()).send().await
                 && r.status().is_success()
             {
                 break;
             }
             if Instant::now() > deadline {
-                self.print_logs();
-                panic!(
+                return Err(format!(
                     "pebble did not answer at {} within 20 s",
                     self.directory_url()
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Some(m) = self.challtestsrv_mgmt_port {
             let deadline = Instant::now() + Duration::from_secs(10);
             while std::net::TcpStream::connect(("127.0.0.1", m)).is_err() {
+                self.check_alive()?;
                 if Instant::now() > deadline {
-                    self.print_logs();
-                    panic!("pebble-challtestsrv did not listen on {m} within 10 s");
+                    return Err(format!(
+                        "pebble-challtestsrv did not listen on {m} within 10 s"
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        self.check_alive()
+    }
+
+    fn check_alive(&mut self) -> Result<(), String> {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(format!("{} exited early ({status})", p.name));
+            }
+        }
+        Ok(())
     }
 
     /// The ACME directory URL.
@@ -367,6 +401,41 @@ impl Pebble {
     /// The issuing root certificate (PEM) from `/roots/0`.
     pub async fn root_pem(&self) -> String {
         self.mgmt_get("/roots/0").await
+    }
+
+    /// POST a JSON command to challtestsrv's management API (`/set-txt`, `/clear-txt`, `/add-a`, ...).
+    ///
+    /// Panics when the harness did not start challtestsrv or the command fails.
+    pub async fn challtestsrv(&self, path: &str, body: serde_json::Value) {
+        let base = self
+            .challtestsrv_mgmt()
+            .expect("challtestsrv was not started (dns_server given)");
+        let r = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("challtestsrv POST");
+        assert!(
+            r.status().is_success(),
+            "challtestsrv {path}: HTTP {}",
+            r.status()
+        );
+    }
+
+    /// Publish a TXT record in challtestsrv's mock DNS (`host` is an FQDN with trailing dot).
+    pub async fn set_txt(&self, host: &str, value: &str) {
+        self.challtestsrv(
+            "/set-txt",
+            serde_json::json!({ "host": host, "value": value }),
+        )
+        .await;
+    }
+
+    /// Remove the TXT records of `host` from challtestsrv's mock DNS.
+    pub async fn clear_txt(&self, host: &str) {
+        self.challtestsrv("/clear-txt", serde_json::json!({ "host": host }))
+            .await;
     }
 
     /// Print the process logs (also done automatically when a test panics).
