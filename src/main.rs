@@ -54,7 +54,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("certkeeper: cannot start the async runtime: {e}");
@@ -64,7 +68,9 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Check => check(&cli.config),
-            Command::Renew { force, names } => renew(&cli.config, PassOptions { force, only: names }).await,
+            Command::Renew { force, names } => {
+                renew(&cli.config, PassOptions { force, only: names }).await
+            }
             Command::Run => match daemon::run::run(&cli.config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -81,9 +87,14 @@ fn main() -> ExitCode {
 fn init_logging(filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
     if under_journald {
-        tracing_subscriber::registry().with(filter).with(fmt.without_time().with_ansi(false)).init();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.without_time().with_ansi(false))
+            .init();
     } else {
         tracing_subscriber::registry().with(filter).with(fmt).init();
     }
@@ -125,7 +136,9 @@ async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {
         }
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let _server = match Http01Server::bind(&cfg.http01.listen, tokens).and_then(|s| s.serve(shutdown.clone())) {
+    let _server = match Http01Server::bind(&cfg.http01.listen, tokens)
+        .and_then(|s| s.serve(shutdown.clone()))
+    {
         Ok(handles) => Some(handles),
         Err(e) => {
             tracing::warn!(error = %e, "HTTP-01 listener not started; http-01 challenges will fail (is the daemon running? then use `systemctl reload certkeeper` instead)");
@@ -135,7 +148,11 @@ async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {
     let report = pass::run_pass(rt, &opts).await;
     shutdown.cancel();
     print_report(&report);
-    if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn print_report(report: &PassReport) {

@@ -112,8 +112,10 @@ impl AcmeError {
     /// True when the CA could not be reached at all (network, TLS), as opposed to answering with
     /// an error: a reason to try another CA.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::Tls { .. } | Self::Http { .. })
-            || self.problem().is_some_and(|p| p.effective_status() >= 500)
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Tls { .. } | Self::Http { .. }
+        ) || self.problem().is_some_and(|p| p.effective_status() >= 500)
     }
 
     /// When the CA asked the client to come back (`Retry-After` on a problem response).

@@ -28,7 +28,11 @@ impl WebrootSolver {
 
     /// The file that answers `token`, after checking the token cannot escape the directory.
     fn token_path(&self, token: &str) -> Result<PathBuf, SolveError> {
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if token.is_empty()
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(SolveError::permanent(format!(
                 "the CA sent a challenge token with characters outside base64url ({token:?}); refusing to write it"
             )));
@@ -84,7 +88,10 @@ impl Solver for WebrootSolver {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SolveError::retryable(format!("webroot: cannot remove {}: {e}", path.display()))),
+            Err(e) => Err(SolveError::retryable(format!(
+                "webroot: cannot remove {}: {e}",
+                path.display()
+            ))),
         }
     }
 }
@@ -112,8 +119,14 @@ mod tests {
         let ch = ctx("abc_DEF-123");
         solver.present(&ch).await.unwrap();
         let file = dir.path().join(".well-known/acme-challenge/abc_DEF-123");
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "abc_DEF-123.thumbprint");
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "abc_DEF-123.thumbprint"
+        );
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         solver.cleanup(&ch).await.unwrap();
         assert!(!file.exists());
         // cleanup is idempotent and does not assume present succeeded
@@ -134,6 +147,10 @@ mod tests {
     async fn unwritable_root_says_what_to_fix() {
         let solver = WebrootSolver::new(PathBuf::from("/proc/certkeeper-no-such-dir"));
         let err = solver.present(&ctx("tok")).await.unwrap_err();
-        assert!(err.message.contains("cannot write the HTTP-01 token under /proc/certkeeper-no-such-dir"), "{err}");
+        assert!(
+            err.message
+                .contains("cannot write the HTTP-01 token under /proc/certkeeper-no-such-dir"),
+            "{err}"
+        );
     }
 }

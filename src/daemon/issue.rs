@@ -45,11 +45,16 @@ pub async fn issue(
     cert: &CertificateConfig,
     replaces: Option<String>,
 ) -> Result<Issued, IssueError> {
-    let _lock = rt.state.lock_cert(&cert.name).map_err(IssueError::from_store)?;
+    let _lock = rt
+        .state
+        .lock_cert(&cert.name)
+        .map_err(IssueError::from_store)?;
     let mut first_err: Option<IssueError> = None;
     for (i, issuer_name) in cert.issuers.iter().enumerate() {
         let Some(issuer) = rt.config.issuers.get(issuer_name) else {
-            return Err(IssueError::permanent(format!("unknown issuer {issuer_name:?}")));
+            return Err(IssueError::permanent(format!(
+                "unknown issuer {issuer_name:?}"
+            )));
         };
         // ARI's `replaces` names a certificate of the same CA; another CA does not know it.
         let replaces = if i == 0 { replaces.clone() } else { None };
@@ -79,12 +84,20 @@ async fn issue_with(
     replaces: Option<String>,
 ) -> Result<Issued, IssueError> {
     let account = rt.account(issuer).await?;
-    let mut state = rt.state.load_cert_state(&cert.name).map_err(IssueError::from_store)?.unwrap_or_default();
+    let mut state = rt
+        .state
+        .load_cert_state(&cert.name)
+        .map_err(IssueError::from_store)?
+        .unwrap_or_default();
     let identifiers: Vec<Identifier> = cert.domains.iter().map(|d| Identifier::parse(d)).collect();
 
     // Resume an order left by a previous run (crash, kill -9, shutdown) when it is still usable.
     let mut resumed = None;
-    if let Some(url) = state.order_url.clone().filter(|_| state.issuer.as_deref() == Some(issuer.name.as_str())) {
+    if let Some(url) = state
+        .order_url
+        .clone()
+        .filter(|_| state.issuer.as_deref() == Some(issuer.name.as_str()))
+    {
         let key = rt
             .state
             .load_pending_key(&cert.name)
@@ -92,12 +105,19 @@ async fn issue_with(
             .and_then(|pem| PKey::private_key_from_pem(&pem).ok());
         if let Some(key) = key {
             match account.order(&url).await {
-                Ok(order) if order_matches(&order.body.identifiers, &identifiers) && usable(order.body.status) => {
+                Ok(order)
+                    if order_matches(&order.body.identifiers, &identifiers)
+                        && usable(order.body.status) =>
+                {
                     info!(cert = %cert.name, order = %url, status = ?order.body.status, "resuming order");
                     resumed = Some((order, key));
                 }
-                Ok(order) => debug!(cert = %cert.name, order = %url, status = ?order.body.status, "previous order not usable"),
-                Err(e) => debug!(cert = %cert.name, order = %url, error = %e, "previous order not found"),
+                Ok(order) => {
+                    debug!(cert = %cert.name, order = %url, status = ?order.body.status, "previous order not usable")
+                }
+                Err(e) => {
+                    debug!(cert = %cert.name, order = %url, error = %e, "previous order not found")
+                }
             }
         }
     }
@@ -110,57 +130,108 @@ async fn issue_with(
                 .private_key_to_pem_pkcs8()
                 .map_err(|e| IssueError::internal(format!("encoding the new key: {e}")))?;
             // The key is on disk before the CA knows the order, so a resumed order finalizes with it.
-            rt.state.save_pending_key(&cert.name, &key_pem).map_err(IssueError::from_store)?;
-            let req = NewOrder { identifiers: identifiers.clone(), profile: cert.profile.clone(), replaces };
-            let order = account.new_order(&req).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+            rt.state
+                .save_pending_key(&cert.name, &key_pem)
+                .map_err(IssueError::from_store)?;
+            let req = NewOrder {
+                identifiers: identifiers.clone(),
+                profile: cert.profile.clone(),
+                replaces,
+            };
+            let order = account
+                .new_order(&req)
+                .await
+                .map_err(|e| IssueError::from_acme(e, issuer))?;
             state.order_url = Some(order.url.clone());
             state.issuer = Some(issuer.name.clone());
-            rt.state.save_cert_state(&cert.name, &state).map_err(IssueError::from_store)?;
+            rt.state
+                .save_cert_state(&cert.name, &state)
+                .map_err(IssueError::from_store)?;
             info!(cert = %cert.name, issuer = %issuer.name, order = %order.url, "order created");
             (order, key)
         }
     };
 
-    let poll = Poll { timeout: ORDER_TIMEOUT, ..Poll::default() };
+    let poll = Poll {
+        timeout: ORDER_TIMEOUT,
+        ..Poll::default()
+    };
 
     if order.body.status == OrderStatus::Pending {
         solve_authorizations(rt, &account, cert, issuer, &order.body.authorizations).await?;
-        order = account.poll_order(&order.url, &poll).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+        order = account
+            .poll_order(&order.url, &poll)
+            .await
+            .map_err(|e| IssueError::from_acme(e, issuer))?;
     }
     if order.body.status == OrderStatus::Ready {
-        let csr = acme::build_csr(&key, &identifiers).map_err(|e| IssueError::internal(format!("building the CSR: {e}")))?;
-        order = account.finalize(&order, &csr).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+        let csr = acme::build_csr(&key, &identifiers)
+            .map_err(|e| IssueError::internal(format!("building the CSR: {e}")))?;
+        order = account
+            .finalize(&order, &csr)
+            .await
+            .map_err(|e| IssueError::from_acme(e, issuer))?;
     }
     if order.body.status == OrderStatus::Processing || order.body.status == OrderStatus::Ready {
-        order = account.poll_order(&order.url, &poll).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+        order = account
+            .poll_order(&order.url, &poll)
+            .await
+            .map_err(|e| IssueError::from_acme(e, issuer))?;
     }
     if order.body.status != OrderStatus::Valid {
-        let detail = order.body.error.as_ref().map(|p| format!(": {p}")).unwrap_or_default();
+        let detail = order
+            .body
+            .error
+            .as_ref()
+            .map(|p| format!(": {p}"))
+            .unwrap_or_default();
         return Err(IssueError::retryable(format!(
             "the order {} ended as {:?}{detail}",
             order.url, order.body.status
         )));
     }
     let Some(cert_url) = order.body.certificate.clone() else {
-        return Err(IssueError::retryable(format!("the CA marked order {} valid but gave no certificate URL", order.url)));
+        return Err(IssueError::retryable(format!(
+            "the CA marked order {} valid but gave no certificate URL",
+            order.url
+        )));
     };
     let chain = account
         .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
         .await
         .map_err(|e| IssueError::from_acme(e, issuer))?;
 
-    let key_pem = key.private_key_to_pem_pkcs8().map_err(|e| IssueError::internal(format!("encoding the key: {e}")))?;
+    let key_pem = key
+        .private_key_to_pem_pkcs8()
+        .map_err(|e| IssueError::internal(format!("encoding the key: {e}")))?;
     let verified = store::verify_pair(&key_pem, chain.pem.as_bytes(), &cert.domains, None)
-        .map_err(|e| IssueError::retryable(format!("the CA's certificate was rejected, nothing was written: {e}")))?;
+        .map_err(|e| {
+            IssueError::retryable(format!(
+                "the CA's certificate was rejected, nothing was written: {e}"
+            ))
+        })?;
     let spec = rt.output_spec(cert)?;
-    let paths = store::install(&spec, &key_pem, chain.pem.as_bytes(), &verified).map_err(IssueError::from_store)?;
+    let paths = store::install(&spec, &key_pem, chain.pem.as_bytes(), &verified)
+        .map_err(IssueError::from_store)?;
 
     state.order_url = None;
-    rt.state.save_cert_state(&cert.name, &state).map_err(IssueError::from_store)?;
-    rt.state.remove_pending_key(&cert.name).map_err(IssueError::from_store)?;
+    rt.state
+        .save_cert_state(&cert.name, &state)
+        .map_err(IssueError::from_store)?;
+    rt.state
+        .remove_pending_key(&cert.name)
+        .map_err(IssueError::from_store)?;
     info!(cert = %cert.name, issuer = %issuer.name, serial = %verified.serial_hex, not_after = %verified.not_after, "certificate installed");
-    let ari_cert_id = chain.certificates().ok().and_then(|c| c.first().and_then(|leaf| acme::cert_id(leaf).ok()));
-    Ok(Issued { issuer: issuer.name.clone(), cert: verified, paths, ari_cert_id })
+    let ari_cert_id = chain
+        .certificates()
+        .ok()
+        .and_then(|c| c.first().and_then(|leaf| acme::cert_id(leaf).ok()));
+    Ok(Issued {
+        issuer: issuer.name.clone(),
+        cert: verified,
+        paths,
+        ari_cert_id,
+    })
 }
 
 /// The private key for a new order: the live key again when `key_reuse` is set and its type still
@@ -176,12 +247,17 @@ fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>,
             }
         }
     }
-    cert.key.generate().map_err(|e| IssueError::internal(format!("generating a {} key: {e}", cert.key)))
+    cert.key
+        .generate()
+        .map_err(|e| IssueError::internal(format!("generating a {} key: {e}", cert.key)))
 }
 
 fn order_matches(a: &[Identifier], b: &[Identifier]) -> bool {
     let key = |ids: &[Identifier]| {
-        let mut v: Vec<(String, String)> = ids.iter().map(|i| (i.type_.clone(), i.value.to_ascii_lowercase())).collect();
+        let mut v: Vec<(String, String)> = ids
+            .iter()
+            .map(|i| (i.type_.clone(), i.value.to_ascii_lowercase()))
+            .collect();
         v.sort();
         v
     };
@@ -190,7 +266,10 @@ fn order_matches(a: &[Identifier], b: &[Identifier]) -> bool {
 
 /// An order that can still lead to a certificate.
 fn usable(status: OrderStatus) -> bool {
-    matches!(status, OrderStatus::Pending | OrderStatus::Ready | OrderStatus::Processing | OrderStatus::Valid)
+    matches!(
+        status,
+        OrderStatus::Pending | OrderStatus::Ready | OrderStatus::Processing | OrderStatus::Valid
+    )
 }
 
 /// The CA's reason for a failed authorization: the first challenge error it recorded.
@@ -207,9 +286,17 @@ async fn solve_authorizations(
     issuer: &IssuerConfig,
     authz_urls: &[String],
 ) -> Result<(), IssueError> {
-    let results = join_all(authz_urls.iter().map(|url| solve_one(rt, account, cert, issuer, url))).await;
+    let results = join_all(
+        authz_urls
+            .iter()
+            .map(|url| solve_one(rt, account, cert, issuer, url)),
+    )
+    .await;
     // Report the first failure, but only after every authorization finished and cleaned up.
-    results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()
+        .map(|_| ())
 }
 
 async fn solve_one(
@@ -219,7 +306,10 @@ async fn solve_one(
     issuer: &IssuerConfig,
     url: &str,
 ) -> Result<(), IssueError> {
-    let authz = account.authorization(url).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+    let authz = account
+        .authorization(url)
+        .await
+        .map_err(|e| IssueError::from_acme(e, issuer))?;
     match authz.status {
         AuthorizationStatus::Valid => return Ok(()),
         AuthorizationStatus::Pending => {}
@@ -228,14 +318,20 @@ async fn solve_one(
                 "authorization for {} is {:?}{}",
                 authz.identifier.value,
                 other,
-                authz_failure(&authz).map(|p| format!(": {p}")).unwrap_or_default()
+                authz_failure(&authz)
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default()
             )));
         }
     }
     let name = authz.identifier.value.clone();
     let is_ip = authz.identifier.type_ == "ip";
     let (solver, kind) = rt.solver_for(issuer, &name, authz.wildcard, is_ip)?;
-    let Some(challenge) = authz.challenges.iter().find(|c| ChallengeKind::parse(&c.type_) == Some(kind)) else {
+    let Some(challenge) = authz
+        .challenges
+        .iter()
+        .find(|c| ChallengeKind::parse(&c.type_) == Some(kind))
+    else {
         let offered: Vec<&str> = authz.challenges.iter().map(|c| c.type_.as_str()).collect();
         return Err(IssueError::permanent(format!(
             "the CA offers {} for {name}, not {kind} which the solver for this name uses: configure a solver of an offered type",
@@ -251,11 +347,17 @@ async fn solve_one(
         token: challenge.token.clone(),
         key_authorization: account.key_authorization(&challenge.token),
     };
-    let result = present_and_validate(account, issuer, solver.as_ref(), &ctx, &challenge.url, url).await;
+    let result =
+        present_and_validate(account, issuer, solver.as_ref(), &ctx, &challenge.url, url).await;
     // Cleanup gets its own time; the order's failure must not leave a TXT record or token behind.
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(60), solver.cleanup(&ctx)).await.unwrap_or_else(|_| {
-        Err(crate::challenge::SolveError::retryable(format!("cleanup for {name} timed out")))
-    }) {
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(60), solver.cleanup(&ctx))
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::challenge::SolveError::retryable(format!(
+                "cleanup for {name} timed out"
+            )))
+        })
+    {
         warn!(cert = %cert.name, identifier = %name, error = %e, "challenge cleanup failed");
     }
     result
@@ -271,9 +373,18 @@ async fn present_and_validate(
 ) -> Result<(), IssueError> {
     solver.present(ctx).await.map_err(IssueError::from_solve)?;
     solver.wait(ctx).await.map_err(IssueError::from_solve)?;
-    account.respond(challenge_url).await.map_err(|e| IssueError::from_acme(e, issuer))?;
-    let poll = Poll { timeout: ORDER_TIMEOUT, ..Poll::default() };
-    let authz = account.poll_authorization(authz_url, &poll).await.map_err(|e| IssueError::from_acme(e, issuer))?;
+    account
+        .respond(challenge_url)
+        .await
+        .map_err(|e| IssueError::from_acme(e, issuer))?;
+    let poll = Poll {
+        timeout: ORDER_TIMEOUT,
+        ..Poll::default()
+    };
+    let authz = account
+        .poll_authorization(authz_url, &poll)
+        .await
+        .map_err(|e| IssueError::from_acme(e, issuer))?;
     if authz.status == AuthorizationStatus::Valid {
         debug!(cert = %ctx.cert_name, identifier = %ctx.identifier, "authorization valid");
         return Ok(());
@@ -290,4 +401,3 @@ async fn present_and_validate(
         )),
     })
 }
-

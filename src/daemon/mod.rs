@@ -38,12 +38,22 @@ pub struct IssueError {
 impl IssueError {
     /// A failure that needs a config change.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: false, fall_back: true, retry_after: None }
+        Self {
+            message: message.into(),
+            retryable: false,
+            fall_back: true,
+            retry_after: None,
+        }
     }
 
     /// A failure that may pass later.
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: true, fall_back: false, retry_after: None }
+        Self {
+            message: message.into(),
+            retryable: true,
+            fall_back: false,
+            retry_after: None,
+        }
     }
 
     /// A bug or an environment problem on this host (key generation, encoding).
@@ -64,7 +74,12 @@ impl IssueError {
 
     /// Classify a solver failure.
     pub fn from_solve(e: SolveError) -> Self {
-        Self { retryable: e.retryable, fall_back: false, retry_after: None, message: e.message }
+        Self {
+            retryable: e.retryable,
+            fall_back: false,
+            retry_after: None,
+            message: e.message,
+        }
     }
 
     /// Classify a store failure (disk full, permissions): retryable, the same CA is not to blame.
@@ -110,7 +125,11 @@ impl Runtime {
         let roots = match &issuer.ca_bundle {
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| {
-                    IssueError::permanent(format!("issuer {}: cannot read ca_bundle {}: {e}", issuer.name, path.display()))
+                    IssueError::permanent(format!(
+                        "issuer {}: cannot read ca_bundle {}: {e}",
+                        issuer.name,
+                        path.display()
+                    ))
                 })?;
                 openssl::x509::X509::stack_from_pem(&pem).map_err(|e| {
                     IssueError::permanent(format!(
@@ -126,7 +145,10 @@ impl Runtime {
             .await
             .map_err(|e| IssueError::from_acme(e, issuer))?;
         let id = store::account_id(&issuer.name, &issuer.directory);
-        let stored = self.state.load_account(&id).map_err(IssueError::from_store)?;
+        let stored = self
+            .state
+            .load_account(&id)
+            .map_err(IssueError::from_store)?;
         let known = stored.as_ref().and_then(|s| s.record.as_ref()).is_some();
         let key = match stored {
             Some(stored) => acme::AccountKey::from_pem(stored.key_pem.as_bytes()).map_err(|e| {
@@ -137,24 +159,34 @@ impl Runtime {
                 ))
             })?,
             None => {
-                let key = acme::AccountKey::generate(issuer.account_key)
-                    .map_err(|e| IssueError::internal(format!("generating the account key: {e}")))?;
-                let pem = key.to_pem().map_err(|e| IssueError::internal(format!("encoding the account key: {e}")))?;
-                let pem = String::from_utf8(pem).map_err(|e| IssueError::internal(format!("encoding the account key: {e}")))?;
+                let key = acme::AccountKey::generate(issuer.account_key).map_err(|e| {
+                    IssueError::internal(format!("generating the account key: {e}"))
+                })?;
+                let pem = key
+                    .to_pem()
+                    .map_err(|e| IssueError::internal(format!("encoding the account key: {e}")))?;
+                let pem = String::from_utf8(pem)
+                    .map_err(|e| IssueError::internal(format!("encoding the account key: {e}")))?;
                 // Stored before the CA sees it: a crash during registration finds the same account again.
-                self.state.save_account_key(&id, &pem).map_err(IssueError::from_store)?;
+                self.state
+                    .save_account_key(&id, &pem)
+                    .map_err(IssueError::from_store)?;
                 key
             }
         };
         let eab = match &issuer.eab {
-            Some(e) => Some(acme::Eab { kid: e.kid.clone(), hmac_key: decode_eab_key(e.hmac_key.expose()).map_err(|m| {
-                IssueError::permanent(format!("issuer {}: eab.hmac_key: {m}", issuer.name))
-            })? }),
+            Some(e) => Some(acme::Eab {
+                kid: e.kid.clone(),
+                hmac_key: decode_eab_key(e.hmac_key.expose()).map_err(|m| {
+                    IssueError::permanent(format!("issuer {}: eab.hmac_key: {m}", issuer.name))
+                })?,
+            }),
             None => None,
         };
-        let account = acme::Account::find_or_create(&client, key, &issuer.contact, eab.as_ref(), true)
-            .await
-            .map_err(|e| IssueError::from_acme(e, issuer))?;
+        let account =
+            acme::Account::find_or_create(&client, key, &issuer.contact, eab.as_ref(), true)
+                .await
+                .map_err(|e| IssueError::from_acme(e, issuer))?;
         if !known {
             let record = store::AccountRecord {
                 url: account.url().to_string(),
@@ -162,7 +194,9 @@ impl Runtime {
                 contact: issuer.contact.clone(),
                 created: jiff::Timestamp::now(),
             };
-            self.state.save_account_record(&id, &record).map_err(IssueError::from_store)?;
+            self.state
+                .save_account_record(&id, &record)
+                .map_err(IssueError::from_store)?;
         }
         info!(issuer = %issuer.name, account = %account.url(), "account ready");
         accounts.insert(issuer.name.clone(), account.clone());
@@ -178,31 +212,56 @@ impl Runtime {
         is_ip: bool,
     ) -> Result<(Arc<dyn Solver>, ChallengeKind), IssueError> {
         let Some(chosen) = issuer.solver_for(name, wildcard) else {
-            let what = if wildcard { format!("*.{name}") } else { name.to_string() };
+            let what = if wildcard {
+                format!("*.{name}")
+            } else {
+                name.to_string()
+            };
             let hint = if wildcard {
                 "wildcards can only be proven with DNS-01: add a [[issuer.X.solver]] with dns01 whose selector covers it"
             } else {
                 "add a [[issuer.X.solver]] whose selector covers it (or one without a selector)"
             };
-            return Err(IssueError::permanent(format!("issuer {}: no solver for {what}: {hint}", issuer.name)));
+            return Err(IssueError::permanent(format!(
+                "issuer {}: no solver for {what}: {hint}",
+                issuer.name
+            )));
         };
-        if is_ip && !matches!(chosen.kind, SolverKind::Http01 { .. } | SolverKind::Webroot { .. }) {
+        if is_ip
+            && !matches!(
+                chosen.kind,
+                SolverKind::Http01 { .. } | SolverKind::Webroot { .. }
+            )
+        {
             return Err(IssueError::permanent(format!(
                 "issuer {}: {name} is an IP address, which only HTTP-01 can prove",
                 issuer.name
             )));
         }
-        let index = issuer.solvers.iter().position(|s| std::ptr::eq(s, chosen)).unwrap_or(0);
+        let index = issuer
+            .solvers
+            .iter()
+            .position(|s| std::ptr::eq(s, chosen))
+            .unwrap_or(0);
         let key = (issuer.name.clone(), index);
         let mut solvers = self.solvers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = solvers.get(&key) {
             return Ok((s.clone(), s.kind()));
         }
         let solver: Arc<dyn Solver> = match &chosen.kind {
-            SolverKind::Http01 { self_check } => Arc::new(Http01Solver::new(self.tokens.clone(), *self_check)),
-            SolverKind::Webroot { path } => Arc::new(crate::challenge::webroot::WebrootSolver::new(path.clone())),
-            SolverKind::Dns01 { provider, propagation } => {
-                let p = provider.build().map_err(|e| IssueError::permanent(format!("issuer {}: {e}", issuer.name)))?;
+            SolverKind::Http01 { self_check } => {
+                Arc::new(Http01Solver::new(self.tokens.clone(), *self_check))
+            }
+            SolverKind::Webroot { path } => {
+                Arc::new(crate::challenge::webroot::WebrootSolver::new(path.clone()))
+            }
+            SolverKind::Dns01 {
+                provider,
+                propagation,
+            } => {
+                let p = provider
+                    .build()
+                    .map_err(|e| IssueError::permanent(format!("issuer {}: {e}", issuer.name)))?;
                 Arc::new(Dns01Solver::new(p, propagation.clone()))
             }
         };
@@ -252,9 +311,17 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE.encode(raw),
             base64::engine::general_purpose::STANDARD.encode(raw),
         ] {
-            assert_eq!(decode_eab_key(&format!("{enc}\n")).unwrap(), raw.to_vec(), "{enc}");
+            assert_eq!(
+                decode_eab_key(&format!("{enc}\n")).unwrap(),
+                raw.to_vec(),
+                "{enc}"
+            );
         }
-        assert!(decode_eab_key("not base64 !!").unwrap_err().contains("base64url"));
+        assert!(
+            decode_eab_key("not base64 !!")
+                .unwrap_err()
+                .contains("base64url")
+        );
         assert!(decode_eab_key("").is_err());
     }
 }

@@ -51,15 +51,23 @@ impl PassReport {
 /// the config (names, key type, issuers, profile), or when the installed files cannot be read as a
 /// matching pair; otherwise at its renewal point, or earlier inside the CA's ARI window.
 pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
-    let state = rt.state.load_cert_state(&cert.name).ok().flatten().unwrap_or_default();
+    let state = rt
+        .state
+        .load_cert_state(&cert.name)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let fingerprint = fingerprint(cert);
-    let installed = rt.output_spec(cert).ok().and_then(|spec| match store::read_installed(&spec) {
-        Ok(live) => live,
-        Err(e) => {
-            info!(cert = %cert.name, error = %e, "installed files unusable; issuing again");
-            None
-        }
-    });
+    let installed = rt
+        .output_spec(cert)
+        .ok()
+        .and_then(|spec| match store::read_installed(&spec) {
+            Ok(live) => live,
+            Err(e) => {
+                info!(cert = %cert.name, error = %e, "installed files unusable; issuing again");
+                None
+            }
+        });
     let fingerprint_changed = installed.as_ref().is_some_and(|live| {
         let mut a = live.cert.names.clone();
         let mut b = cert.domains.clone();
@@ -67,10 +75,15 @@ pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
         b.sort();
         a != b
             || live.cert.key_type != cert.key.as_str()
-            || state.config_fingerprint.as_deref().is_some_and(|f| f != fingerprint)
+            || state
+                .config_fingerprint
+                .as_deref()
+                .is_some_and(|f| f != fingerprint)
     });
     let facts = scheduler::CertFacts {
-        installed: installed.as_ref().map(|live| (live.cert.not_before, live.cert.not_after)),
+        installed: installed
+            .as_ref()
+            .map(|live| (live.cert.not_before, live.cert.not_after)),
         fingerprint_changed,
         ari_window: state.ari_window,
         retry: state.retry.clone().for_config(&fingerprint),
@@ -81,7 +94,12 @@ pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
 
 /// The fingerprint of what a certificate's config asks for; a change means issue again.
 pub fn fingerprint(cert: &CertificateConfig) -> String {
-    scheduler::config_fingerprint(&cert.domains, cert.key.as_str(), &cert.issuers, cert.profile.as_deref())
+    scheduler::config_fingerprint(
+        &cert.domains,
+        cert.key.as_str(),
+        &cert.issuers,
+        cert.profile.as_deref(),
+    )
 }
 
 /// Run one pass over the configured certificates.
@@ -110,7 +128,10 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
             let known: Vec<&str> = rt.config.certificates.keys().map(String::as_str).collect();
             report.failed.push((
                 name.clone(),
-                IssueError::permanent(format!("no certificate named {name:?} in the config (known: {})", known.join(", "))),
+                IssueError::permanent(format!(
+                    "no certificate named {name:?} in the config (known: {})",
+                    known.join(", ")
+                )),
             ));
         }
     }
@@ -156,8 +177,16 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
 
 /// Issue one certificate and record the outcome (success, or the failure and its retry time) in its
 /// state file, so that backoff survives restarts.
-pub async fn issue_and_record(rt: &Runtime, cert: &CertificateConfig) -> Result<Issued, IssueError> {
-    let replaces = rt.state.load_cert_state(&cert.name).ok().flatten().and_then(|s| s.ari_cert_id);
+pub async fn issue_and_record(
+    rt: &Runtime,
+    cert: &CertificateConfig,
+) -> Result<Issued, IssueError> {
+    let replaces = rt
+        .state
+        .load_cert_state(&cert.name)
+        .ok()
+        .flatten()
+        .and_then(|s| s.ari_cert_id);
     let result = issue::issue(rt, cert, replaces).await;
     let now = Timestamp::now();
     let mut state = match rt.state.load_cert_state(&cert.name) {
@@ -180,7 +209,13 @@ pub async fn issue_and_record(rt: &Runtime, cert: &CertificateConfig) -> Result<
         }
         Err(e) => {
             let retry = state.retry.clone().for_config(&fp);
-            state.retry = retry.on_failure(now, e.retry_after, !e.retryable, e.message.clone(), &mut rand::rng());
+            state.retry = retry.on_failure(
+                now,
+                e.retry_after,
+                !e.retryable,
+                e.message.clone(),
+                &mut rand::rng(),
+            );
             state.last_error_at = Some(now);
         }
     }

@@ -38,7 +38,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let server = Http01Server::bind(&cfg.http01.listen, tokens.clone())?;
     let _server = server.serve(shutdown.clone())?;
-    let mut rt = Arc::new(Runtime::new(cfg.clone(), tokens.clone()).context("opening the state directory")?);
+    let mut rt =
+        Arc::new(Runtime::new(cfg.clone(), tokens.clone()).context("opening the state directory")?);
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -54,13 +55,21 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut reloads: Vec<ReloadRequest> = Vec::new();
 
     let watchdog = sd_watchdog_interval();
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("running")]);
-    info!(certificates = rt.config.certificates.len(), "certkeeper running");
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("running"),
+    ]);
+    info!(
+        certificates = rt.config.certificates.len(),
+        "certkeeper running"
+    );
 
     loop {
         let now = Timestamp::now();
         for name in timers.pop_due(now) {
-            let Some(cert) = rt.config.certificates.get(&name).cloned() else { continue };
+            let Some(cert) = rt.config.certificates.get(&name).cloned() else {
+                continue;
+            };
             if !running.insert(name.clone()) {
                 continue;
             }
@@ -112,7 +121,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Ok(Some(Ok((name, result)))) => finished(&rt, &mut timers, &mut reloads, name, result),
             Ok(_) => {}
             Err(_) => {
-                warn!(left = inflight.len(), "orders still in flight are left to resume at the next start");
+                warn!(
+                    left = inflight.len(),
+                    "orders still in flight are left to resume at the next start"
+                );
                 inflight.abort_all();
                 break;
             }
@@ -133,7 +145,9 @@ fn finished(
     name: String,
     result: Result<Issued, IssueError>,
 ) {
-    let Some(cert) = rt.config.certificates.get(&name) else { return };
+    let Some(cert) = rt.config.certificates.get(&name) else {
+        return;
+    };
     match result {
         Ok(issued) if !cert.reload.is_empty() => reloads.push(ReloadRequest {
             cert_name: name.clone(),
@@ -193,22 +207,37 @@ fn reload(
                     *timers = Timers::default();
                     schedule_all(rt, timers);
                     *watcher = watch_config(&new, cfg_tx.clone());
-                    info!(certificates = new.certificates.len(), "{why}: config reloaded");
+                    info!(
+                        certificates = new.certificates.len(),
+                        "{why}: config reloaded"
+                    );
                 }
-                Err(e) => error!("{why}: cannot open the state directory of the new config, keeping the running one: {e}"),
+                Err(e) => error!(
+                    "{why}: cannot open the state directory of the new config, keeping the running one: {e}"
+                ),
             }
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
-type Watcher = notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>;
+type Watcher = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
 
 /// Watch the directories of every config file (editors save by rename, so the file itself would be
 /// lost) and send one message per debounced burst of changes to one of those files.
 fn watch_config(cfg: &Config, tx: mpsc::Sender<()>) -> Option<Watcher> {
-    let files: HashSet<PathBuf> = cfg.files.iter().filter_map(|f| std::fs::canonicalize(f).ok().or(Some(f.clone()))).collect();
-    let mut dirs: HashSet<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+    let files: HashSet<PathBuf> = cfg
+        .files
+        .iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok().or(Some(f.clone())))
+        .collect();
+    let mut dirs: HashSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
     dirs.extend(cfg.include_dirs.iter().cloned());
     let watched_files = files.clone();
     let include_dirs: HashSet<PathBuf> = cfg.include_dirs.iter().cloned().collect();
@@ -216,13 +245,18 @@ fn watch_config(cfg: &Config, tx: mpsc::Sender<()>) -> Option<Watcher> {
         let Ok(events) = res else { return };
         let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
             watched_files.contains(p)
-                || (p.extension().is_some_and(|x| x == "toml") && p.parent().is_some_and(|d| include_dirs.contains(d)))
+                || (p.extension().is_some_and(|x| x == "toml")
+                    && p.parent().is_some_and(|d| include_dirs.contains(d)))
         });
         if relevant {
             let _ = tx.try_send(());
         }
     };
-    let mut debouncer = match notify_debouncer_full::new_debouncer(Duration::from_millis(300), None, handler) {
+    let mut debouncer = match notify_debouncer_full::new_debouncer(
+        Duration::from_millis(300),
+        None,
+        handler,
+    ) {
         Ok(d) => d,
         Err(e) => {
             warn!(error = %e, "cannot watch the config files; use SIGHUP (systemctl reload certkeeper) after edits");

@@ -80,12 +80,25 @@ impl std::fmt::Display for HookOutcome {
         let certs = self.cert_names.join(", ");
         let tail = |o: &str| {
             let o = o.trim();
-            if o.is_empty() { String::new() } else { format!("; output: {o}") }
+            if o.is_empty() {
+                String::new()
+            } else {
+                format!("; output: {o}")
+            }
         };
         match &self.status {
             HookStatus::Ok { .. } => write!(f, "`{}` (for {certs}) ran ok", self.command),
-            HookStatus::Failed { code: Some(c), output, .. } => {
-                write!(f, "`{}` (for {certs}) FAILED with exit code {c}{}", self.command, tail(output))
+            HookStatus::Failed {
+                code: Some(c),
+                output,
+                ..
+            } => {
+                write!(
+                    f,
+                    "`{}` (for {certs}) FAILED with exit code {c}{}",
+                    self.command,
+                    tail(output)
+                )
             }
             HookStatus::Failed { signal, output, .. } => write!(
                 f,
@@ -95,10 +108,19 @@ impl std::fmt::Display for HookOutcome {
                 tail(output)
             ),
             HookStatus::TimedOut { output } => {
-                write!(f, "`{}` (for {certs}) TIMED OUT and was killed{}", self.command, tail(output))
+                write!(
+                    f,
+                    "`{}` (for {certs}) TIMED OUT and was killed{}",
+                    self.command,
+                    tail(output)
+                )
             }
             HookStatus::SpawnError { message } => {
-                write!(f, "`{}` (for {certs}) could not be started: {message}", self.command)
+                write!(
+                    f,
+                    "`{}` (for {certs}) could not be started: {message}",
+                    self.command
+                )
             }
         }
     }

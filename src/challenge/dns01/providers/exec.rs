@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::process::Command;
 
-use crate::config::parse_duration;
 use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, TxtRecord};
+use crate::config::parse_duration;
 
 const NAME: &str = "exec";
 /// Longest program output kept in an error message.
