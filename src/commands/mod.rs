@@ -1,0 +1,2 @@
+//! Implementations of the `certkeeper` subcommands beyond check/renew/run (one module each); `main.rs`
+//! only parses arguments and dispatches here.
