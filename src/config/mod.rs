@@ -521,9 +521,13 @@ output = { dir = "/etc/nginx/tls/www" }
     fn dns01(zones: &[&str], names: &[&str], command: &str) -> SolverConfig {
         SolverConfig {
             kind: SolverKind::Dns01 {
-                provider: DnsProviderConfig::Exec(crate::challenge::dns01::providers::ExecConfig {
-                    command: command.to_string(),
-                }),
+                provider: DnsProviderConfig::Exec(
+                    crate::challenge::dns01::providers::exec::ExecConfig {
+                        command: command.into(),
+                        args: Vec::new(),
+                        timeout: None,
+                    },
+                ),
                 propagation: PropagationConfig::default(),
             },
             ..http01(zones, names)
@@ -735,7 +739,7 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
                     check: false,
                     timeout: Duration::from_secs(300),
                     interval: Duration::from_secs(10),
-                    nameservers: vec!["127.0.0.1:5353".into()]
+                    nameservers: vec!["127.0.0.1:5353".parse().unwrap()]
                 }
             ),
             k => panic!("{k:?}"),
