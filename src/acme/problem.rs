@@ -246,7 +246,13 @@ impl fmt::Display for Problem {
         if status != 0 {
             write!(f, "HTTP {status} ")?;
         }
-        write!(f, "{}: {}", self.type_, self.detail_str())?;
+        let advice = self.advice();
+        // The advice often quotes the detail ("it saw: ..."); say it once.
+        if self.detail.as_deref().is_some_and(|d| !d.is_empty() && advice.contains(d)) {
+            write!(f, "{}", self.type_)?;
+        } else {
+            write!(f, "{}: {}", self.type_, self.detail_str())?;
+        }
         for s in &self.subproblems {
             write!(f, "; ")?;
             if let Some(id) = &s.identifier {
@@ -259,7 +265,7 @@ impl fmt::Display for Problem {
                 s.detail.as_deref().unwrap_or("(no detail)")
             )?;
         }
-        write!(f, " — {}", self.advice())
+        write!(f, " — {advice}")
     }
 }
 
