@@ -17,6 +17,7 @@
 #   BUILD=1              0 = do not build; then CERTKEEPER_BIN or target/release/certkeeper must exist
 #   FLOOR=1              0 = skip measuring pebble's floor (bench/floor.py)
 #   PEBBLE_WFE_NONCEREJECT=0  pebble's bad-nonce rate in percent (pebble's own default is 5-15)
+#   HTTP_PORT=5002       fixed HTTP-01 port for every client; unset = a free port per run
 #   KEEP=0               1 = keep the work directory (logs, configs, per-run time -v output)
 #   OUT=path             also write the markdown result table there
 #
@@ -40,8 +41,10 @@ export PEBBLE_WFE_NONCEREJECT=${PEBBLE_WFE_NONCEREJECT:-0}
 export PEBBLE_VA_NOSLEEP=1
 export PEBBLE_AUTHZREUSE=${PEBBLE_AUTHZREUSE:-0}
 
-# The clients answer HTTP-01 on this port; pebble's httpPort must match.
-HTTP_PORT=5002
+# The clients answer HTTP-01 on this port and pebble's httpPort matches it. Unset: a free port is
+# picked for every run (other software on the machine, e.g. test suites, likes 5002 too).
+FIXED_HTTP_PORT=${HTTP_PORT:-}
+HTTP_PORT=${HTTP_PORT:-5002}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
@@ -180,6 +183,7 @@ stop_pebble() { stop_pid "$PEBBLE_PID"; }
 
 wait_http_port_free() {
     local i
+    if [ -z "$FIXED_HTTP_PORT" ]; then HTTP_PORT=$(free_port); return 0; fi
     for ((i = 0; i < 50; i++)); do port_busy "$HTTP_PORT" || return 0; sleep 0.1; done
     log "warning: 127.0.0.1:$HTTP_PORT still busy"
 }
@@ -460,7 +464,9 @@ main() {
     : >"$RESULTS"
     log "work directory: $WORK"
 
-    if port_busy "$HTTP_PORT"; then die "127.0.0.1:$HTTP_PORT is in use; the clients need it for HTTP-01"; fi
+    if [ -n "$FIXED_HTTP_PORT" ] && port_busy "$HTTP_PORT"; then
+        die "127.0.0.1:$HTTP_PORT is in use; the clients need it for HTTP-01 (unset HTTP_PORT to pick free ports)"
+    fi
 
     local want_certkeeper=0
     case " $CLIENTS " in *" certkeeper "*) want_certkeeper=1 ;; esac
