@@ -436,7 +436,7 @@ measure_floor() {
         for ((r = 1; r <= N; r++)); do
             wait_http_port_free
             start_pebble
-            certs=$(scenario_certs "$s" | paste -sd, -)
+            certs=$(scenario_certs "$s" | sed "s/ *$//; s/ /,/g" | paste -sd" " -)
             t=$(/usr/bin/python3 "$BENCH_DIR/floor.py" --directory "$DIRECTORY" --ca "$CA_PEM" \
                 --port "$HTTP_PORT" --certs "$certs" 2>>"$WORK/floor.log")
             stop_pebble
