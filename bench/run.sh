@@ -272,7 +272,7 @@ record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
 
 # One measured run of a small scenario (fresh pebble, fresh state dir, fresh process).
 measure_run() {
-    local client=$1 scenario=$2 run=$3 dir t0 t1 rc wall rss status
+    local client=$1 scenario=$2 run=$3 dir t0 t1 rc wall rss status pid
     dir=$WORK/runs/$client-$scenario-$run
     rm -rf "$dir"
     mkdir -p "$dir"
@@ -280,8 +280,14 @@ measure_run() {
     start_pebble
     prepare_client "$client" "$scenario" "$dir"
     t0=$EPOCHREALTIME
-    /usr/bin/time -v -o "$dir/time.txt" timeout -k 5 "$RUN_TIMEOUT" bash "$dir/cmd.sh" >"$dir/out.log" 2>&1
+    # In the background so a signal to the script is handled at once; timeout leads its own process
+    # group and takes the client down with it when cleanup() kills it.
+    timeout -k 5 "$RUN_TIMEOUT" /usr/bin/time -v -o "$dir/time.txt" bash "$dir/cmd.sh" >"$dir/out.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait "$pid"
     rc=$?
+    forget_pid "$pid"
     t1=$EPOCHREALTIME
     stop_pebble
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
