@@ -3,6 +3,7 @@
 # validation sleeps. See BENCHMARKS.md for the method and the latest numbers.
 #
 # Usage:  bench/run.sh            (from anywhere; needs root or sudo for apt-get on a fresh machine)
+#         bench/run.sh --report RESULTS.tsv [FLOORS.tsv]   (table from kept results, KEEP=1)
 #
 # Environment knobs (all optional):
 #   N=5                  runs per small scenario (medians are taken over these)
@@ -464,6 +465,14 @@ machine_info() {
 
 # ---------------------------------------------------------------------------------------------
 main() {
+    if [ "${1:-}" = --report ]; then
+        # Re-print the table from saved results (KEEP=1 leaves results.tsv and floors.tsv in the work
+        # directory); several runs' results.tsv may be concatenated first.
+        RESULTS=${2:?usage: run.sh --report RESULTS.tsv [FLOORS.tsv]}
+        FLOORS=${3:-}
+        print_table
+        return 0
+    fi
     ensure_packages
     WORK=$(mktemp -d /tmp/certkeeper-bench.XXXXXX)
     RESULTS=$WORK/results.tsv
