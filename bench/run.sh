@@ -182,7 +182,7 @@ EOF
 
 stop_pebble() { stop_pid "$PEBBLE_PID"; }
 
-wait_http_port_free() {
+pick_http_port() {
     local i
     if [ -z "$FIXED_HTTP_PORT" ]; then HTTP_PORT=$(free_port); return 0; fi
     for ((i = 0; i < 50; i++)); do port_busy "$HTTP_PORT" || return 0; sleep 0.1; done
@@ -277,7 +277,7 @@ measure_run() {
     dir=$WORK/runs/$client-$scenario-$run
     rm -rf "$dir"
     mkdir -p "$dir"
-    wait_http_port_free
+    pick_http_port
     start_pebble
     prepare_client "$client" "$scenario" "$dir"
     t0=$EPOCHREALTIME
@@ -318,7 +318,7 @@ measure_big() {
     dir=$WORK/runs/certkeeper-big-$run
     rm -rf "$dir"
     mkdir -p "$dir"
-    wait_http_port_free
+    pick_http_port
     start_pebble
     prepare_client certkeeper big "$dir"
     t0=$EPOCHREALTIME
@@ -441,7 +441,7 @@ measure_floor() {
         [ "$s" = big ] && continue
         vals=()
         for ((r = 1; r <= N; r++)); do
-            wait_http_port_free
+            pick_http_port
             start_pebble
             certs=$(scenario_certs "$s" | sed "s/ *$//; s/ /,/g" | paste -sd" " -)
             t=$(/usr/bin/python3 "$BENCH_DIR/floor.py" --directory "$DIRECTORY" --ca "$CA_PEM" \
