@@ -382,7 +382,7 @@ cell() {
 ratio() {
     case "$1$2" in *FAILED* | *-* | "") echo "-"; return ;; esac
     [ -z "$1" ] || [ -z "$2" ] && { echo "-"; return; }
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else if (a / b >= 10) printf "%.0f", a / b; else printf "%.2f", a / b }'
 }
 
 mib() { case $1 in FAILED | - | "") echo "$1" ;; *) awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }' ;; esac; }
