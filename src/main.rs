@@ -52,6 +52,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    certkeeper::tls_env::prefer_lazy_system_roots();
     let cli = Cli::parse();
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -248,7 +248,11 @@ impl fmt::Display for Problem {
         }
         let advice = self.advice();
         // The advice often quotes the detail ("it saw: ..."); say it once.
-        if self.detail.as_deref().is_some_and(|d| !d.is_empty() && advice.contains(d)) {
+        if self
+            .detail
+            .as_deref()
+            .is_some_and(|d| !d.is_empty() && advice.contains(d))
+        {
             write!(f, "{}", self.type_)?;
         } else {
             write!(f, "{}: {}", self.type_, self.detail_str())?;
