@@ -453,6 +453,7 @@ async fn failed_validation_reports_the_ca_message_and_leaves_no_txt() {
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
+    eprintln!("{}", run.all());
     assert!(!run.success, "the order must fail: {}", run.all());
     assert!(run.stdout.contains("wild: FAILED"), "{}", run.all());
     // pebble's own words about the missing TXT record reach the user.
@@ -503,6 +504,7 @@ async fn propagation_timeout_names_the_server_and_leaves_no_txt() {
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
+    eprintln!("{}", run.all());
     assert!(!run.success, "the order must fail: {}", run.all());
     let failed = run
         .stdout
@@ -525,4 +527,81 @@ async fn propagation_timeout_names_the_server_and_leaves_no_txt() {
         !dir.path().join("tls/apex/fullchain.pem").exists(),
         "nothing may be installed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cname_delegated_challenge_is_written_in_the_target_zone() {
+    if !have(&[]) {
+        return;
+    }
+    // The harness zone has `_acme-challenge.cname.example.test. CNAME delegated.acme.test.`: the
+    // record must be written at the CNAME target (zone acme.test) and pebble must follow it, which
+    // it does through a recursive server (as a real CA's resolver does).
+    let Some(server) = Bind::start_recursive().await else {
+        return;
+    };
+    let http_port = support::free_port();
+    let pebble = pebble_with_dns(server.addr, http_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_head(dir.path(), &pebble, http_port);
+    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
+    cfg += &rfc2136(dir.path(), &server);
+    cfg += &propagation(true, "60s", &[server.addr]);
+    cfg += &certificate(
+        dir.path(),
+        "cname",
+        &["cname.example.test", "*.cname.example.test"],
+    );
+    let config = write_config(dir.path(), &cfg);
+
+    let run = renew(&config);
+    assert!(run.success, "{}\n{}", run.all(), server.log());
+    assert_eq!(
+        installed_sans(dir.path(), "cname"),
+        vec!["*.cname.example.test", "cname.example.test"]
+    );
+    let log = server.log();
+    assert!(
+        log.contains("updating zone 'acme.test/IN': adding an RR at 'delegated.acme.test' TXT"),
+        "the record was not written at the CNAME target:\n{log}"
+    );
+    assert_eq!(
+        txt_values(server.addr, "delegated.acme.test.").await,
+        None,
+        "the delegated record was left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn powerdns_two_certificates_sharing_a_challenge_name_in_one_pass() {
+    if !have(&[]) {
+        return;
+    }
+    // `apex` and `wild` are separate certificates issued concurrently in one pass; both write TXT
+    // values at `_acme-challenge.example.test`, which PowerDNS stores as one rrset.
+    let Some(server) = Pdns::start().await else {
+        return;
+    };
+    let http_port = support::free_port();
+    let pebble = pebble_with_dns(server.addr, http_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("pdns.key");
+    std::fs::write(&key, format!("{}\n", pdns::API_KEY)).unwrap();
+    let mut cfg = config_head(dir.path(), &pebble, http_port);
+    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
+    cfg += &format!(
+        "dns01 = {{ provider = \"powerdns\", api_url = \"{}\", api_key_file = \"{}\" }}\n",
+        server.api_url,
+        key.display()
+    );
+    cfg += &propagation(true, "60s", &[server.addr]);
+    cfg += &certificate(dir.path(), "apex", &["example.test"]);
+    cfg += &certificate(dir.path(), "wild", &["*.example.test"]);
+    let config = write_config(dir.path(), &cfg);
+
+    let run = renew(&config);
+    assert!(run.success, "{}", run.all());
+    assert_eq!(installed_sans(dir.path(), "apex"), vec!["example.test"]);
+    assert_eq!(installed_sans(dir.path(), "wild"), vec!["*.example.test"]);
+    assert_no_challenge_txt(server.addr, "pdns_server").await;
 }
