@@ -224,7 +224,11 @@ async fn rfc2136_issues_apex_and_wildcard_and_leaves_no_txt() {
 
     let run = renew(&config);
     assert!(run.success, "{}\n{}", run.all(), server.log());
-    assert!(run.stdout.contains("wild: issued by pebble"), "{}", run.all());
+    assert!(
+        run.stdout.contains("wild: issued by pebble"),
+        "{}",
+        run.all()
+    );
     assert_eq!(
         installed_sans(dir.path(), "wild"),
         vec!["*.example.test", "example.test"]
@@ -269,7 +273,11 @@ async fn powerdns_issues_apex_and_wildcard_and_leaves_no_txt() {
 
     let run = renew(&config);
     assert!(run.success, "{}", run.all());
-    assert!(run.stdout.contains("wild: issued by pebble"), "{}", run.all());
+    assert!(
+        run.stdout.contains("wild: issued by pebble"),
+        "{}",
+        run.all()
+    );
     assert_eq!(
         installed_sans(dir.path(), "wild"),
         vec!["*.example.test", "example.test"]
@@ -409,8 +417,21 @@ http01 = {{}}
         cert = certificate(dir.path(), "wild", &["example.test", "*.example.test"]),
     );
     let config = write_config(dir.path(), &cfg);
+    assert_wildcard_rejected(&config, dir.path());
+
+    // A dns01 solver whose selector does not cover the wildcard does not help.
+    let cfg = cfg.replace(
+        "http01 = {}\n",
+        "http01 = {}\n\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"other.test\"] }\ndns01 = { provider = \"exec\", command = \"/bin/true\" }\n",
+    );
+    assert!(cfg.contains("other.test"), "{cfg}");
+    let config = write_config(dir.path(), &cfg);
+    assert_wildcard_rejected(&config, dir.path());
+}
+
+fn assert_wildcard_rejected(config: &Path, dir: &Path) {
     for cmd in ["check", "renew"] {
-        let run = certkeeper(&config, &[cmd], Duration::from_secs(60));
+        let run = certkeeper(config, &[cmd], Duration::from_secs(60));
         assert_eq!(run.code, Some(2), "certkeeper {cmd}: {}", run.all());
         assert!(
             run.stderr.contains("*.example.test needs a dns01 solver"),
@@ -424,7 +445,7 @@ http01 = {{}}
         );
     }
     assert!(
-        !dir.path().join("state").exists(),
+        !dir.join("state").exists(),
         "a rejected config must not touch the state dir"
     );
 }
@@ -513,8 +534,13 @@ async fn propagation_timeout_names_the_server_and_leaves_no_txt() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        failed.contains(&lagging.addr.to_string()) && failed.contains("NXDOMAIN"),
+        failed.contains(&format!("{} answered NXDOMAIN", lagging.addr)),
         "the timeout must say which server answered what: {}",
+        run.all()
+    );
+    assert!(
+        failed.contains("propagation.timeout") && !failed.contains("apex: FAILED: apex:"),
+        "the message must say what to do, naming the certificate once: {}",
         run.all()
     );
     let log = written.log();
@@ -604,4 +630,45 @@ async fn powerdns_two_certificates_sharing_a_challenge_name_in_one_pass() {
     assert_eq!(installed_sans(dir.path(), "apex"), vec!["example.test"]);
     assert_eq!(installed_sans(dir.path(), "wild"), vec!["*.example.test"]);
     assert_no_challenge_txt(server.addr, "pdns_server").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tsig_secret_is_reported_as_rejected_key() {
+    if !have(&[]) {
+        return;
+    }
+    let Some(server) = Bind::start().await else {
+        return;
+    };
+    let http_port = support::free_port();
+    let pebble = pebble_with_dns(server.addr, http_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_head(dir.path(), &pebble, http_port);
+    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
+    cfg += &rfc2136(dir.path(), &server);
+    cfg += &propagation(true, "30s", &[server.addr]);
+    cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
+    let config = write_config(dir.path(), &cfg);
+    // Another valid base64 secret of the same length: bind answers BADSIG.
+    std::fs::write(
+        dir.path().join("tsig.key"),
+        "AAAAEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\n",
+    )
+    .unwrap();
+
+    let run = renew(&config);
+    eprintln!("{}", run.all());
+    assert!(!run.success, "the order must fail: {}", run.all());
+    let failed = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("wild: FAILED"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        failed.contains("TSIG key rejected") && failed.contains("check tsig_key/tsig_secret"),
+        "a wrong secret must be named as such: {}",
+        run.all()
+    );
+    assert_no_challenge_txt(server.addr, "bind9").await;
 }
