@@ -672,3 +672,106 @@ async fn wrong_tsig_secret_is_reported_as_rejected_key() {
     );
     assert_no_challenge_txt(server.addr, "bind9").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_renew_removes_its_txt_records() {
+    if !have(&[]) {
+        return;
+    }
+    // The propagation check waits (up to 10 min) for a server that never gets the record; Ctrl-C
+    // (SIGINT) during that wait must still delete the records already written.
+    let Some(written) = Bind::start().await else {
+        return;
+    };
+    let Some(lagging) = Bind::start().await else {
+        return;
+    };
+    let http_port = support::free_port();
+    let pebble = pebble_with_dns(written.addr, http_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_head(dir.path(), &pebble, http_port);
+    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
+    cfg += &rfc2136(dir.path(), &written);
+    cfg += &propagation(true, "10m", &[lagging.addr]);
+    cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
+    let config = write_config(dir.path(), &cfg);
+
+    let out_path = dir.path().join("interrupted.out");
+    let mut child = Command::new(BIN)
+        .args(["renew", "--config"])
+        .arg(&config)
+        .env("CERTKEEPER_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("interrupted.err")).unwrap())
+        .spawn()
+        .expect("spawn certkeeper");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(&mut child);
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+
+    // Both values (apex and wildcard) are written, then the check waits.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = txt_values(written.addr, "_acme-challenge.example.test.")
+            .await
+            .map_or(0, |v| v.len());
+        if n == 2 {
+            break;
+        }
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "certkeeper exited early: {}",
+            std::fs::read_to_string(dir.path().join("interrupted.err")).unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the records were never written: {}",
+            written.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "certkeeper did not stop after SIGINT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(dir.path().join("interrupted.err")).unwrap_or_default();
+    eprintln!("{stdout}\n{stderr}");
+    assert!(!status.success(), "an interrupted run must not exit 0");
+    assert!(
+        stdout.contains("wild: FAILED") && stdout.contains("interrupted"),
+        "the report must say the order was interrupted:\n{stdout}\n{stderr}"
+    );
+    assert_no_challenge_txt(written.addr, "the updated bind9").await;
+
+    // Fixed config (check the server the provider updates): the next plain `renew` issues.
+    let fixed = cfg.replace(&lagging.addr.to_string(), &written.addr.to_string());
+    assert_ne!(fixed, cfg);
+    let config = write_config(dir.path(), &fixed);
+    let run = renew(&config);
+    assert!(
+        run.success && run.stdout.contains("wild: issued"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(
+        installed_sans(dir.path(), "wild"),
+        vec!["*.example.test", "example.test"]
+    );
+    assert_no_challenge_txt(written.addr, "the updated bind9").await;
+}
