@@ -675,6 +675,18 @@ async fn wrong_tsig_secret_is_reported_as_rejected_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_renew_removes_its_txt_records() {
+    interrupted_run_removes_its_txt_records("renew", nix::sys::signal::Signal::SIGINT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_stopped_mid_order_removes_its_txt_records() {
+    // `run` waits 30 s for in-flight orders, then interrupts them; cleanup must still run.
+    interrupted_run_removes_its_txt_records("run", nix::sys::signal::Signal::SIGTERM).await;
+}
+
+/// Start `certkeeper SUBCOMMAND`, send `sig` while the propagation check waits, and check that the
+/// TXT records are gone afterwards and that a fixed config then issues.
+async fn interrupted_run_removes_its_txt_records(subcommand: &str, sig: nix::sys::signal::Signal) {
     if !have(&[]) {
         return;
     }
@@ -698,7 +710,7 @@ async fn interrupted_renew_removes_its_txt_records() {
 
     let out_path = dir.path().join("interrupted.out");
     let mut child = Command::new(BIN)
-        .args(["renew", "--config"])
+        .args([subcommand, "--config"])
         .arg(&config)
         .env("CERTKEEPER_LOG", "info")
         .stdin(Stdio::null())
@@ -737,8 +749,8 @@ async fn interrupted_renew_removes_its_txt_records() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let deadline = Instant::now() + Duration::from_secs(120);
+    nix::sys::signal::kill(pid, sig).expect("signal certkeeper");
+    let deadline = Instant::now() + Duration::from_secs(150);
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;
@@ -751,12 +763,22 @@ async fn interrupted_renew_removes_its_txt_records() {
     };
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(dir.path().join("interrupted.err")).unwrap_or_default();
-    eprintln!("{stdout}\n{stderr}");
-    assert!(!status.success(), "an interrupted run must not exit 0");
-    assert!(
-        stdout.contains("wild: FAILED") && stdout.contains("interrupted"),
-        "the report must say the order was interrupted:\n{stdout}\n{stderr}"
-    );
+    if subcommand == "renew" {
+        assert!(!status.success(), "an interrupted renew must not exit 0");
+        assert!(
+            stdout.contains("wild: FAILED") && stdout.contains("interrupted"),
+            "the report must say the order was interrupted:\n{stdout}\n{stderr}"
+        );
+    } else {
+        assert!(
+            status.success(),
+            "the daemon stops cleanly on SIGTERM:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("interrupted"),
+            "the daemon must log that it interrupted the order:\n{stderr}"
+        );
+    }
     assert_no_challenge_txt(written.addr, "the updated bind9").await;
 
     // Fixed config (check the server the provider updates): the next plain `renew` issues.
