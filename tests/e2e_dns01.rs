@@ -797,3 +797,64 @@ async fn interrupted_run_removes_its_txt_records(subcommand: &str, sig: nix::sys
     );
     assert_no_challenge_txt(written.addr, "the updated bind9").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_exec_hook_is_reported_and_its_record_still_removed() {
+    if !have(&["/usr/bin/nsupdate"]) {
+        return;
+    }
+    // The hook writes the record, then fails (as an API that applied a change but timed out would):
+    // the user sees the hook's words, and cleanup still runs the hook to delete the record.
+    let Some(server) = Bind::start().await else {
+        return;
+    };
+    let http_port = support::free_port();
+    let pebble = pebble_with_dns(server.addr, http_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("dns-hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nset -e\n\
+             case \"$1\" in present) op=add ;; cleanup) op=delete ;; *) exit 2 ;; esac\n\
+             printf 'server {ip} {port}\\nupdate %s %s 60 TXT \"%s\"\\nsend\\n' \"$op\" \"$2\" \"$3\" \\\n\
+             | nsupdate -y hmac-sha256:{key}:{secret}\n\
+             if [ \"$1\" = present ]; then echo 'provider says: quota exceeded' >&2; exit 1; fi\n",
+            ip = server.addr.ip(),
+            port = server.addr.port(),
+            key = bind::KEY_NAME,
+            secret = bind::SECRET,
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = config_head(dir.path(), &pebble, http_port);
+    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
+    cfg += &format!(
+        "dns01 = {{ provider = \"exec\", command = \"{}\", timeout = \"60s\" }}\n",
+        script.display()
+    );
+    cfg += &propagation(true, "30s", &[server.addr]);
+    cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
+    let config = write_config(dir.path(), &cfg);
+
+    let run = renew(&config);
+    assert!(!run.success, "the order must fail: {}", run.all());
+    let failed = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("wild: FAILED"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        failed.contains("provider says: quota exceeded"),
+        "the hook's own message must reach the user: {}",
+        run.all()
+    );
+    let log = server.log();
+    assert!(
+        log.contains("adding an RR at '_acme-challenge.example.test' TXT"),
+        "the hook never wrote the record, so cleanup was not tested:\n{log}"
+    );
+    assert_no_challenge_txt(server.addr, "bind9").await;
+}
