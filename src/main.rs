@@ -146,7 +146,25 @@ async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {
             None
         }
     };
+    // Ctrl-C / SIGTERM interrupt the orders, whose challenge cleanup still runs; a second one exits.
+    let interrupt = rt.interrupt.clone();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::warn!("cannot install signal handlers; Ctrl-C will not clean up");
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::warn!("interrupted: cleaning up challenges (press Ctrl-C again to quit at once)");
+        interrupt.cancel();
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        std::process::exit(130);
+    });
     let report = pass::run_pass(rt, &opts).await;
+    signals.abort();
     shutdown.cancel();
     print_report(&report);
     if report.ok() {

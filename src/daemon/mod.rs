@@ -96,6 +96,9 @@ pub struct Runtime {
     pub state: StateStore,
     /// HTTP-01 key authorizations served by the listener.
     pub tokens: TokenStore,
+    /// Cancelled to interrupt in-flight orders (Ctrl-C on `renew`, a shutdown past its grace time):
+    /// challenges stop waiting and their cleanup (TXT records, HTTP-01 tokens) still runs.
+    pub interrupt: tokio_util::sync::CancellationToken,
     accounts: Mutex<HashMap<String, acme::Account>>,
     solvers: std::sync::Mutex<HashMap<(String, usize), Arc<dyn Solver>>>,
 }
@@ -108,6 +111,7 @@ impl Runtime {
             config,
             state,
             tokens,
+            interrupt: tokio_util::sync::CancellationToken::new(),
             accounts: Mutex::new(HashMap::new()),
             solvers: std::sync::Mutex::new(HashMap::new()),
         })

@@ -188,6 +188,10 @@ pub async fn issue_and_record(
         .flatten()
         .and_then(|s| s.ari_cert_id);
     let result = issue::issue(rt, cert, replaces).await;
+    if result.is_err() && rt.interrupt.is_cancelled() {
+        // Stopped by Ctrl-C or shutdown, not by the CA or the solver: no backoff for that.
+        return result;
+    }
     let now = Timestamp::now();
     let mut state = match rt.state.load_cert_state(&cert.name) {
         Ok(s) => s.unwrap_or_default(),
