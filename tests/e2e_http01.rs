@@ -240,8 +240,14 @@ async fn two_names_issue_install_renew_and_force_with_one_shared_hook() {
     out.assert_ok();
     let new_www = serial_of(&www);
     let new_api = serial_of(&api_dir);
-    assert_ne!(new_www, www_serial, "--force issues a new certificate\n{out}");
-    assert_ne!(new_api, api_serial, "--force issues a new certificate\n{out}");
+    assert_ne!(
+        new_www, www_serial,
+        "--force issues a new certificate\n{out}"
+    );
+    assert_ne!(
+        new_api, api_serial,
+        "--force issues a new certificate\n{out}"
+    );
     check_installed(&www, &["example.com", "www.example.com"], &root_pem);
     check_installed(&api_dir, &["api.example.com"], &root_pem);
     let lines = hook_lines(&hook_log);
@@ -336,7 +342,9 @@ async fn eab_required_right_key_issues_wrong_or_missing_key_is_explained() {
     // Unknown kid: refused with the same kind of message.
     let cfg = config(Some(("kid-unknown", &good)));
     let out = cfg.run_cli(&["renew"]).await;
-    out.assert_failed().assert_mentions("eab").assert_mentions("kid");
+    out.assert_failed()
+        .assert_mentions("eab")
+        .assert_mentions("kid");
 
     // No EAB at all, though the CA requires it: says EAB is required and where to configure it.
     let cfg = config(None);
@@ -489,13 +497,17 @@ async fn check_accepts_a_good_config_and_points_at_the_line_of_a_bad_one() {
                 .ca_bundle_pem(&support::pebble::make_tls_certs().0)
                 .solver_http01(),
         )
-        .certificate(CertSpec::new("www", "le", &["example.com", "www.example.com"]).key("rsa-2048"))
+        .certificate(
+            CertSpec::new("www", "le", &["example.com", "www.example.com"]).key("rsa-2048"),
+        )
         .write();
     let out = cfg.run_cli(&["check"]).await;
     out.assert_ok().assert_mentions("valid");
 
     // An unknown key type on a known line.
-    let text = cfg.render().replace("key = \"rsa-2048\"", "key = \"rsa-1024\"");
+    let text = cfg
+        .render()
+        .replace("key = \"rsa-2048\"", "key = \"rsa-1024\"");
     cfg.write_raw(&text);
     let line = text
         .lines()

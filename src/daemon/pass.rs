@@ -10,7 +10,7 @@ use tracing::{error, info};
 
 use crate::config::CertificateConfig;
 use crate::hooks::{self, HookOutcome, ReloadRequest};
-use crate::scheduler::{self, Due};
+use crate::scheduler::{self, Due, DueReason};
 use crate::store::{self, CertState};
 
 use super::issue::{self, Issued};
@@ -39,9 +39,21 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    /// True when every selected certificate is valid and installed (issued now or not due).
+    /// True when every selected certificate is valid and installed (issued now or not due) and
+    /// none is waiting out a backoff after a failed attempt.
     pub fn ok(&self) -> bool {
-        self.failed.is_empty()
+        self.failed.is_empty() && self.backing_off().next().is_none()
+    }
+
+    /// The not-due certificates that are skipped only because their last attempt failed: waiting
+    /// for a retry time, or stopped after a permanent error. `renew --force` tries them now.
+    pub fn backing_off(&self) -> impl Iterator<Item = &(String, Due)> {
+        self.not_due.iter().filter(|(_, due)| {
+            matches!(
+                due.reason,
+                DueReason::Retry { .. } | DueReason::Stopped { .. }
+            )
+        })
     }
 }
 
@@ -223,4 +235,43 @@ pub async fn issue_and_record(
         error!(cert = %cert.name, error = %e, "cannot record the outcome in the state directory");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_due(reason: DueReason) -> PassReport {
+        PassReport {
+            not_due: vec![(
+                "www".to_string(),
+                Due {
+                    at: Timestamp::now(),
+                    reason,
+                },
+            )],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pass_is_ok_only_when_nothing_failed_or_waits_out_a_backoff() {
+        assert!(PassReport::default().ok());
+        assert!(not_due(DueReason::Missing).ok());
+        let retry = not_due(DueReason::Retry {
+            attempt: 1,
+            error: "connection refused".into(),
+        });
+        assert!(!retry.ok(), "a certificate in backoff is not ok");
+        assert_eq!(retry.backing_off().count(), 1);
+        let stopped = not_due(DueReason::Stopped {
+            error: "rejectedIdentifier".into(),
+        });
+        assert!(!stopped.ok(), "a stopped certificate is not ok");
+        let mut failed = PassReport::default();
+        failed
+            .failed
+            .push(("www".into(), IssueError::permanent("boom")));
+        assert!(!failed.ok());
+    }
 }

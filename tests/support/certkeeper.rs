@@ -568,7 +568,12 @@ impl Daemon {
     }
 
     /// Poll (bounded) until `cond` holds; panics with the daemon log after `timeout`.
-    pub async fn wait_for(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut() -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             if cond() {
