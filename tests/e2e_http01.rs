@@ -334,6 +334,7 @@ async fn eab_required_right_key_issues_wrong_or_missing_key_is_explained() {
     // Wrong key: refused, and the message names EAB and what to check.
     let cfg = config(Some(("kid-1", &wrong)));
     let out = cfg.run_cli(&["renew"]).await;
+    eprintln!("{out}");
     out.assert_failed()
         .assert_mentions("eab")
         .assert_mentions("hmac");
@@ -342,6 +343,7 @@ async fn eab_required_right_key_issues_wrong_or_missing_key_is_explained() {
     // Unknown kid: refused with the same kind of message.
     let cfg = config(Some(("kid-unknown", &good)));
     let out = cfg.run_cli(&["renew"]).await;
+    eprintln!("{out}");
     out.assert_failed()
         .assert_mentions("eab")
         .assert_mentions("kid");
@@ -349,6 +351,7 @@ async fn eab_required_right_key_issues_wrong_or_missing_key_is_explained() {
     // No EAB at all, though the CA requires it: says EAB is required and where to configure it.
     let cfg = config(None);
     let out = cfg.run_cli(&["renew"]).await;
+    eprintln!("{out}");
     out.assert_failed()
         .assert_mentions("external account")
         .assert_mentions("eab");
@@ -374,6 +377,7 @@ async fn unreachable_ca_and_untrusted_ca_bundle_are_explained() {
         .certificate(CertSpec::new("x", "ca", &["x.example.com"]))
         .write();
     let out = cfg.run_cli(&["renew"]).await;
+    eprintln!("{out}");
     out.assert_failed().assert_mentions("cannot reach");
     assert!(
         out.all().contains(&format!("127.0.0.1:{dead}")),
@@ -399,7 +403,13 @@ async fn unreachable_ca_and_untrusted_ca_bundle_are_explained() {
         .certificate(CertSpec::new("x", "pebble", &["x.example.com"]))
         .write();
     let out = cfg.run_cli(&["renew"]).await;
+    eprintln!("{out}");
     out.assert_failed().assert_mentions("ca_bundle");
+    let bundle = cfg.dir().join("pebble-ca.pem");
+    assert!(
+        out.all().contains(&bundle.display().to_string()),
+        "names the ca_bundle file: {out}"
+    );
     assert!(!cfg.output_dir("x").join("fullchain.pem").exists());
 }
 
@@ -420,10 +430,12 @@ async fn failing_challenge_shows_the_ca_problem_and_force_recovers_despite_backo
         .certificate(CertSpec::new("www", "pebble", &["fail.example.com"]))
         .write();
     let out = bad.run_cli(&["renew"]).await;
+    eprintln!("{out}");
     out.assert_failed();
     // The CA's problem: what it saw when it connected to port {http_port}.
     out.assert_mentions("fail.example.com")
-        .assert_mentions("connection");
+        .assert_mentions("could not verify control")
+        .assert_mentions("connection refused");
     assert!(
         out.all().contains(&http_port.to_string()),
         "the CA's detail (port it tried) is shown: {out}"
@@ -441,6 +453,7 @@ async fn failing_challenge_shows_the_ca_problem_and_force_recovers_despite_backo
     good.http01_listen = vec![format!("127.0.0.1:{http_port}")];
     let good = good.write();
     let out = good.run_cli(&["renew"]).await;
+    eprintln!("{out}");
     // Without --force the backoff is respected, but the user learns why and how to override it.
     if !out.stdout.contains("issued by") {
         out.assert_failed()
@@ -515,6 +528,7 @@ async fn check_accepts_a_good_config_and_points_at_the_line_of_a_bad_one() {
         .expect("line")
         + 1;
     let out = cfg.run_cli(&["check"]).await;
+    eprintln!("{out}");
     out.assert_failed();
     let want = format!("{}:{line}:", cfg.path().display());
     assert!(
@@ -527,6 +541,7 @@ async fn check_accepts_a_good_config_and_points_at_the_line_of_a_bad_one() {
     let text = cfg.render().replace("issuer = \"le\"", "issuer = \"nope\"");
     cfg.write_raw(&text);
     let out = cfg.run_cli(&["check"]).await;
+    eprintln!("{out}");
     out.assert_failed().assert_mentions("nope");
     assert!(
         out.stderr.contains(&format!("{}:", cfg.path().display())),
