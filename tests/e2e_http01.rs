@@ -192,6 +192,7 @@ async fn two_names_issue_install_renew_and_force_with_one_shared_hook() {
     // First run: both issued, one hook run for both.
     let out = cfg.run_cli(&["renew"]).await;
     out.assert_ok();
+    assert!(!out.stderr.contains("ERROR"), "no error logged: {out}");
     let www = cfg.output_dir("www");
     let api_dir = cfg.output_dir("api");
     check_installed(&www, &["example.com", "www.example.com"], &root_pem);
@@ -260,17 +261,39 @@ async fn two_names_issue_install_renew_and_force_with_one_shared_hook() {
     );
     assert_eq!(lines[1], want, "hook environment");
 
-    // A kept version directory per issuance, the live one holding the new serial.
-    let live = std::fs::read_link(www.join(".live")).unwrap();
+    // `renew --force www` touches only www; the hook names only www.
+    let out = cfg.run_cli(&["renew", "--force", "www"]).await;
+    out.assert_ok();
+    assert_ne!(serial_of(&www), new_www, "www reissued\n{out}");
+    assert_eq!(serial_of(&api_dir), new_api, "api untouched\n{out}");
+    let lines = hook_lines(&hook_log);
+    assert_eq!(lines.len(), 3, "one more hook run: {lines:?}\n{out}");
     assert!(
-        live.to_string_lossy()
-            .to_lowercase()
-            .contains(&new_www.to_lowercase())
-            || std::fs::read(www.join(".live").join("cert.pem")).unwrap()
-                == std::fs::read(www.join("cert.pem")).unwrap(),
-        "live version holds the new certificate: {}",
-        live.display()
+        lines[2].starts_with("www|www|example.com www.example.com|"),
+        "{}",
+        lines[2]
     );
+
+    // An unknown name is an error that lists the known ones.
+    let out = cfg.run_cli(&["renew", "nope"]).await;
+    out.assert_failed().assert_mentions("\"nope\"");
+    assert!(out.all().contains("api, www"), "lists known names: {out}");
+
+    // A config change (one more name) reissues at once, without --force.
+    let api_serial = serial_of(&api_dir);
+    let mut cfg = cfg;
+    cfg.certificates[1].domains.push("api2.example.com".into());
+    let cfg = cfg.write();
+    let out = cfg.run_cli(&["renew"]).await;
+    out.assert_ok();
+    assert!(out.stdout.contains("www: not due"), "{out}");
+    assert_ne!(serial_of(&api_dir), api_serial, "api reissued\n{out}");
+    check_installed(
+        &api_dir,
+        &["api.example.com", "api2.example.com"],
+        &root_pem,
+    );
+    assert_eq!(hook_lines(&hook_log).len(), 4, "hook ran for the reissue");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
