@@ -328,6 +328,35 @@ async fn rsa_2048_and_ecdsa_p384_keys_are_issued() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_reload_hook_keeps_the_new_certificate_and_fails_the_run() {
+    let http_port = free_port();
+    let pebble = pebble(PebbleOpts {
+        http_port,
+        ..Default::default()
+    })
+    .await;
+    let root_pem = pebble.root_pem().await;
+    let cfg = TestConfig::new()
+        .http01_listen(http_port)
+        .issuer(IssuerSpec::pebble("pebble", &pebble).solver_http01())
+        .certificate(
+            CertSpec::new("h", "pebble", &["hook.example.com"])
+                .reload("echo nginx says no >&2; exit 3"),
+        )
+        .write();
+    let out = cfg.run_cli(&["renew"]).await;
+    eprintln!("{out}");
+    out.assert_failed()
+        .assert_mentions("exit code 3")
+        .assert_mentions("nginx says no");
+    check_installed(&cfg.output_dir("h"), &["hook.example.com"], &root_pem);
+    // The certificate is in place, so the next pass has nothing to do and succeeds.
+    let out = cfg.run_cli(&["renew"]).await;
+    out.assert_ok();
+    assert!(out.stdout.contains("h: not due"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eab_required_right_key_issues_wrong_or_missing_key_is_explained() {
     use base64::Engine as _;
     let good = base64::engine::general_purpose::URL_SAFE_NO_PAD

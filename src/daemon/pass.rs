@@ -39,10 +39,13 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    /// True when every selected certificate is valid and installed (issued now or not due) and
-    /// none is waiting out a backoff after a failed attempt.
+    /// True when every selected certificate is valid and installed (issued now or not due), none
+    /// is waiting out a backoff after a failed attempt, and every reload hook succeeded (a failed
+    /// reload leaves servers on the old certificate).
     pub fn ok(&self) -> bool {
-        self.failed.is_empty() && self.backing_off().next().is_none()
+        self.failed.is_empty()
+            && self.backing_off().next().is_none()
+            && self.hooks.iter().all(|h| h.status.is_ok())
     }
 
     /// The not-due certificates that are skipped only because their last attempt failed: waiting
@@ -255,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_is_ok_only_when_nothing_failed_or_waits_out_a_backoff() {
+    fn a_pass_is_ok_only_without_failures_backoffs_or_failed_reloads() {
         assert!(PassReport::default().ok());
         assert!(not_due(DueReason::Missing).ok());
         let retry = not_due(DueReason::Retry {
@@ -273,5 +276,28 @@ mod tests {
             .failed
             .push(("www".into(), IssueError::permanent("boom")));
         assert!(!failed.ok());
+        let hook = |status| PassReport {
+            hooks: vec![HookOutcome {
+                command: "systemctl reload nginx".into(),
+                cert_names: vec!["www".into()],
+                status,
+            }],
+            ..Default::default()
+        };
+        assert!(
+            hook(crate::hooks::HookStatus::Ok {
+                output: String::new()
+            })
+            .ok()
+        );
+        assert!(
+            !hook(crate::hooks::HookStatus::Failed {
+                code: Some(1),
+                signal: None,
+                output: String::new()
+            })
+            .ok(),
+            "a failed reload fails the pass"
+        );
     }
 }
