@@ -221,10 +221,7 @@ async fn two_names_issue_install_renew_and_force_with_one_shared_hook() {
 
     let www_serial = serial_of(&www);
     let api_serial = serial_of(&api_dir);
-    assert!(
-        out.stdout.contains(&format!("www: issued by pebble")),
-        "{out}"
-    );
+    assert!(out.stdout.contains("www: issued by pebble"), "{out}");
 
     // Second run: nothing due, nothing issued, no hook.
     let out = cfg.run_cli(&["renew"]).await;
