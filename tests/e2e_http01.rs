@@ -380,14 +380,7 @@ async fn eab_required_right_key_issues_wrong_or_missing_key_is_explained() {
             .write()
     };
 
-    // Wrong key: refused, and the message names EAB and what to check.
-    let cfg = config(Some(("kid-1", &wrong)));
-    let out = cfg.run_cli(&["renew"]).await;
-    eprintln!("{out}");
-    out.assert_failed()
-        .assert_mentions("eab")
-        .assert_mentions("hmac");
-    assert!(!cfg.output_dir("eab").join("fullchain.pem").exists());
+    let wrong_cfg = config(Some(("kid-1", &wrong)));
 
     // Unknown kid: refused with the same kind of message.
     let cfg = config(Some(("kid-unknown", &good)));
@@ -405,8 +398,22 @@ async fn eab_required_right_key_issues_wrong_or_missing_key_is_explained() {
         .assert_mentions("external account")
         .assert_mentions("eab");
 
-    // Right kid and key: issued.
-    let cfg = config(Some(("kid-1", &good)));
+    // Wrong key: refused, and the message names EAB and what to check.
+    let cfg = wrong_cfg;
+    let out = cfg.run_cli(&["renew"]).await;
+    eprintln!("{out}");
+    out.assert_failed()
+        .assert_mentions("eab")
+        .assert_mentions("hmac");
+    assert!(!cfg.output_dir("eab").join("fullchain.pem").exists());
+    // Unchanged config: stopped after the permanent refusal, not tried again.
+    let out = cfg.run_cli(&["renew"]).await;
+    out.assert_failed().assert_mentions("renew --force eab");
+
+    // The operator fixes the key in the same config and state: a plain renew issues at once.
+    let mut cfg = cfg;
+    cfg.issuers[0].eab = Some(("kid-1".to_string(), good.clone()));
+    let cfg = cfg.write();
     let out = cfg.run_cli(&["renew"]).await;
     out.assert_ok();
     check_installed(&cfg.output_dir("eab"), &["eab.example.com"], &root_pem);
@@ -497,21 +504,37 @@ async fn failing_challenge_shows_the_ca_problem_and_force_recovers_despite_backo
         );
     }
 
-    // Fix the listener, same state dir: the failure left a backoff.
+    // The failure left a backoff: a plain renew respects it, fails, and says how to override it.
+    let out = bad.run_cli(&["renew"]).await;
+    eprintln!("{out}");
+    if !out.stdout.contains("FAILED:") {
+        // (Unless the machine was so slow that the first retry time has already passed.)
+        out.assert_failed()
+            .assert_mentions("backing off")
+            .assert_mentions("renew --force www")
+            .assert_mentions("fail.example.com");
+    }
+    // --force ignores the backoff: a real attempt is made (and fails the same way).
+    let out = bad.run_cli(&["renew", "--force"]).await;
+    out.assert_failed().assert_mentions("connection refused");
+    assert!(out.stdout.contains("www: FAILED:"), "{out}");
+
+    // Fixing the listener is a config change: it lifts the backoff, a plain renew issues.
     let mut good = bad;
     good.http01_listen = vec![format!("127.0.0.1:{http_port}")];
     let good = good.write();
     let out = good.run_cli(&["renew"]).await;
-    eprintln!("{out}");
-    // Without --force the backoff is respected, but the user learns why and how to override it.
-    if !out.stdout.contains("issued by") {
-        out.assert_failed()
-            .assert_mentions("--force")
-            .assert_mentions("fail.example.com");
-    }
+    out.assert_ok();
+    assert!(out.stdout.contains("www: issued by pebble"), "{out}");
+    check_installed(&good.output_dir("www"), &["fail.example.com"], &root_pem);
+    let first = serial_of(&good.output_dir("www"));
     let out = good.run_cli(&["renew", "--force"]).await;
     out.assert_ok();
-    check_installed(&good.output_dir("www"), &["fail.example.com"], &root_pem);
+    assert_ne!(
+        serial_of(&good.output_dir("www")),
+        first,
+        "--force reissues"
+    );
     // After success the backoff is gone: a plain renew is a clean "not due".
     let out = good.run_cli(&["renew"]).await;
     out.assert_ok();

@@ -101,7 +101,7 @@ pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
             .map(|live| (live.cert.not_before, live.cert.not_after)),
         fingerprint_changed,
         ari_window: state.ari_window,
-        retry: state.retry.clone().for_config(&fingerprint),
+        retry: state.retry.clone().for_config(&retry_fingerprint(rt, cert)),
         renew_before: cert.renew_before,
     };
     scheduler::due(&facts, now, &mut rand::rng())
@@ -115,6 +115,45 @@ pub fn fingerprint(cert: &CertificateConfig) -> String {
         &cert.issuers,
         cert.profile.as_deref(),
     )
+}
+
+/// The fingerprint a failure's backoff is bound to: the certificate's [`fingerprint`] plus
+/// everything else an operator edits to fix a failed order (the issuers' directory, `ca_bundle`
+/// path and contents, EAB kid and key, account key type and solvers, and the HTTP-01 listen
+/// addresses). Any change lifts the backoff or a permanent stop, without reissuing certificates
+/// that are fine. Secrets enter only through SHA-256.
+pub fn retry_fingerprint(rt: &Runtime, cert: &CertificateConfig) -> String {
+    let mut text = fingerprint(cert);
+    text.push_str(&format!("\nlisten={:?}", rt.config.http01.listen));
+    for name in &cert.issuers {
+        let Some(issuer) = rt.config.issuers.get(name) else {
+            continue;
+        };
+        text.push_str(&format!(
+            "\nissuer={name} dir={} key={:?} solvers={:?}",
+            issuer.directory, issuer.account_key, issuer.solvers
+        ));
+        if let Some(path) = &issuer.ca_bundle {
+            let contents = std::fs::read(path).unwrap_or_default();
+            text.push_str(&format!(
+                " ca_bundle={} {}",
+                path.display(),
+                hex(&openssl::sha::sha256(&contents))
+            ));
+        }
+        if let Some(eab) = &issuer.eab {
+            text.push_str(&format!(
+                " eab={} {}",
+                eab.kid,
+                hex(&openssl::sha::sha256(eab.hmac_key.expose().as_bytes()))
+            ));
+        }
+    }
+    hex(&openssl::sha::sha256(text.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Run one pass over the configured certificates.
@@ -223,7 +262,7 @@ pub async fn issue_and_record(
             state.ari_refetch_at = None;
         }
         Err(e) => {
-            let retry = state.retry.clone().for_config(&fp);
+            let retry = state.retry.clone().for_config(&retry_fingerprint(rt, cert));
             state.retry = retry.on_failure(
                 now,
                 e.retry_after,
