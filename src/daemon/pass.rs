@@ -283,6 +283,56 @@ pub async fn issue_and_record(
 mod tests {
     use super::*;
 
+    fn runtime(dir: &std::path::Path, eab_key: &str, max_concurrent: usize) -> Runtime {
+        std::fs::write(dir.join("eab.key"), eab_key).unwrap();
+        let text = format!(
+            r#"state_dir = "{d}/state"
+[daemon]
+max_concurrent = {max_concurrent}
+[issuer.le]
+directory = "https://127.0.0.1:1/dir"
+eab = {{ kid = "kid-1", hmac_key_file = "{d}/eab.key" }}
+[[issuer.le.solver]]
+http01 = {{ self_check = false }}
+[certificate.www]
+issuer = "le"
+domains = ["example.com"]
+output = {{ dir = "{d}/tls" }}
+"#,
+            d = dir.display()
+        );
+        std::fs::write(dir.join("c.toml"), text).unwrap();
+        let cfg = crate::config::load(&dir.join("c.toml")).unwrap();
+        Runtime::new(Arc::new(cfg), Default::default()).unwrap()
+    }
+
+    #[test]
+    fn an_issuer_fix_changes_the_retry_fingerprint_but_not_the_reissue_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = runtime(tmp.path(), "a2V5LW9uZQ", 8);
+        let cert = &a.config.certificates["www"];
+        let (fp, retry) = (fingerprint(cert), retry_fingerprint(&a, cert));
+        assert!(
+            !retry.contains("a2V5LW9uZQ"),
+            "no secret in the fingerprint"
+        );
+        let b = runtime(tmp.path(), "a2V5LXR3bw", 8);
+        let cert_b = &b.config.certificates["www"];
+        assert_eq!(fingerprint(cert_b), fp, "an EAB fix does not reissue");
+        assert_ne!(
+            retry_fingerprint(&b, cert_b),
+            retry,
+            "an EAB fix lifts the backoff"
+        );
+        let c = runtime(tmp.path(), "a2V5LW9uZQ", 2);
+        let cert_c = &c.config.certificates["www"];
+        assert_eq!(
+            retry_fingerprint(&c, cert_c),
+            retry,
+            "unrelated settings keep the backoff"
+        );
+    }
+
     fn not_due(reason: DueReason) -> PassReport {
         PassReport {
             not_due: vec![(
