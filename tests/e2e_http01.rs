@@ -609,6 +609,33 @@ async fn check_accepts_a_good_config_and_points_at_the_line_of_a_bad_one() {
     );
     out.assert_mentions("key");
 
+    // An error in an included file names that file and line.
+    let conf_d = cfg.dir().join("conf.d");
+    std::fs::create_dir_all(&conf_d).unwrap();
+    let included = conf_d.join("api.toml");
+    std::fs::write(
+        &included,
+        format!(
+            "[certificate.api]\nissuer = \"le\"\ndomains = [\"api.example.com\"]\noutput = {{ dir = {} }}\nrenew_before = \"soon\"\n",
+            support::certkeeper::toml_str(&cfg.dir().join("tls/api").display().to_string())
+        ),
+    )
+    .unwrap();
+    let mut cfg = cfg;
+    cfg.top.push(format!(
+        "include = [{}]",
+        support::certkeeper::toml_str(&format!("{}/*.toml", conf_d.display()))
+    ));
+    let text = cfg.render();
+    cfg.write_raw(&text);
+    let out = cfg.run_cli(&["check"]).await;
+    eprintln!("{out}");
+    out.assert_failed().assert_mentions("renew_before");
+    let want = format!("{}:5:", included.display());
+    assert!(out.stderr.contains(&want), "names {want}: {out}");
+    std::fs::remove_file(&included).unwrap();
+    cfg.run_cli(&["check"]).await.assert_ok();
+
     // A certificate naming an issuer that does not exist.
     let text = cfg.render().replace("issuer = \"le\"", "issuer = \"nope\"");
     cfg.write_raw(&text);
