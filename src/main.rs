@@ -185,7 +185,13 @@ fn print_report(report: &PassReport) {
         );
     }
     for (name, due) in &report.not_due {
-        println!("{name}: not due; {}", due);
+        if report.backing_off().any(|(n, _)| n == name) {
+            println!(
+                "{name}: NOT RENEWED (backing off after a failure): {due}; `certkeeper renew --force {name}` tries now"
+            );
+        } else {
+            println!("{name}: not due; {due}");
+        }
     }
     for (name, e) in &report.failed {
         println!("{name}: FAILED: {e}");

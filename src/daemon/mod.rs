@@ -147,7 +147,23 @@ impl Runtime {
         };
         let client = acme::Client::new(&issuer.directory, &roots, USER_AGENT)
             .await
-            .map_err(|e| IssueError::from_acme(e, issuer))?;
+            .map_err(|e| {
+                // With a ca_bundle configured, a TLS failure means that file is the wrong one: name it.
+                let bundle_msg = match (&e, &issuer.ca_bundle) {
+                    (AcmeError::Tls { url, message }, Some(bundle)) => Some(format!(
+                        "issuer {}: the CA's TLS certificate at {url} does not verify against ca_bundle {}: {message}; check that this file holds the root (or intermediate) that signed the CA's TLS certificate (`openssl s_client -connect HOST:PORT -CAfile {}` shows the chain)",
+                        issuer.name,
+                        bundle.display(),
+                        bundle.display()
+                    )),
+                    _ => None,
+                };
+                let mut err = IssueError::from_acme(e, issuer);
+                if let Some(m) = bundle_msg {
+                    err.message = m;
+                }
+                err
+            })?;
         let id = store::account_id(&issuer.name, &issuer.directory);
         let stored = self
             .state
