@@ -4,6 +4,7 @@
 pub mod issue;
 pub mod pass;
 pub mod run;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
