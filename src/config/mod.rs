@@ -211,20 +211,8 @@ pub struct CertificateConfig {
     pub reload: Vec<String>,
 }
 
-/// Where a certificate's PEM files go, and their ownership and modes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutputConfig {
-    /// Absolute directory holding `fullchain.pem`, `privkey.pem`, `chain.pem`, `cert.pem`.
-    pub dir: PathBuf,
-    /// Owner user of the files; `None` keeps certkeeper's user.
-    pub owner: Option<String>,
-    /// Group of the files; `None` keeps certkeeper's group.
-    pub group: Option<String>,
-    /// Mode of `privkey.pem` (default 0o600).
-    pub key_mode: u32,
-    /// Mode of the certificate files (default 0o644).
-    pub cert_mode: u32,
-}
+/// Where a certificate's PEM files go, and their ownership and modes (the store's own type).
+pub use crate::store::OutputSpec as OutputConfig;
 
 /// One problem at a known place in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]

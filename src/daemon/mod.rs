@@ -292,13 +292,7 @@ impl Runtime {
 
     /// Where and how a certificate's files are written.
     pub fn output_spec(&self, cert: &CertificateConfig) -> Result<OutputSpec, IssueError> {
-        Ok(OutputSpec {
-            dir: cert.output.dir.clone(),
-            owner: cert.output.owner.clone(),
-            group: cert.output.group.clone(),
-            key_mode: cert.output.key_mode,
-            cert_mode: cert.output.cert_mode,
-        })
+        Ok(cert.output.clone())
     }
 }
 
