@@ -254,6 +254,28 @@ impl StateStore {
         }
     }
 
+    /// Move account `id` out of the way (after deactivation) to `accounts/<id>.deactivated-<unix>`,
+    /// kept for the record; the next use of the issuer registers a new account. Returns the new path.
+    pub fn retire_account(&self, id: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.account_dir(id)?;
+        let unix = jiff::Timestamp::now().as_second();
+        let mut target = self
+            .root
+            .join("accounts")
+            .join(format!("{id}.deactivated-{unix}"));
+        let mut n = 1;
+        while target.exists() {
+            target = self
+                .root
+                .join("accounts")
+                .join(format!("{id}.deactivated-{unix}.{n}"));
+            n += 1;
+        }
+        fs::rename(&dir, &target).map_err(|e| StoreError::io("moving", &dir, e))?;
+        super::atomic::fsync_dir(&self.root.join("accounts"))?;
+        Ok(target)
+    }
+
     fn cert_path(&self, name: &str, suffix: &str) -> Result<PathBuf, StoreError> {
         check_name(name)?;
         Ok(self.root.join("certs").join(format!("{name}{suffix}")))
@@ -462,7 +484,10 @@ mod tests {
         s.save_account_key(&id, "old").unwrap();
         assert_eq!(s.load_next_account_key(&id).unwrap(), None);
         s.stage_next_account_key(&id, "new").unwrap();
-        assert_eq!(s.load_next_account_key(&id).unwrap().as_deref(), Some("new"));
+        assert_eq!(
+            s.load_next_account_key(&id).unwrap().as_deref(),
+            Some("new")
+        );
         assert_eq!(
             mode(&tmp.path().join("accounts").join(&id).join("key.next.pem")),
             0o600
@@ -477,6 +502,9 @@ mod tests {
         s.promote_next_account_key(&id).unwrap();
         assert_eq!(s.load_account(&id).unwrap().unwrap().key_pem, "new");
         assert_eq!(s.load_next_account_key(&id).unwrap(), None);
+        let retired = s.retire_account(&id).unwrap();
+        assert!(s.load_account(&id).unwrap().is_none());
+        assert_eq!(fs::read_to_string(retired.join("key.pem")).unwrap(), "new");
     }
 
     #[test]
