@@ -269,12 +269,33 @@ async fn revoke_falls_back_to_the_certificate_key_when_the_account_is_lost() {
     let cfg = w.config("certkeeper.toml", "state", &body);
     ok(&cfg, &["renew"]);
     let first = serial(&live_cert(&w.path("tls/www")));
-    // The account is lost: a new one gets registered, which the CA does not let revoke this cert.
-    std::fs::remove_dir_all(w.path("state/accounts")).unwrap();
+    // The account is unusable (deactivated at the CA behind certkeeper's back): the CA refuses it,
+    // the certificate key still works.
+    let acct = account_dir(&w.path("state"));
+    let key = AccountKey::from_pem(&std::fs::read(acct.join("key.pem")).unwrap()).unwrap();
+    let client = acme_client(&w).await;
+    acme::Account::find_existing(&client, key)
+        .await
+        .unwrap()
+        .expect("account")
+        .deactivate()
+        .await
+        .unwrap();
     let stdout = ok(&cfg, &["revoke", "www", "--reason", "keyCompromise"]);
     assert!(stdout.contains("certificate key"), "{stdout}");
     let status = cert_status(&w, &first).await;
     assert!(status.contains("Revoked"), "pebble status: {status}");
+
+    // With the account state gone entirely, no account is registered just to revoke.
+    std::fs::remove_dir_all(w.path("state/accounts")).unwrap();
+    ok(&cfg, &["renew", "--force"]);
+    let second = serial(&live_cert(&w.path("tls/www")));
+    std::fs::remove_dir_all(w.path("state/accounts")).unwrap();
+    let stdout = ok(&cfg, &["revoke", "www"]);
+    assert!(stdout.contains("certificate key"), "{stdout}");
+    assert!(cert_status(&w, &second).await.contains("Revoked"));
+    let accounts = std::fs::read_dir(w.path("state/accounts")).unwrap().count();
+    assert_eq!(accounts, 0, "an account was registered just to revoke");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,7 +242,18 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
 
     let mut failures: Vec<String> = Vec::new();
     let mut outcome: Option<(&'static str, bool)> = None;
-    if !opts.with_cert_key {
+    // Without a stored account (state lost, or a pair imported from elsewhere) registering a new one
+    // would not help: only the issuing account or the certificate key may revoke.
+    let has_account = rt
+        .state
+        .load_account(&store::account_id(&issuer.name, &issuer.directory))
+        .ok()
+        .flatten()
+        .is_some_and(|a| a.record.is_some());
+    if !opts.with_cert_key && !has_account {
+        info!(cert = %name, issuer = %issuer.name, "no account stored for the issuer; revoking with the certificate key");
+    }
+    if !opts.with_cert_key && has_account {
         match rt.account(issuer).await {
             Ok(account) => match account.revoke(&leaf_der, reason).await {
                 Ok(()) => outcome = Some(("account key", false)),
