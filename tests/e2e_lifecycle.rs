@@ -558,6 +558,10 @@ async fn key_reuse_keeps_the_private_key_and_default_changes_it() {
     assert_ne!(s0, serial(&live_cert(&w.path("tls/pinned"))), "renewed");
     assert_eq!(public_key_der(&w.path("tls/pinned")), pinned0);
     assert_ne!(public_key_der(&w.path("tls/fresh")), fresh0);
+    // A revoked certificate's key is never reused.
+    ok(&cfg, &["revoke", "pinned", "--reason", "keyCompromise"]);
+    ok(&cfg, &["renew", "pinned"]);
+    assert_ne!(public_key_der(&w.path("tls/pinned")), pinned0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -719,7 +723,7 @@ async fn import_adopts_a_certificate_without_reissuing() {
             src.join("privkey.pem").to_str().unwrap(),
         ],
     );
-    assert!(stdout.contains(&format!("imported serial")), "{stdout}");
+    assert!(stdout.contains("imported serial"), "{stdout}");
     assert_eq!(serial(&live_cert(&w.path("tls/www"))), issued);
     assert_eq!(
         public_key_der(&w.path("tls/www")),

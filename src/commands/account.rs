@@ -116,6 +116,14 @@ pub enum AccountError {
         #[source]
         source: StoreError,
     },
+    /// Another process is rolling the account key over.
+    #[error(
+        "issuer {issuer}: another certkeeper process is rolling over this account's key; wait for it to finish"
+    )]
+    Busy {
+        /// The issuer's name.
+        issuer: String,
+    },
     /// A key could not be generated or encoded.
     #[error("issuer {issuer}: {message}")]
     Key {
@@ -197,12 +205,16 @@ pub async fn rollover(rt: &Runtime, issuer_name: &str) -> Result<AccountInfo, Ac
         issuer: issuer.name.clone(),
         message,
     };
-    // Two rollovers at once would race on key.next.pem.
-    let _lock = rt
-        .state
-        .lock_cert(&format!("account-{id}"))
-        .map_err(store_err)?;
+    // Loading the account first finishes or undoes an earlier interrupted rollover.
     let mut account = rt.account(issuer).await?;
+    // Held until key.pem holds the new key: another process must neither start a second rollover nor
+    // resolve our staged key.next.pem meanwhile.
+    let _lock = rt.state.lock_account(&id).map_err(|e| match e {
+        StoreError::Locked { .. } => AccountError::Busy {
+            issuer: issuer.name.clone(),
+        },
+        other => store_err(other),
+    })?;
     let new_key = AccountKey::generate(issuer.account_key)
         .map_err(|e| key_err(format!("generating the new account key: {e}")))?;
     let pem = new_key

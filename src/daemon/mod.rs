@@ -156,6 +156,16 @@ impl Runtime {
         else {
             return Ok(());
         };
+        // A rollover running right now (another process) holds the account lock; deciding now could
+        // drop the key the CA is about to switch to. Leave it to that process.
+        let _lock = match self.state.lock_account(id) {
+            Ok(lock) => lock,
+            Err(StoreError::Locked { .. }) => {
+                info!(issuer = %issuer.name, "an account key rollover is in progress in another process");
+                return Ok(());
+            }
+            Err(e) => return Err(IssueError::from_store(e)),
+        };
         let next = match acme::AccountKey::from_pem(next_pem.as_bytes()) {
             Ok(k) => k,
             Err(e) => {

@@ -318,6 +318,12 @@ impl StateStore {
         }
     }
 
+    /// Take the lock of account `id` (held across a key rollover) without waiting;
+    /// [`StoreError::Locked`] when another process holds it.
+    pub fn lock_account(&self, id: &str) -> Result<CertLock, StoreError> {
+        self.lock_cert(&format!("account-{id}"))
+    }
+
     /// Take the issuance lock of certificate `name` without waiting.
     ///
     /// Uses `flock` on `locks/<name>.lock`, so two certkeeper processes (or two tasks that both try)
