@@ -734,3 +734,39 @@ async fn import_adopts_a_certificate_without_reissuing() {
     assert!(stdout.contains("www: not due"), "{stdout}");
     assert_eq!(serial(&live_cert(&w.path("tls/www"))), issued);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_rollover_key_is_left_alone_while_another_process_rolls_over() {
+    let Some(w) = World::start().await else {
+        return;
+    };
+    let body = w.issuer("pebble", "ecdsa-p256")
+        + &w.cert("www", "\"pebble\"", &["race.example.com"], "", "tls/www");
+    let cfg = w.config("certkeeper.toml", "state", &body);
+    ok(&cfg, &["renew"]);
+    let acct = account_dir(&w.path("state"));
+    let id = acct.file_name().unwrap().to_string_lossy().into_owned();
+    let old_pem = std::fs::read(acct.join("key.pem")).unwrap();
+    // A rollover "in progress": a staged key the CA does not know (yet), and the account lock held.
+    let staged = AccountKey::generate(acme::KeyType::EcdsaP256).unwrap();
+    std::fs::write(acct.join("key.next.pem"), staged.to_pem().unwrap()).unwrap();
+    let store = certkeeper::store::StateStore::open(w.path("state")).unwrap();
+    let lock = store.lock_account(&id).unwrap();
+    ok(&cfg, &["account", "show", "--issuer", "pebble"]);
+    assert!(
+        acct.join("key.next.pem").exists(),
+        "a staged key must not be dropped while its rollover runs"
+    );
+    let o = run(&cfg, &["account", "rollover", "--issuer", "pebble"], &[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("another certkeeper process"),
+        "{}",
+        text(&o)
+    );
+    // Once the lock is gone the leftover is resolved: the CA never saw the key, so it is dropped.
+    drop(lock);
+    ok(&cfg, &["account", "show", "--issuer", "pebble"]);
+    assert!(!acct.join("key.next.pem").exists());
+    assert_eq!(std::fs::read(acct.join("key.pem")).unwrap(), old_pem);
+}
