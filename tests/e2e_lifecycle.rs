@@ -34,15 +34,20 @@ impl World {
     }
 
     async fn start_on(http_port: u16) -> Option<World> {
+        Self::start_with(PebbleOpts {
+            http_port,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn start_with(opts: PebbleOpts) -> Option<World> {
         if !pebble::available() {
             eprintln!("pebble not installed; skipping");
             return None;
         }
-        let pebble = Pebble::start(PebbleOpts {
-            http_port,
-            ..Default::default()
-        })
-        .await;
+        let http_port = opts.http_port;
+        let pebble = Pebble::start(opts).await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), pebble.ca_pem()).unwrap();
         Some(World {
@@ -769,4 +774,68 @@ async fn staged_rollover_key_is_left_alone_while_another_process_rolls_over() {
     ok(&cfg, &["account", "show", "--issuer", "pebble"]);
     assert!(!acct.join("key.next.pem").exists());
     assert_eq!(std::fs::read(acct.join("key.pem")).unwrap(), old_pem);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_and_closes_its_listener() {
+    let tls_port = free_port();
+    let Some(w) = World::start_with(PebbleOpts {
+        http_port: free_port(),
+        tls_port,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let body = format!(
+        r#"
+[issuer.pebble]
+directory = "{dir}"
+ca_bundle = "{ca}"
+
+[[issuer.pebble.solver]]
+tlsalpn01 = {{ listen = "127.0.0.1:{tls_port}" }}
+"#,
+        dir = w.pebble.directory_url(),
+        ca = w.path("ca.pem").display(),
+    ) + &w.cert(
+        "alpn",
+        "\"pebble\"",
+        &["alpn.example.com", "alpn2.example.com"],
+        "",
+        "tls/alpn",
+    );
+    let cfg = w.config("certkeeper.toml", "state", &body);
+    let stdout = ok(&cfg, &["renew"]);
+    assert!(stdout.contains("alpn: issued by pebble"), "{stdout}");
+    let names: Vec<String> = live_cert(&w.path("tls/alpn"))
+        .subject_alt_names()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g.dnsname().map(str::to_string))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    // The listener is closed once the challenges are cleaned up (the process has exited anyway, so
+    // check within one process instead: the solver frees the port after cleanup).
+    use certkeeper::challenge::tlsalpn01::TlsAlpn01Solver;
+    use certkeeper::challenge::{ChallengeCtx, ChallengeKind, Solver};
+    let port = free_port();
+    let solver = TlsAlpn01Solver::new(format!("127.0.0.1:{port}").parse().unwrap());
+    let ctx = ChallengeCtx {
+        cert_name: "t".into(),
+        identifier: "x.example.com".into(),
+        is_ip: false,
+        wildcard: false,
+        kind: ChallengeKind::TlsAlpn01,
+        token: "tok".into(),
+        key_authorization: "tok.thumb".into(),
+    };
+    solver.present(&ctx).await.unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    solver.cleanup(&ctx).await.unwrap();
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the port is free again after cleanup"
+    );
 }

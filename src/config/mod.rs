@@ -158,6 +158,11 @@ pub enum SolverKind {
         /// The document root; files go to `<path>/.well-known/acme-challenge/<token>`.
         path: PathBuf,
     },
+    /// TLS-ALPN-01 (RFC 8737) on certkeeper's own TLS listener, open only while challenges are pending.
+    TlsAlpn01 {
+        /// Where to listen (default `0.0.0.0:443`).
+        listen: std::net::SocketAddr,
+    },
     /// DNS-01 through a DNS provider.
     Dns01 {
         /// The provider and its settings.
@@ -178,6 +183,7 @@ impl SolverKind {
         match self {
             Self::Http01 { .. } => "http01",
             Self::Webroot { .. } => "webroot",
+            Self::TlsAlpn01 { .. } => "tlsalpn01",
             Self::Dns01 { .. } => "dns01",
         }
     }

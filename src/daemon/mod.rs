@@ -324,6 +324,9 @@ impl Runtime {
             SolverKind::Webroot { path } => {
                 Arc::new(crate::challenge::webroot::WebrootSolver::new(path.clone()))
             }
+            SolverKind::TlsAlpn01 { listen } => {
+                Arc::new(crate::challenge::tlsalpn01::TlsAlpn01Solver::new(*listen))
+            }
             SolverKind::Dns01 {
                 provider,
                 propagation,
