@@ -301,10 +301,13 @@ mod tests {
         assert_eq!(sans, vec!["a.example.com"]);
         let text = String::from_utf8(cert.to_text().unwrap()).unwrap();
         assert!(text.contains("1.3.6.1.5.5.7.1.31: critical"), "{text}");
+        // extnValue is an OCTET STRING wrapping the DER OCTET STRING of the digest: 04 22 04 20 <32 bytes>.
         let digest = openssl::sha::sha256(b"tok.thumb");
-        let hex: String = digest.iter().map(|b| format!("{b:02X}")).collect();
-        // openssl prints the DER value (04 20 + digest) as colon-separated hex.
-        let printed: String = text.replace([':', ' ', '\n', '.'], "");
-        assert!(printed.contains(&format!("0420{hex}")), "{text}");
+        let mut want = vec![0x04, 0x22, 0x04, 0x20];
+        want.extend_from_slice(&digest);
+        let der = cert.to_der().unwrap();
+        assert!(der.windows(want.len()).any(|w| w == want.as_slice()));
+        let other = openssl::sha::sha256(b"other");
+        assert!(!der.windows(32).any(|w| w == other));
     }
 }

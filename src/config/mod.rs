@@ -816,4 +816,28 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
             k => panic!("{k:?}"),
         }
     }
+
+    #[test]
+    fn tlsalpn01_solver_listen_address() {
+        let text = BASE.replace("http01 = {}", "tlsalpn01 = { listen = \"127.0.0.1:8443\" }");
+        let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
+        match &cfg.issuers["le"].solvers[0].kind {
+            SolverKind::TlsAlpn01 { listen } => assert_eq!(listen.to_string(), "127.0.0.1:8443"),
+            k => panic!("{k:?}"),
+        }
+        let text = BASE.replace("http01 = {}", "tlsalpn01 = {}");
+        let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
+        match &cfg.issuers["le"].solvers[0].kind {
+            SolverKind::TlsAlpn01 { listen } => assert_eq!(listen.to_string(), "0.0.0.0:443"),
+            k => panic!("{k:?}"),
+        }
+        let text = BASE.replace("http01 = {}", "tlsalpn01 = { listen = \"443\" }");
+        let err = Config::from_str(&text, Path::new("certkeeper.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tlsalpn01.listen") && err.contains("0.0.0.0:443"),
+            "{err}"
+        );
+    }
 }
