@@ -839,3 +839,77 @@ tlsalpn01 = {{ listen = "127.0.0.1:{tls_port}" }}
         "the port is free again after cleanup"
     );
 }
+
+/// Kills the daemon this test started (by its PID) when dropped.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait (bounded) until the live certificate in `out` has a serial other than `not`.
+async fn wait_new_serial(out: &Path, not: Option<&str>) -> String {
+    for _ in 0..600 {
+        if out.join("fullchain.pem").exists() {
+            let s = serial(&live_cert(out));
+            if Some(s.as_str()) != not {
+                return s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no new certificate in {} within 120 s", out.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_daemon_replaces_a_revoked_certificate_after_sighup() {
+    let Some(w) = World::start().await else {
+        return;
+    };
+    let body = w.issuer("pebble", "ecdsa-p256")
+        + &w.cert("www", "\"pebble\"", &["daemon.example.com"], "", "tls/www");
+    let cfg = w.config("certkeeper.toml", "state", &body);
+    let log = std::fs::File::create(w.path("daemon.log")).unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the daemon");
+    let daemon = Daemon(child);
+    let out = w.path("tls/www");
+    let first = wait_new_serial(&out, None).await;
+    // Let the daemon finish recording the issuance before revoking.
+    for _ in 0..100 {
+        if w.path("state/certs/www.json").exists()
+            && cert_state(&w.path("state"), "www")["last_success"].is_string()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok(&cfg, &["revoke", "www"]);
+    assert!(cert_status(&w, &first).await.contains("Revoked"));
+    let status = Command::new("kill")
+        .args(["-HUP", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let second = wait_new_serial(&out, Some(&first)).await;
+    assert_ne!(first, second);
+    drop(daemon);
+}

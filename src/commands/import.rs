@@ -5,10 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
-use openssl::x509::X509;
 use tracing::info;
 
-use crate::acme;
 use crate::daemon::{Runtime, pass};
 use crate::scheduler::{Due, RetryState};
 use crate::store::{self, InstalledPaths, StoreError};
@@ -121,10 +119,6 @@ pub fn import(rt: &Runtime, opts: &ImportOptions) -> Result<Imported, ImportErro
             verified.key_type, cert.key, verified.key_type
         )));
     }
-    let leaf = X509::stack_from_pem(&chain_pem)
-        .ok()
-        .and_then(|v| v.into_iter().next());
-    let ari_cert_id = leaf.as_ref().and_then(|l| acme::cert_id(l).ok());
 
     let _lock = rt.state.lock_cert(name).map_err(store_err)?;
     let spec = rt.output_spec(cert).map_err(|e| rejected(e.to_string()))?;
@@ -140,7 +134,9 @@ pub fn import(rt: &Runtime, opts: &ImportOptions) -> Result<Imported, ImportErro
     state.last_success = Some(now);
     state.retry = RetryState::default();
     state.config_fingerprint = Some(pass::fingerprint(cert));
-    state.ari_cert_id = ari_cert_id;
+    // The CA that issued it is unknown: sending its CertID as ARI `replaces` to another CA would get
+    // the renewal order refused, so the first renewal is a plain order.
+    state.ari_cert_id = None;
     state.ari_window = None;
     state.ari_refetch_at = None;
     state.revoked_serial = None;
