@@ -49,6 +49,77 @@ enum Command {
     },
     /// Run the daemon: keep every certificate valid, serve HTTP-01, reload on SIGHUP or config change.
     Run,
+    /// Revoke the live certificate NAME at its CA, keep the pair aside in `<output.dir>/.revoked-<serial>/`
+    /// and mark it so the next `renew` (or the daemon after `systemctl reload certkeeper`) replaces it at once.
+    ///
+    /// Signed with the account key; when the account is lost or refused, with the certificate's own key.
+    Revoke {
+        /// The certificate's config name.
+        name: String,
+        /// keyCompromise | superseded | cessationOfOperation | affiliationChanged | unspecified.
+        #[arg(long, default_value = "unspecified")]
+        reason: certkeeper::commands::revoke::Reason,
+        /// Sign with the certificate's private key instead of the account key (lost account).
+        #[arg(long)]
+        with_cert_key: bool,
+    },
+    /// Show or change the ACME account at an issuer.
+    Account {
+        #[command(subcommand)]
+        action: AccountAction,
+    },
+    /// Adopt an existing certificate (from certbot, lego, another host) as the live pair of NAME, so it is
+    /// renewed when due instead of reissued at once. The names and key type must match the config.
+    Import {
+        /// The certificate's config name.
+        name: String,
+        /// PEM certificate (the leaf, optionally followed by its chain).
+        #[arg(long)]
+        cert: PathBuf,
+        /// PEM private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// PEM intermediate chain, when --cert holds only the leaf.
+        #[arg(long)]
+        chain: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountAction {
+    /// Show the account as the CA reports it (URL, status, contact, key type, thumbprint).
+    Show {
+        /// The issuer's config name.
+        #[arg(long)]
+        issuer: String,
+    },
+    /// Switch the account to a new key (RFC 8555 keyChange) of the issuer's configured `account_key` type.
+    ///
+    /// The new key is stored as key.next.pem before the switch and replaces key.pem after; an interrupted
+    /// rollover is finished or undone on the next start by asking the CA which key it knows.
+    Rollover {
+        /// The issuer's config name.
+        #[arg(long)]
+        issuer: String,
+    },
+    /// Deactivate the account for good; the next renewal registers a new one.
+    Deactivate {
+        /// The issuer's config name.
+        #[arg(long)]
+        issuer: String,
+        /// Confirm: deactivation cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Replace the account's contact addresses (default: the issuer's `contact` from the config).
+    UpdateContact {
+        /// The issuer's config name.
+        #[arg(long)]
+        issuer: String,
+        /// A contact address (`mailto:` is added when missing); repeat for several.
+        #[arg(long)]
+        contact: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +142,33 @@ fn main() -> ExitCode {
             Command::Check => check(&cli.config),
             Command::Renew { force, names } => {
                 renew(&cli.config, PassOptions { force, only: names }).await
+            }
+            Command::Revoke {
+                name,
+                reason,
+                with_cert_key,
+            } => {
+                let opts = certkeeper::commands::revoke::RevokeOptions {
+                    name,
+                    reason,
+                    with_cert_key,
+                };
+                lifecycle(&cli.config, Lifecycle::Revoke(opts)).await
+            }
+            Command::Account { action } => lifecycle(&cli.config, Lifecycle::Account(action)).await,
+            Command::Import {
+                name,
+                cert,
+                key,
+                chain,
+            } => {
+                let opts = certkeeper::commands::import::ImportOptions {
+                    name,
+                    cert,
+                    key,
+                    chain,
+                };
+                lifecycle(&cli.config, Lifecycle::Import(opts)).await
             }
             Command::Run => match daemon::run::run(&cli.config).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -171,6 +269,71 @@ async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+enum Lifecycle {
+    Revoke(certkeeper::commands::revoke::RevokeOptions),
+    Account(AccountAction),
+    Import(certkeeper::commands::import::ImportOptions),
+}
+
+/// revoke, account and import: load the config, open the state, run the command, print the outcome.
+async fn lifecycle(path: &std::path::Path, what: Lifecycle) -> ExitCode {
+    use certkeeper::commands::{account, import, revoke};
+    let cfg = match load(path) {
+        Ok(c) => Arc::new(c),
+        Err(code) => return code,
+    };
+    let rt = match Runtime::new(cfg, TokenStore::default()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("certkeeper: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<String, String> = match what {
+        Lifecycle::Revoke(opts) => revoke::revoke(&rt, &opts).await.map(|r| {
+            format!(
+                "{}: serial {} {} at issuer {} (signed with the {}); pair kept in {}; the next `certkeeper renew` or daemon pass (`systemctl reload certkeeper`) issues a replacement",
+                opts.name,
+                r.serial,
+                if r.already_revoked { "was already revoked" } else { "revoked" },
+                r.issuer,
+                r.signed_with,
+                r.kept.display()
+            )
+        }).map_err(|e| e.to_string()),
+        Lifecycle::Account(action) => match action {
+            AccountAction::Show { issuer } => account::show(&rt, &issuer).await,
+            AccountAction::Rollover { issuer } => account::rollover(&rt, &issuer).await,
+            AccountAction::Deactivate { issuer, yes } => account::deactivate(&rt, &issuer, yes).await,
+            AccountAction::UpdateContact { issuer, contact } => {
+                account::update_contact(&rt, &issuer, &contact).await
+            }
+        }
+        .map(|info| info.to_string())
+        .map_err(|e| e.to_string()),
+        Lifecycle::Import(opts) => import::import(&rt, &opts).map(|i| {
+            format!(
+                "{}: imported serial {} (valid until {}) -> {}; {}",
+                opts.name,
+                i.serial,
+                i.not_after,
+                i.paths.fullchain.display(),
+                i.due
+            )
+        }).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("certkeeper: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -180,6 +180,40 @@ impl Account {
         })
     }
 
+    /// The account registered for `key`, or `None` when the CA knows no account with that key
+    /// (`onlyReturnExisting`, RFC 8555 §7.3.1; never creates one).
+    pub async fn find_existing(client: &Client, key: AccountKey) -> Result<Option<Account>> {
+        let url = client.directory().new_account.clone();
+        let lookup = client
+            .post(
+                &key,
+                KeyRef::Jwk,
+                &url,
+                Some(br#"{"onlyReturnExisting":true}"#),
+                ProblemOrigin::NewAccount,
+                false,
+            )
+            .await;
+        let resp = match lookup {
+            Ok(r) => r,
+            Err(AcmeError::Problem(p)) if p.kind() == ProblemKind::AccountDoesNotExist => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let account_url = resp.location().ok_or_else(|| AcmeError::BadResponse {
+            url: url.clone(),
+            message: "the CA did not return the account URL (Location header)".into(),
+        })?;
+        let body: AccountBody = resp.json().unwrap_or_default();
+        Ok(Some(Account {
+            client: client.clone(),
+            key: Arc::new(key),
+            url: account_url,
+            body,
+        }))
+    }
+
     /// An account known by URL (from saved state), without asking the CA.
     pub fn from_parts(client: &Client, key: AccountKey, url: String) -> Account {
         Account {

@@ -7,6 +7,7 @@
 
 pub mod dns01;
 pub mod http01;
+pub mod tlsalpn01;
 pub mod webroot;
 
 use std::fmt;

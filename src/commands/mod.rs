@@ -1,2 +1,6 @@
 //! Implementations of the `certkeeper` subcommands beyond check/renew/run (one module each); `main.rs`
 //! only parses arguments and dispatches here.
+
+pub mod account;
+pub mod import;
+pub mod revoke;

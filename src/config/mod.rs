@@ -158,6 +158,11 @@ pub enum SolverKind {
         /// The document root; files go to `<path>/.well-known/acme-challenge/<token>`.
         path: PathBuf,
     },
+    /// TLS-ALPN-01 (RFC 8737) on certkeeper's own TLS listener, open only while challenges are pending.
+    TlsAlpn01 {
+        /// Where to listen (default `0.0.0.0:443`).
+        listen: std::net::SocketAddr,
+    },
     /// DNS-01 through a DNS provider.
     Dns01 {
         /// The provider and its settings.
@@ -178,6 +183,7 @@ impl SolverKind {
         match self {
             Self::Http01 { .. } => "http01",
             Self::Webroot { .. } => "webroot",
+            Self::TlsAlpn01 { .. } => "tlsalpn01",
             Self::Dns01 { .. } => "dns01",
         }
     }
@@ -797,5 +803,29 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
             SolverKind::Webroot { path } => assert_eq!(path, &want),
             k => panic!("{k:?}"),
         }
+    }
+
+    #[test]
+    fn tlsalpn01_solver_listen_address() {
+        let text = BASE.replace("http01 = {}", "tlsalpn01 = { listen = \"127.0.0.1:8443\" }");
+        let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
+        match &cfg.issuers["le"].solvers[0].kind {
+            SolverKind::TlsAlpn01 { listen } => assert_eq!(listen.to_string(), "127.0.0.1:8443"),
+            k => panic!("{k:?}"),
+        }
+        let text = BASE.replace("http01 = {}", "tlsalpn01 = {}");
+        let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
+        match &cfg.issuers["le"].solvers[0].kind {
+            SolverKind::TlsAlpn01 { listen } => assert_eq!(listen.to_string(), "0.0.0.0:443"),
+            k => panic!("{k:?}"),
+        }
+        let text = BASE.replace("http01 = {}", "tlsalpn01 = { listen = \"443\" }");
+        let err = Config::from_str(&text, Path::new("certkeeper.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tlsalpn01.listen") && err.contains("0.0.0.0:443"),
+            "{err}"
+        );
     }
 }

@@ -84,6 +84,7 @@ pub(crate) struct RawSolver {
     pub selector: Option<RawSelector>,
     pub http01: Option<Spanned<RawHttp01Solver>>,
     pub webroot: Option<Spanned<RawWebroot>>,
+    pub tlsalpn01: Option<Spanned<RawTlsAlpn01>>,
     pub dns01: Option<Spanned<DnsProviderConfig>>,
     pub propagation: Option<Spanned<RawPropagation>>,
 }
@@ -101,6 +102,12 @@ pub(crate) struct RawSelector {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp01Solver {
     pub self_check: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTlsAlpn01 {
+    pub listen: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

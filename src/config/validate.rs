@@ -466,6 +466,9 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     if raw.webroot.is_some() {
         kinds.push("webroot");
     }
+    if raw.tlsalpn01.is_some() {
+        kinds.push("tlsalpn01");
+    }
     if raw.dns01.is_some() {
         kinds.push("dns01");
     }
@@ -525,6 +528,26 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
         SolverKind::Webroot {
             path: cx.resolve(file, w.get_ref().path.get_ref()),
         }
+    } else if let Some(t) = &raw.tlsalpn01 {
+        let listen = match &t.get_ref().listen {
+            None => std::net::SocketAddr::from(([0, 0, 0, 0], 443)),
+            Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    cx.err(
+                        file,
+                        &l.span(),
+                        format!("{p}.tlsalpn01.listen"),
+                        format!(
+                            "\"{}\" is not an address:port: write e.g. \"0.0.0.0:443\"",
+                            l.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        SolverKind::TlsAlpn01 { listen }
     } else if let Some(d) = &raw.dns01 {
         let mut propagation = PropagationConfig::default();
         if let Some(pr) = &raw.propagation {

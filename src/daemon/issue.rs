@@ -244,12 +244,19 @@ async fn issue_with(
 fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>, IssueError> {
     if cert.key_reuse {
         let spec = rt.output_spec(cert)?;
-        if let Ok(Some(live)) = store::read_installed(&spec) {
-            if let Ok(key) = PKey::private_key_from_pem(&live.key_pem) {
-                if acme::KeyType::of(&key) == Some(cert.key) {
-                    return Ok(key);
-                }
-            }
+        let revoked = rt
+            .state
+            .load_cert_state(&cert.name)
+            .ok()
+            .flatten()
+            .and_then(|s| s.revoked_serial);
+        // Never reuse the key of a revoked certificate: it may be the reason it was revoked.
+        if let Ok(Some(live)) = store::read_installed(&spec)
+            && revoked.as_deref() != Some(live.cert.serial_hex.as_str())
+            && let Ok(key) = PKey::private_key_from_pem(&live.key_pem)
+            && acme::KeyType::of(&key) == Some(cert.key)
+        {
+            return Ok(key);
         }
     }
     cert.key

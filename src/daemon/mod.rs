@@ -118,15 +118,8 @@ impl Runtime {
         })
     }
 
-    /// The account at `issuer`, registered on first use and cached for the life of the runtime.
-    ///
-    /// The account key is written to the state directory before the CA sees it, so a crash during
-    /// registration finds the same account again (`onlyReturnExisting`) instead of stranding it.
-    pub async fn account(&self, issuer: &IssuerConfig) -> Result<acme::Account, IssueError> {
-        let mut accounts = self.accounts.lock().await;
-        if let Some(a) = accounts.get(&issuer.name) {
-            return Ok(a.clone());
-        }
+    /// A protocol client for `issuer`'s directory, trusting its `ca_bundle` in addition to the system roots.
+    pub async fn client(&self, issuer: &IssuerConfig) -> Result<acme::Client, IssueError> {
         let roots = match &issuer.ca_bundle {
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| {
@@ -146,7 +139,7 @@ impl Runtime {
             }
             None => Vec::new(),
         };
-        let client = acme::Client::new(&issuer.directory, &roots, USER_AGENT)
+        acme::Client::new(&issuer.directory, &roots, USER_AGENT)
             .await
             .map_err(|e| {
                 // With a ca_bundle configured, a TLS failure means that file is the wrong one: name it.
@@ -164,8 +157,84 @@ impl Runtime {
                     err.message = m;
                 }
                 err
-            })?;
+            })
+    }
+
+    /// Finish or undo an account key rollover that was interrupted between staging the new key
+    /// (`key.next.pem`) and switching to it: the CA is asked whether it knows an account for the new
+    /// key (`onlyReturnExisting`); if so the new key becomes the account key, otherwise it is dropped.
+    /// When the CA cannot be asked, nothing is decided and the error is returned.
+    pub async fn resolve_rollover(
+        &self,
+        client: &acme::Client,
+        issuer: &IssuerConfig,
+        id: &str,
+    ) -> Result<(), IssueError> {
+        let Some(next_pem) = self
+            .state
+            .load_next_account_key(id)
+            .map_err(IssueError::from_store)?
+        else {
+            return Ok(());
+        };
+        // A rollover running right now (another process) holds the account lock; deciding now could
+        // drop the key the CA is about to switch to. Leave it to that process.
+        let _lock = match self.state.lock_account(id) {
+            Ok(lock) => lock,
+            Err(StoreError::Locked { .. }) => {
+                info!(issuer = %issuer.name, "an account key rollover is in progress in another process");
+                return Ok(());
+            }
+            Err(e) => return Err(IssueError::from_store(e)),
+        };
+        let next = match acme::AccountKey::from_pem(next_pem.as_bytes()) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(issuer = %issuer.name, error = %e, "unreadable staged rollover key; dropping it (the CA cannot have switched to a key it never saw in full)");
+                return self
+                    .state
+                    .discard_next_account_key(id)
+                    .map_err(IssueError::from_store);
+            }
+        };
+        match acme::Account::find_existing(client, next).await {
+            Ok(Some(account)) => {
+                self.state
+                    .promote_next_account_key(id)
+                    .map_err(IssueError::from_store)?;
+                info!(issuer = %issuer.name, account = %account.url(), "an interrupted key rollover had reached the CA; the new account key is now in use");
+                Ok(())
+            }
+            Ok(None) => {
+                self.state
+                    .discard_next_account_key(id)
+                    .map_err(IssueError::from_store)?;
+                info!(issuer = %issuer.name, "an interrupted key rollover never reached the CA; keeping the old account key");
+                Ok(())
+            }
+            Err(e) => {
+                let mut err = IssueError::from_acme(e, issuer);
+                err.message = format!(
+                    "{}: a key rollover was interrupted and the CA could not be asked which key it knows; try again when the CA is reachable",
+                    err.message
+                );
+                Err(err)
+            }
+        }
+    }
+
+    /// The account at `issuer`, registered on first use and cached for the life of the runtime.
+    ///
+    /// The account key is written to the state directory before the CA sees it, so a crash during
+    /// registration finds the same account again (`onlyReturnExisting`) instead of stranding it.
+    pub async fn account(&self, issuer: &IssuerConfig) -> Result<acme::Account, IssueError> {
+        let mut accounts = self.accounts.lock().await;
+        if let Some(a) = accounts.get(&issuer.name) {
+            return Ok(a.clone());
+        }
+        let client = self.client(issuer).await?;
         let id = store::account_id(&issuer.name, &issuer.directory);
+        self.resolve_rollover(&client, issuer, &id).await?;
         let stored = self
             .state
             .load_account(&id)
@@ -275,6 +344,9 @@ impl Runtime {
             }
             SolverKind::Webroot { path } => {
                 Arc::new(crate::challenge::webroot::WebrootSolver::new(path.clone()))
+            }
+            SolverKind::TlsAlpn01 { listen } => {
+                Arc::new(crate::challenge::tlsalpn01::TlsAlpn01Solver::new(*listen))
             }
             SolverKind::Dns01 {
                 provider,

@@ -82,7 +82,9 @@ pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
                 info!(cert = %cert.name, error = %e, "installed files unusable; issuing again");
                 None
             }
-        });
+        })
+        // A revoked certificate (`certkeeper revoke`) counts as missing: replace it at once.
+        .filter(|live| state.revoked_serial.as_deref() != Some(live.cert.serial_hex.as_str()));
     let fingerprint_changed = installed.as_ref().is_some_and(|live| {
         let mut a = live.cert.names.clone();
         let mut b = cert.domains.clone();
@@ -264,6 +266,7 @@ pub async fn issue_and_record(
             state.ari_cert_id = issued.ari_cert_id.clone();
             state.ari_window = None;
             state.ari_refetch_at = None;
+            state.revoked_serial = None;
         }
         Err(e) => {
             let retry = state.retry.clone().for_config(&retry_fingerprint(rt, cert));

@@ -302,6 +302,28 @@ fn ensure_top_links(dir: &Path) -> Result<(), StoreError> {
     fsync_dir(dir)
 }
 
+/// Copy the live pair of `spec.dir` into `<dir>/.revoked-<serial>/` (real files, mode 0600/0644 as
+/// installed), where pruning never touches it, and return that directory.
+///
+/// Used after a revocation: the pair stays live (a running server keeps serving until the replacement
+/// is installed) but a copy is kept for the record even after later installs prune its version.
+pub fn keep_revoked(spec: &OutputSpec, live: &Installed) -> Result<PathBuf, StoreError> {
+    let dir = spec.dir.join(format!(".revoked-{}", live.cert.serial_hex));
+    fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating directory", &dir, e))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| StoreError::io("setting permissions of", &dir, e))?;
+    crate::store::atomic_write(&dir.join("privkey.pem"), &live.key_pem, 0o600, None, None)?;
+    crate::store::atomic_write(
+        &dir.join("fullchain.pem"),
+        &live.fullchain_pem,
+        0o644,
+        None,
+        None,
+    )?;
+    fsync_dir(&spec.dir)?;
+    Ok(dir)
+}
+
 /// Remove version directories beyond the newest [`KEEP_VERSIONS`]; never the live one, never imports.
 fn prune(dir: &Path, live_name: &str) {
     let Ok(rd) = fs::read_dir(dir) else { return };

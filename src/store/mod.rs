@@ -15,7 +15,7 @@ mod verify;
 use std::path::PathBuf;
 
 pub use atomic::{atomic_write, fsync_dir};
-pub use install::{Installed, InstalledPaths, OutputSpec, install, read_installed};
+pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed};
 pub use state::{AccountRecord, CertLock, CertState, StateStore, StoredAccount, account_id};
 pub use verify::{VerifiedCert, verify_pair};
 

@@ -4,6 +4,7 @@
 //! ```text
 //! <state_dir>/accounts/<id>/key.pem        account private key (saved before registering)
 //! <state_dir>/accounts/<id>/account.json   AccountRecord
+//! <state_dir>/accounts/<id>/key.next.pem   new account key staged during a key rollover
 //! <state_dir>/certs/<name>.json            CertState
 //! <state_dir>/certs/<name>.key.pem         private key of the in-flight order (resume with same key)
 //! <state_dir>/locks/<name>.lock            flock'ed while a certificate is being issued
@@ -104,6 +105,10 @@ pub struct CertState {
     pub ari_window: Option<(jiff::Timestamp, jiff::Timestamp)>,
     /// When to ask the CA for renewal information again.
     pub ari_refetch_at: Option<jiff::Timestamp>,
+    /// Serial (hex, as [`crate::store::VerifiedCert::serial_hex`]) of a certificate revoked with
+    /// `certkeeper revoke`: while the live pair has this serial it counts as missing, so the next pass
+    /// issues a replacement at once.
+    pub revoked_serial: Option<String>,
 }
 
 /// The state directory.
@@ -195,6 +200,82 @@ impl StateStore {
         write_json(&dir.join("account.json"), record)
     }
 
+    /// Stage the new key of an account key rollover as `key.next.pem`, BEFORE the CA is asked to
+    /// switch (RFC 8555 keyChange).
+    ///
+    /// Whatever happens next, one of `key.pem` and `key.next.pem` is the key the CA knows; a leftover
+    /// `key.next.pem` is resolved by asking the CA which of the two it knows
+    /// ([`StateStore::promote_next_account_key`] or [`StateStore::discard_next_account_key`]).
+    pub fn stage_next_account_key(&self, id: &str, key_pem: &str) -> Result<(), StoreError> {
+        let dir = self.account_dir(id)?;
+        make_private_dir(&dir)?;
+        atomic_write(
+            &dir.join("key.next.pem"),
+            key_pem.as_bytes(),
+            FILE_MODE,
+            None,
+            None,
+        )
+    }
+
+    /// The staged rollover key of account `id`, if a rollover did not finish.
+    pub fn load_next_account_key(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let p = self.account_dir(id)?.join("key.next.pem");
+        match read_opt(&p)? {
+            None => Ok(None),
+            Some(b) => String::from_utf8(b).map(Some).map_err(|_| {
+                StoreError::io(
+                    "reading",
+                    &p,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 PEM"),
+                )
+            }),
+        }
+    }
+
+    /// Make the staged rollover key the account key: one atomic rename of `key.next.pem` over
+    /// `key.pem`, then an fsync of the directory.
+    pub fn promote_next_account_key(&self, id: &str) -> Result<(), StoreError> {
+        let dir = self.account_dir(id)?;
+        let next = dir.join("key.next.pem");
+        let cur = dir.join("key.pem");
+        fs::rename(&next, &cur).map_err(|e| StoreError::io("replacing", &cur, e))?;
+        super::atomic::fsync_dir(&dir)
+    }
+
+    /// Drop a staged rollover key the CA never accepted. Absent is fine.
+    pub fn discard_next_account_key(&self, id: &str) -> Result<(), StoreError> {
+        let dir = self.account_dir(id)?;
+        let next = dir.join("key.next.pem");
+        match fs::remove_file(&next) {
+            Ok(()) => super::atomic::fsync_dir(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("removing", &next, e)),
+        }
+    }
+
+    /// Move account `id` out of the way (after deactivation) to `accounts/<id>.deactivated-<unix>`,
+    /// kept for the record; the next use of the issuer registers a new account. Returns the new path.
+    pub fn retire_account(&self, id: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.account_dir(id)?;
+        let unix = jiff::Timestamp::now().as_second();
+        let mut target = self
+            .root
+            .join("accounts")
+            .join(format!("{id}.deactivated-{unix}"));
+        let mut n = 1;
+        while target.exists() {
+            target = self
+                .root
+                .join("accounts")
+                .join(format!("{id}.deactivated-{unix}.{n}"));
+            n += 1;
+        }
+        fs::rename(&dir, &target).map_err(|e| StoreError::io("moving", &dir, e))?;
+        super::atomic::fsync_dir(&self.root.join("accounts"))?;
+        Ok(target)
+    }
+
     fn cert_path(&self, name: &str, suffix: &str) -> Result<PathBuf, StoreError> {
         check_name(name)?;
         Ok(self.root.join("certs").join(format!("{name}{suffix}")))
@@ -235,6 +316,12 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("removing", &p, e)),
         }
+    }
+
+    /// Take the lock of account `id` (held across a key rollover) without waiting;
+    /// [`StoreError::Locked`] when another process holds it.
+    pub fn lock_account(&self, id: &str) -> Result<CertLock, StoreError> {
+        self.lock_cert(&format!("account-{id}"))
     }
 
     /// Take the issuance lock of certificate `name` without waiting.
@@ -393,6 +480,37 @@ mod tests {
             s.load_account(&id).unwrap().unwrap().key_pem,
             "-----BEGIN PRIVATE KEY-----\nx\n"
         );
+    }
+
+    #[test]
+    fn rollover_key_is_staged_then_promoted_or_discarded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let id = account_id("le", "https://ca/dir");
+        s.save_account_key(&id, "old").unwrap();
+        assert_eq!(s.load_next_account_key(&id).unwrap(), None);
+        s.stage_next_account_key(&id, "new").unwrap();
+        assert_eq!(
+            s.load_next_account_key(&id).unwrap().as_deref(),
+            Some("new")
+        );
+        assert_eq!(
+            mode(&tmp.path().join("accounts").join(&id).join("key.next.pem")),
+            0o600
+        );
+        // Staging leaves the current key alone.
+        assert_eq!(s.load_account(&id).unwrap().unwrap().key_pem, "old");
+        s.discard_next_account_key(&id).unwrap();
+        s.discard_next_account_key(&id).unwrap();
+        assert_eq!(s.load_next_account_key(&id).unwrap(), None);
+        assert_eq!(s.load_account(&id).unwrap().unwrap().key_pem, "old");
+        s.stage_next_account_key(&id, "new").unwrap();
+        s.promote_next_account_key(&id).unwrap();
+        assert_eq!(s.load_account(&id).unwrap().unwrap().key_pem, "new");
+        assert_eq!(s.load_next_account_key(&id).unwrap(), None);
+        let retired = s.retire_account(&id).unwrap();
+        assert!(s.load_account(&id).unwrap().is_none());
+        assert_eq!(fs::read_to_string(retired.join("key.pem")).unwrap(), "new");
     }
 
     #[test]

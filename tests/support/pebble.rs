@@ -45,6 +45,8 @@ pub struct PebbleOpts {
     pub http_port: u16,
     /// `PEBBLE_ALTERNATE_ROOTS`: number of alternate chains (0 = none).
     pub alternate_roots: u32,
+    /// The port pebble's VA connects to for TLS-ALPN-01; 0 picks a free port nobody listens on.
+    pub tls_port: u16,
 }
 
 struct Proc {
@@ -214,7 +216,11 @@ impl Pebble {
         std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
         let acme_port = free_port();
         let mgmt_port = free_port();
-        let tls_port = free_port();
+        let tls_port = if opts.tls_port != 0 {
+            opts.tls_port
+        } else {
+            free_port()
+        };
         let mut cfg = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{acme_port}"),

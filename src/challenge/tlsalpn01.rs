@@ -1,0 +1,313 @@
+//! TLS-ALPN-01 (RFC 8737): answer the CA's TLS connection on a configurable port with the `acme-tls/1`
+//! ALPN protocol and a self-signed certificate carrying the critical `acmeIdentifier` extension
+//! (the SHA-256 of the key authorization).
+//!
+//! The listener runs only while challenges are presented: it is bound on the first
+//! [`Solver::present`] and closed when the last challenge is cleaned up, so the port is free for the
+//! real web server otherwise. Each connection is handled on a blocking thread with a short timeout.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use openssl::asn1::{Asn1Object, Asn1OctetString, Asn1Time};
+use openssl::bn::{BigNum, MsbOption};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{
+    AlpnError, NameType, Ssl, SslContext, SslContextBuilder, SslMethod, SslVersion,
+    select_next_proto,
+};
+use openssl::x509::extension::SubjectAlternativeName;
+use openssl::x509::{X509, X509Extension, X509NameBuilder};
+
+use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
+
+/// The ALPN protocol list (wire format) the CA offers and we must select.
+const ACME_TLS_ALPN: &[u8] = b"\x0aacme-tls/1";
+
+/// The `id-pe-acmeIdentifier` extension OID (RFC 8737 §6.1).
+const ACME_IDENTIFIER_OID: &str = "1.3.6.1.5.5.7.1.31";
+
+type Contexts = Arc<Mutex<HashMap<String, SslContext>>>;
+
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// Answers TLS-ALPN-01 challenges on `listen`.
+pub struct TlsAlpn01Solver {
+    listen: SocketAddr,
+    contexts: Contexts,
+    server: Mutex<Option<Server>>,
+}
+
+impl TlsAlpn01Solver {
+    /// A solver that listens on `listen` (usually `0.0.0.0:443`, or a port 443 is forwarded to) while
+    /// challenges are pending.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            contexts: Arc::new(Mutex::new(HashMap::new())),
+            server: Mutex::new(None),
+        }
+    }
+
+    fn ensure_server(&self) -> Result<(), SolveError> {
+        let mut server = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        if server.is_some() {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(self.listen).map_err(|e| {
+            SolveError::retryable(format!(
+                "tls-alpn-01: cannot listen on {}: {e} (is a web server using the port? stop it or use another solver)",
+                self.listen
+            ))
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| SolveError::retryable(format!("tls-alpn-01: {e}")))?;
+        let base = context(None, &self.contexts)
+            .map_err(|e| SolveError::retryable(format!("tls-alpn-01: TLS setup: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || accept_loop(listener, base, stop2));
+        tracing::info!(listen = %self.listen, "tls-alpn-01 listener started");
+        *server = Some(Server { stop, thread });
+        Ok(())
+    }
+
+    fn stop_server_if_idle(&self) {
+        let idle = self
+            .contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if !idle {
+            return;
+        }
+        let taken = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(s) = taken {
+            s.stop.store(true, Ordering::SeqCst);
+            let _ = s.thread.join();
+            tracing::info!(listen = %self.listen, "tls-alpn-01 listener stopped");
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, base: SslContext, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let base = base.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+                    let ssl = match Ssl::new(&base) {
+                        Ok(ssl) => ssl,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "tls-alpn-01: TLS setup failed");
+                            return;
+                        }
+                    };
+                    match ssl.accept(stream) {
+                        Ok(mut tls) => {
+                            // The validator closes after the handshake; drain until it does.
+                            let mut buf = [0u8; 256];
+                            let _ = tls.read(&mut buf);
+                            let _ = tls.shutdown();
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %peer, error = %e, "tls-alpn-01 handshake failed")
+                        }
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tls-alpn-01 accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A server context: the challenge certificate when given, `acme-tls/1` required, and (for the base
+/// context) an SNI callback that switches to the context of the requested name.
+fn context(
+    cert: Option<(&X509, &PKey<Private>)>,
+    contexts: &Contexts,
+) -> Result<SslContext, openssl::error::ErrorStack> {
+    let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_alpn_select_callback(|_, client| {
+        select_next_proto(ACME_TLS_ALPN, client).ok_or(AlpnError::ALERT_FATAL)
+    });
+    if let Some((cert, key)) = cert {
+        b.set_certificate(cert)?;
+        b.set_private_key(key)?;
+    } else {
+        let contexts = contexts.clone();
+        b.set_servername_callback(move |ssl, _alert| {
+            let name = ssl
+                .servername(NameType::HOST_NAME)
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+            let ctx = name.and_then(|n| {
+                contexts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&n)
+                    .cloned()
+            });
+            match ctx {
+                Some(ctx) => ssl
+                    .set_ssl_context(&ctx)
+                    .map_err(|_| openssl::ssl::SniError::ALERT_FATAL),
+                None => Err(openssl::ssl::SniError::ALERT_FATAL),
+            }
+        });
+    }
+    Ok(b.build())
+}
+
+/// The SNI name the CA sends for an identifier: the name itself, or for an IP address its reverse
+/// DNS name (RFC 8738 §6).
+pub fn sni_name(identifier: &str) -> String {
+    match identifier.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        Ok(IpAddr::V6(v6)) => {
+            let mut parts: Vec<String> = Vec::with_capacity(32);
+            for b in v6.octets().iter().rev() {
+                parts.push(format!("{:x}", b & 0x0f));
+                parts.push(format!("{:x}", b >> 4));
+            }
+            format!("{}.ip6.arpa", parts.join("."))
+        }
+        Err(_) => identifier.trim_end_matches('.').to_ascii_lowercase(),
+    }
+}
+
+/// The self-signed challenge certificate of RFC 8737 §3: one SAN (the identifier) and the critical
+/// `acmeIdentifier` extension holding SHA-256(key authorization).
+pub fn challenge_certificate(
+    identifier: &str,
+    key_authorization: &str,
+) -> Result<(X509, PKey<Private>), openssl::error::ErrorStack> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_text("CN", "certkeeper tls-alpn-01")?;
+    let name = name.build();
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(128, MsbOption::MAYBE_ZERO, false)?;
+    let serial = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(&name)?;
+    b.set_pubkey(&key)?;
+    let not_before = Asn1Time::days_from_now(0)?;
+    let not_after = Asn1Time::days_from_now(7)?;
+    b.set_not_before(&not_before)?;
+    b.set_not_after(&not_after)?;
+    let mut san = SubjectAlternativeName::new();
+    match identifier.parse::<IpAddr>() {
+        Ok(_) => san.ip(identifier),
+        Err(_) => san.dns(identifier),
+    };
+    let san = san.build(&b.x509v3_context(None, None))?;
+    b.append_extension(san)?;
+    let digest = openssl::sha::sha256(key_authorization.as_bytes());
+    let mut der = vec![0x04, 0x20];
+    der.extend_from_slice(&digest);
+    let oid = Asn1Object::from_str(ACME_IDENTIFIER_OID)?;
+    let value = Asn1OctetString::new_from_bytes(&der)?;
+    b.append_extension(X509Extension::new_from_der(&oid, true, &value)?)?;
+    b.sign(&key, MessageDigest::sha256())?;
+    Ok((b.build(), key))
+}
+
+#[async_trait::async_trait]
+impl Solver for TlsAlpn01Solver {
+    fn kind(&self) -> ChallengeKind {
+        ChallengeKind::TlsAlpn01
+    }
+
+    async fn present(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        let (cert, key) = challenge_certificate(&ch.identifier, &ch.key_authorization)
+            .map_err(|e| SolveError::retryable(format!("tls-alpn-01: certificate: {e}")))?;
+        let ctx = context(Some((&cert, &key)), &self.contexts)
+            .map_err(|e| SolveError::retryable(format!("tls-alpn-01: TLS setup: {e}")))?;
+        self.contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sni_name(&ch.identifier), ctx);
+        if let Err(e) = self.ensure_server() {
+            self.contexts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&sni_name(&ch.identifier));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        self.contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&sni_name(&ch.identifier));
+        self.stop_server_if_idle();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_names_for_ips_are_reverse_dns() {
+        assert_eq!(sni_name("127.0.0.1"), "1.0.0.127.in-addr.arpa");
+        assert_eq!(sni_name("WWW.Example.com."), "www.example.com");
+        assert!(sni_name("2001:db8::1").ends_with(".8.b.d.0.1.0.0.2.ip6.arpa"));
+        assert!(sni_name("2001:db8::1").starts_with("1.0.0.0."));
+    }
+
+    #[test]
+    fn challenge_certificate_carries_the_critical_acme_identifier() {
+        let (cert, key) = challenge_certificate("a.example.com", "tok.thumb").unwrap();
+        assert!(cert.verify(&key).unwrap());
+        let sans: Vec<String> = cert
+            .subject_alt_names()
+            .unwrap()
+            .iter()
+            .filter_map(|g| g.dnsname().map(str::to_string))
+            .collect();
+        assert_eq!(sans, vec!["a.example.com"]);
+        let text = String::from_utf8(cert.to_text().unwrap()).unwrap();
+        assert!(text.contains("1.3.6.1.5.5.7.1.31: critical"), "{text}");
+        // extnValue is an OCTET STRING wrapping the DER OCTET STRING of the digest: 04 22 04 20 <32 bytes>.
+        let digest = openssl::sha::sha256(b"tok.thumb");
+        let mut want = vec![0x04, 0x22, 0x04, 0x20];
+        want.extend_from_slice(&digest);
+        let der = cert.to_der().unwrap();
+        assert!(der.windows(want.len()).any(|w| w == want.as_slice()));
+        let other = openssl::sha::sha256(b"other");
+        assert!(!der.windows(32).any(|w| w == other));
+    }
+}
