@@ -89,7 +89,20 @@ pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
         retry: state.retry.clone().for_config(&fingerprint),
         renew_before: cert.renew_before,
     };
-    scheduler::due(&facts, now, &mut rand::rng())
+    // Jitter seeded from the installed serial and the ARI window: re-evaluating (after a reload, in
+    // `certkeeper status`) gives the same time until one of them changes.
+    let mut salt = installed
+        .as_ref()
+        .map(|live| live.cert.serial_hex.clone())
+        .unwrap_or_default();
+    if let Some((start, end)) = state.ari_window {
+        salt.push_str(&format!("/{start}/{end}"));
+    }
+    scheduler::due(
+        &facts,
+        now,
+        &mut scheduler::stable_rng(&cert.name, salt.as_bytes()),
+    )
 }
 
 /// The fingerprint of what a certificate's config asks for; a change means issue again.
