@@ -49,6 +49,16 @@ enum Command {
     },
     /// Run the daemon: keep every certificate valid, serve HTTP-01, reload on SIGHUP or config change.
     Run,
+    /// Show every certificate: names, issuer, serial, Not After, next renewal and why, last error.
+    ///
+    /// Reads the state directory and the installed files only; safe while the daemon runs.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Only this certificate (config name).
+        name: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +80,9 @@ fn main() -> ExitCode {
             Command::Check => check(&cli.config),
             Command::Renew { force, names } => {
                 renew(&cli.config, PassOptions { force, only: names }).await
+            }
+            Command::Status { json, name } => {
+                certkeeper::commands::status::run(&cli.config, json, name.as_deref())
             }
             Command::Run => match daemon::run::run(&cli.config).await {
                 Ok(()) => ExitCode::SUCCESS,
