@@ -109,7 +109,12 @@ fn init_logging(filter: &str) {
             .with(fmt.without_time().with_ansi(false))
             .init();
     } else {
-        tracing_subscriber::registry().with(filter).with(fmt).init();
+        // no colour codes in files and pipes
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.with_ansi(ansi))
+            .init();
     }
 }
 

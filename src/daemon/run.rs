@@ -322,11 +322,16 @@ fn watch_config(cfg: &Config, tx: mpsc::Sender<()>) -> Option<Watcher> {
     let include_dirs: HashSet<PathBuf> = cfg.include_dirs.iter().cloned().collect();
     let handler = move |res: notify_debouncer_full::DebounceEventResult| {
         let Ok(events) = res else { return };
-        let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
-            watched_files.contains(p)
-                || (p.extension().is_some_and(|x| x == "toml")
-                    && p.parent().is_some_and(|d| include_dirs.contains(d)))
-        });
+        // Reads (our own reload, `certkeeper status`/`check`) show up as access events: not a change.
+        let relevant = events
+            .iter()
+            .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
+            .flat_map(|e| e.paths.iter())
+            .any(|p| {
+                watched_files.contains(p)
+                    || (p.extension().is_some_and(|x| x == "toml")
+                        && p.parent().is_some_and(|d| include_dirs.contains(d)))
+            });
         if relevant {
             let _ = tx.try_send(());
         }
