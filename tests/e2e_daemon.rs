@@ -486,3 +486,108 @@ async fn daemon_renews_inside_the_ari_window() {
     d.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(60)).success());
 }
+
+/// Receive sd_notify datagrams until one contains `want` (bounded); returns all received.
+fn notify_until(
+    sock: &std::os::unix::net::UnixDatagram,
+    want: &str,
+    timeout: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let done = msg.lines().any(|l| l == want);
+            got.push(msg);
+            if done {
+                return got;
+            }
+        }
+    }
+    panic!("no {want} within {timeout:?}; got {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_speaks_sd_notify_with_a_steady_watchdog() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let sock_path = w.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    std::fs::write(w.join("pebble-ca.pem"), "").unwrap();
+    // an unreachable CA: the certificate fails and backs off, the daemon keeps running
+    let admin_port = free_port();
+    let mut text = base_config(w, "http://127.0.0.1:1/dir", free_port(), Some(admin_port));
+    text = text.replace(
+        &format!("ca_bundle = \"{}/pebble-ca.pem\"\n", w.display()),
+        "",
+    );
+    text.push_str(&cert_block("www", "www.example.com", w));
+    let cfg_path = w.join("certkeeper.toml");
+    std::fs::write(&cfg_path, &text).unwrap();
+    let log = w.join("certkeeper.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_certkeeper"))
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut d = Daemon { child, log };
+    notify_until(&sock, "READY=1", Duration::from_secs(30));
+    // the watchdog keeps ticking (every 200 ms) while /healthz wakes the loop every 50 ms: a
+    // watchdog sleep recreated on every loop iteration would never fire
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut ok = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin_port)) {
+                    use std::io::{Read, Write};
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n");
+                    let mut r = String::new();
+                    let _ = s.read_to_string(&mut r);
+                    if r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200") {
+                        ok += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ok
+        }
+    });
+    let started = Instant::now();
+    let mut pings = 0;
+    while pings < 5 {
+        let got = notify_until(&sock, "WATCHDOG=1", Duration::from_secs(10));
+        pings += got
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+            .count();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let healthy = hammer.join().unwrap();
+    assert!(healthy >= 3, "only {healthy} /healthz answers were 200");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    notify_until(&sock, "RELOADING=1", Duration::from_secs(30));
+    notify_until(&sock, "READY=1", Duration::from_secs(30));
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    notify_until(&sock, "STOPPING=1", Duration::from_secs(30));
+    let st = d.wait_exit(Duration::from_secs(60));
+    assert!(st.success(), "{st}; log:\n{}", d.log());
+    // the failure was recorded for `certkeeper status`
+    let status = status_json(&cfg_path);
+    assert!(status[0]["failures"].as_u64().unwrap() >= 1, "{status:#}");
+    assert!(status[0]["last_error"].is_string(), "{status:#}");
+}
