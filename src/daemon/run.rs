@@ -82,6 +82,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         "certkeeper running"
     );
 
+    let shared = Shared {
+        tokens: &tokens,
+        cfg_tx: &cfg_tx,
+        metrics: &metrics,
+    };
     loop {
         let now = Timestamp::now();
         for name in timers.pop_due(now) {
@@ -125,10 +130,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     hooks::run_reloads(&batch, rt.config.daemon.hook_timeout).await;
                 }
             }
-            _ = hup.recv() => reload(config_path, &mut rt, &tokens, &mut timers, &mut _watcher, &cfg_tx, &metrics, "SIGHUP"),
+            _ = hup.recv() => reload(config_path, &mut rt, &mut timers, &mut _watcher, &shared, "SIGHUP"),
             Some(()) = cfg_rx.recv() => {
                 // editors write in several steps; the debouncer already merged them
-                reload(config_path, &mut rt, &tokens, &mut timers, &mut _watcher, &cfg_tx, &metrics, "config change")
+                reload(config_path, &mut rt, &mut timers, &mut _watcher, &shared, "config change")
             }
             Some(ping) = health_rx.recv() => { let _ = ping.send(()); }
             _ = term.recv() => break,
@@ -258,17 +263,28 @@ fn schedule_all(rt: &Runtime, timers: &mut Timers, metrics: &Metrics) {
     metrics.retain(&names);
 }
 
+/// What a reload needs besides the runtime it replaces.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    tokens: &'a TokenStore,
+    cfg_tx: &'a mpsc::Sender<()>,
+    metrics: &'a Metrics,
+}
+
 /// Load the config again; keep the running one when the new one does not validate.
 fn reload(
     path: &Path,
     rt: &mut Arc<Runtime>,
-    tokens: &TokenStore,
     timers: &mut Timers,
     watcher: &mut Option<Watcher>,
-    cfg_tx: &mpsc::Sender<()>,
-    metrics: &Metrics,
+    shared: &Shared<'_>,
     why: &str,
 ) {
+    let Shared {
+        tokens,
+        cfg_tx,
+        metrics,
+    } = *shared;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
     match config::load(path) {
         Err(e) => error!("{why}: the new config is invalid, keeping the running one: {e}"),
