@@ -434,6 +434,12 @@ async fn daemon_renews_inside_the_ari_window() {
     })
     .await;
     let second_id = cert_id_of(&dir);
+    // the renewal order named the certificate it replaces (RFC 9773 §5)
+    assert!(
+        d.log().contains(&format!("replaces=\"{first_id}\"")),
+        "{}",
+        d.log()
+    );
     // the daemon then asks about the new certificate, which gets a window a month out
     let deadline = Instant::now() + Duration::from_secs(60);
     while !seen.lock().unwrap().ids.contains(&second_id) {
