@@ -180,6 +180,8 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
     let admin_port = free_port();
     let cfg_path = w.join("certkeeper.toml");
     let mut text = base_config(w, &pebble.directory_url(), http_port, Some(admin_port));
+    std::fs::create_dir(w.join("conf.d")).unwrap();
+    text = format!("include = [\"{}/conf.d/*.toml\"]\n{text}", w.display());
     text.push_str(&cert_block("a", "a.example.com", w));
     std::fs::write(&cfg_path, &text).unwrap();
 
@@ -270,13 +272,24 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
     })
     .await;
 
+    // 5. a new file in an include directory is picked up too
+    save_by_rename(
+        &w.join("conf.d/f.toml"),
+        &cert_block("f", "f.example.com", w),
+    );
+    let f = w.join("tls/f");
+    d.wait_for("certificate f from conf.d", ISSUE_TIMEOUT, |_| {
+        serial(&f).is_some()
+    })
+    .await;
+
     // certificates issued before stay as they were (nothing was due)
     let serial_a = serial(&a).unwrap();
 
-    // 5. status works while the daemon runs
+    // 6. status works while the daemon runs
     let st = status_json(&cfg_path);
     let list = st.as_array().unwrap();
-    assert_eq!(list.len(), 4, "{st:#}");
+    assert_eq!(list.len(), 5, "{st:#}");
     for cert in list {
         assert!(cert["serial"].is_string(), "{cert:#}");
         assert!(cert["next_renewal"].is_string(), "{cert:#}");
@@ -289,7 +302,19 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
         serial_a.trim_start_matches('0')
     );
 
-    // 6. SIGTERM: clean exit 0
+    let text_out = Command::new(env!("CARGO_BIN_EXE_certkeeper"))
+        .args(["status", "a", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&text_out.stdout);
+    assert!(text_out.status.success(), "{shown}");
+    assert!(shown.starts_with("a: a.example.com\n"), "{shown}");
+    assert!(shown.contains("installed:   serial "), "{shown}");
+    assert!(shown.contains("before expiry"), "{shown}");
+    assert!(!shown.contains("b.example.com"), "{shown}");
+
+    // 7. SIGTERM: clean exit 0
     d.signal(nix::sys::signal::Signal::SIGTERM);
     let status = d.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "exit status {status}; log:\n{}", d.log());
