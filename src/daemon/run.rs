@@ -5,7 +5,7 @@
 //! configured limit; reload hooks run once per batch, when no issuance is in flight any more.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::challenge::http01::{Http01Server, TokenStore};
-use crate::config::{self, CertificateConfig, Config};
+use crate::config::{self, CertificateConfig};
 use crate::hooks::{self, ReloadRequest};
 use crate::scheduler::Timers;
 use crate::store;
@@ -27,10 +27,15 @@ use super::admin::{self, CertMetrics, HealthPing, Metrics};
 use super::ari;
 use super::issue::Issued;
 use super::pass::{due_for, issue_and_record};
+use super::watch::{ConfigWatcher, settle, watch_config};
 use super::{IssueError, Runtime};
 
 /// How long a clean shutdown waits for in-flight orders before leaving them to be resumed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How long interrupted orders get to clean up their challenges after [`SHUTDOWN_GRACE`]; together
+/// they stay below systemd's default stop timeout (90 s).
+const CLEANUP_GRACE: Duration = Duration::from_secs(45);
 
 /// A finished task: `None` when it only refreshed ARI and the certificate was not due.
 type Done = (String, Option<Result<Issued, IssueError>>);
@@ -132,7 +137,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
             _ = hup.recv() => reload(config_path, &mut rt, &mut timers, &mut _watcher, &shared, "SIGHUP"),
             Some(()) = cfg_rx.recv() => {
-                // editors write in several steps; the debouncer already merged them
+                // editors write in several steps: wait until the files are quiet
+                settle(&mut cfg_rx).await;
                 reload(config_path, &mut rt, &mut timers, &mut _watcher, &shared, "config change")
             }
             Some(ping) = health_rx.recv() => { let _ = ping.send(()); }
@@ -154,8 +160,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Err(_) => {
                 warn!(
                     left = inflight.len(),
-                    "orders still in flight are left to resume at the next start"
+                    "orders still in flight are interrupted, to resume at the next start"
                 );
+                // Interrupt instead of aborting at once, so challenge cleanup (DNS-01 TXT records)
+                // still runs; abort only what does not stop within CLEANUP_GRACE.
+                rt.interrupt.cancel();
+                let deadline = tokio::time::Instant::now() + CLEANUP_GRACE;
+                while let Ok(Some(joined)) =
+                    tokio::time::timeout_at(deadline, inflight.join_next()).await
+                {
+                    if let Ok((name, result)) = joined {
+                        finished(&rt, &mut timers, &mut reloads, &metrics, name, result);
+                    }
+                }
                 inflight.abort_all();
                 break;
             }
@@ -276,7 +293,7 @@ fn reload(
     path: &Path,
     rt: &mut Arc<Runtime>,
     timers: &mut Timers,
-    watcher: &mut Option<Watcher>,
+    watcher: &mut Option<ConfigWatcher>,
     shared: &Shared<'_>,
     why: &str,
 ) {
@@ -297,7 +314,9 @@ fn reload(
             }
             let new = Arc::new(new);
             match Runtime::new(new.clone(), tokens.clone()) {
-                Ok(new_rt) => {
+                Ok(mut new_rt) => {
+                    // Orders still running on the old runtime stop with the same interrupt.
+                    new_rt.interrupt = rt.interrupt.clone();
                     *rt = Arc::new(new_rt);
                     *timers = Timers::default();
                     schedule_all(rt, timers, metrics);
@@ -314,61 +333,6 @@ fn reload(
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-}
-
-type Watcher = notify_debouncer_full::Debouncer<
-    notify::RecommendedWatcher,
-    notify_debouncer_full::RecommendedCache,
->;
-
-/// Watch the directories of every config file (editors save by rename, so the file itself would be
-/// lost) and send one message per debounced burst of changes to one of those files.
-fn watch_config(cfg: &Config, tx: mpsc::Sender<()>) -> Option<Watcher> {
-    let files: HashSet<PathBuf> = cfg
-        .files
-        .iter()
-        .filter_map(|f| std::fs::canonicalize(f).ok().or(Some(f.clone())))
-        .collect();
-    let mut dirs: HashSet<PathBuf> = files
-        .iter()
-        .filter_map(|f| f.parent().map(Path::to_path_buf))
-        .collect();
-    dirs.extend(cfg.include_dirs.iter().cloned());
-    let watched_files = files.clone();
-    let include_dirs: HashSet<PathBuf> = cfg.include_dirs.iter().cloned().collect();
-    let handler = move |res: notify_debouncer_full::DebounceEventResult| {
-        let Ok(events) = res else { return };
-        // Reads (our own reload, `certkeeper status`/`check`) show up as access events: not a change.
-        let relevant = events
-            .iter()
-            .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
-            .flat_map(|e| e.paths.iter())
-            .any(|p| {
-                watched_files.contains(p)
-                    || (p.extension().is_some_and(|x| x == "toml")
-                        && p.parent().is_some_and(|d| include_dirs.contains(d)))
-            });
-        if relevant {
-            let _ = tx.try_send(());
-        }
-    };
-    let mut debouncer = match notify_debouncer_full::new_debouncer(
-        Duration::from_millis(300),
-        None,
-        handler,
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(error = %e, "cannot watch the config files; use SIGHUP (systemctl reload certkeeper) after edits");
-            return None;
-        }
-    };
-    for dir in dirs {
-        if let Err(e) = debouncer.watch(&dir, notify::RecursiveMode::NonRecursive) {
-            warn!(dir = %dir.display(), error = %e, "cannot watch a config directory; use SIGHUP after edits");
-        }
-    }
-    Some(debouncer)
 }
 
 /// Half the systemd watchdog interval, when systemd asked for a watchdog.

@@ -268,8 +268,8 @@ impl Solver for Dns01Solver {
     async fn present(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
         if ch.is_ip {
             return Err(SolveError::permanent(format!(
-                "{}: dns-01 cannot validate IP address {}; use http-01 for IP identifiers",
-                ch.cert_name, ch.identifier
+                "dns-01 cannot validate IP address {}; use http-01 for IP identifiers",
+                ch.identifier
             )));
         }
         let key = key_of(ch);
@@ -296,8 +296,8 @@ impl Solver for Dns01Solver {
         }
         let Some((rec, Some(_))) = self.presented.lock().await.get(&key_of(ch)).cloned() else {
             return Err(SolveError::permanent(format!(
-                "{}: no DNS-01 record was presented for {}",
-                ch.cert_name, ch.identifier
+                "no DNS-01 record was presented for {}",
+                ch.identifier
             )));
         };
         propagation::wait_for_txt(
@@ -307,7 +307,8 @@ impl Solver for Dns01Solver {
             &rec.value,
         )
         .await
-        .map_err(|e| SolveError::retryable(format!("{}: {e}", ch.cert_name)))
+        // No certificate name in front: the daemon's report already names the certificate.
+        .map_err(|e| SolveError::retryable(e.to_string()))
     }
 
     async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
