@@ -49,6 +49,16 @@ enum Command {
     },
     /// Run the daemon: keep every certificate valid, serve HTTP-01, reload on SIGHUP or config change.
     Run,
+    /// Show every certificate: names, issuer, serial, Not After, next renewal and why, last error.
+    ///
+    /// Reads the state directory and the installed files only; safe while the daemon runs.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Only this certificate (config name).
+        name: Option<String>,
+    },
     /// Revoke the live certificate NAME at its CA, keep the pair aside in `<output.dir>/.revoked-<serial>/`
     /// and mark it so the next `renew` (or the daemon after `systemctl reload certkeeper`) replaces it at once.
     ///
@@ -170,6 +180,9 @@ fn main() -> ExitCode {
                 };
                 lifecycle(&cli.config, Lifecycle::Import(opts)).await
             }
+            Command::Status { json, name } => {
+                certkeeper::commands::status::run(&cli.config, json, name.as_deref())
+            }
             Command::Run => match daemon::run::run(&cli.config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -195,7 +208,12 @@ fn init_logging(filter: &str) {
             .with(fmt.without_time().with_ansi(false))
             .init();
     } else {
-        tracing_subscriber::registry().with(filter).with(fmt).init();
+        // no colour codes in files and pipes
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.with_ansi(ansi))
+            .init();
     }
 }
 

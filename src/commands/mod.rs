@@ -4,3 +4,4 @@
 pub mod account;
 pub mod import;
 pub mod revoke;
+pub mod status;

@@ -138,21 +138,28 @@ async fn issue_with(
             rt.state
                 .save_pending_key(&cert.name, &key_pem)
                 .map_err(IssueError::from_store)?;
-            let req = NewOrder {
+            let mut req = NewOrder {
                 identifiers: identifiers.clone(),
                 profile: cert.profile.clone(),
                 replaces,
             };
-            let order = account
-                .new_order(&req)
-                .await
-                .map_err(|e| IssueError::from_acme(e, issuer))?;
+            let order = match account.new_order(&req).await {
+                // A CA may refuse `replaces` (the old certificate was already replaced, or issued
+                // to another account); the renewal itself must not fail on it (RFC 9773 §5).
+                Err(e) if req.replaces.is_some() && e.problem().is_some() => {
+                    warn!(cert = %cert.name, issuer = %issuer.name, error = %e, "the CA refused the order with `replaces`; ordering without it");
+                    req.replaces = None;
+                    account.new_order(&req).await
+                }
+                other => other,
+            }
+            .map_err(|e| IssueError::from_acme(e, issuer))?;
             state.order_url = Some(order.url.clone());
             state.issuer = Some(issuer.name.clone());
             rt.state
                 .save_cert_state(&cert.name, &state)
                 .map_err(IssueError::from_store)?;
-            info!(cert = %cert.name, issuer = %issuer.name, order = %order.url, "order created");
+            info!(cert = %cert.name, issuer = %issuer.name, order = %order.url, replaces = req.replaces.as_deref().unwrap_or("-"), "order created");
             (order, key)
         }
     };

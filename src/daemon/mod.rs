@@ -1,6 +1,8 @@
 //! Wiring: the long-lived runtime (accounts, solvers, the HTTP-01 token store, the state store), one
 //! renewal pass over the configured certificates, and the daemon loop.
 
+pub mod admin;
+pub mod ari;
 pub mod issue;
 pub mod pass;
 pub mod run;

@@ -77,6 +77,12 @@ pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
         .output_spec(cert)
         .ok()
         .and_then(|spec| match store::read_installed(&spec) {
+            // A self-signed placeholder (written so nginx can start before the first issuance) is
+            // not a certificate to keep: issue at once.
+            Ok(Some(live)) if is_self_signed_placeholder(&live.fullchain_pem) => {
+                info!(cert = %cert.name, "the installed certificate is a self-signed placeholder; issuing");
+                None
+            }
             Ok(live) => live,
             Err(e) => {
                 info!(cert = %cert.name, error = %e, "installed files unusable; issuing again");
@@ -106,7 +112,32 @@ pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
         retry: state.retry.clone().for_config(&retry_fingerprint(rt, cert)),
         renew_before: cert.renew_before,
     };
-    scheduler::due(&facts, now, &mut rand::rng())
+    // Jitter seeded from the installed serial and the ARI window: re-evaluating (after a reload, in
+    // `certkeeper status`) gives the same time until one of them changes.
+    let mut salt = installed
+        .as_ref()
+        .map(|live| live.cert.serial_hex.clone())
+        .unwrap_or_default();
+    if let Some((start, end)) = state.ari_window {
+        salt.push_str(&format!("/{start}/{end}"));
+    }
+    scheduler::due(
+        &facts,
+        now,
+        &mut scheduler::stable_rng(&cert.name, salt.as_bytes()),
+    )
+}
+
+/// True when `fullchain_pem` is one self-signed certificate (a placeholder, not from a CA).
+pub fn is_self_signed_placeholder(fullchain_pem: &[u8]) -> bool {
+    match openssl::x509::X509::stack_from_pem(fullchain_pem) {
+        Ok(certs) if certs.len() == 1 => {
+            let c = &certs[0];
+            c.issued(c) == openssl::x509::X509VerifyResult::OK
+                && c.public_key().and_then(|k| c.verify(&k)).unwrap_or(false)
+        }
+        _ => false,
+    }
 }
 
 /// The fingerprint of what a certificate's config asks for; a change means issue again.
@@ -289,6 +320,50 @@ pub async fn issue_and_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::{PKey, Private};
+    use openssl::x509::{X509, X509NameBuilder};
+
+    fn key() -> PKey<Private> {
+        crate::acme::KeyType::EcdsaP256.generate().unwrap()
+    }
+
+    fn cert(cn: &str, issuer_cn: &str, key: &PKey<Private>, signer: &PKey<Private>) -> X509 {
+        let name = |cn: &str| {
+            let mut n = X509NameBuilder::new().unwrap();
+            n.append_entry_by_text("CN", cn).unwrap();
+            n.build()
+        };
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name(cn)).unwrap();
+        b.set_issuer_name(&name(issuer_cn)).unwrap();
+        b.set_pubkey(key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(signer, MessageDigest::sha256()).unwrap();
+        b.build()
+    }
+
+    #[test]
+    fn self_signed_placeholders_are_recognised() {
+        let k = key();
+        let placeholder = cert("www.example.com", "www.example.com", &k, &k);
+        assert!(is_self_signed_placeholder(&placeholder.to_pem().unwrap()));
+
+        let ca = key();
+        let ca_cert = cert("Test CA", "Test CA", &ca, &ca);
+        let leaf = cert("www.example.com", "Test CA", &k, &ca);
+        assert!(!is_self_signed_placeholder(&leaf.to_pem().unwrap()));
+        let mut chain = leaf.to_pem().unwrap();
+        chain.extend(ca_cert.to_pem().unwrap());
+        assert!(!is_self_signed_placeholder(&chain));
+        // same subject and issuer name but signed by another key: not self-signed
+        let other = cert("x", "x", &k, &ca);
+        assert!(!is_self_signed_placeholder(&other.to_pem().unwrap()));
+    }
 
     fn runtime(dir: &std::path::Path, eab_key: &str, max_concurrent: usize) -> Runtime {
         std::fs::write(dir.join("eab.key"), eab_key).unwrap();

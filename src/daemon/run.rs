@@ -5,7 +5,7 @@
 //! configured limit; reload hooks run once per batch, when no issuance is in flight any more.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +18,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::challenge::http01::{Http01Server, TokenStore};
-use crate::config::{self, Config};
+use crate::config::{self, CertificateConfig};
 use crate::hooks::{self, ReloadRequest};
 use crate::scheduler::Timers;
+use crate::store;
 
+use super::admin::{self, CertMetrics, HealthPing, Metrics};
+use super::ari;
 use super::issue::Issued;
 use super::pass::{due_for, issue_and_record};
+use super::watch::{ConfigWatcher, settle, watch_config};
 use super::{IssueError, Runtime};
 
 /// How long a clean shutdown waits for in-flight orders before leaving them to be resumed.
@@ -33,7 +37,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// they stay below systemd's default stop timeout (90 s).
 const CLEANUP_GRACE: Duration = Duration::from_secs(45);
 
-type Done = (String, Result<Issued, IssueError>);
+/// A finished task: `None` when it only refreshed ARI and the certificate was not due.
+type Done = (String, Option<Result<Issued, IssueError>>);
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -45,6 +50,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut rt =
         Arc::new(Runtime::new(cfg.clone(), tokens.clone()).context("opening the state directory")?);
 
+    let metrics = Arc::new(Metrics::default());
+    let (health_tx, mut health_rx) = mpsc::channel::<HealthPing>(16);
+    if let Some(admin) = &cfg.admin {
+        admin::serve(admin.listen, metrics.clone(), health_tx, shutdown.clone()).await?;
+    } else {
+        drop(health_tx);
+    }
+
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -52,13 +65,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut _watcher = watch_config(&cfg, cfg_tx.clone());
 
     let mut timers = Timers::default();
-    schedule_all(&rt, &mut timers);
+    schedule_all(&rt, &mut timers, &metrics);
     let limit = Arc::new(Semaphore::new(cfg.daemon.max_concurrent.max(1)));
     let mut inflight: JoinSet<Done> = JoinSet::new();
     let mut running: HashSet<String> = HashSet::new();
     let mut reloads: Vec<ReloadRequest> = Vec::new();
 
-    let watchdog = sd_watchdog_interval();
+    // One persistent interval: a sleep recreated on every loop iteration would never fire while
+    // other events keep the loop busy, and systemd would kill a healthy daemon.
+    let mut watchdog = sd_watchdog_interval().map(|d| {
+        let mut i = tokio::time::interval(d);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("running"),
@@ -68,6 +87,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         "certkeeper running"
     );
 
+    let shared = Shared {
+        tokens: &tokens,
+        cfg_tx: &cfg_tx,
+        metrics: &metrics,
+    };
     loop {
         let now = Timestamp::now();
         for name in timers.pop_due(now) {
@@ -80,8 +104,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             let (rt, limit) = (rt.clone(), limit.clone());
             inflight.spawn(async move {
                 let _permit = limit.acquire_owned().await;
+                let now = Timestamp::now();
+                ari::refresh(&rt, &cert, now).await;
+                if !due_for(&rt, &cert, now).is_due(now) {
+                    return (name, None);
+                }
                 let result = issue_and_record(&rt, &cert).await;
-                (name, result)
+                (name, Some(result))
             });
         }
         let sleep = match timers.next_deadline() {
@@ -97,7 +126,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 match done {
                     Ok((name, result)) => {
                         running.remove(&name);
-                        finished(&rt, &mut timers, &mut reloads, name, result);
+                        finished(&rt, &mut timers, &mut reloads, &metrics, name, result);
                     }
                     Err(e) => error!(error = %e, "an issuance task panicked"),
                 }
@@ -106,14 +135,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     hooks::run_reloads(&batch, rt.config.daemon.hook_timeout).await;
                 }
             }
-            _ = hup.recv() => reload(config_path, &mut rt, &tokens, &mut timers, &mut _watcher, &cfg_tx, "SIGHUP"),
+            _ = hup.recv() => reload(config_path, &mut rt, &mut timers, &mut _watcher, &shared, "SIGHUP"),
             Some(()) = cfg_rx.recv() => {
-                // editors write in several steps; the debouncer already merged them
-                reload(config_path, &mut rt, &tokens, &mut timers, &mut _watcher, &cfg_tx, "config change")
+                // editors write in several steps: wait until the files are quiet
+                settle(&mut cfg_rx).await;
+                reload(config_path, &mut rt, &mut timers, &mut _watcher, &shared, "config change")
             }
+            Some(ping) = health_rx.recv() => { let _ = ping.send(()); }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = tick(watchdog) => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
+            _ = tick(watchdog.as_mut()) => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
         }
     }
 
@@ -122,7 +153,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while !inflight.is_empty() {
         match tokio::time::timeout_at(deadline, inflight.join_next()).await {
-            Ok(Some(Ok((name, result)))) => finished(&rt, &mut timers, &mut reloads, name, result),
+            Ok(Some(Ok((name, result)))) => {
+                finished(&rt, &mut timers, &mut reloads, &metrics, name, result)
+            }
             Ok(_) => {}
             Err(_) => {
                 warn!(
@@ -137,7 +170,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     tokio::time::timeout_at(deadline, inflight.join_next()).await
                 {
                     if let Ok((name, result)) = joined {
-                        finished(&rt, &mut timers, &mut reloads, name, result);
+                        finished(&rt, &mut timers, &mut reloads, &metrics, name, result);
                     }
                 }
                 inflight.abort_all();
@@ -149,71 +182,135 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         hooks::run_reloads(&reloads, rt.config.daemon.hook_timeout).await;
     }
     shutdown.cancel();
+    info!("stopped");
     Ok(())
 }
 
-/// Record a finished issuance: queue its reload hooks and set its next due time.
+/// Record a finished task: queue its reload hooks and set its next wake-up time.
 fn finished(
     rt: &Runtime,
     timers: &mut Timers,
     reloads: &mut Vec<ReloadRequest>,
+    metrics: &Metrics,
     name: String,
-    result: Result<Issued, IssueError>,
+    result: Option<Result<Issued, IssueError>>,
 ) {
     let Some(cert) = rt.config.certificates.get(&name) else {
         return;
     };
+    let attempted = result.is_some();
     match result {
-        Ok(issued) if !cert.reload.is_empty() => reloads.push(ReloadRequest {
-            cert_name: name.clone(),
-            domains: cert.domains.clone(),
-            fullchain: issued.paths.fullchain,
-            key: issued.paths.key,
-            commands: cert.reload.clone(),
-        }),
-        Ok(_) => {}
-        Err(e) => error!(cert = %name, error = %e, "issuance failed"),
-    }
-    let due = due_for(rt, cert, Timestamp::now());
-    info!(cert = %name, at = %due.at, reason = %due.reason, "next renewal");
-    match due.wake_at() {
-        Some(at) => timers.set(&name, at),
-        None => {
-            timers.remove(&name);
-        }
-    }
-}
-
-fn schedule_all(rt: &Runtime, timers: &mut Timers) {
-    let now = Timestamp::now();
-    for (name, cert) in &rt.config.certificates {
-        let due = due_for(rt, cert, now);
-        info!(cert = %name, at = %due.at, reason = %due.reason, "scheduled");
-        match due.wake_at() {
-            Some(at) => timers.set(name, at),
-            None => {
-                timers.remove(name);
+        Some(Ok(issued)) => {
+            metrics.count_renewal(&name, true);
+            if !cert.reload.is_empty() {
+                reloads.push(ReloadRequest {
+                    cert_name: name.clone(),
+                    domains: cert.domains.clone(),
+                    fullchain: issued.paths.fullchain,
+                    key: issued.paths.key,
+                    commands: cert.reload.clone(),
+                });
             }
         }
+        Some(Err(e)) => {
+            metrics.count_renewal(&name, false);
+            error!(cert = %name, error = %e, "issuance failed");
+        }
+        None => {}
     }
+    schedule_one(rt, timers, metrics, cert, !attempted);
+}
+
+/// Set the timer of one certificate and refresh its metrics.
+///
+/// `after_check`: the certificate was just looked at and found not due; a wake-up time that is
+/// already past (state that cannot be saved, a clock jump) is pushed a minute out so the loop
+/// cannot spin.
+fn schedule_one(
+    rt: &Runtime,
+    timers: &mut Timers,
+    metrics: &Metrics,
+    cert: &CertificateConfig,
+    after_check: bool,
+) {
+    let now = Timestamp::now();
+    let (due, wake) = ari::next_wake(rt, cert, now);
+    info!(cert = %cert.name, at = %due.at, reason = %due.reason, "next renewal");
+    match wake {
+        Some(mut at) => {
+            if after_check && at <= now {
+                at = now + jiff::SignedDuration::from_secs(60);
+            }
+            timers.set(&cert.name, at)
+        }
+        None => {
+            timers.remove(&cert.name);
+        }
+    }
+    let state = rt
+        .state
+        .load_cert_state(&cert.name)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let not_after = rt
+        .output_spec(cert)
+        .ok()
+        .and_then(|spec| store::read_installed(&spec).ok().flatten())
+        .map(|live| live.cert.not_after.as_second());
+    metrics.set_cert(
+        &cert.name,
+        CertMetrics {
+            not_after,
+            failures: state.retry.failures,
+            last_error: if state.retry.failures > 0 {
+                state.retry.last_error.clone()
+            } else {
+                None
+            },
+        },
+    );
+}
+
+fn schedule_all(rt: &Runtime, timers: &mut Timers, metrics: &Metrics) {
+    for cert in rt.config.certificates.values() {
+        schedule_one(rt, timers, metrics, cert, false);
+    }
+    let names: Vec<&str> = rt.config.certificates.keys().map(String::as_str).collect();
+    metrics.retain(&names);
+}
+
+/// What a reload needs besides the runtime it replaces.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    tokens: &'a TokenStore,
+    cfg_tx: &'a mpsc::Sender<()>,
+    metrics: &'a Metrics,
 }
 
 /// Load the config again; keep the running one when the new one does not validate.
 fn reload(
     path: &Path,
     rt: &mut Arc<Runtime>,
-    tokens: &TokenStore,
     timers: &mut Timers,
-    watcher: &mut Option<Watcher>,
-    cfg_tx: &mpsc::Sender<()>,
+    watcher: &mut Option<ConfigWatcher>,
+    shared: &Shared<'_>,
     why: &str,
 ) {
+    let Shared {
+        tokens,
+        cfg_tx,
+        metrics,
+    } = *shared;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
     match config::load(path) {
         Err(e) => error!("{why}: the new config is invalid, keeping the running one: {e}"),
         Ok(new) => {
             if new.http01.listen != rt.config.http01.listen {
                 warn!("http01.listen changed; the new addresses take effect after a restart");
+            }
+            if new.admin != rt.config.admin {
+                warn!("[admin] changed; the new listener takes effect after a restart");
             }
             let new = Arc::new(new);
             match Runtime::new(new.clone(), tokens.clone()) {
@@ -222,7 +319,7 @@ fn reload(
                     new_rt.interrupt = rt.interrupt.clone();
                     *rt = Arc::new(new_rt);
                     *timers = Timers::default();
-                    schedule_all(rt, timers);
+                    schedule_all(rt, timers, metrics);
                     *watcher = watch_config(&new, cfg_tx.clone());
                     info!(
                         certificates = new.certificates.len(),
@@ -238,64 +335,16 @@ fn reload(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
-type Watcher = notify_debouncer_full::Debouncer<
-    notify::RecommendedWatcher,
-    notify_debouncer_full::RecommendedCache,
->;
-
-/// Watch the directories of every config file (editors save by rename, so the file itself would be
-/// lost) and send one message per debounced burst of changes to one of those files.
-fn watch_config(cfg: &Config, tx: mpsc::Sender<()>) -> Option<Watcher> {
-    let files: HashSet<PathBuf> = cfg
-        .files
-        .iter()
-        .filter_map(|f| std::fs::canonicalize(f).ok().or(Some(f.clone())))
-        .collect();
-    let mut dirs: HashSet<PathBuf> = files
-        .iter()
-        .filter_map(|f| f.parent().map(Path::to_path_buf))
-        .collect();
-    dirs.extend(cfg.include_dirs.iter().cloned());
-    let watched_files = files.clone();
-    let include_dirs: HashSet<PathBuf> = cfg.include_dirs.iter().cloned().collect();
-    let handler = move |res: notify_debouncer_full::DebounceEventResult| {
-        let Ok(events) = res else { return };
-        let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
-            watched_files.contains(p)
-                || (p.extension().is_some_and(|x| x == "toml")
-                    && p.parent().is_some_and(|d| include_dirs.contains(d)))
-        });
-        if relevant {
-            let _ = tx.try_send(());
-        }
-    };
-    let mut debouncer = match notify_debouncer_full::new_debouncer(
-        Duration::from_millis(300),
-        None,
-        handler,
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(error = %e, "cannot watch the config files; use SIGHUP (systemctl reload certkeeper) after edits");
-            return None;
-        }
-    };
-    for dir in dirs {
-        if let Err(e) = debouncer.watch(&dir, notify::RecursiveMode::NonRecursive) {
-            warn!(dir = %dir.display(), error = %e, "cannot watch a config directory; use SIGHUP after edits");
-        }
-    }
-    Some(debouncer)
-}
-
 /// Half the systemd watchdog interval, when systemd asked for a watchdog.
 fn sd_watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 
-async fn tick(interval: Option<Duration>) {
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
     match interval {
-        Some(d) => tokio::time::sleep(d).await,
+        Some(i) => {
+            i.tick().await;
+        }
         None => std::future::pending().await,
     }
 }

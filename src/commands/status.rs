@@ -1,0 +1,281 @@
+//! `certkeeper status [--json] [NAME]`: what every certificate looks like now and what happens next.
+//!
+//! Reads the config, the state directory and the installed files only; it never talks to a CA, so
+//! it is safe to run while the daemon runs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::challenge::http01::TokenStore;
+use crate::config::{self, CertificateConfig};
+use crate::daemon::Runtime;
+use crate::daemon::pass::due_for;
+use crate::store;
+
+/// Errors of `certkeeper status`.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The config does not load.
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    /// The state directory cannot be opened.
+    #[error(
+        "cannot open the state directory: {0}; run status as the user the daemon runs as (or root)"
+    )]
+    State(#[from] store::StoreError),
+    /// The asked-for certificate is not configured.
+    #[error("no certificate named {name:?} in the config (known: {known})")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The configured names.
+        known: String,
+    },
+}
+
+/// One certificate's status.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CertStatus {
+    /// The config name.
+    pub name: String,
+    /// The configured names.
+    pub domains: Vec<String>,
+    /// The issuer (config name) that issued the installed certificate or runs the in-flight order.
+    pub issuer: Option<String>,
+    /// The installed leaf's serial (hex); `None` when nothing is installed.
+    pub serial: Option<String>,
+    /// Not After of the installed certificate.
+    pub not_after: Option<Timestamp>,
+    /// Why the installed files cannot be used, when they are torn or unreadable.
+    pub installed_error: Option<String>,
+    /// When the next attempt happens; `None` when stopped after a permanent error.
+    pub next_renewal: Option<Timestamp>,
+    /// The next renewal time and why, in words.
+    pub next_renewal_reason: String,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// The last error since the last success.
+    pub last_error: Option<String>,
+    /// When the last error happened.
+    pub last_error_at: Option<Timestamp>,
+    /// When a certificate was last installed.
+    pub last_success: Option<Timestamp>,
+    /// The order in flight (resumed at the next attempt).
+    pub order_url: Option<String>,
+    /// The CA's ARI window, when fetched.
+    pub ari_window: Option<(Timestamp, Timestamp)>,
+}
+
+/// The status of every configured certificate (or only `only`), at `now`.
+pub fn collect(
+    config_path: &Path,
+    only: Option<&str>,
+    now: Timestamp,
+) -> Result<Vec<CertStatus>, StatusError> {
+    let cfg = Arc::new(config::load(config_path)?);
+    if let Some(name) = only
+        && !cfg.certificates.contains_key(name)
+    {
+        return Err(StatusError::Unknown {
+            name: name.to_string(),
+            known: cfg
+                .certificates
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let rt = Runtime::new(cfg.clone(), TokenStore::default())?;
+    Ok(cfg
+        .certificates
+        .values()
+        .filter(|c| only.is_none_or(|n| n == c.name))
+        .map(|c| one(&rt, c, now))
+        .collect())
+}
+
+fn one(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> CertStatus {
+    let state = rt
+        .state
+        .load_cert_state(&cert.name)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let (live, installed_error) = match rt.output_spec(cert).map(|s| store::read_installed(&s)) {
+        Ok(Ok(live)) => (live, None),
+        Ok(Err(e)) => (None, Some(e.to_string())),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let due = due_for(rt, cert, now);
+    CertStatus {
+        name: cert.name.clone(),
+        domains: cert.domains.clone(),
+        issuer: state.issuer.clone(),
+        serial: live.as_ref().map(|l| l.cert.serial_hex.clone()),
+        not_after: live.as_ref().map(|l| l.cert.not_after),
+        installed_error,
+        next_renewal: due.wake_at(),
+        next_renewal_reason: due.to_string(),
+        failures: state.retry.failures,
+        last_error: state
+            .retry
+            .last_error
+            .clone()
+            .filter(|_| state.retry.failures > 0),
+        last_error_at: state.last_error_at,
+        last_success: state.last_success,
+        order_url: state.order_url.clone(),
+        ari_window: state.ari_window,
+    }
+}
+
+/// Human-readable text, one block per certificate.
+pub fn render_text(list: &[CertStatus]) -> String {
+    use std::fmt::Write as _;
+    let ts = |t: Timestamp| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let mut out = String::new();
+    for s in list {
+        let _ = writeln!(out, "{}: {}", s.name, s.domains.join(", "));
+        match (&s.serial, s.not_after) {
+            (Some(serial), Some(na)) => {
+                let _ = writeln!(
+                    out,
+                    "  installed:   serial {serial}, not after {}, issuer {}",
+                    ts(na),
+                    s.issuer.as_deref().unwrap_or("unknown")
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "  installed:   none{}",
+                    s.installed_error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        let _ = writeln!(out, "  next:        {}", s.next_renewal_reason);
+        if let Some((a, b)) = s.ari_window {
+            let _ = writeln!(out, "  ARI window:  {} to {}", ts(a), ts(b));
+        }
+        if let Some(e) = &s.last_error {
+            let _ = writeln!(
+                out,
+                "  last error:  {e} ({} failure(s){})",
+                s.failures,
+                s.last_error_at
+                    .map(|t| format!(", at {}", ts(t)))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(u) = &s.order_url {
+            let _ = writeln!(out, "  in flight:   {u}");
+        }
+    }
+    out
+}
+
+/// Run `certkeeper status`: print, and return the process exit code (0, or 2 on a config error).
+pub fn run(config_path: &Path, json: bool, name: Option<&str>) -> std::process::ExitCode {
+    match collect(config_path, name, Timestamp::now()) {
+        Ok(list) => {
+            if json {
+                match serde_json::to_string_pretty(&list) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("certkeeper: encoding the status as JSON: {e}");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", render_text(&list));
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("certkeeper: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_config(dir: &Path) -> std::path::PathBuf {
+        let p = dir.join("certkeeper.toml");
+        std::fs::write(
+            &p,
+            format!(
+                r#"state_dir = "{d}/state"
+[issuer.le]
+directory = "http://127.0.0.1:1/dir"
+[[issuer.le.solver]]
+http01 = {{}}
+[certificate.www]
+issuer = "le"
+domains = ["www.example.com"]
+output = {{ dir = "{d}/out/www" }}
+[certificate.api]
+issuer = "le"
+domains = ["api.example.com"]
+output = {{ dir = "{d}/out/api" }}
+"#,
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn status_shows_missing_certificates_and_recorded_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path());
+        let now = Timestamp::now();
+        // a recorded failure with an order in flight for "api"
+        let state = store::StateStore::open(dir.path().join("state")).unwrap();
+        let mut st = store::CertState {
+            order_url: Some("https://ca/order/7".into()),
+            issuer: Some("le".into()),
+            ..Default::default()
+        };
+        st.retry.failures = 2;
+        st.retry.last_error = Some("connection refused".into());
+        st.retry.next_retry = Some(now + jiff::SignedDuration::from_mins(5));
+        state.save_cert_state("api", &st).unwrap();
+
+        let list = collect(&cfg, None, now).unwrap();
+        assert_eq!(list.len(), 2);
+        let api = list.iter().find(|s| s.name == "api").unwrap();
+        assert_eq!(api.failures, 2);
+        assert_eq!(api.last_error.as_deref(), Some("connection refused"));
+        assert_eq!(api.order_url.as_deref(), Some("https://ca/order/7"));
+        assert!(api.serial.is_none());
+        let www = list.iter().find(|s| s.name == "www").unwrap();
+        assert_eq!(www.next_renewal, Some(now));
+        assert!(www.next_renewal_reason.contains("no certificate installed"));
+        let text = render_text(&list);
+        assert!(text.contains("in flight:   https://ca/order/7"), "{text}");
+        assert!(
+            text.contains("last error:  connection refused (2 failure(s)"),
+            "{text}"
+        );
+        assert!(text.contains("installed:   none"), "{text}");
+
+        let only = collect(&cfg, Some("www"), now).unwrap();
+        assert_eq!(only.len(), 1);
+        let err = collect(&cfg, Some("nope"), now).unwrap_err().to_string();
+        assert!(err.contains("known: api, www"), "{err}");
+        let json = serde_json::to_value(&list).unwrap();
+        assert_eq!(json[0]["name"], "api");
+        assert_eq!(json[0]["failures"], 2);
+    }
+}

@@ -1,0 +1,325 @@
+//! The admin listener (`[admin] listen`, off unless configured): `/healthz` and Prometheus `/metrics`.
+//!
+//! `/healthz` asks the daemon loop itself (through a channel) and answers 200 only when the loop
+//! replies within a few seconds, so a wedged loop shows as unhealthy. `/metrics` renders a snapshot
+//! the loop keeps up to date after every scheduling decision; a scrape reads no files.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How long `/healthz` waits for the loop to answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors starting the admin listener.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The address could not be bound.
+    #[error(
+        "cannot listen on {addr} for [admin] listen: {source}; pick a free port or remove the [admin] table"
+    )]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What `/metrics` shows about one certificate.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CertMetrics {
+    /// Not After of the installed certificate (Unix seconds), when one is installed.
+    pub not_after: Option<i64>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// The last error since the last success.
+    pub last_error: Option<String>,
+}
+
+/// The metrics snapshot shared by the daemon loop (writer) and the admin listener (reader).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    certs: BTreeMap<String, CertMetrics>,
+    renewals: BTreeMap<(String, &'static str), u64>,
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replace what is known about one certificate.
+    pub fn set_cert(&self, name: &str, m: CertMetrics) {
+        self.lock().certs.insert(name.to_string(), m);
+    }
+
+    /// Forget certificates that are no longer configured (after a reload).
+    pub fn retain(&self, names: &[&str]) {
+        let mut inner = self.lock();
+        inner.certs.retain(|k, _| names.contains(&k.as_str()));
+        inner
+            .renewals
+            .retain(|(k, _), _| names.contains(&k.as_str()));
+    }
+
+    /// Count one finished issuance attempt.
+    pub fn count_renewal(&self, name: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        *self
+            .lock()
+            .renewals
+            .entry((name.to_string(), result))
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let inner = self.lock();
+        let mut out = String::new();
+        out.push_str("# HELP certkeeper_certificate_not_after_seconds Not After of the installed certificate, Unix time.\n");
+        out.push_str("# TYPE certkeeper_certificate_not_after_seconds gauge\n");
+        for (name, m) in &inner.certs {
+            if let Some(t) = m.not_after {
+                let _ = writeln!(
+                    out,
+                    "certkeeper_certificate_not_after_seconds{{name=\"{}\"}} {t}",
+                    escape(name)
+                );
+            }
+        }
+        out.push_str("# HELP certkeeper_renewals_total Issuance attempts since the daemon started, by result.\n");
+        out.push_str("# TYPE certkeeper_renewals_total counter\n");
+        for name in inner.certs.keys() {
+            for result in ["success", "failure"] {
+                let n = inner
+                    .renewals
+                    .get(&(name.clone(), result))
+                    .copied()
+                    .unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "certkeeper_renewals_total{{name=\"{}\",result=\"{result}\"}} {n}",
+                    escape(name)
+                );
+            }
+        }
+        out.push_str(
+            "# HELP certkeeper_certificate_failures Failed attempts since the last success.\n",
+        );
+        out.push_str("# TYPE certkeeper_certificate_failures gauge\n");
+        for (name, m) in &inner.certs {
+            let _ = writeln!(
+                out,
+                "certkeeper_certificate_failures{{name=\"{}\"}} {}",
+                escape(name),
+                m.failures
+            );
+        }
+        out.push_str("# HELP certkeeper_last_error 1 when the last attempt failed; the message is in the error label.\n");
+        out.push_str("# TYPE certkeeper_last_error gauge\n");
+        for (name, m) in &inner.certs {
+            let (v, msg) = match &m.last_error {
+                Some(e) => (1, e.as_str()),
+                None => (0, ""),
+            };
+            let _ = writeln!(
+                out,
+                "certkeeper_last_error{{name=\"{}\",error=\"{}\"}} {v}",
+                escape(name),
+                escape(&truncate(msg, 300))
+            );
+        }
+        out
+    }
+}
+
+/// Escape a Prometheus label value: backslash, double quote and newline.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// A liveness question for the daemon loop: it answers by sending `()` back.
+pub type HealthPing = oneshot::Sender<()>;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: std::sync::Arc<Metrics>,
+    health: mpsc::Sender<HealthPing>,
+}
+
+/// Bind the admin listener and serve it until `shutdown` is cancelled.
+///
+/// Health pings arrive on the receiver paired with `health`; the loop must answer them.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: std::sync::Arc<Metrics>,
+    health: mpsc::Sender<HealthPing>,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, AdminError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(AppState { metrics, health });
+    tracing::info!(listen = %addr, "admin listener (/healthz, /metrics)");
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    }))
+}
+
+async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
+    let (tx, rx) = oneshot::channel();
+    let alive = st.health.try_send(tx).is_ok()
+        && tokio::time::timeout(HEALTH_TIMEOUT, rx)
+            .await
+            .is_ok_and(|r| r.is_ok());
+    if alive {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon loop does not answer\n",
+        )
+    }
+}
+
+async fn metrics_handler(State(st): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("line1\nline2"), "line1\\nline2");
+    }
+
+    #[test]
+    fn render_shows_every_metric_per_certificate() {
+        let m = Metrics::default();
+        m.set_cert(
+            "www",
+            CertMetrics {
+                not_after: Some(1_900_000_000),
+                failures: 0,
+                last_error: None,
+            },
+        );
+        m.set_cert(
+            "api",
+            CertMetrics {
+                not_after: None,
+                failures: 3,
+                last_error: Some("CA said \"no\"\nreally".into()),
+            },
+        );
+        m.count_renewal("www", true);
+        m.count_renewal("www", true);
+        m.count_renewal("api", false);
+        let text = m.render();
+        assert!(
+            text.contains("certkeeper_certificate_not_after_seconds{name=\"www\"} 1900000000\n")
+        );
+        assert!(!text.contains("certkeeper_certificate_not_after_seconds{name=\"api\"}"));
+        assert!(text.contains("certkeeper_renewals_total{name=\"www\",result=\"success\"} 2\n"));
+        assert!(text.contains("certkeeper_renewals_total{name=\"www\",result=\"failure\"} 0\n"));
+        assert!(text.contains("certkeeper_renewals_total{name=\"api\",result=\"failure\"} 1\n"));
+        assert!(text.contains("certkeeper_certificate_failures{name=\"api\"} 3\n"));
+        assert!(text.contains(
+            "certkeeper_last_error{name=\"api\",error=\"CA said \\\"no\\\"\\nreally\"} 1\n"
+        ));
+        assert!(text.contains("certkeeper_last_error{name=\"www\",error=\"\"} 0\n"));
+        m.retain(&["www"]);
+        assert!(!m.render().contains("api"));
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_only_while_the_loop_answers() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_cert("www", CertMetrics::default());
+        let (tx, mut rx) = mpsc::channel::<HealthPing>(4);
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let stop = CancellationToken::new();
+        serve(addr, metrics, tx, stop.clone()).await.unwrap();
+        let loop_task = tokio::spawn(async move {
+            // answer two pings, then stop answering (a wedged loop)
+            for _ in 0..2 {
+                if let Some(p) = rx.recv().await {
+                    let _ = p.send(());
+                }
+            }
+            std::future::pending::<()>().await;
+            drop(rx);
+        });
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/healthz");
+        for _ in 0..2 {
+            let r = client.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let r = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("certkeeper_certificate_failures{name=\"www\"} 0")
+        );
+        loop_task.abort();
+        stop.cancel();
+    }
+}
