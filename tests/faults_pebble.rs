@@ -423,7 +423,7 @@ async fn hostile_ca_answers_are_rejected_and_files_untouched() {
         (
             "broken JSON for the directory",
             Mode::BadJson("/dir".into()),
-            &["JSON"],
+            &["did not return an ACME directory"],
         ),
         (
             "a certificate for other names",

@@ -10,7 +10,7 @@
 //! ```
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -249,6 +249,7 @@ impl StateStore {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(|e| StoreError::io("opening lock file", &path, e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
