@@ -52,7 +52,7 @@ const CASES: &[Case] = &[
         what: "TOML syntax error",
         edits: &[(
             r#"domains = ["www.example.com", "example.com"]"#,
-            r#"domains = ["www.example.com", "example.com" # <-"#,
+            r#"domains = ["www.example.com", "example.com"]]] # <-"#,
         )],
         append: "",
         include: None,
@@ -293,8 +293,8 @@ fn raw(port: u16, bytes: &[u8]) -> Option<u16> {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
     // The server may answer (and close) before reading everything; a failed write is fine then.
+    // No half-close: a server may take EOF on its read side as the client giving up.
     let _ = s.write_all(bytes);
-    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -302,7 +302,8 @@ fn raw(port: u16, bytes: &[u8]) -> Option<u16> {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > 1 << 20 {
+                // The status line is all we need; keep-alive connections stay open after it.
+                if buf.windows(2).any(|w| w == b"\r\n") || buf.len() > 1 << 20 {
                     break;
                 }
             }
@@ -403,6 +404,9 @@ fn garbage_and_oversized_requests_to_the_http01_listener_get_4xx() {
         let status = raw(port, bytes);
         match status {
             Some(s) if (400..500).contains(&s) => {}
+            // An HTTP/1-only server has no HTTP/1 answer for the HTTP/2 prior-knowledge preface: it
+            // closes the connection, which is the correct refusal.
+            None if what.starts_with("HTTP/2") => {}
             other => bad.push(format!("{what}: got {other:?}, expected a 4xx")),
         }
         if let Some(s) = daemon.0.try_wait().unwrap() {

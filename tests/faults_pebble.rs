@@ -13,14 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use openssl::asn1::Asn1Time;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::x509::extension::SubjectAlternativeName;
-use openssl::x509::{X509, X509NameBuilder};
 use rand::Rng;
 use support::PebbleOpts;
-use util::proxy::{Mode, Proxy};
+use util::proxy::{Mode, Proxy, forged_chain};
 use util::{CertSpec, Env, KillOnDrop, check_pair, failures, wait_for};
 
 const RUN_LIMIT: Duration = Duration::from_secs(240);
@@ -332,65 +327,6 @@ async fn ca_unreachable_then_500_daemon_backs_off_and_recovers() {
     );
 }
 
-/// A leaf for `names` with a fresh key, signed by a fresh self-signed CA: `leaf + CA` PEM.
-fn forged_chain(names: &[&str]) -> String {
-    let gen_key = || {
-        PKey::from_ec_key(
-            openssl::ec::EcKey::generate(
-                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
-                    .unwrap(),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
-    let name = |cn: &str| {
-        let mut n = X509NameBuilder::new().unwrap();
-        n.append_entry_by_text("CN", cn).unwrap();
-        n.build()
-    };
-    let ca_key = gen_key();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_subject_name(&name("forged CA")).unwrap();
-    b.set_issuer_name(&name("forged CA")).unwrap();
-    b.set_pubkey(&ca_key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(90).unwrap())
-        .unwrap();
-    b.append_extension(
-        openssl::x509::extension::BasicConstraints::new()
-            .ca()
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
-    let ca = b.build();
-    let key = gen_key();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_subject_name(&name(names[0])).unwrap();
-    b.set_issuer_name(ca.subject_name()).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(90).unwrap())
-        .unwrap();
-    let mut san = SubjectAlternativeName::new();
-    for n in names {
-        san.dns(n);
-    }
-    let san = san.build(&b.x509v3_context(Some(&ca), None)).unwrap();
-    b.append_extension(san).unwrap();
-    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
-    let leaf = b.build();
-    let mut pem = String::from_utf8(leaf.to_pem().unwrap()).unwrap();
-    pem.push_str(&String::from_utf8(ca.to_pem().unwrap()).unwrap());
-    pem
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ca_answers_are_rejected_and_files_untouched() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
@@ -426,14 +362,22 @@ async fn hostile_ca_answers_are_rejected_and_files_untouched() {
             &["did not return an ACME directory"],
         ),
         (
-            "a certificate for other names",
-            Mode::ReplaceCert(forged_chain(&["evil.example.net"])),
-            &["do not match the configured domains", "nothing was written"],
+            "a certificate for another key",
+            Mode::ReplaceCert(forged_chain(names, None)),
+            &["private key does not belong", "nothing was written"],
         ),
         (
-            "a certificate for another key",
-            Mode::ReplaceCert(forged_chain(names)),
-            &["key", "nothing was written"],
+            // Our own (pending) key, so only the names are wrong.
+            "a certificate for other names",
+            Mode::ForgeForKey {
+                key_file: env.state_dir().join("certs/www.key.pem"),
+                names: vec!["evil.example.net".into()],
+            },
+            &[
+                "do not match the configured domains",
+                "evil.example.net",
+                "nothing was written",
+            ],
         ),
         (
             "a certificate download that is not PEM",

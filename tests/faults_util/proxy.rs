@@ -32,6 +32,14 @@ pub enum Mode {
     HugeBody(String),
     /// Forward, but replace certificate downloads (`/certZ/...`) with this PEM.
     ReplaceCert(String),
+    /// Forward, but replace certificate downloads with a forged chain for `names` whose leaf holds
+    /// the public half of the private key in `key_file` (read at download time).
+    ForgeForKey {
+        /// A PEM private key file (certkeeper's pending key in its state directory).
+        key_file: PathBuf,
+        /// The names of the forged leaf.
+        names: Vec<String>,
+    },
 }
 
 struct Shared {
@@ -206,6 +214,15 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
             v.extend_from_slice(b"\"}");
             rbody = Bytes::from(v);
         }
+        Mode::ForgeForKey { key_file, names } if path.starts_with("/certZ/") => {
+            s.faulted.fetch_add(1, Ordering::SeqCst);
+            let key = std::fs::read(key_file)
+                .ok()
+                .and_then(|pem| openssl::pkey::PKey::private_key_from_pem(&pem).ok());
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            rbody = Bytes::from(forged_chain(&names, key.as_deref()).into_bytes());
+            ctype = Some("application/pem-certificate-chain");
+        }
         Mode::ReplaceCert(pem) if path.starts_with("/certZ/") => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             rbody = Bytes::from(pem.clone().into_bytes());
@@ -228,4 +245,69 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
         b = b.header("content-type", c);
     }
     b.body(Full::new(rbody)).unwrap()
+}
+
+/// A leaf for `names` signed by a fresh self-signed CA, as `leaf + CA` PEM. The leaf holds the public
+/// half of `key` when given, else of a fresh key.
+pub fn forged_chain(
+    names: &[&str],
+    key: Option<&openssl::pkey::PKeyRef<openssl::pkey::Private>>,
+) -> String {
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+    use openssl::x509::{X509, X509NameBuilder};
+    let gen_key = || {
+        PKey::from_ec_key(
+            openssl::ec::EcKey::generate(
+                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let name = |cn: &str| {
+        let mut n = X509NameBuilder::new().unwrap();
+        n.append_entry_by_text("CN", cn).unwrap();
+        n.build()
+    };
+    let ca_key = gen_key();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name("forged CA")).unwrap();
+    b.set_issuer_name(&name("forged CA")).unwrap();
+    b.set_pubkey(&ca_key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(90).unwrap())
+        .unwrap();
+    b.append_extension(BasicConstraints::new().ca().build().unwrap())
+        .unwrap();
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    let ca = b.build();
+    let fresh = gen_key();
+    let leaf_key: &openssl::pkey::PKeyRef<openssl::pkey::Private> = key.unwrap_or(&fresh);
+    let public = PKey::public_key_from_der(&leaf_key.public_key_to_der().unwrap()).unwrap();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name(names[0])).unwrap();
+    b.set_issuer_name(ca.subject_name()).unwrap();
+    b.set_pubkey(&public).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(90).unwrap())
+        .unwrap();
+    let mut san = SubjectAlternativeName::new();
+    for n in names {
+        san.dns(n);
+    }
+    let san = san.build(&b.x509v3_context(Some(&ca), None)).unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    let leaf = b.build();
+    let mut pem = String::from_utf8(leaf.to_pem().unwrap()).unwrap();
+    pem.push_str(&String::from_utf8(ca.to_pem().unwrap()).unwrap());
+    pem
 }
