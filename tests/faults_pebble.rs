@@ -382,7 +382,7 @@ async fn hostile_ca_answers_are_rejected_and_files_untouched() {
         (
             "a certificate download that is not PEM",
             Mode::ReplaceCert("<html>gateway error</html>".into()),
-            &["PEM"],
+            &["certificate chain is empty"],
         ),
     ];
     for (what, mode, expect) in cases {

@@ -26,9 +26,11 @@ pub enum Mode {
     Drop,
     /// Answer every request with HTTP 500 and a non-ACME body.
     Status500,
-    /// Forward, but replace the body of answers to paths starting with the prefix by broken JSON.
+    /// Forward, but replace the body of successful answers to paths starting with the prefix by
+    /// broken JSON (error answers, e.g. pebble's random badNonce, pass unchanged).
     BadJson(String),
-    /// Forward, but replace the body of answers to paths starting with the prefix by 3 MiB of JSON.
+    /// Forward, but replace the body of successful answers to paths starting with the prefix by
+    /// 3 MiB of JSON.
     HugeBody(String),
     /// Forward, but replace certificate downloads (`/certZ/...`) with this PEM.
     ReplaceCert(String),
@@ -203,11 +205,11 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
     let mut rbody = resp.bytes().await.unwrap_or_default();
     let mut ctype = None;
     match &mode {
-        Mode::BadJson(prefix) if path.starts_with(prefix.as_str()) => {
+        Mode::BadJson(prefix) if path.starts_with(prefix.as_str()) && status < 300 => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             rbody = Bytes::from_static(b"{\"status\": \"valid\", \"identifiers\": 5, ");
         }
-        Mode::HugeBody(prefix) if path.starts_with(prefix.as_str()) => {
+        Mode::HugeBody(prefix) if path.starts_with(prefix.as_str()) && status < 300 => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             let mut v = b"{\"status\": \"pending\", \"pad\": \"".to_vec();
             v.resize(3 * 1024 * 1024, b'x');
