@@ -357,6 +357,16 @@ async fn hostile_ca_answers_are_rejected_and_files_untouched() {
             &["larger than"],
         ),
         (
+            "broken JSON for an authorization",
+            Mode::BadJson("/authZ/".into()),
+            &["JSON"],
+        ),
+        (
+            "a 3 MiB certificate download",
+            Mode::HugeBody("/certZ/".into()),
+            &["larger than"],
+        ),
+        (
             "broken JSON for the directory",
             Mode::BadJson("/dir".into()),
             &["did not return an ACME directory"],
