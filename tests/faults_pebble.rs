@@ -257,6 +257,11 @@ async fn ca_unreachable_then_500_daemon_backs_off_and_recovers() {
         "a retry is scheduled: {state}"
     );
     assert_eq!(state["retry"]["permanent"], false, "{state}");
+    let msg = state["retry"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("cannot reach the CA"),
+        "the recorded error says the CA is unreachable: {msg}"
+    );
 
     // Now the CA answers 500s.
     proxy.set(Mode::Status500);
@@ -277,6 +282,11 @@ async fn ca_unreachable_then_500_daemon_backs_off_and_recovers() {
         false,
         "a 500 is not permanent: {state}\n{}",
         dump()
+    );
+    let msg = state["retry"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("500"),
+        "the recorded error shows the CA's HTTP 500: {msg}"
     );
     assert!(
         daemon.0.try_wait().unwrap().is_none(),
