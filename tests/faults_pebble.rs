@@ -110,16 +110,26 @@ async fn kill9_during_issuance_never_tears_the_pair() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    env.write_pebble_config(&[www()]);
+    env.write_pebble_config(&[
+        www(),
+        CertSpec {
+            name: "first",
+            domains: &["first.example.com"],
+            key: "ecdsa-p256",
+        },
+    ]);
     let root = env.root().await;
     let dir = env.out_dir("www");
     let names = www().domains;
 
     // A first pair, and how long one forced renewal takes here (to spread the kills over it).
-    assert_ok(&env.run(&["renew"], RUN_LIMIT), "first issuance");
+    assert_ok(&env.run(&["renew", "www"], RUN_LIMIT), "first issuance");
     let first = check_pair(&dir, &root, names).expect("first pair");
     let t0 = Instant::now();
-    assert_ok(&env.run(&["renew", "--force"], RUN_LIMIT), "timed renewal");
+    assert_ok(
+        &env.run(&["renew", "--force", "www"], RUN_LIMIT),
+        "timed renewal",
+    );
     let typical = t0.elapsed();
     eprintln!("one forced renewal takes {typical:?}; killing at random points in it");
 
@@ -128,12 +138,18 @@ async fn kill9_during_issuance_never_tears_the_pair() {
     let mut rng = rand::rng();
     for i in 0..iterations {
         let mut child = env
-            .cmd(&["renew", "--force"])
+            .cmd(&["renew", "--force", "www"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn certkeeper renew");
-        let ms = rng.random_range(0..=(typical.as_millis() as u64 * 12 / 10).max(50));
+        // Spread over the whole run, and every other kill near its end (finalize, download, install).
+        let t = (typical.as_millis() as u64).max(50);
+        let ms = if i % 2 == 0 {
+            rng.random_range(0..=t * 12 / 10)
+        } else {
+            rng.random_range(t * 7 / 10..=t * 11 / 10)
+        };
         tokio::time::sleep(Duration::from_millis(ms)).await;
         if kill9(&mut child) {
             mid_run_kills += 1;
@@ -162,8 +178,38 @@ async fn kill9_during_issuance_never_tears_the_pair() {
         "no kill landed while certkeeper was running"
     );
 
+    // The very first issuance killed: afterwards either nothing is installed or a complete pair.
+    let first_dir = env.out_dir("first");
+    let first_names = ["first.example.com"];
+    for i in 0..(iterations / 2).max(5) {
+        let _ = std::fs::remove_dir_all(&first_dir);
+        let mut child = env
+            .cmd(&["renew", "first"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn certkeeper renew first");
+        let t = (typical.as_millis() as u64).max(50);
+        let ms = rng.random_range(0..=t * 12 / 10);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        kill9(&mut child);
+        let any_top = ["fullchain.pem", "privkey.pem", "chain.pem", "cert.pem"]
+            .iter()
+            .any(|f| std::fs::symlink_metadata(first_dir.join(f)).is_ok());
+        if any_top {
+            check_pair(&first_dir, &root, &first_names).unwrap_or_else(|e| {
+                panic!("first issuance {i}: killed after {ms} ms, partial install: {e}")
+            });
+        }
+    }
+    assert_ok(
+        &env.run(&["renew", "first"], RUN_LIMIT),
+        "first issuance after the kills",
+    );
+    check_pair(&first_dir, &root, &first_names).expect("first pair after the kills");
+
     // The next run finishes the work: a new, complete pair and nothing left pending.
-    let out = env.run(&["renew", "--force"], RUN_LIMIT);
+    let out = env.run(&["renew", "--force", "www"], RUN_LIMIT);
     assert_ok(&out, "renewal after the kills");
     let last = check_pair(&dir, &root, names).expect("pair after the kills");
     assert!(
