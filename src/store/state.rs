@@ -332,6 +332,14 @@ mod tests {
     }
 
     #[test]
+    fn lock_files_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let lock = s.lock_cert("www").unwrap();
+        assert_eq!(mode(lock.path()), 0o600);
+    }
+
+    #[test]
     fn open_creates_private_dirs() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("state");
