@@ -236,6 +236,73 @@ async fn kill9_during_issuance_never_tears_the_pair() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_daemon_then_the_next_start_finishes() {
+    let Some(env) = Env::start(PebbleOpts::default()).await else {
+        return;
+    };
+    let certs = [
+        www(),
+        CertSpec {
+            name: "api",
+            domains: &["api.example.com"],
+            key: "rsa-2048",
+        },
+    ];
+    env.write_pebble_config(&certs);
+    let root = env.root().await;
+    let mut rng = rand::rng();
+    for i in 0..6 {
+        let mut daemon = env
+            .cmd(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn certkeeper run");
+        let ms = rng.random_range(0..=2500);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        kill9(&mut daemon);
+        for c in &certs {
+            let dir = env.out_dir(c.name);
+            if std::fs::symlink_metadata(dir.join("fullchain.pem")).is_ok() {
+                check_pair(&dir, &root, c.domains).unwrap_or_else(|e| {
+                    panic!(
+                        "daemon killed after {ms} ms (round {i}): {} torn: {e}",
+                        c.name
+                    )
+                });
+            }
+        }
+    }
+    // The next start finishes whatever is missing.
+    let log_path = env.dir.path().join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let daemon = KillOnDrop(
+        env.cmd(&["run"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn certkeeper run"),
+    );
+    for c in &certs {
+        let dir = env.out_dir(c.name);
+        wait_for(
+            &format!("{} installed by the restarted daemon", c.name),
+            Duration::from_secs(180),
+            || check_pair(&dir, &root, c.domains).ok(),
+        )
+        .await;
+    }
+    let state = wait_for(
+        "the order bookkeeping to finish",
+        Duration::from_secs(30),
+        || env.cert_state("api").filter(|s| s["order_url"].is_null()),
+    )
+    .await;
+    assert_eq!(failures(&state), 0, "{state}");
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_unreachable_then_500_daemon_backs_off_and_recovers() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
