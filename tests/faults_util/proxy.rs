@@ -17,6 +17,17 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+/// What else is wrong with a forged chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flaw {
+    /// Nothing: a consistent leaf + CA chain.
+    None,
+    /// The leaf expired yesterday.
+    Expired,
+    /// The chain's second certificate is not the leaf's issuer.
+    WrongIssuer,
+}
+
 /// What the proxy does with requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -41,6 +52,8 @@ pub enum Mode {
         key_file: PathBuf,
         /// The names of the forged leaf.
         names: Vec<String>,
+        /// How the forgery is broken beyond being from another CA.
+        flaw: Flaw,
     },
 }
 
@@ -216,13 +229,17 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
             v.extend_from_slice(b"\"}");
             rbody = Bytes::from(v);
         }
-        Mode::ForgeForKey { key_file, names } if path.starts_with("/certZ/") => {
+        Mode::ForgeForKey {
+            key_file,
+            names,
+            flaw,
+        } if path.starts_with("/certZ/") => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             let key = std::fs::read(key_file)
                 .ok()
                 .and_then(|pem| openssl::pkey::PKey::private_key_from_pem(&pem).ok());
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            rbody = Bytes::from(forged_chain(&names, key.as_deref()).into_bytes());
+            rbody = Bytes::from(forged_chain_with(&names, key.as_deref(), *flaw).into_bytes());
             ctype = Some("application/pem-certificate-chain");
         }
         Mode::ReplaceCert(pem) if path.starts_with("/certZ/") => {
@@ -254,6 +271,15 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
 pub fn forged_chain(
     names: &[&str],
     key: Option<&openssl::pkey::PKeyRef<openssl::pkey::Private>>,
+) -> String {
+    forged_chain_with(names, key, Flaw::None)
+}
+
+/// [`forged_chain`] with a [`Flaw`].
+pub fn forged_chain_with(
+    names: &[&str],
+    key: Option<&openssl::pkey::PKeyRef<openssl::pkey::Private>>,
+    flaw: Flaw,
 ) -> String {
     use openssl::asn1::Asn1Time;
     use openssl::hash::MessageDigest;
@@ -297,10 +323,22 @@ pub fn forged_chain(
     b.set_subject_name(&name(names[0])).unwrap();
     b.set_issuer_name(ca.subject_name()).unwrap();
     b.set_pubkey(&public).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(90).unwrap())
-        .unwrap();
+    if flaw == Flaw::Expired {
+        let day = 86400;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        b.set_not_before(&Asn1Time::from_unix(now - 90 * day).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(now - day).unwrap())
+            .unwrap();
+    } else {
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(90).unwrap())
+            .unwrap();
+    }
     let mut san = SubjectAlternativeName::new();
     for n in names {
         san.dns(n);
@@ -310,6 +348,24 @@ pub fn forged_chain(
     b.sign(&ca_key, MessageDigest::sha256()).unwrap();
     let leaf = b.build();
     let mut pem = String::from_utf8(leaf.to_pem().unwrap()).unwrap();
-    pem.push_str(&String::from_utf8(ca.to_pem().unwrap()).unwrap());
+    if flaw == Flaw::WrongIssuer {
+        // Another CA with the same name but its own key: the leaf's signature does not verify.
+        let other_key = gen_key();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name("forged CA")).unwrap();
+        b.set_issuer_name(&name("forged CA")).unwrap();
+        b.set_pubkey(&other_key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(90).unwrap())
+            .unwrap();
+        b.append_extension(BasicConstraints::new().ca().build().unwrap())
+            .unwrap();
+        b.sign(&other_key, MessageDigest::sha256()).unwrap();
+        pem.push_str(&String::from_utf8(b.build().to_pem().unwrap()).unwrap());
+    } else {
+        pem.push_str(&String::from_utf8(ca.to_pem().unwrap()).unwrap());
+    }
     pem
 }
