@@ -590,6 +590,44 @@ async fn hostile_ca_answers_are_rejected_and_files_untouched() {
     assert_ne!(after.serial, before.serial);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_never_answers_times_out_with_a_clear_error() {
+    let Some(env) = Env::start(PebbleOpts::default()).await else {
+        return;
+    };
+    let upstream = env
+        .pebble
+        .directory_url()
+        .trim_end_matches("/dir")
+        .to_string();
+    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    env.write_config(&proxy.directory_url(), &proxy.ca_file, "", &[www()], "");
+    let root = env.root().await;
+    let dir = env.out_dir("www");
+    assert_ok(&env.run(&["renew"], RUN_LIMIT), "first issuance");
+    let before = check_pair(&dir, &root, www().domains).expect("first pair");
+    proxy.set(Mode::Hang);
+    // Bounded by certkeeper's own request timeout (30 s), well inside RUN_LIMIT.
+    let out = env.run(&["renew", "--force"], RUN_LIMIT);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "renew succeeded against a silent CA:\n{err}"
+    );
+    assert!(proxy.faulted() > 0, "the request reached the proxy");
+    assert!(
+        err.contains("cannot reach the CA") || err.contains("timed out"),
+        "the error says the CA did not answer:\n{err}"
+    );
+    assert_eq!(
+        check_pair(&dir, &root, www().domains).expect("pair after the timeout"),
+        before
+    );
+    let state = env.cert_state("www").expect("state");
+    assert!(failures(&state) >= 1, "the failure is recorded: {state}");
+    assert_eq!(state["retry"]["permanent"], false, "{state}");
+}
+
 /// Undo a mount or `chattr +i` on drop.
 struct Undo(Vec<(&'static str, Vec<String>)>);
 

@@ -37,6 +37,8 @@ pub enum Mode {
     Drop,
     /// Answer every request with HTTP 500 and a non-ACME body.
     Status500,
+    /// Accept requests and never answer them.
+    Hang,
     /// Forward, but replace the body of successful answers to paths starting with the prefix by
     /// broken JSON (error answers, e.g. pebble's random badNonce, pass unchanged).
     BadJson(String),
@@ -189,6 +191,10 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
         Mode::Status500 => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             return reply(500, "Internal Server Error\n", "text/plain");
+        }
+        Mode::Hang => {
+            s.faulted.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
         }
         _ => {}
     }
