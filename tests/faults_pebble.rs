@@ -628,6 +628,61 @@ async fn a_ca_that_never_answers_times_out_with_a_clear_error() {
     assert_eq!(state["retry"]["permanent"], false, "{state}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_that_breaks_after_install_still_reloads() {
+    let Some(env) = Env::start(PebbleOpts::default()).await else {
+        return;
+    };
+    let upstream = env
+        .pebble
+        .directory_url()
+        .trim_end_matches("/dir")
+        .to_string();
+    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let marker = env.dir.path().join("reloaded");
+    let tail = format!("reload = [\"touch {}\"]\n", marker.display());
+    env.write_config(&proxy.directory_url(), &proxy.ca_file, "", &[www()], &tail);
+    let root = env.root().await;
+    let dir = env.out_dir("www");
+    assert_ok(&env.run(&["renew"], RUN_LIMIT), "first issuance");
+    let before = check_pair(&dir, &root, www().domains).expect("first pair");
+    std::fs::remove_file(&marker).expect("the first issuance ran the reload hook");
+
+    // The state directory turns read-only while the certificate is downloaded: after install.
+    let certs = env.state_dir().join("certs");
+    let certs_s = certs.to_str().unwrap().to_string();
+    if !try_cmd("chattr", &["-i", &certs_s]) {
+        eprintln!("chattr not supported here; skipping");
+        return;
+    }
+    let _undo = Undo(vec![("chattr", vec!["-i".into(), certs_s.clone()])]);
+    proxy.set(Mode::OnCertDownload(vec![
+        "chattr".into(),
+        "+i".into(),
+        certs_s.clone(),
+    ]));
+    let out = env.run(&["renew", "--force"], RUN_LIMIT);
+    let err = stderr(&out);
+    assert!(
+        proxy.faulted() > 0,
+        "the certificate was downloaded:\n{err}"
+    );
+    let after = check_pair(&dir, &root, www().domains).expect("the new pair is complete");
+    assert_ne!(
+        after.serial, before.serial,
+        "the new certificate is live:\n{err}"
+    );
+    assert!(
+        err.contains("its state could not be updated"),
+        "the state problem is reported:\n{err}"
+    );
+    assert!(
+        marker.exists(),
+        "the reload hook ran for the installed certificate:\n{err}"
+    );
+    assert_ok(&out, "renew whose certificate was installed");
+}
+
 /// Undo a mount or `chattr +i` on drop.
 struct Undo(Vec<(&'static str, Vec<String>)>);
 

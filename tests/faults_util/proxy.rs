@@ -39,6 +39,8 @@ pub enum Mode {
     Status500,
     /// Accept requests and never answer them.
     Hang,
+    /// Forward, but run this command (program, args) before answering a certificate download.
+    OnCertDownload(Vec<String>),
     /// Forward, but replace the body of successful answers to paths starting with the prefix by
     /// broken JSON (error answers, e.g. pebble's random badNonce, pass unchanged).
     BadJson(String),
@@ -234,6 +236,10 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
             v.resize(3 * 1024 * 1024, b'x');
             v.extend_from_slice(b"\"}");
             rbody = Bytes::from(v);
+        }
+        Mode::OnCertDownload(cmd) if path.starts_with("/certZ/") => {
+            s.faulted.fetch_add(1, Ordering::SeqCst);
+            let _ = std::process::Command::new(&cmd[0]).args(&cmd[1..]).status();
         }
         Mode::ForgeForKey {
             key_file,
