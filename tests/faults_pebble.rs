@@ -683,6 +683,55 @@ async fn a_state_directory_that_breaks_after_install_still_reloads() {
     assert_ok(&out, "renew whose certificate was installed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_renewals_never_tear_the_pair() {
+    let Some(env) = Env::start(PebbleOpts::default()).await else {
+        return;
+    };
+    env.write_pebble_config(&[www()]);
+    let root = env.root().await;
+    let dir = env.out_dir("www");
+    assert_ok(&env.run(&["renew"], RUN_LIMIT), "first issuance");
+    for round in 0..3 {
+        let children: Vec<_> = (0..3)
+            .map(|_| {
+                KillOnDrop(
+                    env.cmd(&["renew", "--force"])
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .expect("spawn certkeeper renew"),
+                )
+            })
+            .collect();
+        let mut ok = 0;
+        for mut c in children {
+            let deadline = Instant::now() + RUN_LIMIT;
+            while c.0.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "a concurrent renew hung");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut err = String::new();
+            use std::io::Read as _;
+            c.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            if c.0.wait().unwrap().success() {
+                ok += 1;
+            } else {
+                assert!(
+                    err.contains("is being issued by another certkeeper") || err.contains("lock"),
+                    "round {round}: a concurrent renew failed for another reason than the lock:\n{err}"
+                );
+            }
+        }
+        assert!(
+            ok >= 1,
+            "round {round}: one of the concurrent renewals succeeds"
+        );
+        check_pair(&dir, &root, www().domains)
+            .unwrap_or_else(|e| panic!("round {round}: pair after concurrent renewals: {e}"));
+    }
+}
+
 /// Undo a mount or `chattr +i` on drop.
 struct Undo(Vec<(&'static str, Vec<String>)>);
 
