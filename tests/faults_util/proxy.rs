@@ -47,7 +47,8 @@ pub enum Mode {
     /// Forward, but replace the body of successful answers to paths starting with the prefix by
     /// 3 MiB of JSON.
     HugeBody(String),
-    /// Forward, but replace certificate downloads (`/certZ/...`) with this PEM.
+    /// Forward, but replace successful certificate downloads (`/certZ/...`) with this PEM (error
+    /// answers such as pebble's random badNonce pass unchanged, as in all rewriting modes).
     ReplaceCert(String),
     /// Forward, but replace certificate downloads with a forged chain for `names` whose leaf holds
     /// the public half of the private key in `key_file` (read at download time).
@@ -237,7 +238,7 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
             v.extend_from_slice(b"\"}");
             rbody = Bytes::from(v);
         }
-        Mode::OnCertDownload(cmd) if path.starts_with("/certZ/") => {
+        Mode::OnCertDownload(cmd) if path.starts_with("/certZ/") && status < 300 => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             let _ = std::process::Command::new(&cmd[0]).args(&cmd[1..]).status();
         }
@@ -245,7 +246,7 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
             key_file,
             names,
             flaw,
-        } if path.starts_with("/certZ/") => {
+        } if path.starts_with("/certZ/") && status < 300 => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             let key = std::fs::read(key_file)
                 .ok()
@@ -254,7 +255,7 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
             rbody = Bytes::from(forged_chain_with(&names, key.as_deref(), *flaw).into_bytes());
             ctype = Some("application/pem-certificate-chain");
         }
-        Mode::ReplaceCert(pem) if path.starts_with("/certZ/") => {
+        Mode::ReplaceCert(pem) if path.starts_with("/certZ/") && status < 300 => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             rbody = Bytes::from(pem.clone().into_bytes());
             ctype = Some("application/pem-certificate-chain");
