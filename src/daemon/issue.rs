@@ -226,13 +226,15 @@ async fn issue_with(
     let paths = store::install(&spec, &key_pem, chain.pem.as_bytes(), &verified)
         .map_err(IssueError::from_store)?;
 
+    // The new pair is live from here on: a failure to tidy the state must not turn it into a failed
+    // issuance (that would skip the reload hooks, and servers would keep the old certificate).
     state.order_url = None;
-    rt.state
-        .save_cert_state(&cert.name, &state)
-        .map_err(IssueError::from_store)?;
-    rt.state
-        .remove_pending_key(&cert.name)
-        .map_err(IssueError::from_store)?;
+    if let Err(e) = rt.state.save_cert_state(&cert.name, &state) {
+        warn!(cert = %cert.name, error = %e, "certificate installed, but its state could not be updated; fix the state directory");
+    }
+    if let Err(e) = rt.state.remove_pending_key(&cert.name) {
+        warn!(cert = %cert.name, error = %e, "certificate installed, but the pending key could not be removed from the state directory");
+    }
     info!(cert = %cert.name, issuer = %issuer.name, serial = %verified.serial_hex, not_after = %verified.not_after, "certificate installed");
     let ari_cert_id = chain
         .certificates()

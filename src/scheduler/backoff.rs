@@ -25,6 +25,27 @@ pub const BACKOFF_SCHEDULE: [SignedDuration; 9] = [
     SignedDuration::from_hours(6),
 ];
 
+/// Test-only: the environment variable that shrinks the backoff schedule (see [`test_scaled`]).
+pub const TEST_BACKOFF_SCALE_ENV: &str = "CERTKEEPER_TEST_BACKOFF_SCALE";
+
+/// Test-only: `delay` multiplied by `CERTKEEPER_TEST_BACKOFF_SCALE` (a factor in `(0, 1]`, read once).
+///
+/// Lets the fault tests watch a daemon back off and recover within seconds instead of minutes. Unset,
+/// unparsable or out-of-range values leave the schedule as documented; never set it in production.
+pub fn test_scaled(delay: SignedDuration) -> SignedDuration {
+    static SCALE: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    let scale = SCALE.get_or_init(|| {
+        std::env::var(TEST_BACKOFF_SCALE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|f| *f > 0.0 && *f <= 1.0)
+    });
+    match scale {
+        Some(f) => SignedDuration::from_secs_f64(delay.as_secs_f64() * f),
+        None => delay,
+    }
+}
+
 /// Smallest retry delay near expiry (see [`expiry_cap`]).
 pub const MIN_RETRY_DELAY: SignedDuration = SignedDuration::from_mins(1);
 
@@ -110,7 +131,7 @@ impl RetryState {
                 ..base
             };
         }
-        let delay = backoff_delay(failures);
+        let delay = test_scaled(backoff_delay(failures));
         let spread_ms = i64::try_from(delay.as_millis() / 10).unwrap_or(0);
         let jitter = SignedDuration::from_millis(rng.random_range(-spread_ms..=spread_ms));
         let mut next = add_sat(now, delay + jitter);

@@ -11,7 +11,7 @@
 //! ```
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -336,6 +336,7 @@ impl StateStore {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(|e| StoreError::io("opening lock file", &path, e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -415,6 +416,14 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn lock_files_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let lock = s.lock_cert("www").unwrap();
+        assert_eq!(mode(lock.path()), 0o600);
     }
 
     #[test]
