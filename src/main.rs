@@ -244,22 +244,29 @@ async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {
         Ok(c) => Arc::new(c),
         Err(code) => return code,
     };
-    let tokens = TokenStore::default();
-    let rt = match Runtime::new(cfg.clone(), tokens.clone()) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let own = TokenStore::default();
+    let (tokens, _server) = match Http01Server::bind(&cfg.http01.listen, own.clone())
+        .and_then(|s| s.serve(shutdown.clone()))
+    {
+        Ok(handles) => (own, Some(handles)),
+        // Usually the daemon holds the port: hand it our tokens through the state directory.
+        Err(e) => match TokenStore::publishing_spool(daemon::http01_spool(&cfg)) {
+            Ok(spool) => {
+                tracing::info!(error = %e, "HTTP-01 port taken (by the running daemon?); its listener will answer this run's challenges");
+                (spool, None)
+            }
+            Err(se) => {
+                tracing::warn!(error = %e, spool_error = %se, "HTTP-01 listener not started; http-01 challenges will fail");
+                (own, None)
+            }
+        },
+    };
+    let rt = match Runtime::new(cfg.clone(), tokens) {
         Ok(rt) => Arc::new(rt),
         Err(e) => {
             eprintln!("certkeeper: {e}");
             return ExitCode::FAILURE;
-        }
-    };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let _server = match Http01Server::bind(&cfg.http01.listen, tokens)
-        .and_then(|s| s.serve(shutdown.clone()))
-    {
-        Ok(handles) => Some(handles),
-        Err(e) => {
-            tracing::warn!(error = %e, "HTTP-01 listener not started; http-01 challenges will fail (is the daemon running? then use `systemctl reload certkeeper` instead)");
-            None
         }
     };
     // Ctrl-C / SIGTERM interrupt the orders, whose challenge cleanup still runs; a second one exits.

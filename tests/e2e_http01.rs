@@ -565,6 +565,27 @@ async fn daemon_issues_and_stops_on_sigterm() {
         )
         .await;
     check_installed(&cfg.output_dir("d"), &["daemon.example.com"], &root_pem);
+    let first = serial_of(&cfg.output_dir("d"));
+
+    // `renew` by hand while the daemon holds the HTTP-01 port: its tokens go through the state
+    // directory to the daemon's listener, so the CA's validation still succeeds.
+    let out = cfg.run_cli(&["renew", "--force", "d"]).await;
+    out.assert_ok();
+    let second = serial_of(&cfg.output_dir("d"));
+    assert_ne!(
+        first, second,
+        "renew --force next to a running daemon issued nothing\n{out}"
+    );
+    check_installed(&cfg.output_dir("d"), &["daemon.example.com"], &root_pem);
+    let spool = cfg.state_dir().join("http01");
+    assert!(
+        std::fs::read_dir(&spool)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
+        "tokens left in {}",
+        spool.display()
+    );
+
     let status = daemon.stop().expect("daemon was running");
     assert!(
         status.success(),

@@ -370,6 +370,11 @@ impl Runtime {
     }
 }
 
+/// Where `certkeeper renew` publishes HTTP-01 tokens for the running daemon's listener.
+pub fn http01_spool(cfg: &Config) -> std::path::PathBuf {
+    cfg.state_dir.join("http01")
+}
+
 /// Sent with every request to the CA.
 pub const USER_AGENT: &str = concat!("certkeeper/", env!("CARGO_PKG_VERSION"));
 

@@ -43,7 +43,7 @@ type Done = (String, Option<Result<Issued, IssueError>>);
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Arc::new(config::load(config_path)?);
-    let tokens = TokenStore::default();
+    let tokens = TokenStore::reading_spool(super::http01_spool(&cfg));
     let shutdown = CancellationToken::new();
     let server = Http01Server::bind(&cfg.http01.listen, tokens.clone())?;
     let _server = server.serve(shutdown.clone())?;

@@ -280,7 +280,9 @@ impl Pebble {
             "-dnsserver",
             &dns,
         ])
-        .env("PEBBLE_VA_NOSLEEP", "1");
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        // every order validates its names: no test passes on an authorization left by an earlier one
+        .env("PEBBLE_AUTHZREUSE", "0");
         if let Some(n) = opts.nonce_reject {
             cmd.env("PEBBLE_WFE_NONCEREJECT", n.to_string());
         }

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -47,9 +48,22 @@ pub struct Entry {
 }
 
 /// The tokens currently answered, shared between solver and listener.
+///
+/// A store may also have a *spool*: a directory (under the state directory) where another certkeeper
+/// process publishes its tokens. The daemon, which owns the listening port, answers tokens from its
+/// spool too, so `certkeeper renew` run by hand while the daemon is up still passes HTTP-01: renew
+/// cannot bind the port, publishes into the spool instead, and the daemon serves them.
 #[derive(Clone, Debug, Default)]
 pub struct TokenStore {
     inner: Arc<RwLock<HashMap<String, Entry>>>,
+    spool: Option<Arc<Spool>>,
+}
+
+#[derive(Debug)]
+struct Spool {
+    dir: std::path::PathBuf,
+    /// This process writes its tokens there (it has no listener of its own).
+    publish: bool,
 }
 
 impl TokenStore {
@@ -58,30 +72,91 @@ impl TokenStore {
         Self::default()
     }
 
+    /// A store that also answers tokens another process published in `dir` (the daemon's side).
+    pub fn reading_spool(dir: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            inner: Arc::default(),
+            spool: Some(Arc::new(Spool {
+                dir: dir.into(),
+                publish: false,
+            })),
+        }
+    }
+
+    /// A store that publishes its tokens in `dir` for a running daemon to serve (`renew`'s side when
+    /// the port is taken). The directory is created 0700.
+    pub fn publishing_spool(dir: impl Into<std::path::PathBuf>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        Ok(Self {
+            inner: Arc::default(),
+            spool: Some(Arc::new(Spool { dir, publish: true })),
+        })
+    }
+
+    /// True when this store publishes tokens for another process to serve.
+    pub fn publishes(&self) -> bool {
+        self.spool.as_ref().is_some_and(|s| s.publish)
+    }
+
     /// Serve `entry` for `token` (replacing an earlier entry for the same token).
     pub fn insert(&self, token: impl Into<String>, entry: Entry) {
+        let token = token.into();
+        if let Some(spool) = self.spool.as_ref().filter(|s| s.publish) {
+            if valid_token(&token) {
+                let tmp = spool.dir.join(format!(".{token}.tmp"));
+                let body = format!("{}\n{}", entry.identifier, entry.key_authorization);
+                let written = std::fs::write(&tmp, body)
+                    .and_then(|()| std::fs::rename(&tmp, spool.dir.join(&token)));
+                if let Err(e) = written {
+                    tracing::warn!(dir = %spool.dir.display(), error = %e, "cannot publish an HTTP-01 token for the running daemon");
+                }
+            }
+        }
         let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        map.insert(token.into(), entry);
+        map.insert(token, entry);
     }
 
     /// Stop serving `token`; returns what was served.
     pub fn remove(&self, token: &str) -> Option<Entry> {
+        if let Some(spool) = self.spool.as_ref().filter(|s| s.publish) {
+            if valid_token(token) {
+                let _ = std::fs::remove_file(spool.dir.join(token));
+            }
+        }
         let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
         map.remove(token)
     }
 
-    /// What is served for `token`.
+    /// What is served for `token`: this process's own tokens first, then the spool's.
     pub fn get(&self, token: &str) -> Option<Entry> {
-        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        map.get(token).cloned()
+        {
+            let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = map.get(token) {
+                return Some(e.clone());
+            }
+        }
+        let spool = self.spool.as_ref()?;
+        if !valid_token(token) {
+            return None;
+        }
+        let text = std::fs::read_to_string(spool.dir.join(token)).ok()?;
+        let (identifier, key_authorization) = text.split_once('\n')?;
+        Some(Entry {
+            key_authorization: key_authorization.to_string(),
+            identifier: identifier.to_string(),
+        })
     }
 
-    /// How many tokens are being served.
+    /// How many tokens this process serves itself.
     pub fn len(&self) -> usize {
         self.inner.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// True when no token is being served.
+    /// True when this process serves no token itself.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -729,5 +804,33 @@ mod tests {
             .unwrap_err();
         assert!(!err.retryable);
         assert!(s.tokens.is_empty());
+    }
+
+    #[test]
+    fn spool_hands_tokens_from_renew_to_the_daemon() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("http01");
+        let renew = TokenStore::publishing_spool(&spool).unwrap();
+        let daemon = TokenStore::reading_spool(&spool);
+        assert!(renew.publishes() && !daemon.publishes());
+        let entry = Entry {
+            key_authorization: "tok_1.thumb".into(),
+            identifier: "www.example.com".into(),
+        };
+        renew.insert("tok_1", entry.clone());
+        assert_eq!(daemon.get("tok_1"), Some(entry));
+        assert_eq!(
+            std::fs::metadata(&spool).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // tokens outside base64url never touch the file system
+        assert_eq!(daemon.get("../x"), None);
+        renew.remove("tok_1");
+        assert_eq!(daemon.get("tok_1"), None);
+        assert!(
+            std::fs::read_dir(&spool).unwrap().next().is_none(),
+            "spool left files behind"
+        );
     }
 }
