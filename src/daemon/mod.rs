@@ -249,8 +249,18 @@ impl Runtime {
             return Ok((s.clone(), s.kind()));
         }
         let solver: Arc<dyn Solver> = match &chosen.kind {
-            SolverKind::Http01 { self_check } => {
-                Arc::new(Http01Solver::new(self.tokens.clone(), *self_check))
+            SolverKind::Http01 {
+                self_check,
+                self_check_target,
+            } => {
+                let mut s = Http01Solver::new(self.tokens.clone(), false);
+                if *self_check {
+                    s = s.with_self_check(
+                        self_check_target.clone(),
+                        self.config.http01.listen.clone(),
+                    );
+                }
+                Arc::new(s)
             }
             SolverKind::Webroot { path } => {
                 Arc::new(crate::challenge::webroot::WebrootSolver::new(path.clone()))

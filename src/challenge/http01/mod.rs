@@ -25,6 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
 
+pub mod selfcheck;
+
+pub use selfcheck::SelfCheckTarget;
+
 /// The path prefix the CA requests (RFC 8555 §8.3).
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// Longest time one request may take.
@@ -397,16 +401,32 @@ impl tokio::io::AsyncWrite for LimitedConn {
 pub struct Http01Solver {
     /// The store shared with the [`Http01Server`].
     pub tokens: TokenStore,
-    /// Whether [`Solver::wait`] should fetch `http://<identifier>/.well-known/acme-challenge/<token>`
-    /// itself before the CA is asked to validate. Not implemented yet: `wait` currently returns at
-    /// once whatever this says (the self-check comes in a later issue).
+    /// Whether [`Solver::wait`] fetches `http://<identifier>/.well-known/acme-challenge/<token>`
+    /// itself, as the CA will, before the CA is asked to validate ([`selfcheck`]).
     pub self_check: bool,
+    /// Where the self-check connects (port 80 of the name's addresses unless overridden).
+    pub self_check_target: SelfCheckTarget,
+    /// certkeeper's own listen addresses, named in self-check advice.
+    pub listeners: Vec<SocketAddr>,
 }
 
 impl Http01Solver {
     /// A solver publishing into `tokens`.
     pub fn new(tokens: TokenStore, self_check: bool) -> Self {
-        Self { tokens, self_check }
+        Self {
+            tokens,
+            self_check,
+            self_check_target: SelfCheckTarget::default(),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// Check through `target` and name `listeners` in advice (turns the self-check on).
+    pub fn with_self_check(mut self, target: SelfCheckTarget, listeners: Vec<SocketAddr>) -> Self {
+        self.self_check = true;
+        self.self_check_target = target;
+        self.listeners = listeners;
+        self
     }
 }
 
@@ -431,6 +451,13 @@ impl Solver for Http01Solver {
             },
         );
         Ok(())
+    }
+
+    async fn wait(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        if !self.self_check {
+            return Ok(());
+        }
+        selfcheck::self_check(ch, &self.self_check_target, &self.listeners).await
     }
 
     async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
