@@ -33,6 +33,8 @@ pub struct IssueError {
     pub fall_back: bool,
     /// The CA asked not to retry before this time (Retry-After, rateLimited).
     pub retry_after: Option<jiff::Timestamp>,
+    /// The CA's problem document behind the failure, when there was one (for `certkeeper explain`).
+    pub problem: Option<Box<acme::Problem>>,
 }
 
 impl IssueError {
@@ -43,6 +45,7 @@ impl IssueError {
             retryable: false,
             fall_back: true,
             retry_after: None,
+            problem: None,
         }
     }
 
@@ -53,6 +56,7 @@ impl IssueError {
             retryable: true,
             fall_back: false,
             retry_after: None,
+            problem: None,
         }
     }
 
@@ -67,6 +71,7 @@ impl IssueError {
         Self {
             fall_back: !retryable || e.is_unreachable(),
             retry_after: e.retry_after(),
+            problem: e.problem().cloned().map(Box::new),
             message: format!("issuer {}: {e}", issuer.name),
             retryable,
         }
@@ -78,6 +83,7 @@ impl IssueError {
             retryable: e.retryable,
             fall_back: false,
             retry_after: None,
+            problem: None,
             message: e.message,
         }
     }
