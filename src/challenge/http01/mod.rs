@@ -29,6 +29,9 @@ pub mod selfcheck;
 
 pub use selfcheck::SelfCheckTarget;
 
+/// The `Server` header of the listener's answers outside the challenge path, so that
+/// `certkeeper check` can tell a running certkeeper from another program on the address.
+pub const SERVER_NAME: &str = "certkeeper";
 /// The path prefix the CA requests (RFC 8555 §8.3).
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// Longest time one request may take.
@@ -95,7 +98,7 @@ impl TokenStore {
 pub fn router(tokens: TokenStore) -> Router {
     Router::new()
         .route("/.well-known/acme-challenge/{token}", get(serve_token))
-        .fallback(|| async { StatusCode::NOT_FOUND })
+        .fallback(|| async { (StatusCode::NOT_FOUND, [(header::SERVER, SERVER_NAME)]) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(limit_request))
         .with_state(tokens)
