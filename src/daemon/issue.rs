@@ -478,11 +478,20 @@ async fn present_and_validate(
         timeout: ORDER_TIMEOUT,
         ..Poll::default()
     };
-    let authz = account
-        .poll_authorization(authz_url, &poll)
-        .await
-        .map_err(|e| IssueError::from_acme(e, issuer))?;
-    trace.authz(authz_url, &authz);
+    let polled = account.poll_authorization(authz_url, &poll).await;
+    // Record the CA's final word on this authorization (an invalid one comes back as an error).
+    match &polled {
+        Ok(a) => trace.authz(authz_url, a),
+        Err(_) => {
+            if let Ok(Ok(a)) =
+                tokio::time::timeout(Duration::from_secs(15), account.authorization(authz_url))
+                    .await
+            {
+                trace.authz(authz_url, &a);
+            }
+        }
+    }
+    let authz = polled.map_err(|e| IssueError::from_acme(e, issuer))?;
     if authz.status == AuthorizationStatus::Valid {
         debug!(cert = %ctx.cert_name, identifier = %ctx.identifier, "authorization valid");
         return Ok(());

@@ -1,0 +1,281 @@
+//! Diagnosis end to end, through the `certkeeper` binary against pebble: the HTTP-01 self-check stops
+//! a broken setup before the CA is asked, `explain` shows the CA's problem and advice for a failed
+//! challenge, and `check` probes the directory, its TLS, the account, output directories and the
+//! HTTP-01 listener address.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use support::{Pebble, PebbleOpts, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
+
+/// A web server that answers every request with nginx's 404, like nginx without the proxy location.
+async fn nginx_404() -> (u16, tokio_util::sync::CancellationToken) {
+    let app = axum::Router::new().fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            [("server", "nginx/1.22.1")],
+            "<html>\r\n<head><title>404 Not Found</title></head>\r\n</html>\r\n",
+        )
+            .into_response()
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app)
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await;
+    });
+    (port, stop)
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+/// Write a config for one certificate `www` (www.example.test) at `pebble`, with `solver` as the
+/// http01 table and certkeeper's listener on `listen_port`.
+fn write_config(pebble: &Pebble, listen_port: u16, solver: &str, ca_pem: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("ca.pem"), ca_pem).unwrap();
+    let config = d.join("certkeeper.toml");
+    write(&config, pebble, listen_port, solver, d);
+    Setup { dir, config }
+}
+
+fn write(config: &Path, pebble: &Pebble, listen_port: u16, solver: &str, d: &Path) {
+    let text = format!(
+        r#"state_dir = "{d}/state"
+
+[http01]
+listen = ["127.0.0.1:{listen_port}"]
+
+[issuer.pebble]
+directory = "{dir}"
+ca_bundle = "{d}/ca.pem"
+
+[[issuer.pebble.solver]]
+http01 = {solver}
+
+[certificate.www]
+issuer = "pebble"
+domains = ["www.example.test"]
+output = {{ dir = "{d}/tls/www" }}
+"#,
+        d = d.display(),
+        dir = pebble.directory_url(),
+    );
+    std::fs::write(config, text).unwrap();
+}
+
+async fn certkeeper(config: &Path, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("CERTKEEPER_LOG", "warn")
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(240), cmd.output())
+        .await
+        .expect("certkeeper did not finish within 240 s")
+        .expect("run certkeeper")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn pebble(http_port: u16) -> Option<Pebble> {
+    if !support::pebble::available() {
+        eprintln!("pebble is not installed; skipping");
+        return None;
+    }
+    Some(
+        Pebble::start(PebbleOpts {
+            http_port,
+            nonce_reject: Some(0),
+            ..PebbleOpts::default()
+        })
+        .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_check_then_ca_failure_are_explained() {
+    // The CA's HTTP-01 port is served by an "nginx" that does not proxy the challenge path.
+    let (wrong_port, stop) = nginx_404().await;
+    let Some(pebble) = pebble(wrong_port).await else {
+        return;
+    };
+    let listen = free_port();
+    // 1. The self-check, pointed where the CA looks, catches it before the CA is asked.
+    let solver = format!("{{ self_check = {{ port = {wrong_port}, resolve = [\"127.0.0.1\"] }} }}");
+    let s = write_config(&pebble, listen, &solver, pebble.ca_pem());
+    let out = certkeeper(&s.config, &["renew"]).await;
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("HTTP-01 self-check failed for www.example.test"),
+        "{all}"
+    );
+    assert!(
+        all.contains("HTTP 404 Not Found from server \"nginx/1.22.1\""),
+        "{all}"
+    );
+    assert!(
+        all.contains("the token is not reachable through the public address"),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!(
+            "location /.well-known/acme-challenge/ {{ proxy_pass http://127.0.0.1:{listen};"
+        )),
+        "{all}"
+    );
+    let ex = certkeeper(&s.config, &["explain", "www"]).await;
+    let ex_text = text(&ex);
+    assert!(ex.status.success(), "{ex_text}");
+    // The CA was never asked: the authorization is still pending, and the error is the self-check's.
+    assert!(
+        ex_text.contains("Authorization www.example.test: pending"),
+        "{ex_text}"
+    );
+    assert!(ex_text.contains("Status:      pending"), "{ex_text}");
+    assert!(
+        ex_text.contains("Last error:\n  certificate 'www': HTTP-01 self-check failed"),
+        "{ex_text}"
+    );
+    assert!(
+        ex_text.contains("Failures since the last success: 1"),
+        "{ex_text}"
+    );
+
+    // 2. With the self-check off the CA tries, fails, and explain shows its problem and advice.
+    write(
+        &s.config,
+        &pebble,
+        listen,
+        "{ self_check = false }",
+        s.dir.path(),
+    );
+    let out = certkeeper(&s.config, &["renew", "--force"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let ex = certkeeper(&s.config, &["explain", "www"]).await;
+    let ex_text = text(&ex);
+    assert!(ex.status.success(), "{ex_text}");
+    for want in [
+        "Certificate: www",
+        "www.example.test             pebble: http-01 via listener",
+        "(self-check off)",
+        "none installed in",
+        "Status:      invalid",
+        "Authorization www.example.test: invalid",
+        "Challenge http-01: invalid",
+        "Problem: urn:ietf:params:acme:error:",
+        "Advice: the CA could not verify control of www.example.test; it saw:",
+        "What to do: the CA could not verify control of www.example.test",
+        "Failures since the last success: 2",
+    ] {
+        assert!(ex_text.contains(want), "missing {want:?} in\n{ex_text}");
+    }
+    assert!(
+        ex_text.contains(&format!("URL:         {}", "https://127.0.0.1:")),
+        "{ex_text}"
+    );
+    // The CA's detail names the 404 it got; the advice for it points at the proxy location.
+    assert!(ex_text.contains("404"), "{ex_text}");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correct_setup_passes_self_check_and_check_probes_report() {
+    let listen = free_port();
+    let Some(pebble) = pebble(listen).await else {
+        return;
+    };
+    // The self-check goes exactly where the CA goes: certkeeper's own listener.
+    let solver = format!("{{ self_check = {{ port = {listen}, resolve = [\"127.0.0.1\"] }} }}");
+    let s = write_config(&pebble, listen, &solver, pebble.ca_pem());
+
+    // check before anything was issued: directory and TLS fine, no account yet, all OK.
+    let out = certkeeper(&s.config, &["check"]).await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    for want in [
+        "OK   config ",
+        &format!(
+            "OK   issuer pebble: directory {} reachable, TLS verified with ca_bundle",
+            pebble.directory_url()
+        ),
+        "OK   issuer pebble: no account yet",
+        "OK   certificate www: output directory",
+        &format!("OK   http01.listen 127.0.0.1:{listen} is free"),
+    ] {
+        assert!(all.contains(want), "missing {want:?} in\n{all}");
+    }
+
+    let out = certkeeper(&s.config, &["renew"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let ex = certkeeper(&s.config, &["explain", "www"]).await;
+    let ex_text = text(&ex);
+    assert!(ex.status.success(), "{ex_text}");
+    for want in [
+        "Serial:",
+        "days left",
+        "Status:      valid",
+        "Authorization www.example.test: valid",
+        "Challenge http-01: valid",
+        "Last error:\n  none",
+    ] {
+        assert!(ex_text.contains(want), "missing {want:?} in\n{ex_text}");
+    }
+
+    // After issuance the account exists for the stored key.
+    let out = certkeeper(&s.config, &["check"]).await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("OK   issuer pebble: account https://127.0.0.1:"),
+        "{all}"
+    );
+    assert!(all.contains("exists for the stored key"), "{all}");
+
+    // The listener address taken by another program, and a ca_bundle of another CA: FAIL with fixes.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", listen)).unwrap();
+    let (other_ca, _, _) = support::pebble::make_tls_certs();
+    std::fs::write(s.dir.path().join("ca.pem"), other_ca).unwrap();
+    let out = certkeeper(&s.config, &["check"]).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&format!(
+            "FAIL http01.listen 127.0.0.1:{listen} is in use by another program"
+        )),
+        "{all}"
+    );
+    assert!(
+        all.contains("FAIL issuer pebble: the CA's TLS certificate does not verify"),
+        "{all}"
+    );
+    // --offline skips the CA: the bad bundle still parses, so only the listener fails.
+    let out = certkeeper(&s.config, &["check", "--offline"]).await;
+    let all = text(&out);
+    assert!(!all.contains("reachable"), "{all}");
+    assert!(all.contains("FAIL http01.listen"), "{all}");
+    drop(taken);
+}
