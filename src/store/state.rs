@@ -563,6 +563,61 @@ mod tests {
     }
 
     #[test]
+    fn order_trace_roundtrips_and_records_problems_with_advice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let authz: crate::acme::Authorization = serde_json::from_str(
+            r#"{"identifier": {"type": "dns", "value": "www.example.com"}, "status": "invalid",
+                "challenges": [{"type": "http-01", "url": "https://ca/chal/1", "token": "t", "status": "invalid",
+                  "error": {"type": "urn:ietf:params:acme:error:unauthorized", "status": 403,
+                            "detail": "Invalid response from http://www.example.com/.well-known/acme-challenge/t: 404",
+                            "subproblems": [{"type": "urn:ietf:params:acme:error:dns", "detail": "sub",
+                                             "identifier": {"type": "dns", "value": "www.example.com"}}]}}]}"#,
+        )
+        .unwrap();
+        let rec = AuthzTrace::from_authorization("https://ca/authz/1", &authz);
+        assert_eq!(rec.status, "invalid");
+        assert_eq!(rec.challenges[0].status, "invalid");
+        let p = rec.challenges[0].problem.clone().unwrap();
+        assert_eq!(p.status, Some(403));
+        assert_eq!(
+            p.subproblems[0].identifier.as_deref(),
+            Some("dns:www.example.com")
+        );
+        // The advice is the challenge advice (origin set to the identifier), not a generic one.
+        assert!(
+            p.advice
+                .starts_with("the CA could not verify control of www.example.com"),
+            "{}",
+            p.advice
+        );
+        let st = CertState {
+            last_order: Some(OrderTrace {
+                url: Some("https://ca/order/1".into()),
+                status: Some("invalid".into()),
+                authorizations: vec![rec],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        s.save_cert_state("www", &st).unwrap();
+        assert_eq!(s.load_cert_state("www").unwrap(), Some(st));
+        // A status word this version does not know still loads.
+        fs::write(
+            tmp.path().join("certs/new.json"),
+            r#"{"last_order": {"status": "someday", "authorizations": [{"status": "brandnew"}]}}"#,
+        )
+        .unwrap();
+        let t = s
+            .load_cert_state("new")
+            .unwrap()
+            .unwrap()
+            .last_order
+            .unwrap();
+        assert_eq!(t.authorizations[0].status, "brandnew");
+    }
+
+    #[test]
     fn cert_state_roundtrip_old_files_and_corruption() {
         let tmp = tempfile::tempdir().unwrap();
         let s = StateStore::open(tmp.path()).unwrap();
