@@ -105,7 +105,7 @@ pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
                 ))),
             }
         }
-        out.extend(dns_provider_probes(issuer));
+        out.extend(solver_probes(issuer));
     }
     for cert in cfg.certificates.values() {
         out.push(output_probe(&cert.name, &cert.output.dir));
@@ -243,12 +243,14 @@ async fn issuer_probes(issuer: &IssuerConfig, state: Option<&StateStore>) -> Vec
     out
 }
 
-fn dns_provider_probes(issuer: &IssuerConfig) -> Vec<Probe> {
+/// Solver probes: DNS provider credentials (built as issuance would) and webroot writability.
+fn solver_probes(issuer: &IssuerConfig) -> Vec<Probe> {
     issuer
         .solvers
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match &s.kind {
+            SolverKind::Webroot { path } => Some(webroot_probe(&issuer.name, i, path)),
             SolverKind::Dns01 { provider, .. } => Some(match provider.build() {
                 Ok(p) => Probe::ok(format!(
                     "issuer {} solver[{i}]: dns01 provider {} configured, credentials readable",
@@ -263,6 +265,29 @@ fn dns_provider_probes(issuer: &IssuerConfig) -> Vec<Probe> {
             _ => None,
         })
         .collect()
+}
+
+/// Whether certkeeper can write challenge files under a webroot.
+fn webroot_probe(issuer: &str, i: usize, root: &Path) -> Probe {
+    if !root.is_dir() {
+        return Probe::fail(format!(
+            "issuer {issuer} solver[{i}]: webroot {} is not a directory — set `path` to the `root` your web              server serves for these names on port 80",
+            root.display()
+        ));
+    }
+    let challenge_dir = root.join(".well-known/acme-challenge");
+    let probe = output_probe("(webroot)", &challenge_dir);
+    if probe.ok {
+        Probe::ok(format!(
+            "issuer {issuer} solver[{i}]: webroot {} is writable",
+            root.display()
+        ))
+    } else {
+        Probe::fail(format!(
+            "issuer {issuer} solver[{i}]: cannot write challenge files under {} — give certkeeper's user write              access to it",
+            challenge_dir.display()
+        ))
+    }
 }
 
 /// Whether certkeeper can write `dir`, or create it.
@@ -363,6 +388,15 @@ async fn served_by_certkeeper(addr: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webroot_probe_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = webroot_probe("le", 0, dir.path());
+        assert!(p.ok && p.message.contains("is writable"), "{p}");
+        let p = webroot_probe("le", 1, &dir.path().join("missing"));
+        assert!(!p.ok && p.message.contains("is not a directory"), "{p}");
+    }
 
     #[test]
     fn output_probe_cases() {

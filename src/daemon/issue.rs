@@ -100,7 +100,15 @@ impl Trace {
         self.with(|t| {
             t.url = Some(order.url.clone());
             t.status = Some(store::status_word(&order.body.status));
-            t.problem = order.body.error.as_ref().map(store::ProblemTrace::from);
+            t.problem = order.body.error.as_ref().map(|p| {
+                // An order made invalid by a failed validation carries the challenge's problem; with
+                // one name, advise as for that challenge.
+                let mut p = p.clone();
+                if let [only] = order.body.identifiers.as_slice() {
+                    p.origin = acme::ProblemOrigin::Challenge(only.value.clone());
+                }
+                store::ProblemTrace::from(&p)
+            });
         });
     }
 
