@@ -279,3 +279,61 @@ async fn correct_setup_passes_self_check_and_check_probes_report() {
     assert!(all.contains("FAIL http01.listen"), "{all}");
     drop(taken);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eab_required_is_reported_by_check_and_explain() {
+    if !support::pebble::available() {
+        eprintln!("pebble is not installed; skipping");
+        return;
+    }
+    let listen = free_port();
+    let pebble = Pebble::start(PebbleOpts {
+        http_port: listen,
+        nonce_reject: Some(0),
+        eab_keys: Some(vec![(
+            "kid-1".into(),
+            "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W".into(),
+        )]),
+        ..PebbleOpts::default()
+    })
+    .await;
+    let s = write_config(&pebble, listen, "{ self_check = false }", pebble.ca_pem());
+    let out = certkeeper(&s.config, &["check"]).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("FAIL issuer pebble: the CA requires external account binding — set `eab = {"),
+        "{all}"
+    );
+
+    // A wrong HMAC key: the CA refuses the account; explain shows no order and the EAB advice.
+    let text_cfg = std::fs::read_to_string(&s.config).unwrap().replace(
+        "ca_bundle =",
+        &format!(
+            "eab = {{ kid = \"kid-1\", hmac_key_file = \"{}/eab.key\" }}\nca_bundle =",
+            s.dir.path().display()
+        ),
+    );
+    std::fs::write(&s.config, text_cfg).unwrap();
+    std::fs::write(
+        s.dir.path().join("eab.key"),
+        "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ",
+    )
+    .unwrap();
+    let out = certkeeper(&s.config, &["renew"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let ex = certkeeper(&s.config, &["explain", "www"]).await;
+    let ex_text = text(&ex);
+    assert!(ex.status.success(), "{ex_text}");
+    assert!(
+        ex_text.contains("no order was created (the attempt failed before newOrder)"),
+        "{ex_text}"
+    );
+    for want in [
+        "urn:ietf:params:acme:error:unauthorized",
+        "What to do: the CA refused the account credentials: check the EAB kid and HMAC key",
+        "certkeeper renew --force www",
+    ] {
+        assert!(ex_text.contains(want), "missing {want:?} in\n{ex_text}");
+    }
+}

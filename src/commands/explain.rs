@@ -53,7 +53,7 @@ pub fn explain(cfg: Arc<Config>, name: &str) -> Result<String, ExplainError> {
             "\nLast order:\n  none recorded yet (no issuance attempted by this version)\n",
         ),
     }
-    error_section(&mut out, &state);
+    error_section(&mut out, &state, name);
     Ok(out)
 }
 
@@ -288,7 +288,7 @@ fn order_section(out: &mut String, t: &OrderTrace) {
     }
 }
 
-fn error_section(out: &mut String, state: &CertState) {
+fn error_section(out: &mut String, state: &CertState, state_name: &str) {
     let trace_err = state.last_order.as_ref().and_then(|t| t.error.as_ref());
     let last = trace_err
         .map(|e| e.message.clone())
@@ -331,7 +331,14 @@ fn error_section(out: &mut String, state: &CertState) {
             state.retry.failures
         );
         match (state.retry.permanent, state.retry.next_retry) {
-            (true, _) => out.push_str("; stopped until the config changes\n"),
+            (true, _) => {
+                let _ = writeln!(
+                    out,
+                    "; stopped until the certificate's config changes — after fixing the cause elsewhere \
+                     (issuer, DNS, web server) run `certkeeper renew --force {name}`",
+                    name = state_name
+                );
+            }
             (false, Some(t)) => {
                 let _ = writeln!(out, "; next attempt at {t}");
             }
