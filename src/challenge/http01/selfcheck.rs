@@ -551,6 +551,61 @@ mod tests {
         stop.cancel();
     }
 
+    #[test]
+    fn config_forms_of_self_check() {
+        use crate::config::{Config, SolverKind};
+        let parse = |solver: &str| {
+            let text = format!(
+                "[issuer.le]\ndirectory = \"https://127.0.0.1:1/dir\"\n[[issuer.le.solver]]\nhttp01 = {solver}\n"
+            );
+            Config::from_str(
+                &text,
+                std::path::Path::new("/etc/certkeeper/certkeeper.toml"),
+            )
+            .map(|c| match &c.issuers["le"].solvers[0].kind {
+                SolverKind::Http01 {
+                    self_check,
+                    self_check_target,
+                } => (*self_check, self_check_target.clone()),
+                other => panic!("{other:?}"),
+            })
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse("{}").unwrap(), (true, SelfCheckTarget::default()));
+        assert_eq!(
+            parse("{ self_check = false }").unwrap(),
+            (false, SelfCheckTarget::default())
+        );
+        assert_eq!(
+            parse("{ self_check = { port = 5002, resolve = \"127.0.0.1\" } }").unwrap(),
+            (true, loopback(5002))
+        );
+        assert_eq!(
+            parse("{ self_check = { resolve = [\"2001:db8::7\", \"192.0.2.7\"] } }")
+                .unwrap()
+                .1
+                .resolve,
+            vec![
+                "2001:db8::7".parse::<IpAddr>().unwrap(),
+                "192.0.2.7".parse().unwrap()
+            ]
+        );
+        let e = parse("{ self_check = { port = 70000 } }").unwrap_err();
+        assert!(
+            e.contains("http01.self_check.port: 70000 is not a TCP port"),
+            "{e}"
+        );
+        let e = parse("{ self_check = { resolve = \"www.example.com\" } }").unwrap_err();
+        assert!(
+            e.contains("\"www.example.com\" is not an IP address"),
+            "{e}"
+        );
+        let e = parse("{ self_check = { prot = 80 } }").unwrap_err();
+        assert!(e.contains("unknown field `prot`"), "{e}");
+        let e = parse("{ self_check = \"yes\" }").unwrap_err();
+        assert!(e.contains("true, false, or a table"), "{e}");
+    }
+
     #[tokio::test]
     async fn unresolvable_name_says_so() {
         let mut ch = ctx("nores");
