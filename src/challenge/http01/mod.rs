@@ -32,6 +32,9 @@ pub use selfcheck::SelfCheckTarget;
 /// The `Server` header of the listener's answers outside the challenge path, so that
 /// `certkeeper check` can tell a running certkeeper from another program on the address.
 pub const SERVER_NAME: &str = "certkeeper";
+/// A header on the listener's 404 answers for the challenge path saying why (`unknown-token`,
+/// `wrong-host`); proxies pass it through, so the self-check can name the cause.
+pub const DIAG_HEADER: &str = "x-certkeeper";
 /// The path prefix the CA requests (RFC 8555 §8.3).
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// Longest time one request may take.
@@ -130,7 +133,7 @@ async fn serve_token(
     }
     let Some(entry) = tokens.get(&token) else {
         tracing::debug!(token = %token, "HTTP-01 request for an unknown token");
-        return StatusCode::NOT_FOUND.into_response();
+        return (StatusCode::NOT_FOUND, [(DIAG_HEADER, "unknown-token")]).into_response();
     };
     if let Some(host) = headers.get(header::HOST) {
         let ok = host
@@ -141,7 +144,7 @@ async fn serve_token(
                 token = %token, identifier = %entry.identifier, host = ?host,
                 "HTTP-01 request with a Host that is not the challenge's identifier; answered 404"
             );
-            return StatusCode::NOT_FOUND.into_response();
+            return (StatusCode::NOT_FOUND, [(DIAG_HEADER, "wrong-host")]).into_response();
         }
     }
     tracing::debug!(identifier = %entry.identifier, "served HTTP-01 challenge");

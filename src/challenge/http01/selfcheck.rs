@@ -44,6 +44,12 @@ impl Default for SelfCheckTarget {
     }
 }
 
+/// Marker for a 404 from certkeeper's listener because the request's Host was not the name.
+const WRONG_HOST: &str =
+    "certkeeper's listener answered, but the request reached it with another Host";
+/// Marker for a 404 from certkeeper's listener for a token it does not serve.
+const UNKNOWN_TOKEN: &str = "certkeeper's listener answered, but does not serve this token";
+
 /// One fetch's outcome, for the message.
 #[derive(Debug)]
 enum Outcome {
@@ -217,6 +223,11 @@ async fn fetch(ch: &ChallengeCtx, ip: IpAddr, port: u16) -> Outcome {
             .get(reqwest::header::SERVER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let diag = resp
+            .headers()
+            .get(super::DIAG_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         if status.is_redirection() {
             let Some(loc) = resp
                 .headers()
@@ -263,6 +274,11 @@ async fn fetch(ch: &ChallengeCtx, ip: IpAddr, port: u16) -> Outcome {
         let mut what = format!("HTTP {status}");
         if let Some(s) = server {
             what.push_str(&format!(" from server {s:?}"));
+        }
+        match diag.as_deref() {
+            Some("wrong-host") => what.push_str(&format!(" [{WRONG_HOST}]")),
+            Some("unknown-token") => what.push_str(&format!(" [{UNKNOWN_TOKEN}]")),
+            _ => {}
         }
         if !chain.is_empty() {
             what.push_str(&format!(" after redirects {} -> {url}", chain.join(" -> ")));
@@ -338,7 +354,18 @@ fn explain(
             Outcome::Ok => seen.push(format!("{ip}: correct answer")),
             Outcome::Wrong(what) => {
                 seen.push(format!("{ip}: {what}"));
-                let hint = if what.contains("redirect loop") || what.contains("redirects:") {
+                let hint = if what.contains(WRONG_HOST) {
+                    "the proxy in front does not pass the Host header: add `proxy_set_header Host $host;` \
+                     next to proxy_pass in the /.well-known/acme-challenge/ location"
+                        .to_string()
+                } else if what.contains(UNKNOWN_TOKEN) {
+                    format!(
+                        "another certkeeper process holds the listener the proxy points to ({listener}) — \
+                         typically the daemon while `certkeeper renew` runs separately: let the daemon renew \
+                         (`systemctl reload certkeeper`) or stop it first; or the proxy_pass address is not \
+                         this instance's [http01] listen"
+                    )
+                } else if what.contains("redirect loop") || what.contains("redirects:") {
                     "a redirect loop: exempt /.well-known/acme-challenge/ from the http->https (or www) \
                      redirect, or make sure the redirect target serves the same path"
                         .to_string()
@@ -457,6 +484,63 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.message.contains("HTTP 404"), "{}", err.message);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn missing_host_header_and_foreign_listener_are_named() {
+        // A proxy that forwards to certkeeper's listener without the Host header (nginx's default
+        // `proxy_pass` sends the upstream address as Host).
+        let tokens = TokenStore::new();
+        let server = Http01Server::bind(&["127.0.0.1:0".parse().unwrap()], tokens.clone()).unwrap();
+        let real = server.local_addrs()[0];
+        let stop = CancellationToken::new();
+        let _t = server.serve(stop.clone()).unwrap();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
+            let r = reqwest::Client::new()
+                .get(format!("http://{real}{}", req.uri().path()))
+                .send()
+                .await
+                .unwrap();
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+            // The upstream's diagnostic header passes through, as nginx passes unknown headers.
+            let diag = r
+                .headers()
+                .get(crate::challenge::http01::DIAG_HEADER)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = r.text().await.unwrap_or_default();
+            (
+                status,
+                [(crate::challenge::http01::DIAG_HEADER, diag)],
+                body,
+            )
+                .into_response()
+        });
+        let (proxy, pstop) = serve(app).await;
+        let solver = Http01Solver::new(tokens.clone(), true);
+        let ch = ctx("tokHost");
+        solver.present(&ch).await.unwrap();
+        let err = self_check(&ch, &loopback(proxy.port()), &[real])
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("proxy_set_header Host $host;"),
+            "{}",
+            err.message
+        );
+        pstop.cancel();
+
+        // The listener answers directly but another process presented the token.
+        let err = self_check(&ctx("tokElsewhere"), &loopback(real.port()), &[real])
+            .await
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("another certkeeper process holds the listener"),
+            "{}",
+            err.message
+        );
         stop.cancel();
     }
 
