@@ -337,3 +337,99 @@ async fn eab_required_is_reported_by_check_and_explain() {
         assert!(ex_text.contains(want), "missing {want:?} in\n{ex_text}");
     }
 }
+
+/// The self-check through a real nginx: a correct proxy passes; a proxy that drops the Host header,
+/// and an nginx without the challenge location, are each named with their fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_check_through_real_nginx() {
+    use certkeeper::challenge::http01::{
+        Http01Server, Http01Solver, SelfCheckTarget, TokenStore, selfcheck,
+    };
+    use certkeeper::challenge::{ChallengeCtx, ChallengeKind, Solver as _};
+    use support::nginx::{Nginx, NginxOpts, nginx_available};
+    if !nginx_available() {
+        eprintln!("nginx is not installed; skipping");
+        return;
+    }
+    let tokens = TokenStore::new();
+    let server = Http01Server::bind(&["127.0.0.1:0".parse().unwrap()], tokens.clone()).unwrap();
+    let listener = server.local_addrs()[0];
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _t = server.serve(stop.clone()).unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(NginxOpts {
+        cert_dir: certs.path().to_path_buf(),
+        acme_upstream: Some(listener),
+        server_names: vec!["www.example.test".into()],
+        placeholder_cert: true,
+        ..NginxOpts::default()
+    })
+    .expect("start nginx");
+    let target = SelfCheckTarget {
+        port: nginx.http_port(),
+        resolve: vec!["127.0.0.1".parse().unwrap()],
+    };
+    let solver =
+        Http01Solver::new(tokens.clone(), true).with_self_check(target.clone(), vec![listener]);
+    let ch = ChallengeCtx {
+        cert_name: "www".into(),
+        identifier: "www.example.test".into(),
+        is_ip: false,
+        wildcard: false,
+        kind: ChallengeKind::Http01,
+        token: "tokNginx".into(),
+        key_authorization: "tokNginx.thumb".into(),
+    };
+    solver.present(&ch).await.unwrap();
+    solver
+        .wait(&ch)
+        .await
+        .expect("self-check through a correct nginx proxy");
+
+    // The same proxy without `proxy_set_header Host`: nginx sends the upstream address as Host.
+    let conf = std::fs::read_to_string(nginx.conf_path()).unwrap();
+    let no_host: String = conf
+        .lines()
+        .filter(|l| !l.contains("proxy_set_header Host"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(conf, no_host, "the harness config has no Host line");
+    std::fs::write(nginx.conf_path(), &no_host).unwrap();
+    nginx.reload().unwrap();
+    let mut msg = String::new();
+    // The reload is asynchronous in nginx; wait (bounded) until the new config answers.
+    for _ in 0..20 {
+        match selfcheck::self_check(&ch, &target, &[listener]).await {
+            Ok(()) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => {
+                msg = e.message;
+                break;
+            }
+        }
+    }
+    assert!(msg.contains("proxy_set_header Host $host;"), "{msg}");
+
+    // No challenge location at all: nginx's own 404.
+    let no_location = no_host.replace("location /.well-known/acme-challenge/", "location /unused/");
+    std::fs::write(nginx.conf_path(), &no_location).unwrap();
+    nginx.reload().unwrap();
+    let mut msg = String::new();
+    for _ in 0..20 {
+        match selfcheck::self_check(&ch, &target, &[listener]).await {
+            Err(e) if e.message.contains("from server \"nginx") => {
+                msg = e.message;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    assert!(
+        msg.contains("the token is not reachable through the public address"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("proxy_pass http://{listener};")),
+        "{msg}"
+    );
+    stop.cancel();
+}
