@@ -12,3 +12,4 @@ pub mod daemon;
 pub mod hooks;
 pub mod scheduler;
 pub mod store;
+pub mod tls_env;

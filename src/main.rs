@@ -62,6 +62,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    certkeeper::tls_env::prefer_lazy_system_roots();
     let cli = Cli::parse();
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -156,7 +157,25 @@ async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {
             None
         }
     };
+    // Ctrl-C / SIGTERM interrupt the orders, whose challenge cleanup still runs; a second one exits.
+    let interrupt = rt.interrupt.clone();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::warn!("cannot install signal handlers; Ctrl-C will not clean up");
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::warn!("interrupted: cleaning up challenges (press Ctrl-C again to quit at once)");
+        interrupt.cancel();
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        std::process::exit(130);
+    });
     let report = pass::run_pass(rt, &opts).await;
+    signals.abort();
     shutdown.cancel();
     print_report(&report);
     if report.ok() {
@@ -177,7 +196,13 @@ fn print_report(report: &PassReport) {
         );
     }
     for (name, due) in &report.not_due {
-        println!("{name}: not due; {}", due);
+        if report.backing_off().any(|(n, _)| n == name) {
+            println!(
+                "{name}: NOT RENEWED (backing off after a failure): {due}; `certkeeper renew --force {name}` tries now"
+            );
+        } else {
+            println!("{name}: not due; {due}");
+        }
     }
     for (name, e) in &report.failed {
         println!("{name}: FAILED: {e}");

@@ -279,7 +279,14 @@ impl fmt::Display for Problem {
         if status != 0 {
             write!(f, "HTTP {status} ")?;
         }
-        write!(f, "{}: {}", self.type_, self.detail_str())?;
+        let advice = self.advice();
+        let detail = self.detail_str();
+        if self.detail.is_some() && advice.contains(detail) {
+            // The advice quotes the detail ("it saw: ..."); say it once.
+            write!(f, "{}", self.type_)?;
+        } else {
+            write!(f, "{}: {detail}", self.type_)?;
+        }
         for s in &self.subproblems {
             write!(f, "; ")?;
             if let Some(id) = &s.identifier {
@@ -292,7 +299,7 @@ impl fmt::Display for Problem {
                 s.detail.as_deref().unwrap_or("(no detail)")
             )?;
         }
-        write!(f, " — {}", self.advice())
+        write!(f, " — {advice}")
     }
 }
 
@@ -461,6 +468,27 @@ mod tests {
             p.advice().contains("until 2030-01-01T00:00:00Z"),
             "{}",
             p.advice()
+        );
+    }
+
+    #[test]
+    fn display_says_the_detail_once() {
+        let p = prob(
+            "connection",
+            ProblemOrigin::Challenge("www.example.com".into()),
+        );
+        let text = p.to_string();
+        assert_eq!(text.matches("details here").count(), 1, "{text}");
+        assert!(
+            text.contains("error:connection — the CA could not verify control"),
+            "{text}"
+        );
+        // Advice that does not quote the detail keeps it after the type.
+        let p = prob("serverInternal", ProblemOrigin::NewOrder);
+        let text = p.to_string();
+        assert!(
+            text.contains("error:serverInternal: details here — "),
+            "{text}"
         );
     }
 }

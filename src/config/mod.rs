@@ -214,20 +214,8 @@ pub struct CertificateConfig {
     pub reload: Vec<String>,
 }
 
-/// Where a certificate's PEM files go, and their ownership and modes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutputConfig {
-    /// Absolute directory holding `fullchain.pem`, `privkey.pem`, `chain.pem`, `cert.pem`.
-    pub dir: PathBuf,
-    /// Owner user of the files; `None` keeps certkeeper's user.
-    pub owner: Option<String>,
-    /// Group of the files; `None` keeps certkeeper's group.
-    pub group: Option<String>,
-    /// Mode of `privkey.pem` (default 0o600).
-    pub key_mode: u32,
-    /// Mode of the certificate files (default 0o644).
-    pub cert_mode: u32,
-}
+/// Where a certificate's PEM files go, and their ownership and modes (the store's own type).
+pub use crate::store::OutputSpec as OutputConfig;
 
 /// One problem at a known place in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -496,8 +484,8 @@ output = { dir = "/etc/nginx/tls/www" }
             ("bad key type", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nkey = \"ed25519\""), &[], "DIR/certkeeper.toml:16:7: certificate.www.key: unknown key type \"ed25519\": use one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096"),
             ("bad listen", format!("{BASE}\n[http01]\nlisten = [\"localhost:80\"]\n"), &[], "DIR/certkeeper.toml:20:11: http01.listen[0]: \"localhost:80\" is not an IP address with a port: write e.g. \"127.0.0.1:8402\" or \"[::1]:8402\""),
             ("bad domain", BASE.replace("\"www.example.com\"]", "\"www..example.com\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: \"www..example.com\" is not a DNS name: each dot-separated label must have 1 to 63 characters"),
-            ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown variant `exek`, expected `exec`"),
-            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: unknown field `commnd`, expected `command`"),
+            ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown variant `exek`, expected one of `rfc2136`, `exec`, `powerdns`, `cloudflare`, `route53`, `acme-dns`"),
+            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: unknown field `commnd`, expected one of `command`, `args`, `timeout`"),
             ("duplicate issuer in list", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"le\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: issuer \"le\" is listed twice: remove one"),
             ("propagation on http01", BASE.replace("http01 = {}", "http01 = {}\npropagation = { check = false }"), &[], "DIR/certkeeper.toml:9:15: issuer.le.solver[0].propagation: only applies to dns01 solvers: remove it"),
         ];

@@ -45,6 +45,11 @@ pub async fn issue(
     cert: &CertificateConfig,
     replaces: Option<String>,
 ) -> Result<Issued, IssueError> {
+    if rt.interrupt.is_cancelled() {
+        return Err(IssueError::retryable(
+            "interrupted before the order started; it runs at the next pass",
+        ));
+    }
     let _lock = rt
         .state
         .lock_cert(&cert.name)
@@ -443,16 +448,13 @@ async fn solve_one(
         token: challenge.token.clone(),
         key_authorization: account.key_authorization(&challenge.token),
     };
-    let result = present_and_validate(
-        account,
-        issuer,
-        solver.as_ref(),
-        &ctx,
-        &challenge.url,
-        url,
-        trace,
-    )
-    .await;
+    // An interrupt (Ctrl-C, shutdown) stops the waiting, not the cleanup below.
+    let result = tokio::select! {
+        r = present_and_validate(account, issuer, solver.as_ref(), &ctx, &challenge.url, url, trace) => r,
+        () = rt.interrupt.cancelled() => Err(IssueError::retryable(format!(
+            "interrupted while solving the challenge for {name}; the order resumes at the next run"
+        ))),
+    };
     // Cleanup gets its own time; the order's failure must not leave a TXT record or token behind.
     if let Err(e) = tokio::time::timeout(Duration::from_secs(60), solver.cleanup(&ctx))
         .await

@@ -4,6 +4,7 @@
 pub mod issue;
 pub mod pass;
 pub mod run;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,6 +103,9 @@ pub struct Runtime {
     pub state: StateStore,
     /// HTTP-01 key authorizations served by the listener.
     pub tokens: TokenStore,
+    /// Cancelled to interrupt in-flight orders (Ctrl-C on `renew`, a shutdown past its grace time):
+    /// challenges stop waiting and their cleanup (TXT records, HTTP-01 tokens) still runs.
+    pub interrupt: tokio_util::sync::CancellationToken,
     accounts: Mutex<HashMap<String, acme::Account>>,
     solvers: std::sync::Mutex<HashMap<(String, usize), Arc<dyn Solver>>>,
 }
@@ -114,6 +118,7 @@ impl Runtime {
             config,
             state,
             tokens,
+            interrupt: tokio_util::sync::CancellationToken::new(),
             accounts: Mutex::new(HashMap::new()),
             solvers: std::sync::Mutex::new(HashMap::new()),
         })
@@ -149,7 +154,23 @@ impl Runtime {
         };
         let client = acme::Client::new(&issuer.directory, &roots, USER_AGENT)
             .await
-            .map_err(|e| IssueError::from_acme(e, issuer))?;
+            .map_err(|e| {
+                // With a ca_bundle configured, a TLS failure means that file is the wrong one: name it.
+                let bundle_msg = match (&e, &issuer.ca_bundle) {
+                    (AcmeError::Tls { url, message }, Some(bundle)) => Some(format!(
+                        "issuer {}: the CA's TLS certificate at {url} does not verify against ca_bundle {}: {message}; check that this file holds the root (or intermediate) that signed the CA's TLS certificate (`openssl s_client -connect HOST:PORT -CAfile {}` shows the chain)",
+                        issuer.name,
+                        bundle.display(),
+                        bundle.display()
+                    )),
+                    _ => None,
+                };
+                let mut err = IssueError::from_acme(e, issuer);
+                if let Some(m) = bundle_msg {
+                    err.message = m;
+                }
+                err
+            })?;
         let id = store::account_id(&issuer.name, &issuer.directory);
         let stored = self
             .state
@@ -287,13 +308,7 @@ impl Runtime {
 
     /// Where and how a certificate's files are written.
     pub fn output_spec(&self, cert: &CertificateConfig) -> Result<OutputSpec, IssueError> {
-        Ok(OutputSpec {
-            dir: cert.output.dir.clone(),
-            owner: cert.output.owner.clone(),
-            group: cert.output.group.clone(),
-            key_mode: cert.output.key_mode,
-            cert_mode: cert.output.cert_mode,
-        })
+        Ok(cert.output.clone())
     }
 }
 

@@ -10,7 +10,7 @@ use tracing::{error, info};
 
 use crate::config::CertificateConfig;
 use crate::hooks::{self, HookOutcome, ReloadRequest};
-use crate::scheduler::{self, Due};
+use crate::scheduler::{self, Due, DueReason};
 use crate::store::{self, CertState};
 
 use super::issue::{self, Issued};
@@ -39,9 +39,24 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    /// True when every selected certificate is valid and installed (issued now or not due).
+    /// True when every selected certificate is valid and installed (issued now or not due), none
+    /// is waiting out a backoff after a failed attempt, and every reload hook succeeded (a failed
+    /// reload leaves servers on the old certificate).
     pub fn ok(&self) -> bool {
         self.failed.is_empty()
+            && self.backing_off().next().is_none()
+            && self.hooks.iter().all(|h| h.status.is_ok())
+    }
+
+    /// The not-due certificates that are skipped only because their last attempt failed: waiting
+    /// for a retry time, or stopped after a permanent error. `renew --force` tries them now.
+    pub fn backing_off(&self) -> impl Iterator<Item = &(String, Due)> {
+        self.not_due.iter().filter(|(_, due)| {
+            matches!(
+                due.reason,
+                DueReason::Retry { .. } | DueReason::Stopped { .. }
+            )
+        })
     }
 }
 
@@ -86,7 +101,7 @@ pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
             .map(|live| (live.cert.not_before, live.cert.not_after)),
         fingerprint_changed,
         ari_window: state.ari_window,
-        retry: state.retry.clone().for_config(&fingerprint),
+        retry: state.retry.clone().for_config(&retry_fingerprint(rt, cert)),
         renew_before: cert.renew_before,
     };
     scheduler::due(&facts, now, &mut rand::rng())
@@ -100,6 +115,45 @@ pub fn fingerprint(cert: &CertificateConfig) -> String {
         &cert.issuers,
         cert.profile.as_deref(),
     )
+}
+
+/// The fingerprint a failure's backoff is bound to: the certificate's [`fingerprint`] plus
+/// everything else an operator edits to fix a failed order (the issuers' directory, `ca_bundle`
+/// path and contents, EAB kid and key, account key type and solvers, and the HTTP-01 listen
+/// addresses). Any change lifts the backoff or a permanent stop, without reissuing certificates
+/// that are fine. Secrets enter only through SHA-256.
+pub fn retry_fingerprint(rt: &Runtime, cert: &CertificateConfig) -> String {
+    let mut text = fingerprint(cert);
+    text.push_str(&format!("\nlisten={:?}", rt.config.http01.listen));
+    for name in &cert.issuers {
+        let Some(issuer) = rt.config.issuers.get(name) else {
+            continue;
+        };
+        text.push_str(&format!(
+            "\nissuer={name} dir={} key={:?} solvers={:?}",
+            issuer.directory, issuer.account_key, issuer.solvers
+        ));
+        if let Some(path) = &issuer.ca_bundle {
+            let contents = std::fs::read(path).unwrap_or_default();
+            text.push_str(&format!(
+                " ca_bundle={} {}",
+                path.display(),
+                hex(&openssl::sha::sha256(&contents))
+            ));
+        }
+        if let Some(eab) = &issuer.eab {
+            text.push_str(&format!(
+                " eab={} {}",
+                eab.kid,
+                hex(&openssl::sha::sha256(eab.hmac_key.expose().as_bytes()))
+            ));
+        }
+    }
+    hex(&openssl::sha::sha256(text.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Run one pass over the configured certificates.
@@ -188,6 +242,10 @@ pub async fn issue_and_record(
         .flatten()
         .and_then(|s| s.ari_cert_id);
     let result = issue::issue(rt, cert, replaces).await;
+    if result.is_err() && rt.interrupt.is_cancelled() {
+        // Stopped by Ctrl-C or shutdown, not by the CA or the solver: no backoff for that.
+        return result;
+    }
     let now = Timestamp::now();
     let mut state = match rt.state.load_cert_state(&cert.name) {
         Ok(s) => s.unwrap_or_default(),
@@ -208,7 +266,7 @@ pub async fn issue_and_record(
             state.ari_refetch_at = None;
         }
         Err(e) => {
-            let retry = state.retry.clone().for_config(&fp);
+            let retry = state.retry.clone().for_config(&retry_fingerprint(rt, cert));
             state.retry = retry.on_failure(
                 now,
                 e.retry_after,
@@ -223,4 +281,116 @@ pub async fn issue_and_record(
         error!(cert = %cert.name, error = %e, "cannot record the outcome in the state directory");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(dir: &std::path::Path, eab_key: &str, max_concurrent: usize) -> Runtime {
+        std::fs::write(dir.join("eab.key"), eab_key).unwrap();
+        let text = format!(
+            r#"state_dir = "{d}/state"
+[daemon]
+max_concurrent = {max_concurrent}
+[issuer.le]
+directory = "https://127.0.0.1:1/dir"
+eab = {{ kid = "kid-1", hmac_key_file = "{d}/eab.key" }}
+[[issuer.le.solver]]
+http01 = {{ self_check = false }}
+[certificate.www]
+issuer = "le"
+domains = ["example.com"]
+output = {{ dir = "{d}/tls" }}
+"#,
+            d = dir.display()
+        );
+        std::fs::write(dir.join("c.toml"), text).unwrap();
+        let cfg = crate::config::load(&dir.join("c.toml")).unwrap();
+        Runtime::new(Arc::new(cfg), Default::default()).unwrap()
+    }
+
+    #[test]
+    fn an_issuer_fix_changes_the_retry_fingerprint_but_not_the_reissue_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = runtime(tmp.path(), "a2V5LW9uZQ", 8);
+        let cert = &a.config.certificates["www"];
+        let (fp, retry) = (fingerprint(cert), retry_fingerprint(&a, cert));
+        assert!(
+            !retry.contains("a2V5LW9uZQ"),
+            "no secret in the fingerprint"
+        );
+        let b = runtime(tmp.path(), "a2V5LXR3bw", 8);
+        let cert_b = &b.config.certificates["www"];
+        assert_eq!(fingerprint(cert_b), fp, "an EAB fix does not reissue");
+        assert_ne!(
+            retry_fingerprint(&b, cert_b),
+            retry,
+            "an EAB fix lifts the backoff"
+        );
+        let c = runtime(tmp.path(), "a2V5LW9uZQ", 2);
+        let cert_c = &c.config.certificates["www"];
+        assert_eq!(
+            retry_fingerprint(&c, cert_c),
+            retry,
+            "unrelated settings keep the backoff"
+        );
+    }
+
+    fn not_due(reason: DueReason) -> PassReport {
+        PassReport {
+            not_due: vec![(
+                "www".to_string(),
+                Due {
+                    at: Timestamp::now(),
+                    reason,
+                },
+            )],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pass_is_ok_only_without_failures_backoffs_or_failed_reloads() {
+        assert!(PassReport::default().ok());
+        assert!(not_due(DueReason::Missing).ok());
+        let retry = not_due(DueReason::Retry {
+            attempt: 1,
+            error: "connection refused".into(),
+        });
+        assert!(!retry.ok(), "a certificate in backoff is not ok");
+        assert_eq!(retry.backing_off().count(), 1);
+        let stopped = not_due(DueReason::Stopped {
+            error: "rejectedIdentifier".into(),
+        });
+        assert!(!stopped.ok(), "a stopped certificate is not ok");
+        let mut failed = PassReport::default();
+        failed
+            .failed
+            .push(("www".into(), IssueError::permanent("boom")));
+        assert!(!failed.ok());
+        let hook = |status| PassReport {
+            hooks: vec![HookOutcome {
+                command: "systemctl reload nginx".into(),
+                cert_names: vec!["www".into()],
+                status,
+            }],
+            ..Default::default()
+        };
+        assert!(
+            hook(crate::hooks::HookStatus::Ok {
+                output: String::new()
+            })
+            .ok()
+        );
+        assert!(
+            !hook(crate::hooks::HookStatus::Failed {
+                code: Some(1),
+                signal: None,
+                output: String::new()
+            })
+            .ok(),
+            "a failed reload fails the pass"
+        );
+    }
 }

@@ -29,6 +29,10 @@ use super::{IssueError, Runtime};
 /// How long a clean shutdown waits for in-flight orders before leaving them to be resumed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// How long interrupted orders get to clean up their challenges after [`SHUTDOWN_GRACE`]; together
+/// they stay below systemd's default stop timeout (90 s).
+const CLEANUP_GRACE: Duration = Duration::from_secs(45);
+
 type Done = (String, Result<Issued, IssueError>);
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -123,8 +127,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Err(_) => {
                 warn!(
                     left = inflight.len(),
-                    "orders still in flight are left to resume at the next start"
+                    "orders still in flight are interrupted, to resume at the next start"
                 );
+                // Interrupt instead of aborting at once, so challenge cleanup (DNS-01 TXT records)
+                // still runs; abort only what does not stop within CLEANUP_GRACE.
+                rt.interrupt.cancel();
+                let deadline = tokio::time::Instant::now() + CLEANUP_GRACE;
+                while let Ok(Some(joined)) =
+                    tokio::time::timeout_at(deadline, inflight.join_next()).await
+                {
+                    if let Ok((name, result)) = joined {
+                        finished(&rt, &mut timers, &mut reloads, name, result);
+                    }
+                }
                 inflight.abort_all();
                 break;
             }
@@ -202,7 +217,9 @@ fn reload(
             }
             let new = Arc::new(new);
             match Runtime::new(new.clone(), tokens.clone()) {
-                Ok(new_rt) => {
+                Ok(mut new_rt) => {
+                    // Orders still running on the old runtime stop with the same interrupt.
+                    new_rt.interrupt = rt.interrupt.clone();
                     *rt = Arc::new(new_rt);
                     *timers = Timers::default();
                     schedule_all(rt, timers);

@@ -227,6 +227,7 @@ async fn run_one(command: &str, env: &[(&str, String)], timeout: Duration) -> Ho
     };
     let spawned = {
         let mut cmd = tokio::process::Command::new("/bin/sh");
+        crate::tls_env::child_env(&mut cmd);
         cmd.arg("-c")
             .arg(command)
             .stdin(Stdio::null())

@@ -308,7 +308,7 @@ impl fmt::Display for Due {
             DueReason::Stopped { error } => write!(
                 f,
                 "stopped after a permanent error: {error}; fix the certificate's configuration \
-                 (names, key type, issuer or profile) and reload to try again"
+                 or its issuer's settings (directory, ca_bundle, EAB, solver) and reload to try again"
             ),
         }
     }

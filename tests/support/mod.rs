@@ -3,6 +3,7 @@
 //! Each test file that uses it declares `mod support;`; not every file uses every helper.
 #![allow(dead_code)]
 
+pub mod certkeeper;
 pub mod nginx;
 pub mod pebble;
 

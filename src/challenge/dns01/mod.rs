@@ -98,67 +98,20 @@ impl ProviderError {
     }
 }
 
-/// A secret string (TSIG secret, API token, password): never printed by `Debug` or `Display`.
-#[derive(Clone)]
-pub struct Secret(String);
+pub use crate::config::Secret;
 
-impl Secret {
-    /// Wrap a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; call only where it is sent.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Load a secret from `*_file` (trailing newline removed) or `*_env`; exactly one must be set.
-    pub fn load(
-        provider: &'static str,
-        key: &str,
-        file: Option<&std::path::Path>,
-        env: Option<&str>,
-    ) -> Result<Self, ProviderError> {
-        let value = match (file, env) {
-            (Some(path), None) => {
-                std::fs::read_to_string(path).map_err(|e| ProviderError::Config {
-                    provider,
-                    message: format!("cannot read {key}_file {}: {e}", path.display()),
-                })?
-            }
-            (None, Some(var)) => std::env::var(var).map_err(|_| ProviderError::Config {
-                provider,
-                message: format!("{key}_env names environment variable {var}, which is not set"),
-            })?,
-            (Some(_), Some(_)) => {
-                return Err(ProviderError::Config {
-                    provider,
-                    message: format!("set only one of {key}_file and {key}_env"),
-                });
-            }
-            (None, None) => {
-                return Err(ProviderError::Config {
-                    provider,
-                    message: format!("{key}_file or {key}_env is required"),
-                });
-            }
-        };
-        let value = value.trim().to_string();
-        if value.is_empty() {
-            return Err(ProviderError::Config {
-                provider,
-                message: format!("{key} is empty"),
-            });
-        }
-        Ok(Self(value))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
+/// Load a provider secret from `<key>_file` or `<key>_env` (exactly one; the rule of
+/// [`crate::config::read_secret`]), naming the provider in errors.
+pub fn load_secret(
+    provider: &'static str,
+    key: &str,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Result<Secret, ProviderError> {
+    crate::config::read_secret(key, file, env).map_err(|e| ProviderError::Config {
+        provider,
+        message: e.to_string(),
+    })
 }
 
 /// A DNS back end that can create and delete one TXT value.
@@ -268,8 +221,8 @@ impl Solver for Dns01Solver {
     async fn present(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
         if ch.is_ip {
             return Err(SolveError::permanent(format!(
-                "{}: dns-01 cannot validate IP address {}; use http-01 for IP identifiers",
-                ch.cert_name, ch.identifier
+                "dns-01 cannot validate IP address {}; use http-01 for IP identifiers",
+                ch.identifier
             )));
         }
         let key = key_of(ch);
@@ -296,8 +249,8 @@ impl Solver for Dns01Solver {
         }
         let Some((rec, Some(_))) = self.presented.lock().await.get(&key_of(ch)).cloned() else {
             return Err(SolveError::permanent(format!(
-                "{}: no DNS-01 record was presented for {}",
-                ch.cert_name, ch.identifier
+                "no DNS-01 record was presented for {}",
+                ch.identifier
             )));
         };
         propagation::wait_for_txt(
@@ -307,7 +260,8 @@ impl Solver for Dns01Solver {
             &rec.value,
         )
         .await
-        .map_err(|e| SolveError::retryable(format!("{}: {e}", ch.cert_name)))
+        // No certificate name in front: the daemon's report already names the certificate.
+        .map_err(|e| SolveError::retryable(e.to_string()))
     }
 
     async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
@@ -485,16 +439,16 @@ mod tests {
         let p = dir.path().join("k");
         std::fs::write(&p, "c2VjcmV0\n").unwrap();
         assert_eq!(
-            Secret::load("x", "tsig_secret", Some(&p), None)
+            load_secret("x", "tsig_secret", Some(&p), None)
                 .unwrap()
                 .expose(),
             "c2VjcmV0"
         );
-        let e = Secret::load("x", "tsig_secret", None, None)
+        let e = load_secret("x", "tsig_secret", None, None)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("tsig_secret_file or tsig_secret_env is required"),
+            e.contains("set tsig_secret_file = \"/path/to/file\" or tsig_secret_env"),
             "{e}"
         );
     }

@@ -58,7 +58,7 @@ pub enum PropagationError {
     Zone(#[from] ZoneError),
     /// Some nameservers still did not answer the value when time ran out.
     #[error(
-        "TXT {value:?} for {fqdn} not visible at every authoritative nameserver after {timeout:?}: {details}"
+        "TXT {value:?} for {fqdn} not visible at every authoritative nameserver after {timeout:?}: {details}; check that the dns01 provider updates the zone these servers serve (with `propagation.nameservers`, list exactly those servers), or raise `propagation.timeout` if the provider is slow"
     )]
     Timeout {
         /// The record name.

@@ -32,6 +32,20 @@ fn zone_file(origin: &str, extra: &str) -> String {
 impl Bind {
     /// Start named, or `None` (test skipped, with a message) when it is not installed.
     pub async fn start() -> Option<Self> {
+        Self::start_inner(false).await
+    }
+
+    /// Like [`Bind::start`], but answering queries with RD set recursively (loopback clients only).
+    ///
+    /// An authoritative-only named does not chase a CNAME into another of its zones; a recursive
+    /// resolver, as a real CA uses, does. pebble sends RD, so with this it sees the TXT behind
+    /// `_acme-challenge.cname.example.test`. Queries with RD off (certkeeper's own checks) are
+    /// answered from the zones as before.
+    pub async fn start_recursive() -> Option<Self> {
+        Self::start_inner(true).await
+    }
+
+    async fn start_inner(recursive: bool) -> Option<Self> {
         if !std::path::Path::new("/usr/sbin/named").exists() {
             eprintln!("skipping: /usr/sbin/named is not installed (apt-get install bind9)");
             return None;
@@ -39,6 +53,11 @@ impl Bind {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display().to_string();
         let port = free_port();
+        let recursion = if recursive {
+            "recursion yes; allow-recursion { 127.0.0.1; };"
+        } else {
+            "recursion no;"
+        };
         let conf = format!(
             r#"options {{
     directory "{d}";
@@ -46,7 +65,7 @@ impl Bind {
     session-keyfile "{d}/session.key";
     listen-on port {port} {{ 127.0.0.1; }};
     listen-on-v6 {{ none; }};
-    recursion no;
+    {recursion}
     dnssec-validation no;
     allow-query {{ any; }};
     notify no;

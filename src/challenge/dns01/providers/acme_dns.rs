@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{base, http_client, status_error, transport_error};
-use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord};
+use crate::challenge::dns01::{
+    DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, load_secret,
+};
 
 const NAME: &str = "acme-dns";
 
@@ -43,7 +45,7 @@ pub struct AcmeDns {
 impl AcmeDns {
     /// Validate the config and read the password.
     pub fn new(cfg: &AcmeDnsConfig) -> Result<Self, ProviderError> {
-        let password = Secret::load(
+        let password = load_secret(
             NAME,
             "password",
             cfg.password_file.as_deref(),

@@ -6,7 +6,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{base, http_client, status_error, transport_error};
-use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, fqdn};
+use crate::challenge::dns01::{
+    DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, fqdn, load_secret,
+};
 
 const NAME: &str = "cloudflare";
 
@@ -51,7 +53,7 @@ struct WithId {
 impl Cloudflare {
     /// Validate the config and read the token.
     pub fn new(cfg: &CloudflareConfig) -> Result<Self, ProviderError> {
-        let token = Secret::load(
+        let token = load_secret(
             NAME,
             "api_token",
             cfg.api_token_file.as_deref(),

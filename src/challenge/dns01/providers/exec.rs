@@ -72,6 +72,7 @@ impl Exec {
 
     async fn run(&self, action: &str, rec: &TxtRecord) -> Result<(), ProviderError> {
         let mut cmd = Command::new(&self.command);
+        crate::tls_env::child_env(&mut cmd);
         cmd.args(&self.args)
             .arg(action)
             .arg(&rec.fqdn)

@@ -11,7 +11,9 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::{base, http_client, status_error, transport_error};
-use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, fqdn};
+use crate::challenge::dns01::{
+    DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, fqdn, load_secret,
+};
 
 const NAME: &str = "powerdns";
 
@@ -71,7 +73,7 @@ struct Rec {
 impl Powerdns {
     /// Validate the config and read the API key.
     pub fn new(cfg: &PowerdnsConfig) -> Result<Self, ProviderError> {
-        let key = Secret::load(
+        let key = load_secret(
             NAME,
             "api_key",
             cfg.api_key_file.as_deref(),

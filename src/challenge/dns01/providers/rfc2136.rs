@@ -15,7 +15,7 @@ use hickory_proto::rr::{RData, Record, TSigner};
 use serde::Deserialize;
 
 use crate::challenge::dns01::zone::parse_name;
-use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord};
+use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, TxtRecord, load_secret};
 
 const NAME: &str = "rfc2136";
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,7 +76,7 @@ impl Rfc2136 {
                         )));
                     }
                 };
-                let secret = Secret::load(
+                let secret = load_secret(
                     NAME,
                     "tsig_secret",
                     cfg.tsig_secret_file.as_deref(),

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::{base, http_client, sigv4, status_error, transport_error};
-use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, fqdn};
+use crate::challenge::dns01::{
+    DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, fqdn, load_secret,
+};
 
 const NAME: &str = "route53";
 const API_VERSION: &str = "2013-04-01";
@@ -61,7 +63,7 @@ pub struct Route53 {
 impl Route53 {
     /// Validate the config and read the secret key.
     pub fn new(cfg: &Route53Config) -> Result<Self, ProviderError> {
-        let secret = Secret::load(
+        let secret = load_secret(
             NAME,
             "secret_access_key",
             cfg.secret_access_key_file.as_deref(),
