@@ -241,25 +241,25 @@ fn challenge_hint(kind: ProblemKind, detail: &str) -> &'static str {
     let d = detail.to_ascii_lowercase();
     let has = |w: &str| d.contains(w);
     if has("txt record") || has("no txt") {
-        return "the TXT record at _acme-challenge is missing or has another value at the nameservers the CA                 asked: check the DNS provider's update went to the zone's primary, that all nameservers                 serve it (propagation), and that no stale CNAME points _acme-challenge elsewhere";
+        return "the TXT record at _acme-challenge is missing or has another value at the nameservers the CA asked: check the DNS provider's update went to the zone's primary, that all nameservers serve it (propagation), and that no stale CNAME points _acme-challenge elsewhere";
     }
     if has("nxdomain") || has("no valid a records") || has("no valid ip") || has("servfail") {
-        return "the CA could not resolve the name: add an A/AAAA record for it in public DNS (and check                 DNSSEC is not broken), or prove it with DNS-01";
+        return "the CA could not resolve the name: add an A/AAAA record for it in public DNS (and check DNSSEC is not broken), or prove it with DNS-01";
     }
     if has("caa") {
         return "a CAA record forbids this CA: add `CAA 0 issue \"<the CA's domain>\"` or remove the CAA record";
     }
     if has(" 404") || has("404 ") || has("returned 404") {
-        return "the CA reached a web server but not the token (404): proxy /.well-known/acme-challenge/ to                 certkeeper's listener in the port-80 server block of this name (nginx: `location                 /.well-known/acme-challenge/ { proxy_pass http://127.0.0.1:8402; proxy_set_header Host $host; }`),                 or check that an AAAA record does not point to another server";
+        return "the CA reached a web server but not the token (404): proxy /.well-known/acme-challenge/ to certkeeper's listener in the port-80 server block of this name (nginx: `location /.well-known/acme-challenge/ { proxy_pass http://127.0.0.1:8402; proxy_set_header Host $host; }`), or check that an AAAA record does not point to another server";
     }
     if has(" 403") || has("returned 403") {
-        return "the web server refused the CA (403): allow /.well-known/acme-challenge/ for everyone (nginx                 `deny`/`allow`, basic auth, WAF, geo blocks)";
+        return "the web server refused the CA (403): allow /.well-known/acme-challenge/ for everyone (nginx `deny`/`allow`, basic auth, WAF, geo blocks)";
     }
     if has("timeout") || has("timed out") || has("connection refused") || has("firewall") {
-        return "the CA could not connect: open port 80 to the internet (host firewall, cloud security group),                 make sure something listens on it, and that the A/AAAA records point to this host";
+        return "the CA could not connect: open port 80 to the internet (host firewall, cloud security group), make sure something listens on it, and that the A/AAAA records point to this host";
     }
     if has("redirect") {
-        return "a redirect the CA will not follow (loop, a port other than 80/443, or too many): exempt                 /.well-known/acme-challenge/ from the redirect";
+        return "a redirect the CA will not follow (loop, a port other than 80/443, or too many): exempt /.well-known/acme-challenge/ from the redirect";
     }
     match kind {
         ProblemKind::Dns => "check the DNS records (A/AAAA, CNAME, TXT) the CA resolves",

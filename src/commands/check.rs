@@ -271,7 +271,7 @@ fn solver_probes(issuer: &IssuerConfig) -> Vec<Probe> {
 fn webroot_probe(issuer: &str, i: usize, root: &Path) -> Probe {
     if !root.is_dir() {
         return Probe::fail(format!(
-            "issuer {issuer} solver[{i}]: webroot {} is not a directory — set `path` to the `root` your web              server serves for these names on port 80",
+            "issuer {issuer} solver[{i}]: webroot {} is not a directory — set `path` to the `root` your web server serves for these names on port 80",
             root.display()
         ));
     }
@@ -284,7 +284,7 @@ fn webroot_probe(issuer: &str, i: usize, root: &Path) -> Probe {
         ))
     } else {
         Probe::fail(format!(
-            "issuer {issuer} solver[{i}]: cannot write challenge files under {} — give certkeeper's user write              access to it",
+            "issuer {issuer} solver[{i}]: cannot write challenge files under {} — give certkeeper's user write access to it",
             challenge_dir.display()
         ))
     }
