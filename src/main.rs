@@ -35,8 +35,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the config (like `nginx -t`); exit non-zero with the error.
-    Check,
+    /// Validate the config (like `nginx -t`) and probe the CA, accounts, output directories,
+    /// listener and DNS credentials; exit non-zero on any failure.
+    Check {
+        /// Only validate the config and local files; no network probes.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Explain one certificate: config, live certificate, last order, the CA's problems, what to do.
+    Explain {
+        /// The certificate's config name.
+        name: String,
+    },
     /// One pass: issue what is missing or due, run reload hooks, then exit.
     ///
     /// Exits non-zero when any certificate failed.
@@ -149,7 +159,23 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Check => check(&cli.config),
+            Command::Check { offline } => match load(&cli.config) {
+                Ok(cfg) => certkeeper::commands::check::run(&cli.config, cfg, offline).await,
+                Err(code) => code,
+            },
+            Command::Explain { name } => match load(&cli.config) {
+                Ok(cfg) => match certkeeper::commands::explain::explain(Arc::new(cfg), &name) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("certkeeper: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(code) => code,
+            },
             Command::Renew { force, names } => {
                 renew(&cli.config, PassOptions { force, only: names }).await
             }
@@ -222,21 +248,6 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
         eprintln!("certkeeper: {e}");
         ExitCode::from(2)
     })
-}
-
-fn check(path: &std::path::Path) -> ExitCode {
-    match load(path) {
-        Ok(cfg) => {
-            println!(
-                "certkeeper: config {} is valid: {} issuer(s), {} certificate(s)",
-                path.display(),
-                cfg.issuers.len(),
-                cfg.certificates.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
 }
 
 async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {

@@ -56,7 +56,10 @@ fn reference_example_loads_with_its_includes() {
     ));
     assert!(matches!(
         pebble.solver_for("other.org", false).map(|s| &s.kind),
-        Some(SolverKind::Http01 { self_check: true })
+        Some(SolverKind::Http01 {
+            self_check: true,
+            ..
+        })
     ));
     assert_eq!(cfg.certificates["api"].issuers, ["pebble", "staging"]);
 }

@@ -208,12 +208,7 @@ impl Problem {
                 if matches!(self.origin, ProblemOrigin::Challenge(_)) || name.is_some() =>
             {
                 let n = name.unwrap_or_else(|| "the name".into());
-                let what = match self.kind() {
-                    Dns => "check the DNS records (A/AAAA, CNAME, TXT) the CA resolves",
-                    Connection => "check that port 80 (HTTP-01) reaches certkeeper's listener or webroot and no firewall blocks the CA",
-                    Tls => "check the TLS setup the CA connected to",
-                    _ => "check that the challenge response is served where the CA looks (HTTP-01 proxy/webroot, DNS-01 TXT record)",
-                };
+                let what = challenge_hint(self.kind(), detail);
                 format!("the CA could not verify control of {n}; it saw: {detail}; {what}")
             }
             Unauthorized => format!("the CA refused the request as unauthorized: {detail}"),
@@ -236,6 +231,44 @@ impl Problem {
             Dns | Connection | Tls | IncorrectResponse => format!("validation failed: {detail}"),
             Other if self.effective_status() >= 500 => "the CA answered with a server error; certkeeper retries later".to_string(),
             Other => format!("the CA rejected the request: {detail}"),
+        }
+    }
+}
+
+/// What to do about a failed validation, from the problem type and the words of the CA's detail
+/// (Let's Encrypt, pebble and step-ca phrase the common cases recognisably).
+fn challenge_hint(kind: ProblemKind, detail: &str) -> &'static str {
+    let d = detail.to_ascii_lowercase();
+    let has = |w: &str| d.contains(w);
+    if has("txt record") || has("no txt") {
+        return "the TXT record at _acme-challenge is missing or has another value at the nameservers the CA asked: check the DNS provider's update went to the zone's primary, that all nameservers serve it (propagation), and that no stale CNAME points _acme-challenge elsewhere";
+    }
+    if has("nxdomain") || has("no valid a records") || has("no valid ip") || has("servfail") {
+        return "the CA could not resolve the name: add an A/AAAA record for it in public DNS (and check DNSSEC is not broken), or prove it with DNS-01";
+    }
+    if has("caa") {
+        return "a CAA record forbids this CA: add `CAA 0 issue \"<the CA's domain>\"` or remove the CAA record";
+    }
+    if has(" 404") || has("404 ") || has("returned 404") {
+        return "the CA reached a web server but not the token (404): proxy /.well-known/acme-challenge/ to certkeeper's listener in the port-80 server block of this name (nginx: `location /.well-known/acme-challenge/ { proxy_pass http://127.0.0.1:8402; proxy_set_header Host $host; }`), or check that an AAAA record does not point to another server";
+    }
+    if has(" 403") || has("returned 403") {
+        return "the web server refused the CA (403): allow /.well-known/acme-challenge/ for everyone (nginx `deny`/`allow`, basic auth, WAF, geo blocks)";
+    }
+    if has("timeout") || has("timed out") || has("connection refused") || has("firewall") {
+        return "the CA could not connect: open port 80 to the internet (host firewall, cloud security group), make sure something listens on it, and that the A/AAAA records point to this host";
+    }
+    if has("redirect") {
+        return "a redirect the CA will not follow (loop, a port other than 80/443, or too many): exempt /.well-known/acme-challenge/ from the redirect";
+    }
+    match kind {
+        ProblemKind::Dns => "check the DNS records (A/AAAA, CNAME, TXT) the CA resolves",
+        ProblemKind::Connection => {
+            "check that port 80 (HTTP-01) reaches certkeeper's listener or webroot and no firewall blocks the CA"
+        }
+        ProblemKind::Tls => "check the TLS setup the CA connected to",
+        _ => {
+            "check that the challenge response is served where the CA looks (HTTP-01 proxy/webroot, DNS-01 TXT record)"
         }
     }
 }
@@ -366,6 +399,50 @@ mod tests {
         assert_eq!(
             prob("userActionRequired", Unknown).kind(),
             ProblemKind::UserActionRequired
+        );
+    }
+
+    #[test]
+    fn challenge_advice_reads_the_cas_detail() {
+        let mut p = prob("unauthorized", ProblemOrigin::Challenge("a.example".into()));
+        for (detail, want) in [
+            (
+                "Invalid response from http://a.example/.well-known/acme-challenge/x: 404",
+                "proxy /.well-known/acme-challenge/",
+            ),
+            (
+                "Non-200 status code from HTTP: http://a.example/x returned 404",
+                "location",
+            ),
+            (
+                "Invalid response from http://a.example/x: 403",
+                "allow /.well-known/acme-challenge/ for everyone",
+            ),
+            (
+                "Timeout during connect (likely firewall problem)",
+                "open port 80",
+            ),
+            (
+                "No TXT record found at _acme-challenge.a.example",
+                "TXT record at _acme-challenge",
+            ),
+            (
+                "DNS problem: NXDOMAIN looking up A for a.example",
+                "add an A/AAAA record",
+            ),
+            ("Too many redirects", "exempt"),
+        ] {
+            p.detail = Some(detail.into());
+            let a = p.advice();
+            assert!(a.contains(want), "{detail}: {a}");
+            assert!(a.contains(detail), "{a}");
+        }
+        let mut p = prob("caa", ProblemOrigin::Challenge("a.example".into()));
+        p.detail = Some("CAA record for a.example prevents issuance".into());
+        assert!(
+            p.advice().contains("CAA records forbid this CA"),
+            "{}",
+            p.advice()
         );
     }
 

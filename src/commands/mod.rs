@@ -2,6 +2,8 @@
 //! only parses arguments and dispatches here.
 
 pub mod account;
+pub mod check;
+pub mod explain;
 pub mod import;
 pub mod revoke;
 pub mod status;

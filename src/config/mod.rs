@@ -152,6 +152,9 @@ pub enum SolverKind {
     Http01 {
         /// Fetch the token through the public name before telling the CA (default true).
         self_check: bool,
+        /// Where the self-check connects (`self_check = { port, resolve }`; port 80 of the name's
+        /// own addresses by default).
+        self_check_target: crate::challenge::http01::SelfCheckTarget,
     },
     /// HTTP-01 by writing token files under a web server's document root.
     Webroot {
@@ -508,7 +511,10 @@ output = { dir = "/etc/nginx/tls/www" }
                 dns_zones: zones.iter().map(|s| s.to_string()).collect(),
                 dns_names: names.iter().map(|s| s.to_string()).collect(),
             },
-            kind: SolverKind::Http01 { self_check: true },
+            kind: SolverKind::Http01 {
+                self_check: true,
+                self_check_target: Default::default(),
+            },
         }
     }
 
@@ -723,7 +729,10 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
         assert_eq!(le.account_key, KeyType::Rsa3072);
         assert!(matches!(
             le.solvers[0].kind,
-            SolverKind::Http01 { self_check: false }
+            SolverKind::Http01 {
+                self_check: false,
+                ..
+            }
         ));
         assert_eq!(le.solvers[1].selector.dns_zones, ["example.com"]);
         match &le.solvers[1].kind {

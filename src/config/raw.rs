@@ -101,7 +101,41 @@ pub(crate) struct RawSelector {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp01Solver {
-    pub self_check: Option<bool>,
+    pub self_check: Option<Spanned<RawSelfCheck>>,
+}
+
+/// `self_check = true | false | { port = 5002, resolve = ["127.0.0.1"] }`.
+#[derive(Debug)]
+pub(crate) enum RawSelfCheck {
+    Enabled(bool),
+    Target(RawSelfCheckTarget),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSelfCheckTarget {
+    pub port: Option<Spanned<i64>>,
+    pub resolve: Option<Spanned<OneOrMany>>,
+}
+
+impl<'de> Deserialize<'de> for RawSelfCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSelfCheck;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a table { port = 80, resolve = [\"203.0.113.7\"] }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawSelfCheck, E> {
+                Ok(RawSelfCheck::Enabled(v))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawSelfCheck, A::Error> {
+                RawSelfCheckTarget::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawSelfCheck::Target)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

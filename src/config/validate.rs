@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::raw::{Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawSolver, SStr};
+use super::raw::{
+    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawSelfCheck, RawSolver, SStr,
+};
 use super::source::{SourceFile, key_seg};
 use super::{
     AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, EabConfig,
@@ -521,8 +523,49 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     }
 
     let kind = if let Some(h) = &raw.http01 {
+        let mut self_check = true;
+        let mut self_check_target = crate::challenge::http01::SelfCheckTarget::default();
+        match h
+            .get_ref()
+            .self_check
+            .as_ref()
+            .map(|s| (s.span(), s.get_ref()))
+        {
+            None => {}
+            Some((_, RawSelfCheck::Enabled(b))) => self_check = *b,
+            Some((_, RawSelfCheck::Target(t))) => {
+                if let Some(port) = &t.port {
+                    match u16::try_from(*port.get_ref()) {
+                        Ok(n) if n > 0 => self_check_target.port = n,
+                        _ => cx.err(
+                            file,
+                            &port.span(),
+                            format!("{p}.http01.self_check.port"),
+                            format!(
+                                "{} is not a TCP port: write a number from 1 to 65535",
+                                port.get_ref()
+                            ),
+                        ),
+                    }
+                }
+                if let Some(resolve) = &t.resolve {
+                    for v in &resolve.get_ref().0 {
+                        match v.parse::<IpAddr>() {
+                            Ok(ip) => self_check_target.resolve.push(ip),
+                            Err(_) => cx.err(
+                                file,
+                                &resolve.span(),
+                                format!("{p}.http01.self_check.resolve"),
+                                format!("{v:?} is not an IP address: write e.g. \"203.0.113.7\" or \"2001:db8::7\""),
+                            ),
+                        }
+                    }
+                }
+            }
+        }
         SolverKind::Http01 {
-            self_check: h.get_ref().self_check.unwrap_or(true),
+            self_check,
+            self_check_target,
         }
     } else if let Some(w) = &raw.webroot {
         SolverKind::Webroot {

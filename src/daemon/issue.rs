@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::acme::{self, AcmeError, AuthorizationStatus, Identifier, NewOrder, OrderStatus, Poll};
 use crate::challenge::{ChallengeCtx, ChallengeKind, Solver};
 use crate::config::{CertificateConfig, IssuerConfig};
-use crate::store::{self, InstalledPaths, VerifiedCert};
+use crate::store::{self, AuthzTrace, ErrorTrace, InstalledPaths, OrderTrace, VerifiedCert};
 
 use super::{IssueError, Runtime};
 
@@ -63,7 +63,10 @@ pub async fn issue(
         };
         // ARI's `replaces` names a certificate of the same CA; another CA does not know it.
         let replaces = if i == 0 { replaces.clone() } else { None };
-        match issue_with(rt, cert, issuer, replaces).await {
+        let trace = Trace::new(issuer_name);
+        let result = issue_with(rt, cert, issuer, replaces, &trace).await;
+        trace.finish(rt, &cert.name, result.as_ref().err());
+        match result {
             Ok(issued) => return Ok(issued),
             Err(e) => {
                 let more = i + 1 < cert.issuers.len();
@@ -82,11 +85,73 @@ pub async fn issue(
     Err(first_err.unwrap_or_else(|| IssueError::permanent("the certificate names no issuer")))
 }
 
+/// What the CA said during one order attempt, recorded for `certkeeper explain`.
+struct Trace(std::sync::Mutex<OrderTrace>);
+
+impl Trace {
+    fn new(issuer: &str) -> Self {
+        Self(std::sync::Mutex::new(OrderTrace {
+            at: Some(jiff::Timestamp::now()),
+            issuer: Some(issuer.to_string()),
+            ..OrderTrace::default()
+        }))
+    }
+
+    fn with(&self, f: impl FnOnce(&mut OrderTrace)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn order(&self, order: &acme::Order) {
+        self.with(|t| {
+            t.url = Some(order.url.clone());
+            t.status = Some(store::status_word(&order.body.status));
+            t.problem = order.body.error.as_ref().map(|p| {
+                // An order made invalid by a failed validation carries the challenge's problem; with
+                // one name, advise as for that challenge.
+                let mut p = p.clone();
+                if let [only] = order.body.identifiers.as_slice() {
+                    p.origin = acme::ProblemOrigin::Challenge(only.value.clone());
+                }
+                store::ProblemTrace::from(&p)
+            });
+        });
+    }
+
+    fn authz(&self, url: &str, authz: &acme::Authorization) {
+        let rec = AuthzTrace::from_authorization(url, authz);
+        self.with(
+            |t| match t.authorizations.iter_mut().find(|a| a.url == url) {
+                Some(a) => *a = rec,
+                None => t.authorizations.push(rec),
+            },
+        );
+    }
+
+    /// Store the trace in the certificate's state (best effort: a failure is logged, not fatal).
+    fn finish(&self, rt: &Runtime, name: &str, err: Option<&IssueError>) {
+        let mut trace = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        trace.error = err.map(|e| ErrorTrace {
+            message: e.message.clone(),
+            retryable: e.retryable,
+            problem: e.problem.as_deref().map(store::ProblemTrace::from),
+        });
+        let saved = rt.state.load_cert_state(name).and_then(|state| {
+            let mut state = state.unwrap_or_default();
+            state.last_order = Some(trace);
+            rt.state.save_cert_state(name, &state)
+        });
+        if let Err(e) = saved {
+            warn!(cert = %name, error = %e, "cannot record the order attempt for `certkeeper explain`");
+        }
+    }
+}
+
 async fn issue_with(
     rt: &Runtime,
     cert: &CertificateConfig,
     issuer: &IssuerConfig,
     replaces: Option<String>,
+    trace: &Trace,
 ) -> Result<Issued, IssueError> {
     let account = rt.account(issuer).await?;
     let mut state = rt
@@ -164,17 +229,36 @@ async fn issue_with(
         }
     };
 
+    trace.order(&order);
     let poll = Poll {
         timeout: ORDER_TIMEOUT,
         ..Poll::default()
     };
 
     if order.body.status == OrderStatus::Pending {
-        solve_authorizations(rt, &account, cert, issuer, &order.body.authorizations).await?;
+        let solved = solve_authorizations(
+            rt,
+            &account,
+            cert,
+            issuer,
+            &order.body.authorizations,
+            trace,
+        )
+        .await;
+        if let Err(e) = solved {
+            // The order's status after a failed authorization (usually `invalid`), for explain.
+            if let Ok(Ok(o)) =
+                tokio::time::timeout(Duration::from_secs(15), account.order(&order.url)).await
+            {
+                trace.order(&o);
+            }
+            return Err(e);
+        }
         order = account
             .poll_order(&order.url, &poll)
             .await
             .map_err(|e| IssueError::from_acme(e, issuer))?;
+        trace.order(&order);
     }
     if order.body.status == OrderStatus::Ready {
         let csr = acme::build_csr(&key, &identifiers)
@@ -183,12 +267,14 @@ async fn issue_with(
             .finalize(&order, &csr)
             .await
             .map_err(|e| IssueError::from_acme(e, issuer))?;
+        trace.order(&order);
     }
     if order.body.status == OrderStatus::Processing || order.body.status == OrderStatus::Ready {
         order = account
             .poll_order(&order.url, &poll)
             .await
             .map_err(|e| IssueError::from_acme(e, issuer))?;
+        trace.order(&order);
     }
     if order.body.status != OrderStatus::Valid {
         let detail = order
@@ -197,10 +283,12 @@ async fn issue_with(
             .as_ref()
             .map(|p| format!(": {p}"))
             .unwrap_or_default();
-        return Err(IssueError::retryable(format!(
+        let mut e = IssueError::retryable(format!(
             "the order {} ended as {:?}{detail}",
             order.url, order.body.status
-        )));
+        ));
+        e.problem = order.body.error.clone().map(Box::new);
+        return Err(e);
     }
     let Some(cert_url) = order.body.certificate.clone() else {
         return Err(IssueError::retryable(format!(
@@ -306,11 +394,12 @@ async fn solve_authorizations(
     cert: &CertificateConfig,
     issuer: &IssuerConfig,
     authz_urls: &[String],
+    trace: &Trace,
 ) -> Result<(), IssueError> {
     let results = join_all(
         authz_urls
             .iter()
-            .map(|url| solve_one(rt, account, cert, issuer, url)),
+            .map(|url| solve_one(rt, account, cert, issuer, url, trace)),
     )
     .await;
     // Report the first failure, but only after every authorization finished and cleaned up.
@@ -326,23 +415,30 @@ async fn solve_one(
     cert: &CertificateConfig,
     issuer: &IssuerConfig,
     url: &str,
+    trace: &Trace,
 ) -> Result<(), IssueError> {
     let authz = account
         .authorization(url)
         .await
         .map_err(|e| IssueError::from_acme(e, issuer))?;
+    trace.authz(url, &authz);
     match authz.status {
         AuthorizationStatus::Valid => return Ok(()),
         AuthorizationStatus::Pending => {}
         other => {
-            return Err(IssueError::retryable(format!(
+            let mut e = IssueError::retryable(format!(
                 "authorization for {} is {:?}{}",
                 authz.identifier.value,
                 other,
                 authz_failure(&authz)
                     .map(|p| format!(": {p}"))
                     .unwrap_or_default()
-            )));
+            ));
+            e.problem = authz_failure(&authz).cloned().map(|mut p| {
+                p.origin = acme::ProblemOrigin::Challenge(authz.identifier.value.clone());
+                Box::new(p)
+            });
+            return Err(e);
         }
     }
     let name = authz.identifier.value.clone();
@@ -370,7 +466,7 @@ async fn solve_one(
     };
     // An interrupt (Ctrl-C, shutdown) stops the waiting, not the cleanup below.
     let result = tokio::select! {
-        r = present_and_validate(account, issuer, solver.as_ref(), &ctx, &challenge.url, url) => r,
+        r = present_and_validate(account, issuer, solver.as_ref(), &ctx, &challenge.url, url, trace) => r,
         () = rt.interrupt.cancelled() => Err(IssueError::retryable(format!(
             "interrupted while solving the challenge for {name}; the order resumes at the next run"
         ))),
@@ -396,6 +492,7 @@ async fn present_and_validate(
     ctx: &ChallengeCtx,
     challenge_url: &str,
     authz_url: &str,
+    trace: &Trace,
 ) -> Result<(), IssueError> {
     solver.present(ctx).await.map_err(IssueError::from_solve)?;
     solver.wait(ctx).await.map_err(IssueError::from_solve)?;
@@ -407,10 +504,20 @@ async fn present_and_validate(
         timeout: ORDER_TIMEOUT,
         ..Poll::default()
     };
-    let authz = account
-        .poll_authorization(authz_url, &poll)
-        .await
-        .map_err(|e| IssueError::from_acme(e, issuer))?;
+    let polled = account.poll_authorization(authz_url, &poll).await;
+    // Record the CA's final word on this authorization (an invalid one comes back as an error).
+    match &polled {
+        Ok(a) => trace.authz(authz_url, a),
+        Err(_) => {
+            if let Ok(Ok(a)) =
+                tokio::time::timeout(Duration::from_secs(15), account.authorization(authz_url))
+                    .await
+            {
+                trace.authz(authz_url, &a);
+            }
+        }
+    }
+    let authz = polled.map_err(|e| IssueError::from_acme(e, issuer))?;
     if authz.status == AuthorizationStatus::Valid {
         debug!(cert = %ctx.cert_name, identifier = %ctx.identifier, "authorization valid");
         return Ok(());

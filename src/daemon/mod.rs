@@ -36,6 +36,8 @@ pub struct IssueError {
     pub fall_back: bool,
     /// The CA asked not to retry before this time (Retry-After, rateLimited).
     pub retry_after: Option<jiff::Timestamp>,
+    /// The CA's problem document behind the failure, when there was one (for `certkeeper explain`).
+    pub problem: Option<Box<acme::Problem>>,
 }
 
 impl IssueError {
@@ -46,6 +48,7 @@ impl IssueError {
             retryable: false,
             fall_back: true,
             retry_after: None,
+            problem: None,
         }
     }
 
@@ -56,6 +59,7 @@ impl IssueError {
             retryable: true,
             fall_back: false,
             retry_after: None,
+            problem: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl IssueError {
         Self {
             fall_back: !retryable || e.is_unreachable(),
             retry_after: e.retry_after(),
+            problem: e.problem().cloned().map(Box::new),
             message: format!("issuer {}: {e}", issuer.name),
             retryable,
         }
@@ -81,6 +86,7 @@ impl IssueError {
             retryable: e.retryable,
             fall_back: false,
             retry_after: None,
+            problem: None,
             message: e.message,
         }
     }
@@ -341,8 +347,18 @@ impl Runtime {
             return Ok((s.clone(), s.kind()));
         }
         let solver: Arc<dyn Solver> = match &chosen.kind {
-            SolverKind::Http01 { self_check } => {
-                Arc::new(Http01Solver::new(self.tokens.clone(), *self_check))
+            SolverKind::Http01 {
+                self_check,
+                self_check_target,
+            } => {
+                let mut s = Http01Solver::new(self.tokens.clone(), false);
+                if *self_check {
+                    s = s.with_self_check(
+                        self_check_target.clone(),
+                        self.config.http01.listen.clone(),
+                    );
+                }
+                Arc::new(s)
             }
             SolverKind::Webroot { path } => {
                 Arc::new(crate::challenge::webroot::WebrootSolver::new(path.clone()))

@@ -16,7 +16,10 @@ use std::path::PathBuf;
 
 pub use atomic::{atomic_write, fsync_dir};
 pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed};
-pub use state::{AccountRecord, CertLock, CertState, StateStore, StoredAccount, account_id};
+pub use state::{
+    AccountRecord, AuthzTrace, CertLock, CertState, ChallengeTrace, ErrorTrace, OrderTrace,
+    ProblemTrace, StateStore, StoredAccount, SubProblemTrace, account_id, status_word,
+};
 pub use verify::{VerifiedCert, verify_pair};
 
 /// Errors of the store; every message says what happened and, where it helps, what to do.

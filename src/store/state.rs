@@ -109,6 +109,173 @@ pub struct CertState {
     /// `certkeeper revoke`: while the live pair has this serial it counts as missing, so the next pass
     /// issues a replacement at once.
     pub revoked_serial: Option<String>,
+    /// What the CA said during the last order attempt (success or failure), for `certkeeper explain`.
+    pub last_order: Option<OrderTrace>,
+}
+
+/// The last order attempt of a certificate as the CA reported it: the order, its authorizations
+/// and challenges with the CA's problem documents, and the error that ended it.
+///
+/// Statuses are kept as the CA's words (`pending`, `invalid`, ...) so that a status this version
+/// does not know still loads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OrderTrace {
+    /// When the attempt started.
+    pub at: Option<jiff::Timestamp>,
+    /// The issuer (config name) the attempt used.
+    pub issuer: Option<String>,
+    /// The order URL, when an order was created or resumed.
+    pub url: Option<String>,
+    /// The order status last seen.
+    pub status: Option<String>,
+    /// The order's own problem document (`error` of an invalid order).
+    pub problem: Option<ProblemTrace>,
+    /// The authorizations, as last seen.
+    pub authorizations: Vec<AuthzTrace>,
+    /// Why the attempt failed; `None` after success.
+    pub error: Option<ErrorTrace>,
+}
+
+/// One authorization of an [`OrderTrace`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthzTrace {
+    /// The authorization URL.
+    pub url: String,
+    /// The identifier value (without `*.` for a wildcard).
+    pub identifier: String,
+    /// True for a wildcard authorization.
+    pub wildcard: bool,
+    /// The authorization status.
+    pub status: String,
+    /// Its challenges.
+    pub challenges: Vec<ChallengeTrace>,
+}
+
+/// One challenge of an [`AuthzTrace`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChallengeTrace {
+    /// The challenge type (`http-01`, `dns-01`, ...).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The challenge status.
+    pub status: String,
+    /// The challenge URL.
+    pub url: String,
+    /// When the CA validated it.
+    pub validated: Option<String>,
+    /// The CA's problem document for a failed validation.
+    pub problem: Option<ProblemTrace>,
+}
+
+/// An ACME problem document as recorded, with certkeeper's advice for it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProblemTrace {
+    /// The problem type URN.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The CA's detail text.
+    pub detail: Option<String>,
+    /// The HTTP status.
+    pub status: Option<u16>,
+    /// Per-identifier problems.
+    pub subproblems: Vec<SubProblemTrace>,
+    /// Cause and remedy in plain words ([`crate::acme::Problem::advice`]).
+    pub advice: String,
+    /// When the CA said to try again (rate limits, Retry-After).
+    pub retry_after: Option<jiff::Timestamp>,
+}
+
+/// One sub-problem of a [`ProblemTrace`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubProblemTrace {
+    /// The problem type URN.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The CA's detail text.
+    pub detail: Option<String>,
+    /// The identifier, as `type:value`.
+    pub identifier: Option<String>,
+}
+
+/// The error that ended an order attempt.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ErrorTrace {
+    /// The whole message, as logged.
+    pub message: String,
+    /// Trying again later may succeed without a config change.
+    pub retryable: bool,
+    /// The CA's problem document behind it, when there was one.
+    pub problem: Option<ProblemTrace>,
+}
+
+impl From<&crate::acme::Problem> for ProblemTrace {
+    fn from(p: &crate::acme::Problem) -> Self {
+        let status = p.effective_status();
+        Self {
+            type_: p.type_.clone(),
+            detail: p.detail.clone(),
+            status: (status != 0).then_some(status),
+            subproblems: p
+                .subproblems
+                .iter()
+                .map(|s| SubProblemTrace {
+                    type_: s.type_.clone(),
+                    detail: s.detail.clone(),
+                    identifier: s
+                        .identifier
+                        .as_ref()
+                        .map(|i| format!("{}:{}", i.type_, i.value)),
+                })
+                .collect(),
+            advice: p.advice(),
+            retry_after: p.retry_after,
+        }
+    }
+}
+
+impl AuthzTrace {
+    /// Record an authorization as the CA returned it.
+    pub fn from_authorization(url: &str, a: &crate::acme::Authorization) -> Self {
+        Self {
+            url: url.to_string(),
+            identifier: a.identifier.value.clone(),
+            wildcard: a.wildcard,
+            status: status_word(&a.status),
+            challenges: a
+                .challenges
+                .iter()
+                .map(|c| {
+                    let problem = c.error.as_ref().map(|p| {
+                        let mut p = p.clone();
+                        p.origin =
+                            crate::acme::ProblemOrigin::Challenge(a.identifier.value.clone());
+                        ProblemTrace::from(&p)
+                    });
+                    ChallengeTrace {
+                        type_: c.type_.clone(),
+                        status: status_word(&c.status),
+                        url: c.url.clone(),
+                        validated: c.validated.clone(),
+                        problem,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The CA's word for a status enum (its serde form), e.g. `invalid`.
+pub fn status_word<T: Serialize + std::fmt::Debug>(s: &T) -> String {
+    match serde_json::to_value(s) {
+        Ok(serde_json::Value::String(w)) => w,
+        _ => format!("{s:?}").to_ascii_lowercase(),
+    }
 }
 
 /// The state directory.
@@ -520,6 +687,61 @@ mod tests {
         let retired = s.retire_account(&id).unwrap();
         assert!(s.load_account(&id).unwrap().is_none());
         assert_eq!(fs::read_to_string(retired.join("key.pem")).unwrap(), "new");
+    }
+
+    #[test]
+    fn order_trace_roundtrips_and_records_problems_with_advice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let authz: crate::acme::Authorization = serde_json::from_str(
+            r#"{"identifier": {"type": "dns", "value": "www.example.com"}, "status": "invalid",
+                "challenges": [{"type": "http-01", "url": "https://ca/chal/1", "token": "t", "status": "invalid",
+                  "error": {"type": "urn:ietf:params:acme:error:unauthorized", "status": 403,
+                            "detail": "Invalid response from http://www.example.com/.well-known/acme-challenge/t: 404",
+                            "subproblems": [{"type": "urn:ietf:params:acme:error:dns", "detail": "sub",
+                                             "identifier": {"type": "dns", "value": "www.example.com"}}]}}]}"#,
+        )
+        .unwrap();
+        let rec = AuthzTrace::from_authorization("https://ca/authz/1", &authz);
+        assert_eq!(rec.status, "invalid");
+        assert_eq!(rec.challenges[0].status, "invalid");
+        let p = rec.challenges[0].problem.clone().unwrap();
+        assert_eq!(p.status, Some(403));
+        assert_eq!(
+            p.subproblems[0].identifier.as_deref(),
+            Some("dns:www.example.com")
+        );
+        // The advice is the challenge advice (origin set to the identifier), not a generic one.
+        assert!(
+            p.advice
+                .starts_with("the CA could not verify control of www.example.com"),
+            "{}",
+            p.advice
+        );
+        let st = CertState {
+            last_order: Some(OrderTrace {
+                url: Some("https://ca/order/1".into()),
+                status: Some("invalid".into()),
+                authorizations: vec![rec],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        s.save_cert_state("www", &st).unwrap();
+        assert_eq!(s.load_cert_state("www").unwrap(), Some(st));
+        // A status word this version does not know still loads.
+        fs::write(
+            tmp.path().join("certs/new.json"),
+            r#"{"last_order": {"status": "someday", "authorizations": [{"status": "brandnew"}]}}"#,
+        )
+        .unwrap();
+        let t = s
+            .load_cert_state("new")
+            .unwrap()
+            .unwrap()
+            .last_order
+            .unwrap();
+        assert_eq!(t.authorizations[0].status, "brandnew");
     }
 
     #[test]

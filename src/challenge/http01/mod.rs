@@ -26,6 +26,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
 
+pub mod selfcheck;
+
+pub use selfcheck::SelfCheckTarget;
+
+/// The `Server` header of the listener's answers outside the challenge path, so that
+/// `certkeeper check` can tell a running certkeeper from another program on the address.
+pub const SERVER_NAME: &str = "certkeeper";
+/// A header on the listener's 404 answers for the challenge path saying why (`unknown-token`,
+/// `wrong-host`); proxies pass it through, so the self-check can name the cause.
+pub const DIAG_HEADER: &str = "x-certkeeper";
 /// The path prefix the CA requests (RFC 8555 §8.3).
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// Longest time one request may take.
@@ -166,7 +176,7 @@ impl TokenStore {
 pub fn router(tokens: TokenStore) -> Router {
     Router::new()
         .route("/.well-known/acme-challenge/{token}", get(serve_token))
-        .fallback(|| async { StatusCode::NOT_FOUND })
+        .fallback(|| async { (StatusCode::NOT_FOUND, [(header::SERVER, SERVER_NAME)]) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(limit_request))
         .with_state(tokens)
@@ -198,7 +208,7 @@ async fn serve_token(
     }
     let Some(entry) = tokens.get(&token) else {
         tracing::debug!(token = %token, "HTTP-01 request for an unknown token");
-        return StatusCode::NOT_FOUND.into_response();
+        return (StatusCode::NOT_FOUND, [(DIAG_HEADER, "unknown-token")]).into_response();
     };
     if let Some(host) = headers.get(header::HOST) {
         let ok = host
@@ -209,7 +219,7 @@ async fn serve_token(
                 token = %token, identifier = %entry.identifier, host = ?host,
                 "HTTP-01 request with a Host that is not the challenge's identifier; answered 404"
             );
-            return StatusCode::NOT_FOUND.into_response();
+            return (StatusCode::NOT_FOUND, [(DIAG_HEADER, "wrong-host")]).into_response();
         }
     }
     tracing::debug!(identifier = %entry.identifier, "served HTTP-01 challenge");
@@ -472,16 +482,32 @@ impl tokio::io::AsyncWrite for LimitedConn {
 pub struct Http01Solver {
     /// The store shared with the [`Http01Server`].
     pub tokens: TokenStore,
-    /// Whether [`Solver::wait`] should fetch `http://<identifier>/.well-known/acme-challenge/<token>`
-    /// itself before the CA is asked to validate. Not implemented yet: `wait` currently returns at
-    /// once whatever this says (the self-check comes in a later issue).
+    /// Whether [`Solver::wait`] fetches `http://<identifier>/.well-known/acme-challenge/<token>`
+    /// itself, as the CA will, before the CA is asked to validate ([`selfcheck`]).
     pub self_check: bool,
+    /// Where the self-check connects (port 80 of the name's addresses unless overridden).
+    pub self_check_target: SelfCheckTarget,
+    /// certkeeper's own listen addresses, named in self-check advice.
+    pub listeners: Vec<SocketAddr>,
 }
 
 impl Http01Solver {
     /// A solver publishing into `tokens`.
     pub fn new(tokens: TokenStore, self_check: bool) -> Self {
-        Self { tokens, self_check }
+        Self {
+            tokens,
+            self_check,
+            self_check_target: SelfCheckTarget::default(),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// Check through `target` and name `listeners` in advice (turns the self-check on).
+    pub fn with_self_check(mut self, target: SelfCheckTarget, listeners: Vec<SocketAddr>) -> Self {
+        self.self_check = true;
+        self.self_check_target = target;
+        self.listeners = listeners;
+        self
     }
 }
 
@@ -506,6 +532,13 @@ impl Solver for Http01Solver {
             },
         );
         Ok(())
+    }
+
+    async fn wait(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        if !self.self_check {
+            return Ok(());
+        }
+        selfcheck::self_check(ch, &self.self_check_target, &self.listeners).await
     }
 
     async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {

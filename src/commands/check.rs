@@ -1,0 +1,445 @@
+//! `certkeeper check`: validate the config, then probe what can be probed without issuing anything —
+//! the CA directory and its TLS, the account for the stored key, the output directories, the HTTP-01
+//! listener address and the DNS provider credentials. One line per result, `OK` or `FAIL` with the fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::acme::{self, AcmeError, ProblemKind, ProblemOrigin};
+use crate::config::{Config, IssuerConfig, SolverKind};
+use crate::daemon::USER_AGENT;
+use crate::store::{self, StateStore};
+
+/// Longest time the network probes of one issuer may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One probe result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// True when the probe passed.
+    pub ok: bool,
+    /// What was checked and what was found; for a failure also what to do.
+    pub message: String,
+}
+
+impl Probe {
+    fn ok(message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            message: message.into(),
+        }
+    }
+
+    fn fail(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            if self.ok { "OK  " } else { "FAIL" },
+            self.message
+        )
+    }
+}
+
+/// Run every probe, print one line each, and return the exit code (0 all OK, 1 any FAIL).
+pub async fn run(path: &Path, cfg: Config, offline: bool) -> ExitCode {
+    println!(
+        "OK   config {} is valid: {} issuer(s), {} certificate(s)",
+        path.display(),
+        cfg.issuers.len(),
+        cfg.certificates.len()
+    );
+    let probes = probes(&cfg, offline).await;
+    for p in &probes {
+        println!("{p}");
+    }
+    if probes.iter().all(|p| p.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Every probe for `cfg`; the network ones (CA directory, account) only when `offline` is false.
+pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
+    let mut out = Vec::new();
+    let state = match StateStore::open(&cfg.state_dir) {
+        Ok(s) => {
+            out.push(Probe::ok(format!(
+                "state directory {} is usable",
+                cfg.state_dir.display()
+            )));
+            Some(s)
+        }
+        Err(e) => {
+            out.push(Probe::fail(format!(
+                "state directory {}: {e} — create it (mode 0700) or run as the user certkeeper runs as",
+                cfg.state_dir.display()
+            )));
+            None
+        }
+    };
+    for issuer in cfg.issuers.values() {
+        if offline {
+            if let Err(p) = bundle(issuer) {
+                out.push(p);
+            }
+        } else {
+            match tokio::time::timeout(PROBE_TIMEOUT, issuer_probes(issuer, state.as_ref())).await
+            {
+                Ok(mut v) => out.append(&mut v),
+                Err(_) => out.push(Probe::fail(format!(
+                    "issuer {}: the CA at {} did not answer within {PROBE_TIMEOUT:?} — check the directory URL, \
+                     DNS and firewall (outgoing HTTPS)",
+                    issuer.name, issuer.directory
+                ))),
+            }
+        }
+        out.extend(solver_probes(issuer));
+    }
+    for cert in cfg.certificates.values() {
+        out.push(output_probe(&cert.name, &cert.output.dir));
+    }
+    if cfg.issuers.values().any(|i| {
+        i.solvers
+            .iter()
+            .any(|s| matches!(s.kind, SolverKind::Http01 { .. }))
+    }) {
+        for addr in &cfg.http01.listen {
+            out.push(listener_probe(*addr).await);
+        }
+    }
+    out
+}
+
+/// The issuer's extra trust roots, or the probe that says why they cannot be used.
+fn bundle(issuer: &IssuerConfig) -> Result<Vec<openssl::x509::X509>, Probe> {
+    let Some(path) = &issuer.ca_bundle else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        Probe::fail(format!(
+            "issuer {}: cannot read ca_bundle {}: {e} — fix the path or its permissions",
+            issuer.name,
+            path.display()
+        ))
+    })?;
+    openssl::x509::X509::stack_from_pem(&pem)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Probe::fail(format!(
+                "issuer {}: ca_bundle {} holds no PEM certificate — point it at the CA's root certificate \
+                 (-----BEGIN CERTIFICATE-----)",
+                issuer.name,
+                path.display()
+            ))
+        })
+}
+
+async fn issuer_probes(issuer: &IssuerConfig, state: Option<&StateStore>) -> Vec<Probe> {
+    let mut out = Vec::new();
+    let roots = match bundle(issuer) {
+        Ok(r) => r,
+        Err(p) => return vec![p],
+    };
+    let client = match acme::Client::new(&issuer.directory, &roots, USER_AGENT).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Probe::fail(format!("issuer {}: {e}", issuer.name)));
+            return out;
+        }
+    };
+    let trust = match &issuer.ca_bundle {
+        Some(p) => format!("TLS verified with ca_bundle {}", p.display()),
+        None => "TLS verified with the system roots".to_string(),
+    };
+    out.push(Probe::ok(format!(
+        "issuer {}: directory {} reachable, {trust}",
+        issuer.name, issuer.directory
+    )));
+    let meta = &client.directory().meta;
+    if meta.external_account_required && issuer.eab.is_none() {
+        out.push(Probe::fail(format!(
+            "issuer {}: the CA requires external account binding — set `eab = {{ kid = \"...\", hmac_key_file = \"...\" }}` \
+             with the values from the CA's account page",
+            issuer.name
+        )));
+    }
+    let Some(state) = state else {
+        return out;
+    };
+    let id = store::account_id(&issuer.name, &issuer.directory);
+    let stored = match state.load_account(&id) {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(Probe::fail(format!(
+                "issuer {}: cannot read the stored account: {e}",
+                issuer.name
+            )));
+            return out;
+        }
+    };
+    let Some(stored) = stored else {
+        out.push(Probe::ok(format!(
+            "issuer {}: no account yet; certkeeper registers one at the first issuance",
+            issuer.name
+        )));
+        return out;
+    };
+    let key = match acme::AccountKey::from_pem(stored.key_pem.as_bytes()) {
+        Ok(k) => k,
+        Err(e) => {
+            out.push(Probe::fail(format!(
+                "issuer {}: the stored account key in {} is unreadable: {e} — move the accounts/{id} directory \
+                 away to register a new account",
+                issuer.name,
+                state.root().display()
+            )));
+            return out;
+        }
+    };
+    let lookup = client
+        .post(
+            &key,
+            acme::jws::KeyRef::Jwk,
+            &client.directory().new_account,
+            Some(br#"{"onlyReturnExisting":true}"#),
+            ProblemOrigin::NewAccount,
+            false,
+        )
+        .await;
+    out.push(match lookup {
+        Ok(r) => Probe::ok(format!(
+            "issuer {}: account {} exists for the stored key",
+            issuer.name,
+            r.location().unwrap_or_else(|| "(no URL given)".into())
+        )),
+        Err(AcmeError::Problem(p)) if p.kind() == ProblemKind::AccountDoesNotExist => {
+            Probe::ok(format!(
+                "issuer {}: the CA has no account for the stored key yet; certkeeper registers it at the next \
+                 issuance",
+                issuer.name
+            ))
+        }
+        Err(AcmeError::Problem(p)) => Probe::fail(format!(
+            "issuer {}: account lookup refused: {} — {}",
+            issuer.name,
+            p.detail.as_deref().unwrap_or(&p.type_),
+            p.advice()
+        )),
+        Err(e) => Probe::fail(format!("issuer {}: account lookup failed: {e}", issuer.name)),
+    });
+    out
+}
+
+/// Solver probes: DNS provider credentials (built as issuance would) and webroot writability.
+fn solver_probes(issuer: &IssuerConfig) -> Vec<Probe> {
+    issuer
+        .solvers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match &s.kind {
+            SolverKind::Webroot { path } => Some(webroot_probe(&issuer.name, i, path)),
+            SolverKind::Dns01 { provider, .. } => Some(match provider.build() {
+                Ok(p) => Probe::ok(format!(
+                    "issuer {} solver[{i}]: dns01 provider {} configured, credentials readable",
+                    issuer.name,
+                    p.name()
+                )),
+                Err(e) => Probe::fail(format!(
+                    "issuer {} solver[{i}]: dns01 provider: {e}",
+                    issuer.name
+                )),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether certkeeper can write challenge files under a webroot.
+fn webroot_probe(issuer: &str, i: usize, root: &Path) -> Probe {
+    if !root.is_dir() {
+        return Probe::fail(format!(
+            "issuer {issuer} solver[{i}]: webroot {} is not a directory — set `path` to the `root` your web server serves for these names on port 80",
+            root.display()
+        ));
+    }
+    let challenge_dir = root.join(".well-known/acme-challenge");
+    let probe = output_probe("(webroot)", &challenge_dir);
+    if probe.ok {
+        Probe::ok(format!(
+            "issuer {issuer} solver[{i}]: webroot {} is writable",
+            root.display()
+        ))
+    } else {
+        Probe::fail(format!(
+            "issuer {issuer} solver[{i}]: cannot write challenge files under {} — give certkeeper's user write access to it",
+            challenge_dir.display()
+        ))
+    }
+}
+
+/// Whether certkeeper can write `dir`, or create it.
+fn output_probe(cert: &str, dir: &Path) -> Probe {
+    if dir.is_dir() {
+        return match tempfile::Builder::new()
+            .prefix(".certkeeper-check")
+            .tempfile_in(dir)
+        {
+            Ok(_) => Probe::ok(format!(
+                "certificate {cert}: output directory {} is writable",
+                dir.display()
+            )),
+            Err(e) => Probe::fail(format!(
+                "certificate {cert}: output directory {} is not writable: {e} — run certkeeper as root or \
+                 give its user write access to the directory (and mount it read-write)",
+                dir.display()
+            )),
+        };
+    }
+    if dir.exists() {
+        return Probe::fail(format!(
+            "certificate {cert}: output.dir {} exists but is not a directory — point output.dir elsewhere",
+            dir.display()
+        ));
+    }
+    let mut parent: PathBuf = dir.to_path_buf();
+    while !parent.exists() {
+        match parent.parent() {
+            Some(p) if !p.as_os_str().is_empty() => parent = p.to_path_buf(),
+            _ => break,
+        }
+    }
+    match nix::unistd::access(&parent, nix::unistd::AccessFlags::W_OK) {
+        Ok(()) if parent.is_dir() => Probe::ok(format!(
+            "certificate {cert}: output directory {} does not exist yet; it will be created under {}",
+            dir.display(),
+            parent.display()
+        )),
+        _ => Probe::fail(format!(
+            "certificate {cert}: output directory {} does not exist and {} is not writable — create the \
+             directory or run certkeeper as a user that may",
+            dir.display(),
+            parent.display()
+        )),
+    }
+}
+
+/// Whether the HTTP-01 listener can bind `addr`, or a running certkeeper already serves there.
+async fn listener_probe(addr: SocketAddr) -> Probe {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Probe::ok(format!("http01.listen {addr} is free")),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if served_by_certkeeper(addr).await {
+                Probe::ok(format!(
+                    "http01.listen {addr} is served by a running certkeeper (the daemon)"
+                ))
+            } else {
+                Probe::fail(format!(
+                    "http01.listen {addr} is in use by another program — stop it, or listen on a free port and \
+                     proxy /.well-known/acme-challenge/ to it (`ss -ltnp 'sport = :{}'` shows who holds it)",
+                    addr.port()
+                ))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Probe::fail(format!(
+            "http01.listen {addr}: permission denied ({e}) — ports below 1024 need root or \
+             CAP_NET_BIND_SERVICE (AmbientCapabilities= in the systemd unit), or use a high port behind nginx"
+        )),
+        Err(e) => Probe::fail(format!(
+            "http01.listen {addr}: cannot bind ({e}) — use an address of this host"
+        )),
+    }
+}
+
+async fn served_by_certkeeper(addr: SocketAddr) -> bool {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+    else {
+        return false;
+    };
+    client
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .ok()
+        .and_then(|r| {
+            r.headers()
+                .get(reqwest::header::SERVER)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.starts_with(crate::challenge::http01::SERVER_NAME))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webroot_probe_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = webroot_probe("le", 0, dir.path());
+        assert!(p.ok && p.message.contains("is writable"), "{p}");
+        let p = webroot_probe("le", 1, &dir.path().join("missing"));
+        assert!(!p.ok && p.message.contains("is not a directory"), "{p}");
+    }
+
+    #[test]
+    fn output_probe_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(output_probe("www", dir.path()).ok);
+        let p = output_probe("www", &dir.path().join("a/b"));
+        assert!(p.ok && p.message.contains("will be created"), "{p}");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let p = output_probe("www", &file);
+        assert!(!p.ok && p.message.contains("not a directory"), "{p}");
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o500)).unwrap();
+        // root may write anywhere; the probe must agree with what a write would do.
+        let root = nix::unistd::geteuid().is_root();
+        let p = output_probe("www", &ro);
+        assert_eq!(p.ok, root, "{p}");
+        if !root {
+            assert!(p.message.contains("is not writable"), "{p}");
+        }
+    }
+
+    #[tokio::test]
+    async fn listener_probe_free_taken_and_certkeeper() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let p = listener_probe(addr).await;
+        assert!(
+            !p.ok && p.message.contains("in use by another program"),
+            "{p}"
+        );
+        drop(l);
+        assert!(listener_probe(addr).await.ok);
+        let tokens = crate::challenge::http01::TokenStore::new();
+        let server =
+            crate::challenge::http01::Http01Server::bind(&["127.0.0.1:0".parse().unwrap()], tokens)
+                .unwrap();
+        let addr = server.local_addrs()[0];
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _t = server.serve(stop.clone()).unwrap();
+        let p = listener_probe(addr).await;
+        assert!(p.ok && p.message.contains("running certkeeper"), "{p}");
+        stop.cancel();
+    }
+}

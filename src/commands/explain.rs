@@ -1,0 +1,460 @@
+//! `certkeeper explain NAME`: everything known about one certificate, in the order a failure travels
+//! (like `kubectl describe` for cert-manager): config → live certificate → last order →
+//! authorizations and challenges with the CA's problems → last error with cause and what to do.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::challenge::http01::TokenStore;
+use crate::config::{CertificateConfig, Config, SolverKind};
+use crate::daemon::Runtime;
+use crate::daemon::pass;
+use crate::store::{self, CertState, OrderTrace, ProblemTrace};
+
+/// Why `explain` could not describe a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// The name is not a configured certificate.
+    #[error("no certificate named {name:?} in the config; configured: {known}")]
+    UnknownCertificate {
+        /// The name asked for.
+        name: String,
+        /// The configured names, comma-separated.
+        known: String,
+    },
+    /// The state directory could not be opened or read.
+    #[error(
+        "cannot read the state directory: {0} (run as the user certkeeper runs as, usually root)"
+    )]
+    State(#[from] store::StoreError),
+}
+
+/// Describe certificate `name` of `cfg` as text for the terminal.
+pub fn explain(cfg: Arc<Config>, name: &str) -> Result<String, ExplainError> {
+    let Some(cert) = cfg.certificates.get(name).cloned() else {
+        return Err(ExplainError::UnknownCertificate {
+            name: name.to_string(),
+            known: cfg
+                .certificates
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let rt = Runtime::new(cfg.clone(), TokenStore::new())?;
+    let state = rt.state.load_cert_state(name)?.unwrap_or_default();
+    let mut out = String::new();
+    config_section(&mut out, &cfg, &cert);
+    live_section(&mut out, &rt, &cert, &state);
+    match &state.last_order {
+        Some(t) => order_section(&mut out, t),
+        None => out.push_str(
+            "\nLast order:\n  none recorded yet (no issuance attempted by this version)\n",
+        ),
+    }
+    error_section(&mut out, &state, name);
+    Ok(out)
+}
+
+fn config_section(out: &mut String, cfg: &Config, cert: &CertificateConfig) {
+    let _ = writeln!(out, "Certificate: {}", cert.name);
+    for (i, issuer_name) in cert.issuers.iter().enumerate() {
+        let label = if i == 0 { "Issuer:" } else { "Fallback:" };
+        match cfg.issuers.get(issuer_name) {
+            Some(iss) => {
+                let _ = writeln!(out, "  {label:<13}{} ({})", iss.name, iss.directory);
+            }
+            None => {
+                let _ = writeln!(out, "  {label:<13}{issuer_name} (not configured!)");
+            }
+        }
+    }
+    let _ = writeln!(out, "  Names:       {}", cert.domains.join(", "));
+    let _ = writeln!(
+        out,
+        "  Key:         {}{}",
+        cert.key,
+        if cert.key_reuse {
+            " (reused across renewals)"
+        } else {
+            " (new key at each renewal)"
+        }
+    );
+    if let Some(p) = &cert.profile {
+        let _ = writeln!(out, "  Profile:     {p}");
+    }
+    if let Some(c) = &cert.preferred_chain {
+        let _ = writeln!(out, "  Chain:       prefer {c:?}");
+    }
+    let _ = writeln!(out, "  Solvers:");
+    for domain in &cert.domains {
+        let (bare, wildcard) = match domain.strip_prefix("*.") {
+            Some(b) => (b, true),
+            None => (domain.as_str(), false),
+        };
+        for issuer_name in &cert.issuers {
+            let Some(iss) = cfg.issuers.get(issuer_name) else {
+                continue;
+            };
+            let how = match iss.solver_for(bare, wildcard) {
+                Some(s) => describe_solver(&s.kind, &cfg.http01.listen),
+                None => "NO SOLVER covers this name: add a [[issuer.X.solver]] for it".to_string(),
+            };
+            let _ = writeln!(out, "    {domain:<28} {issuer_name}: {how}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  Output:      {} (fullchain.pem, privkey.pem, chain.pem, cert.pem; key mode {:04o})",
+        cert.output.dir.display(),
+        cert.output.key_mode
+    );
+    if !cert.reload.is_empty() {
+        let _ = writeln!(out, "  Reload:      {}", cert.reload.join(" ; "));
+    }
+}
+
+fn describe_solver(kind: &SolverKind, listen: &[std::net::SocketAddr]) -> String {
+    match kind {
+        SolverKind::Http01 {
+            self_check,
+            self_check_target,
+        } => {
+            let listen: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+            let check = if !self_check {
+                "self-check off".to_string()
+            } else if self_check_target.resolve.is_empty() && self_check_target.port == 80 {
+                "self-check on".to_string()
+            } else {
+                format!(
+                    "self-check via port {}{}",
+                    self_check_target.port,
+                    if self_check_target.resolve.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " at {}",
+                            self_check_target
+                                .resolve
+                                .iter()
+                                .map(|i| i.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                )
+            };
+            format!("http-01 via listener {} ({check})", listen.join(", "))
+        }
+        SolverKind::Webroot { path } => format!("http-01 via webroot {}", path.display()),
+        SolverKind::TlsAlpn01 { listen } => format!("tls-alpn-01 on {listen}"),
+        SolverKind::Dns01 {
+            provider,
+            propagation,
+        } => {
+            use crate::challenge::dns01::providers::DnsProviderConfig as P;
+            let p = match provider {
+                P::Rfc2136(_) => "rfc2136",
+                P::Exec(_) => "exec",
+                P::Powerdns(_) => "powerdns",
+                P::Cloudflare(_) => "cloudflare",
+                P::Route53(_) => "route53",
+                P::AcmeDns(_) => "acme-dns",
+            };
+            format!(
+                "dns-01 via {p} (propagation check {})",
+                if propagation.check { "on" } else { "off" }
+            )
+        }
+    }
+}
+
+fn live_section(out: &mut String, rt: &Runtime, cert: &CertificateConfig, state: &CertState) {
+    out.push_str("\nLive certificate:\n");
+    let installed = rt
+        .output_spec(cert)
+        .ok()
+        .map(|spec| store::read_installed(&spec));
+    match installed {
+        Some(Ok(Some(live))) => {
+            let now = jiff::Timestamp::now();
+            let left = live.cert.not_after.duration_since(now);
+            let days = left.as_secs() / 86_400;
+            let _ = writeln!(out, "  Serial:      {}", live.cert.serial_hex);
+            let _ = writeln!(
+                out,
+                "  Not After:   {} ({})",
+                live.cert.not_after,
+                if left.is_negative() {
+                    "EXPIRED".to_string()
+                } else {
+                    format!("{days} days left")
+                }
+            );
+            let _ = writeln!(out, "  Names:       {}", live.cert.names.join(", "));
+            if let Some(i) = &live.cert.issuer_cn {
+                let _ = writeln!(out, "  Issued by:   {i}");
+            }
+            let _ = writeln!(out, "  Files:       {}", live.source_dir.display());
+        }
+        Some(Ok(None)) => {
+            let _ = writeln!(out, "  none installed in {}", cert.output.dir.display());
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(out, "  unusable: {e}");
+        }
+        None => {}
+    }
+    if let Some(t) = state.last_success {
+        let _ = writeln!(out, "  Last issued: {t}");
+    }
+    let due = pass::due_for(rt, cert, jiff::Timestamp::now());
+    let _ = writeln!(out, "  Next renewal: {due}");
+}
+
+fn problem_lines(out: &mut String, indent: &str, p: &ProblemTrace) {
+    let status = p.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{indent}Problem: {}{status}: {}",
+        p.type_,
+        p.detail.as_deref().unwrap_or("(no detail)")
+    );
+    for s in &p.subproblems {
+        let _ = writeln!(
+            out,
+            "{indent}  - {}{}: {}",
+            s.identifier
+                .as_ref()
+                .map(|i| format!("[{i}] "))
+                .unwrap_or_default(),
+            s.type_,
+            s.detail.as_deref().unwrap_or("(no detail)")
+        );
+    }
+    if let Some(t) = p.retry_after {
+        let _ = writeln!(out, "{indent}Retry after: {t}");
+    }
+    let _ = writeln!(out, "{indent}Advice: {}", p.advice);
+}
+
+fn order_section(out: &mut String, t: &OrderTrace) {
+    let _ = writeln!(
+        out,
+        "\nLast order{}{}:",
+        t.at.map(|a| format!(" (attempt at {a}"))
+            .unwrap_or_else(|| " (".into()),
+        t.issuer
+            .as_ref()
+            .map(|i| format!(", issuer {i})"))
+            .unwrap_or_else(|| ")".into())
+    );
+    match &t.url {
+        Some(u) => {
+            let _ = writeln!(out, "  URL:         {u}");
+            let _ = writeln!(
+                out,
+                "  Status:      {}",
+                t.status.as_deref().unwrap_or("unknown")
+            );
+        }
+        None => out.push_str("  no order was created (the attempt failed before newOrder)\n"),
+    }
+    if let Some(p) = &t.problem {
+        problem_lines(out, "  ", p);
+    }
+    for a in &t.authorizations {
+        let _ = writeln!(
+            out,
+            "  Authorization {}{}: {}  ({})",
+            if a.wildcard { "*." } else { "" },
+            a.identifier,
+            a.status,
+            a.url
+        );
+        for c in &a.challenges {
+            // Only the challenges that were tried (or are the CA's verdict) are of interest.
+            if c.status == "pending" && c.problem.is_none() && a.status != "pending" {
+                continue;
+            }
+            let _ = writeln!(out, "    Challenge {}: {}  ({})", c.type_, c.status, c.url);
+            if let Some(v) = &c.validated {
+                let _ = writeln!(out, "      Validated: {v}");
+            }
+            if let Some(p) = &c.problem {
+                problem_lines(out, "      ", p);
+            }
+        }
+    }
+}
+
+fn error_section(out: &mut String, state: &CertState, state_name: &str) {
+    let trace_err = state.last_order.as_ref().and_then(|t| t.error.as_ref());
+    let last = trace_err
+        .map(|e| e.message.clone())
+        .or_else(|| state.retry.last_error.clone());
+    out.push_str("\nLast error:\n");
+    let Some(message) = last else {
+        out.push_str("  none\n");
+        return;
+    };
+    if state.last_success.is_some()
+        && state
+            .last_error_at
+            .is_some_and(|e| Some(e) < state.last_success)
+        && trace_err.is_none()
+    {
+        out.push_str("  none since the last success\n");
+        return;
+    }
+    let _ = writeln!(out, "  {message}");
+    if let Some(p) = trace_err.and_then(|e| e.problem.as_ref()) {
+        let _ = writeln!(out, "  What to do: {}", p.advice);
+        if let Some(t) = p.retry_after {
+            let _ = writeln!(out, "  The CA accepts a new attempt after {t}.");
+        }
+    } else if let Some(e) = trace_err {
+        let _ = writeln!(
+            out,
+            "  What to do: {}",
+            if e.retryable {
+                "see the message above; certkeeper retries on its own with backoff"
+            } else {
+                "fix the cause above; certkeeper does not retry until the certificate's config changes"
+            }
+        );
+    }
+    if state.retry.failures > 0 {
+        let _ = write!(
+            out,
+            "  Failures since the last success: {}",
+            state.retry.failures
+        );
+        match (state.retry.permanent, state.retry.next_retry) {
+            (true, _) => {
+                let _ = writeln!(
+                    out,
+                    "; stopped until the certificate's config changes — after fixing the cause elsewhere \
+                     (issuer, DNS, web server) run `certkeeper renew --force {name}`",
+                    name = state_name
+                );
+            }
+            (false, Some(t)) => {
+                let _ = writeln!(out, "; next attempt at {t}");
+            }
+            (false, None) => out.push('\n'),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuthzTrace, ChallengeTrace, ErrorTrace, SubProblemTrace};
+
+    fn cfg(dir: &std::path::Path) -> Arc<Config> {
+        let text = format!(
+            r#"
+state_dir = "{d}/state"
+[issuer.le]
+directory = "https://127.0.0.1:1/dir"
+[[issuer.le.solver]]
+http01 = {{ self_check = {{ port = 5002, resolve = ["127.0.0.1"] }} }}
+[certificate.www]
+issuer = "le"
+domains = ["www.example.test"]
+output = {{ dir = "{d}/out" }}
+"#,
+            d = dir.display()
+        );
+        let path = dir.join("certkeeper.toml");
+        std::fs::write(&path, &text).unwrap();
+        Arc::new(crate::config::load(&path).unwrap())
+    }
+
+    #[test]
+    fn unknown_name_lists_the_configured_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = explain(cfg(dir.path()), "nope").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no certificate named \"nope\" in the config; configured: www"
+        );
+    }
+
+    #[test]
+    fn shows_config_order_challenge_problem_and_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path());
+        let text = explain(cfg.clone(), "www").unwrap();
+        assert!(text.contains("Certificate: www"), "{text}");
+        assert!(
+            text.contains("www.example.test             le: http-01 via listener 127.0.0.1:8402 (self-check via port 5002 at 127.0.0.1)"),
+            "{text}"
+        );
+        assert!(text.contains("none installed in"), "{text}");
+        assert!(text.contains("none recorded yet"), "{text}");
+
+        let st = store::StateStore::open(&cfg.state_dir).unwrap();
+        let problem = ProblemTrace {
+            type_: "urn:ietf:params:acme:error:unauthorized".into(),
+            detail: Some("Invalid response from http://www.example.test/x: 404".into()),
+            status: Some(403),
+            subproblems: vec![SubProblemTrace {
+                type_: "urn:ietf:params:acme:error:unauthorized".into(),
+                detail: Some("sub detail".into()),
+                identifier: Some("dns:www.example.test".into()),
+            }],
+            advice: "serve the token".into(),
+            retry_after: None,
+        };
+        let state = CertState {
+            last_order: Some(OrderTrace {
+                at: Some(jiff::Timestamp::UNIX_EPOCH),
+                issuer: Some("le".into()),
+                url: Some("https://ca/order/1".into()),
+                status: Some("invalid".into()),
+                problem: None,
+                authorizations: vec![AuthzTrace {
+                    url: "https://ca/authz/1".into(),
+                    identifier: "www.example.test".into(),
+                    wildcard: false,
+                    status: "invalid".into(),
+                    challenges: vec![ChallengeTrace {
+                        type_: "http-01".into(),
+                        status: "invalid".into(),
+                        url: "https://ca/chal/1".into(),
+                        validated: None,
+                        problem: Some(problem.clone()),
+                    }],
+                }],
+                error: Some(ErrorTrace {
+                    message: "issuer le: it failed".into(),
+                    retryable: true,
+                    problem: Some(problem),
+                }),
+            }),
+            ..CertState::default()
+        };
+        st.save_cert_state("www", &state).unwrap();
+        let text = explain(cfg, "www").unwrap();
+        for want in [
+            "URL:         https://ca/order/1",
+            "Status:      invalid",
+            "Authorization www.example.test: invalid  (https://ca/authz/1)",
+            "Challenge http-01: invalid  (https://ca/chal/1)",
+            "Problem: urn:ietf:params:acme:error:unauthorized (HTTP 403): Invalid response",
+            "- [dns:www.example.test] urn:ietf:params:acme:error:unauthorized: sub detail",
+            "Advice: serve the token",
+            "Last error:\n  issuer le: it failed\n  What to do: serve the token",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        // Order of the sections is the order a failure travels.
+        let pos = |s: &str| text.find(s).unwrap();
+        assert!(pos("Certificate:") < pos("Live certificate:"));
+        assert!(pos("Live certificate:") < pos("Last order"));
+        assert!(pos("Last order") < pos("Last error:"));
+    }
+}
