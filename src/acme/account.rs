@@ -50,11 +50,12 @@ pub struct Poll {
 }
 
 impl Default for Poll {
-    /// 10 ms first (pebble validates within tens of milliseconds), at most 5 s apart, 3 min total.
+    /// 10 ms first (pebble validates within tens of milliseconds), growing by half each time to at most
+    /// 1 s apart (a CA that wants fewer polls says so with Retry-After, which wins), 3 min total.
     fn default() -> Self {
         Self {
             first: Duration::from_millis(10),
-            max_interval: Duration::from_secs(5),
+            max_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(180),
         }
     }
@@ -518,7 +519,9 @@ impl Account {
         }
         let wait = poll.next_wait(step, retry_after, poll.timeout - elapsed);
         tokio::time::sleep(wait).await;
-        Ok((step * 2).min(poll.max_interval))
+        // Gentle growth: with many orders in flight at a busy CA a doubling step overshoots the moment
+        // a validation finishes by as much as it already waited.
+        Ok((step * 3 / 2).min(poll.max_interval))
     }
 
     /// Finalize an order with a DER CSR; returns the updated order (usually `processing` or `valid`).
