@@ -3,23 +3,38 @@
 //! For hosts where certkeeper's own listener cannot be used: the token file is written to
 //! `<path>/.well-known/acme-challenge/<token>` and the existing server (nginx `root`, Apache
 //! `DocumentRoot`) answers the CA. The file is removed after validation, whatever the outcome.
+//! Before the CA is told, [`Solver::wait`] runs the same self-check as the listener solver
+//! ([`super::http01::selfcheck`]), so a web server that does not serve the webroot costs no failed
+//! validation at the CA.
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+use super::http01::{SelfCheckTarget, selfcheck};
 use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
 
 /// Writes HTTP-01 responses as files under a web server's document root.
 #[derive(Debug, Clone)]
 pub struct WebrootSolver {
     root: PathBuf,
+    /// Where the self-check fetches the token; `None` turns it off.
+    self_check: Option<SelfCheckTarget>,
 }
 
 impl WebrootSolver {
-    /// A solver writing under `root` (the directory that holds `.well-known/`).
+    /// A solver writing under `root` (the directory that holds `.well-known/`), without self-check.
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            self_check: None,
+        }
+    }
+
+    /// Fetch each token through `target` (as the CA will) before the CA is asked to validate.
+    pub fn with_self_check(mut self, target: SelfCheckTarget) -> Self {
+        self.self_check = Some(target);
+        self
     }
 
     fn challenge_dir(&self) -> PathBuf {
@@ -81,6 +96,13 @@ impl Solver for WebrootSolver {
                 self.root.display()
             ))
         })
+    }
+
+    async fn wait(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        match &self.self_check {
+            None => Ok(()),
+            Some(target) => selfcheck::self_check_webroot(ch, target, &self.root).await,
+        }
     }
 
     async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {

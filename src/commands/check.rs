@@ -250,7 +250,7 @@ fn solver_probes(issuer: &IssuerConfig) -> Vec<Probe> {
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match &s.kind {
-            SolverKind::Webroot { path } => Some(webroot_probe(&issuer.name, i, path)),
+            SolverKind::Webroot { path, .. } => Some(webroot_probe(&issuer.name, i, path)),
             SolverKind::Dns01 { provider, .. } => Some(match provider.build() {
                 Ok(p) => Probe::ok(format!(
                     "issuer {} solver[{i}]: dns01 provider {} configured, credentials readable",
