@@ -130,6 +130,7 @@ async fn preferred_chain_installs_the_matching_chain() {
         .find(|l| l.contains("No Such Root CA"))
         .unwrap_or_else(|| panic!("no log line names the unmatched preferred_chain: {out}"));
     assert!(log_line.contains("INFO"), "{log_line}");
+    assert!(log_line.contains("cert=nomatch"), "{log_line}");
     assert!(log_line.contains("default chain"), "{log_line}");
     assert!(
         log_line.contains(&root0) && log_line.contains(&root1),
