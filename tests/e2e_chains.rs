@@ -177,6 +177,9 @@ async fn profile_is_sent_in_the_new_order() {
     let Some((_pebble, proxy, cfg)) = through_profile_proxy("shortlived").await else {
         return;
     };
+    cfg.run_cli(&["check"])
+        .await
+        .assert_mentions("issuer pebble offers profile \"shortlived\"");
     cfg.run_cli(&["renew"]).await.assert_ok();
     let orders = proxy.jws_payloads("/order-plz");
     assert!(!orders.is_empty(), "no newOrder went through the proxy");
@@ -201,4 +204,12 @@ async fn unknown_profile_fails_before_any_order() {
         "an order was sent for a profile the CA does not offer"
     );
     assert!(!cfg.output_dir("www").join("fullchain.pem").exists());
+    // `check` finds the same problem without ordering.
+    cfg.run_cli(&["check"])
+        .await
+        .assert_failed()
+        .assert_mentions(
+            "issuer pebble does not offer profile \"tlsserver\"; it offers: classic, shortlived",
+        );
+    assert!(proxy.jws_payloads("/order-plz").is_empty());
 }
