@@ -165,6 +165,92 @@ mod tests {
         assert!(!dir.path().join(".well-known").exists());
     }
 
+    /// A tiny web server on 127.0.0.1 serving files under `root` (like nginx `root`), 404 otherwise.
+    async fn file_server(root: PathBuf) -> (u16, tokio::task::JoinHandle<()>) {
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let root = root.clone();
+            async move {
+                use axum::response::IntoResponse as _;
+                let path = root.join(uri.path().trim_start_matches('/'));
+                match tokio::fs::read_to_string(&path).await {
+                    Ok(body) => body.into_response(),
+                    Err(_) => (
+                        axum::http::StatusCode::NOT_FOUND,
+                        [("server", "nginx/1.22.1")],
+                        "<html>404</html>",
+                    )
+                        .into_response(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (port, task)
+    }
+
+    fn loopback(port: u16) -> SelfCheckTarget {
+        SelfCheckTarget {
+            port,
+            resolve: vec!["127.0.0.1".parse().unwrap()],
+        }
+    }
+
+    #[tokio::test]
+    async fn wait_self_checks_through_the_web_server() {
+        let served = tempfile::tempdir().unwrap();
+        let (port, task) = file_server(served.path().to_path_buf()).await;
+        let ch = ctx("tok_SELF-1");
+
+        // The web server serves the webroot: the self-check passes.
+        let good = WebrootSolver::new(served.path().to_path_buf()).with_self_check(loopback(port));
+        good.present(&ch).await.unwrap();
+        good.wait(&ch).await.unwrap();
+        good.cleanup(&ch).await.unwrap();
+
+        // Tokens written where the server does not look: the self-check fails, naming the answer,
+        // the file written and the nginx `root` to set.
+        let other = tempfile::tempdir().unwrap();
+        let bad = WebrootSolver::new(other.path().to_path_buf()).with_self_check(loopback(port));
+        bad.present(&ch).await.unwrap();
+        let err = bad.wait(&ch).await.unwrap_err();
+        let m = &err.message;
+        assert!(err.retryable, "{m}");
+        assert!(
+            m.contains("HTTP 404 Not Found from server \"nginx/1.22.1\""),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!(
+                "the token was written to {}/.well-known/acme-challenge/tok_SELF-1",
+                other.path().display()
+            )),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!(
+                "location /.well-known/acme-challenge/ {{ root {}; }}",
+                other.path().display()
+            )),
+            "{m}"
+        );
+        assert!(m.contains("self_check = false }"), "{m}");
+        assert!(
+            !m.contains("proxy_pass"),
+            "webroot advice must not talk about the listener: {m}"
+        );
+
+        // Without the self-check, wait does not fetch anything.
+        WebrootSolver::new(other.path().to_path_buf())
+            .wait(&ch)
+            .await
+            .unwrap();
+        bad.cleanup(&ch).await.unwrap();
+        task.abort();
+    }
+
     #[tokio::test]
     async fn unwritable_root_says_what_to_fix() {
         let solver = WebrootSolver::new(PathBuf::from("/proc/certkeeper-no-such-dir"));
