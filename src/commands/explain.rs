@@ -390,6 +390,28 @@ output = {{ dir = "{d}/out" }}
     }
 
     #[test]
+    fn webroot_solver_line_shows_the_self_check() {
+        let on = SolverKind::Webroot {
+            path: "/var/www/acme".into(),
+            self_check: true,
+            self_check_target: Default::default(),
+        };
+        assert_eq!(
+            describe_solver(&on, &[]),
+            "http-01 via webroot /var/www/acme (self-check on)"
+        );
+        let off = SolverKind::Webroot {
+            path: "/var/www/acme".into(),
+            self_check: false,
+            self_check_target: Default::default(),
+        };
+        assert_eq!(
+            describe_solver(&off, &[]),
+            "http-01 via webroot /var/www/acme (self-check off)"
+        );
+    }
+
+    #[test]
     fn unknown_name_lists_the_configured_ones() {
         let dir = tempfile::tempdir().unwrap();
         let err = explain(cfg(dir.path()), "nope").unwrap_err().to_string();
