@@ -72,7 +72,7 @@ contact = ["mailto:admin@example.com"]
 account_key = "{account_key}"
 
 [[issuer.{name}.solver]]
-http01 = {{}}
+http01 = {{ self_check = false }}
 "#,
             dir = self.pebble.directory_url(),
             ca = self.path("ca.pem").display(),
@@ -747,7 +747,7 @@ async fn falls_back_to_the_next_issuer_when_the_first_is_down() {
 directory = "https://127.0.0.1:{closed}/dir"
 
 [[issuer.down.solver]]
-http01 = {{}}
+http01 = {{ self_check = false }}
 "#
     ) + &w.issuer("pebble", "ecdsa-p256")
         + &w.cert(
