@@ -256,7 +256,8 @@ async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {
         Err(code) => return code,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let own = TokenStore::default();
+    // Our own listener also answers tokens other certkeeper processes publish (a concurrent renew).
+    let own = TokenStore::reading_spool(daemon::http01_spool(&cfg));
     let (tokens, _server) = match Http01Server::bind(&cfg.http01.listen, own.clone())
         .and_then(|s| s.serve(shutdown.clone()))
     {

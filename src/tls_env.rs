@@ -8,29 +8,38 @@
 //! for itself, and takes that back out of the environment of every program it starts (reload
 //! hooks, DNS exec hooks), which therefore see the administrator's environment unchanged.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ffi::OsString;
+use std::sync::OnceLock;
 
-static SET_BY_US: AtomicBool = AtomicBool::new(false);
+/// `Some(original value)` once certkeeper replaced `SSL_CERT_FILE` for itself.
+static ORIGINAL: OnceLock<Option<OsString>> = OnceLock::new();
 
 /// Where the system's hashed CA directory lives on Debian, Ubuntu, Fedora, Arch and Alpine.
 const HASHED_DIR: &str = "/etc/ssl/certs";
+/// The bundle file built from that directory (Debian's ca-certificates).
+const BUNDLE_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Prefer the lazily read hashed CA directory over the bundle file.
 ///
-/// Does nothing when the administrator set `SSL_CERT_FILE` or `SSL_CERT_DIR`, or when the
-/// directory has no hash links (then the bundle file is the only source of roots).
+/// Only where that loses nothing: `SSL_CERT_FILE` unset or naming the system bundle (many hosts
+/// export it), `SSL_CERT_DIR` unset or naming the system directory, and the directory has hash
+/// links (otherwise the bundle file is the only source of roots). A custom bundle is left alone.
 ///
 /// Call it first thing in `main`, before any other thread exists.
 pub fn prefer_lazy_system_roots() {
-    if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
+    let file = std::env::var_os("SSL_CERT_FILE");
+    let dir = std::env::var_os("SSL_CERT_DIR");
+    let file_is_system = file.as_deref().is_none_or(|f| f == BUNDLE_FILE);
+    let dir_is_system = dir
+        .as_deref()
+        .is_none_or(|d| d == HASHED_DIR || d == "/etc/ssl/certs/");
+    if !file_is_system || !dir_is_system || !has_hash_links(HASHED_DIR) {
         return;
     }
-    if !has_hash_links(HASHED_DIR) {
-        return;
+    if ORIGINAL.set(file).is_ok() {
+        // SAFETY: the caller runs this before any other thread exists.
+        unsafe { std::env::set_var("SSL_CERT_FILE", "/dev/null") };
     }
-    // SAFETY: the caller runs this before any other thread exists.
-    unsafe { std::env::set_var("SSL_CERT_FILE", "/dev/null") };
-    SET_BY_US.store(true, Ordering::SeqCst);
 }
 
 fn has_hash_links(dir: &str) -> bool {
@@ -45,8 +54,14 @@ fn has_hash_links(dir: &str) -> bool {
 
 /// Give a child process the environment certkeeper was started with.
 pub fn child_env(cmd: &mut tokio::process::Command) {
-    if SET_BY_US.load(Ordering::SeqCst) {
-        cmd.env_remove("SSL_CERT_FILE");
+    match ORIGINAL.get() {
+        Some(Some(value)) => {
+            cmd.env("SSL_CERT_FILE", value);
+        }
+        Some(None) => {
+            cmd.env_remove("SSL_CERT_FILE");
+        }
+        None => {}
     }
 }
 

@@ -668,3 +668,55 @@ async fn check_accepts_a_good_config_and_points_at_the_line_of_a_bad_one() {
         "{out}"
     );
 }
+
+/// certkeeper reads the system CA roots lazily by pointing its own `SSL_CERT_FILE` at an empty file;
+/// the programs it starts must still see the administrator's environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_hooks_see_the_original_tls_environment() {
+    let http_port = free_port();
+    let pebble = pebble(PebbleOpts {
+        http_port,
+        ..Default::default()
+    })
+    .await;
+    let seen = tempfile::tempdir().unwrap();
+    let seen_file = seen.path().join("ssl_cert_file");
+    let cfg = TestConfig::new()
+        .http01_listen(http_port)
+        .issuer(IssuerSpec::pebble("pebble", &pebble).solver_http01())
+        .certificate(
+            CertSpec::new("env", "pebble", &["env.example.com"]).reload(&format!(
+                "printf '%s' \"${{SSL_CERT_FILE-unset}}\" > '{}'",
+                seen_file.display()
+            )),
+        )
+        .write();
+    for (setting, want) in [
+        (
+            Some("/etc/ssl/certs/ca-certificates.crt"),
+            "/etc/ssl/certs/ca-certificates.crt",
+        ),
+        (None, "unset"),
+    ] {
+        let mut cmd = cfg.command(&["renew", "--force"]);
+        match setting {
+            Some(v) => cmd.env("SSL_CERT_FILE", v),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        let out = tokio::time::timeout(std::time::Duration::from_secs(240), cmd.output())
+            .await
+            .expect("renew finished")
+            .expect("renew ran");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&seen_file).unwrap(),
+            want,
+            "SSL_CERT_FILE seen by the hook"
+        );
+    }
+}

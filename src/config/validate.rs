@@ -82,10 +82,10 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
     for (i, pat) in main.include.iter().enumerate() {
         let key = format!("include[{i}]");
         let full = cx.resolve(0, pat.get_ref());
-        if let Some(dir) = full.parent().map(Path::to_path_buf) {
-            if !include_dirs.contains(&dir) {
-                include_dirs.push(dir);
-            }
+        if let Some(dir) = full.parent().map(Path::to_path_buf)
+            && !include_dirs.contains(&dir)
+        {
+            include_dirs.push(dir);
         }
         let paths = match super::glob::expand(&full) {
             Ok(p) => p,

@@ -115,15 +115,15 @@ impl TokenStore {
     /// Serve `entry` for `token` (replacing an earlier entry for the same token).
     pub fn insert(&self, token: impl Into<String>, entry: Entry) {
         let token = token.into();
-        if let Some(spool) = self.spool.as_ref().filter(|s| s.publish) {
-            if valid_token(&token) {
-                let tmp = spool.dir.join(format!(".{token}.tmp"));
-                let body = format!("{}\n{}", entry.identifier, entry.key_authorization);
-                let written = std::fs::write(&tmp, body)
-                    .and_then(|()| std::fs::rename(&tmp, spool.dir.join(&token)));
-                if let Err(e) = written {
-                    tracing::warn!(dir = %spool.dir.display(), error = %e, "cannot publish an HTTP-01 token for the running daemon");
-                }
+        if let Some(spool) = self.spool.as_ref().filter(|s| s.publish)
+            && valid_token(&token)
+        {
+            let tmp = spool.dir.join(format!(".{token}.tmp"));
+            let body = format!("{}\n{}", entry.identifier, entry.key_authorization);
+            let written = std::fs::write(&tmp, body)
+                .and_then(|()| std::fs::rename(&tmp, spool.dir.join(&token)));
+            if let Err(e) = written {
+                tracing::warn!(dir = %spool.dir.display(), error = %e, "cannot publish an HTTP-01 token for the running daemon");
             }
         }
         let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
@@ -132,10 +132,10 @@ impl TokenStore {
 
     /// Stop serving `token`; returns what was served.
     pub fn remove(&self, token: &str) -> Option<Entry> {
-        if let Some(spool) = self.spool.as_ref().filter(|s| s.publish) {
-            if valid_token(token) {
-                let _ = std::fs::remove_file(spool.dir.join(token));
-            }
+        if let Some(spool) = self.spool.as_ref().filter(|s| s.publish)
+            && valid_token(token)
+        {
+            let _ = std::fs::remove_file(spool.dir.join(token));
         }
         let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
         map.remove(token)
