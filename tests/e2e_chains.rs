@@ -198,7 +198,7 @@ async fn unknown_profile_fails_before_any_order() {
     let out = cfg.run_cli(&["renew"]).await;
     out.assert_failed()
         .assert_mentions("profile \"tlsserver\" is not offered by this CA")
-        .assert_mentions("classic, shortlived");
+        .assert_mentions("it offers: classic, shortlived. Set `profile` to one of them");
     assert!(
         proxy.jws_payloads("/order-plz").is_empty(),
         "an order was sent for a profile the CA does not offer"

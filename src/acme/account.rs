@@ -343,7 +343,8 @@ impl Account {
                         )
                     } else {
                         format!(
-                            "profile {p:?} is not offered by this CA; it offers: {}",
+                            "profile {p:?} is not offered by this CA; it offers: {}. Set `profile` to one of \
+                             them, or remove it for the CA's default",
                             offered.join(", ")
                         )
                     },
