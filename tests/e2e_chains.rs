@@ -131,6 +131,23 @@ async fn preferred_chain_installs_the_matching_chain() {
         .unwrap_or_else(|| panic!("no log line names the unmatched preferred_chain: {out}"));
     assert!(log_line.contains("INFO"), "{log_line}");
     assert!(log_line.contains("cert=nomatch"), "{log_line}");
+
+    // Changing preferred_chain does not make the certificate due by itself; a forced renewal
+    // installs the newly preferred chain.
+    let text = std::fs::read_to_string(cfg.path())
+        .unwrap()
+        .replace("\"No Such Root CA\"", &format!("{root1:?}"));
+    cfg.write_raw(&text);
+    cfg.run_cli(&["renew"]).await.assert_ok();
+    let (top, _) = chain_cns(&cfg.output_dir("nomatch"));
+    assert_eq!(top, root0, "not due: the installed chain stays");
+    cfg.run_cli(&["renew", "--force", "nomatch"])
+        .await
+        .assert_ok();
+    let (top, _) = chain_cns(&cfg.output_dir("nomatch"));
+    assert_eq!(top, root1, "forced renewal with the new preferred_chain");
+    let (top, _) = chain_cns(&cfg.output_dir("dflt"));
+    assert_eq!(top, root0, "other certificates untouched");
     assert!(log_line.contains("default chain"), "{log_line}");
     assert!(
         log_line.contains(&root0) && log_line.contains(&root1),
