@@ -589,29 +589,32 @@ async fn ip_identifier_certificate_over_http01() {
     assert!(sans.iter().all(|g| g.dnsname().is_none()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webroot_behind_a_real_nginx() {
+/// A webroot solver behind a real nginx whose port-80 server serves `served` as its `root`, while
+/// certkeeper writes tokens under `written` (the same directory when the setup is right). The
+/// self-check goes to nginx's port on 127.0.0.1. Returns the `renew` output, nginx's port and the
+/// world (kept alive for assertions).
+async fn webroot_renew(
+    served: &Path,
+    written: &Path,
+    self_check: &str,
+) -> Option<(Output, World, PathBuf, Nginx)> {
     if !nginx_available() {
         eprintln!("nginx not installed; skipping");
-        return;
+        return None;
     }
-    let pre = tempfile::tempdir().unwrap();
-    let webroot = pre.path().join("www");
-    std::fs::create_dir_all(&webroot).unwrap();
-    let certs = pre.path().join("nginx-certs");
+    let certs = served.parent().unwrap().join("nginx-certs");
     std::fs::create_dir_all(&certs).unwrap();
     let nginx = Nginx::start(NginxOpts {
         cert_dir: certs.clone(),
-        webroot: Some(webroot.clone()),
+        webroot: Some(served.to_path_buf()),
         placeholder_cert: true,
         ..Default::default()
     })
     .expect("start nginx");
     // pebble validates HTTP-01 against nginx's port; certkeeper's own listener is elsewhere and unused.
-    let Some(w) = World::start_on(nginx.http_port()).await else {
-        return;
-    };
+    let w = World::start_on(nginx.http_port()).await?;
     let http01_port = free_port();
+    let self_check = self_check.replace("NGINX_PORT", &nginx.http_port().to_string());
     let body = format!(
         r#"
 [issuer.pebble]
@@ -619,11 +622,11 @@ directory = "{dir}"
 ca_bundle = "{ca}"
 
 [[issuer.pebble.solver]]
-webroot = {{ path = "{webroot}" }}
+webroot = {{ path = "{webroot}"{self_check} }}
 "#,
         dir = w.pebble.directory_url(),
         ca = w.path("ca.pem").display(),
-        webroot = webroot.display(),
+        webroot = written.display(),
     ) + &w.cert("web", "\"pebble\"", &["web.example.com"], "", "tls/web");
     let text_cfg = format!(
         "state_dir = \"{}\"\n\n[http01]\nlisten = [\"127.0.0.1:{http01_port}\"]\n{body}",
@@ -631,7 +634,27 @@ webroot = {{ path = "{webroot}" }}
     );
     let cfg = w.path("certkeeper.toml");
     std::fs::write(&cfg, text_cfg).unwrap();
-    let stdout = ok(&cfg, &["renew"]);
+    let out = run(&cfg, &["renew"], &[]);
+    Some((out, w, cfg, nginx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webroot_behind_a_real_nginx() {
+    let pre = tempfile::tempdir().unwrap();
+    let webroot = pre.path().join("www");
+    std::fs::create_dir_all(&webroot).unwrap();
+    // The self-check runs (through nginx, as pebble will) and passes.
+    let Some((out, w, _cfg, nginx)) = webroot_renew(
+        &webroot,
+        &webroot,
+        ", self_check = { port = NGINX_PORT, resolve = [\"127.0.0.1\"] }",
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(out.status.success(), "renew failed:\n{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("web: issued by pebble"), "{stdout}");
     // The token files are removed after validation.
     let challenge_dir = webroot.join(".well-known/acme-challenge");
@@ -641,6 +664,74 @@ webroot = {{ path = "{webroot}" }}
     assert!(left.is_empty(), "token files left behind: {left:?}");
     // nginx served the token: its access to the webroot is what made pebble validate.
     assert!(live_cert(&w.path("tls/web")).subject_alt_names().is_some());
+    drop(nginx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webroot_self_check_names_what_nginx_answered() {
+    let pre = tempfile::tempdir().unwrap();
+    let served = pre.path().join("www");
+    let written = pre.path().join("not-served");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::create_dir_all(&written).unwrap();
+    let Some((out, w, cfg, nginx)) = webroot_renew(
+        &served,
+        &written,
+        ", self_check = { port = NGINX_PORT, resolve = [\"127.0.0.1\"] }",
+    )
+    .await
+    else {
+        return;
+    };
+    let all = text(&out);
+    assert!(!out.status.success(), "renew should fail:\n{all}");
+    // The message says the self-check failed before the CA was asked, what nginx answered, where
+    // the token was written and what to change.
+    assert!(
+        all.contains("HTTP-01 self-check failed for web.example.com before asking the CA"),
+        "{all}"
+    );
+    assert!(
+        all.contains("HTTP 404 Not Found from server \"nginx"),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!(
+            "the token was written to {}/.well-known/acme-challenge/",
+            written.display()
+        )),
+        "{all}"
+    );
+    assert!(all.contains("does not serve the webroot"), "{all}");
+    assert!(
+        all.contains(&format!(
+            "webroot = {{ path = \"{}\", self_check = false }}",
+            written.display()
+        )),
+        "{all}"
+    );
+    assert!(!w.path("tls/web").join("fullchain.pem").exists());
+    // The token file was cleaned up even though the order failed.
+    let left: Vec<_> = std::fs::read_dir(written.join(".well-known/acme-challenge"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "token files left behind: {left:?}");
+
+    // With the self-check off, the same setup reaches the CA, which fails validation itself.
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!(
+            ", self_check = {{ port = {}, resolve = [\"127.0.0.1\"] }}",
+            nginx.http_port()
+        ),
+        ", self_check = false",
+    );
+    assert!(text_cfg.contains("self_check = false"), "{text_cfg}");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let out = run(&cfg, &["renew"], &[]);
+    let all = text(&out);
+    assert!(!out.status.success(), "renew should fail:\n{all}");
+    assert!(!all.contains("self-check failed"), "{all}");
+    assert!(!w.path("tls/web").join("fullchain.pem").exists());
     drop(nginx);
 }
 

@@ -344,7 +344,8 @@ impl Account {
                         )
                     } else {
                         format!(
-                            "profile {p:?} is not offered by this CA; it offers: {}",
+                            "profile {p:?} is not offered by this CA; it offers: {}. Set `profile` to one of \
+                             them, or remove it for the CA's default",
                             offered.join(", ")
                         )
                     },
@@ -587,16 +588,18 @@ impl Account {
         if chain_matches(&default, cn) {
             return Ok(default);
         }
+        let mut offered = vec![top_issuer(&default)];
         for alt in &default.alternates {
             match self.certificate(alt).await {
                 Ok(chain) if chain_matches(&chain, cn) => return Ok(chain),
-                Ok(_) => {}
+                Ok(chain) => offered.push(top_issuer(&chain)),
                 Err(e) => tracing::warn!(url = %alt, error = %e, "cannot fetch an alternate chain"),
             }
         }
         tracing::info!(
             preferred = cn,
-            "no chain matches the preferred issuer; using the default chain"
+            offered = %offered.join(", "),
+            "no chain matches preferred_chain; installing the default chain (set preferred_chain to one of the offered top issuers, or remove it)"
         );
         Ok(default)
     }
@@ -606,6 +609,16 @@ fn common_names(name: &openssl::x509::X509NameRef) -> Vec<String> {
     name.entries_by_nid(openssl::nid::Nid::COMMONNAME)
         .filter_map(|e| e.data().to_string().ok())
         .collect()
+}
+
+/// The issuer CN of a chain's topmost certificate, for messages ("?" when it cannot be read).
+fn top_issuer(chain: &CertificateChain) -> String {
+    chain
+        .certificates()
+        .ok()
+        .and_then(|c| c.last().map(|c| common_names(c.issuer_name()).join(" / ")))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "?".to_string())
 }
 
 /// True when the chain's topmost certificate is issued by `cn`, or any certificate in it is `cn`.

@@ -3,23 +3,38 @@
 //! For hosts where certkeeper's own listener cannot be used: the token file is written to
 //! `<path>/.well-known/acme-challenge/<token>` and the existing server (nginx `root`, Apache
 //! `DocumentRoot`) answers the CA. The file is removed after validation, whatever the outcome.
+//! Before the CA is told, [`Solver::wait`] runs the same self-check as the listener solver
+//! ([`super::http01::selfcheck`]), so a web server that does not serve the webroot costs no failed
+//! validation at the CA.
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+use super::http01::{SelfCheckTarget, selfcheck};
 use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
 
 /// Writes HTTP-01 responses as files under a web server's document root.
 #[derive(Debug, Clone)]
 pub struct WebrootSolver {
     root: PathBuf,
+    /// Where the self-check fetches the token; `None` turns it off.
+    self_check: Option<SelfCheckTarget>,
 }
 
 impl WebrootSolver {
-    /// A solver writing under `root` (the directory that holds `.well-known/`).
+    /// A solver writing under `root` (the directory that holds `.well-known/`), without self-check.
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            self_check: None,
+        }
+    }
+
+    /// Fetch each token through `target` (as the CA will) before the CA is asked to validate.
+    pub fn with_self_check(mut self, target: SelfCheckTarget) -> Self {
+        self.self_check = Some(target);
+        self
     }
 
     fn challenge_dir(&self) -> PathBuf {
@@ -83,6 +98,13 @@ impl Solver for WebrootSolver {
         })
     }
 
+    async fn wait(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
+        match &self.self_check {
+            None => Ok(()),
+            Some(target) => selfcheck::self_check_webroot(ch, target, &self.root).await,
+        }
+    }
+
     async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
         let path = self.token_path(&ch.token)?;
         match tokio::fs::remove_file(&path).await {
@@ -141,6 +163,92 @@ mod tests {
         assert!(err.message.contains("outside base64url"), "{err}");
         assert!(!err.retryable);
         assert!(!dir.path().join(".well-known").exists());
+    }
+
+    /// A tiny web server on 127.0.0.1 serving files under `root` (like nginx `root`), 404 otherwise.
+    async fn file_server(root: PathBuf) -> (u16, tokio::task::JoinHandle<()>) {
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let root = root.clone();
+            async move {
+                use axum::response::IntoResponse as _;
+                let path = root.join(uri.path().trim_start_matches('/'));
+                match tokio::fs::read_to_string(&path).await {
+                    Ok(body) => body.into_response(),
+                    Err(_) => (
+                        axum::http::StatusCode::NOT_FOUND,
+                        [("server", "nginx/1.22.1")],
+                        "<html>404</html>",
+                    )
+                        .into_response(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (port, task)
+    }
+
+    fn loopback(port: u16) -> SelfCheckTarget {
+        SelfCheckTarget {
+            port,
+            resolve: vec!["127.0.0.1".parse().unwrap()],
+        }
+    }
+
+    #[tokio::test]
+    async fn wait_self_checks_through_the_web_server() {
+        let served = tempfile::tempdir().unwrap();
+        let (port, task) = file_server(served.path().to_path_buf()).await;
+        let ch = ctx("tok_SELF-1");
+
+        // The web server serves the webroot: the self-check passes.
+        let good = WebrootSolver::new(served.path().to_path_buf()).with_self_check(loopback(port));
+        good.present(&ch).await.unwrap();
+        good.wait(&ch).await.unwrap();
+        good.cleanup(&ch).await.unwrap();
+
+        // Tokens written where the server does not look: the self-check fails, naming the answer,
+        // the file written and the nginx `root` to set.
+        let other = tempfile::tempdir().unwrap();
+        let bad = WebrootSolver::new(other.path().to_path_buf()).with_self_check(loopback(port));
+        bad.present(&ch).await.unwrap();
+        let err = bad.wait(&ch).await.unwrap_err();
+        let m = &err.message;
+        assert!(err.retryable, "{m}");
+        assert!(
+            m.contains("HTTP 404 Not Found from server \"nginx/1.22.1\""),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!(
+                "the token was written to {}/.well-known/acme-challenge/tok_SELF-1",
+                other.path().display()
+            )),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!(
+                "location /.well-known/acme-challenge/ {{ root {}; }}",
+                other.path().display()
+            )),
+            "{m}"
+        );
+        assert!(m.contains("self_check = false }"), "{m}");
+        assert!(
+            !m.contains("proxy_pass"),
+            "webroot advice must not talk about the listener: {m}"
+        );
+
+        // Without the self-check, wait does not fetch anything.
+        WebrootSolver::new(other.path().to_path_buf())
+            .wait(&ch)
+            .await
+            .unwrap();
+        bad.cleanup(&ch).await.unwrap();
+        task.abort();
     }
 
     #[tokio::test]

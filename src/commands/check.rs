@@ -95,7 +95,17 @@ pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
                 out.push(p);
             }
         } else {
-            match tokio::time::timeout(PROBE_TIMEOUT, issuer_probes(issuer, state.as_ref())).await
+            let profiled: Vec<(&str, &str)> = cfg
+                .certificates
+                .values()
+                .filter(|c| c.issuers.contains(&issuer.name))
+                .filter_map(|c| c.profile.as_deref().map(|p| (c.name.as_str(), p)))
+                .collect();
+            match tokio::time::timeout(
+                PROBE_TIMEOUT,
+                issuer_probes(issuer, &profiled, state.as_ref()),
+            )
+            .await
             {
                 Ok(mut v) => out.append(&mut v),
                 Err(_) => out.push(Probe::fail(format!(
@@ -147,7 +157,12 @@ fn bundle(issuer: &IssuerConfig) -> Result<Vec<openssl::x509::X509>, Probe> {
         })
 }
 
-async fn issuer_probes(issuer: &IssuerConfig, state: Option<&StateStore>) -> Vec<Probe> {
+/// The CA probes of one issuer; `profiled` are the (certificate, profile) pairs that use it.
+async fn issuer_probes(
+    issuer: &IssuerConfig,
+    profiled: &[(&str, &str)],
+    state: Option<&StateStore>,
+) -> Vec<Probe> {
     let mut out = Vec::new();
     let roots = match bundle(issuer) {
         Ok(r) => r,
@@ -175,6 +190,9 @@ async fn issuer_probes(issuer: &IssuerConfig, state: Option<&StateStore>) -> Vec
              with the values from the CA's account page",
             issuer.name
         )));
+    }
+    for (cert, profile) in profiled {
+        out.push(profile_probe(&issuer.name, cert, profile, &meta.profiles));
     }
     let Some(state) = state else {
         return out;
@@ -243,6 +261,32 @@ async fn issuer_probes(issuer: &IssuerConfig, state: Option<&StateStore>) -> Vec
     out
 }
 
+/// Whether the CA's directory lists the profile a certificate asks for.
+fn profile_probe(
+    issuer: &str,
+    cert: &str,
+    profile: &str,
+    offered: &std::collections::BTreeMap<String, String>,
+) -> Probe {
+    if offered.contains_key(profile) {
+        Probe::ok(format!(
+            "certificate {cert}: issuer {issuer} offers profile {profile:?}"
+        ))
+    } else if offered.is_empty() {
+        Probe::fail(format!(
+            "certificate {cert}: profile {profile:?} is set, but issuer {issuer} offers no profiles — remove \
+             `profile` (orders to this CA would be refused before they are sent)"
+        ))
+    } else {
+        let names: Vec<&str> = offered.keys().map(String::as_str).collect();
+        Probe::fail(format!(
+            "certificate {cert}: issuer {issuer} does not offer profile {profile:?}; it offers: {} — set \
+             `profile` to one of them",
+            names.join(", ")
+        ))
+    }
+}
+
 /// Solver probes: DNS provider credentials (built as issuance would) and webroot writability.
 fn solver_probes(issuer: &IssuerConfig) -> Vec<Probe> {
     issuer
@@ -250,7 +294,7 @@ fn solver_probes(issuer: &IssuerConfig) -> Vec<Probe> {
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match &s.kind {
-            SolverKind::Webroot { path } => Some(webroot_probe(&issuer.name, i, path)),
+            SolverKind::Webroot { path, .. } => Some(webroot_probe(&issuer.name, i, path)),
             SolverKind::Dns01 { provider, .. } => Some(match provider.build() {
                 Ok(p) => Probe::ok(format!(
                     "issuer {} solver[{i}]: dns01 provider {} configured, credentials readable",
@@ -388,6 +432,22 @@ async fn served_by_certkeeper(addr: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn profile_probe_cases() {
+        let mut offered = std::collections::BTreeMap::new();
+        let p = profile_probe("le", "www", "shortlived", &offered);
+        assert!(!p.ok && p.message.contains("offers no profiles"), "{p}");
+        offered.insert("classic".to_string(), "90 days".to_string());
+        offered.insert("shortlived".to_string(), "6 days".to_string());
+        let p = profile_probe("le", "www", "shortlived", &offered);
+        assert!(p.ok, "{p}");
+        let p = profile_probe("le", "www", "tlsserver", &offered);
+        assert!(
+            !p.ok && p.message.contains("it offers: classic, shortlived"),
+            "{p}"
+        );
+    }
 
     #[test]
     fn webroot_probe_cases() {

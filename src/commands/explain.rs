@@ -115,6 +115,36 @@ fn config_section(out: &mut String, cfg: &Config, cert: &CertificateConfig) {
     }
 }
 
+/// How an HTTP-01 self-check is set, for the solver line.
+fn self_check_text(
+    self_check: bool,
+    self_check_target: &crate::challenge::http01::SelfCheckTarget,
+) -> String {
+    if !self_check {
+        "self-check off".to_string()
+    } else if self_check_target.resolve.is_empty() && self_check_target.port == 80 {
+        "self-check on".to_string()
+    } else {
+        format!(
+            "self-check via port {}{}",
+            self_check_target.port,
+            if self_check_target.resolve.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " at {}",
+                    self_check_target
+                        .resolve
+                        .iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        )
+    }
+}
+
 fn describe_solver(kind: &SolverKind, listen: &[std::net::SocketAddr]) -> String {
     match kind {
         SolverKind::Http01 {
@@ -122,32 +152,18 @@ fn describe_solver(kind: &SolverKind, listen: &[std::net::SocketAddr]) -> String
             self_check_target,
         } => {
             let listen: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
-            let check = if !self_check {
-                "self-check off".to_string()
-            } else if self_check_target.resolve.is_empty() && self_check_target.port == 80 {
-                "self-check on".to_string()
-            } else {
-                format!(
-                    "self-check via port {}{}",
-                    self_check_target.port,
-                    if self_check_target.resolve.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " at {}",
-                            self_check_target
-                                .resolve
-                                .iter()
-                                .map(|i| i.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }
-                )
-            };
+            let check = self_check_text(*self_check, self_check_target);
             format!("http-01 via listener {} ({check})", listen.join(", "))
         }
-        SolverKind::Webroot { path } => format!("http-01 via webroot {}", path.display()),
+        SolverKind::Webroot {
+            path,
+            self_check,
+            self_check_target,
+        } => format!(
+            "http-01 via webroot {} ({})",
+            path.display(),
+            self_check_text(*self_check, self_check_target)
+        ),
         SolverKind::TlsAlpn01 { listen } => format!("tls-alpn-01 on {listen}"),
         SolverKind::Dns01 {
             provider,
@@ -371,6 +387,28 @@ output = {{ dir = "{d}/out" }}
         let path = dir.join("certkeeper.toml");
         std::fs::write(&path, &text).unwrap();
         Arc::new(crate::config::load(&path).unwrap())
+    }
+
+    #[test]
+    fn webroot_solver_line_shows_the_self_check() {
+        let on = SolverKind::Webroot {
+            path: "/var/www/acme".into(),
+            self_check: true,
+            self_check_target: Default::default(),
+        };
+        assert_eq!(
+            describe_solver(&on, &[]),
+            "http-01 via webroot /var/www/acme (self-check on)"
+        );
+        let off = SolverKind::Webroot {
+            path: "/var/www/acme".into(),
+            self_check: false,
+            self_check_target: Default::default(),
+        };
+        assert_eq!(
+            describe_solver(&off, &[]),
+            "http-01 via webroot /var/www/acme (self-check off)"
+        );
     }
 
     #[test]

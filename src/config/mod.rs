@@ -160,6 +160,11 @@ pub enum SolverKind {
     Webroot {
         /// The document root; files go to `<path>/.well-known/acme-challenge/<token>`.
         path: PathBuf,
+        /// Fetch the token through the public name before telling the CA (default true), as for
+        /// `http01`.
+        self_check: bool,
+        /// Where the self-check connects (`self_check = { port, resolve }`).
+        self_check_target: crate::challenge::http01::SelfCheckTarget,
     },
     /// TLS-ALPN-01 (RFC 8737) on certkeeper's own TLS listener, open only while challenges are pending.
     TlsAlpn01 {
@@ -634,7 +639,7 @@ output = { dir = "/etc/nginx/tls/www" }
         );
         // Relative paths resolve against the directory of the file that names them.
         match &other.solvers[0].kind {
-            SolverKind::Webroot { path } => assert_eq!(path, &d.join("conf.d/www")),
+            SolverKind::Webroot { path, .. } => assert_eq!(path, &d.join("conf.d/www")),
             k => panic!("{k:?}"),
         }
         // `www` names no issuer while two are defined.
@@ -809,9 +814,50 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
         let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
         let want = std::env::current_dir().unwrap().join("acme-www");
         match &cfg.issuers["le"].solvers[0].kind {
-            SolverKind::Webroot { path } => assert_eq!(path, &want),
+            SolverKind::Webroot { path, .. } => assert_eq!(path, &want),
             k => panic!("{k:?}"),
         }
+    }
+
+    #[test]
+    fn webroot_self_check_forms() {
+        let kind = |solver: &str| {
+            let text = BASE.replace("http01 = {}", solver);
+            let cfg =
+                Config::from_str(&text, Path::new("/etc/certkeeper/certkeeper.toml")).unwrap();
+            match &cfg.issuers["le"].solvers[0].kind {
+                SolverKind::Webroot {
+                    self_check,
+                    self_check_target,
+                    ..
+                } => (*self_check, self_check_target.clone()),
+                k => panic!("{k:?}"),
+            }
+        };
+        let (on, target) = kind("webroot = { path = \"/var/www\" }");
+        assert!(on, "the self-check is on by default, as for http01");
+        assert_eq!(target, crate::challenge::http01::SelfCheckTarget::default());
+        assert!(!kind("webroot = { path = \"/var/www\", self_check = false }").0);
+        let (on, target) = kind(
+            "webroot = { path = \"/var/www\", self_check = { port = 8080, resolve = [\"127.0.0.1\"] } }",
+        );
+        assert!(on);
+        assert_eq!(target.port, 8080);
+        assert_eq!(
+            target.resolve,
+            vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let text = BASE.replace(
+            "http01 = {}",
+            "webroot = { path = \"/var/www\", self_check = { port = 0 } }",
+        );
+        let err = Config::from_str(&text, Path::new("/etc/certkeeper/certkeeper.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("issuer.le.solver[0].webroot.self_check.port: 0 is not a TCP port"),
+            "{err}"
+        );
     }
 
     #[test]

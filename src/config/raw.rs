@@ -148,6 +148,7 @@ pub(crate) struct RawTlsAlpn01 {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawWebroot {
     pub path: SStr,
+    pub self_check: Option<Spanned<RawSelfCheck>>,
 }
 
 #[derive(Debug, Deserialize)]

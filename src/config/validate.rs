@@ -459,6 +459,52 @@ fn issuer(
     })
 }
 
+/// `self_check = true | false | { port, resolve }` of an http01 or webroot solver at key `p`
+/// (`issuer.X.solver[i].http01`): on by default, port 80 of the name's own addresses.
+fn self_check_setting(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    raw: Option<&Spanned<RawSelfCheck>>,
+) -> (bool, crate::challenge::http01::SelfCheckTarget) {
+    let mut self_check = true;
+    let mut self_check_target = crate::challenge::http01::SelfCheckTarget::default();
+    match raw.map(|s| s.get_ref()) {
+        None => {}
+        Some(RawSelfCheck::Enabled(b)) => self_check = *b,
+        Some(RawSelfCheck::Target(t)) => {
+            if let Some(port) = &t.port {
+                match u16::try_from(*port.get_ref()) {
+                    Ok(n) if n > 0 => self_check_target.port = n,
+                    _ => cx.err(
+                        file,
+                        &port.span(),
+                        format!("{p}.self_check.port"),
+                        format!(
+                            "{} is not a TCP port: write a number from 1 to 65535",
+                            port.get_ref()
+                        ),
+                    ),
+                }
+            }
+            if let Some(resolve) = &t.resolve {
+                for v in &resolve.get_ref().0 {
+                    match v.parse::<IpAddr>() {
+                        Ok(ip) => self_check_target.resolve.push(ip),
+                        Err(_) => cx.err(
+                            file,
+                            &resolve.span(),
+                            format!("{p}.self_check.resolve"),
+                            format!("{v:?} is not an IP address: write e.g. \"203.0.113.7\" or \"2001:db8::7\""),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    (self_check, self_check_target)
+}
+
 fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<SolverConfig> {
     let raw = s.get_ref();
     let mut kinds = Vec::new();
@@ -523,53 +569,27 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     }
 
     let kind = if let Some(h) = &raw.http01 {
-        let mut self_check = true;
-        let mut self_check_target = crate::challenge::http01::SelfCheckTarget::default();
-        match h
-            .get_ref()
-            .self_check
-            .as_ref()
-            .map(|s| (s.span(), s.get_ref()))
-        {
-            None => {}
-            Some((_, RawSelfCheck::Enabled(b))) => self_check = *b,
-            Some((_, RawSelfCheck::Target(t))) => {
-                if let Some(port) = &t.port {
-                    match u16::try_from(*port.get_ref()) {
-                        Ok(n) if n > 0 => self_check_target.port = n,
-                        _ => cx.err(
-                            file,
-                            &port.span(),
-                            format!("{p}.http01.self_check.port"),
-                            format!(
-                                "{} is not a TCP port: write a number from 1 to 65535",
-                                port.get_ref()
-                            ),
-                        ),
-                    }
-                }
-                if let Some(resolve) = &t.resolve {
-                    for v in &resolve.get_ref().0 {
-                        match v.parse::<IpAddr>() {
-                            Ok(ip) => self_check_target.resolve.push(ip),
-                            Err(_) => cx.err(
-                                file,
-                                &resolve.span(),
-                                format!("{p}.http01.self_check.resolve"),
-                                format!("{v:?} is not an IP address: write e.g. \"203.0.113.7\" or \"2001:db8::7\""),
-                            ),
-                        }
-                    }
-                }
-            }
-        }
+        let (self_check, self_check_target) = self_check_setting(
+            cx,
+            file,
+            &format!("{p}.http01"),
+            h.get_ref().self_check.as_ref(),
+        );
         SolverKind::Http01 {
             self_check,
             self_check_target,
         }
     } else if let Some(w) = &raw.webroot {
+        let (self_check, self_check_target) = self_check_setting(
+            cx,
+            file,
+            &format!("{p}.webroot"),
+            w.get_ref().self_check.as_ref(),
+        );
         SolverKind::Webroot {
             path: cx.resolve(file, w.get_ref().path.get_ref()),
+            self_check,
+            self_check_target,
         }
     } else if let Some(t) = &raw.tlsalpn01 {
         let listen = match &t.get_ref().listen {

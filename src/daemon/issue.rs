@@ -6,6 +6,7 @@
 //! continues the same order on its next start instead of leaving it (and its rate-limit cost) behind.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use futures_util::future::join_all;
 use openssl::pkey::{PKey, Private};
@@ -298,6 +299,7 @@ async fn issue_with(
     };
     let chain = account
         .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
+        .instrument(tracing::info_span!("download", cert = %cert.name))
         .await
         .map_err(|e| IssueError::from_acme(e, issuer))?;
 

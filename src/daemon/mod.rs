@@ -360,8 +360,16 @@ impl Runtime {
                 }
                 Arc::new(s)
             }
-            SolverKind::Webroot { path } => {
-                Arc::new(crate::challenge::webroot::WebrootSolver::new(path.clone()))
+            SolverKind::Webroot {
+                path,
+                self_check,
+                self_check_target,
+            } => {
+                let mut s = crate::challenge::webroot::WebrootSolver::new(path.clone());
+                if *self_check {
+                    s = s.with_self_check(self_check_target.clone());
+                }
+                Arc::new(s)
             }
             SolverKind::TlsAlpn01 { listen } => {
                 Arc::new(crate::challenge::tlsalpn01::TlsAlpn01Solver::new(*listen))

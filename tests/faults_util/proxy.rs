@@ -50,6 +50,9 @@ pub enum Mode {
     /// Forward, but replace successful certificate downloads (`/certZ/...`) with this PEM (error
     /// answers such as pebble's random badNonce pass unchanged, as in all rewriting modes).
     ReplaceCert(String),
+    /// Forward, but add these `(name, description)` pairs as `meta.profiles` to the directory (pebble
+    /// 2.4 offers no profiles).
+    AddProfiles(Vec<(String, String)>),
     /// Forward, but replace certificate downloads with a forged chain for `names` whose leaf holds
     /// the public half of the private key in `key_file` (read at download time).
     ForgeForKey {
@@ -70,6 +73,8 @@ struct Shared {
     faulted: AtomicUsize,
     /// Requests forwarded in `Pass` mode.
     passed: AtomicUsize,
+    /// Every POST seen: (path, body).
+    posts: Mutex<Vec<(String, Bytes)>>,
 }
 
 /// A running proxy; its accept loop ends when dropped.
@@ -112,6 +117,7 @@ impl Proxy {
             client,
             faulted: AtomicUsize::new(0),
             passed: AtomicUsize::new(0),
+            posts: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -170,6 +176,27 @@ impl Proxy {
     pub fn passed(&self) -> usize {
         self.shared.passed.load(Ordering::SeqCst)
     }
+
+    /// The payloads of the JWS POSTs seen so far to paths starting with `prefix`, decoded (JSON;
+    /// POST-as-GET's empty payload as `Null`), in order.
+    pub fn jws_payloads(&self, prefix: &str) -> Vec<serde_json::Value> {
+        use base64::Engine as _;
+        self.shared
+            .posts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(path, _)| path.starts_with(prefix))
+            .map(|(_, body)| {
+                let jws: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                let payload = jws["payload"].as_str().unwrap_or_default();
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .unwrap_or_default();
+                serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null)
+            })
+            .collect()
+    }
 }
 
 fn reply(status: u16, body: impl Into<Bytes>, ctype: &str) -> Response<Full<Bytes>> {
@@ -207,6 +234,9 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
         Ok(b) => b.to_bytes(),
         Err(_) => return reply(400, "bad request body", "text/plain"),
     };
+    if method == hyper::Method::POST {
+        s.posts.lock().unwrap().push((path.clone(), body.clone()));
+    }
     for h in ["host", "content-length", "connection", "transfer-encoding"] {
         headers.remove(h);
     }
@@ -237,6 +267,16 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
             v.resize(3 * 1024 * 1024, b'x');
             v.extend_from_slice(b"\"}");
             rbody = Bytes::from(v);
+        }
+        Mode::AddProfiles(profiles) if path == "/dir" && status < 300 => {
+            s.faulted.fetch_add(1, Ordering::SeqCst);
+            let mut d: serde_json::Value = serde_json::from_slice(&rbody).unwrap_or_default();
+            let map: serde_json::Map<String, serde_json::Value> = profiles
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            d["meta"]["profiles"] = serde_json::Value::Object(map);
+            rbody = Bytes::from(d.to_string().into_bytes());
         }
         Mode::OnCertDownload(cmd) if path.starts_with("/certZ/") && status < 300 => {
             s.faulted.fetch_add(1, Ordering::SeqCst);

@@ -72,6 +72,30 @@ pub async fn self_check(
     target: &SelfCheckTarget,
     listeners: &[SocketAddr],
 ) -> Result<(), SolveError> {
+    run(ch, target, Via::Listener(listeners)).await
+}
+
+/// Run the self-check for one HTTP-01 challenge answered from a webroot (`root` is the configured
+/// `webroot.path`): the same fetch as [`self_check`], with advice about the web server's `root`
+/// instead of a proxy to certkeeper's listener.
+pub async fn self_check_webroot(
+    ch: &ChallengeCtx,
+    target: &SelfCheckTarget,
+    root: &std::path::Path,
+) -> Result<(), SolveError> {
+    run(ch, target, Via::Webroot(root)).await
+}
+
+/// How the token is meant to reach the web server on port 80, for the advice.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// A proxy to certkeeper's own listener(s).
+    Listener(&'a [SocketAddr]),
+    /// A file under this document root.
+    Webroot(&'a std::path::Path),
+}
+
+async fn run(ch: &ChallengeCtx, target: &SelfCheckTarget, via: Via<'_>) -> Result<(), SolveError> {
     let addrs = addresses(ch, target).await?;
     let mut last = Vec::new();
     for attempt in 0..ATTEMPTS {
@@ -98,7 +122,7 @@ pub async fn self_check(
         }
         last = results;
     }
-    Err(SolveError::retryable(explain(ch, target, listeners, &last)))
+    Err(SolveError::retryable(explain(ch, target, via, &last)))
 }
 
 /// The addresses to check: the override, the IP identifier itself, or the name's A/AAAA records.
@@ -330,9 +354,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 fn explain(
     ch: &ChallengeCtx,
     target: &SelfCheckTarget,
-    listeners: &[SocketAddr],
+    via: Via<'_>,
     results: &[(IpAddr, Outcome)],
 ) -> String {
+    let listeners: &[SocketAddr] = match via {
+        Via::Listener(l) => l,
+        Via::Webroot(_) => &[],
+    };
     let listener = listeners
         .first()
         .map(|a| a.to_string())
@@ -369,6 +397,23 @@ fn explain(
                     "a redirect loop: exempt /.well-known/acme-challenge/ from the http->https (or www) \
                      redirect, or make sure the redirect target serves the same path"
                         .to_string()
+                } else if let (Via::Webroot(root), true) = (
+                    via,
+                    what.starts_with("HTTP 404") || what.starts_with("HTTP 200"),
+                ) {
+                    format!(
+                        "the web server on port {} does not serve the webroot: the token was written to \
+                         {}/.well-known/acme-challenge/{}, but that is not what answers for {}; in nginx the \
+                         port-80 server block for {} needs `location /.well-known/acme-challenge/ {{ root {}; }}` \
+                         (set webroot `path` to the `root` nginx serves), or an A/AAAA record points to another \
+                         server",
+                        target.port,
+                        root.display(),
+                        ch.token,
+                        ch.identifier,
+                        ch.identifier,
+                        root.display()
+                    )
                 } else if what.starts_with("HTTP 404") || what.starts_with("HTTP 200") {
                     format!(
                         "the token is not reachable through the public address: the web server on port {} \
@@ -393,6 +438,11 @@ fn explain(
                 } else if what.contains("redirect") {
                     "fix the redirect: the CA only follows redirects to http/https on ports 80/443"
                         .to_string()
+                } else if matches!(via, Via::Webroot(_)) {
+                    format!(
+                        "the web server answering for this name on port {} does not serve the webroot",
+                        target.port
+                    )
                 } else {
                     "something other than certkeeper answers for this name on port 80".to_string()
                 };
@@ -416,11 +466,18 @@ fn explain(
     format!(
         "certificate '{}': HTTP-01 self-check failed for {} before asking the CA: fetching {url} did not \
          return the key authorization. Seen: {}. Likely cause: {}. (Turn this check off with \
-         `http01 = {{ self_check = false }}` if this host cannot reach its own public address.)",
+         `{}` if this host cannot reach its own public address.)",
         ch.cert_name,
         ch.identifier,
         seen.join("; "),
-        hints.join("; or ")
+        hints.join("; or "),
+        match via {
+            Via::Listener(_) => "http01 = { self_check = false }".to_string(),
+            Via::Webroot(root) => format!(
+                "webroot = {{ path = \"{}\", self_check = false }}",
+                root.display()
+            ),
+        }
     )
 }
 
