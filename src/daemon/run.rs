@@ -134,6 +134,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     let batch = std::mem::take(&mut reloads);
                     hooks::run_reloads(&batch, rt.config.daemon.hook_timeout).await;
                 }
+                if inflight.is_empty() {
+                    release_memory();
+                }
             }
             _ = hup.recv() => reload(config_path, &mut rt, &mut timers, &mut _watcher, &shared, "SIGHUP"),
             Some(()) = cfg_rx.recv() => {
@@ -184,6 +187,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     shutdown.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// Give the memory a burst of issuances grew into back to the system before the daemon goes idle for
+/// weeks (glibc keeps freed heap pages of every arena mapped otherwise).
+fn release_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Record a finished task: queue its reload hooks and set its next wake-up time.
