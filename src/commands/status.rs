@@ -99,12 +99,7 @@ pub fn collect(
 }
 
 fn one(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> CertStatus {
-    let state = rt
-        .state
-        .load_cert_state(&cert.name)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let state = rt.state.cert_state_or_default(&cert.name);
     let (live, installed_error) = match rt.output_spec(cert).map(|s| store::read_installed(&s)) {
         Ok(Ok(live)) => (live, None),
         Ok(Err(e)) => (None, Some(e.to_string())),

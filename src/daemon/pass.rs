@@ -66,12 +66,7 @@ impl PassReport {
 /// the config (names, key type, issuers, profile), or when the installed files cannot be read as a
 /// matching pair; otherwise at its renewal point, or earlier inside the CA's ARI window.
 pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
-    let state = rt
-        .state
-        .load_cert_state(&cert.name)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let state = rt.state.cert_state_or_default(&cert.name);
     let fingerprint = fingerprint(cert);
     let installed = rt
         .output_spec(cert)

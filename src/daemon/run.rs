@@ -259,12 +259,7 @@ fn schedule_one(
             timers.remove(&cert.name);
         }
     }
-    let state = rt
-        .state
-        .load_cert_state(&cert.name)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let state = rt.state.cert_state_or_default(&cert.name);
     let not_after = rt
         .output_spec(cert)
         .ok()

@@ -448,6 +448,18 @@ impl StateStore {
         Ok(self.root.join("certs").join(format!("{name}{suffix}")))
     }
 
+    /// The certificate's state, or a fresh one when there is none or it cannot be read (a corrupt
+    /// state file is logged and then treated as absent, so scheduling never stops on it).
+    pub fn cert_state_or_default(&self, name: &str) -> CertState {
+        match self.load_cert_state(name) {
+            Ok(state) => state.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(cert = %name, error = %e, "certificate state unreadable; treating it as empty");
+                CertState::default()
+            }
+        }
+    }
+
     /// The state of certificate `name`, or `None` when it has none yet.
     pub fn load_cert_state(&self, name: &str) -> Result<Option<CertState>, StoreError> {
         read_json(&self.cert_path(name, ".json")?)
