@@ -188,10 +188,7 @@ fn describe_solver(kind: &SolverKind, listen: &[std::net::SocketAddr]) -> String
 
 fn live_section(out: &mut String, rt: &Runtime, cert: &CertificateConfig, state: &CertState) {
     out.push_str("\nLive certificate:\n");
-    let installed = rt
-        .output_spec(cert)
-        .ok()
-        .map(|spec| store::read_installed(&spec));
+    let installed = Some(store::read_installed(&cert.output));
     match installed {
         Some(Ok(Some(live))) => {
             let now = jiff::Timestamp::now();

@@ -121,8 +121,7 @@ pub fn import(rt: &Runtime, opts: &ImportOptions) -> Result<Imported, ImportErro
     }
 
     let _lock = rt.state.lock_cert(name).map_err(store_err)?;
-    let spec = rt.output_spec(cert).map_err(|e| rejected(e.to_string()))?;
-    let paths = store::install(&spec, &key_pem, &chain_pem, &verified).map_err(store_err)?;
+    let paths = store::install(&cert.output, &key_pem, &chain_pem, &verified).map_err(store_err)?;
     let mut state = rt
         .state
         .load_cert_state(name)

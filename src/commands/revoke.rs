@@ -193,11 +193,8 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
     };
     // No issuance of this certificate while it is being revoked.
     let _lock = rt.state.lock_cert(name).map_err(store_err)?;
-    let spec = rt.output_spec(cert).map_err(|e| RevokeError::BadFiles {
-        name: name.to_string(),
-        message: e.to_string(),
-    })?;
-    let live = store::read_installed(&spec)
+    let spec = &cert.output;
+    let live = store::read_installed(spec)
         .map_err(store_err)?
         .ok_or_else(|| RevokeError::NotInstalled {
             name: name.to_string(),
@@ -301,7 +298,7 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
             message: failures.join("; "),
         });
     };
-    let kept = store::keep_revoked(&spec, &live).map_err(store_err)?;
+    let kept = store::keep_revoked(spec, &live).map_err(store_err)?;
     state.revoked_serial = Some(serial.clone());
     rt.state.save_cert_state(name, &state).map_err(store_err)?;
     info!(cert = %name, serial = %serial, issuer = %issuer.name, reason = %opts.reason, signed_with, kept = %kept.display(), "certificate revoked; a replacement is due at once");

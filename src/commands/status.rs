@@ -100,9 +100,8 @@ pub fn collect(
 
 fn one(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> CertStatus {
     let state = rt.state.cert_state_or_default(&cert.name);
-    let (live, installed_error) = match rt.output_spec(cert).map(|s| store::read_installed(&s)) {
-        Ok(Ok(live)) => (live, None),
-        Ok(Err(e)) => (None, Some(e.to_string())),
+    let (live, installed_error) = match store::read_installed(&cert.output) {
+        Ok(live) => (live, None),
         Err(e) => (None, Some(e.to_string())),
     };
     let due = due_for(rt, cert, now);

@@ -48,11 +48,7 @@ pub async fn refresh(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> 
         Ok(s) => s.unwrap_or_default(),
         Err(_) => return AriOutcome::Skipped,
     };
-    let Some(live) = rt
-        .output_spec(cert)
-        .ok()
-        .and_then(|spec| store::read_installed(&spec).ok().flatten())
-    else {
+    let Some(live) = store::read_installed(&cert.output).ok().flatten() else {
         return AriOutcome::Skipped;
     };
     let cert_id = match openssl::x509::X509::from_pem(&live.fullchain_pem)
@@ -136,10 +132,7 @@ pub fn next_wake(
     let Some(wake) = wake else {
         return (due, None);
     };
-    let installed = rt
-        .output_spec(cert)
-        .ok()
-        .is_some_and(|spec| matches!(store::read_installed(&spec), Ok(Some(_))));
+    let installed = matches!(store::read_installed(&cert.output), Ok(Some(_)));
     if !installed {
         return (due, Some(wake));
     }

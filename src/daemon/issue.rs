@@ -312,8 +312,7 @@ async fn issue_with(
                 "the CA's certificate was rejected, nothing was written: {e}"
             ))
         })?;
-    let spec = rt.output_spec(cert)?;
-    let paths = store::install(&spec, &key_pem, chain.pem.as_bytes(), &verified)
+    let paths = store::install(&cert.output, &key_pem, chain.pem.as_bytes(), &verified)
         .map_err(IssueError::from_store)?;
 
     // The new pair is live from here on: a failure to tidy the state must not turn it into a failed
@@ -342,7 +341,6 @@ async fn issue_with(
 /// matches, otherwise a fresh one from the OS RNG.
 fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>, IssueError> {
     if cert.key_reuse {
-        let spec = rt.output_spec(cert)?;
         let revoked = rt
             .state
             .load_cert_state(&cert.name)
@@ -350,7 +348,7 @@ fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>,
             .flatten()
             .and_then(|s| s.revoked_serial);
         // Never reuse the key of a revoked certificate: it may be the reason it was revoked.
-        if let Ok(Some(live)) = store::read_installed(&spec)
+        if let Ok(Some(live)) = store::read_installed(&cert.output)
             && revoked.as_deref() != Some(live.cert.serial_hex.as_str())
             && let Ok(key) = PKey::private_key_from_pem(&live.key_pem)
             && acme::KeyType::of(&key) == Some(cert.key)

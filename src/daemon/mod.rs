@@ -18,8 +18,8 @@ use crate::acme::{self, AcmeError};
 use crate::challenge::dns01::Dns01Solver;
 use crate::challenge::http01::{Http01Solver, TokenStore};
 use crate::challenge::{ChallengeKind, SolveError, Solver};
-use crate::config::{CertificateConfig, Config, IssuerConfig, SolverKind};
-use crate::store::{self, OutputSpec, StateStore, StoreError};
+use crate::config::{Config, IssuerConfig, SolverKind};
+use crate::store::{self, StateStore, StoreError};
 
 /// A certificate could not be issued this time.
 ///
@@ -386,11 +386,6 @@ impl Runtime {
         };
         solvers.insert(key, solver.clone());
         Ok((solver.clone(), solver.kind()))
-    }
-
-    /// Where and how a certificate's files are written.
-    pub fn output_spec(&self, cert: &CertificateConfig) -> Result<OutputSpec, IssueError> {
-        Ok(cert.output.clone())
     }
 }
 

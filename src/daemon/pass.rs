@@ -68,10 +68,7 @@ impl PassReport {
 pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
     let state = rt.state.cert_state_or_default(&cert.name);
     let fingerprint = fingerprint(cert);
-    let installed = rt
-        .output_spec(cert)
-        .ok()
-        .and_then(|spec| match store::read_installed(&spec) {
+    let installed = match store::read_installed(&cert.output) {
             // A self-signed placeholder (written so nginx can start before the first issuance) is
             // not a certificate to keep: issue at once.
             Ok(Some(live)) if is_self_signed_placeholder(&live.fullchain_pem) => {
@@ -83,7 +80,7 @@ pub fn due_for(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> Due {
                 info!(cert = %cert.name, error = %e, "installed files unusable; issuing again");
                 None
             }
-        })
+        }
         // A revoked certificate (`certkeeper revoke`) counts as missing: replace it at once.
         .filter(|live| state.revoked_serial.as_deref() != Some(live.cert.serial_hex.as_str()));
     let fingerprint_changed = installed.as_ref().is_some_and(|live| {

@@ -260,10 +260,9 @@ fn schedule_one(
         }
     }
     let state = rt.state.cert_state_or_default(&cert.name);
-    let not_after = rt
-        .output_spec(cert)
+    let not_after = store::read_installed(&cert.output)
         .ok()
-        .and_then(|spec| store::read_installed(&spec).ok().flatten())
+        .flatten()
         .map(|live| live.cert.not_after.as_second());
     metrics.set_cert(
         &cert.name,
