@@ -204,6 +204,71 @@ async fn pebble_with_dns(dns: SocketAddr, http_port: u16) -> Pebble {
     .await
 }
 
+/// The solver table sending every name under `example.test` to the `dns01` value that follows.
+const ZONE_SOLVER: &str =
+    "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
+
+/// What every issuing test starts with: a temp dir, a pebble resolving through `dns` (keep it
+/// alive for the whole test) and the config head pointing at that pebble.
+async fn setup(dns: SocketAddr) -> (tempfile::TempDir, Pebble, String) {
+    let http_port = support::free_port();
+    let pebble = pebble_with_dns(dns, http_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_head(dir.path(), &pebble, http_port);
+    (dir, pebble, cfg)
+}
+
+/// [`ZONE_SOLVER`] updating `server` over rfc2136, its propagation check (`check`, `timeout`) asking `ask`.
+fn rfc2136_solver(
+    dir: &Path,
+    server: &Bind,
+    check: bool,
+    timeout: &str,
+    ask: SocketAddr,
+) -> String {
+    format!(
+        "{ZONE_SOLVER}{}{}",
+        rfc2136(dir, server),
+        propagation(check, timeout, &[ask])
+    )
+}
+
+/// A powerdns `dns01` value for the test PowerDNS, the API key in a file.
+fn powerdns(dir: &Path, server: &Pdns) -> String {
+    let key = dir.join("pdns.key");
+    std::fs::write(&key, format!("{}\n", pdns::API_KEY)).unwrap();
+    format!(
+        "dns01 = {{ provider = \"powerdns\", api_url = \"{}\", api_key_file = \"{}\" }}\n",
+        server.api_url,
+        key.display()
+    )
+}
+
+/// An exec `dns01` value running `script`.
+fn exec_provider(script: &Path) -> String {
+    format!(
+        "dns01 = {{ provider = \"exec\", command = \"{}\", timeout = \"60s\" }}\n",
+        script.display()
+    )
+}
+
+/// The report line `NAME: FAILED ...` of a run, or "" when there is none.
+fn failed_line(run: &Run, name: &str) -> String {
+    run.stdout
+        .lines()
+        .find(|l| l.contains(&format!("{name}: FAILED")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Assert `wild` was installed for the apex and the wildcard.
+fn assert_wild_installed(dir: &Path) {
+    assert_eq!(
+        installed_sans(dir, "wild"),
+        vec!["*.example.test", "example.test"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc2136_issues_apex_and_wildcard_and_leaves_no_txt() {
     if !have(&[]) {
@@ -212,13 +277,8 @@ async fn rfc2136_issues_apex_and_wildcard_and_leaves_no_txt() {
     let Some(server) = Bind::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(server.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &rfc2136(dir.path(), &server);
-    cfg += &propagation(true, "60s", &[server.addr]);
+    let (dir, _pebble, mut cfg) = setup(server.addr).await;
+    cfg += &rfc2136_solver(dir.path(), &server, true, "60s", server.addr);
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
 
@@ -229,10 +289,7 @@ async fn rfc2136_issues_apex_and_wildcard_and_leaves_no_txt() {
         "{}",
         run.all()
     );
-    assert_eq!(
-        installed_sans(dir.path(), "wild"),
-        vec!["*.example.test", "example.test"]
-    );
+    assert_wild_installed(dir.path());
     // Both values were really written to bind and removed again.
     let log = server.log();
     assert!(
@@ -255,18 +312,9 @@ async fn powerdns_issues_apex_and_wildcard_and_leaves_no_txt() {
     let Some(server) = Pdns::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(server.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("pdns.key");
-    std::fs::write(&key, format!("{}\n", pdns::API_KEY)).unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &format!(
-        "dns01 = {{ provider = \"powerdns\", api_url = \"{}\", api_key_file = \"{}\" }}\n",
-        server.api_url,
-        key.display()
-    );
+    let (dir, _pebble, mut cfg) = setup(server.addr).await;
+    cfg += ZONE_SOLVER;
+    cfg += &powerdns(dir.path(), &server);
     cfg += &propagation(true, "60s", &[server.addr]);
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
@@ -278,10 +326,7 @@ async fn powerdns_issues_apex_and_wildcard_and_leaves_no_txt() {
         "{}",
         run.all()
     );
-    assert_eq!(
-        installed_sans(dir.path(), "wild"),
-        vec!["*.example.test", "example.test"]
-    );
+    assert_wild_installed(dir.path());
     assert_no_challenge_txt(server.addr, "pdns_server").await;
 }
 
@@ -293,9 +338,7 @@ async fn exec_nsupdate_issues_apex_and_wildcard_and_leaves_no_txt() {
     let Some(server) = Bind::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(server.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _pebble, mut cfg) = setup(server.addr).await;
     // The documented hook shape: `present|cleanup FQDN VALUE`, nsupdate with a TSIG key file.
     let keyconf = dir.path().join("tsig.conf");
     std::fs::write(
@@ -324,22 +367,15 @@ async fn exec_nsupdate_issues_apex_and_wildcard_and_leaves_no_txt() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &format!(
-        "dns01 = {{ provider = \"exec\", command = \"{}\", timeout = \"60s\" }}\n",
-        script.display()
-    );
+    cfg += ZONE_SOLVER;
+    cfg += &exec_provider(&script);
     cfg += &propagation(true, "60s", &[server.addr]);
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
     assert!(run.success, "{}\n{}", run.all(), server.log());
-    assert_eq!(
-        installed_sans(dir.path(), "wild"),
-        vec!["*.example.test", "example.test"]
-    );
+    assert_wild_installed(dir.path());
     let mut calls: Vec<String> = std::fs::read_to_string(&calls)
         .expect("the hook was never run")
         .lines()
@@ -367,12 +403,9 @@ async fn mixed_http01_and_dns01_names_in_one_certificate() {
     let Some(server) = Bind::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(server.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _pebble, mut cfg) = setup(server.addr).await;
     // HTTP-01 is the default (no selector); the apex goes to DNS-01 by name. www.example.test has an
     // A record 127.0.0.1 in the test zone, so pebble reaches certkeeper's HTTP-01 listener.
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
     cfg += "\n[[issuer.pebble.solver]]\nhttp01 = { self_check = false }\n";
     cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_names = [\"example.test\"] }\n";
     cfg += &rfc2136(dir.path(), &server);
@@ -463,13 +496,8 @@ async fn failed_validation_reports_the_ca_message_and_leaves_no_txt() {
     let Some(asked) = Bind::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(asked.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &rfc2136(dir.path(), &written);
-    cfg += &propagation(false, "60s", &[written.addr]);
+    let (dir, _pebble, mut cfg) = setup(asked.addr).await;
+    cfg += &rfc2136_solver(dir.path(), &written, false, "60s", written.addr);
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
 
@@ -478,12 +506,7 @@ async fn failed_validation_reports_the_ca_message_and_leaves_no_txt() {
     assert!(!run.success, "the order must fail: {}", run.all());
     assert!(run.stdout.contains("wild: FAILED"), "{}", run.all());
     // pebble's own words about the missing TXT record reach the user.
-    let failed = run
-        .stdout
-        .lines()
-        .find(|l| l.contains("wild: FAILED"))
-        .unwrap_or_default()
-        .to_string();
+    let failed = failed_line(&run, "wild");
     assert!(
         failed.contains("TXT") && failed.contains("example.test"),
         "the failure must carry the CA's message about the TXT record: {}",
@@ -514,25 +537,15 @@ async fn propagation_timeout_names_the_server_and_leaves_no_txt() {
     let Some(lagging) = Bind::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(written.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &rfc2136(dir.path(), &written);
-    cfg += &propagation(true, "3s", &[lagging.addr]);
+    let (dir, _pebble, mut cfg) = setup(written.addr).await;
+    cfg += &rfc2136_solver(dir.path(), &written, true, "3s", lagging.addr);
     cfg += &certificate(dir.path(), "apex", &["example.test"]);
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
     eprintln!("{}", run.all());
     assert!(!run.success, "the order must fail: {}", run.all());
-    let failed = run
-        .stdout
-        .lines()
-        .find(|l| l.contains("apex: FAILED"))
-        .unwrap_or_default()
-        .to_string();
+    let failed = failed_line(&run, "apex");
     assert!(
         failed.contains(&format!("{} answered NXDOMAIN", lagging.addr)),
         "the timeout must say which server answered what: {}",
@@ -566,13 +579,8 @@ async fn cname_delegated_challenge_is_written_in_the_target_zone() {
     let Some(server) = Bind::start_recursive().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(server.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &rfc2136(dir.path(), &server);
-    cfg += &propagation(true, "60s", &[server.addr]);
+    let (dir, _pebble, mut cfg) = setup(server.addr).await;
+    cfg += &rfc2136_solver(dir.path(), &server, true, "60s", server.addr);
     cfg += &certificate(
         dir.path(),
         "cname",
@@ -608,18 +616,9 @@ async fn powerdns_two_certificates_sharing_a_challenge_name_in_one_pass() {
     let Some(server) = Pdns::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(server.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("pdns.key");
-    std::fs::write(&key, format!("{}\n", pdns::API_KEY)).unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &format!(
-        "dns01 = {{ provider = \"powerdns\", api_url = \"{}\", api_key_file = \"{}\" }}\n",
-        server.api_url,
-        key.display()
-    );
+    let (dir, _pebble, mut cfg) = setup(server.addr).await;
+    cfg += ZONE_SOLVER;
+    cfg += &powerdns(dir.path(), &server);
     cfg += &propagation(true, "60s", &[server.addr]);
     cfg += &certificate(dir.path(), "apex", &["example.test"]);
     cfg += &certificate(dir.path(), "wild", &["*.example.test"]);
@@ -640,13 +639,8 @@ async fn wrong_tsig_secret_is_reported_as_rejected_key() {
     let Some(server) = Bind::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(server.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &rfc2136(dir.path(), &server);
-    cfg += &propagation(true, "30s", &[server.addr]);
+    let (dir, _pebble, mut cfg) = setup(server.addr).await;
+    cfg += &rfc2136_solver(dir.path(), &server, true, "30s", server.addr);
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
     // Another valid base64 secret of the same length: bind answers BADSIG.
@@ -659,12 +653,7 @@ async fn wrong_tsig_secret_is_reported_as_rejected_key() {
     let run = renew(&config);
     eprintln!("{}", run.all());
     assert!(!run.success, "the order must fail: {}", run.all());
-    let failed = run
-        .stdout
-        .lines()
-        .find(|l| l.contains("wild: FAILED"))
-        .unwrap_or_default()
-        .to_string();
+    let failed = failed_line(&run, "wild");
     assert!(
         failed.contains("TSIG key rejected") && failed.contains("check tsig_key/tsig_secret"),
         "a wrong secret must be named as such: {}",
@@ -698,13 +687,8 @@ async fn interrupted_run_removes_its_txt_records(subcommand: &str, sig: nix::sys
     let Some(lagging) = Bind::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(written.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &rfc2136(dir.path(), &written);
-    cfg += &propagation(true, "10m", &[lagging.addr]);
+    let (dir, _pebble, mut cfg) = setup(written.addr).await;
+    cfg += &rfc2136_solver(dir.path(), &written, true, "10m", lagging.addr);
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
 
@@ -791,10 +775,7 @@ async fn interrupted_run_removes_its_txt_records(subcommand: &str, sig: nix::sys
         "{}",
         run.all()
     );
-    assert_eq!(
-        installed_sans(dir.path(), "wild"),
-        vec!["*.example.test", "example.test"]
-    );
+    assert_wild_installed(dir.path());
     assert_no_challenge_txt(written.addr, "the updated bind9").await;
 }
 
@@ -808,9 +789,7 @@ async fn failing_exec_hook_is_reported_and_its_record_still_removed() {
     let Some(server) = Bind::start().await else {
         return;
     };
-    let http_port = support::free_port();
-    let pebble = pebble_with_dns(server.addr, http_port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _pebble, mut cfg) = setup(server.addr).await;
     let script = dir.path().join("dns-hook.sh");
     std::fs::write(
         &script,
@@ -828,24 +807,15 @@ async fn failing_exec_hook_is_reported_and_its_record_still_removed() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cfg = config_head(dir.path(), &pebble, http_port);
-    cfg += "\n[[issuer.pebble.solver]]\nselector = { dns_zones = [\"example.test\"] }\n";
-    cfg += &format!(
-        "dns01 = {{ provider = \"exec\", command = \"{}\", timeout = \"60s\" }}\n",
-        script.display()
-    );
+    cfg += ZONE_SOLVER;
+    cfg += &exec_provider(&script);
     cfg += &propagation(true, "30s", &[server.addr]);
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
     assert!(!run.success, "the order must fail: {}", run.all());
-    let failed = run
-        .stdout
-        .lines()
-        .find(|l| l.contains("wild: FAILED"))
-        .unwrap_or_default()
-        .to_string();
+    let failed = failed_line(&run, "wild");
     assert!(
         failed.contains("provider says: quota exceeded"),
         "the hook's own message must reach the user: {}",
