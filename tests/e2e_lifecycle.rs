@@ -95,6 +95,14 @@ output = {{ dir = "{out}" }}
         )
     }
 
+    /// Write `certkeeper.toml` (state in `<work>/state`) with the pebble issuer and one certificate
+    /// `www` for `domain`, output in `<work>/tls/www`, and return its path.
+    fn www_config(&self, domain: &str) -> PathBuf {
+        let body = self.issuer("pebble", "ecdsa-p256")
+            + &self.cert("www", "\"pebble\"", &[domain], "", "tls/www");
+        self.config("certkeeper.toml", "state", &body)
+    }
+
     /// Write `certkeeper.toml` (state in `<work>/<state>`) and return its path.
     fn config(&self, file: &str, state: &str, body: &str) -> PathBuf {
         let text = format!(
@@ -195,6 +203,29 @@ fn account_dir(state_dir: &Path) -> PathBuf {
     dirs.into_iter().next().unwrap()
 }
 
+/// [`World::www_config`] for `domain`, issued once: (config, account dir, account key PEM).
+fn issued_with_account(w: &World, domain: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let cfg = w.www_config(domain);
+    ok(&cfg, &["renew"]);
+    let acct = account_dir(&w.path("state"));
+    let old_pem = std::fs::read(acct.join("key.pem")).unwrap();
+    (cfg, acct, old_pem)
+}
+
+/// `account rollover` with the test crash hook set to `at`; asserts that it aborted.
+fn crashed_rollover(cfg: &Path, at: &str) {
+    let o = run(
+        cfg,
+        &["account", "rollover", "--issuer", "pebble"],
+        &[("CERTKEEPER_TEST_CRASH_AT", at)],
+    );
+    assert!(
+        !o.status.success(),
+        "the crash hook must abort:\n{}",
+        text(&o)
+    );
+}
+
 async fn acme_client(w: &World) -> acme::Client {
     acme::Client::new(&w.pebble.directory_url(), &[w.pebble.ca_x509()], "e2e-test")
         .await
@@ -212,9 +243,7 @@ async fn revoke_then_renew_issues_a_replacement() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["www.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("www.example.com");
     ok(&cfg, &["renew"]);
     let out = w.path("tls/www");
     let first = serial(&live_cert(&out));
@@ -269,9 +298,7 @@ async fn revoke_falls_back_to_the_certificate_key_when_the_account_is_lost() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["lost.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("lost.example.com");
     ok(&cfg, &["renew"]);
     let first = serial(&live_cert(&w.path("tls/www")));
     // The account is unusable (deactivated at the CA behind certkeeper's back): the CA refuses it,
@@ -308,9 +335,7 @@ async fn revoke_with_cert_key_flag() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["ck.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("ck.example.com");
     ok(&cfg, &["renew"]);
     let first = serial(&live_cert(&w.path("tls/www")));
     let stdout = ok(
@@ -332,12 +357,7 @@ async fn rollover_switches_the_key_and_the_old_one_is_refused() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["roll.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
-    ok(&cfg, &["renew"]);
-    let acct = account_dir(&w.path("state"));
-    let old_pem = std::fs::read(acct.join("key.pem")).unwrap();
+    let (cfg, acct, old_pem) = issued_with_account(&w, "roll.example.com");
     let shown = ok(&cfg, &["account", "show", "--issuer", "pebble"]);
     assert!(shown.contains("status:     valid"), "{shown}");
 
@@ -374,23 +394,9 @@ async fn rollover_interrupted_after_keychange_is_completed_on_next_start() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["crash.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
-    ok(&cfg, &["renew"]);
-    let acct = account_dir(&w.path("state"));
-    let old_pem = std::fs::read(acct.join("key.pem")).unwrap();
+    let (cfg, acct, old_pem) = issued_with_account(&w, "crash.example.com");
 
-    let o = run(
-        &cfg,
-        &["account", "rollover", "--issuer", "pebble"],
-        &[("CERTKEEPER_TEST_CRASH_AT", "rollover-after-keychange")],
-    );
-    assert!(
-        !o.status.success(),
-        "the crash hook must abort:\n{}",
-        text(&o)
-    );
+    crashed_rollover(&cfg, "rollover-after-keychange");
     let staged = std::fs::read(acct.join("key.next.pem")).expect("key.next.pem left by the crash");
     assert_eq!(std::fs::read(acct.join("key.pem")).unwrap(), old_pem);
 
@@ -413,22 +419,8 @@ async fn rollover_interrupted_before_keychange_keeps_the_old_key() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["crash2.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
-    ok(&cfg, &["renew"]);
-    let acct = account_dir(&w.path("state"));
-    let old_pem = std::fs::read(acct.join("key.pem")).unwrap();
-    let o = run(
-        &cfg,
-        &["account", "rollover", "--issuer", "pebble"],
-        &[("CERTKEEPER_TEST_CRASH_AT", "rollover-after-stage")],
-    );
-    assert!(
-        !o.status.success(),
-        "the crash hook must abort:\n{}",
-        text(&o)
-    );
+    let (cfg, acct, old_pem) = issued_with_account(&w, "crash2.example.com");
+    crashed_rollover(&cfg, "rollover-after-stage");
     assert!(acct.join("key.next.pem").exists());
 
     let shown = ok(&cfg, &["account", "show", "--issuer", "pebble"]);
@@ -450,9 +442,7 @@ async fn account_update_contact_and_deactivate() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["acct.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("acct.example.com");
     // No account yet: show says how one is created.
     let o = run(&cfg, &["account", "show", "--issuer", "pebble"], &[]);
     assert!(!o.status.success());
@@ -836,9 +826,7 @@ async fn staged_rollover_key_is_left_alone_while_another_process_rolls_over() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["race.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("race.example.com");
     ok(&cfg, &["renew"]);
     let acct = account_dir(&w.path("state"));
     let id = acct.file_name().unwrap().to_string_lossy().into_owned();
@@ -969,9 +957,7 @@ async fn running_daemon_replaces_a_revoked_certificate_after_sighup() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["daemon.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("daemon.example.com");
     let log = std::fs::File::create(w.path("daemon.log")).unwrap();
     let child = Command::new(BIN)
         .arg("--config")
