@@ -252,6 +252,41 @@ fn exec_provider(script: &Path) -> String {
     )
 }
 
+/// Two bind9 servers, or None (the test is skipped) when bind9 cannot start.
+async fn two_binds() -> Option<(Bind, Bind)> {
+    let first = Bind::start().await?;
+    let second = Bind::start().await?;
+    Some((first, second))
+}
+
+/// `certkeeper renew` that must fail; its output is printed for the test log.
+fn failed_renew(config: &Path) -> Run {
+    let run = renew(config);
+    eprintln!("{}", run.all());
+    assert!(!run.success, "the order must fail: {}", run.all());
+    run
+}
+
+/// Assert `server` logged adding the apex challenge TXT record (else fail with `why`); returns
+/// the log for further checks.
+#[track_caller]
+fn assert_txt_added(server: &Bind, why: &str) -> String {
+    let log = server.log();
+    assert!(
+        log.contains("adding an RR at '_acme-challenge.example.test' TXT"),
+        "{why}:\n{log}"
+    );
+    log
+}
+
+/// Assert no certificate `name` was installed under `dir/tls`.
+fn assert_nothing_installed(dir: &Path, name: &str) {
+    assert!(
+        !dir.join("tls").join(name).join("fullchain.pem").exists(),
+        "nothing may be installed"
+    );
+}
+
 /// The report line `NAME: FAILED ...` of a run, or "" when there is none.
 fn failed_line(run: &Run, name: &str) -> String {
     run.stdout
@@ -291,11 +326,7 @@ async fn rfc2136_issues_apex_and_wildcard_and_leaves_no_txt() {
     );
     assert_wild_installed(dir.path());
     // Both values were really written to bind and removed again.
-    let log = server.log();
-    assert!(
-        log.contains("adding an RR at '_acme-challenge.example.test' TXT"),
-        "named never saw the challenge record added:\n{log}"
-    );
+    let log = assert_txt_added(&server, "named never saw the challenge record added");
     assert!(
         log.contains("deleting an RR at _acme-challenge.example.test TXT")
             || log.contains("deleting an RR at '_acme-challenge.example.test' TXT"),
@@ -419,11 +450,7 @@ async fn mixed_http01_and_dns01_names_in_one_certificate() {
         installed_sans(dir.path(), "mixed"),
         vec!["example.test", "www.example.test"]
     );
-    let log = server.log();
-    assert!(
-        log.contains("adding an RR at '_acme-challenge.example.test' TXT"),
-        "the apex was not solved through DNS-01:\n{log}"
-    );
+    let log = assert_txt_added(&server, "the apex was not solved through DNS-01");
     assert!(
         !log.contains("_acme-challenge.www.example.test"),
         "www.example.test must be solved over HTTP-01, yet a TXT record was written for it:\n{log}"
@@ -490,10 +517,7 @@ async fn failed_validation_reports_the_ca_message_and_leaves_no_txt() {
     }
     // certkeeper writes to `written`; pebble asks `asked`, which never gets the record. The
     // propagation check is off, as a user might set it, so the CA is the one that fails.
-    let Some(written) = Bind::start().await else {
-        return;
-    };
-    let Some(asked) = Bind::start().await else {
+    let Some((written, asked)) = two_binds().await else {
         return;
     };
     let (dir, _pebble, mut cfg) = setup(asked.addr).await;
@@ -501,9 +525,7 @@ async fn failed_validation_reports_the_ca_message_and_leaves_no_txt() {
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
 
-    let run = renew(&config);
-    eprintln!("{}", run.all());
-    assert!(!run.success, "the order must fail: {}", run.all());
+    let run = failed_renew(&config);
     assert!(run.stdout.contains("wild: FAILED"), "{}", run.all());
     // pebble's own words about the missing TXT record reach the user.
     let failed = failed_line(&run, "wild");
@@ -512,17 +534,13 @@ async fn failed_validation_reports_the_ca_message_and_leaves_no_txt() {
         "the failure must carry the CA's message about the TXT record: {}",
         run.all()
     );
-    let log = written.log();
-    assert!(
-        log.contains("adding an RR at '_acme-challenge.example.test' TXT"),
-        "the record was never written, so cleanup was not tested:\n{log}"
+    assert_txt_added(
+        &written,
+        "the record was never written, so cleanup was not tested",
     );
     assert_no_challenge_txt(written.addr, "the updated bind9").await;
     assert_no_challenge_txt(asked.addr, "pebble's bind9").await;
-    assert!(
-        !dir.path().join("tls/wild/fullchain.pem").exists(),
-        "nothing may be installed"
-    );
+    assert_nothing_installed(dir.path(), "wild");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,10 +549,7 @@ async fn propagation_timeout_names_the_server_and_leaves_no_txt() {
         return;
     }
     // The record goes to `written`, the propagation check asks only `lagging`, which never has it.
-    let Some(written) = Bind::start().await else {
-        return;
-    };
-    let Some(lagging) = Bind::start().await else {
+    let Some((written, lagging)) = two_binds().await else {
         return;
     };
     let (dir, _pebble, mut cfg) = setup(written.addr).await;
@@ -542,9 +557,7 @@ async fn propagation_timeout_names_the_server_and_leaves_no_txt() {
     cfg += &certificate(dir.path(), "apex", &["example.test"]);
     let config = write_config(dir.path(), &cfg);
 
-    let run = renew(&config);
-    eprintln!("{}", run.all());
-    assert!(!run.success, "the order must fail: {}", run.all());
+    let run = failed_renew(&config);
     let failed = failed_line(&run, "apex");
     assert!(
         failed.contains(&format!("{} answered NXDOMAIN", lagging.addr)),
@@ -556,16 +569,12 @@ async fn propagation_timeout_names_the_server_and_leaves_no_txt() {
         "the message must say what to do, naming the certificate once: {}",
         run.all()
     );
-    let log = written.log();
-    assert!(
-        log.contains("adding an RR at '_acme-challenge.example.test' TXT"),
-        "the record was never written, so cleanup was not tested:\n{log}"
+    assert_txt_added(
+        &written,
+        "the record was never written, so cleanup was not tested",
     );
     assert_no_challenge_txt(written.addr, "the updated bind9").await;
-    assert!(
-        !dir.path().join("tls/apex/fullchain.pem").exists(),
-        "nothing may be installed"
-    );
+    assert_nothing_installed(dir.path(), "apex");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -650,9 +659,7 @@ async fn wrong_tsig_secret_is_reported_as_rejected_key() {
     )
     .unwrap();
 
-    let run = renew(&config);
-    eprintln!("{}", run.all());
-    assert!(!run.success, "the order must fail: {}", run.all());
+    let run = failed_renew(&config);
     let failed = failed_line(&run, "wild");
     assert!(
         failed.contains("TSIG key rejected") && failed.contains("check tsig_key/tsig_secret"),
@@ -681,10 +688,7 @@ async fn interrupted_run_removes_its_txt_records(subcommand: &str, sig: nix::sys
     }
     // The propagation check waits (up to 10 min) for a server that never gets the record; Ctrl-C
     // (SIGINT) during that wait must still delete the records already written.
-    let Some(written) = Bind::start().await else {
-        return;
-    };
-    let Some(lagging) = Bind::start().await else {
+    let Some((written, lagging)) = two_binds().await else {
         return;
     };
     let (dir, _pebble, mut cfg) = setup(written.addr).await;
@@ -821,10 +825,9 @@ async fn failing_exec_hook_is_reported_and_its_record_still_removed() {
         "the hook's own message must reach the user: {}",
         run.all()
     );
-    let log = server.log();
-    assert!(
-        log.contains("adding an RR at '_acme-challenge.example.test' TXT"),
-        "the hook never wrote the record, so cleanup was not tested:\n{log}"
+    assert_txt_added(
+        &server,
+        "the hook never wrote the record, so cleanup was not tested",
     );
     assert_no_challenge_txt(server.addr, "bind9").await;
 }
