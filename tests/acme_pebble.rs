@@ -68,6 +68,19 @@ async fn new_account(client: &Client, key: KeyType) -> Account {
         .unwrap()
 }
 
+/// The account of the existing key `pem` on `client` (no contact, no EAB).
+async fn account_for_key(client: &Client, pem: &[u8], agree_tos: bool) -> Account {
+    Account::find_or_create(
+        client,
+        AccountKey::from_pem(pem).unwrap(),
+        &[],
+        None,
+        agree_tos,
+    )
+    .await
+    .unwrap()
+}
+
 /// Pebble's management view of the certificate with hex `serial`.
 async fn cert_status(pebble: &Pebble, serial: &str) -> serde_json::Value {
     serde_json::from_str(
@@ -210,15 +223,7 @@ async fn account_create_then_find_same_url() {
     .unwrap();
     assert!(a.url().contains("/my-account/"), "{}", a.url());
     assert_eq!(a.body().contact, vec!["mailto:admin@example.com"]);
-    let again = Account::find_or_create(
-        &client,
-        AccountKey::from_pem(&pem).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let again = account_for_key(&client, &pem, true).await;
     assert_eq!(again.url(), a.url());
     let other = new_account(&client, KeyType::EcdsaP384).await;
     assert_ne!(other.url(), a.url());
@@ -285,15 +290,7 @@ async fn eab_required_right_key_works_wrong_key_names_eab() {
         .await
         .unwrap();
     // Found again without EAB: onlyReturnExisting needs no binding.
-    let again = Account::find_or_create(
-        &client,
-        AccountKey::from_pem(&pem).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let again = account_for_key(&client, &pem, true).await;
     assert_eq!(a.url(), again.url());
 }
 
@@ -386,15 +383,7 @@ async fn key_change_then_new_key_works_and_old_fails() {
         .await
         .unwrap();
     assert_eq!(account.body().contact, vec!["mailto:new@example.com"]);
-    let found = Account::find_or_create(
-        &client,
-        AccountKey::from_pem(&new_pem).unwrap(),
-        &[],
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    let found = account_for_key(&client, &new_pem, false).await;
     assert_eq!(found.url(), account.url());
     // The old key no longer signs for this account.
     let mut stale = Account::from_parts(
