@@ -153,6 +153,19 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `certkeeper import NAME` of the `cert.pem`, `chain.pem` and `privkey.pem` in `src`.
+fn import(config: &Path, src: &Path, name: &str) -> Output {
+    let file = |f: &str| src.join(f).to_str().unwrap().to_string();
+    let (cert, chain, key) = (file("cert.pem"), file("chain.pem"), file("privkey.pem"));
+    run(
+        config,
+        &[
+            "import", name, "--cert", &cert, "--chain", &chain, "--key", &key,
+        ],
+        &[],
+    )
+}
+
 /// Run and require success; returns stdout.
 fn ok(config: &Path, args: &[&str]) -> String {
     let o = run(config, args, &[]);
@@ -778,37 +791,18 @@ async fn import_adopts_a_certificate_without_reissuing() {
         );
     let cfg = w.config("certkeeper.toml", "state", &body);
     // Names that do not match the config are refused and nothing is written.
-    let o = run(
-        &cfg,
-        &[
-            "import",
-            "wrong",
-            "--cert",
-            src.join("cert.pem").to_str().unwrap(),
-            "--chain",
-            src.join("chain.pem").to_str().unwrap(),
-            "--key",
-            src.join("privkey.pem").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = import(&cfg, &src, "wrong");
     assert!(!o.status.success());
     assert!(text(&o).contains("names do not match"), "{}", text(&o));
     assert!(!w.path("tls/wrong/fullchain.pem").exists());
 
-    let stdout = ok(
-        &cfg,
-        &[
-            "import",
-            "www",
-            "--cert",
-            src.join("cert.pem").to_str().unwrap(),
-            "--chain",
-            src.join("chain.pem").to_str().unwrap(),
-            "--key",
-            src.join("privkey.pem").to_str().unwrap(),
-        ],
+    let o = import(&cfg, &src, "www");
+    assert!(
+        o.status.success(),
+        "certkeeper import www failed:\n{}",
+        text(&o)
     );
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(stdout.contains("imported serial"), "{stdout}");
     assert_eq!(serial(&live_cert(&w.path("tls/www"))), issued);
     assert_eq!(
