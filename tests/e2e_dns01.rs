@@ -252,6 +252,16 @@ fn exec_provider(script: &Path) -> String {
     )
 }
 
+/// When the tools in `needs` are installed and bind9 starts: that bind9 and [`setup`] for it.
+async fn bind_setup(needs: &[&str]) -> Option<(Bind, tempfile::TempDir, Pebble, String)> {
+    if !have(needs) {
+        return None;
+    }
+    let server = Bind::start().await?;
+    let (dir, pebble, cfg) = setup(server.addr).await;
+    Some((server, dir, pebble, cfg))
+}
+
 /// Two bind9 servers, or None (the test is skipped) when bind9 cannot start.
 async fn two_binds() -> Option<(Bind, Bind)> {
     let first = Bind::start().await?;
@@ -306,13 +316,9 @@ fn assert_wild_installed(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc2136_issues_apex_and_wildcard_and_leaves_no_txt() {
-    if !have(&[]) {
-        return;
-    }
-    let Some(server) = Bind::start().await else {
+    let Some((server, dir, _pebble, mut cfg)) = bind_setup(&[]).await else {
         return;
     };
-    let (dir, _pebble, mut cfg) = setup(server.addr).await;
     cfg += &rfc2136_solver(dir.path(), &server, true, "60s", server.addr);
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
@@ -363,13 +369,9 @@ async fn powerdns_issues_apex_and_wildcard_and_leaves_no_txt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_nsupdate_issues_apex_and_wildcard_and_leaves_no_txt() {
-    if !have(&["/usr/bin/nsupdate"]) {
-        return;
-    }
-    let Some(server) = Bind::start().await else {
+    let Some((server, dir, _pebble, mut cfg)) = bind_setup(&["/usr/bin/nsupdate"]).await else {
         return;
     };
-    let (dir, _pebble, mut cfg) = setup(server.addr).await;
     // The documented hook shape: `present|cleanup FQDN VALUE`, nsupdate with a TSIG key file.
     let keyconf = dir.path().join("tsig.conf");
     std::fs::write(
@@ -428,13 +430,9 @@ async fn exec_nsupdate_issues_apex_and_wildcard_and_leaves_no_txt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_http01_and_dns01_names_in_one_certificate() {
-    if !have(&[]) {
-        return;
-    }
-    let Some(server) = Bind::start().await else {
+    let Some((server, dir, _pebble, mut cfg)) = bind_setup(&[]).await else {
         return;
     };
-    let (dir, _pebble, mut cfg) = setup(server.addr).await;
     // HTTP-01 is the default (no selector); the apex goes to DNS-01 by name. www.example.test has an
     // A record 127.0.0.1 in the test zone, so pebble reaches certkeeper's HTTP-01 listener.
     cfg += "\n[[issuer.pebble.solver]]\nhttp01 = { self_check = false }\n";
@@ -642,13 +640,9 @@ async fn powerdns_two_certificates_sharing_a_challenge_name_in_one_pass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_tsig_secret_is_reported_as_rejected_key() {
-    if !have(&[]) {
-        return;
-    }
-    let Some(server) = Bind::start().await else {
+    let Some((server, dir, _pebble, mut cfg)) = bind_setup(&[]).await else {
         return;
     };
-    let (dir, _pebble, mut cfg) = setup(server.addr).await;
     cfg += &rfc2136_solver(dir.path(), &server, true, "30s", server.addr);
     cfg += &certificate(dir.path(), "wild", &["example.test", "*.example.test"]);
     let config = write_config(dir.path(), &cfg);
@@ -785,15 +779,11 @@ async fn interrupted_run_removes_its_txt_records(subcommand: &str, sig: nix::sys
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_exec_hook_is_reported_and_its_record_still_removed() {
-    if !have(&["/usr/bin/nsupdate"]) {
-        return;
-    }
     // The hook writes the record, then fails (as an API that applied a change but timed out would):
     // the user sees the hook's words, and cleanup still runs the hook to delete the record.
-    let Some(server) = Bind::start().await else {
+    let Some((server, dir, _pebble, mut cfg)) = bind_setup(&["/usr/bin/nsupdate"]).await else {
         return;
     };
-    let (dir, _pebble, mut cfg) = setup(server.addr).await;
     let script = dir.path().join("dns-hook.sh");
     std::fs::write(
         &script,
