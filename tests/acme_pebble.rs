@@ -61,6 +61,46 @@ async fn start(opts: PebbleOpts) -> Option<(Pebble, Tokens, Client)> {
     Some((pebble, tokens, client))
 }
 
+/// A new account on `client` with a fresh key of type `key`, no contact, no EAB.
+async fn new_account(client: &Client, key: KeyType) -> Account {
+    Account::find_or_create(client, AccountKey::generate(key).unwrap(), &[], None, true)
+        .await
+        .unwrap()
+}
+
+/// The account of the existing key `pem` on `client` (no contact, no EAB).
+async fn account_for_key(client: &Client, pem: &[u8], agree_tos: bool) -> Account {
+    Account::find_or_create(
+        client,
+        AccountKey::from_pem(pem).unwrap(),
+        &[],
+        None,
+        agree_tos,
+    )
+    .await
+    .unwrap()
+}
+
+/// Pebble's management view of the certificate with hex `serial`.
+async fn cert_status(pebble: &Pebble, serial: &str) -> serde_json::Value {
+    serde_json::from_str(
+        &pebble
+            .mgmt_get(&format!("/cert-status-by-serial/{serial}"))
+            .await,
+    )
+    .unwrap()
+}
+
+/// The first common name in `name`.
+fn common_name(name: &openssl::x509::X509NameRef) -> String {
+    name.entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .unwrap()
+        .data()
+        .to_string()
+        .unwrap()
+}
+
 fn poll() -> Poll {
     Poll {
         first: Duration::from_millis(10),
@@ -183,25 +223,9 @@ async fn account_create_then_find_same_url() {
     .unwrap();
     assert!(a.url().contains("/my-account/"), "{}", a.url());
     assert_eq!(a.body().contact, vec!["mailto:admin@example.com"]);
-    let again = Account::find_or_create(
-        &client,
-        AccountKey::from_pem(&pem).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let again = account_for_key(&client, &pem, true).await;
     assert_eq!(again.url(), a.url());
-    let other = Account::find_or_create(
-        &client,
-        AccountKey::generate(KeyType::EcdsaP384).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let other = new_account(&client, KeyType::EcdsaP384).await;
     assert_ne!(other.url(), a.url());
 }
 
@@ -266,15 +290,7 @@ async fn eab_required_right_key_works_wrong_key_names_eab() {
         .await
         .unwrap();
     // Found again without EAB: onlyReturnExisting needs no binding.
-    let again = Account::find_or_create(
-        &client,
-        AccountKey::from_pem(&pem).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let again = account_for_key(&client, &pem, true).await;
     assert_eq!(a.url(), again.url());
 }
 
@@ -290,28 +306,12 @@ async fn issue_es256_p256_and_rs256_rsa_under_nonce_rejection() {
     };
     let names = ["a.example.com", "b.example.com"];
 
-    let ec = Account::find_or_create(
-        &client,
-        AccountKey::generate(KeyType::EcdsaP256).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let ec = new_account(&client, KeyType::EcdsaP256).await;
     let (pem, key, _url) = issue(&ec, &tokens, &names, KeyType::EcdsaP256).await;
     verify_chain(&pebble, &pem, &names, &key).await;
     assert_eq!(KeyType::of(&key), Some(KeyType::EcdsaP256));
 
-    let rsa = Account::find_or_create(
-        &client,
-        AccountKey::generate(KeyType::Rsa2048).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let rsa = new_account(&client, KeyType::Rsa2048).await;
     assert_eq!(rsa.key().alg(), "RS256");
     let (pem, key, _url) = issue(&rsa, &tokens, &names, KeyType::Rsa2048).await;
     verify_chain(&pebble, &pem, &names, &key).await;
@@ -322,15 +322,7 @@ async fn unanswered_challenge_gives_structured_problem() {
     let Some((_pebble, _tokens, client)) = start(PebbleOpts::default()).await else {
         return;
     };
-    let account = Account::find_or_create(
-        &client,
-        AccountKey::generate(KeyType::EcdsaP256).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let account = new_account(&client, KeyType::EcdsaP256).await;
     let order = account
         .new_order(&NewOrder {
             identifiers: vec![Identifier::dns("missing.example.com")],
@@ -391,15 +383,7 @@ async fn key_change_then_new_key_works_and_old_fails() {
         .await
         .unwrap();
     assert_eq!(account.body().contact, vec!["mailto:new@example.com"]);
-    let found = Account::find_or_create(
-        &client,
-        AccountKey::from_pem(&new_pem).unwrap(),
-        &[],
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    let found = account_for_key(&client, &new_pem, false).await;
     assert_eq!(found.url(), account.url());
     // The old key no longer signs for this account.
     let mut stale = Account::from_parts(
@@ -420,15 +404,7 @@ async fn revoke_then_pebble_reports_revoked() {
     let Some((pebble, tokens, client)) = start(PebbleOpts::default()).await else {
         return;
     };
-    let account = Account::find_or_create(
-        &client,
-        AccountKey::generate(KeyType::EcdsaP256).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let account = new_account(&client, KeyType::EcdsaP256).await;
     let (pem, key, _url) = issue(
         &account,
         &tokens,
@@ -444,23 +420,13 @@ async fn revoke_then_pebble_reports_revoked() {
         .to_hex_str()
         .unwrap()
         .to_lowercase();
-    let status: serde_json::Value = serde_json::from_str(
-        &pebble
-            .mgmt_get(&format!("/cert-status-by-serial/{serial}"))
-            .await,
-    )
-    .unwrap();
+    let status = cert_status(&pebble, &serial).await;
     assert_eq!(status["Status"], "Valid", "{status}");
     account
         .revoke(&leaf.to_der().unwrap(), Some(4))
         .await
         .unwrap();
-    let status: serde_json::Value = serde_json::from_str(
-        &pebble
-            .mgmt_get(&format!("/cert-status-by-serial/{serial}"))
-            .await,
-    )
-    .unwrap();
+    let status = cert_status(&pebble, &serial).await;
     assert_eq!(status["Status"], "Revoked", "{status}");
     assert_eq!(status["Reason"], 4, "{status}");
     // Revoking again with the certificate's own key: alreadyRevoked.
@@ -515,15 +481,7 @@ async fn preferred_chain_picks_pebble_alternate_root() {
     let Some((pebble, tokens, client)) = start(opts).await else {
         return;
     };
-    let account = Account::find_or_create(
-        &client,
-        AccountKey::generate(KeyType::EcdsaP256).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let account = new_account(&client, KeyType::EcdsaP256).await;
     let (pem, _key, url) = issue(
         &account,
         &tokens,
@@ -533,29 +491,14 @@ async fn preferred_chain_picks_pebble_alternate_root() {
     .await;
     let cn = |pem: &str| {
         let c = X509::from_pem(pem.as_bytes()).unwrap();
-        c.subject_name()
-            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-            .next()
-            .unwrap()
-            .data()
-            .to_string()
-            .unwrap()
+        common_name(c.subject_name())
     };
     let root0 = cn(&pebble.root_pem().await);
     let root1 = cn(&pebble.mgmt_get("/roots/1").await);
     assert_ne!(root0, root1);
     let top_issuer = |pem: &str| {
         let certs = X509::stack_from_pem(pem.as_bytes()).unwrap();
-        certs
-            .last()
-            .unwrap()
-            .issuer_name()
-            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-            .next()
-            .unwrap()
-            .data()
-            .to_string()
-            .unwrap()
+        common_name(certs.last().unwrap().issuer_name())
     };
     assert_eq!(top_issuer(&pem), root0);
     let default = account.certificate(&url).await.unwrap();
@@ -581,15 +524,7 @@ async fn ip_identifier_issued_and_account_deactivated() {
     let Some((pebble, tokens, client)) = start(PebbleOpts::default()).await else {
         return;
     };
-    let mut account = Account::find_or_create(
-        &client,
-        AccountKey::generate(KeyType::EcdsaP384).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let mut account = new_account(&client, KeyType::EcdsaP384).await;
     assert_eq!(account.key().alg(), "ES384");
     let names = ["127.0.0.1", "ip.example.com"];
     let (pem, key, _url) = issue(&account, &tokens, &names, KeyType::EcdsaP384).await;
@@ -616,15 +551,7 @@ async fn dns01_via_challtestsrv_for_a_wildcard() {
     let Some((pebble, _tokens, client)) = start(PebbleOpts::default()).await else {
         return;
     };
-    let account = Account::find_or_create(
-        &client,
-        AccountKey::generate(KeyType::EcdsaP256).unwrap(),
-        &[],
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let account = new_account(&client, KeyType::EcdsaP256).await;
     let ids = vec![Identifier::dns("*.wild.example.com")];
     let order = account
         .new_order(&NewOrder {

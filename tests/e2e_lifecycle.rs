@@ -95,6 +95,14 @@ output = {{ dir = "{out}" }}
         )
     }
 
+    /// Write `certkeeper.toml` (state in `<work>/state`) with the pebble issuer and one certificate
+    /// `www` for `domain`, output in `<work>/tls/www`, and return its path.
+    fn www_config(&self, domain: &str) -> PathBuf {
+        let body = self.issuer("pebble", "ecdsa-p256")
+            + &self.cert("www", "\"pebble\"", &[domain], "", "tls/www");
+        self.config("certkeeper.toml", "state", &body)
+    }
+
     /// Write `certkeeper.toml` (state in `<work>/<state>`) and return its path.
     fn config(&self, file: &str, state: &str, body: &str) -> PathBuf {
         let text = format!(
@@ -142,6 +150,19 @@ fn text(o: &Output) -> String {
         o.status,
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `certkeeper import NAME` of the `cert.pem`, `chain.pem` and `privkey.pem` in `src`.
+fn import(config: &Path, src: &Path, name: &str) -> Output {
+    let file = |f: &str| src.join(f).to_str().unwrap().to_string();
+    let (cert, chain, key) = (file("cert.pem"), file("chain.pem"), file("privkey.pem"));
+    run(
+        config,
+        &[
+            "import", name, "--cert", &cert, "--chain", &chain, "--key", &key,
+        ],
+        &[],
     )
 }
 
@@ -195,6 +216,29 @@ fn account_dir(state_dir: &Path) -> PathBuf {
     dirs.into_iter().next().unwrap()
 }
 
+/// [`World::www_config`] for `domain`, issued once: (config, account dir, account key PEM).
+fn issued_with_account(w: &World, domain: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let cfg = w.www_config(domain);
+    ok(&cfg, &["renew"]);
+    let acct = account_dir(&w.path("state"));
+    let old_pem = std::fs::read(acct.join("key.pem")).unwrap();
+    (cfg, acct, old_pem)
+}
+
+/// `account rollover` with the test crash hook set to `at`; asserts that it aborted.
+fn crashed_rollover(cfg: &Path, at: &str) {
+    let o = run(
+        cfg,
+        &["account", "rollover", "--issuer", "pebble"],
+        &[("CERTKEEPER_TEST_CRASH_AT", at)],
+    );
+    assert!(
+        !o.status.success(),
+        "the crash hook must abort:\n{}",
+        text(&o)
+    );
+}
+
 async fn acme_client(w: &World) -> acme::Client {
     acme::Client::new(&w.pebble.directory_url(), &[w.pebble.ca_x509()], "e2e-test")
         .await
@@ -212,9 +256,7 @@ async fn revoke_then_renew_issues_a_replacement() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["www.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("www.example.com");
     ok(&cfg, &["renew"]);
     let out = w.path("tls/www");
     let first = serial(&live_cert(&out));
@@ -269,9 +311,7 @@ async fn revoke_falls_back_to_the_certificate_key_when_the_account_is_lost() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["lost.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("lost.example.com");
     ok(&cfg, &["renew"]);
     let first = serial(&live_cert(&w.path("tls/www")));
     // The account is unusable (deactivated at the CA behind certkeeper's back): the CA refuses it,
@@ -308,9 +348,7 @@ async fn revoke_with_cert_key_flag() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["ck.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("ck.example.com");
     ok(&cfg, &["renew"]);
     let first = serial(&live_cert(&w.path("tls/www")));
     let stdout = ok(
@@ -332,12 +370,7 @@ async fn rollover_switches_the_key_and_the_old_one_is_refused() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["roll.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
-    ok(&cfg, &["renew"]);
-    let acct = account_dir(&w.path("state"));
-    let old_pem = std::fs::read(acct.join("key.pem")).unwrap();
+    let (cfg, acct, old_pem) = issued_with_account(&w, "roll.example.com");
     let shown = ok(&cfg, &["account", "show", "--issuer", "pebble"]);
     assert!(shown.contains("status:     valid"), "{shown}");
 
@@ -374,23 +407,9 @@ async fn rollover_interrupted_after_keychange_is_completed_on_next_start() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["crash.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
-    ok(&cfg, &["renew"]);
-    let acct = account_dir(&w.path("state"));
-    let old_pem = std::fs::read(acct.join("key.pem")).unwrap();
+    let (cfg, acct, old_pem) = issued_with_account(&w, "crash.example.com");
 
-    let o = run(
-        &cfg,
-        &["account", "rollover", "--issuer", "pebble"],
-        &[("CERTKEEPER_TEST_CRASH_AT", "rollover-after-keychange")],
-    );
-    assert!(
-        !o.status.success(),
-        "the crash hook must abort:\n{}",
-        text(&o)
-    );
+    crashed_rollover(&cfg, "rollover-after-keychange");
     let staged = std::fs::read(acct.join("key.next.pem")).expect("key.next.pem left by the crash");
     assert_eq!(std::fs::read(acct.join("key.pem")).unwrap(), old_pem);
 
@@ -413,22 +432,8 @@ async fn rollover_interrupted_before_keychange_keeps_the_old_key() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["crash2.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
-    ok(&cfg, &["renew"]);
-    let acct = account_dir(&w.path("state"));
-    let old_pem = std::fs::read(acct.join("key.pem")).unwrap();
-    let o = run(
-        &cfg,
-        &["account", "rollover", "--issuer", "pebble"],
-        &[("CERTKEEPER_TEST_CRASH_AT", "rollover-after-stage")],
-    );
-    assert!(
-        !o.status.success(),
-        "the crash hook must abort:\n{}",
-        text(&o)
-    );
+    let (cfg, acct, old_pem) = issued_with_account(&w, "crash2.example.com");
+    crashed_rollover(&cfg, "rollover-after-stage");
     assert!(acct.join("key.next.pem").exists());
 
     let shown = ok(&cfg, &["account", "show", "--issuer", "pebble"]);
@@ -450,9 +455,7 @@ async fn account_update_contact_and_deactivate() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["acct.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("acct.example.com");
     // No account yet: show says how one is created.
     let o = run(&cfg, &["account", "show", "--issuer", "pebble"], &[]);
     assert!(!o.status.success());
@@ -788,37 +791,18 @@ async fn import_adopts_a_certificate_without_reissuing() {
         );
     let cfg = w.config("certkeeper.toml", "state", &body);
     // Names that do not match the config are refused and nothing is written.
-    let o = run(
-        &cfg,
-        &[
-            "import",
-            "wrong",
-            "--cert",
-            src.join("cert.pem").to_str().unwrap(),
-            "--chain",
-            src.join("chain.pem").to_str().unwrap(),
-            "--key",
-            src.join("privkey.pem").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = import(&cfg, &src, "wrong");
     assert!(!o.status.success());
     assert!(text(&o).contains("names do not match"), "{}", text(&o));
     assert!(!w.path("tls/wrong/fullchain.pem").exists());
 
-    let stdout = ok(
-        &cfg,
-        &[
-            "import",
-            "www",
-            "--cert",
-            src.join("cert.pem").to_str().unwrap(),
-            "--chain",
-            src.join("chain.pem").to_str().unwrap(),
-            "--key",
-            src.join("privkey.pem").to_str().unwrap(),
-        ],
+    let o = import(&cfg, &src, "www");
+    assert!(
+        o.status.success(),
+        "certkeeper import www failed:\n{}",
+        text(&o)
     );
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(stdout.contains("imported serial"), "{stdout}");
     assert_eq!(serial(&live_cert(&w.path("tls/www"))), issued);
     assert_eq!(
@@ -836,9 +820,7 @@ async fn staged_rollover_key_is_left_alone_while_another_process_rolls_over() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["race.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("race.example.com");
     ok(&cfg, &["renew"]);
     let acct = account_dir(&w.path("state"));
     let id = acct.file_name().unwrap().to_string_lossy().into_owned();
@@ -969,9 +951,7 @@ async fn running_daemon_replaces_a_revoked_certificate_after_sighup() {
     let Some(w) = World::start().await else {
         return;
     };
-    let body = w.issuer("pebble", "ecdsa-p256")
-        + &w.cert("www", "\"pebble\"", &["daemon.example.com"], "", "tls/www");
-    let cfg = w.config("certkeeper.toml", "state", &body);
+    let cfg = w.www_config("daemon.example.com");
     let log = std::fs::File::create(w.path("daemon.log")).unwrap();
     let child = Command::new(BIN)
         .arg("--config")
