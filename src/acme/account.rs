@@ -120,99 +120,84 @@ impl Account {
         eab: Option<&Eab>,
         agree_tos: bool,
     ) -> Result<Account> {
-        let url = client.directory().new_account.clone();
-        let lookup = client
+        if let Some(resp) = Self::lookup(client, &key).await? {
+            return Self::from_response(client, key, resp);
+        }
+        if eab.is_none() && client.directory().meta.external_account_required {
+            return Err(AcmeError::Config {
+                message: "this CA requires external account binding (EAB): set the issuer's eab kid and HMAC key from the CA's account page".into(),
+            });
+        }
+        let url = &client.directory().new_account;
+        let mut payload = serde_json::Map::new();
+        if !contact.is_empty() {
+            payload.insert("contact".into(), json!(contact));
+        }
+        if agree_tos {
+            payload.insert("termsOfServiceAgreed".into(), json!(true));
+        }
+        if let Some(eab) = eab {
+            payload.insert(
+                "externalAccountBinding".into(),
+                jws::eab(&key.jwk(), &eab.kid, &eab.hmac_key, url)?,
+            );
+        }
+        let body = serde_json::Value::Object(payload).to_string();
+        let resp = client
             .post(
                 &key,
                 KeyRef::Jwk,
-                &url,
+                url,
+                Some(body.as_bytes()),
+                ProblemOrigin::NewAccount,
+                false,
+            )
+            .await?;
+        tracing::info!(directory = client.directory_url(), "created ACME account");
+        Self::from_response(client, key, resp)
+    }
+
+    /// The account registered for `key`, or `None` when the CA knows no account with that key
+    /// (`onlyReturnExisting`, RFC 8555 §7.3.1; never creates one).
+    pub async fn find_existing(client: &Client, key: AccountKey) -> Result<Option<Account>> {
+        match Self::lookup(client, &key).await? {
+            Some(resp) => Ok(Some(Self::from_response(client, key, resp)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// newAccount with `onlyReturnExisting`: the CA's answer, or `None` for `accountDoesNotExist`.
+    async fn lookup(client: &Client, key: &AccountKey) -> Result<Option<Response>> {
+        let lookup = client
+            .post(
+                key,
+                KeyRef::Jwk,
+                &client.directory().new_account,
                 Some(br#"{"onlyReturnExisting":true}"#),
                 ProblemOrigin::NewAccount,
                 false,
             )
             .await;
-        let resp = match lookup {
-            Ok(r) => r,
-            Err(AcmeError::Problem(p)) if p.kind() == ProblemKind::AccountDoesNotExist => {
-                if eab.is_none() && client.directory().meta.external_account_required {
-                    return Err(AcmeError::Config {
-                        message: "this CA requires external account binding (EAB): set the issuer's eab kid and HMAC key from the CA's account page".into(),
-                    });
-                }
-                let mut payload = serde_json::Map::new();
-                if !contact.is_empty() {
-                    payload.insert("contact".into(), json!(contact));
-                }
-                if agree_tos {
-                    payload.insert("termsOfServiceAgreed".into(), json!(true));
-                }
-                if let Some(eab) = eab {
-                    payload.insert(
-                        "externalAccountBinding".into(),
-                        jws::eab(&key.jwk(), &eab.kid, &eab.hmac_key, &url)?,
-                    );
-                }
-                let body = serde_json::Value::Object(payload).to_string();
-                let r = client
-                    .post(
-                        &key,
-                        KeyRef::Jwk,
-                        &url,
-                        Some(body.as_bytes()),
-                        ProblemOrigin::NewAccount,
-                        false,
-                    )
-                    .await?;
-                tracing::info!(directory = client.directory_url(), "created ACME account");
-                r
-            }
-            Err(e) => return Err(e),
-        };
-        let account_url = resp.location().ok_or_else(|| AcmeError::BadResponse {
-            url: url.clone(),
+        match lookup {
+            Ok(r) => Ok(Some(r)),
+            Err(AcmeError::Problem(p)) if p.kind() == ProblemKind::AccountDoesNotExist => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The account a newAccount answer describes (its URL is the `Location` header).
+    fn from_response(client: &Client, key: AccountKey, resp: Response) -> Result<Account> {
+        let url = resp.location().ok_or_else(|| AcmeError::BadResponse {
+            url: client.directory().new_account.clone(),
             message: "the CA did not return the account URL (Location header)".into(),
         })?;
         let body: AccountBody = resp.json().unwrap_or_default();
         Ok(Account {
             client: client.clone(),
             key: Arc::new(key),
-            url: account_url,
+            url,
             body,
         })
-    }
-
-    /// The account registered for `key`, or `None` when the CA knows no account with that key
-    /// (`onlyReturnExisting`, RFC 8555 §7.3.1; never creates one).
-    pub async fn find_existing(client: &Client, key: AccountKey) -> Result<Option<Account>> {
-        let url = client.directory().new_account.clone();
-        let lookup = client
-            .post(
-                &key,
-                KeyRef::Jwk,
-                &url,
-                Some(br#"{"onlyReturnExisting":true}"#),
-                ProblemOrigin::NewAccount,
-                false,
-            )
-            .await;
-        let resp = match lookup {
-            Ok(r) => r,
-            Err(AcmeError::Problem(p)) if p.kind() == ProblemKind::AccountDoesNotExist => {
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        let account_url = resp.location().ok_or_else(|| AcmeError::BadResponse {
-            url: url.clone(),
-            message: "the CA did not return the account URL (Location header)".into(),
-        })?;
-        let body: AccountBody = resp.json().unwrap_or_default();
-        Ok(Some(Account {
-            client: client.clone(),
-            key: Arc::new(key),
-            url: account_url,
-            body,
-        }))
     }
 
     /// An account known by URL (from saved state), without asking the CA.
