@@ -22,6 +22,21 @@ async fn pebble(opts: PebbleOpts) -> Pebble {
     Pebble::start(opts).await
 }
 
+/// A pebble whose HTTP-01 validation reaches the config's listener, and a config with that pebble as
+/// issuer "pebble" (HTTP-01 solver); the caller adds certificates.
+async fn pebble_setup() -> (Pebble, TestConfig) {
+    let http_port = free_port();
+    let pebble = pebble(PebbleOpts {
+        http_port,
+        ..Default::default()
+    })
+    .await;
+    let cfg = TestConfig::new()
+        .http01_listen(http_port)
+        .issuer(IssuerSpec::pebble("pebble", &pebble).solver_http01());
+    (pebble, cfg)
+}
+
 fn read_certs(path: &Path) -> Vec<X509> {
     let pem = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     X509::stack_from_pem(&pem).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
@@ -295,16 +310,9 @@ async fn two_names_issue_install_renew_and_force_with_one_shared_hook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsa_2048_and_ecdsa_p384_keys_are_issued() {
-    let http_port = free_port();
-    let pebble = pebble(PebbleOpts {
-        http_port,
-        ..Default::default()
-    })
-    .await;
+    let (pebble, cfg) = pebble_setup().await;
     let root_pem = pebble.root_pem().await;
-    let cfg = TestConfig::new()
-        .http01_listen(http_port)
-        .issuer(IssuerSpec::pebble("pebble", &pebble).solver_http01())
+    let cfg = cfg
         .certificate(CertSpec::new("rsa", "pebble", &["rsa.example.com"]).key("rsa-2048"))
         .certificate(CertSpec::new("p384", "pebble", &["p384.example.com"]).key("ecdsa-p384"))
         .write();
@@ -326,16 +334,9 @@ async fn rsa_2048_and_ecdsa_p384_keys_are_issued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_reload_hook_keeps_the_new_certificate_and_fails_the_run() {
-    let http_port = free_port();
-    let pebble = pebble(PebbleOpts {
-        http_port,
-        ..Default::default()
-    })
-    .await;
+    let (pebble, cfg) = pebble_setup().await;
     let root_pem = pebble.root_pem().await;
-    let cfg = TestConfig::new()
-        .http01_listen(http_port)
-        .issuer(IssuerSpec::pebble("pebble", &pebble).solver_http01())
+    let cfg = cfg
         .certificate(
             CertSpec::new("h", "pebble", &["hook.example.com"])
                 .reload("echo nginx says no >&2; exit 3"),
@@ -543,16 +544,9 @@ async fn failing_challenge_shows_the_ca_problem_and_force_recovers_despite_backo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_issues_and_stops_on_sigterm() {
-    let http_port = free_port();
-    let pebble = pebble(PebbleOpts {
-        http_port,
-        ..Default::default()
-    })
-    .await;
+    let (pebble, cfg) = pebble_setup().await;
     let root_pem = pebble.root_pem().await;
-    let cfg = TestConfig::new()
-        .http01_listen(http_port)
-        .issuer(IssuerSpec::pebble("pebble", &pebble).solver_http01())
+    let cfg = cfg
         .certificate(CertSpec::new("d", "pebble", &["daemon.example.com"]).key("ecdsa-p256"))
         .write();
     let mut daemon = cfg.spawn_daemon();
