@@ -9,6 +9,7 @@ pub mod challenge;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 pub mod hooks;
 pub mod scheduler;
 pub mod store;

@@ -8,10 +8,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
-use certkeeper::challenge::http01::{Http01Server, TokenStore};
+use certkeeper::challenge::http01::TokenStore;
 use certkeeper::config::{self, Config};
-use certkeeper::daemon::pass::{self, PassOptions, PassReport};
-use certkeeper::daemon::{self, Runtime};
+use certkeeper::daemon;
+use certkeeper::engine::Runtime;
+use certkeeper::engine::pass::PassOptions;
 
 /// The default config file, as the systemd unit uses it.
 const DEFAULT_CONFIG: &str = "/etc/certkeeper/certkeeper.toml";
@@ -176,9 +177,13 @@ fn main() -> ExitCode {
                 },
                 Err(code) => code,
             },
-            Command::Renew { force, names } => {
-                renew(&cli.config, PassOptions { force, only: names }).await
-            }
+            Command::Renew { force, names } => match load(&cli.config) {
+                Ok(cfg) => {
+                    let opts = PassOptions { force, only: names };
+                    certkeeper::commands::renew::run(cfg, opts).await
+                }
+                Err(code) => code,
+            },
             Command::Revoke {
                 name,
                 reason,
@@ -250,65 +255,6 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-async fn renew(path: &std::path::Path, opts: PassOptions) -> ExitCode {
-    let cfg = match load(path) {
-        Ok(c) => Arc::new(c),
-        Err(code) => return code,
-    };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    // Our own listener also answers tokens other certkeeper processes publish (a concurrent renew).
-    let own = TokenStore::reading_spool(daemon::http01_spool(&cfg));
-    let (tokens, _server) = match Http01Server::bind(&cfg.http01.listen, own.clone())
-        .and_then(|s| s.serve(shutdown.clone()))
-    {
-        Ok(handles) => (own, Some(handles)),
-        // Usually the daemon holds the port: hand it our tokens through the state directory.
-        Err(e) => match TokenStore::publishing_spool(daemon::http01_spool(&cfg)) {
-            Ok(spool) => {
-                tracing::info!(error = %e, "HTTP-01 port taken (by the running daemon?); its listener will answer this run's challenges");
-                (spool, None)
-            }
-            Err(se) => {
-                tracing::warn!(error = %e, spool_error = %se, "HTTP-01 listener not started; http-01 challenges will fail");
-                (own, None)
-            }
-        },
-    };
-    let rt = match Runtime::new(cfg.clone(), tokens) {
-        Ok(rt) => Arc::new(rt),
-        Err(e) => {
-            eprintln!("certkeeper: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Ctrl-C / SIGTERM interrupt the orders, whose challenge cleanup still runs; a second one exits.
-    let interrupt = rt.interrupt.clone();
-    let signals = tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            tracing::warn!("cannot install signal handlers; Ctrl-C will not clean up");
-            return;
-        };
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-        tracing::warn!("interrupted: cleaning up challenges (press Ctrl-C again to quit at once)");
-        interrupt.cancel();
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-        std::process::exit(130);
-    });
-    let report = pass::run_pass(rt, &opts).await;
-    signals.abort();
-    shutdown.cancel();
-    print_report(&report);
-    if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
 enum Lifecycle {
     Revoke(certkeeper::commands::revoke::RevokeOptions),
     Account(AccountAction),
@@ -371,32 +317,5 @@ async fn lifecycle(path: &std::path::Path, what: Lifecycle) -> ExitCode {
             eprintln!("certkeeper: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn print_report(report: &PassReport) {
-    for (name, issued) in &report.issued {
-        println!(
-            "{name}: issued by {} (serial {}, valid until {}) -> {}",
-            issued.issuer,
-            issued.cert.serial_hex,
-            issued.cert.not_after,
-            issued.paths.fullchain.display()
-        );
-    }
-    for (name, due) in &report.not_due {
-        if report.backing_off().any(|(n, _)| n == name) {
-            println!(
-                "{name}: NOT RENEWED (backing off after a failure): {due}; `certkeeper renew --force {name}` tries now"
-            );
-        } else {
-            println!("{name}: not due; {due}");
-        }
-    }
-    for (name, e) in &report.failed {
-        println!("{name}: FAILED: {e}");
-    }
-    for hook in &report.hooks {
-        println!("hook: {hook}");
     }
 }

@@ -256,7 +256,10 @@ async fn eab_required_right_key_works_wrong_key_names_eab() {
         err.to_string().contains("external account binding (EAB)"),
         "{err}"
     );
-    assert!(!err.is_retryable());
+    // Found before asking the CA (its directory says EAB is required): a config problem, retried
+    // with backoff and at once after a config fix; another issuer may be tried meanwhile.
+    let d = verdict(err);
+    assert!(!d.pause && d.fall_back, "{d:?}");
 
     let wrong = Eab {
         kid: "kid-1".into(),
@@ -278,7 +281,7 @@ async fn eab_required_right_key_works_wrong_key_names_eab() {
         err.problem().is_some(),
         "expected the CA's problem document: {msg}"
     );
-    assert!(!err.is_retryable(), "{msg}");
+    assert!(verdict(err).pause, "{msg}");
 
     let right = Eab {
         kid: "kid-1".into(),
@@ -469,7 +472,19 @@ async fn unreachable_and_untrusted_ca_errors_say_so() {
             .contains("does not verify against ca_bundle/system roots"),
         "{err}"
     );
-    assert!(!err.is_retryable());
+    // A CA whose TLS does not verify is retried (the trust may be fixed) and another issuer tried.
+    let d = verdict(err);
+    assert!(!d.pause && d.fall_back, "{d:?}");
+}
+
+/// The failure policy's verdict on a protocol error.
+fn verdict(err: AcmeError) -> certkeeper::engine::Decision {
+    certkeeper::engine::decide(
+        &err.into(),
+        jiff::Timestamp::now(),
+        None,
+        &certkeeper::scheduler::Backoff::default(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

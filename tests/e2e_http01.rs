@@ -407,7 +407,7 @@ async fn eab_required_right_key_issues_wrong_or_missing_key_is_explained() {
         .assert_mentions("eab")
         .assert_mentions("hmac");
     assert!(!cfg.output_dir("eab").join("fullchain.pem").exists());
-    // Unchanged config: stopped after the permanent refusal, not tried again.
+    // Unchanged config: paused after the refusal (tried daily and on reload), not tried again now.
     let out = cfg.run_cli(&["renew"]).await;
     out.assert_failed().assert_mentions("renew --force eab");
 

@@ -339,7 +339,7 @@ async fn revoke_falls_back_to_the_certificate_key_when_the_account_is_lost() {
     let stdout = ok(&cfg, &["revoke", "www"]);
     assert!(stdout.contains("certificate key"), "{stdout}");
     assert!(cert_status(&w, &second).await.contains("Revoked"));
-    let accounts = std::fs::read_dir(w.path("state/accounts")).unwrap().count();
+    let accounts = std::fs::read_dir(w.path("state/accounts")).map_or(0, |d| d.count());
     assert_eq!(accounts, 0, "an account was registered just to revoke");
 }
 
@@ -828,8 +828,9 @@ async fn staged_rollover_key_is_left_alone_while_another_process_rolls_over() {
     // A rollover "in progress": a staged key the CA does not know (yet), and the account lock held.
     let staged = AccountKey::generate(acme::KeyType::EcdsaP256).unwrap();
     std::fs::write(acct.join("key.next.pem"), staged.to_pem().unwrap()).unwrap();
-    let store = certkeeper::store::StateStore::open(w.path("state")).unwrap();
-    let lock = store.lock_account(&id).unwrap();
+    let storage = certkeeper::store::FileStorage::open(w.path("state")).unwrap();
+    let store = certkeeper::store::AccountStore::new(std::sync::Arc::new(storage));
+    let lock = store.lock(&id).unwrap();
     ok(&cfg, &["account", "show", "--issuer", "pebble"]);
     assert!(
         acct.join("key.next.pem").exists(),

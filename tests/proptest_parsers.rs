@@ -205,7 +205,12 @@ proptest! {
             let _ = p.to_string();
             let _ = p.advice();
             let _ = p.kind();
-            let _ = p.is_retryable();
+            let _ = certkeeper::engine::decide(
+                &certkeeper::engine::Cause::Problem(Box::new(p.clone())),
+                jiff::Timestamp::now(),
+                None,
+                &certkeeper::scheduler::Backoff::default(),
+            );
             let _ = p.effective_status();
         }
         if let Ok(o) = serde_json::from_str::<OrderBody>(&body) {
@@ -242,7 +247,12 @@ proptest! {
         if let Ok(p) = serde_json::from_value::<Problem>(body) {
             let _ = p.to_string();
             let _ = p.advice();
-            let _ = p.is_retryable();
+            let _ = certkeeper::engine::decide(
+                &certkeeper::engine::Cause::Problem(Box::new(p.clone())),
+                jiff::Timestamp::now(),
+                None,
+                &certkeeper::scheduler::Backoff::default(),
+            );
             let _ = p.effective_status();
         }
     }

@@ -1,8 +1,8 @@
 //! The RFC 8555 (ACME) protocol layer: directory, nonces, JWS, accounts, orders, certificates, ARI.
 //!
 //! Built on openssl and reqwest (native-tls). Nothing here knows about TOML, files or axum.
-//! Errors keep the CA's problem documents structured ([`Problem`]) and classify them with
-//! [`AcmeError::is_retryable`].
+//! Errors keep the CA's problem documents structured ([`Problem`]); what to do about them is the
+//! engine's failure policy (`crate::engine::decide`).
 
 pub mod account;
 pub mod ari;
@@ -99,16 +99,6 @@ pub enum AcmeError {
 }
 
 impl AcmeError {
-    /// True when trying again later may succeed without a config change.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Connect { .. } | Self::Http { .. } | Self::Timeout { .. } => true,
-            Self::Problem(p) => p.is_retryable(),
-            Self::BadResponse { .. } => true,
-            Self::Tls { .. } | Self::Config { .. } | Self::Key(_) | Self::Openssl(_) => false,
-        }
-    }
-
     /// True when the CA could not be reached at all (network, TLS), as opposed to answering with
     /// an error: a reason to try another CA.
     pub fn is_unreachable(&self) -> bool {

@@ -29,6 +29,8 @@ pub enum ProblemKind {
     ExternalAccountRequired,
     /// The CSR was unacceptable.
     BadCsr,
+    /// The CA does not accept the key (account key or certificate key) type or size.
+    BadPublicKey,
     /// No account exists for this key.
     AccountDoesNotExist,
     /// The request was malformed.
@@ -68,6 +70,7 @@ impl ProblemKind {
             "incorrectResponse" => Self::IncorrectResponse,
             "externalAccountRequired" => Self::ExternalAccountRequired,
             "badCSR" => Self::BadCsr,
+            "badPublicKey" => Self::BadPublicKey,
             "accountDoesNotExist" => Self::AccountDoesNotExist,
             "malformed" => Self::Malformed,
             "serverInternal" => Self::ServerInternal,
@@ -159,26 +162,6 @@ impl Problem {
         }
     }
 
-    /// True when trying the same thing again later may succeed without a config change.
-    pub fn is_retryable(&self) -> bool {
-        use ProblemKind::*;
-        match self.kind() {
-            RejectedIdentifier
-            | Caa
-            | BadCsr
-            | UnsupportedIdentifier
-            | Malformed
-            | ExternalAccountRequired
-            | BadRevocationReason
-            | AlreadyRevoked
-            | UserActionRequired => false,
-            Unauthorized if self.origin == ProblemOrigin::NewAccount => false,
-            ServerInternal | RateLimited | Connection | Dns | BadNonce | Tls
-            | IncorrectResponse | Unauthorized | OrderNotReady | AccountDoesNotExist => true,
-            Other => self.effective_status() >= 500 || self.effective_status() == 429,
-        }
-    }
-
     /// The detail text, or a placeholder.
     fn detail_str(&self) -> &str {
         self.detail.as_deref().unwrap_or("(no detail given)")
@@ -219,6 +202,7 @@ impl Problem {
             RejectedIdentifier => format!("the CA will not issue for {}: remove that name from the certificate or use another CA", name.unwrap_or_else(|| "a requested name".into())),
             Caa => format!("CAA records forbid this CA from issuing for {}: add a CAA record allowing the CA, or use another issuer", name.unwrap_or_else(|| "a requested name".into())),
             BadCsr => "the CA rejected the certificate request (CSR): check the key type is accepted by this CA".to_string(),
+            BadPublicKey => format!("the CA does not accept this key: {detail}; choose another key type (`key`, or the issuer's `account_key`)"),
             UnsupportedIdentifier => "the CA does not support one of the identifiers (IP address or wildcard?): remove it or use another CA".to_string(),
             Malformed => "the CA rejected the request as malformed; this is likely a certkeeper bug or a CA incompatibility: please report it with this message".to_string(),
             ServerInternal => "the CA had an internal error; certkeeper retries later".to_string(),
@@ -351,7 +335,6 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("likely a certkeeper bug"), "{s}");
-        assert!(!p.is_retryable());
     }
 
     fn prob(t: &str, origin: ProblemOrigin) -> Problem {
@@ -369,33 +352,6 @@ mod tests {
     #[test]
     fn classification() {
         use ProblemOrigin::*;
-        for t in [
-            "rejectedIdentifier",
-            "caa",
-            "badCSR",
-            "unsupportedIdentifier",
-            "malformed",
-            "externalAccountRequired",
-        ] {
-            assert!(!prob(t, Unknown).is_retryable(), "{t}");
-        }
-        assert!(!prob("unauthorized", NewAccount).is_retryable());
-        for t in [
-            "serverInternal",
-            "rateLimited",
-            "connection",
-            "dns",
-            "badNonce",
-        ] {
-            assert!(prob(t, Unknown).is_retryable(), "{t}");
-        }
-        assert!(prob("unauthorized", Challenge("a.example".into())).is_retryable());
-        let mut other = prob("x", Unknown);
-        other.type_ = "about:blank".into();
-        other.http_status = 503;
-        assert!(other.is_retryable());
-        other.http_status = 400;
-        assert!(!other.is_retryable());
         assert_eq!(
             prob("userActionRequired", Unknown).kind(),
             ProblemKind::UserActionRequired

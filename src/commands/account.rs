@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::acme::{self, AccountKey, KeyType};
 use crate::config::IssuerConfig;
-use crate::daemon::{IssueError, Runtime};
+use crate::engine::{IssueError, Runtime};
 use crate::store::{self, StoreError};
 
 /// Environment variable for crash tests: when it names a step (`rollover-after-keychange`), the
@@ -154,8 +154,8 @@ fn issuer<'a>(rt: &'a Runtime, name: &str) -> Result<&'a IssuerConfig, AccountEr
 fn existing_id(rt: &Runtime, issuer: &IssuerConfig) -> Result<String, AccountError> {
     let id = store::account_id(&issuer.name, &issuer.directory);
     let stored = rt
-        .state
-        .load_account(&id)
+        .accounts
+        .load(&id)
         .map_err(|source| AccountError::Store {
             issuer: issuer.name.clone(),
             source,
@@ -209,7 +209,7 @@ pub async fn rollover(rt: &Runtime, issuer_name: &str) -> Result<AccountInfo, Ac
     let mut account = rt.account(issuer).await?;
     // Held until key.pem holds the new key: another process must neither start a second rollover nor
     // resolve our staged key.next.pem meanwhile.
-    let _lock = rt.state.lock_account(&id).map_err(|e| match e {
+    let _lock = rt.accounts.lock(&id).map_err(|e| match e {
         StoreError::Locked { .. } => AccountError::Busy {
             issuer: issuer.name.clone(),
         },
@@ -223,8 +223,8 @@ pub async fn rollover(rt: &Runtime, issuer_name: &str) -> Result<AccountInfo, Ac
         .and_then(|p| {
             String::from_utf8(p).map_err(|e| key_err(format!("encoding the new account key: {e}")))
         })?;
-    rt.state
-        .stage_next_account_key(&id, &pem)
+    rt.accounts
+        .stage_next_key(&id, &pem)
         .map_err(store_err)?;
     crash_point("rollover-after-stage");
     if let Err(e) = account.key_change(new_key).await {
@@ -238,7 +238,7 @@ pub async fn rollover(rt: &Runtime, issuer_name: &str) -> Result<AccountInfo, Ac
         });
     }
     crash_point("rollover-after-keychange");
-    rt.state.promote_next_account_key(&id).map_err(store_err)?;
+    rt.accounts.promote_next_key(&id).map_err(store_err)?;
     info!(issuer = %issuer.name, account = %account.url(), key = %issuer.account_key, "account key rolled over");
     // Confirm with the CA that the new key is the one it knows.
     let client = account.client().clone();
@@ -291,14 +291,14 @@ pub async fn update_contact(
         source,
     };
     if let Some(mut record) = rt
-        .state
-        .load_account(&id)
+        .accounts
+        .load(&id)
         .map_err(store_err)?
         .and_then(|s| s.record)
     {
         record.contact = contact.clone();
-        rt.state
-            .save_account_record(&id, &record)
+        rt.accounts
+            .save_record(&id, &record)
             .map_err(store_err)?;
     }
     let mut info = info_of(issuer, &account);
@@ -333,13 +333,13 @@ pub async fn deactivate(
             source,
         })?;
     let moved = rt
-        .state
-        .retire_account(&id)
+        .accounts
+        .retire(&id)
         .map_err(|source| AccountError::Store {
             issuer: issuer.name.clone(),
             source,
         })?;
-    info!(issuer = %issuer.name, account = %account.url(), kept = %moved.display(), "account deactivated");
+    info!(issuer = %issuer.name, account = %account.url(), kept = %moved, "account deactivated");
     let mut info = info_of(issuer, &account);
     if info.status.is_empty() {
         info.status = "deactivated".into();

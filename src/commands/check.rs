@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::acme::{self, AcmeError, ProblemKind, ProblemOrigin};
 use crate::config::{Config, IssuerConfig, SolverKind};
-use crate::daemon::USER_AGENT;
-use crate::store::{self, StateStore};
+use crate::engine::USER_AGENT;
+use crate::store::{self, AccountStore, FileStorage};
 
 /// Longest time the network probes of one issuer may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,8 +73,9 @@ pub async fn run(path: &Path, cfg: Config, offline: bool) -> ExitCode {
 /// Every probe for `cfg`; the network ones (CA directory, account) only when `offline` is false.
 pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
     let mut out = Vec::new();
-    let state = match StateStore::open(&cfg.state_dir) {
+    let state = match FileStorage::open(&cfg.state_dir) {
         Ok(s) => {
+            let s = AccountStore::new(std::sync::Arc::new(s));
             out.push(Probe::ok(format!(
                 "state directory {} is usable",
                 cfg.state_dir.display()
@@ -161,7 +162,7 @@ fn bundle(issuer: &IssuerConfig) -> Result<Vec<openssl::x509::X509>, Probe> {
 async fn issuer_probes(
     issuer: &IssuerConfig,
     profiled: &[(&str, &str)],
-    state: Option<&StateStore>,
+    state: Option<&AccountStore>,
 ) -> Vec<Probe> {
     let mut out = Vec::new();
     let roots = match bundle(issuer) {
@@ -198,7 +199,7 @@ async fn issuer_probes(
         return out;
     };
     let id = store::account_id(&issuer.name, &issuer.directory);
-    let stored = match state.load_account(&id) {
+    let stored = match state.load(&id) {
         Ok(s) => s,
         Err(e) => {
             out.push(Probe::fail(format!(
@@ -219,10 +220,10 @@ async fn issuer_probes(
         Ok(k) => k,
         Err(e) => {
             out.push(Probe::fail(format!(
-                "issuer {}: the stored account key in {} is unreadable: {e} — move the accounts/{id} directory \
+                "issuer {}: the stored account key in {} is unreadable: {e} — move that directory \
                  away to register a new account",
                 issuer.name,
-                state.root().display()
+                state.describe(&id)
             )));
             return out;
         }

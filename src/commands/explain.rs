@@ -5,11 +5,10 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::challenge::http01::TokenStore;
 use crate::config::{CertificateConfig, Config, SolverKind};
-use crate::daemon::Runtime;
-use crate::daemon::pass;
-use crate::store::{self, CertState, OrderTrace, ProblemTrace};
+use crate::engine::{due, read_only_ledger};
+use crate::scheduler::DueReason;
+use crate::store::{CertState, OrderTrace, ProblemTrace, Snapshot};
 
 /// Why `explain` could not describe a certificate.
 #[derive(Debug, thiserror::Error)]
@@ -22,11 +21,11 @@ pub enum ExplainError {
         /// The configured names, comma-separated.
         known: String,
     },
-    /// The state directory could not be opened or read.
+    /// The certificate's state could not be read.
     #[error(
-        "cannot read the state directory: {0} (run as the user certkeeper runs as, usually root)"
+        "cannot read the state of this certificate: {0} (run as the user certkeeper runs as, usually root)"
     )]
-    State(#[from] store::StoreError),
+    State(String),
 }
 
 /// Describe certificate `name` of `cfg` as text for the terminal.
@@ -42,18 +41,22 @@ pub fn explain(cfg: Arc<Config>, name: &str) -> Result<String, ExplainError> {
                 .join(", "),
         });
     };
-    let rt = Runtime::new(cfg.clone(), TokenStore::new())?;
-    let state = rt.state.load_cert_state(name)?.unwrap_or_default();
+    // The ledger is read, never written, and no runtime is built: safe next to a running daemon.
+    let snap = read_only_ledger(&cfg).snapshot(name, &cert.output);
+    if let Some(e) = snap.state_error {
+        return Err(ExplainError::State(e));
+    }
+    let state = &snap.state;
     let mut out = String::new();
     config_section(&mut out, &cfg, &cert);
-    live_section(&mut out, &rt, &cert, &state);
+    live_section(&mut out, &cfg, &cert, &snap);
     match &state.last_order {
         Some(t) => order_section(&mut out, t),
         None => out.push_str(
             "\nLast order:\n  none recorded yet (no issuance attempted by this version)\n",
         ),
     }
-    error_section(&mut out, &state, name);
+    error_section(&mut out, state, name);
     Ok(out)
 }
 
@@ -186,11 +189,11 @@ fn describe_solver(kind: &SolverKind, listen: &[std::net::SocketAddr]) -> String
     }
 }
 
-fn live_section(out: &mut String, rt: &Runtime, cert: &CertificateConfig, state: &CertState) {
+fn live_section(out: &mut String, cfg: &Config, cert: &CertificateConfig, snap: &Snapshot) {
     out.push_str("\nLive certificate:\n");
-    let installed = Some(store::read_installed(&cert.output));
-    match installed {
-        Some(Ok(Some(live))) => {
+    let state = &snap.state;
+    match (&snap.installed, &snap.installed_error) {
+        (Some(live), _) => {
             let now = jiff::Timestamp::now();
             let left = live.cert.not_after.duration_since(now);
             let days = left.as_secs() / 86_400;
@@ -211,19 +214,34 @@ fn live_section(out: &mut String, rt: &Runtime, cert: &CertificateConfig, state:
             }
             let _ = writeln!(out, "  Files:       {}", live.source_dir.display());
         }
-        Some(Ok(None)) => {
+        (None, None) => {
             let _ = writeln!(out, "  none installed in {}", cert.output.dir.display());
         }
-        Some(Err(e)) => {
+        (None, Some(e)) => {
             let _ = writeln!(out, "  unusable: {e}");
         }
-        None => {}
+    }
+    if snap.placeholder {
+        out.push_str("  (a self-signed placeholder: replaced at once)\n");
     }
     if let Some(t) = state.last_success {
         let _ = writeln!(out, "  Last issued: {t}");
     }
-    let due = pass::due_for(rt, cert, jiff::Timestamp::now());
+    if let Some(serial) = snap.reload_pending().filter(|_| !cert.reload.is_empty()) {
+        let _ = writeln!(
+            out,
+            "  Reload:      PENDING for serial {serial}: the reload hook did not complete; it runs at the next start"
+        );
+    }
+    let due = due::due(cfg, cert, snap, jiff::Timestamp::now(), false);
     let _ = writeln!(out, "  Next renewal: {due}");
+    if let DueReason::Paused { .. } = due.reason {
+        let _ = writeln!(
+            out,
+            "  PAUSED: the CA needs a human to act (see Last error); after fixing it, `systemctl reload certkeeper` (or `certkeeper renew --force {}`) tries at once",
+            cert.name
+        );
+    }
 }
 
 fn problem_lines(out: &mut String, indent: &str, p: &ProblemTrace) {
@@ -334,7 +352,7 @@ fn error_section(out: &mut String, state: &CertState, state_name: &str) {
             if e.retryable {
                 "see the message above; certkeeper retries on its own with backoff"
             } else {
-                "fix the cause above; certkeeper does not retry until the certificate's config changes"
+                "fix the cause above; certkeeper retries daily, and at once on a reload"
             }
         );
     }
@@ -344,12 +362,13 @@ fn error_section(out: &mut String, state: &CertState, state_name: &str) {
             "  Failures since the last success: {}",
             state.retry.failures
         );
-        match (state.retry.permanent, state.retry.next_retry) {
-            (true, _) => {
+        match (state.retry.paused, state.retry.next_retry) {
+            (true, t) => {
                 let _ = writeln!(
                     out,
-                    "; stopped until the certificate's config changes — after fixing the cause elsewhere \
-                     (issuer, DNS, web server) run `certkeeper renew --force {name}`",
+                    "; paused: tried again {} and at once on `systemctl reload certkeeper` — after fixing the cause \
+                     (issuer, DNS, CAA, account) you can also run `certkeeper renew --force {name}`",
+                    t.map(|t| format!("at {t}")).unwrap_or_else(|| "now".into()),
                     name = state_name
                 );
             }
@@ -364,7 +383,7 @@ fn error_section(out: &mut String, state: &CertState, state_name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AuthzTrace, ChallengeTrace, ErrorTrace, SubProblemTrace};
+    use crate::store::{self, AuthzTrace, ChallengeTrace, ErrorTrace, SubProblemTrace};
 
     fn cfg(dir: &std::path::Path) -> Arc<Config> {
         let text = format!(
@@ -431,7 +450,7 @@ output = {{ dir = "{d}/out" }}
         assert!(text.contains("none installed in"), "{text}");
         assert!(text.contains("none recorded yet"), "{text}");
 
-        let st = store::StateStore::open(&cfg.state_dir).unwrap();
+        let st = store::FileStorage::open(&cfg.state_dir).unwrap();
         let problem = ProblemTrace {
             type_: "urn:ietf:params:acme:error:unauthorized".into(),
             detail: Some("Invalid response from http://www.example.test/x: 404".into()),
@@ -472,7 +491,9 @@ output = {{ dir = "{d}/out" }}
             }),
             ..CertState::default()
         };
-        st.save_cert_state("www", &state).unwrap();
+        use store::Storage as _;
+        st.store("certs/www.json", &serde_json::to_vec(&state).unwrap())
+            .unwrap();
         let text = explain(cfg, "www").unwrap();
         for want in [
             "URL:         https://ca/order/1",

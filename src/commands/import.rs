@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use tracing::info;
 
-use crate::daemon::{Runtime, pass};
-use crate::scheduler::{Due, RetryState};
-use crate::store::{self, InstalledPaths, StoreError};
+use crate::engine::{Runtime, due};
+use crate::scheduler::Due;
+use crate::store::{self, Event, InstalledPaths, StoreError};
 
 /// What `certkeeper import` was asked to do.
 #[derive(Clone, Debug)]
@@ -120,29 +120,22 @@ pub fn import(rt: &Runtime, opts: &ImportOptions) -> Result<Imported, ImportErro
         )));
     }
 
-    let _lock = rt.state.lock_cert(name).map_err(store_err)?;
-    let paths = store::install(&cert.output, &key_pem, &chain_pem, &verified).map_err(store_err)?;
-    let mut state = rt
-        .state
-        .load_cert_state(name)
-        .map_err(store_err)?
-        .unwrap_or_default();
+    let _lease = rt.ledger.lock(name).map_err(store_err)?;
     let now = Timestamp::now();
-    state.order_url = None;
-    state.issuer = cert.issuers.first().cloned();
-    state.last_success = Some(now);
-    state.retry = RetryState::default();
-    state.config_fingerprint = Some(pass::fingerprint(cert));
-    // The CA that issued it is unknown: sending its CertID as ARI `replaces` to another CA would get
-    // the renewal order refused, so the first renewal is a plain order.
-    state.ari_cert_id = None;
-    state.ari_window = None;
-    state.ari_refetch_at = None;
-    state.revoked_serial = None;
-    rt.state.save_cert_state(name, &state).map_err(store_err)?;
-    rt.state.remove_pending_key(name).map_err(store_err)?;
-    drop(_lock);
-    let due = pass::due_for(rt, cert, now);
+    let imported = Event::Imported {
+        issuer: cert.issuers.first().cloned(),
+        fingerprint: due::fingerprint(cert),
+        at: now,
+    };
+    let paths = rt
+        .ledger
+        .install(name, &cert.output, (&key_pem, &chain_pem), &verified, imported)
+        .map_err(store_err)?;
+    // An order in flight would finalize with another key: it is not resumed.
+    rt.ledger.drop_pending_key(name).map_err(store_err)?;
+    drop(_lease);
+    let snap = rt.ledger.snapshot(name, &cert.output);
+    let due = due::due(&rt.config, cert, &snap, now, false);
     info!(cert = %name, serial = %verified.serial_hex, not_after = %verified.not_after, renew_at = %due.at, "certificate imported");
     Ok(Imported {
         serial: verified.serial_hex,

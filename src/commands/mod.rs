@@ -5,5 +5,6 @@ pub mod account;
 pub mod check;
 pub mod explain;
 pub mod import;
+pub mod renew;
 pub mod revoke;
 pub mod status;

@@ -14,7 +14,7 @@ use openssl::x509::X509;
 use tracing::{info, warn};
 
 use crate::acme::{self, AcmeError, ProblemKind};
-use crate::daemon::Runtime;
+use crate::engine::Runtime;
 use crate::store::{self, StoreError};
 
 /// A revocation reason (RFC 5280 §5.3.1), as far as ACME CAs accept them.
@@ -192,20 +192,21 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
         source,
     };
     // No issuance of this certificate while it is being revoked.
-    let _lock = rt.state.lock_cert(name).map_err(store_err)?;
+    let _lease = rt.ledger.lock(name).map_err(store_err)?;
     let spec = &cert.output;
-    let live = store::read_installed(spec)
-        .map_err(store_err)?
-        .ok_or_else(|| RevokeError::NotInstalled {
+    let snap = rt.ledger.snapshot(name, spec);
+    if let Some(e) = &snap.installed_error {
+        return Err(RevokeError::BadFiles {
             name: name.to_string(),
-            dir: spec.dir.clone(),
-        })?;
+            message: e.clone(),
+        });
+    }
+    let live = snap.installed.clone().ok_or_else(|| RevokeError::NotInstalled {
+        name: name.to_string(),
+        dir: spec.dir.clone(),
+    })?;
     let serial = live.cert.serial_hex.clone();
-    let mut state = rt
-        .state
-        .load_cert_state(name)
-        .map_err(store_err)?
-        .unwrap_or_default();
+    let state = &snap.state;
     if state.revoked_serial.as_deref() == Some(serial.as_str()) {
         return Err(RevokeError::AlreadyRevoked {
             name: name.to_string(),
@@ -242,8 +243,8 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
     // Without a stored account (state lost, or a pair imported from elsewhere) registering a new one
     // would not help: only the issuing account or the certificate key may revoke.
     let has_account = rt
-        .state
-        .load_account(&store::account_id(&issuer.name, &issuer.directory))
+        .accounts
+        .load(&store::account_id(&issuer.name, &issuer.directory))
         .ok()
         .flatten()
         .is_some_and(|a| a.record.is_some());
@@ -298,9 +299,7 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
             message: failures.join("; "),
         });
     };
-    let kept = store::keep_revoked(spec, &live).map_err(store_err)?;
-    state.revoked_serial = Some(serial.clone());
-    rt.state.save_cert_state(name, &state).map_err(store_err)?;
+    let kept = rt.ledger.revoked(name, spec, &live).map_err(store_err)?;
     info!(cert = %name, serial = %serial, issuer = %issuer.name, reason = %opts.reason, signed_with, kept = %kept.display(), "certificate revoked; a replacement is due at once");
     Ok(Revoked {
         serial,

@@ -1,7 +1,7 @@
 //! `certkeeper status [--json] [NAME]`: what every certificate looks like now and what happens next.
 //!
-//! Reads the config, the state directory and the installed files only; it never talks to a CA, so
-//! it is safe to run while the daemon runs.
+//! Reads the config and the ledger (state and installed files) only; it never talks to a CA, never
+//! builds a runtime and never writes, so it is safe to run while the daemon runs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,11 +9,10 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::challenge::http01::TokenStore;
-use crate::config::{self, CertificateConfig};
-use crate::daemon::Runtime;
-use crate::daemon::pass::due_for;
-use crate::store;
+use crate::config::{self, CertificateConfig, Config};
+use crate::engine::{due, read_only_ledger};
+use crate::scheduler::DueReason;
+use crate::store::Ledger;
 
 /// Errors of `certkeeper status`.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +20,6 @@ pub enum StatusError {
     /// The config does not load.
     #[error("{0}")]
     Config(#[from] config::ConfigError),
-    /// The state directory cannot be opened.
-    #[error(
-        "cannot open the state directory: {0}; run status as the user the daemon runs as (or root)"
-    )]
-    State(#[from] store::StoreError),
     /// The asked-for certificate is not configured.
     #[error("no certificate named {name:?} in the config (known: {known})")]
     Unknown {
@@ -51,7 +45,7 @@ pub struct CertStatus {
     pub not_after: Option<Timestamp>,
     /// Why the installed files cannot be used, when they are torn or unreadable.
     pub installed_error: Option<String>,
-    /// When the next attempt happens; `None` when stopped after a permanent error.
+    /// When the next attempt happens (always set: certkeeper never stops trying).
     pub next_renewal: Option<Timestamp>,
     /// The next renewal time and why, in words.
     pub next_renewal_reason: String,
@@ -67,6 +61,11 @@ pub struct CertStatus {
     pub order_url: Option<String>,
     /// The CA's ARI window, when fetched.
     pub ari_window: Option<(Timestamp, Timestamp)>,
+    /// The CA needs a human to act (the reason is in `last_error`); still tried at
+    /// `next_renewal`, daily, and at once on every reload.
+    pub paused: bool,
+    /// The serial whose reload hooks have not completed yet (they run at the next start).
+    pub reload_pending: Option<String>,
 }
 
 /// The status of every configured certificate (or only `only`), at `now`.
@@ -89,22 +88,24 @@ pub fn collect(
                 .join(", "),
         });
     }
-    let rt = Runtime::new(cfg.clone(), TokenStore::default())?;
+    let ledger = read_only_ledger(&cfg);
     Ok(cfg
         .certificates
         .values()
         .filter(|c| only.is_none_or(|n| n == c.name))
-        .map(|c| one(&rt, c, now))
+        .map(|c| one(&cfg, &ledger, c, now))
         .collect())
 }
 
-fn one(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> CertStatus {
-    let state = rt.state.cert_state_or_default(&cert.name);
-    let (live, installed_error) = match store::read_installed(&cert.output) {
-        Ok(live) => (live, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    let due = due_for(rt, cert, now);
+fn one(cfg: &Config, ledger: &Ledger, cert: &CertificateConfig, now: Timestamp) -> CertStatus {
+    let snap = ledger.snapshot(&cert.name, &cert.output);
+    let state = &snap.state;
+    let live = snap.installed.as_ref();
+    let installed_error = snap.installed_error.clone().or_else(|| {
+        snap.placeholder
+            .then(|| "a self-signed placeholder, replaced at once".to_string())
+    });
+    let due = due::due(cfg, cert, &snap, now, false);
     CertStatus {
         name: cert.name.clone(),
         domains: cert.domains.clone(),
@@ -112,7 +113,7 @@ fn one(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> CertStatus {
         serial: live.as_ref().map(|l| l.cert.serial_hex.clone()),
         not_after: live.as_ref().map(|l| l.cert.not_after),
         installed_error,
-        next_renewal: due.wake_at(),
+        next_renewal: Some(due.at),
         next_renewal_reason: due.to_string(),
         failures: state.retry.failures,
         last_error: state
@@ -124,6 +125,10 @@ fn one(rt: &Runtime, cert: &CertificateConfig, now: Timestamp) -> CertStatus {
         last_success: state.last_success,
         order_url: state.order_url.clone(),
         ari_window: state.ari_window,
+        paused: matches!(due.reason, DueReason::Paused { .. }),
+        reload_pending: (!cert.reload.is_empty())
+            .then(|| snap.reload_pending().map(str::to_string))
+            .flatten(),
     }
 }
 
@@ -171,6 +176,12 @@ pub fn render_text(list: &[CertStatus]) -> String {
         if let Some(u) = &s.order_url {
             let _ = writeln!(out, "  in flight:   {u}");
         }
+        if let Some(serial) = &s.reload_pending {
+            let _ = writeln!(
+                out,
+                "  reload:      PENDING for serial {serial} (the hook did not complete; it runs at the next start of the daemon or `certkeeper renew`)"
+            );
+        }
     }
     out
 }
@@ -202,6 +213,7 @@ pub fn run(config_path: &Path, json: bool, name: Option<&str>) -> std::process::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store;
 
     fn write_config(dir: &Path) -> std::path::PathBuf {
         let p = dir.join("certkeeper.toml");
@@ -235,7 +247,7 @@ output = {{ dir = "{d}/out/api" }}
         let cfg = write_config(dir.path());
         let now = Timestamp::now();
         // a recorded failure with an order in flight for "api"
-        let state = store::StateStore::open(dir.path().join("state")).unwrap();
+        let state = store::FileStorage::open(dir.path().join("state")).unwrap();
         let mut st = store::CertState {
             order_url: Some("https://ca/order/7".into()),
             issuer: Some("le".into()),
@@ -244,7 +256,10 @@ output = {{ dir = "{d}/out/api" }}
         st.retry.failures = 2;
         st.retry.last_error = Some("connection refused".into());
         st.retry.next_retry = Some(now + jiff::SignedDuration::from_mins(5));
-        state.save_cert_state("api", &st).unwrap();
+        use store::Storage as _;
+        state
+            .store("certs/api.json", &serde_json::to_vec(&st).unwrap())
+            .unwrap();
 
         let list = collect(&cfg, None, now).unwrap();
         assert_eq!(list.len(), 2);

@@ -90,6 +90,9 @@ pub struct DaemonConfig {
     pub max_concurrent: usize,
     /// How long one reload hook may run before it is killed (default 60s).
     pub hook_timeout: Duration,
+    /// The retry schedule after a failed attempt (`retry_first`, default 1m; `retry_max`, default
+    /// 6h).
+    pub backoff: crate::scheduler::Backoff,
 }
 
 /// `[issuer.NAME]`: an ACME CA account and how to solve its challenges.
@@ -424,7 +427,8 @@ output = { dir = "/etc/nginx/tls/www" }
             cfg.daemon,
             DaemonConfig {
                 max_concurrent: 8,
-                hook_timeout: Duration::from_secs(60)
+                hook_timeout: Duration::from_secs(60),
+                backoff: crate::scheduler::Backoff::default()
             }
         );
         let le = &cfg.issuers["le"];
@@ -669,6 +673,8 @@ listen = "127.0.0.1:8403"
 [daemon]
 max_concurrent = 3
 hook_timeout = "1m 30s"
+retry_first = "5s"
+retry_max = "10m"
 
 [issuer.le]
 directory = "letsencrypt"
@@ -709,7 +715,11 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
             cfg.daemon,
             DaemonConfig {
                 max_concurrent: 3,
-                hook_timeout: Duration::from_secs(90)
+                hook_timeout: Duration::from_secs(90),
+                backoff: crate::scheduler::Backoff {
+                    first: jiff::SignedDuration::from_secs(5),
+                    max: jiff::SignedDuration::from_mins(10),
+                }
             }
         );
         let le = &cfg.issuers["le"];

@@ -55,6 +55,8 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawDaemon {
     pub max_concurrent: Option<Spanned<i64>>,
     pub hook_timeout: Option<SStr>,
+    pub retry_first: Option<SStr>,
+    pub retry_max: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

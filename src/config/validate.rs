@@ -188,6 +188,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let mut daemon = DaemonConfig {
         max_concurrent: super::DEFAULT_MAX_CONCURRENT,
         hook_timeout: super::DEFAULT_HOOK_TIMEOUT,
+        backoff: crate::scheduler::Backoff::default(),
     };
     if let Some(d) = &main.daemon {
         if let Some(m) = &d.max_concurrent {
@@ -203,6 +204,23 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         if let Some(t) = duration(&mut cx, 0, d.hook_timeout.as_ref(), "daemon.hook_timeout") {
             daemon.hook_timeout = t;
+        }
+        let signed = |d: std::time::Duration| jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
+        if let Some(t) = duration(&mut cx, 0, d.retry_first.as_ref(), "daemon.retry_first") {
+            daemon.backoff.first = signed(t);
+        }
+        if let Some(t) = duration(&mut cx, 0, d.retry_max.as_ref(), "daemon.retry_max") {
+            daemon.backoff.max = signed(t);
+        }
+        if daemon.backoff.first > daemon.backoff.max
+            && let Some(first) = &d.retry_first
+        {
+            cx.err(
+                0,
+                &first.span(),
+                "daemon.retry_first",
+                "is longer than daemon.retry_max: the first retry cannot wait longer than the longest",
+            );
         }
     }
 

@@ -44,6 +44,12 @@ pub struct CertMetrics {
     pub failures: u32,
     /// The last error since the last success.
     pub last_error: Option<String>,
+    /// The CA needs a human to act; the certificate is retried daily and on every reload.
+    pub paused: bool,
+    /// When the next attempt (renewal or retry) is due (Unix seconds).
+    pub next_attempt: Option<i64>,
+    /// The installed pair's reload hooks have not completed.
+    pub reload_pending: bool,
 }
 
 /// The metrics snapshot shared by the daemon loop (writer) and the admin listener (reader).
@@ -143,6 +149,37 @@ impl Metrics {
                 "certkeeper_last_error{{name=\"{}\",error=\"{}\"}} {v}",
                 escape(name),
                 escape(&truncate(msg, 300))
+            );
+        }
+        out.push_str("# HELP certkeeper_certificate_paused 1 when the CA needs a human to act; the certificate is still retried daily and on every reload.\n");
+        out.push_str("# TYPE certkeeper_certificate_paused gauge\n");
+        for (name, m) in &inner.certs {
+            let _ = writeln!(
+                out,
+                "certkeeper_certificate_paused{{name=\"{}\"}} {}",
+                escape(name),
+                u8::from(m.paused)
+            );
+        }
+        out.push_str("# HELP certkeeper_certificate_next_attempt_seconds When the next renewal or retry is due, Unix time.\n");
+        out.push_str("# TYPE certkeeper_certificate_next_attempt_seconds gauge\n");
+        for (name, m) in &inner.certs {
+            if let Some(t) = m.next_attempt {
+                let _ = writeln!(
+                    out,
+                    "certkeeper_certificate_next_attempt_seconds{{name=\"{}\"}} {t}",
+                    escape(name)
+                );
+            }
+        }
+        out.push_str("# HELP certkeeper_certificate_reload_pending 1 while the installed certificate's reload hooks have not completed.\n");
+        out.push_str("# TYPE certkeeper_certificate_reload_pending gauge\n");
+        for (name, m) in &inner.certs {
+            let _ = writeln!(
+                out,
+                "certkeeper_certificate_reload_pending{{name=\"{}\"}} {}",
+                escape(name),
+                u8::from(m.reload_pending)
             );
         }
         out
@@ -247,8 +284,8 @@ mod tests {
             "www",
             CertMetrics {
                 not_after: Some(1_900_000_000),
-                failures: 0,
-                last_error: None,
+                next_attempt: Some(1_890_000_000),
+                ..Default::default()
             },
         );
         m.set_cert(
@@ -257,6 +294,9 @@ mod tests {
                 not_after: None,
                 failures: 3,
                 last_error: Some("CA said \"no\"\nreally".into()),
+                paused: true,
+                next_attempt: None,
+                reload_pending: true,
             },
         );
         m.count_renewal("www", true);
@@ -275,6 +315,12 @@ mod tests {
             "certkeeper_last_error{name=\"api\",error=\"CA said \\\"no\\\"\\nreally\"} 1\n"
         ));
         assert!(text.contains("certkeeper_last_error{name=\"www\",error=\"\"} 0\n"));
+        assert!(text.contains("certkeeper_certificate_paused{name=\"api\"} 1\n"));
+        assert!(text.contains("certkeeper_certificate_paused{name=\"www\"} 0\n"));
+        assert!(text.contains(
+            "certkeeper_certificate_next_attempt_seconds{name=\"www\"} 1890000000\n"
+        ));
+        assert!(text.contains("certkeeper_certificate_reload_pending{name=\"api\"} 1\n"));
         m.retain(&["www"]);
         assert!(!m.render().contains("api"));
     }

@@ -2,9 +2,11 @@
 //!
 //! One due time per certificate lives in a timer set; the loop sleeps until the earliest one (no
 //! polling), a finished issuance, a config change, or a signal. Issuances run concurrently under the
-//! configured limit; reload hooks run once per batch, when no issuance is in flight any more.
+//! configured limit, each in a task of its own (a panicking one is logged with its certificate and
+//! rescheduled with backoff). Reload hooks run once per batch in the [`Reloader`]'s task, so the
+//! loop keeps answering `/healthz`, sending WATCHDOG=1 and handling SIGTERM while a hook runs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,41 +15,46 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::challenge::http01::{Http01Server, TokenStore};
 use crate::config::{self, CertificateConfig};
-use crate::hooks::{self, ReloadRequest};
-use crate::scheduler::Timers;
-use crate::store;
+use crate::engine::order::Issued;
+use crate::engine::pass::{attempt, record_failure};
+use crate::engine::{IssueError, Runtime, ari, due, reload};
+use crate::hooks::ReloadRequest;
+use crate::scheduler::{DueReason, Timers};
+use crate::store::Ledger;
 
 use super::admin::{self, CertMetrics, HealthPing, Metrics};
-use super::ari;
-use super::issue::Issued;
-use super::pass::{due_for, issue_and_record};
 use super::watch::{ConfigWatcher, settle, watch_config};
-use super::{IssueError, Runtime};
 
-/// How long a clean shutdown waits for in-flight orders before leaving them to be resumed.
+/// How long a clean shutdown waits for in-flight orders before interrupting them (they stay
+/// resumable).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// How long interrupted orders get to clean up their challenges after [`SHUTDOWN_GRACE`]; together
-/// they stay below systemd's default stop timeout (90 s).
-const CLEANUP_GRACE: Duration = Duration::from_secs(45);
+/// How long interrupted orders get to clean up their challenges after [`SHUTDOWN_GRACE`].
+const CLEANUP_GRACE: Duration = Duration::from_secs(20);
 
-/// A finished task: `None` when it only refreshed ARI and the certificate was not due.
+/// The whole stop, from SIGTERM to exit, stays below this; the unit's `TimeoutStopSec` is 90 s.
+/// Reload hooks still running then are left: their reload is still pending in the ledger and runs
+/// at the next start.
+const STOP_BUDGET: Duration = Duration::from_secs(80);
+
+/// A finished task: `None` when the certificate turned out not to be due.
 type Done = (String, Option<Result<Issued, IssueError>>);
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Arc::new(config::load(config_path)?);
-    let tokens = TokenStore::reading_spool(super::http01_spool(&cfg));
+    let tokens = TokenStore::reading_spool(crate::engine::http01_spool(&cfg));
     let shutdown = CancellationToken::new();
     let server = Http01Server::bind(&cfg.http01.listen, tokens.clone())?;
     let _server = server.serve(shutdown.clone())?;
-    let mut rt =
+    let rt =
         Arc::new(Runtime::new(cfg.clone(), tokens.clone()).context("opening the state directory")?);
 
     let metrics = Arc::new(Metrics::default());
@@ -62,14 +69,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (cfg_tx, mut cfg_rx) = mpsc::channel::<()>(4);
-    let mut _watcher = watch_config(&cfg, cfg_tx.clone());
-
-    let mut timers = Timers::default();
-    schedule_all(&rt, &mut timers, &metrics);
-    let limit = Arc::new(Semaphore::new(cfg.daemon.max_concurrent.max(1)));
-    let mut inflight: JoinSet<Done> = JoinSet::new();
-    let mut running: HashSet<String> = HashSet::new();
-    let mut reloads: Vec<ReloadRequest> = Vec::new();
+    let watcher = watch_config(&cfg, cfg_tx.clone());
 
     // One persistent interval: a sleep recreated on every loop iteration would never fire while
     // other events keep the loop busy, and systemd would kill a healthy daemon.
@@ -78,71 +78,25 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
+    let mut d = Daemon::new(rt, metrics, tokens, cfg_tx, watcher);
+    d.start();
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("running"),
     ]);
-    info!(
-        certificates = rt.config.certificates.len(),
-        "certkeeper running"
-    );
+    info!(certificates = d.rt.config.certificates.len(), "certkeeper running");
 
-    let shared = Shared {
-        tokens: &tokens,
-        cfg_tx: &cfg_tx,
-        metrics: &metrics,
-    };
     loop {
-        let now = Timestamp::now();
-        for name in timers.pop_due(now) {
-            let Some(cert) = rt.config.certificates.get(&name).cloned() else {
-                continue;
-            };
-            if !running.insert(name.clone()) {
-                continue;
-            }
-            let (rt, limit) = (rt.clone(), limit.clone());
-            inflight.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let now = Timestamp::now();
-                ari::refresh(&rt, &cert, now).await;
-                if !due_for(&rt, &cert, now).is_due(now) {
-                    return (name, None);
-                }
-                let result = issue_and_record(&rt, &cert).await;
-                (name, Some(result))
-            });
-        }
-        let sleep = match timers.next_deadline() {
-            Some(at) => {
-                let wait = at.duration_since(Timestamp::now()).unsigned_abs();
-                tokio::time::sleep(wait.min(Duration::from_secs(24 * 3600)))
-            }
-            None => tokio::time::sleep(Duration::from_secs(24 * 3600)),
-        };
+        d.spawn_due();
+        let sleep = tokio::time::sleep(d.sleep_for());
         tokio::select! {
             _ = sleep => {}
-            Some(done) = inflight.join_next() => {
-                match done {
-                    Ok((name, result)) => {
-                        running.remove(&name);
-                        finished(&rt, &mut timers, &mut reloads, &metrics, name, result);
-                    }
-                    Err(e) => error!(error = %e, "an issuance task panicked"),
-                }
-                if inflight.is_empty() && !reloads.is_empty() {
-                    let batch = std::mem::take(&mut reloads);
-                    hooks::run_reloads(&batch, rt.config.daemon.hook_timeout).await;
-                }
-                if inflight.is_empty() {
-                    release_memory();
-                }
-            }
-            _ = hup.recv() => reload(config_path, &mut rt, &mut timers, &mut _watcher, &shared, "SIGHUP"),
+            Some(joined) = d.inflight.join_next_with_id() => d.joined(joined),
+            _ = hup.recv() => d.reload_config(config_path, "SIGHUP"),
             Some(()) = cfg_rx.recv() => {
                 // editors write in several steps: wait until the files are quiet
                 settle(&mut cfg_rx).await;
-                reload(config_path, &mut rt, &mut timers, &mut _watcher, &shared, "config change")
+                d.reload_config(config_path, "config change")
             }
             Some(ping) = health_rx.recv() => { let _ = ping.send(()); }
             _ = term.recv() => break,
@@ -150,43 +104,347 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = tick(watchdog.as_mut()) => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
         }
     }
-
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    info!(in_flight = inflight.len(), "shutting down");
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while !inflight.is_empty() {
-        match tokio::time::timeout_at(deadline, inflight.join_next()).await {
-            Ok(Some(Ok((name, result)))) => {
-                finished(&rt, &mut timers, &mut reloads, &metrics, name, result)
-            }
-            Ok(_) => {}
-            Err(_) => {
-                warn!(
-                    left = inflight.len(),
-                    "orders still in flight are interrupted, to resume at the next start"
-                );
-                // Interrupt instead of aborting at once, so challenge cleanup (DNS-01 TXT records)
-                // still runs; abort only what does not stop within CLEANUP_GRACE.
-                rt.interrupt.cancel();
-                let deadline = tokio::time::Instant::now() + CLEANUP_GRACE;
-                while let Ok(Some(joined)) =
-                    tokio::time::timeout_at(deadline, inflight.join_next()).await
-                {
-                    if let Ok((name, result)) = joined {
-                        finished(&rt, &mut timers, &mut reloads, &metrics, name, result);
-                    }
-                }
-                inflight.abort_all();
-                break;
-            }
-        }
-    }
-    if !reloads.is_empty() {
-        hooks::run_reloads(&reloads, rt.config.daemon.hook_timeout).await;
-    }
+    d.shutdown().await;
     shutdown.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// What the loop owns.
+struct Daemon {
+    rt: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    tokens: TokenStore,
+    cfg_tx: mpsc::Sender<()>,
+    watcher: Option<ConfigWatcher>,
+    timers: Timers,
+    limit: Arc<Semaphore>,
+    inflight: JoinSet<Done>,
+    /// Which certificate each task works on (a panicked task is known only by its id).
+    tasks: HashMap<Id, String>,
+    running: HashSet<String>,
+    /// Paused certificates to try at once (a start or reload), whatever their daily retry time.
+    paused_now: HashSet<String>,
+    /// Reloads of this batch, sent to the reloader when no issuance is in flight any more.
+    reloads: Vec<ReloadRequest>,
+    reloader: Reloader,
+}
+
+impl Daemon {
+    fn new(
+        rt: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+        tokens: TokenStore,
+        cfg_tx: mpsc::Sender<()>,
+        watcher: Option<ConfigWatcher>,
+    ) -> Self {
+        let limit = Arc::new(Semaphore::new(rt.config.daemon.max_concurrent.max(1)));
+        Self {
+            rt,
+            metrics,
+            tokens,
+            cfg_tx,
+            watcher,
+            timers: Timers::default(),
+            limit,
+            inflight: JoinSet::new(),
+            tasks: HashMap::new(),
+            running: HashSet::new(),
+            paused_now: HashSet::new(),
+            reloads: Vec::new(),
+            reloader: Reloader::start(),
+        }
+    }
+
+    /// Schedule every certificate (paused ones at once) and run the reloads a previous run left
+    /// pending (killed between install and reload, or a failed hook).
+    fn start(&mut self) {
+        self.schedule_all(true);
+        let pending = reload::pending(&self.rt.config, &self.rt.ledger);
+        if !pending.is_empty() {
+            let names: Vec<&str> = pending.iter().map(|r| r.cert_name.as_str()).collect();
+            info!(certs = %names.join(","), "reloading for certificates installed before the last stop whose reload did not complete");
+            self.reloads.extend(pending);
+            self.flush_reloads();
+        }
+    }
+
+    fn sleep_for(&self) -> Duration {
+        let day = Duration::from_secs(24 * 3600);
+        self.timers
+            .next_deadline()
+            .map_or(day, |at| at.duration_since(Timestamp::now()).unsigned_abs().min(day))
+    }
+
+    /// Start a task for every certificate whose timer is due.
+    fn spawn_due(&mut self) {
+        for name in self.timers.pop_due(Timestamp::now()) {
+            let Some(cert) = self.rt.config.certificates.get(&name).cloned() else {
+                continue;
+            };
+            if !self.running.insert(name.clone()) {
+                continue;
+            }
+            let paused_now = self.paused_now.remove(&name);
+            let (rt, limit) = (self.rt.clone(), self.limit.clone());
+            let handle = self
+                .inflight
+                .spawn(async move { work(rt, cert, limit, paused_now).await });
+            self.tasks.insert(handle.id(), name);
+        }
+    }
+
+    /// A task ended: record it, queue its reload, reschedule the certificate.
+    fn joined(&mut self, joined: Result<(Id, Done), JoinError>) {
+        let (name, result) = match joined {
+            Ok((id, (name, result))) => {
+                self.tasks.remove(&id);
+                (name, result)
+            }
+            Err(e) => {
+                let Some(name) = self.tasks.remove(&e.id()) else {
+                    error!(error = %e, "a task of unknown certificate ended abnormally");
+                    return;
+                };
+                (name.clone(), Some(Err(self.panicked(&name, &e))))
+            }
+        };
+        self.running.remove(&name);
+        self.finished(name, result);
+        if self.inflight.is_empty() {
+            self.flush_reloads();
+            release_memory();
+        }
+    }
+
+    /// Record the failure of a task that panicked or was cancelled, so it backs off like any other.
+    fn panicked(&self, name: &str, e: &JoinError) -> IssueError {
+        let what = if e.is_panic() {
+            let payload = e.to_string();
+            format!("the issuance task panicked ({payload}); this is a bug in certkeeper, please report it with the log")
+        } else {
+            "the issuance task was cancelled".to_string()
+        };
+        error!(cert = %name, error = %what, "issuance task failed; retrying with backoff");
+        let err = IssueError::internal(what);
+        if let Some(cert) = self.rt.config.certificates.get(name) {
+            let snap = self.rt.ledger.snapshot(name, &cert.output);
+            record_failure(&self.rt, cert, &snap, &err);
+        }
+        err
+    }
+
+    /// Queue a finished task's reload and set its next wake-up time.
+    fn finished(&mut self, name: String, result: Option<Result<Issued, IssueError>>) {
+        let Some(cert) = self.rt.config.certificates.get(&name).cloned() else {
+            return;
+        };
+        // Found not due, or found busy in another process: look again in a minute at the earliest.
+        let attempted = result
+            .as_ref()
+            .is_some_and(|r| r.as_ref().err().is_none_or(|e| !e.is_busy()));
+        match result {
+            Some(Ok(issued)) => {
+                self.metrics.count_renewal(&name, true);
+                self.reloads.retain(|r| r.cert_name != name);
+                self.reloads
+                    .extend(reload::request(&cert, &issued.cert.serial_hex));
+            }
+            Some(Err(e)) if e.is_interrupted() => {}
+            Some(Err(e)) if e.is_busy() => {
+                info!(cert = %name, "being issued by another certkeeper process; looking again later");
+            }
+            Some(Err(e)) => {
+                self.metrics.count_renewal(&name, false);
+                error!(cert = %name, error = %e, "issuance failed");
+            }
+            None => {}
+        }
+        self.schedule_one(&cert, !attempted, false);
+    }
+
+    /// Hand the batch's reloads to the reloader.
+    fn flush_reloads(&mut self) {
+        if self.reloads.is_empty() {
+            return;
+        }
+        self.reloader.send(ReloadBatch {
+            ledger: self.rt.ledger.clone(),
+            requests: std::mem::take(&mut self.reloads),
+            timeout: self.rt.config.daemon.hook_timeout,
+        });
+    }
+
+    /// Set the timer of one certificate and refresh its metrics, from one ledger snapshot.
+    ///
+    /// `after_check`: the certificate was just looked at and found not due; a wake-up time that is
+    /// already past (state that cannot be saved, a clock jump) is pushed a minute out so the loop
+    /// cannot spin. `paused_now`: try a paused certificate at once (start, reload).
+    fn schedule_one(&mut self, cert: &CertificateConfig, after_check: bool, paused_now: bool) {
+        let now = Timestamp::now();
+        let snap = self.rt.ledger.snapshot(&cert.name, &cert.output);
+        let (due, mut wake) = due::next_wake(&self.rt.config, cert, &snap, now, paused_now);
+        info!(cert = %cert.name, at = %due.at, reason = %due.reason, "next renewal");
+        let paused = matches!(due.reason, DueReason::Paused { .. });
+        if paused && paused_now {
+            self.paused_now.insert(cert.name.clone());
+        }
+        if after_check && wake <= now {
+            wake = now + jiff::SignedDuration::from_secs(60);
+        }
+        self.timers.set(&cert.name, wake);
+        let retry = &snap.state.retry;
+        self.metrics.set_cert(
+            &cert.name,
+            CertMetrics {
+                not_after: snap.live().map(|l| l.cert.not_after.as_second()),
+                failures: retry.failures,
+                last_error: retry.last_error.clone().filter(|_| retry.failures > 0),
+                paused,
+                next_attempt: Some(due.at.as_second()),
+                reload_pending: !cert.reload.is_empty() && snap.reload_pending().is_some(),
+            },
+        );
+    }
+
+    fn schedule_all(&mut self, paused_now: bool) {
+        let certs: Vec<CertificateConfig> = self.rt.config.certificates.values().cloned().collect();
+        for cert in &certs {
+            self.schedule_one(cert, false, paused_now);
+        }
+        let names: Vec<&str> = certs.iter().map(|c| c.name.as_str()).collect();
+        self.metrics.retain(&names);
+    }
+
+    /// Load the config again; keep the running one when the new one does not validate. Either way,
+    /// paused certificates are tried at once.
+    fn reload_config(&mut self, path: &Path, why: &str) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        match config::load(path) {
+            Err(e) => error!("{why}: the new config is invalid, keeping the running one: {e}"),
+            Ok(new) => {
+                if new.http01.listen != self.rt.config.http01.listen {
+                    warn!("http01.listen changed; the new addresses take effect after a restart");
+                }
+                if new.admin != self.rt.config.admin {
+                    warn!("[admin] changed; the new listener takes effect after a restart");
+                }
+                let new = Arc::new(new);
+                match Runtime::new(new.clone(), self.tokens.clone()) {
+                    Ok(mut new_rt) => {
+                        // Orders still running on the old runtime stop with the same interrupt.
+                        new_rt.interrupt = self.rt.interrupt.clone();
+                        self.rt = Arc::new(new_rt);
+                        self.watcher = watch_config(&new, self.cfg_tx.clone());
+                        info!(certificates = new.certificates.len(), "{why}: config reloaded");
+                    }
+                    Err(e) => error!(
+                        "{why}: cannot open the state directory of the new config, keeping the running one: {e}"
+                    ),
+                }
+            }
+        }
+        self.timers = Timers::default();
+        self.schedule_all(true);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// SIGTERM: let orders in flight finish (or interrupt them, resumable), hand the last reloads to
+    /// the reloader, and stop within [`STOP_BUDGET`].
+    async fn shutdown(mut self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let stop_by = Instant::now() + STOP_BUDGET;
+        info!(in_flight = self.inflight.len(), "shutting down");
+        let grace = Instant::now() + SHUTDOWN_GRACE;
+        while !self.inflight.is_empty() {
+            match tokio::time::timeout_at(grace, self.inflight.join_next_with_id()).await {
+                Ok(Some(joined)) => self.joined(joined),
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(
+                        left = self.inflight.len(),
+                        "orders still in flight are interrupted, to resume at the next start"
+                    );
+                    // Interrupt instead of aborting at once, so challenge cleanup (DNS-01 TXT
+                    // records) still runs; abort only what does not stop within CLEANUP_GRACE.
+                    self.rt.interrupt.cancel();
+                    let cleanup = Instant::now() + CLEANUP_GRACE;
+                    while let Ok(Some(joined)) =
+                        tokio::time::timeout_at(cleanup, self.inflight.join_next_with_id()).await
+                    {
+                        self.joined(joined);
+                    }
+                    self.inflight.abort_all();
+                    break;
+                }
+            }
+        }
+        self.flush_reloads();
+        self.reloader.finish(stop_by).await;
+    }
+}
+
+/// One certificate's task: refresh ARI, look again whether it is due, and attempt it.
+async fn work(
+    rt: Arc<Runtime>,
+    cert: CertificateConfig,
+    limit: Arc<Semaphore>,
+    paused_now: bool,
+) -> Done {
+    let _permit = limit.acquire_owned().await;
+    let now = Timestamp::now();
+    let mut snap = rt.ledger.snapshot(&cert.name, &cert.output);
+    if snap.live().is_some() && ari::refresh(&rt, &cert, &snap, now).await != ari::AriOutcome::Skipped
+    {
+        snap = rt.ledger.snapshot(&cert.name, &cert.output);
+    }
+    if !due::due(&rt.config, &cert, &snap, now, paused_now).is_due(now) {
+        return (cert.name, None);
+    }
+    let result = attempt(&rt, &cert, &snap).await;
+    (cert.name, Some(result))
+}
+
+/// One batch of reloads for the reloader.
+struct ReloadBatch {
+    ledger: Ledger,
+    requests: Vec<ReloadRequest>,
+    timeout: Duration,
+}
+
+/// Runs reload hooks in a task of its own, one batch after another, and records each success in
+/// the ledger.
+struct Reloader {
+    tx: mpsc::UnboundedSender<ReloadBatch>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reloader {
+    fn start() -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<ReloadBatch>();
+        let task = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                reload::run(&b.ledger, &b.requests, b.timeout).await;
+            }
+        });
+        Self { tx, task }
+    }
+
+    fn send(&self, batch: ReloadBatch) {
+        if self.tx.send(batch).is_err() {
+            error!("the reload task is gone; the reloads stay pending and run at the next start");
+        }
+    }
+
+    /// Run what is queued, but not past `deadline`.
+    async fn finish(self, deadline: Instant) {
+        let Self { tx, mut task } = self;
+        drop(tx);
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            warn!("reload hooks still running at shutdown; their reload stays pending and runs at the next start");
+        }
+    }
 }
 
 /// Give the memory a burst of issuances grew into back to the system before the daemon goes idle for
@@ -196,149 +454,6 @@ fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// Record a finished task: queue its reload hooks and set its next wake-up time.
-fn finished(
-    rt: &Runtime,
-    timers: &mut Timers,
-    reloads: &mut Vec<ReloadRequest>,
-    metrics: &Metrics,
-    name: String,
-    result: Option<Result<Issued, IssueError>>,
-) {
-    let Some(cert) = rt.config.certificates.get(&name) else {
-        return;
-    };
-    let attempted = result.is_some();
-    match result {
-        Some(Ok(issued)) => {
-            metrics.count_renewal(&name, true);
-            if !cert.reload.is_empty() {
-                reloads.push(ReloadRequest {
-                    cert_name: name.clone(),
-                    domains: cert.domains.clone(),
-                    fullchain: issued.paths.fullchain,
-                    key: issued.paths.key,
-                    commands: cert.reload.clone(),
-                });
-            }
-        }
-        Some(Err(e)) => {
-            metrics.count_renewal(&name, false);
-            error!(cert = %name, error = %e, "issuance failed");
-        }
-        None => {}
-    }
-    schedule_one(rt, timers, metrics, cert, !attempted);
-}
-
-/// Set the timer of one certificate and refresh its metrics.
-///
-/// `after_check`: the certificate was just looked at and found not due; a wake-up time that is
-/// already past (state that cannot be saved, a clock jump) is pushed a minute out so the loop
-/// cannot spin.
-fn schedule_one(
-    rt: &Runtime,
-    timers: &mut Timers,
-    metrics: &Metrics,
-    cert: &CertificateConfig,
-    after_check: bool,
-) {
-    let now = Timestamp::now();
-    let (due, wake) = ari::next_wake(rt, cert, now);
-    info!(cert = %cert.name, at = %due.at, reason = %due.reason, "next renewal");
-    match wake {
-        Some(mut at) => {
-            if after_check && at <= now {
-                at = now + jiff::SignedDuration::from_secs(60);
-            }
-            timers.set(&cert.name, at)
-        }
-        None => {
-            timers.remove(&cert.name);
-        }
-    }
-    let state = rt.state.cert_state_or_default(&cert.name);
-    let not_after = store::read_installed(&cert.output)
-        .ok()
-        .flatten()
-        .map(|live| live.cert.not_after.as_second());
-    metrics.set_cert(
-        &cert.name,
-        CertMetrics {
-            not_after,
-            failures: state.retry.failures,
-            last_error: if state.retry.failures > 0 {
-                state.retry.last_error.clone()
-            } else {
-                None
-            },
-        },
-    );
-}
-
-fn schedule_all(rt: &Runtime, timers: &mut Timers, metrics: &Metrics) {
-    for cert in rt.config.certificates.values() {
-        schedule_one(rt, timers, metrics, cert, false);
-    }
-    let names: Vec<&str> = rt.config.certificates.keys().map(String::as_str).collect();
-    metrics.retain(&names);
-}
-
-/// What a reload needs besides the runtime it replaces.
-#[derive(Clone, Copy)]
-struct Shared<'a> {
-    tokens: &'a TokenStore,
-    cfg_tx: &'a mpsc::Sender<()>,
-    metrics: &'a Metrics,
-}
-
-/// Load the config again; keep the running one when the new one does not validate.
-fn reload(
-    path: &Path,
-    rt: &mut Arc<Runtime>,
-    timers: &mut Timers,
-    watcher: &mut Option<ConfigWatcher>,
-    shared: &Shared<'_>,
-    why: &str,
-) {
-    let Shared {
-        tokens,
-        cfg_tx,
-        metrics,
-    } = *shared;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-    match config::load(path) {
-        Err(e) => error!("{why}: the new config is invalid, keeping the running one: {e}"),
-        Ok(new) => {
-            if new.http01.listen != rt.config.http01.listen {
-                warn!("http01.listen changed; the new addresses take effect after a restart");
-            }
-            if new.admin != rt.config.admin {
-                warn!("[admin] changed; the new listener takes effect after a restart");
-            }
-            let new = Arc::new(new);
-            match Runtime::new(new.clone(), tokens.clone()) {
-                Ok(mut new_rt) => {
-                    // Orders still running on the old runtime stop with the same interrupt.
-                    new_rt.interrupt = rt.interrupt.clone();
-                    *rt = Arc::new(new_rt);
-                    *timers = Timers::default();
-                    schedule_all(rt, timers, metrics);
-                    *watcher = watch_config(&new, cfg_tx.clone());
-                    info!(
-                        certificates = new.certificates.len(),
-                        "{why}: config reloaded"
-                    );
-                }
-                Err(e) => error!(
-                    "{why}: cannot open the state directory of the new config, keeping the running one: {e}"
-                ),
-            }
-        }
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
 /// Half the systemd watchdog interval, when systemd asked for a watchdog.
@@ -352,5 +467,85 @@ async fn tick(interval: Option<&mut tokio::time::Interval>) {
             i.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daemon(dir: &Path) -> Daemon {
+        let text = format!(
+            r#"state_dir = "{d}/state"
+[issuer.le]
+directory = "https://127.0.0.1:1/dir"
+[[issuer.le.solver]]
+http01 = {{ self_check = false }}
+[certificate.www]
+issuer = "le"
+domains = ["example.com"]
+output = {{ dir = "{d}/tls" }}
+"#,
+            d = dir.display()
+        );
+        std::fs::write(dir.join("c.toml"), text).unwrap();
+        let cfg = Arc::new(config::load(&dir.join("c.toml")).unwrap());
+        let rt = Arc::new(Runtime::new(cfg, TokenStore::default()).unwrap());
+        let (tx, _rx) = mpsc::channel(1);
+        Daemon::new(rt, Arc::new(Metrics::default()), TokenStore::default(), tx, None)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_recorded_and_rescheduled_with_backoff() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = daemon(tmp.path());
+        d.running.insert("www".into());
+        let h = d.inflight.spawn(async { panic!("boom in the order flow") });
+        d.tasks.insert(h.id(), "www".into());
+        let joined = d.inflight.join_next_with_id().await.unwrap();
+        let before = Timestamp::now();
+        d.joined(joined);
+        assert!(d.running.is_empty() && d.tasks.is_empty());
+        let state = d.rt.ledger.state("www").unwrap().unwrap();
+        assert_eq!(state.retry.failures, 1);
+        assert!(!state.retry.paused);
+        let err = state.retry.last_error.unwrap();
+        assert!(err.contains("panicked") && err.contains("boom in the order flow"), "{err}");
+        // Rescheduled on the backoff schedule (about a minute), not left running or stopped.
+        let at = d.timers.get("www").expect("a timer is set");
+        let secs = at.duration_since(before).as_secs();
+        assert!((50..=70).contains(&secs), "{secs} s");
+        assert!(d.metrics.render().contains("certkeeper_certificate_failures{name=\"www\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn a_start_tries_paused_certificates_at_once() {
+        use crate::scheduler::{Backoff, Failure};
+        use crate::store::Event;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = daemon(tmp.path());
+        let cert = d.rt.config.certificates["www"].clone();
+        let failure = Failure {
+            at: Timestamp::now(),
+            message: "urn:ietf:params:acme:error:caa".into(),
+            pause: true,
+            ca_wait: None,
+            lifetime: None,
+            backoff: Backoff::default(),
+        };
+        let fp = crate::engine::due::retry_fingerprint(&d.rt.config, &cert);
+        d.rt.ledger
+            .record("www", Event::Failed { failure, retry_fingerprint: fp })
+            .unwrap();
+        d.start();
+        let at = d.timers.get("www").unwrap();
+        assert!(at <= Timestamp::now(), "{at}");
+        assert!(d.paused_now.contains("www"));
+        assert!(d.metrics.render().contains("certkeeper_certificate_paused{name=\"www\"} 1"));
+        // Without a start or reload, the daily retry time stands.
+        d.paused_now.clear();
+        d.schedule_one(&cert, false, false);
+        let hours = d.timers.get("www").unwrap().duration_since(Timestamp::now()).as_hours();
+        assert!((20..=26).contains(&hours), "{hours} h");
     }
 }

@@ -24,6 +24,8 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 pub struct ReloadRequest {
     /// The certificate's config name.
     pub cert_name: String,
+    /// The serial (hex) of the pair the reload is for; recorded as reloaded when it succeeds.
+    pub serial: String,
     /// Its domains.
     pub domains: Vec<String>,
     /// Path of its `fullchain.pem`.
@@ -349,6 +351,7 @@ mod tests {
     fn req(name: &str, domains: &[&str], cmds: &[&str]) -> ReloadRequest {
         ReloadRequest {
             cert_name: name.into(),
+            serial: "01".into(),
             domains: domains.iter().map(|s| s.to_string()).collect(),
             fullchain: PathBuf::from(format!("/etc/tls/{name}/fullchain.pem")),
             key: PathBuf::from(format!("/etc/tls/{name}/privkey.pem")),

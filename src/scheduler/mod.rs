@@ -1,32 +1,19 @@
 //! Renewal scheduling policy: when each certificate is due, and why.
 //!
-//! Pure code with an injected clock (`now`) and random source, wired into the daemon by the
-//! caller:
+//! Pure code with an injected clock (`now`) and random source:
 //! - [`renewal_point`]: the default renewal time (30 days before Not After, but always while at
 //!   least a third of the lifetime remains, never before a tenth of it has passed);
 //! - [`jitter_earlier`], [`ari_renewal_time`], [`ari_refetch_at`]: jitter and RFC 9773 ARI;
-//! - [`RetryState`]: persisted failure backoff (1 min … 6 h, CA Retry-After honoured, permanent
-//!   errors stop until the config changes);
-//! - [`due`]: combines all of the above into a [`Due`] with a plain-words [`DueReason`];
+//! - [`RetryState`]: persisted failure state; [`RetryState::on_failure`] turns a [`Failure`] (the
+//!   engine's failure policy has decided whether it pauses and how long the CA asked to wait)
+//!   into the next try: the [`Backoff`] schedule, or daily when paused, never later than a tenth of
+//!   the remaining lifetime ([`expiry_cap`]); [`wait_limit`] clamps the CA's waits;
+//! - [`due`]: combines all of the above into a [`Due`] with a plain-words [`DueReason`]; there is
+//!   always a next time;
 //! - [`config_fingerprint`]: detects config changes that need a new certificate;
 //! - [`Timers`]: the daemon's per-certificate deadlines.
 //!
-//! # Wiring (for the daemon)
-//!
-//! For each certificate, on start, reload, ARI fetch and after every attempt:
-//! 1. `fp = config_fingerprint(..)` of the current config; `fingerprint_changed` = `fp` differs
-//!    from the fingerprint stored with the installed certificate;
-//! 2. `retry = persisted_retry.for_config(&fp)`: a permanent failure under an older config is
-//!    lifted, otherwise the backoff state is kept (a config change does not bypass backoff, so a
-//!    still-broken config can't hammer the CA);
-//! 3. `let d = due(&facts, Timestamp::now(), &mut stable_rng(name, salt))`, with the salt taken
-//!    from the installed serial and the ARI window, so re-evaluating gives the same time;
-//! 4. `match d.wake_at() { Some(at) => timers.set(name, at), None => timers.remove(name) }`; show
-//!    `d.to_string()` in `certkeeper status`;
-//! 5. after an attempt: `retry.on_failure(now, retry_after, permanent, msg, rng)` or
-//!    `retry.on_success()`, persist, and go back to 3.
-//!
-//! The event loop sleeps for `timers.sleep_for(now)` and works on `timers.pop_due(now)`.
+//! The engine builds [`CertFacts`] from one ledger snapshot, asks [`due`], and sets the timer.
 
 mod backoff;
 mod policy;
@@ -35,11 +22,13 @@ mod timers;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-pub use backoff::{BACKOFF_SCHEDULE, MIN_RETRY_DELAY, RetryState, backoff_delay, expiry_cap};
+pub use backoff::{
+    Backoff, Failure, MIN_RETRY_DELAY, PAUSE_RETRY, RetryState, expiry_cap, wait_limit,
+};
 pub use policy::{
     ARI_REFETCH_DEFAULT, ARI_REFETCH_MAX, ARI_REFETCH_MIN, CertFacts, DEFAULT_RENEW_BEFORE, Due,
     DueReason, MAX_JITTER, ari_refetch_at, ari_renewal_time, due, jitter_earlier, max_jitter,
-    renewal_point,
+    renewal_point, two_thirds_point,
 };
 pub use timers::Timers;
 

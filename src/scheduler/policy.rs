@@ -51,6 +51,12 @@ fn lifetime(not_before: Timestamp, not_after: Timestamp) -> SignedDuration {
     }
 }
 
+/// The moment only a third of the lifetime from `not_before` to `not_after` remains: no wait (a
+/// CA's Retry-After, an ARI window) may push a renewal past it.
+pub fn two_thirds_point(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
+    add_sat(not_before, lifetime(not_before, not_after) * 2 / 3)
+}
+
 /// The moment a certificate valid from `not_before` to `not_after` should be renewed (no jitter).
 ///
 /// The product rule is "renew 30 days before Not After by default, but always while at least 1/3
@@ -83,7 +89,7 @@ pub fn renewal_point(
         None => DEFAULT_RENEW_BEFORE.min(l / 3),
     };
     let by_lead_time = add_sat(not_after, -before);
-    let two_thirds = add_sat(not_before, l * 2 / 3);
+    let two_thirds = two_thirds_point(not_before, not_after);
     let floor = add_sat(not_before, l / 10);
     by_lead_time.min(two_thirds).max(floor)
 }
@@ -167,6 +173,9 @@ pub struct CertFacts {
     pub retry: RetryState,
     /// The certificate's `renew_before`, when configured.
     pub renew_before: Option<Duration>,
+    /// The daemon just started or reloaded (or an operator asked): a paused certificate is tried
+    /// at once instead of at its daily retry time.
+    pub retry_paused_now: bool,
 }
 
 /// Why a certificate is due.
@@ -189,6 +198,9 @@ pub enum DueReason {
         start: Timestamp,
         /// Window end.
         end: Timestamp,
+        /// The window ends after the point where only a third of the lifetime is left, so the
+        /// renewal was moved to that point.
+        clamped: bool,
     },
     /// A retry after a failed attempt, at the backoff time.
     Retry {
@@ -199,18 +211,21 @@ pub enum DueReason {
     },
     /// An operator asked for a renewal (`certkeeper renew --force`).
     Forced,
-    /// The last attempt failed with a permanent error; nothing is scheduled until the
-    /// certificate's configuration changes. [`Due::wake_at`] is `None`.
-    Stopped {
-        /// The permanent error.
+    /// The CA refused in a way that needs a human (a rejected identifier, CAA, the account or its
+    /// EAB): tried again daily (sooner near expiry) and at once on every reload or restart.
+    Paused {
+        /// Failed attempts so far.
+        attempt: u32,
+        /// The CA's answer and what to do.
         error: String,
     },
 }
 
-/// When a certificate is next due, and why.
+/// When a certificate is next due, and why. There is always a next time: certkeeper never stops
+/// trying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
-    /// When to act. For [`DueReason::Stopped`] this is [`Timestamp::MAX`]; use [`Due::wake_at`].
+    /// When to act.
     pub at: Timestamp,
     /// Why.
     pub reason: DueReason,
@@ -225,17 +240,17 @@ impl Due {
         }
     }
 
-    /// The time to set a timer for, or `None` when nothing is scheduled (permanent failure).
-    pub fn wake_at(&self) -> Option<Timestamp> {
-        match self.reason {
-            DueReason::Stopped { .. } => None,
-            _ => Some(self.at),
-        }
-    }
-
     /// Whether the certificate should be worked on at `now`.
     pub fn is_due(&self, now: Timestamp) -> bool {
-        self.wake_at().is_some_and(|at| at <= now)
+        self.at <= now
+    }
+
+    /// True when the certificate waits because its last attempt failed (backoff or pause).
+    pub fn after_failure(&self) -> bool {
+        matches!(
+            self.reason,
+            DueReason::Retry { .. } | DueReason::Paused { .. }
+        )
     }
 }
 
@@ -271,12 +286,14 @@ impl fmt::Display for DueReason {
             DueReason::Expiring { not_after, .. } => {
                 write!(f, "certificate expires at {}", fmt_ts(*not_after))
             }
-            DueReason::AriWindow { start, end } => {
+            DueReason::AriWindow { start, end, .. } => {
                 write!(f, "ARI window {} to {}", fmt_ts(*start), fmt_ts(*end))
             }
             DueReason::Retry { attempt, error } => write!(f, "retry {attempt} after: {error}"),
             DueReason::Forced => f.write_str("renewal forced by the operator"),
-            DueReason::Stopped { error } => write!(f, "stopped after a permanent error: {error}"),
+            DueReason::Paused { error, .. } => {
+                write!(f, "paused: the CA needs a human to act: {error}")
+            }
         }
     }
 }
@@ -295,9 +312,23 @@ impl fmt::Display for Due {
                 "renews at {at}, {} before expiry",
                 fmt_lead(not_after.duration_since(self.at))
             ),
-            DueReason::AriWindow { start, end } => write!(
+            DueReason::AriWindow {
+                start,
+                end,
+                clamped: false,
+            } => write!(
                 f,
                 "renews at {at}, in the CA's ARI window {} to {}",
+                fmt_ts(*start),
+                fmt_ts(*end)
+            ),
+            DueReason::AriWindow {
+                start,
+                end,
+                clamped: true,
+            } => write!(
+                f,
+                "renews at {at}, before the CA's ARI window {} to {}, which would leave less than a third of the lifetime",
                 fmt_ts(*start),
                 fmt_ts(*end)
             ),
@@ -305,10 +336,10 @@ impl fmt::Display for Due {
                 write!(f, "retry {attempt} at {at} after: {error}")
             }
             DueReason::Forced => write!(f, "renewal forced by the operator; runs at {at}"),
-            DueReason::Stopped { error } => write!(
+            DueReason::Paused { attempt, error } => write!(
                 f,
-                "stopped after a permanent error: {error}; fix the certificate's configuration \
-                 or its issuer's settings (directory, ca_bundle, EAB, solver) and reload to try again"
+                "PAUSED after {attempt} failed attempt(s) because the CA needs a human to act: {error}; \
+                 tries again at {at} (daily, sooner near expiry) and at once on `systemctl reload certkeeper`"
             ),
         }
     }
@@ -316,103 +347,104 @@ impl fmt::Display for Due {
 
 /// Decides when a certificate is next due.
 ///
-/// Order of precedence:
-/// 1. a permanent failure ([`RetryState::permanent`]) stops the certificate
-///    ([`DueReason::Stopped`]) until [`RetryState::for_config`] sees a new config fingerprint;
-/// 2. the base time: no certificate → now ([`DueReason::Missing`]); changed config → now
+/// 1. The base time: no certificate → now ([`DueReason::Missing`]); changed config → now
 ///    ([`DueReason::ConfigChanged`]); a valid ARI window → a random time in it
-///    ([`ari_renewal_time`], ARI wins over the default point); otherwise the jittered
-///    [`renewal_point`] ([`DueReason::Expiring`]), never earlier than `now`;
-/// 3. a pending backoff ([`RetryState::next_retry`]) later than the base time postpones it
-///    ([`DueReason::Retry`]), except that near expiry the backoff is capped at 1/4 of the
-///    remaining validity (at least 1 minute) so a failing renewal keeps being retried before the
-///    certificate runs out. A CA-imposed `Retry-After` is never cut short: retrying before it
-///    only earns another rate-limit error.
+///    ([`ari_renewal_time`], ARI wins over the default point), but never after the point where
+///    only a third of the lifetime is left ([`two_thirds_point`]); otherwise the jittered
+///    [`renewal_point`] ([`DueReason::Expiring`]), never earlier than `now`.
+/// 2. After a failed attempt the retry time ([`RetryState::next_retry`]) postpones the base time
+///    ([`DueReason::Retry`], or [`DueReason::Paused`] when the CA needs a human), capped near
+///    expiry at a tenth of the remaining validity ([`super::backoff::expiry_cap`]) and never
+///    earlier than the CA's own (already clamped) wait. A paused certificate is tried at once when
+///    [`CertFacts::retry_paused_now`] (a reload or restart).
 pub fn due<R: Rng + ?Sized>(facts: &CertFacts, now: Timestamp, rng: &mut R) -> Due {
+    let base = base_due(facts, now, rng);
     let retry = &facts.retry;
-    if retry.permanent {
-        return Due {
-            at: Timestamp::MAX,
-            reason: DueReason::Stopped {
-                error: retry
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "unknown error".to_owned()),
-            },
-        };
-    }
-
-    let base = match facts.installed {
-        None => Due {
-            at: now,
-            reason: DueReason::Missing,
-        },
-        Some(_) if facts.fingerprint_changed => Due {
-            at: now,
-            reason: DueReason::ConfigChanged,
-        },
-        Some((not_before, not_after)) => {
-            let ari = facts.ari_window.and_then(|(start, end)| {
-                let at = ari_renewal_time(start, end, now, rng);
-                if at.is_none() {
-                    tracing::warn!(
-                        start = %start,
-                        end = %end,
-                        "ignoring ARI window that ends before it starts; using the default renewal point"
-                    );
-                }
-                at.map(|at| Due {
-                    at,
-                    reason: DueReason::AriWindow { start, end },
-                })
-            });
-            ari.unwrap_or_else(|| {
-                let renew_point = renewal_point(not_before, not_after, facts.renew_before);
-                let jittered = jitter_earlier(renew_point, max_jitter(not_before, not_after), rng);
-                Due {
-                    at: jittered.max(now),
-                    reason: DueReason::Expiring {
-                        renew_point,
-                        not_after,
-                    },
-                }
-            })
-        }
-    };
-
-    let Some(next_retry) = retry.next_retry else {
-        return base;
-    };
     if retry.failures == 0 {
         return base;
     }
-    let mut retry_at = next_retry;
+    // A pause recorded by an older version has no retry time: try it now.
+    let mut at = retry.next_retry.unwrap_or(now);
     if let Some((_, not_after)) = facts.installed {
-        let cap = super::backoff::expiry_cap(now, not_after);
-        retry_at = retry_at.min(cap);
+        at = at.min(super::backoff::expiry_cap(now, not_after));
     }
     if let Some(server) = retry.server_retry_after {
-        retry_at = retry_at.max(server);
+        at = at.max(server);
     }
-    if retry_at > base.at {
-        Due {
-            at: retry_at,
-            reason: DueReason::Retry {
-                attempt: retry.failures,
-                error: retry
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "unknown error".to_owned()),
-            },
+    if retry.paused && facts.retry_paused_now {
+        at = now;
+    }
+    if at < base.at {
+        return base;
+    }
+    let error = retry
+        .last_error
+        .clone()
+        .unwrap_or_else(|| "unknown error".to_owned());
+    let reason = if retry.paused {
+        DueReason::Paused {
+            attempt: retry.failures,
+            error,
         }
     } else {
-        base
+        DueReason::Retry {
+            attempt: retry.failures,
+            error,
+        }
+    };
+    Due { at, reason }
+}
+
+/// The due time without regard to failures (step 1 of [`due`]).
+fn base_due<R: Rng + ?Sized>(facts: &CertFacts, now: Timestamp, rng: &mut R) -> Due {
+    let Some((not_before, not_after)) = facts.installed else {
+        return Due {
+            at: now,
+            reason: DueReason::Missing,
+        };
+    };
+    if facts.fingerprint_changed {
+        return Due {
+            at: now,
+            reason: DueReason::ConfigChanged,
+        };
     }
+    let ari = facts.ari_window.and_then(|(start, end)| {
+        let Some(pick) = ari_renewal_time(start, end, now, rng) else {
+            tracing::warn!(
+                start = %start,
+                end = %end,
+                "ignoring ARI window that ends before it starts; using the default renewal point"
+            );
+            return None;
+        };
+        let limit = two_thirds_point(not_before, not_after).max(now);
+        Some(Due {
+            at: pick.min(limit),
+            reason: DueReason::AriWindow {
+                start,
+                end,
+                clamped: pick > limit,
+            },
+        })
+    });
+    ari.unwrap_or_else(|| {
+        let renew_point = renewal_point(not_before, not_after, facts.renew_before);
+        let jittered = jitter_earlier(renew_point, max_jitter(not_before, not_after), rng);
+        Due {
+            at: jittered.max(now),
+            reason: DueReason::Expiring {
+                renew_point,
+                not_after,
+            },
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::{Backoff, Failure, wait_limit};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -703,21 +735,42 @@ mod tests {
             ..facts_90()
         };
         let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
-        assert_eq!(d.reason, DueReason::AriWindow { start, end });
+        assert_eq!(
+            d.reason,
+            DueReason::AriWindow {
+                start,
+                end,
+                clamped: false
+            }
+        );
         assert!(d.at >= start && d.at <= end);
         assert!(
             d.to_string()
                 .contains("ARI window 2026-02-10 00:00 UTC to 2026-02-11 00:00 UTC"),
             "{d}"
         );
-        // ARI can also move the renewal later than the default point.
+        // ARI can move the renewal later than the default point, up to the point where a third
+        // of the lifetime is left.
+        let later = (ts("2026-02-25T00:00:00Z"), ts("2026-02-26T00:00:00Z"));
+        let facts = CertFacts {
+            ari_window: Some(later),
+            ..facts_90()
+        };
+        let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
+        assert!(d.at >= later.0 && d.at <= later.1);
+        // Not past it: a window after March 2 (60 of 90 days) is clamped to March 2.
         let late = (ts("2026-03-20T00:00:00Z"), ts("2026-03-21T00:00:00Z"));
         let facts = CertFacts {
             ari_window: Some(late),
             ..facts_90()
         };
         let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
-        assert!(d.at >= late.0 && d.at <= late.1);
+        assert_eq!(d.at, ts("2026-03-02T00:00:00Z"));
+        assert!(
+            matches!(d.reason, DueReason::AriWindow { clamped: true, .. }),
+            "{d:?}"
+        );
+        assert!(d.to_string().contains("less than a third"), "{d}");
     }
 
     #[test]
@@ -739,14 +792,22 @@ mod tests {
         assert!(matches!(d.reason, DueReason::Expiring { .. }), "{d:?}");
     }
 
+    fn failed(now: Timestamp, pause: bool, ca_wait: Option<Timestamp>, msg: &str) -> Failure {
+        Failure {
+            at: now,
+            message: msg.into(),
+            pause,
+            ca_wait,
+            lifetime: None,
+            backoff: Backoff::default(),
+        }
+    }
+
     #[test]
-    fn due_retry_postpones_and_permanent_stops() {
+    fn due_retry_postpones_and_a_pause_still_retries() {
         let now = ts("2026-03-05T00:00:00Z"); // past the day-60 point
         let retry = RetryState::default().on_failure(
-            now,
-            None,
-            false,
-            "connection refused",
+            &failed(now, false, None, "connection refused"),
             &mut StdRng::seed_from_u64(1),
         );
         let facts = CertFacts {
@@ -762,56 +823,105 @@ mod tests {
             }
         );
         assert_eq!(Some(d.at), retry.next_retry);
+        assert!(d.after_failure());
         assert!(
             d.to_string().starts_with("retry 1 at 2026-03-05 00:0")
                 && d.to_string().ends_with("after: connection refused"),
             "{d}"
         );
 
-        let perm = RetryState::default().on_failure(
-            now,
-            None,
-            true,
-            "rejectedIdentifier: example.invalid",
+        let paused = RetryState::default().on_failure(
+            &failed(now, true, None, "rejectedIdentifier: example.invalid"),
             &mut StdRng::seed_from_u64(1),
         );
         let facts = CertFacts {
-            retry: perm,
+            retry: paused,
             ..facts_90()
         };
         let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
-        assert_eq!(d.wake_at(), None);
-        assert!(!d.is_due(Timestamp::MAX));
-        assert!(d.to_string().contains("rejectedIdentifier"), "{d}");
+        assert!(matches!(d.reason, DueReason::Paused { attempt: 1, .. }));
+        // 27 days left: a tenth is 2.7 days, so the daily retry stands.
+        let hours = d.at.duration_since(now).as_hours();
+        assert!((21..=26).contains(&hours), "{hours} h");
+        let text = d.to_string();
+        assert!(
+            text.starts_with("PAUSED after 1 failed attempt(s)")
+                && text.contains("rejectedIdentifier")
+                && text.contains("systemctl reload certkeeper"),
+            "{text}"
+        );
+        // A reload or restart tries it at once.
+        let now_facts = CertFacts {
+            retry_paused_now: true,
+            ..facts
+        };
+        let d = due(&now_facts, now, &mut StdRng::seed_from_u64(1));
+        assert_eq!(d.at, now);
+        assert!(matches!(d.reason, DueReason::Paused { .. }));
     }
 
     #[test]
-    fn due_backoff_capped_near_expiry_but_not_server_retry_after() {
-        let (_, na) = cert(90);
-        let now = add_sat(na, -SignedDuration::from_hours(2)); // 2 h left
+    fn an_old_permanent_stop_is_retried_now() {
+        let now = ts("2026-03-05T00:00:00Z");
+        let old: RetryState =
+            serde_json::from_str(r#"{"failures": 1, "permanent": true, "last_error": "caa"}"#)
+                .unwrap();
+        let d = due(
+            &CertFacts {
+                retry: old,
+                ..CertFacts::default()
+            },
+            now,
+            &mut StdRng::seed_from_u64(1),
+        );
+        assert_eq!(d.at, now);
+        assert!(matches!(d.reason, DueReason::Paused { .. }));
+    }
+
+    #[test]
+    fn due_backoff_capped_near_expiry_and_ca_waits_kept() {
+        let (nb, na) = cert(90);
+        let now = add_sat(na, -SignedDuration::from_hours(10)); // 10 h left
         let mut retry = RetryState::default();
         let mut rng = StdRng::seed_from_u64(5);
         for _ in 0..9 {
-            retry = retry.on_failure(now, None, false, "timeout", &mut rng);
+            retry = retry.on_failure(&failed(now, false, None, "timeout"), &mut rng);
         }
-        // Backoff alone would be ~6 h, past expiry; capped at 1/4 of 2 h = 30 min.
+        // Backoff alone would be ~6 h; capped at a tenth of 10 h = 1 h.
         let facts = CertFacts {
             retry: retry.clone(),
             ..facts_90()
         };
         let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
-        assert_eq!(d.at, add_sat(now, SignedDuration::from_mins(30)));
+        assert_eq!(d.at, add_sat(now, SignedDuration::from_hours(1)));
         assert!(matches!(d.reason, DueReason::Retry { attempt: 9, .. }));
 
-        // Expired certificate: cap at the 1-minute minimum.
+        // Expired certificate whose retry time has passed: due now.
         let later = add_sat(na, SignedDuration::from_hours(1));
         let d = due(&facts, later, &mut StdRng::seed_from_u64(1));
-        assert_eq!(d.at, add_sat(later, SignedDuration::from_mins(1)));
+        assert_eq!(d.at, later);
+        // A failure while expired: retried after the 5-minute floor, not in a tight loop.
+        let expired = CertFacts {
+            retry: retry.on_failure(
+                &Failure {
+                    lifetime: Some((nb, na)),
+                    ..failed(later, false, None, "timeout")
+                },
+                &mut rng,
+            ),
+            ..facts_90()
+        };
+        let d = due(&expired, later, &mut StdRng::seed_from_u64(1));
+        assert_eq!(d.at, add_sat(later, SignedDuration::from_mins(5)));
 
-        // A CA rate-limit end is honoured even near expiry.
-        let server = add_sat(now, SignedDuration::from_hours(3));
-        let retry =
-            RetryState::default().on_failure(now, Some(server), false, "rateLimited", &mut rng);
+        // A CA rate-limit end, clamped when it was recorded, is not cut further.
+        let server = wait_limit(
+            now,
+            Some((nb, na)),
+            &Backoff::default(),
+        );
+        let retry = RetryState::default()
+            .on_failure(&failed(now, false, Some(server), "rateLimited"), &mut rng);
         let facts = CertFacts {
             retry,
             ..facts_90()
@@ -824,8 +934,8 @@ mod tests {
     fn due_later_base_beats_earlier_retry() {
         // A retry pending earlier than a (new) ARI window: the window wins.
         let now = ts("2026-02-01T00:00:00Z");
-        let retry =
-            RetryState::default().on_failure(now, None, false, "x", &mut StdRng::seed_from_u64(1));
+        let retry = RetryState::default()
+            .on_failure(&failed(now, false, None, "x"), &mut StdRng::seed_from_u64(1));
         let (start, end) = (ts("2026-02-10T00:00:00Z"), ts("2026-02-11T00:00:00Z"));
         let facts = CertFacts {
             retry,
@@ -833,7 +943,14 @@ mod tests {
             ..facts_90()
         };
         let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
-        assert_eq!(d.reason, DueReason::AriWindow { start, end });
+        assert_eq!(
+            d.reason,
+            DueReason::AriWindow {
+                start,
+                end,
+                clamped: false
+            }
+        );
     }
 
     #[test]
@@ -842,9 +959,9 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(4);
         let retry = RetryState::default()
             .for_config("fp-1")
-            .on_failure(now, None, false, "dns timeout", &mut rng)
-            .on_failure(now, None, false, "dns timeout", &mut rng)
-            .on_failure(now, None, false, "dns timeout", &mut rng);
+            .on_failure(&failed(now, false, None, "dns timeout"), &mut rng)
+            .on_failure(&failed(now, false, None, "dns timeout"), &mut rng)
+            .on_failure(&failed(now, false, None, "dns timeout"), &mut rng);
         let pending = retry
             .next_retry
             .expect("transient failure schedules a retry");
@@ -874,28 +991,19 @@ mod tests {
     }
 
     #[test]
-    fn due_stopped_until_config_fingerprint_changes() {
+    fn a_config_fix_lifts_a_pause() {
         let now = ts("2026-02-01T00:00:00Z");
         let mut rng = StdRng::seed_from_u64(4);
-        let stopped = RetryState::default().for_config("fp-1").on_failure(
-            now,
-            None,
-            true,
-            "CAA forbids this CA",
-            &mut rng,
-        );
+        let paused = RetryState::default()
+            .for_config("fp-1")
+            .on_failure(&failed(now, true, None, "CAA forbids this CA"), &mut rng);
         let facts = |retry: RetryState| CertFacts {
             retry,
             ..CertFacts::default()
         };
-        let d = due(&facts(stopped.clone().for_config("fp-1")), now, &mut rng);
-        assert_eq!(
-            d.reason,
-            DueReason::Stopped {
-                error: "CAA forbids this CA".into()
-            }
-        );
-        let d = due(&facts(stopped.for_config("fp-2")), now, &mut rng);
+        let d = due(&facts(paused.clone().for_config("fp-1")), now, &mut rng);
+        assert!(matches!(d.reason, DueReason::Paused { .. }), "{d:?}");
+        let d = due(&facts(paused.for_config("fp-2")), now, &mut rng);
         assert_eq!(
             d,
             Due {

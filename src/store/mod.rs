@@ -3,23 +3,31 @@
 //! Nothing is ever lost or torn. PEM files are verified as a matching pair before anything on disk is
 //! touched; every file is written to a temporary file in the same directory, fsynced, renamed into
 //! place, and the directory fsynced. A certificate's output directory switches from the old pair to the
-//! new pair with one atomic rename of the `.live` symlink (see [`install`]). State (account keys,
-//! per-certificate JSON, in-flight order keys, issuance locks) lives under `state_dir` (see
-//! [`StateStore`]).
+//! new pair with one atomic rename of the `.live` symlink (see [`install`]).
+//!
+//! A certificate's state and its installed pair have one owner, the [`Ledger`]; accounts are kept by
+//! the [`AccountStore`]. Both sit on a [`Storage`] (load/store/delete/list + locks), whose embedded
+//! implementation is the file tree under `state_dir` ([`FileStorage`]).
 
+mod accounts;
 mod atomic;
 mod install;
+mod ledger;
 mod state;
+pub mod storage;
 mod verify;
 
 use std::path::PathBuf;
 
 pub use atomic::{atomic_write, fsync_dir};
 pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed};
+pub use accounts::AccountStore;
+pub use ledger::{AriResult, Event, Ledger, Snapshot, is_self_signed_placeholder};
 pub use state::{
-    AccountRecord, AuthzTrace, CertLock, CertState, ChallengeTrace, ErrorTrace, OrderTrace,
-    ProblemTrace, StateStore, StoredAccount, SubProblemTrace, account_id, status_word,
+    AccountRecord, AuthzTrace, CertState, ChallengeTrace, ErrorTrace, OrderTrace, ProblemTrace,
+    StoredAccount, SubProblemTrace, account_id, status_word,
 };
+pub use storage::{FileStorage, Lease, Storage};
 pub use verify::{VerifiedCert, verify_pair};
 
 /// Errors of the store; every message says what happened and, where it helps, what to do.

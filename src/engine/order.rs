@@ -1,9 +1,9 @@
 //! The order flow for one certificate: account → order → authorizations → challenges → finalize →
 //! download → verify → install.
 //!
-//! Every step that talks to the CA is resumable: the order URL and the new private key are saved in the
-//! state directory before the CA is asked to validate anything, so a process killed at any point
-//! continues the same order on its next start instead of leaving it (and its rate-limit cost) behind.
+//! Every step that talks to the CA is resumable: the order URL and the new private key are in the
+//! ledger before the CA is asked to validate anything, so a process killed at any point continues
+//! the same order on its next start instead of leaving it (and its rate-limit cost) behind.
 
 use std::time::Duration;
 use tracing::Instrument as _;
@@ -15,9 +15,13 @@ use tracing::{debug, info, warn};
 use crate::acme::{self, AcmeError, AuthorizationStatus, Identifier, NewOrder, OrderStatus, Poll};
 use crate::challenge::{ChallengeCtx, ChallengeKind, Solver};
 use crate::config::{CertificateConfig, IssuerConfig};
-use crate::store::{self, AuthzTrace, ErrorTrace, InstalledPaths, OrderTrace, VerifiedCert};
+use crate::store::{
+    self, AuthzTrace, ErrorTrace, Event, InstalledPaths, OrderTrace, Snapshot, VerifiedCert,
+};
 
-use super::{IssueError, Runtime};
+use super::due::fingerprint;
+use super::error::{Decision, IssueError, combine, decide};
+use super::runtime::Runtime;
 
 /// What a successful issuance produced.
 #[derive(Debug)]
@@ -36,54 +40,67 @@ pub struct Issued {
 /// this attempt (it stays resumable).
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Issue (or renew) one certificate, trying its issuers in order.
+/// Issue (or renew) one certificate, trying its issuers in order; `snap` is the ledger's snapshot
+/// the decision to issue was made on.
 ///
-/// Falls back to the next issuer when one fails with an error that retrying the same CA soon will not
-/// fix, or when the CA cannot be reached. A failure of every issuer returns the first issuer's error,
-/// since that is the CA the administrator prefers.
+/// Falls back to the next issuer when the failure policy says so ([`decide`]: the CA is unreachable
+/// or failing, refuses for a reason only a human fixes, or asks to wait past the point where the
+/// certificate must be renewed). The error returned is the first issuer's (the CA the administrator
+/// prefers), followed by the others', with the verdict over all of them.
 pub async fn issue(
     rt: &Runtime,
     cert: &CertificateConfig,
-    replaces: Option<String>,
+    snap: &Snapshot,
 ) -> Result<Issued, IssueError> {
     if rt.interrupt.is_cancelled() {
-        return Err(IssueError::retryable(
-            "interrupted before the order started; it runs at the next pass",
-        ));
+        return Err(IssueError::interrupted());
     }
-    let _lock = rt
-        .state
-        .lock_cert(&cert.name)
-        .map_err(IssueError::from_store)?;
-    let mut first_err: Option<IssueError> = None;
+    let _lease = rt.ledger.lock(&cert.name)?;
+    let lifetime = snap.lifetime();
+    // ARI's `replaces` names the live certificate, at the CA that issued it (the first issuer).
+    let replaces = snap
+        .live()
+        .and_then(|_| snap.state.ari_cert_id.clone());
+    let mut failed: Vec<(IssueError, Decision)> = Vec::new();
     for (i, issuer_name) in cert.issuers.iter().enumerate() {
         let Some(issuer) = rt.config.issuers.get(issuer_name) else {
-            return Err(IssueError::permanent(format!(
-                "unknown issuer {issuer_name:?}"
-            )));
+            return Err(IssueError::config(format!("unknown issuer {issuer_name:?}")));
         };
-        // ARI's `replaces` names a certificate of the same CA; another CA does not know it.
         let replaces = if i == 0 { replaces.clone() } else { None };
         let trace = Trace::new(issuer_name);
         let result = issue_with(rt, cert, issuer, replaces, &trace).await;
-        trace.finish(rt, &cert.name, result.as_ref().err());
-        match result {
-            Ok(issued) => return Ok(issued),
-            Err(e) => {
-                let more = i + 1 < cert.issuers.len();
-                if more && e.fall_back {
-                    warn!(cert = %cert.name, issuer = %issuer_name, error = %e, "issuer failed; trying the next one");
-                } else if more {
-                    // A retryable error at a CA that is up: the same CA later is the better bet.
-                    return Err(first_err.unwrap_or(e));
-                }
-                if first_err.is_none() {
-                    first_err = Some(e);
-                }
+        let e = match result {
+            Ok(issued) => {
+                trace.finish(rt, &cert.name, None);
+                return Ok(issued);
             }
+            Err(e) => e.context(format!("issuer {issuer_name}")),
+        };
+        if e.is_interrupted() {
+            return Err(e);
+        }
+        let d = decide(
+            e.cause(),
+            jiff::Timestamp::now(),
+            lifetime,
+            &rt.config.daemon.backoff,
+        );
+        trace.finish(rt, &cert.name, Some((&e, &d)));
+        let more = i + 1 < cert.issuers.len();
+        if more && d.fall_back {
+            warn!(cert = %cert.name, issuer = %issuer_name, error = %e, "issuer failed; trying the next one");
+        }
+        failed.push((e, d));
+        if !(more && d.fall_back) {
+            break;
         }
     }
-    Err(first_err.unwrap_or_else(|| IssueError::permanent("the certificate names no issuer")))
+    let decisions: Vec<Decision> = failed.iter().map(|(_, d)| *d).collect();
+    let mut errors = failed.into_iter().map(|(e, _)| e);
+    let Some(first) = errors.next() else {
+        return Err(IssueError::config("the certificate names no issuer"));
+    };
+    Err(first.with_fallbacks(errors.collect(), combine(&decisions)))
 }
 
 /// What the CA said during one order attempt, recorded for `certkeeper explain`.
@@ -128,20 +145,15 @@ impl Trace {
         );
     }
 
-    /// Store the trace in the certificate's state (best effort: a failure is logged, not fatal).
-    fn finish(&self, rt: &Runtime, name: &str, err: Option<&IssueError>) {
+    /// Record the trace in the ledger (best effort: a failure is logged, not fatal).
+    fn finish(&self, rt: &Runtime, name: &str, err: Option<(&IssueError, &Decision)>) {
         let mut trace = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        trace.error = err.map(|e| ErrorTrace {
-            message: e.message.clone(),
-            retryable: e.retryable,
-            problem: e.problem.as_deref().map(store::ProblemTrace::from),
+        trace.error = err.map(|(e, d)| ErrorTrace {
+            message: e.to_string(),
+            retryable: !d.pause,
+            problem: e.problem().map(store::ProblemTrace::from),
         });
-        let saved = rt.state.load_cert_state(name).and_then(|state| {
-            let mut state = state.unwrap_or_default();
-            state.last_order = Some(trace);
-            rt.state.save_cert_state(name, &state)
-        });
-        if let Err(e) = saved {
+        if let Err(e) = rt.ledger.record(name, Event::Attempt(trace)) {
             warn!(cert = %name, error = %e, "cannot record the order attempt for `certkeeper explain`");
         }
     }
@@ -155,11 +167,7 @@ async fn issue_with(
     trace: &Trace,
 ) -> Result<Issued, IssueError> {
     let account = rt.account(issuer).await?;
-    let mut state = rt
-        .state
-        .load_cert_state(&cert.name)
-        .map_err(IssueError::from_store)?
-        .unwrap_or_default();
+    let state = rt.ledger.state(&cert.name)?.unwrap_or_default();
     let identifiers: Vec<Identifier> = cert.domains.iter().map(|d| Identifier::parse(d)).collect();
 
     // Resume an order left by a previous run (crash, kill -9, shutdown) when it is still usable.
@@ -170,9 +178,8 @@ async fn issue_with(
         .filter(|_| state.issuer.as_deref() == Some(issuer.name.as_str()))
     {
         let key = rt
-            .state
-            .load_pending_key(&cert.name)
-            .map_err(IssueError::from_store)?
+            .ledger
+            .pending_key(&cert.name)?
             .and_then(|pem| PKey::private_key_from_pem(&pem).ok());
         if let Some(key) = key {
             match account.order(&url).await {
@@ -195,39 +202,7 @@ async fn issue_with(
 
     let (mut order, key) = match resumed {
         Some(r) => r,
-        None => {
-            let key = new_cert_key(rt, cert)?;
-            let key_pem = key
-                .private_key_to_pem_pkcs8()
-                .map_err(|e| IssueError::internal(format!("encoding the new key: {e}")))?;
-            // The key is on disk before the CA knows the order, so a resumed order finalizes with it.
-            rt.state
-                .save_pending_key(&cert.name, &key_pem)
-                .map_err(IssueError::from_store)?;
-            let mut req = NewOrder {
-                identifiers: identifiers.clone(),
-                profile: cert.profile.clone(),
-                replaces,
-            };
-            let order = match account.new_order(&req).await {
-                // A CA may refuse `replaces` (the old certificate was already replaced, or issued
-                // to another account); the renewal itself must not fail on it (RFC 9773 §5).
-                Err(e) if req.replaces.is_some() && e.problem().is_some() => {
-                    warn!(cert = %cert.name, issuer = %issuer.name, error = %e, "the CA refused the order with `replaces`; ordering without it");
-                    req.replaces = None;
-                    account.new_order(&req).await
-                }
-                other => other,
-            }
-            .map_err(|e| IssueError::from_acme(e, issuer))?;
-            state.order_url = Some(order.url.clone());
-            state.issuer = Some(issuer.name.clone());
-            rt.state
-                .save_cert_state(&cert.name, &state)
-                .map_err(IssueError::from_store)?;
-            info!(cert = %cert.name, issuer = %issuer.name, order = %order.url, replaces = req.replaces.as_deref().unwrap_or("-"), "order created");
-            (order, key)
-        }
+        None => new_order(rt, &account, cert, issuer, identifiers.clone(), replaces).await?,
     };
 
     trace.order(&order);
@@ -255,80 +230,126 @@ async fn issue_with(
             }
             return Err(e);
         }
-        order = account
-            .poll_order(&order.url, &poll)
-            .await
-            .map_err(|e| IssueError::from_acme(e, issuer))?;
+        order = account.poll_order(&order.url, &poll).await?;
         trace.order(&order);
     }
     if order.body.status == OrderStatus::Ready {
         let csr = acme::build_csr(&key, &identifiers)
             .map_err(|e| IssueError::internal(format!("building the CSR: {e}")))?;
-        order = account
-            .finalize(&order, &csr)
-            .await
-            .map_err(|e| IssueError::from_acme(e, issuer))?;
+        order = account.finalize(&order, &csr).await?;
         trace.order(&order);
     }
     if order.body.status == OrderStatus::Processing || order.body.status == OrderStatus::Ready {
-        order = account
-            .poll_order(&order.url, &poll)
-            .await
-            .map_err(|e| IssueError::from_acme(e, issuer))?;
+        order = account.poll_order(&order.url, &poll).await?;
         trace.order(&order);
     }
-    if order.body.status != OrderStatus::Valid {
-        let detail = order
-            .body
-            .error
-            .as_ref()
-            .map(|p| format!(": {p}"))
-            .unwrap_or_default();
-        let mut e = IssueError::retryable(format!(
-            "the order {} ended as {:?}{detail}",
-            order.url, order.body.status
-        ));
-        e.problem = order.body.error.clone().map(Box::new);
-        return Err(e);
-    }
-    let Some(cert_url) = order.body.certificate.clone() else {
-        return Err(IssueError::retryable(format!(
-            "the CA marked order {} valid but gave no certificate URL",
-            order.url
-        )));
-    };
+    let cert_url = finished_order(&order)?;
     let chain = account
         .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
         .instrument(tracing::info_span!("download", cert = %cert.name))
-        .await
-        .map_err(|e| IssueError::from_acme(e, issuer))?;
+        .await?;
+    install(rt, cert, issuer, &key, &chain)
+}
 
+/// Create a new order, its key stored in the ledger before the CA knows the order.
+async fn new_order(
+    rt: &Runtime,
+    account: &acme::Account,
+    cert: &CertificateConfig,
+    issuer: &IssuerConfig,
+    identifiers: Vec<Identifier>,
+    replaces: Option<String>,
+) -> Result<(acme::Order, PKey<Private>), IssueError> {
+    let key = new_cert_key(rt, cert)?;
+    let key_pem = key
+        .private_key_to_pem_pkcs8()
+        .map_err(|e| IssueError::internal(format!("encoding the new key: {e}")))?;
+    // The key is stored before the CA knows the order, so a resumed order finalizes with it.
+    rt.ledger.save_pending_key(&cert.name, &key_pem)?;
+    let mut req = NewOrder {
+        identifiers,
+        profile: cert.profile.clone(),
+        replaces,
+    };
+    let order = match account.new_order(&req).await {
+        // A CA may refuse `replaces` (the old certificate was already replaced, or issued
+        // to another account); the renewal itself must not fail on it (RFC 9773 §5).
+        Err(e) if req.replaces.is_some() && e.problem().is_some() => {
+            warn!(cert = %cert.name, issuer = %issuer.name, error = %e, "the CA refused the order with `replaces`; ordering without it");
+            req.replaces = None;
+            account.new_order(&req).await
+        }
+        other => other,
+    }?;
+    rt.ledger.record(
+        &cert.name,
+        Event::OrderCreated {
+            issuer: issuer.name.clone(),
+            url: order.url.clone(),
+        },
+    )?;
+    info!(cert = %cert.name, issuer = %issuer.name, order = %order.url, replaces = req.replaces.as_deref().unwrap_or("-"), "order created");
+    Ok((order, key))
+}
+
+/// The certificate URL of an order that reached `valid`; otherwise why it did not.
+fn finished_order(order: &acme::Order) -> Result<String, IssueError> {
+    if order.body.status != OrderStatus::Valid {
+        return Err(match &order.body.error {
+            Some(p) => IssueError::new(AcmeError::Problem(Box::new(p.clone()))).context(format!(
+                "the order {} ended as {:?}",
+                order.url, order.body.status
+            )),
+            None => IssueError::new(AcmeError::BadResponse {
+                url: order.url.clone(),
+                message: format!("the order ended as {:?} without a reason", order.body.status),
+            }),
+        });
+    }
+    order.body.certificate.clone().ok_or_else(|| {
+        IssueError::new(AcmeError::BadResponse {
+            url: order.url.clone(),
+            message: "the CA marked the order valid but gave no certificate URL".into(),
+        })
+    })
+}
+
+/// Verify the downloaded chain against the key and the configured names, then install it through
+/// the ledger.
+fn install(
+    rt: &Runtime,
+    cert: &CertificateConfig,
+    issuer: &IssuerConfig,
+    key: &PKey<Private>,
+    chain: &acme::CertificateChain,
+) -> Result<Issued, IssueError> {
     let key_pem = key
         .private_key_to_pem_pkcs8()
         .map_err(|e| IssueError::internal(format!("encoding the key: {e}")))?;
     let verified = store::verify_pair(&key_pem, chain.pem.as_bytes(), &cert.domains, None)
         .map_err(|e| {
-            IssueError::retryable(format!(
-                "the CA's certificate was rejected, nothing was written: {e}"
-            ))
+            IssueError::new(AcmeError::BadResponse {
+                url: String::new(),
+                message: format!("the CA's certificate was rejected, nothing was written: {e}"),
+            })
         })?;
-    let paths = store::install(&cert.output, &key_pem, chain.pem.as_bytes(), &verified)
-        .map_err(IssueError::from_store)?;
-
-    // The new pair is live from here on: a failure to tidy the state must not turn it into a failed
-    // issuance (that would skip the reload hooks, and servers would keep the old certificate).
-    state.order_url = None;
-    if let Err(e) = rt.state.save_cert_state(&cert.name, &state) {
-        warn!(cert = %cert.name, error = %e, "certificate installed, but its state could not be updated; fix the state directory");
-    }
-    if let Err(e) = rt.state.remove_pending_key(&cert.name) {
-        warn!(cert = %cert.name, error = %e, "certificate installed, but the pending key could not be removed from the state directory");
-    }
-    info!(cert = %cert.name, issuer = %issuer.name, serial = %verified.serial_hex, not_after = %verified.not_after, "certificate installed");
     let ari_cert_id = chain
         .certificates()
         .ok()
         .and_then(|c| c.first().and_then(|leaf| acme::cert_id(leaf).ok()));
+    let paths = rt.ledger.install(
+        &cert.name,
+        &cert.output,
+        (&key_pem, chain.pem.as_bytes()),
+        &verified,
+        Event::Issued {
+            issuer: issuer.name.clone(),
+            fingerprint: fingerprint(cert),
+            ari_cert_id: ari_cert_id.clone(),
+            at: jiff::Timestamp::now(),
+        },
+    )?;
+    info!(cert = %cert.name, issuer = %issuer.name, serial = %verified.serial_hex, not_after = %verified.not_after, "certificate installed");
     Ok(Issued {
         issuer: issuer.name.clone(),
         cert: verified,
@@ -341,15 +362,9 @@ async fn issue_with(
 /// matches, otherwise a fresh one from the OS RNG.
 fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>, IssueError> {
     if cert.key_reuse {
-        let revoked = rt
-            .state
-            .load_cert_state(&cert.name)
-            .ok()
-            .flatten()
-            .and_then(|s| s.revoked_serial);
+        let snap = rt.ledger.snapshot(&cert.name, &cert.output);
         // Never reuse the key of a revoked certificate: it may be the reason it was revoked.
-        if let Ok(Some(live)) = store::read_installed(&cert.output)
-            && revoked.as_deref() != Some(live.cert.serial_hex.as_str())
+        if let Some(live) = snap.live()
             && let Ok(key) = PKey::private_key_from_pem(&live.key_pem)
             && acme::KeyType::of(&key) == Some(cert.key)
         {
@@ -417,40 +432,35 @@ async fn solve_one(
     url: &str,
     trace: &Trace,
 ) -> Result<(), IssueError> {
-    let authz = account
-        .authorization(url)
-        .await
-        .map_err(|e| IssueError::from_acme(e, issuer))?;
+    let authz = account.authorization(url).await?;
     trace.authz(url, &authz);
     match authz.status {
         AuthorizationStatus::Valid => return Ok(()),
         AuthorizationStatus::Pending => {}
         other => {
-            let mut e = IssueError::retryable(format!(
-                "authorization for {} is {:?}{}",
-                authz.identifier.value,
-                other,
-                authz_failure(&authz)
-                    .map(|p| format!(": {p}"))
-                    .unwrap_or_default()
-            ));
-            e.problem = authz_failure(&authz).cloned().map(|mut p| {
-                p.origin = acme::ProblemOrigin::Challenge(authz.identifier.value.clone());
-                Box::new(p)
+            let what = format!("authorization for {} is {other:?}", authz.identifier.value);
+            return Err(match authz_failure(&authz).cloned() {
+                Some(mut p) => {
+                    p.origin = acme::ProblemOrigin::Challenge(authz.identifier.value.clone());
+                    IssueError::new(AcmeError::Problem(Box::new(p))).context(what)
+                }
+                None => IssueError::new(AcmeError::BadResponse {
+                    url: url.to_string(),
+                    message: format!("{what} and the CA gave no reason"),
+                }),
             });
-            return Err(e);
         }
     }
     let name = authz.identifier.value.clone();
     let is_ip = authz.identifier.type_ == "ip";
-    let (solver, kind) = rt.solver_for(issuer, &name, authz.wildcard, is_ip)?;
+    let (solver, kind) = rt.solver_for(issuer, &name, authz.wildcard)?;
     let Some(challenge) = authz
         .challenges
         .iter()
         .find(|c| ChallengeKind::parse(&c.type_) == Some(kind))
     else {
         let offered: Vec<&str> = authz.challenges.iter().map(|c| c.type_.as_str()).collect();
-        return Err(IssueError::permanent(format!(
+        return Err(IssueError::config(format!(
             "the CA offers {} for {name}, not {kind} which the solver for this name uses: configure a solver of an offered type",
             offered.join(", ")
         )));
@@ -466,10 +476,9 @@ async fn solve_one(
     };
     // An interrupt (Ctrl-C, shutdown) stops the waiting, not the cleanup below.
     let result = tokio::select! {
-        r = present_and_validate(account, issuer, solver.as_ref(), &ctx, &challenge.url, url, trace) => r,
-        () = rt.interrupt.cancelled() => Err(IssueError::retryable(format!(
-            "interrupted while solving the challenge for {name}; the order resumes at the next run"
-        ))),
+        r = present_and_validate(account, solver.as_ref(), &ctx, &challenge.url, url, trace) => r,
+        () = rt.interrupt.cancelled() => Err(IssueError::interrupted()
+            .context(format!("solving the challenge for {name}"))),
     };
     // Cleanup gets its own time; the order's failure must not leave a TXT record or token behind.
     if let Err(e) = tokio::time::timeout(Duration::from_secs(60), solver.cleanup(&ctx))
@@ -487,19 +496,15 @@ async fn solve_one(
 
 async fn present_and_validate(
     account: &acme::Account,
-    issuer: &IssuerConfig,
     solver: &dyn Solver,
     ctx: &ChallengeCtx,
     challenge_url: &str,
     authz_url: &str,
     trace: &Trace,
 ) -> Result<(), IssueError> {
-    solver.present(ctx).await.map_err(IssueError::from_solve)?;
-    solver.wait(ctx).await.map_err(IssueError::from_solve)?;
-    account
-        .respond(challenge_url)
-        .await
-        .map_err(|e| IssueError::from_acme(e, issuer))?;
+    solver.present(ctx).await?;
+    solver.wait(ctx).await?;
+    account.respond(challenge_url).await?;
     let poll = Poll {
         timeout: ORDER_TIMEOUT,
         ..Poll::default()
@@ -517,7 +522,7 @@ async fn present_and_validate(
             }
         }
     }
-    let authz = polled.map_err(|e| IssueError::from_acme(e, issuer))?;
+    let authz = polled?;
     if authz.status == AuthorizationStatus::Valid {
         debug!(cert = %ctx.cert_name, identifier = %ctx.identifier, "authorization valid");
         return Ok(());
@@ -527,10 +532,13 @@ async fn present_and_validate(
         p
     });
     Err(match problem {
-        Some(p) => IssueError::from_acme(AcmeError::Problem(Box::new(p)), issuer),
-        None => IssueError::retryable(format!(
-            "the CA did not validate {} ({:?}) and gave no reason",
-            ctx.identifier, authz.status
-        )),
+        Some(p) => IssueError::new(AcmeError::Problem(Box::new(p))),
+        None => IssueError::new(AcmeError::BadResponse {
+            url: authz_url.to_string(),
+            message: format!(
+                "the CA did not validate {} ({:?}) and gave no reason",
+                ctx.identifier, authz.status
+            ),
+        }),
     })
 }

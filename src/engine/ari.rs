@@ -1,0 +1,132 @@
+//! ACME Renewal Information (RFC 9773): fetch the CA's suggested window for the installed
+//! certificate and record it in the ledger.
+//!
+//! The window feeds [`super::due::due`]; the refetch time is a timer of its own (see
+//! [`super::due::next_wake`]). Certificates whose issuer's directory has no `renewalInfo` are
+//! checked again once a day (the directory is cached, so that costs nothing).
+
+use jiff::{SignedDuration, Timestamp};
+use tracing::{info, warn};
+
+use crate::acme;
+use crate::config::CertificateConfig;
+use crate::scheduler;
+use crate::store::{AriResult, Event, Snapshot};
+
+use super::runtime::Runtime;
+
+/// How long to wait before asking again after a failed renewalInfo request.
+const ARI_ERROR_RETRY: SignedDuration = SignedDuration::from_hours(1);
+
+/// What [`refresh`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AriOutcome {
+    /// Nothing is installed, or the refetch time has not come yet.
+    Skipped,
+    /// The issuer's directory offers no `renewalInfo`.
+    Unsupported,
+    /// A window was fetched and recorded.
+    Window {
+        /// Suggested window start.
+        start: Timestamp,
+        /// Suggested window end.
+        end: Timestamp,
+    },
+    /// The request failed; it is retried later.
+    Failed(String),
+}
+
+/// Fetch the renewal window of `cert`'s live certificate (as in `snap`) when its refetch time has
+/// come, and record it.
+///
+/// The CertID comes from the installed leaf, the CA from the issuer that issued it (the state's
+/// `issuer`, else the first configured one). The window, the CertID (sent as `replaces` with the
+/// next order) and the refetch time (the CA's `Retry-After`, clamped to 1–24 h) go into the ledger;
+/// a window fetched for an older certificate is dropped there.
+pub async fn refresh(
+    rt: &Runtime,
+    cert: &CertificateConfig,
+    snap: &Snapshot,
+    now: Timestamp,
+) -> AriOutcome {
+    let Some(live) = snap.live() else {
+        return AriOutcome::Skipped;
+    };
+    let state = &snap.state;
+    let cert_id = openssl::x509::X509::from_pem(&live.fullchain_pem)
+        .map_err(|e| e.to_string())
+        .and_then(|leaf| acme::cert_id(&leaf).map_err(|e| e.to_string()));
+    let cert_id = match cert_id {
+        Ok(id) => id,
+        Err(e) => {
+            record(rt, cert, None, AriResult::Failed, now + scheduler::ARI_REFETCH_MAX);
+            return AriOutcome::Failed(e);
+        }
+    };
+    if state.ari_cert_id.as_deref() == Some(cert_id.as_str())
+        && state.ari_refetch_at.is_some_and(|at| at > now)
+    {
+        return AriOutcome::Skipped;
+    }
+    let issuer_name = state
+        .issuer
+        .clone()
+        .filter(|i| rt.config.issuers.contains_key(i))
+        .or_else(|| cert.issuers.first().cloned());
+    let Some(issuer) = issuer_name.and_then(|n| rt.config.issuers.get(&n)) else {
+        return AriOutcome::Skipped;
+    };
+    let (result, refetch_at, outcome) = match rt.account(issuer).await {
+        Err(e) => (
+            AriResult::Failed,
+            now + ARI_ERROR_RETRY,
+            AriOutcome::Failed(format!("issuer {}: {e}", issuer.name)),
+        ),
+        Ok(account) => match account.client().renewal_info(&cert_id).await {
+            Ok(None) => (
+                AriResult::Unsupported,
+                now + scheduler::ARI_REFETCH_MAX,
+                AriOutcome::Unsupported,
+            ),
+            Ok(Some(info)) => {
+                let (start, end) = (info.suggested_window.start, info.suggested_window.end);
+                info!(cert = %cert.name, start = %start, end = %end, "ARI renewal window");
+                if let Some(url) = &info.explanation_url {
+                    info!(cert = %cert.name, explanation = %url, "the CA explains its renewal window");
+                }
+                (
+                    AriResult::Window(start, end),
+                    scheduler::ari_refetch_at(now, info.retry_after),
+                    AriOutcome::Window { start, end },
+                )
+            }
+            Err(e) => (
+                AriResult::Failed,
+                now + ARI_ERROR_RETRY,
+                AriOutcome::Failed(format!("issuer {}: renewalInfo: {e}", issuer.name)),
+            ),
+        },
+    };
+    if let AriOutcome::Failed(msg) = &outcome {
+        warn!(cert = %cert.name, error = %msg, "cannot fetch renewal information; using the default renewal time");
+    }
+    record(rt, cert, Some(cert_id), result, refetch_at);
+    outcome
+}
+
+fn record(
+    rt: &Runtime,
+    cert: &CertificateConfig,
+    cert_id: Option<String>,
+    result: AriResult,
+    refetch_at: Timestamp,
+) {
+    let event = Event::Ari {
+        cert_id,
+        result,
+        refetch_at,
+    };
+    if let Err(e) = rt.ledger.record(&cert.name, event) {
+        warn!(cert = %cert.name, error = %e, "cannot save renewal information");
+    }
+}

@@ -1,0 +1,24 @@
+//! The engine, shared by the CLI and the daemon: the runtime (TLS clients, accounts, solvers), the
+//! order flow, one attempt and one pass, ARI, reloads, and the failure policy.
+//!
+//! ```text
+//! daemon (loop, watcher, admin)   commands (renew, status, explain, revoke, import, account, check)
+//!           └──────────────► engine ◄──────────────┘
+//!                 │ due (scheduler policy on a ledger snapshot)   error (typed cause → decide)
+//!                 │ order (one certificate)   pass (renew)   ari   reload
+//!                 ▼
+//!         store::Ledger (state + installed pair, events)   store::AccountStore
+//! ```
+
+pub mod ari;
+pub mod due;
+pub mod error;
+pub mod order;
+pub mod pass;
+pub mod reload;
+pub mod runtime;
+
+pub use error::{Cause, Decision, IssueError, decide};
+pub use runtime::{
+    Runtime, USER_AGENT, decode_eab_key, http01_spool, open_storage, read_only_ledger,
+};

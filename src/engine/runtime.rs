@@ -1,0 +1,326 @@
+//! The runtime shared by the CLI and the daemon: the configuration, the ledger and the account
+//! store, the TLS client per CA, the accounts (registered once and cached), and the solvers (built
+//! once and reused).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tracing::info;
+
+use crate::acme::{self, AcmeError};
+use crate::challenge::dns01::Dns01Solver;
+use crate::challenge::http01::{Http01Solver, TokenStore};
+use crate::challenge::{ChallengeKind, SolveError, Solver};
+use crate::config::{Config, IssuerConfig, SolverKind};
+use crate::store::{self, AccountStore, FileStorage, Ledger, Storage, StoreError};
+
+use super::error::IssueError;
+
+/// What stays alive across renewal passes and config reloads.
+pub struct Runtime {
+    /// The validated configuration this runtime serves.
+    pub config: Arc<Config>,
+    /// The certificates' state and installed pairs.
+    pub ledger: Ledger,
+    /// The ACME accounts.
+    pub accounts: AccountStore,
+    /// HTTP-01 key authorizations served by the listener.
+    pub tokens: TokenStore,
+    /// Cancelled to interrupt in-flight orders (Ctrl-C on `renew`, a shutdown past its grace time):
+    /// challenges stop waiting and their cleanup (TXT records, HTTP-01 tokens) still runs.
+    pub interrupt: tokio_util::sync::CancellationToken,
+    account_cache: Mutex<HashMap<String, acme::Account>>,
+    solvers: std::sync::Mutex<HashMap<(String, usize), Arc<dyn Solver>>>,
+}
+
+/// Open the storage of `config` for a process that changes state (creating the state directory).
+pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StoreError> {
+    Ok(Arc::new(FileStorage::open(&config.state_dir)?))
+}
+
+/// The ledger of `config` for reading only (`status`, `explain`): nothing is created or changed.
+pub fn read_only_ledger(config: &Config) -> Ledger {
+    Ledger::new(Arc::new(FileStorage::open_read_only(&config.state_dir)))
+}
+
+impl Runtime {
+    /// A runtime for `config`, sharing `tokens` with an HTTP-01 listener that may already run.
+    pub fn new(config: Arc<Config>, tokens: TokenStore) -> Result<Self, StoreError> {
+        let storage = open_storage(&config)?;
+        Ok(Self {
+            config,
+            ledger: Ledger::new(storage.clone()),
+            accounts: AccountStore::new(storage),
+            tokens,
+            interrupt: tokio_util::sync::CancellationToken::new(),
+            account_cache: Mutex::new(HashMap::new()),
+            solvers: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A protocol client for `issuer`'s directory, trusting its `ca_bundle` in addition to the system roots.
+    pub async fn client(&self, issuer: &IssuerConfig) -> Result<acme::Client, IssueError> {
+        let roots = match &issuer.ca_bundle {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    IssueError::config(format!("cannot read ca_bundle {}: {e}", path.display()))
+                })?;
+                openssl::x509::X509::stack_from_pem(&pem).map_err(|e| {
+                    IssueError::config(format!(
+                        "ca_bundle {} holds no PEM certificate: {e}",
+                        path.display()
+                    ))
+                })?
+            }
+            None => Vec::new(),
+        };
+        acme::Client::new(&issuer.directory, &roots, USER_AGENT)
+            .await
+            .map_err(|e| {
+                // With a ca_bundle configured, a TLS failure means that file is the wrong one: name it.
+                let bundle = match (&e, &issuer.ca_bundle) {
+                    (AcmeError::Tls { .. }, Some(bundle)) => Some(bundle.display().to_string()),
+                    _ => None,
+                };
+                let err = IssueError::new(e);
+                match bundle {
+                    Some(b) => err.context(format!(
+                        "ca_bundle {b} does not verify the CA's TLS certificate: check that this file holds the root (or intermediate) that signed it (`openssl s_client -connect HOST:PORT -CAfile {b}` shows the chain)"
+                    )),
+                    None => err,
+                }
+            })
+    }
+
+    /// Finish or undo an account key rollover that was interrupted between staging the new key
+    /// (`key.next.pem`) and switching to it: the CA is asked whether it knows an account for the new
+    /// key (`onlyReturnExisting`); if so the new key becomes the account key, otherwise it is dropped.
+    /// When the CA cannot be asked, nothing is decided and the error is returned.
+    pub async fn resolve_rollover(
+        &self,
+        client: &acme::Client,
+        issuer: &IssuerConfig,
+        id: &str,
+    ) -> Result<(), IssueError> {
+        let Some(next_pem) = self.accounts.load_next_key(id)? else {
+            return Ok(());
+        };
+        // A rollover running right now (another process) holds the account lock; deciding now could
+        // drop the key the CA is about to switch to. Leave it to that process.
+        let _lock = match self.accounts.lock(id) {
+            Ok(lock) => lock,
+            Err(StoreError::Locked { .. }) => {
+                info!(issuer = %issuer.name, "an account key rollover is in progress in another process");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let next = match acme::AccountKey::from_pem(next_pem.as_bytes()) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(issuer = %issuer.name, error = %e, "unreadable staged rollover key; dropping it (the CA cannot have switched to a key it never saw in full)");
+                return Ok(self.accounts.discard_next_key(id)?);
+            }
+        };
+        match acme::Account::find_existing(client, next).await {
+            Ok(Some(account)) => {
+                self.accounts.promote_next_key(id)?;
+                info!(issuer = %issuer.name, account = %account.url(), "an interrupted key rollover had reached the CA; the new account key is now in use");
+                Ok(())
+            }
+            Ok(None) => {
+                self.accounts.discard_next_key(id)?;
+                info!(issuer = %issuer.name, "an interrupted key rollover never reached the CA; keeping the old account key");
+                Ok(())
+            }
+            Err(e) => Err(IssueError::new(e).context(
+                "a key rollover was interrupted and the CA could not be asked which key it knows; it is decided when the CA is reachable",
+            )),
+        }
+    }
+
+    /// The account at `issuer`, registered on first use and cached for the life of the runtime.
+    ///
+    /// The account key is written to storage before the CA sees it, so a crash during registration
+    /// finds the same account again (`onlyReturnExisting`) instead of stranding it.
+    pub async fn account(&self, issuer: &IssuerConfig) -> Result<acme::Account, IssueError> {
+        let mut accounts = self.account_cache.lock().await;
+        if let Some(a) = accounts.get(&issuer.name) {
+            return Ok(a.clone());
+        }
+        let client = self.client(issuer).await?;
+        let id = store::account_id(&issuer.name, &issuer.directory);
+        self.resolve_rollover(&client, issuer, &id).await?;
+        let stored = self.accounts.load(&id)?;
+        let known = stored.as_ref().and_then(|s| s.record.as_ref()).is_some();
+        let key = match stored {
+            Some(stored) => acme::AccountKey::from_pem(stored.key_pem.as_bytes()).map_err(|e| {
+                IssueError::internal(format!(
+                    "the stored account key in {} is unreadable: {e}; move that directory aside to register a new account",
+                    self.accounts.describe(&id)
+                ))
+            })?,
+            None => {
+                let key = acme::AccountKey::generate(issuer.account_key).map_err(|e| {
+                    IssueError::internal(format!("generating the account key: {e}"))
+                })?;
+                let pem = key
+                    .to_pem()
+                    .ok()
+                    .and_then(|pem| String::from_utf8(pem).ok())
+                    .ok_or_else(|| IssueError::internal("encoding the account key"))?;
+                // Stored before the CA sees it: a crash during registration finds the same account again.
+                self.accounts.save_key(&id, &pem)?;
+                key
+            }
+        };
+        let eab = match &issuer.eab {
+            Some(e) => Some(acme::Eab {
+                kid: e.kid.clone(),
+                hmac_key: decode_eab_key(e.hmac_key.expose())
+                    .map_err(|m| IssueError::config(format!("eab.hmac_key: {m}")))?,
+            }),
+            None => None,
+        };
+        let account =
+            acme::Account::find_or_create(&client, key, &issuer.contact, eab.as_ref(), true)
+                .await?;
+        if !known {
+            let record = store::AccountRecord {
+                url: account.url().to_string(),
+                directory: issuer.directory.clone(),
+                contact: issuer.contact.clone(),
+                created: jiff::Timestamp::now(),
+            };
+            self.accounts.save_record(&id, &record)?;
+        }
+        info!(issuer = %issuer.name, account = %account.url(), "account ready");
+        accounts.insert(issuer.name.clone(), account.clone());
+        Ok(account)
+    }
+
+    /// The solver the issuer configures for one identifier, built once and reused.
+    ///
+    /// Which solver may answer which identifier is decided by the config's one rule
+    /// ([`IssuerConfig::solver_for`]); a provider that cannot be built now (a secret file missing)
+    /// is a solver failure, retried with backoff, and built again at the next attempt.
+    pub fn solver_for(
+        &self,
+        issuer: &IssuerConfig,
+        name: &str,
+        wildcard: bool,
+    ) -> Result<(Arc<dyn Solver>, ChallengeKind), IssueError> {
+        let Some(chosen) = issuer.solver_for(name, wildcard) else {
+            let what = if wildcard {
+                format!("*.{name}")
+            } else {
+                name.to_string()
+            };
+            return Err(IssueError::config(format!(
+                "no solver of issuer {} can prove {what}: add a [[issuer.{}.solver]] whose selector covers it",
+                issuer.name, issuer.name
+            )));
+        };
+        let index = issuer
+            .solvers
+            .iter()
+            .position(|s| std::ptr::eq(s, chosen))
+            .unwrap_or(0);
+        let key = (issuer.name.clone(), index);
+        let mut solvers = self.solvers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = solvers.get(&key) {
+            return Ok((s.clone(), s.kind()));
+        }
+        let solver: Arc<dyn Solver> = match &chosen.kind {
+            SolverKind::Http01 {
+                self_check,
+                self_check_target,
+            } => {
+                let mut s = Http01Solver::new(self.tokens.clone(), false);
+                if *self_check {
+                    s = s.with_self_check(
+                        self_check_target.clone(),
+                        self.config.http01.listen.clone(),
+                    );
+                }
+                Arc::new(s)
+            }
+            SolverKind::Webroot {
+                path,
+                self_check,
+                self_check_target,
+            } => {
+                let mut s = crate::challenge::webroot::WebrootSolver::new(path.clone());
+                if *self_check {
+                    s = s.with_self_check(self_check_target.clone());
+                }
+                Arc::new(s)
+            }
+            SolverKind::TlsAlpn01 { listen } => {
+                Arc::new(crate::challenge::tlsalpn01::TlsAlpn01Solver::new(*listen))
+            }
+            SolverKind::Dns01 {
+                provider,
+                propagation,
+            } => {
+                let p = provider
+                    .build()
+                    .map_err(|e| IssueError::new(SolveError::retryable(e.to_string())))?;
+                Arc::new(Dns01Solver::new(p, propagation.clone()))
+            }
+        };
+        solvers.insert(key, solver.clone());
+        Ok((solver.clone(), solver.kind()))
+    }
+}
+
+/// Where `certkeeper renew` publishes HTTP-01 tokens for the running daemon's listener.
+pub fn http01_spool(cfg: &Config) -> std::path::PathBuf {
+    cfg.state_dir.join("http01")
+}
+
+/// Sent with every request to the CA.
+pub const USER_AGENT: &str = concat!("certkeeper/", env!("CARGO_PKG_VERSION"));
+
+/// Decode an EAB HMAC key as CAs hand it out: base64url without padding (RFC 8555 §7.3.4), but
+/// padded or standard base64 is accepted too, since that is what people paste.
+pub fn decode_eab_key(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let t = text.trim();
+    let unpadded = t.trim_end_matches('=');
+    URL_SAFE_NO_PAD
+        .decode(unpadded)
+        .or_else(|_| STANDARD.decode(t))
+        .map_err(|_| "not a base64url key as the CA gives it (e.g. \"zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W\")".to_string())
+        .and_then(|k| if k.is_empty() { Err("the key is empty".to_string()) } else { Ok(k) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eab_keys_decode_in_every_form_people_paste() {
+        let raw = b"\xfb\xff\x00secret-bytes";
+        use base64::Engine as _;
+        for enc in [
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+            base64::engine::general_purpose::URL_SAFE.encode(raw),
+            base64::engine::general_purpose::STANDARD.encode(raw),
+        ] {
+            assert_eq!(
+                decode_eab_key(&format!("{enc}\n")).unwrap(),
+                raw.to_vec(),
+                "{enc}"
+            );
+        }
+        assert!(
+            decode_eab_key("not base64 !!")
+                .unwrap_err()
+                .contains("base64url")
+        );
+        assert!(decode_eab_key("").is_err());
+    }
+}

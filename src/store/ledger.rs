@@ -1,0 +1,628 @@
+//! The ledger: the one owner of a certificate's state and of its installed pair.
+//!
+//! Nothing else reads or writes a certificate's [`CertState`] or its output directory. A decision
+//! reads a [`Snapshot`] once (the installed facts and the state together); every change is an
+//! [`Event`] that [`Ledger::record`] applies under the certificate's state lock, as a
+//! read-modify-write of only the fields that event owns. So an ARI refresh cannot overwrite the
+//! `revoked_serial` that `certkeeper revoke` just saved in another process, and a failure recorded
+//! by one task cannot undo a success recorded by another.
+//!
+//! Keys (see [`super::storage`]):
+//! ```text
+//! certs/<name>.json       CertState
+//! certs/<name>.key.pem    private key of the in-flight order (resume with the same key)
+//! locks/<name>.lock       issuance lease: held while a certificate is ordered, imported or revoked
+//! locks/state-<name>.lock held for the few milliseconds of one read-modify-write of the state
+//! ```
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::install::{self, Installed, InstalledPaths, OutputSpec};
+use super::state::{CertState, OrderTrace};
+use super::storage::{Lease, Storage, check_name};
+use super::verify::VerifiedCert;
+use super::StoreError;
+use crate::scheduler::{Failure, RetryState};
+
+/// Something that happened to a certificate. [`CertState::apply`] says what each one changes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A new order was created at the CA (its key was stored as pending before).
+    OrderCreated {
+        /// The issuer (config name).
+        issuer: String,
+        /// The order URL, to resume after a restart.
+        url: String,
+    },
+    /// What the CA said during an attempt, for `certkeeper explain`.
+    Attempt(OrderTrace),
+    /// A new pair with this serial is about to be switched live: its reload is pending from now on,
+    /// so a crash between the switch and the reload hook is caught at the next start.
+    Installing {
+        /// The new leaf's serial (hex).
+        serial: String,
+    },
+    /// A certificate was issued and installed.
+    Issued {
+        /// The issuer (config name) that issued it.
+        issuer: String,
+        /// [`crate::scheduler::config_fingerprint`] of the config it was issued for.
+        fingerprint: String,
+        /// Its ARI CertID (RFC 9773), sent as `replaces` when renewing it.
+        ari_cert_id: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
+    /// An attempt failed; the failure policy's verdict is in [`Failure`].
+    Failed {
+        /// What failed and what the policy decided.
+        failure: Failure,
+        /// The fingerprint the backoff is bound to (a config fix lifts it).
+        retry_fingerprint: String,
+    },
+    /// The CA's renewal information (RFC 9773) for the installed certificate was asked for.
+    Ari {
+        /// The CertID of the installed certificate it is about; `None` when it has none (no
+        /// Authority Key Identifier), so the CA cannot be asked.
+        cert_id: Option<String>,
+        /// What the CA said.
+        result: AriResult,
+        /// When to ask again.
+        refetch_at: Timestamp,
+    },
+    /// `certkeeper revoke` revoked the installed certificate with this serial.
+    Revoked {
+        /// The revoked serial.
+        serial: String,
+    },
+    /// `certkeeper import` installed a pair issued elsewhere.
+    Imported {
+        /// The issuer (config name) that renews it.
+        issuer: Option<String>,
+        /// The config fingerprint it was checked against.
+        fingerprint: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The reload hooks ran successfully for the pair with this serial.
+    Reloaded {
+        /// The serial that servers now read.
+        serial: String,
+    },
+}
+
+/// The outcome of a renewalInfo request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AriResult {
+    /// The CA's suggested window.
+    Window(Timestamp, Timestamp),
+    /// The CA offers no renewal information.
+    Unsupported,
+    /// The request failed; the window fetched before (if any) stays.
+    Failed,
+}
+
+impl CertState {
+    /// Apply one event: the only place where a certificate's state changes.
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::OrderCreated { issuer, url } => {
+                self.order_url = Some(url);
+                self.issuer = Some(issuer);
+            }
+            Event::Attempt(trace) => self.last_order = Some(trace),
+            Event::Installing { serial } => self.reload_pending = Some(serial),
+            Event::Issued {
+                issuer,
+                fingerprint,
+                ari_cert_id,
+                at,
+            } => {
+                self.order_url = None;
+                self.retry = self.retry.on_success();
+                self.last_success = Some(at);
+                self.issuer = Some(issuer);
+                self.config_fingerprint = Some(fingerprint);
+                self.ari_cert_id = ari_cert_id;
+                self.ari_window = None;
+                self.ari_refetch_at = None;
+                self.revoked_serial = None;
+            }
+            Event::Failed {
+                failure,
+                retry_fingerprint,
+            } => {
+                let retry = std::mem::take(&mut self.retry).for_config(&retry_fingerprint);
+                self.retry = retry.on_failure(&failure, &mut rand::rng());
+                self.last_error_at = Some(failure.at);
+            }
+            Event::Ari {
+                cert_id,
+                result,
+                refetch_at,
+            } => {
+                if self.ari_cert_id != cert_id {
+                    // The window stored was for another certificate.
+                    self.ari_cert_id = cert_id;
+                    self.ari_window = None;
+                }
+                match result {
+                    AriResult::Window(start, end) => self.ari_window = Some((start, end)),
+                    AriResult::Unsupported => self.ari_window = None,
+                    AriResult::Failed => {}
+                }
+                self.ari_refetch_at = Some(refetch_at);
+            }
+            Event::Revoked { serial } => self.revoked_serial = Some(serial),
+            Event::Imported {
+                issuer,
+                fingerprint,
+                at,
+            } => {
+                self.order_url = None;
+                self.issuer = issuer;
+                self.last_success = Some(at);
+                self.retry = RetryState::default();
+                self.config_fingerprint = Some(fingerprint);
+                // The CA that issued it is unknown: its CertID sent as `replaces` to another CA
+                // would get the renewal order refused, so the first renewal is a plain order.
+                self.ari_cert_id = None;
+                self.ari_window = None;
+                self.ari_refetch_at = None;
+                self.revoked_serial = None;
+            }
+            Event::Reloaded { serial } => {
+                if self.reload_pending.as_deref() == Some(serial.as_str()) {
+                    self.reload_pending = None;
+                }
+                self.reloaded_serial = Some(serial);
+            }
+        }
+    }
+}
+
+/// What the ledger knows about one certificate at one moment: its state and what is installed,
+/// read together once per decision.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The persisted state (empty when there is none, or it is unreadable: see `state_error`).
+    pub state: CertState,
+    /// Why the state could not be read (it is then treated as empty, so scheduling never stops).
+    pub state_error: Option<String>,
+    /// The pair on disk, as read (it may be expired, a placeholder, or revoked).
+    pub installed: Option<Installed>,
+    /// Why the installed files cannot be used (torn, unreadable); they are then replaced.
+    pub installed_error: Option<String>,
+    /// The installed certificate is a self-signed placeholder (written so nginx could start).
+    pub placeholder: bool,
+}
+
+impl Snapshot {
+    /// The installed certificate that counts as live: readable, not a self-signed placeholder, and
+    /// not revoked with `certkeeper revoke`. `None` means a certificate must be issued at once.
+    pub fn live(&self) -> Option<&Installed> {
+        self.installed.as_ref().filter(|live| {
+            !self.placeholder
+                && self.state.revoked_serial.as_deref() != Some(live.cert.serial_hex.as_str())
+        })
+    }
+
+    /// `(not_before, not_after)` of the live certificate.
+    pub fn lifetime(&self) -> Option<(Timestamp, Timestamp)> {
+        self.live().map(|l| (l.cert.not_before, l.cert.not_after))
+    }
+
+    /// The installed serial whose reload hooks have not run yet (installed, then the process died
+    /// or the hook failed).
+    pub fn reload_pending(&self) -> Option<&str> {
+        let installed = self.installed.as_ref()?;
+        self.state
+            .reload_pending
+            .as_deref()
+            .filter(|s| *s == installed.cert.serial_hex)
+    }
+}
+
+/// The certificates' ledger over a [`Storage`].
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    storage: Arc<dyn Storage>,
+}
+
+impl Ledger {
+    /// A ledger kept in `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self { storage }
+    }
+
+    /// The storage underneath (for the account store of the same state).
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    fn state_key(name: &str) -> Result<String, StoreError> {
+        check_name(name)?;
+        Ok(format!("certs/{name}.json"))
+    }
+
+    fn pending_path(name: &str) -> Result<String, StoreError> {
+        check_name(name)?;
+        Ok(format!("certs/{name}.key.pem"))
+    }
+
+    /// The state of certificate `name`, or `None` when it has none yet.
+    pub fn state(&self, name: &str) -> Result<Option<CertState>, StoreError> {
+        load_json(&*self.storage, &Self::state_key(name)?)
+    }
+
+    /// Read the state and the installed pair of certificate `name` (written to `output`) once.
+    pub fn snapshot(&self, name: &str, output: &OutputSpec) -> Snapshot {
+        let (state, state_error) = match self.state(name) {
+            Ok(s) => (s.unwrap_or_default(), None),
+            Err(e) => {
+                tracing::warn!(cert = %name, error = %e, "certificate state unreadable; treating it as empty");
+                (CertState::default(), Some(e.to_string()))
+            }
+        };
+        let (installed, installed_error) = match install::read_installed(output) {
+            Ok(i) => (i, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let placeholder = installed
+            .as_ref()
+            .is_some_and(|i| is_self_signed_placeholder(&i.fullchain_pem));
+        Snapshot {
+            state,
+            state_error,
+            installed,
+            installed_error,
+            placeholder,
+        }
+    }
+
+    /// Apply `event` to certificate `name`'s state under its state lock and return the new state.
+    pub fn record(&self, name: &str, event: Event) -> Result<CertState, StoreError> {
+        let key = Self::state_key(name)?;
+        let _lock = self.storage.lock_wait(&format!("state-{name}"))?;
+        let mut state = match load_json::<CertState>(&*self.storage, &key) {
+            Ok(s) => s.unwrap_or_default(),
+            // A corrupt state file would otherwise block every later event: start it afresh.
+            Err(StoreError::CorruptState { .. }) => {
+                tracing::warn!(cert = %name, "certificate state was corrupt; starting it afresh");
+                CertState::default()
+            }
+            Err(e) => return Err(e),
+        };
+        state.apply(event);
+        store_json(&*self.storage, &key, &state)?;
+        Ok(state)
+    }
+
+    /// Take the issuance lease of certificate `name` without waiting: held while it is ordered,
+    /// imported or revoked, so two tasks or processes never work on it at once.
+    pub fn lock(&self, name: &str) -> Result<Lease, StoreError> {
+        check_name(name)?;
+        self.storage.lock(name)
+    }
+
+    /// Save the private key of `name`'s in-flight order BEFORE the order is created, so a resumed
+    /// order finalizes with the same key.
+    pub fn save_pending_key(&self, name: &str, key_pem: &[u8]) -> Result<(), StoreError> {
+        self.storage.store(&Self::pending_path(name)?, key_pem)
+    }
+
+    /// The in-flight order's private key of certificate `name`, if any.
+    pub fn pending_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.storage.load(&Self::pending_path(name)?)
+    }
+
+    /// Switch `name`'s output directory to a verified new pair, then record `after` (an
+    /// [`Event::Issued`] or [`Event::Imported`]).
+    ///
+    /// The reload is recorded as pending before the switch (when the state can be written at all);
+    /// the order's pending key is removed after it. Once the pair is live, a failure to record is logged, not returned: the new pair must not
+    /// count as a failed issuance (that would skip the reload hooks).
+    pub fn install(
+        &self,
+        name: &str,
+        output: &OutputSpec,
+        pair: (&[u8], &[u8]),
+        verified: &VerifiedCert,
+        after: Event,
+    ) -> Result<InstalledPaths, StoreError> {
+        let (key_pem, chain_pem) = pair;
+        let installing = Event::Installing {
+            serial: verified.serial_hex.clone(),
+        };
+        if let Err(e) = self.record(name, installing) {
+            // A state directory that cannot be written must not keep a fresh certificate from its
+            // servers; only a crash before the reload would then go unnoticed.
+            tracing::warn!(cert = %name, error = %e, "cannot record the pending reload; installing anyway");
+        }
+        let paths = install::install(output, key_pem, chain_pem, verified)?;
+        if let Err(e) = self.record(name, after) {
+            tracing::warn!(cert = %name, error = %e, "certificate installed, but its state could not be updated; fix the state directory");
+        }
+        if let Err(e) = self.storage.delete(&Self::pending_path(name)?) {
+            tracing::warn!(cert = %name, error = %e, "certificate installed, but the pending key could not be removed from the state directory");
+        }
+        Ok(paths)
+    }
+
+    /// Keep a copy of the revoked live pair aside (see [`install::keep_revoked`]) and record the
+    /// revocation, so the next pass replaces it at once.
+    pub fn revoked(
+        &self,
+        name: &str,
+        output: &OutputSpec,
+        live: &Installed,
+    ) -> Result<std::path::PathBuf, StoreError> {
+        let kept = install::keep_revoked(output, live)?;
+        self.record(
+            name,
+            Event::Revoked {
+                serial: live.cert.serial_hex.clone(),
+            },
+        )?;
+        Ok(kept)
+    }
+
+    /// Drop the pending key of an order that will not be resumed (`certkeeper import`).
+    pub fn drop_pending_key(&self, name: &str) -> Result<(), StoreError> {
+        self.storage.delete(&Self::pending_path(name)?)
+    }
+}
+
+/// True when `fullchain_pem` is one self-signed certificate (a placeholder, not from a CA).
+pub fn is_self_signed_placeholder(fullchain_pem: &[u8]) -> bool {
+    match openssl::x509::X509::stack_from_pem(fullchain_pem) {
+        Ok(certs) if certs.len() == 1 => {
+            let c = &certs[0];
+            c.issued(c) == openssl::x509::X509VerifyResult::OK
+                && c.public_key().and_then(|k| c.verify(&k)).unwrap_or(false)
+        }
+        _ => false,
+    }
+}
+
+/// Load and parse the JSON under `key`; `None` when there is none.
+pub(crate) fn load_json<T: DeserializeOwned>(
+    storage: &dyn Storage,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match storage.load(key)? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|source| StoreError::CorruptState {
+                path: storage.describe(key).into(),
+                source,
+            }),
+    }
+}
+
+/// Store `value` as pretty JSON under `key`.
+pub(crate) fn store_json<T: Serialize>(
+    storage: &dyn Storage,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Encode {
+        path: storage.describe(key).into(),
+        source,
+    })?;
+    bytes.push(b'\n');
+    storage.store(key, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{Backoff, Failure};
+    use crate::store::FileStorage;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::{PKey, Private};
+    use openssl::x509::{X509, X509NameBuilder};
+
+    fn key() -> PKey<Private> {
+        crate::acme::KeyType::EcdsaP256.generate().unwrap()
+    }
+    fn cert(cn: &str, issuer_cn: &str, key: &PKey<Private>, signer: &PKey<Private>) -> X509 {
+        let name = |cn: &str| {
+            let mut n = X509NameBuilder::new().unwrap();
+            n.append_entry_by_text("CN", cn).unwrap();
+            n.build()
+        };
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name(cn)).unwrap();
+        b.set_issuer_name(&name(issuer_cn)).unwrap();
+        b.set_pubkey(key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(signer, MessageDigest::sha256()).unwrap();
+        b.build()
+    }
+
+    #[test]
+    fn self_signed_placeholders_are_recognised() {
+        let k = key();
+        let placeholder = cert("www.example.com", "www.example.com", &k, &k);
+        assert!(is_self_signed_placeholder(&placeholder.to_pem().unwrap()));
+
+        let ca = key();
+        let ca_cert = cert("Test CA", "Test CA", &ca, &ca);
+        let leaf = cert("www.example.com", "Test CA", &k, &ca);
+        assert!(!is_self_signed_placeholder(&leaf.to_pem().unwrap()));
+        let mut chain = leaf.to_pem().unwrap();
+        chain.extend(ca_cert.to_pem().unwrap());
+        assert!(!is_self_signed_placeholder(&chain));
+        // same subject and issuer name but signed by another key: not self-signed
+        let other = cert("x", "x", &k, &ca);
+        assert!(!is_self_signed_placeholder(&other.to_pem().unwrap()));
+    }
+
+    fn ledger(dir: &std::path::Path) -> Ledger {
+        Ledger::new(Arc::new(FileStorage::open(dir).unwrap()))
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn failed(at: &str, pause: bool) -> Event {
+        Event::Failed {
+            failure: Failure {
+                at: ts(at),
+                message: "boom".into(),
+                pause,
+                ca_wait: None,
+                lifetime: None,
+                backoff: Backoff::default(),
+            },
+            retry_fingerprint: "fp".into(),
+        }
+    }
+
+    #[test]
+    fn events_change_only_their_own_fields() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = ledger(tmp.path());
+        assert_eq!(l.state("www").unwrap(), None);
+        l.record("www", Event::Revoked { serial: "0a".into() }).unwrap();
+        // An ARI refresh after the revocation keeps the revoked serial.
+        let st = l
+            .record(
+                "www",
+                Event::Ari {
+                    cert_id: Some("id-1".into()),
+                    result: AriResult::Window(ts("2026-03-01T00:00:00Z"), ts("2026-03-02T00:00:00Z")),
+                    refetch_at: ts("2026-02-01T06:00:00Z"),
+                },
+            )
+            .unwrap();
+        assert_eq!(st.revoked_serial.as_deref(), Some("0a"));
+        assert!(st.ari_window.is_some());
+        // A failed refresh keeps the window; one for another certificate drops it.
+        let st = l
+            .record(
+                "www",
+                Event::Ari {
+                    cert_id: Some("id-1".into()),
+                    result: AriResult::Failed,
+                    refetch_at: ts("2026-02-01T07:00:00Z"),
+                },
+            )
+            .unwrap();
+        assert!(st.ari_window.is_some());
+        let st = l
+            .record(
+                "www",
+                Event::Ari {
+                    cert_id: Some("id-2".into()),
+                    result: AriResult::Failed,
+                    refetch_at: ts("2026-02-01T07:00:00Z"),
+                },
+            )
+            .unwrap();
+        assert_eq!((st.ari_window, st.ari_cert_id.as_deref()), (None, Some("id-2")));
+
+        let st = l.record("www", failed("2026-02-01T00:00:00Z", true)).unwrap();
+        assert!(st.retry.paused && st.retry.failures == 1);
+        let st = l
+            .record(
+                "www",
+                Event::OrderCreated {
+                    issuer: "le".into(),
+                    url: "https://ca/order/1".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(st.order_url.as_deref(), Some("https://ca/order/1"));
+        assert_eq!(st.retry.failures, 1, "an order does not reset the failures");
+        l.record("www", Event::Installing { serial: "0b".into() }).unwrap();
+        let st = l
+            .record(
+                "www",
+                Event::Issued {
+                    issuer: "le".into(),
+                    fingerprint: "f".into(),
+                    ari_cert_id: Some("id-3".into()),
+                    at: ts("2026-02-01T01:00:00Z"),
+                },
+            )
+            .unwrap();
+        assert_eq!(st.retry.failures, 0);
+        assert_eq!(st.order_url, None);
+        assert_eq!(st.revoked_serial, None);
+        assert_eq!(st.reload_pending.as_deref(), Some("0b"), "the reload is still to run");
+        let st = l.record("www", Event::Reloaded { serial: "0b".into() }).unwrap();
+        assert_eq!(st.reload_pending, None);
+        assert_eq!(st.reloaded_serial.as_deref(), Some("0b"));
+        assert_eq!(l.state("www").unwrap(), Some(st));
+    }
+
+    #[test]
+    fn concurrent_events_from_many_threads_are_all_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = ledger(tmp.path());
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..5 {
+                        l.record("www", failed("2026-02-01T00:00:00Z", false)).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(l.state("www").unwrap().unwrap().retry.failures, 40);
+    }
+
+    #[test]
+    fn corrupt_state_reads_as_empty_and_the_next_event_starts_afresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = ledger(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("certs")).unwrap();
+        std::fs::write(tmp.path().join("certs/www.json"), "{not json").unwrap();
+        let err = l.state("www").unwrap_err().to_string();
+        assert!(err.contains("www.json is corrupt"), "{err}");
+        let spec = OutputSpec {
+            dir: tmp.path().join("tls"),
+            owner: None,
+            group: None,
+            key_mode: 0o600,
+            cert_mode: 0o644,
+        };
+        let snap = l.snapshot("www", &spec);
+        assert!(snap.state_error.is_some());
+        assert!(snap.live().is_none() && snap.installed_error.is_none());
+        let st = l.record("www", Event::Revoked { serial: "01".into() }).unwrap();
+        assert_eq!(st.revoked_serial.as_deref(), Some("01"));
+        assert!(matches!(l.state("../x"), Err(StoreError::InvalidName(_))));
+    }
+
+    #[test]
+    fn pending_key_lifecycle_and_lease() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = ledger(tmp.path());
+        assert!(l.pending_key("www").unwrap().is_none());
+        l.save_pending_key("www", b"KEY").unwrap();
+        assert_eq!(l.pending_key("www").unwrap().as_deref(), Some(&b"KEY"[..]));
+        l.drop_pending_key("www").unwrap();
+        l.drop_pending_key("www").unwrap();
+        assert!(l.pending_key("www").unwrap().is_none());
+        let lease = l.lock("www").unwrap();
+        let err = l.lock("www").unwrap_err();
+        assert!(err.to_string().contains("another certkeeper process"), "{err}");
+        // The state lock is a different one: events are recorded while the lease is held.
+        l.record("www", Event::Revoked { serial: "01".into() }).unwrap();
+        drop(lease);
+        l.lock("www").unwrap();
+    }
+}
