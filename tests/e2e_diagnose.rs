@@ -157,7 +157,8 @@ async fn self_check_then_ca_failure_are_explained() {
     );
     assert!(ex_text.contains("Status:      pending"), "{ex_text}");
     assert!(
-        ex_text.contains("Last error:\n  issuer ") && ex_text.contains(": certificate 'www': HTTP-01 self-check failed"),
+        ex_text.contains("Last error:\n  issuer ")
+            && ex_text.contains(": certificate 'www': HTTP-01 self-check failed"),
         "{ex_text}"
     );
     assert!(

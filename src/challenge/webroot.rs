@@ -78,22 +78,25 @@ impl Solver for WebrootSolver {
         let dir = self.challenge_dir();
         let body = ch.key_authorization.clone();
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            create_dir_world_readable(&root.join(".well-known"))?;
-            create_dir_world_readable(&dir)?;
+        tokio::task::spawn_blocking(move || -> Result<(), (PathBuf, std::io::Error)> {
+            let at = |p: &Path| { let p = p.to_path_buf(); move |e| (p, e) };
+            let well_known = root.join(".well-known");
+            create_dir_world_readable(&well_known).map_err(at(&well_known))?;
+            create_dir_world_readable(&dir).map_err(at(&dir))?;
             let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("token")));
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
-            f.write_all(body.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp).map_err(at(&tmp))?;
+            f.write_all(body.as_bytes()).map_err(at(&tmp))?;
+            f.sync_all().map_err(at(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(at(&path))?;
             Ok(())
         })
         .await
         .map_err(|e| SolveError::retryable(format!("webroot: writing the token was interrupted: {e}")))?
-        .map_err(|e| {
+        .map_err(|(at, e)| {
             SolveError::permanent(format!(
-                "webroot: cannot write the HTTP-01 token under {}: {e} (the directory must exist and be writable by certkeeper)",
-                self.root.display()
+                "webroot: cannot write the HTTP-01 token under {}: {}: {e} (the directory must exist and be writable by certkeeper)",
+                self.root.display(),
+                at.display()
             ))
         })
     }

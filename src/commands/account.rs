@@ -223,9 +223,7 @@ pub async fn rollover(rt: &Runtime, issuer_name: &str) -> Result<AccountInfo, Ac
         .and_then(|p| {
             String::from_utf8(p).map_err(|e| key_err(format!("encoding the new account key: {e}")))
         })?;
-    rt.accounts
-        .stage_next_key(&id, &pem)
-        .map_err(store_err)?;
+    rt.accounts.stage_next_key(&id, &pem).map_err(store_err)?;
     crash_point("rollover-after-stage");
     if let Err(e) = account.key_change(new_key).await {
         warn!(issuer = %issuer.name, error = %e, "key change failed; asking the CA which key it knows");
@@ -297,9 +295,7 @@ pub async fn update_contact(
         .and_then(|s| s.record)
     {
         record.contact = contact.clone();
-        rt.accounts
-            .save_record(&id, &record)
-            .map_err(store_err)?;
+        rt.accounts.save_record(&id, &record).map_err(store_err)?;
     }
     let mut info = info_of(issuer, &account);
     if info.contact.is_empty() {

@@ -352,7 +352,7 @@ fn error_section(out: &mut String, state: &CertState, state_name: &str) {
             if e.retryable {
                 "see the message above; certkeeper retries on its own with backoff"
             } else {
-                "fix the cause above; certkeeper retries daily, and at once on a reload"
+                "fix the cause above; certkeeper keeps retrying with backoff, and at once on a reload"
             }
         );
     }

@@ -129,7 +129,13 @@ pub fn import(rt: &Runtime, opts: &ImportOptions) -> Result<Imported, ImportErro
     };
     let paths = rt
         .ledger
-        .install(name, &cert.output, (&key_pem, &chain_pem), &verified, imported)
+        .install(
+            name,
+            &cert.output,
+            (&key_pem, &chain_pem),
+            &verified,
+            imported,
+        )
         .map_err(store_err)?;
     // An order in flight would finalize with another key: it is not resumed.
     rt.ledger.drop_pending_key(name).map_err(store_err)?;

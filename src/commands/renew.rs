@@ -46,7 +46,8 @@ fn listener(
 ) -> (TokenStore, Option<Vec<tokio::task::JoinHandle<()>>>) {
     // Our own listener also answers tokens other certkeeper processes publish (a concurrent renew).
     let own = TokenStore::reading_spool(http01_spool(cfg));
-    match Http01Server::bind(&cfg.http01.listen, own.clone()).and_then(|s| s.serve(shutdown.clone()))
+    match Http01Server::bind(&cfg.http01.listen, own.clone())
+        .and_then(|s| s.serve(shutdown.clone()))
     {
         Ok(handles) => (own, Some(handles)),
         // Usually the daemon holds the port: hand it our tokens through the state directory.

@@ -201,10 +201,13 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
             message: e.clone(),
         });
     }
-    let live = snap.installed.clone().ok_or_else(|| RevokeError::NotInstalled {
-        name: name.to_string(),
-        dir: spec.dir.clone(),
-    })?;
+    let live = snap
+        .installed
+        .clone()
+        .ok_or_else(|| RevokeError::NotInstalled {
+            name: name.to_string(),
+            dir: spec.dir.clone(),
+        })?;
     let serial = live.cert.serial_hex.clone();
     let state = &snap.state;
     if state.revoked_serial.as_deref() == Some(serial.as_str()) {

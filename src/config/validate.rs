@@ -205,7 +205,9 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         if let Some(t) = duration(&mut cx, 0, d.hook_timeout.as_ref(), "daemon.hook_timeout") {
             daemon.hook_timeout = t;
         }
-        let signed = |d: std::time::Duration| jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
+        let signed = |d: std::time::Duration| {
+            jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
+        };
         if let Some(t) = duration(&mut cx, 0, d.retry_first.as_ref(), "daemon.retry_first") {
             daemon.backoff.first = signed(t);
         }

@@ -74,6 +74,13 @@ impl Metrics {
         self.lock().certs.insert(name.to_string(), m);
     }
 
+    /// Set whether the installed pair of `name` still waits for its reload hooks to complete.
+    pub fn set_reload_pending(&self, name: &str, pending: bool) {
+        if let Some(m) = self.lock().certs.get_mut(name) {
+            m.reload_pending = pending;
+        }
+    }
+
     /// Forget certificates that are no longer configured (after a reload).
     pub fn retain(&self, names: &[&str]) {
         let mut inner = self.lock();
@@ -317,9 +324,9 @@ mod tests {
         assert!(text.contains("certkeeper_last_error{name=\"www\",error=\"\"} 0\n"));
         assert!(text.contains("certkeeper_certificate_paused{name=\"api\"} 1\n"));
         assert!(text.contains("certkeeper_certificate_paused{name=\"www\"} 0\n"));
-        assert!(text.contains(
-            "certkeeper_certificate_next_attempt_seconds{name=\"www\"} 1890000000\n"
-        ));
+        assert!(
+            text.contains("certkeeper_certificate_next_attempt_seconds{name=\"www\"} 1890000000\n")
+        );
         assert!(text.contains("certkeeper_certificate_reload_pending{name=\"api\"} 1\n"));
         m.retain(&["www"]);
         assert!(!m.render().contains("api"));

@@ -2,5 +2,6 @@
 //! admin listener. What it does to a certificate is the engine's ([`crate::engine`]).
 
 pub mod admin;
+mod notify;
 pub mod run;
 pub mod watch;

@@ -52,8 +52,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Arc::new(config::load(config_path)?);
     let tokens = TokenStore::reading_spool(crate::engine::http01_spool(&cfg));
     let shutdown = CancellationToken::new();
-    let server = Http01Server::bind(&cfg.http01.listen, tokens.clone())?;
-    let _server = server.serve(shutdown.clone())?;
+    // The HTTP-01 listener only when some issuer answers HTTP-01 through it: a webroot-only host
+    // keeps its port 80 (or the default 8402) to the web server.
+    let _server = if uses_http01_listener(&cfg) {
+        let server = Http01Server::bind(&cfg.http01.listen, tokens.clone())?;
+        Some(server.serve(shutdown.clone())?)
+    } else {
+        info!("no issuer uses the http01 solver; the HTTP-01 listener is not started");
+        None
+    };
     let rt =
         Arc::new(Runtime::new(cfg.clone(), tokens.clone()).context("opening the state directory")?);
 
@@ -80,11 +87,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     });
     let mut d = Daemon::new(rt, metrics, tokens, cfg_tx, watcher);
     d.start();
-    let _ = sd_notify::notify(&[
+    let _ = super::notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("running"),
     ]);
-    info!(certificates = d.rt.config.certificates.len(), "certkeeper running");
+    info!(
+        certificates = d.rt.config.certificates.len(),
+        "certkeeper running"
+    );
 
     loop {
         d.spawn_due();
@@ -101,7 +111,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Some(ping) = health_rx.recv() => { let _ = ping.send(()); }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = tick(watchdog.as_mut()) => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
+            _ = tick(watchdog.as_mut()) => { let _ = super::notify::notify(&[sd_notify::NotifyState::Watchdog]); }
         }
     }
     d.shutdown().await;
@@ -139,6 +149,7 @@ impl Daemon {
         watcher: Option<ConfigWatcher>,
     ) -> Self {
         let limit = Arc::new(Semaphore::new(rt.config.daemon.max_concurrent.max(1)));
+        let reloader = Reloader::start(metrics.clone());
         Self {
             rt,
             metrics,
@@ -152,7 +163,7 @@ impl Daemon {
             running: HashSet::new(),
             paused_now: HashSet::new(),
             reloads: Vec::new(),
-            reloader: Reloader::start(),
+            reloader,
         }
     }
 
@@ -171,9 +182,9 @@ impl Daemon {
 
     fn sleep_for(&self) -> Duration {
         let day = Duration::from_secs(24 * 3600);
-        self.timers
-            .next_deadline()
-            .map_or(day, |at| at.duration_since(Timestamp::now()).unsigned_abs().min(day))
+        self.timers.next_deadline().map_or(day, |at| {
+            at.duration_since(Timestamp::now()).unsigned_abs().min(day)
+        })
     }
 
     /// Start a task for every certificate whose timer is due.
@@ -221,7 +232,9 @@ impl Daemon {
     fn panicked(&self, name: &str, e: &JoinError) -> IssueError {
         let what = if e.is_panic() {
             let payload = e.to_string();
-            format!("the issuance task panicked ({payload}); this is a bug in certkeeper, please report it with the log")
+            format!(
+                "the issuance task panicked ({payload}); this is a bug in certkeeper, please report it with the log"
+            )
         } else {
             "the issuance task was cancelled".to_string()
         };
@@ -319,12 +332,17 @@ impl Daemon {
     /// Load the config again; keep the running one when the new one does not validate. Either way,
     /// paused certificates are tried at once.
     fn reload_config(&mut self, path: &Path, why: &str) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        let _ = super::notify::notify(&[sd_notify::NotifyState::Reloading]);
         match config::load(path) {
             Err(e) => error!("{why}: the new config is invalid, keeping the running one: {e}"),
             Ok(new) => {
                 if new.http01.listen != self.rt.config.http01.listen {
                     warn!("http01.listen changed; the new addresses take effect after a restart");
+                }
+                if uses_http01_listener(&new) && !uses_http01_listener(&self.rt.config) {
+                    warn!(
+                        "an issuer now uses the http01 solver; its listener starts after a restart"
+                    );
                 }
                 if new.admin != self.rt.config.admin {
                     warn!("[admin] changed; the new listener takes effect after a restart");
@@ -336,7 +354,10 @@ impl Daemon {
                         new_rt.interrupt = self.rt.interrupt.clone();
                         self.rt = Arc::new(new_rt);
                         self.watcher = watch_config(&new, self.cfg_tx.clone());
-                        info!(certificates = new.certificates.len(), "{why}: config reloaded");
+                        info!(
+                            certificates = new.certificates.len(),
+                            "{why}: config reloaded"
+                        );
                     }
                     Err(e) => error!(
                         "{why}: cannot open the state directory of the new config, keeping the running one: {e}"
@@ -346,13 +367,13 @@ impl Daemon {
         }
         self.timers = Timers::default();
         self.schedule_all(true);
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let _ = super::notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 
     /// SIGTERM: let orders in flight finish (or interrupt them, resumable), hand the last reloads to
     /// the reloader, and stop within [`STOP_BUDGET`].
     async fn shutdown(mut self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let _ = super::notify::notify(&[sd_notify::NotifyState::Stopping]);
         let stop_by = Instant::now() + STOP_BUDGET;
         info!(in_flight = self.inflight.len(), "shutting down");
         let grace = Instant::now() + SHUTDOWN_GRACE;
@@ -394,7 +415,8 @@ async fn work(
     let _permit = limit.acquire_owned().await;
     let now = Timestamp::now();
     let mut snap = rt.ledger.snapshot(&cert.name, &cert.output);
-    if snap.live().is_some() && ari::refresh(&rt, &cert, &snap, now).await != ari::AriOutcome::Skipped
+    if snap.live().is_some()
+        && ari::refresh(&rt, &cert, &snap, now).await != ari::AriOutcome::Skipped
     {
         snap = rt.ledger.snapshot(&cert.name, &cert.output);
     }
@@ -412,19 +434,25 @@ struct ReloadBatch {
     timeout: Duration,
 }
 
-/// Runs reload hooks in a task of its own, one batch after another, and records each success in
-/// the ledger.
+/// Runs reload hooks in a task of its own, one batch after another, records each success in the
+/// ledger and shows it in the metrics.
 struct Reloader {
     tx: mpsc::UnboundedSender<ReloadBatch>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Reloader {
-    fn start() -> Self {
+    fn start(metrics: Arc<Metrics>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<ReloadBatch>();
         let task = tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 reload::run(&b.ledger, &b.requests, b.timeout).await;
+                for req in &b.requests {
+                    let state = b.ledger.state(&req.cert_name).ok().flatten();
+                    let still = state.and_then(|s| s.reload_pending).as_deref()
+                        == Some(req.serial.as_str());
+                    metrics.set_reload_pending(&req.cert_name, still);
+                }
             }
         });
         Self { tx, task }
@@ -442,7 +470,9 @@ impl Reloader {
         drop(tx);
         if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
             task.abort();
-            warn!("reload hooks still running at shutdown; their reload stays pending and runs at the next start");
+            warn!(
+                "reload hooks still running at shutdown; their reload stays pending and runs at the next start"
+            );
         }
     }
 }
@@ -454,6 +484,15 @@ fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// True when some issuer has an `http01` solver (answered by certkeeper's own listener).
+fn uses_http01_listener(cfg: &config::Config) -> bool {
+    cfg.issuers.values().any(|i| {
+        i.solvers
+            .iter()
+            .any(|s| matches!(s.kind, config::SolverKind::Http01 { .. }))
+    })
 }
 
 /// Half the systemd watchdog interval, when systemd asked for a watchdog.
@@ -492,7 +531,13 @@ output = {{ dir = "{d}/tls" }}
         let cfg = Arc::new(config::load(&dir.join("c.toml")).unwrap());
         let rt = Arc::new(Runtime::new(cfg, TokenStore::default()).unwrap());
         let (tx, _rx) = mpsc::channel(1);
-        Daemon::new(rt, Arc::new(Metrics::default()), TokenStore::default(), tx, None)
+        Daemon::new(
+            rt,
+            Arc::new(Metrics::default()),
+            TokenStore::default(),
+            tx,
+            None,
+        )
     }
 
     #[tokio::test]
@@ -510,12 +555,19 @@ output = {{ dir = "{d}/tls" }}
         assert_eq!(state.retry.failures, 1);
         assert!(!state.retry.paused);
         let err = state.retry.last_error.unwrap();
-        assert!(err.contains("panicked") && err.contains("boom in the order flow"), "{err}");
+        assert!(
+            err.contains("panicked") && err.contains("boom in the order flow"),
+            "{err}"
+        );
         // Rescheduled on the backoff schedule (about a minute), not left running or stopped.
         let at = d.timers.get("www").expect("a timer is set");
         let secs = at.duration_since(before).as_secs();
         assert!((50..=70).contains(&secs), "{secs} s");
-        assert!(d.metrics.render().contains("certkeeper_certificate_failures{name=\"www\"} 1"));
+        assert!(
+            d.metrics
+                .render()
+                .contains("certkeeper_certificate_failures{name=\"www\"} 1")
+        );
     }
 
     #[tokio::test]
@@ -535,17 +587,32 @@ output = {{ dir = "{d}/tls" }}
         };
         let fp = crate::engine::due::retry_fingerprint(&d.rt.config, &cert);
         d.rt.ledger
-            .record("www", Event::Failed { failure, retry_fingerprint: fp })
+            .record(
+                "www",
+                Event::Failed {
+                    failure,
+                    retry_fingerprint: fp,
+                },
+            )
             .unwrap();
         d.start();
         let at = d.timers.get("www").unwrap();
         assert!(at <= Timestamp::now(), "{at}");
         assert!(d.paused_now.contains("www"));
-        assert!(d.metrics.render().contains("certkeeper_certificate_paused{name=\"www\"} 1"));
+        assert!(
+            d.metrics
+                .render()
+                .contains("certkeeper_certificate_paused{name=\"www\"} 1")
+        );
         // Without a start or reload, the daily retry time stands.
         d.paused_now.clear();
         d.schedule_one(&cert, false, false);
-        let hours = d.timers.get("www").unwrap().duration_since(Timestamp::now()).as_hours();
+        let hours = d
+            .timers
+            .get("www")
+            .unwrap()
+            .duration_since(Timestamp::now())
+            .as_hours();
         assert!((20..=26).contains(&hours), "{hours} h");
     }
 }

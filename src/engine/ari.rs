@@ -59,7 +59,13 @@ pub async fn refresh(
     let cert_id = match cert_id {
         Ok(id) => id,
         Err(e) => {
-            record(rt, cert, None, AriResult::Failed, now + scheduler::ARI_REFETCH_MAX);
+            record(
+                rt,
+                cert,
+                None,
+                AriResult::Failed,
+                now + scheduler::ARI_REFETCH_MAX,
+            );
             return AriOutcome::Failed(e);
         }
     };

@@ -49,9 +49,7 @@ pub fn due(
     };
     // Jitter seeded from the installed serial and the ARI window: re-evaluating (after a reload, in
     // `certkeeper status`) gives the same time until one of them changes.
-    let mut salt = live
-        .map(|l| l.cert.serial_hex.clone())
-        .unwrap_or_default();
+    let mut salt = live.map(|l| l.cert.serial_hex.clone()).unwrap_or_default();
     if let Some((start, end)) = state.ari_window {
         salt.push_str(&format!("/{start}/{end}"));
     }

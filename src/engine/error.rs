@@ -264,8 +264,13 @@ pub fn combine(decisions: &[Decision]) -> Decision {
 fn needs_human(p: &Problem) -> bool {
     use ProblemKind::*;
     match p.kind() {
-        RejectedIdentifier | UnsupportedIdentifier | Caa | BadCsr | BadPublicKey
-        | UserActionRequired | ExternalAccountRequired => true,
+        RejectedIdentifier
+        | UnsupportedIdentifier
+        | Caa
+        | BadCsr
+        | BadPublicKey
+        | UserActionRequired
+        | ExternalAccountRequired => true,
         Unauthorized => p.origin == ProblemOrigin::NewAccount,
         _ => false,
     }
@@ -333,7 +338,9 @@ mod tests {
         });
         for c in [
             transport,
-            Cause::Solver(SolveError::permanent("exec: /usr/local/bin/hook: not found")),
+            Cause::Solver(SolveError::permanent(
+                "exec: /usr/local/bin/hook: not found",
+            )),
             Cause::Store(StoreError::Verify("x".into())),
             Cause::Config("profile not offered".into()),
             Cause::Internal("panic".into()),
@@ -404,7 +411,10 @@ mod tests {
             text.starts_with("issuer le: account: cannot reach the CA at https://ca/dir"),
             "{text}"
         );
-        assert!(matches!(e.cause(), Cause::Transport(AcmeError::Connect { .. })));
+        assert!(matches!(
+            e.cause(),
+            Cause::Transport(AcmeError::Connect { .. })
+        ));
         assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -58,13 +58,13 @@ pub async fn issue(
     let _lease = rt.ledger.lock(&cert.name)?;
     let lifetime = snap.lifetime();
     // ARI's `replaces` names the live certificate, at the CA that issued it (the first issuer).
-    let replaces = snap
-        .live()
-        .and_then(|_| snap.state.ari_cert_id.clone());
+    let replaces = snap.live().and_then(|_| snap.state.ari_cert_id.clone());
     let mut failed: Vec<(IssueError, Decision)> = Vec::new();
     for (i, issuer_name) in cert.issuers.iter().enumerate() {
         let Some(issuer) = rt.config.issuers.get(issuer_name) else {
-            return Err(IssueError::config(format!("unknown issuer {issuer_name:?}")));
+            return Err(IssueError::config(format!(
+                "unknown issuer {issuer_name:?}"
+            )));
         };
         let replaces = if i == 0 { replaces.clone() } else { None };
         let trace = Trace::new(issuer_name);
@@ -302,7 +302,10 @@ fn finished_order(order: &acme::Order) -> Result<String, IssueError> {
             )),
             None => IssueError::new(AcmeError::BadResponse {
                 url: order.url.clone(),
-                message: format!("the order ended as {:?} without a reason", order.body.status),
+                message: format!(
+                    "the order ended as {:?} without a reason",
+                    order.body.status
+                ),
             }),
         });
     }

@@ -915,11 +915,7 @@ mod tests {
         assert_eq!(d.at, add_sat(later, SignedDuration::from_mins(5)));
 
         // A CA rate-limit end, clamped when it was recorded, is not cut further.
-        let server = wait_limit(
-            now,
-            Some((nb, na)),
-            &Backoff::default(),
-        );
+        let server = wait_limit(now, Some((nb, na)), &Backoff::default());
         let retry = RetryState::default()
             .on_failure(&failed(now, false, Some(server), "rateLimited"), &mut rng);
         let facts = CertFacts {
@@ -934,8 +930,10 @@ mod tests {
     fn due_later_base_beats_earlier_retry() {
         // A retry pending earlier than a (new) ARI window: the window wins.
         let now = ts("2026-02-01T00:00:00Z");
-        let retry = RetryState::default()
-            .on_failure(&failed(now, false, None, "x"), &mut StdRng::seed_from_u64(1));
+        let retry = RetryState::default().on_failure(
+            &failed(now, false, None, "x"),
+            &mut StdRng::seed_from_u64(1),
+        );
         let (start, end) = (ts("2026-02-10T00:00:00Z"), ts("2026-02-11T00:00:00Z"));
         let facts = CertFacts {
             retry,

@@ -65,7 +65,11 @@ impl AccountStore {
     /// Refuses ([`StoreError::AccountExists`]) once the account has a record, so a registered
     /// account's key is never overwritten by mistake.
     pub fn save_key(&self, id: &str, key_pem: &str) -> Result<(), StoreError> {
-        if self.storage.load(&Self::key(id, "account.json")?)?.is_some() {
+        if self
+            .storage
+            .load(&Self::key(id, "account.json")?)?
+            .is_some()
+        {
             return Err(StoreError::AccountExists(id.to_string()));
         }
         self.storage

@@ -21,11 +21,11 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::StoreError;
 use super::install::{self, Installed, InstalledPaths, OutputSpec};
 use super::state::{CertState, OrderTrace};
 use super::storage::{Lease, Storage, check_name};
 use super::verify::VerifiedCert;
-use super::StoreError;
 use crate::scheduler::{Failure, RetryState};
 
 /// Something that happened to a certificate. [`CertState::apply`] says what each one changes.
@@ -396,12 +396,14 @@ pub(crate) fn load_json<T: DeserializeOwned>(
 ) -> Result<Option<T>, StoreError> {
     match storage.load(key)? {
         None => Ok(None),
-        Some(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|source| StoreError::CorruptState {
-                path: storage.describe(key).into(),
-                source,
-            }),
+        Some(b) => {
+            serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StoreError::CorruptState {
+                    path: storage.describe(key).into(),
+                    source,
+                })
+        }
     }
 }
 
@@ -495,14 +497,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let l = ledger(tmp.path());
         assert_eq!(l.state("www").unwrap(), None);
-        l.record("www", Event::Revoked { serial: "0a".into() }).unwrap();
+        l.record(
+            "www",
+            Event::Revoked {
+                serial: "0a".into(),
+            },
+        )
+        .unwrap();
         // An ARI refresh after the revocation keeps the revoked serial.
         let st = l
             .record(
                 "www",
                 Event::Ari {
                     cert_id: Some("id-1".into()),
-                    result: AriResult::Window(ts("2026-03-01T00:00:00Z"), ts("2026-03-02T00:00:00Z")),
+                    result: AriResult::Window(
+                        ts("2026-03-01T00:00:00Z"),
+                        ts("2026-03-02T00:00:00Z"),
+                    ),
                     refetch_at: ts("2026-02-01T06:00:00Z"),
                 },
             )
@@ -531,9 +542,14 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!((st.ari_window, st.ari_cert_id.as_deref()), (None, Some("id-2")));
+        assert_eq!(
+            (st.ari_window, st.ari_cert_id.as_deref()),
+            (None, Some("id-2"))
+        );
 
-        let st = l.record("www", failed("2026-02-01T00:00:00Z", true)).unwrap();
+        let st = l
+            .record("www", failed("2026-02-01T00:00:00Z", true))
+            .unwrap();
         assert!(st.retry.paused && st.retry.failures == 1);
         let st = l
             .record(
@@ -546,7 +562,13 @@ mod tests {
             .unwrap();
         assert_eq!(st.order_url.as_deref(), Some("https://ca/order/1"));
         assert_eq!(st.retry.failures, 1, "an order does not reset the failures");
-        l.record("www", Event::Installing { serial: "0b".into() }).unwrap();
+        l.record(
+            "www",
+            Event::Installing {
+                serial: "0b".into(),
+            },
+        )
+        .unwrap();
         let st = l
             .record(
                 "www",
@@ -561,8 +583,19 @@ mod tests {
         assert_eq!(st.retry.failures, 0);
         assert_eq!(st.order_url, None);
         assert_eq!(st.revoked_serial, None);
-        assert_eq!(st.reload_pending.as_deref(), Some("0b"), "the reload is still to run");
-        let st = l.record("www", Event::Reloaded { serial: "0b".into() }).unwrap();
+        assert_eq!(
+            st.reload_pending.as_deref(),
+            Some("0b"),
+            "the reload is still to run"
+        );
+        let st = l
+            .record(
+                "www",
+                Event::Reloaded {
+                    serial: "0b".into(),
+                },
+            )
+            .unwrap();
         assert_eq!(st.reload_pending, None);
         assert_eq!(st.reloaded_serial.as_deref(), Some("0b"));
         assert_eq!(l.state("www").unwrap(), Some(st));
@@ -576,7 +609,8 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     for _ in 0..5 {
-                        l.record("www", failed("2026-02-01T00:00:00Z", false)).unwrap();
+                        l.record("www", failed("2026-02-01T00:00:00Z", false))
+                            .unwrap();
                     }
                 });
             }
@@ -602,7 +636,14 @@ mod tests {
         let snap = l.snapshot("www", &spec);
         assert!(snap.state_error.is_some());
         assert!(snap.live().is_none() && snap.installed_error.is_none());
-        let st = l.record("www", Event::Revoked { serial: "01".into() }).unwrap();
+        let st = l
+            .record(
+                "www",
+                Event::Revoked {
+                    serial: "01".into(),
+                },
+            )
+            .unwrap();
         assert_eq!(st.revoked_serial.as_deref(), Some("01"));
         assert!(matches!(l.state("../x"), Err(StoreError::InvalidName(_))));
     }
@@ -619,9 +660,18 @@ mod tests {
         assert!(l.pending_key("www").unwrap().is_none());
         let lease = l.lock("www").unwrap();
         let err = l.lock("www").unwrap_err();
-        assert!(err.to_string().contains("another certkeeper process"), "{err}");
+        assert!(
+            err.to_string().contains("another certkeeper process"),
+            "{err}"
+        );
         // The state lock is a different one: events are recorded while the lease is held.
-        l.record("www", Event::Revoked { serial: "01".into() }).unwrap();
+        l.record(
+            "www",
+            Event::Revoked {
+                serial: "01".into(),
+            },
+        )
+        .unwrap();
         drop(lease);
         l.lock("www").unwrap();
     }

@@ -19,9 +19,9 @@ mod verify;
 
 use std::path::PathBuf;
 
+pub use accounts::AccountStore;
 pub use atomic::{atomic_write, fsync_dir};
 pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed};
-pub use accounts::AccountStore;
 pub use ledger::{AriResult, Event, Ledger, Snapshot, is_self_signed_placeholder};
 pub use state::{
     AccountRecord, AuthzTrace, CertState, ChallengeTrace, ErrorTrace, OrderTrace, ProblemTrace,

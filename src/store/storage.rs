@@ -279,7 +279,10 @@ mod tests {
         assert_eq!(s.load("certs/www.json").unwrap(), None);
         s.store("certs/www.json", b"{}").unwrap();
         s.store("certs/api.json", b"{}").unwrap();
-        assert_eq!(s.load("certs/www.json").unwrap().as_deref(), Some(&b"{}"[..]));
+        assert_eq!(
+            s.load("certs/www.json").unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
         assert_eq!(mode(&tmp.path().join("state/certs/www.json")), 0o600);
         assert_eq!(mode(&tmp.path().join("state/certs")), 0o700);
         assert_eq!(s.list("certs").unwrap(), ["api.json", "www.json"]);

@@ -39,6 +39,15 @@ pub enum Mode {
     Status500,
     /// Accept requests and never answer them.
     Hang,
+    /// Serve TLS with a certificate from a CA that certkeeper does not trust (requests are not
+    /// forwarded: the handshake fails on certkeeper's side).
+    UntrustedTls,
+    /// Forward, but answer new-order requests (`/order-plz`) with HTTP 429, `Retry-After: N` seconds
+    /// and a `rateLimited` problem document.
+    RateLimited {
+        /// The Retry-After value in seconds.
+        retry_after_secs: u64,
+    },
     /// Forward, but run this command (program, args) before answering a certificate download.
     OnCertDownload(Vec<String>),
     /// Forward, but replace the body of successful answers to paths starting with the prefix by
@@ -105,6 +114,15 @@ impl Proxy {
         let acceptor = tokio_native_tls::TlsAcceptor::from(
             native_tls::TlsAcceptor::builder(identity).build().unwrap(),
         );
+        // A second identity from a CA nobody trusts, for `Mode::UntrustedTls`.
+        let (_, bad_leaf, bad_key) = crate::support::pebble::make_tls_certs();
+        let bad_identity =
+            native_tls::Identity::from_pkcs8(bad_leaf.as_bytes(), bad_key.as_bytes()).unwrap();
+        let untrusted = tokio_native_tls::TlsAcceptor::from(
+            native_tls::TlsAcceptor::builder(bad_identity)
+                .build()
+                .unwrap(),
+        );
         let client = reqwest::Client::builder()
             .tls_certs_merge([reqwest::Certificate::from_pem(upstream_ca.as_bytes()).unwrap()])
             .redirect(reqwest::redirect::Policy::none())
@@ -127,12 +145,18 @@ impl Proxy {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                if *s.mode.lock().unwrap() == Mode::Drop {
+                let mode = s.mode.lock().unwrap().clone();
+                if mode == Mode::Drop {
                     s.faulted.fetch_add(1, Ordering::SeqCst);
                     drop(tcp);
                     continue;
                 }
-                let acceptor = acceptor.clone();
+                let acceptor = if mode == Mode::UntrustedTls {
+                    s.faulted.fetch_add(1, Ordering::SeqCst);
+                    untrusted.clone()
+                } else {
+                    acceptor.clone()
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
@@ -225,6 +249,22 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
         Mode::Hang => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
+        }
+        Mode::RateLimited { retry_after_secs }
+            if req.method() == hyper::Method::POST && path.starts_with("/order-plz") =>
+        {
+            s.faulted.fetch_add(1, Ordering::SeqCst);
+            let body = serde_json::json!({
+                "type": "urn:ietf:params:acme:error:rateLimited",
+                "detail": "too many new orders recently",
+                "status": 429,
+            });
+            return Response::builder()
+                .status(429)
+                .header("content-type", "application/problem+json")
+                .header("retry-after", retry_after_secs.to_string())
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
         }
         _ => {}
     }

@@ -345,6 +345,24 @@ impl Pebble {
         Ok(())
     }
 
+    /// Freeze the pebble process (SIGSTOP): connections are accepted by the kernel, nothing answers.
+    pub fn pause(&self) {
+        self.signal_pebble(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Let a paused pebble go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_pebble(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal_pebble(&self, sig: nix::sys::signal::Signal) {
+        for p in self.procs.iter().filter(|p| p.name == "pebble") {
+            // Only the process this harness started, by its own PID.
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.child.id() as i32), sig)
+                .expect("signal pebble");
+        }
+    }
+
     /// The ACME directory URL.
     pub fn directory_url(&self) -> String {
         format!("https://127.0.0.1:{}/dir", self.acme_port)
