@@ -680,3 +680,83 @@ async fn kill9_between_install_and_reload_reloads_at_the_next_start() {
         "not issued again: {s}"
     );
 }
+
+/// The number of failed attempts `status` shows for `name`.
+fn failures_of(env: &Env, name: &str) -> u64 {
+    status(env, name)["failures"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_certificate_is_shown_and_retried_on_reload_and_restart() {
+    let Some(env) = Env::start(PebbleOpts {
+        domain_blocklist: vec!["blocked.example.com".into()],
+        ..PebbleOpts::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let admin_port = free_port();
+    let text = head(&env, true, "", Some(admin_port))
+        + &pebble_issuer(&env, "http01 = { self_check = false }")
+        + &cert(&env, "www", &["ca"], &["blocked.example.com"], "");
+    std::fs::write(&env.config, text).unwrap();
+    let (mut daemon, log) = spawn_daemon(&env, &[]);
+    let s = wait_for(
+        "the certificate to be paused",
+        Duration::from_secs(60),
+        || Some(status(&env, "www")).filter(|s| s["paused"] == true),
+    )
+    .await;
+    // Paused: the reason in plain words, the next try a day away (not 2 s as for a transient fault).
+    let err = s["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("rejectedIdentifier") || err.to_lowercase().contains("refuses"),
+        "{s}"
+    );
+    let next: jiff::Timestamp = s["next_renewal"].as_str().unwrap().parse().unwrap();
+    let left = next.duration_since(jiff::Timestamp::now());
+    assert!(
+        left > jiff::SignedDuration::from_hours(20) && left <= jiff::SignedDuration::from_hours(27),
+        "a paused certificate is retried daily: {s}"
+    );
+    let (_, metrics) = admin_get(admin_port, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("certkeeper_certificate_paused{name=\"www\"} 1"),
+        "{metrics}"
+    );
+    let text = status_text(&env);
+    assert!(
+        text.to_lowercase().contains("paused"),
+        "status says paused:\n{text}"
+    );
+
+    // SIGHUP with the config unchanged: tried again at once.
+    let before = failures_of(&env, "www");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for("a retry on SIGHUP", Duration::from_secs(30), || {
+        (failures_of(&env, "www") > before).then_some(())
+    })
+    .await;
+    // A restart: tried again at once, too.
+    daemon.0.kill().unwrap();
+    daemon.0.wait().unwrap();
+    let before = failures_of(&env, "www");
+    let (_daemon, log2) = spawn_daemon(&env, &[]);
+    wait_for("a retry at start", Duration::from_secs(30), || {
+        (failures_of(&env, "www") > before).then_some(())
+    })
+    .await;
+    assert!(status(&env, "www")["paused"] == true);
+    let _ = (log, log2);
+}
+
+/// `certkeeper status` as text.
+fn status_text(env: &Env) -> String {
+    let out = env.run(&["status"], Duration::from_secs(30));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

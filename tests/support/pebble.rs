@@ -47,6 +47,9 @@ pub struct PebbleOpts {
     pub alternate_roots: u32,
     /// The port pebble's VA connects to for TLS-ALPN-01; 0 picks a free port nobody listens on.
     pub tls_port: u16,
+    /// Names pebble refuses with `rejectedIdentifier` (`domainBlocklist`; a name also blocks its
+    /// subdomains).
+    pub domain_blocklist: Vec<String>,
 }
 
 struct Proc {
@@ -239,6 +242,9 @@ impl Pebble {
                 .map(|(k, v)| (k.clone(), v.clone().into()))
                 .collect();
             cfg["pebble"]["externalAccountMACKeys"] = m.into();
+        }
+        if !opts.domain_blocklist.is_empty() {
+            cfg["pebble"]["domainBlocklist"] = opts.domain_blocklist.clone().into();
         }
         let cfg_path = dir.path().join("pebble-config.json");
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
