@@ -89,7 +89,7 @@ impl From<StoreError> for Cause {
 /// failed, what the CA or the solver saw, and what to do.
 #[derive(Debug)]
 pub struct IssueError {
-    cause: Cause,
+    cause: Box<Cause>,
     context: Vec<String>,
     /// The errors of the issuers tried after this one (fall-back), in order.
     also: Vec<IssueError>,
@@ -101,7 +101,7 @@ impl IssueError {
     /// An error of `cause`, without context yet.
     pub fn new(cause: impl Into<Cause>) -> Self {
         Self {
-            cause: cause.into(),
+            cause: Box::new(cause.into()),
             context: Vec::new(),
             also: Vec::new(),
             decision: None,
@@ -151,7 +151,7 @@ impl IssueError {
 
     /// The CA's problem document behind the failure, when there was one.
     pub fn problem(&self) -> Option<&Problem> {
-        match &self.cause {
+        match &*self.cause {
             Cause::Problem(p) => Some(p),
             _ => None,
         }
@@ -159,13 +159,13 @@ impl IssueError {
 
     /// True when Ctrl-C or a shutdown stopped the attempt (no failure to record).
     pub fn is_interrupted(&self) -> bool {
-        matches!(self.cause, Cause::Interrupted)
+        matches!(*self.cause, Cause::Interrupted)
     }
 
     /// True when another task or process holds the certificate's issuance lease: it is being
     /// worked on, so this is no failure of the certificate.
     pub fn is_busy(&self) -> bool {
-        matches!(self.cause, Cause::Store(StoreError::Locked { .. }))
+        matches!(*self.cause, Cause::Store(StoreError::Locked { .. }))
     }
 }
 
@@ -184,7 +184,7 @@ impl fmt::Display for IssueError {
 
 impl std::error::Error for IssueError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.cause {
+        match &*self.cause {
             Cause::Transport(e) => Some(e),
             Cause::Solver(e) => Some(e),
             Cause::Store(e) => Some(e),

@@ -153,7 +153,7 @@ impl Trace {
             retryable: !d.pause,
             problem: e.problem().map(store::ProblemTrace::from),
         });
-        if let Err(e) = rt.ledger.record(name, Event::Attempt(trace)) {
+        if let Err(e) = rt.ledger.record(name, Event::Attempt(Box::new(trace))) {
             warn!(cert = %name, error = %e, "cannot record the order attempt for `certkeeper explain`");
         }
     }

@@ -39,7 +39,7 @@ pub enum Event {
         url: String,
     },
     /// What the CA said during an attempt, for `certkeeper explain`.
-    Attempt(OrderTrace),
+    Attempt(Box<OrderTrace>),
     /// A new pair with this serial is about to be switched live: its reload is pending from now on,
     /// so a crash between the switch and the reload hook is caught at the next start.
     Installing {
@@ -114,7 +114,7 @@ impl CertState {
                 self.order_url = Some(url);
                 self.issuer = Some(issuer);
             }
-            Event::Attempt(trace) => self.last_order = Some(trace),
+            Event::Attempt(trace) => self.last_order = Some(*trace),
             Event::Installing { serial } => self.reload_pending = Some(serial),
             Event::Issued {
                 issuer,
