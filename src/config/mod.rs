@@ -18,7 +18,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ pub use secret::{Secret, SecretError, SecretSource, read_secret};
 
 use crate::acme::KeyType;
 use crate::challenge::dns01::providers::DnsProviderConfig;
+use crate::challenge::{ChallengeKind, IdentifierKind};
 
 /// Where the state lives when `state_dir` is not set (systemd's `StateDirectory=certkeeper`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/certkeeper";
@@ -189,7 +190,7 @@ impl SolverKind {
         matches!(self, Self::Dns01 { .. })
     }
 
-    /// The config key of this kind: `http01`, `webroot` or `dns01`.
+    /// The config key of this kind: `http01`, `webroot`, `tlsalpn01` or `dns01`.
     pub fn key(&self) -> &'static str {
         match self {
             Self::Http01 { .. } => "http01",
@@ -198,7 +199,35 @@ impl SolverKind {
             Self::Dns01 { .. } => "dns01",
         }
     }
+
+    /// The challenge type this solver answers.
+    pub fn challenge_kind(&self) -> ChallengeKind {
+        match self {
+            Self::Http01 { .. } | Self::Webroot { .. } => ChallengeKind::Http01,
+            Self::TlsAlpn01 { .. } => ChallengeKind::TlsAlpn01,
+            Self::Dns01 { .. } => ChallengeKind::Dns01,
+        }
+    }
+
+    /// The solver keys (`http01`, `webroot`, ...) whose challenge can prove an identifier of
+    /// `kind`, in the order they are documented; for messages that say what to configure.
+    pub fn keys_that_can_prove(kind: IdentifierKind) -> Vec<&'static str> {
+        SOLVER_KEYS
+            .into_iter()
+            .filter(|(_, challenge)| challenge.can_prove(kind))
+            .map(|(key, _)| key)
+            .collect()
+    }
 }
+
+/// Every solver key and the challenge type it answers (as [`SolverKind::challenge_kind`]), in the
+/// order they are documented.
+pub(crate) const SOLVER_KEYS: [(&str, ChallengeKind); 4] = [
+    ("http01", ChallengeKind::Http01),
+    ("webroot", ChallengeKind::Http01),
+    ("tlsalpn01", ChallengeKind::TlsAlpn01),
+    ("dns01", ChallengeKind::Dns01),
+];
 
 pub use crate::challenge::dns01::PropagationConfig;
 
@@ -313,27 +342,27 @@ impl Config {
 impl IssuerConfig {
     /// Choose the solver for one identifier, as cert-manager does.
     ///
-    /// `identifier` is the name without `*.` (or an IP address); `wildcard` says whether the order
-    /// asked for `*.identifier`. Among the solvers that may answer it (wildcards: dns01 only; IP
-    /// addresses: http01 and webroot only): an exact `dns_names` match wins, then the longest
-    /// matching `dns_zones` entry, then a selector-less solver; ties go to the one written first.
-    pub fn solver_for(&self, identifier: &str, wildcard: bool) -> Option<&SolverConfig> {
+    /// `identifier` is the value the CA uses: a DNS name without `*.`, or an IP address; `kind`
+    /// says which it is (see [`IdentifierKind::split`]). Only solvers whose challenge type can
+    /// prove `kind` are considered ([`ChallengeKind::can_prove`]: wildcards need dns01, IP
+    /// addresses http01, webroot or tlsalpn01). Among them an exact `dns_names` match wins, then
+    /// the longest matching `dns_zones` entry, then a selector-less solver; ties go to the one
+    /// written first.
+    pub fn solver_for(&self, identifier: &str, kind: IdentifierKind) -> Option<&SolverConfig> {
         let id = identifier.trim_end_matches('.').to_ascii_lowercase();
-        let is_ip = id.parse::<IpAddr>().is_ok();
-        let full = if wildcard {
+        let full = if kind == IdentifierKind::Wildcard {
             format!("*.{id}")
         } else {
             id.clone()
         };
         let mut best: Option<((u8, usize), &SolverConfig)> = None;
         for solver in &self.solvers {
-            let dns01 = solver.kind.is_dns01();
-            if (wildcard && !dns01) || (is_ip && dns01) {
+            if !solver.kind.challenge_kind().can_prove(kind) {
                 continue;
             }
             let rank = if solver.selector.dns_names.contains(&full) {
                 (3, 0)
-            } else if let Some(len) = (!is_ip)
+            } else if let Some(len) = (kind != IdentifierKind::Ip)
                 .then(|| {
                     solver
                         .selector
@@ -472,8 +501,8 @@ output = { dir = "/etc/nginx/tls/www" }
             ("wrong type", BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = \"example.com\""), &[], "DIR/certkeeper.toml:16:11: certificate.www.domains: invalid type: string \"example.com\", expected a sequence"),
             ("unknown issuer", BASE.replace("issuer = \"le\"", "issuer = \"le2\""), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"le2\" (defined issuers: le)"),
             ("issuer list with unknown", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"zerossl\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"zerossl\" (defined issuers: le)"),
-            ("wildcard without dns01", BASE.replace("\"www.example.com\"]", "\"*.other.org\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org needs a dns01 solver: add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"),
-            ("IP with dns01 only", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"192.0.2.1\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: 192.0.2.1 is an IP address and needs an http01 or webroot solver (dns01 cannot prove IP addresses): add [[issuer.le.solver]] with http01 = {} and no selector"),
+            ("wildcard without dns01", BASE.replace("\"www.example.com\"]", "\"*.other.org\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org is a wildcard name and needs a dns01 solver (http01, webroot, tlsalpn01 cannot prove wildcards): add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"),
+            ("IP with dns01 only", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"192.0.2.1\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: 192.0.2.1 is an IP address and needs an http01, webroot or tlsalpn01 solver (dns01 cannot prove IP addresses): add [[issuer.le.solver]] with http01 = {} and no selector"),
             ("no solver covers a name", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"www.other.org\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: no solver of issuer \"le\" covers www.other.org: add a solver whose selector covers it, or one without a selector"),
             ("unreadable secret file", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_file = \"/nonexistent/eab.key\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:37: issuer.le.eab.hmac_key_file: cannot read secret file /nonexistent/eab.key: No such file or directory (os error 2) (check the path and that certkeeper's user may read it)"),
             ("missing env secret", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_env = \"CERTKEEPER_TEST_UNSET_EAB\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:36: issuer.le.eab.hmac_key_env: environment variable CERTKEEPER_TEST_UNSET_EAB is not set (or not valid UTF-8): set it in the service environment, e.g. systemd Environment= or EnvironmentFile="),
@@ -527,6 +556,15 @@ output = { dir = "/etc/nginx/tls/www" }
         }
     }
 
+    fn tlsalpn01(zones: &[&str], names: &[&str]) -> SolverConfig {
+        SolverConfig {
+            kind: SolverKind::TlsAlpn01 {
+                listen: "127.0.0.1:8443".parse().unwrap(),
+            },
+            ..http01(zones, names)
+        }
+    }
+
     fn dns01(zones: &[&str], names: &[&str], command: &str) -> SolverConfig {
         SolverConfig {
             kind: SolverKind::Dns01 {
@@ -562,8 +600,15 @@ output = { dir = "/etc/nginx/tls/www" }
                 http01(&["ip.test"], &["192.0.2.7"]),             // 6
             ],
         };
+        let kind_of = |id: &str, wildcard: bool| {
+            if wildcard {
+                IdentifierKind::Wildcard
+            } else {
+                IdentifierKind::of(id)
+            }
+        };
         let idx = |id: &str, wildcard: bool| {
-            issuer.solver_for(id, wildcard).map(|s| {
+            issuer.solver_for(id, kind_of(id, wildcard)).map(|s| {
                 issuer
                     .solvers
                     .iter()
@@ -595,12 +640,67 @@ output = { dir = "/etc/nginx/tls/www" }
             ..issuer.clone()
         };
         assert!(
-            dns_only.solver_for("192.0.2.1", false).is_none(),
+            dns_only
+                .solver_for("192.0.2.1", IdentifierKind::Ip)
+                .is_none(),
             "IP addresses never get dns01"
         );
         assert!(
-            dns_only.solver_for("x.test", true).is_some(),
+            dns_only
+                .solver_for("x.test", IdentifierKind::Wildcard)
+                .is_some(),
             "a selector-less dns01 solver takes wildcards"
+        );
+        let alpn_only = IssuerConfig {
+            solvers: vec![tlsalpn01(&[], &[])],
+            ..issuer.clone()
+        };
+        assert!(
+            alpn_only
+                .solver_for("192.0.2.1", IdentifierKind::Ip)
+                .is_some(),
+            "tls-alpn-01 proves IP addresses (RFC 8738 §6)"
+        );
+        assert!(
+            alpn_only
+                .solver_for("x.test", IdentifierKind::Wildcard)
+                .is_none(),
+            "tls-alpn-01 never proves wildcards"
+        );
+    }
+
+    #[test]
+    fn solver_kinds_follow_the_one_rule() {
+        let http = http01(&[], &[]).kind;
+        let alpn = tlsalpn01(&[], &[]).kind;
+        let dns = dns01(&[], &[], "x").kind;
+        assert_eq!(http.challenge_kind(), ChallengeKind::Http01);
+        assert_eq!(alpn.challenge_kind(), ChallengeKind::TlsAlpn01);
+        assert_eq!(dns.challenge_kind(), ChallengeKind::Dns01);
+        let webroot = SolverKind::Webroot {
+            path: "/var/www".into(),
+            self_check: true,
+            self_check_target: Default::default(),
+        };
+        assert_eq!(webroot.challenge_kind(), ChallengeKind::Http01);
+        for kind in [&http, &alpn, &dns, &webroot] {
+            assert!(
+                SOLVER_KEYS.contains(&(kind.key(), kind.challenge_kind())),
+                "{}",
+                kind.key()
+            );
+        }
+        assert_eq!(
+            SolverKind::keys_that_can_prove(IdentifierKind::Ip),
+            ["http01", "webroot", "tlsalpn01"]
+        );
+        assert_eq!(
+            SolverKind::keys_that_can_prove(IdentifierKind::Wildcard),
+            ["dns01"]
+        );
+        assert_eq!(
+            SolverKind::keys_that_can_prove(IdentifierKind::Dns),
+            ["http01", "webroot", "tlsalpn01", "dns01"]
         );
     }
 
@@ -867,6 +967,29 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
         assert!(
             err.contains("issuer.le.solver[0].webroot.self_check.port: 0 is not a TCP port"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn tlsalpn01_proves_ip_addresses_but_not_wildcards() {
+        let text = BASE
+            .replace("http01 = {}", "tlsalpn01 = {}")
+            .replace("\"www.example.com\"]", "\"192.0.2.1\"]");
+        let cfg = Config::from_str(&text, Path::new("/etc/certkeeper/certkeeper.toml")).unwrap();
+        let chosen = cfg.issuers["le"].solver_for("192.0.2.1", IdentifierKind::Ip);
+        assert!(
+            matches!(chosen.map(|s| &s.kind), Some(SolverKind::TlsAlpn01 { .. })),
+            "{chosen:?}"
+        );
+        let text = BASE
+            .replace("http01 = {}", "tlsalpn01 = {}")
+            .replace("\"www.example.com\"]", "\"*.other.org\"]");
+        let err = Config::from_str(&text, Path::new("/etc/certkeeper/certkeeper.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/certkeeper/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org is a wildcard name and needs a dns01 solver (http01, webroot, tlsalpn01 cannot prove wildcards): add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"
         );
     }
 

@@ -17,6 +17,7 @@ use super::{
     SolverKind, parse_duration, secret::SecretSource,
 };
 use crate::acme::KeyType;
+use crate::challenge::IdentifierKind;
 
 /// Directory shorthands.
 const SHORTHANDS: [(&str, &str); 3] = [
@@ -564,7 +565,7 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     if let Some(sel) = &raw.selector {
         for (i, z) in sel.dns_zones.iter().enumerate() {
             match normalize_name(z.get_ref()) {
-                Ok(Ident::Dns(n)) => selector.dns_zones.push(n),
+                Ok((IdentifierKind::Dns, n)) => selector.dns_zones.push(n),
                 Ok(_) => cx.err(
                     file,
                     &z.span(),
@@ -579,8 +580,7 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
         }
         for (i, n) in sel.dns_names.iter().enumerate() {
             match normalize_name(n.get_ref()) {
-                Ok(Ident::Dns(n)) | Ok(Ident::Ip(n)) => selector.dns_names.push(n),
-                Ok(Ident::Wildcard(base)) => selector.dns_names.push(format!("*.{base}")),
+                Ok((kind, n)) => selector.dns_names.push(written(kind, &n)),
                 Err(msg) => cx.err(file, &n.span(), format!("{p}.selector.dns_names[{i}]"), msg),
             }
         }
@@ -680,29 +680,65 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     Some(SolverConfig { selector, kind })
 }
 
-/// A normalized identifier.
-enum Ident {
-    Dns(String),
-    /// The base name of `*.base`.
-    Wildcard(String),
-    Ip(String),
+/// Why no solver of `issuer` can prove `value` (of `kind`), and what to add.
+///
+/// The solver kinds named come from [`SolverKind::keys_that_can_prove`], the same rule solver
+/// selection follows.
+fn no_solver_message(issuer: &str, kind: IdentifierKind, value: &str) -> String {
+    let keys = SolverKind::keys_that_can_prove(kind);
+    let can = match keys.as_slice() {
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+        [] => "no".to_string(),
+    };
+    let cannot: Vec<&str> = super::SOLVER_KEYS
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !keys.contains(k))
+        .collect();
+    let section = format!("[[issuer.{}.solver]]", key_seg(issuer));
+    match kind {
+        IdentifierKind::Wildcard => format!(
+            "*.{value} is a wildcard name and needs a {can} solver ({} cannot prove wildcards): add {section} with dns01 = {{...}} whose selector covers {value}",
+            cannot.join(", ")
+        ),
+        IdentifierKind::Ip => format!(
+            "{value} is an IP address and needs an {can} solver ({} cannot prove IP addresses): add {section} with http01 = {{}} and no selector",
+            cannot.join(", ")
+        ),
+        IdentifierKind::Dns => format!(
+            "no solver of issuer \"{issuer}\" covers {value}: add a solver whose selector covers it, or one without a selector"
+        ),
+    }
+}
+
+/// A name as written in the config: `*.` before the base of a wildcard.
+fn written(kind: IdentifierKind, value: &str) -> String {
+    match kind {
+        IdentifierKind::Wildcard => format!("*.{value}"),
+        IdentifierKind::Dns | IdentifierKind::Ip => value.to_string(),
+    }
 }
 
 /// Lowercase, drop a trailing dot, and check a DNS name, `*.` wildcard or IP address.
-fn normalize_name(raw: &str) -> Result<Ident, String> {
+///
+/// Returns the kind ([`IdentifierKind::split`], the one classifier) and the identifier value the
+/// CA uses: the base name of a wildcard, an IP address in canonical form.
+fn normalize_name(raw: &str) -> Result<(IdentifierKind, String), String> {
     let s = raw.trim_end_matches('.').to_ascii_lowercase();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(Ident::Ip(ip.to_string()));
+    let (kind, value) = IdentifierKind::split(&s);
+    if kind == IdentifierKind::Ip {
+        let ip: IpAddr = value
+            .parse()
+            .map_err(|_| format!("\"{raw}\" is not an IP address"))?;
+        return Ok((kind, ip.to_string()));
     }
     if !s.is_ascii() {
         return Err(format!(
             "\"{raw}\" is not ASCII: write internationalized names in their xn-- (punycode) form"
         ));
     }
-    let (wildcard, base) = match s.strip_prefix("*.") {
-        Some(b) => (true, b),
-        None => (false, s.as_str()),
-    };
+    let base = value;
     if base.is_empty() {
         return Err(format!("\"{raw}\" is not a DNS name"));
     }
@@ -729,11 +765,7 @@ fn normalize_name(raw: &str) -> Result<Ident, String> {
             ));
         }
     }
-    Ok(if wildcard {
-        Ident::Wildcard(base.to_string())
-    } else {
-        Ident::Dns(base.to_string())
-    })
+    Ok((kind, base.to_string()))
 }
 
 fn certificate(
@@ -815,10 +847,7 @@ fn certificate(
         let k = format!("{p}.domains[{i}]");
         match normalize_name(d.get_ref()) {
             Ok(ident) => {
-                let text = match &ident {
-                    Ident::Dns(n) | Ident::Ip(n) => n.clone(),
-                    Ident::Wildcard(b) => format!("*.{b}"),
-                };
+                let text = written(ident.0, &ident.1);
                 if domains.contains(&text) {
                     cx.err(
                         file,
@@ -840,29 +869,12 @@ fn certificate(
         let Some(issuer) = issuers.get(issuer_name) else {
             continue;
         };
-        for (span, k, ident) in &idents {
-            let msg = match ident {
-                Ident::Wildcard(base) => issuer.solver_for(base, true).is_none().then(|| {
-                    format!(
-                        "*.{base} needs a dns01 solver: add [[issuer.{}.solver]] with dns01 = {{...}} whose selector covers {base}",
-                        key_seg(issuer_name)
-                    )
-                }),
-                Ident::Ip(ip) => issuer.solver_for(ip, false).is_none().then(|| {
-                    format!(
-                        "{ip} is an IP address and needs an http01 or webroot solver (dns01 cannot prove IP addresses): add [[issuer.{}.solver]] with http01 = {{}} and no selector",
-                        key_seg(issuer_name)
-                    )
-                }),
-                Ident::Dns(n) => issuer.solver_for(n, false).is_none().then(|| {
-                    format!(
-                        "no solver of issuer \"{issuer_name}\" covers {n}: add a solver whose selector covers it, or one without a selector"
-                    )
-                }),
-            };
-            if let Some(msg) = msg {
-                cx.err(file, span, k.clone(), msg);
+        for (span, k, (kind, value)) in &idents {
+            if issuer.solver_for(value, *kind).is_some() {
+                continue;
             }
+            let msg = no_solver_message(issuer_name, *kind, value);
+            cx.err(file, span, k.clone(), msg);
         }
     }
 

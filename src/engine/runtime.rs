@@ -11,7 +11,7 @@ use tracing::info;
 use crate::acme::{self, AcmeError};
 use crate::challenge::dns01::Dns01Solver;
 use crate::challenge::http01::{Http01Solver, TokenStore};
-use crate::challenge::{ChallengeKind, SolveError, Solver};
+use crate::challenge::{ChallengeKind, IdentifierKind, SolveError, Solver};
 use crate::config::{Config, IssuerConfig, SolverKind};
 use crate::store::{self, AccountStore, FileStorage, Ledger, Storage, StoreError};
 
@@ -203,23 +203,27 @@ impl Runtime {
     /// The solver the issuer configures for one identifier, built once and reused.
     ///
     /// Which solver may answer which identifier is decided by the config's one rule
-    /// ([`IssuerConfig::solver_for`]); a provider that cannot be built now (a secret file missing)
-    /// is a solver failure, retried with backoff, and built again at the next attempt.
+    /// ([`IssuerConfig::solver_for`], which follows [`ChallengeKind::can_prove`]); a provider
+    /// that cannot be built now (a secret file missing) is a solver failure, retried with backoff,
+    /// and built again at the next attempt.
     pub fn solver_for(
         &self,
         issuer: &IssuerConfig,
         name: &str,
-        wildcard: bool,
+        kind: IdentifierKind,
     ) -> Result<(Arc<dyn Solver>, ChallengeKind), IssueError> {
-        let Some(chosen) = issuer.solver_for(name, wildcard) else {
-            let what = if wildcard {
+        let Some(chosen) = issuer.solver_for(name, kind) else {
+            let what = if kind == IdentifierKind::Wildcard {
                 format!("*.{name}")
             } else {
                 name.to_string()
             };
+            let can = SolverKind::keys_that_can_prove(kind).join(", ");
             return Err(IssueError::config(format!(
-                "no solver of issuer {} can prove {what}: add a [[issuer.{}.solver]] whose selector covers it",
-                issuer.name, issuer.name
+                "no solver of issuer {} can prove the {} {what}: add a [[issuer.{}.solver]] of a kind that can ({can}) whose selector covers it",
+                issuer.name,
+                kind.describe(),
+                issuer.name
             )));
         };
         let index = issuer
