@@ -5,9 +5,11 @@
 //! Every problem is reported as `FILE:LINE:COLUMN: KEY.PATH: what is wrong and what to do`; all
 //! problems found are reported at once. The validated [`Config`] holds no spans and no raw TOML.
 //!
-//! Secrets (EAB HMAC key, DNS provider credentials) are read at load time from `*_file` or `*_env`
-//! keys (see [`secret`]); relative paths in `ca_bundle`, `*_file` and `webroot.path` are resolved
-//! against the directory of the file that names them.
+//! Secrets come from `*_file` or `*_env` keys (see [`secret`]). The EAB HMAC key is read at load
+//! time; DNS provider credentials when the provider is built, so a secret file may appear after the
+//! config (every other `dns01` setting is checked at load time, with the key's place). Relative
+//! paths in `ca_bundle`, `*_file` (in `dns01` tables too), `webroot.path` and an `exec` command with
+//! a `/` are resolved against the directory of the file that names them.
 
 mod duration;
 mod glob;
@@ -528,8 +530,17 @@ output = { dir = "/etc/nginx/tls/www" }
             ("bad key type", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nkey = \"ed25519\""), &[], "DIR/certkeeper.toml:16:7: certificate.www.key: unknown key type \"ed25519\": use one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096"),
             ("bad listen", format!("{BASE}\n[http01]\nlisten = [\"localhost:80\"]\n"), &[], "DIR/certkeeper.toml:20:11: http01.listen[0]: \"localhost:80\" is not an IP address with a port: write e.g. \"127.0.0.1:8402\" or \"[::1]:8402\""),
             ("bad domain", BASE.replace("\"www.example.com\"]", "\"www..example.com\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: \"www..example.com\" is not a DNS name: each dot-separated label must have 1 to 63 characters"),
-            ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown variant `exek`, expected one of `rfc2136`, `exec`, `powerdns`, `cloudflare`, `route53`, `acme-dns`"),
-            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: unknown field `commnd`, expected one of `command`, `args`, `timeout`"),
+            ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown provider \"exek\": use one of rfc2136, exec, powerdns, cloudflare, route53, acme-dns"),
+            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:30: issuer.le.solver[1].dns01.commnd: unknown field `commnd`, expected one of `command`, `args`, `timeout`"),
+            ("dns provider not a string", BASE.replace("provider = \"exec\"", "provider = 1"), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: must be a string naming the provider, one of rfc2136, exec, powerdns, cloudflare, route53, acme-dns"),
+            ("dns provider missing", BASE.replace("provider = \"exec\", ", ""), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no provider: set provider = \"NAME\", one of rfc2136, exec, powerdns, cloudflare, route53, acme-dns"),
+            ("dns provider wrong type", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", timeout = 5"), &[], "DIR/certkeeper.toml:12:63: issuer.le.solver[1].dns01.timeout: invalid type: integer `5`, expected a string"),
+            ("dns provider wrong type in list", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", args = [\"a\", 2]"), &[], "DIR/certkeeper.toml:12:60: issuer.le.solver[1].dns01.args[1]: invalid type: integer `2`, expected a string"),
+            ("dns provider bad duration", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", timeout = \"5x\""), &[], "DIR/certkeeper.toml:12:63: issuer.le.solver[1].dns01.timeout: invalid duration \"5x\": failed to parse input in the \"friendly\" duration format: expected to find unit designator suffix (e.g., `years` or `secs`) after parsing integer; use e.g. \"30d\", \"12h\", \"90s\", \"1d 12h\" or \"P30D\""),
+            ("dns provider missing key", BASE.replace("command = \"/bin/true\"", "args = []"), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no command given: the exec provider needs command = ..."),
+            ("dns provider secret neither file nor env", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"cloudflare\" }"), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no api_token given: set api_token_file = \"/path/to/file\" or api_token_env = \"VARIABLE\""),
+            ("dns provider bad algorithm", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"rfc2136\", server = \"127.0.0.1\", tsig_key = \"k.\", tsig_algorithm = \"hmac-md5\", tsig_secret_file = \"k.key\" }"), &[], "DIR/certkeeper.toml:12:89: issuer.le.solver[1].dns01.tsig_algorithm: \"hmac-md5\" is not supported: use hmac-sha256, hmac-sha384 or hmac-sha512"),
+            ("dns provider in an include", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("x.toml", "[issuer.x]\ndirectory = \"letsencrypt\"\n[[issuer.x.solver]]\ndns01 = { provider = \"powerdns\", api_url = \"localhost:8081\", api_key_env = \"K\" }\n")], "DIR/conf.d/x.toml:4:44: issuer.x.solver[0].dns01.api_url: \"localhost:8081\" is not an http:// or https:// URL with a host"),
             ("duplicate issuer in list", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"le\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: issuer \"le\" is listed twice: remove one"),
             ("propagation on http01", BASE.replace("http01 = {}", "http01 = {}\npropagation = { check = false }"), &[], "DIR/certkeeper.toml:9:15: issuer.le.solver[0].propagation: only applies to dns01 solvers: remove it"),
         ];
@@ -927,6 +938,65 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
             SolverKind::Webroot { path, .. } => assert_eq!(path, &want),
             k => panic!("{k:?}"),
         }
+    }
+
+    #[test]
+    fn relative_provider_files_resolve_against_the_file_that_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("conf.d")).unwrap();
+        let main = format!("include = [\"conf.d/*.toml\"]\n{BASE}").replace(
+            "dns01 = { provider = \"exec\", command = \"/bin/true\" }",
+            "dns01 = { provider = \"rfc2136\", server = \"127.0.0.1\", tsig_key = \"k.\", tsig_secret_file = \"keys/tsig.key\" }",
+        );
+        std::fs::write(d.join("certkeeper.toml"), main).unwrap();
+        std::fs::write(
+            d.join("conf.d/dns.toml"),
+            "[issuer.other]\ndirectory = \"letsencrypt\"\n\
+             [[issuer.other.solver]]\ndns01 = { provider = \"cloudflare\", api_token_file = \"cf.token\" }\n\
+             [[issuer.other.solver]]\ndns01 = { provider = \"exec\", command = \"hooks/dns.sh\" }\n\
+             [[issuer.other.solver]]\ndns01 = { provider = \"exec\", command = \"dns-hook\" }\n",
+        )
+        .unwrap();
+        // None of the files exist: a secret file may appear after the config is loaded.
+        let cfg = load(&d.join("certkeeper.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let provider = |issuer: &str, i: usize| match &cfg.issuers[issuer].solvers[i].kind {
+            SolverKind::Dns01 { provider, .. } => provider.clone(),
+            k => panic!("{k:?}"),
+        };
+        match provider("le", 1) {
+            DnsProviderConfig::Rfc2136(c) => {
+                assert_eq!(c.tsig_secret_file, Some(d.join("keys/tsig.key")))
+            }
+            p => panic!("{p:?}"),
+        }
+        match provider("other", 0) {
+            DnsProviderConfig::Cloudflare(c) => {
+                assert_eq!(c.api_token_file, Some(d.join("conf.d/cf.token")))
+            }
+            p => panic!("{p:?}"),
+        }
+        match provider("other", 1) {
+            DnsProviderConfig::Exec(c) => assert_eq!(c.command, d.join("conf.d/hooks/dns.sh")),
+            p => panic!("{p:?}"),
+        }
+        match provider("other", 2) {
+            DnsProviderConfig::Exec(c) => {
+                assert_eq!(
+                    c.command,
+                    PathBuf::from("dns-hook"),
+                    "a bare name is looked up in PATH"
+                )
+            }
+            p => panic!("{p:?}"),
+        }
+        // The relative key file is the one read at build time.
+        std::fs::create_dir(d.join("keys")).unwrap();
+        std::fs::write(d.join("keys/tsig.key"), "not base64 !\n").unwrap();
+        let e = provider("le", 1).build().err().unwrap().to_string();
+        assert!(e.contains("tsig_secret is not valid base64"), "{e}");
+        std::fs::write(d.join("conf.d/cf.token"), "token\n").unwrap();
+        assert!(provider("other", 0).build().is_ok());
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::raw::{
-    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawSelfCheck, RawSolver, SStr,
+    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawProvider, RawSelfCheck, RawSolver,
+    SStr,
 };
 use super::source::{SourceFile, key_seg};
 use super::{
@@ -18,6 +19,7 @@ use super::{
 };
 use crate::acme::KeyType;
 use crate::challenge::IdentifierKind;
+use crate::challenge::dns01::providers::{DnsProviderConfig, SettingError};
 
 /// Directory shorthands.
 const SHORTHANDS: [(&str, &str); 3] = [
@@ -51,8 +53,8 @@ impl Ctx {
     }
 
     /// Resolve a path written in `file` against that file's directory.
-    fn resolve(&self, file: usize, p: &str) -> PathBuf {
-        let p = Path::new(p);
+    fn resolve(&self, file: usize, p: impl AsRef<Path>) -> PathBuf {
+        let p = p.as_ref();
         if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -671,13 +673,98 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
             }
         }
         SolverKind::Dns01 {
-            provider: d.get_ref().clone(),
+            provider: dns_provider(cx, file, &format!("{p}.dns01"), d)?,
             propagation,
         }
     } else {
         return None;
     };
     Some(SolverConfig { selector, kind })
+}
+
+/// The `dns01` table at key `p` in `file`: the provider's settings parsed and checked (without
+/// reading secrets: a secret file that appears later is fine), and relative paths in it resolved
+/// against `file`'s directory. Problems name the key inside the table.
+fn dns_provider(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    raw: &Spanned<RawProvider>,
+) -> Option<DnsProviderConfig> {
+    let table = raw.get_ref();
+    let names = DnsProviderConfig::NAMES.join(", ");
+    let Some(name_value) = table
+        .iter()
+        .find_map(|(k, v)| (k.get_ref() == "provider").then_some(v))
+    else {
+        cx.err(
+            file,
+            &raw.span(),
+            p,
+            format!("no provider: set provider = \"NAME\", one of {names}"),
+        );
+        return None;
+    };
+    let Some(name) = name_value.get_ref().as_str() else {
+        cx.err(
+            file,
+            &name_value.span(),
+            format!("{p}.provider"),
+            format!("must be a string naming the provider, one of {names}"),
+        );
+        return None;
+    };
+    let settings: toml::Table = table
+        .iter()
+        .filter(|(k, _)| k.get_ref() != "provider")
+        .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
+        .collect();
+    // Where a problem with `key` (`timeout`, `args[1]`, "" for the table) is reported.
+    let report = |cx: &mut Ctx, e: SettingError| {
+        let head = e.key.split(['[', '.']).next().unwrap_or("");
+        let found = table.iter().find(|(k, _)| k.get_ref() == head);
+        let span = match found {
+            Some((k, _)) if e.message.starts_with("unknown field") => k.span(),
+            Some((_, v)) => v.span(),
+            None => raw.span(),
+        };
+        let key = if e.key.is_empty() {
+            p.to_string()
+        } else {
+            format!("{p}.{}", e.key)
+        };
+        let message = match e
+            .message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            Some(field) => format!("no {field} given: the {name} provider needs {field} = ..."),
+            None => e.message,
+        };
+        cx.err(file, &span, key, message);
+    };
+    let mut config = match DnsProviderConfig::from_table(name, settings) {
+        Ok(c) => c,
+        Err(e) => {
+            report(cx, e);
+            return None;
+        }
+    };
+    let problems = config.check();
+    if !problems.is_empty() {
+        for e in problems {
+            report(cx, e);
+        }
+        return None;
+    }
+    for (key, path) in config.paths_mut() {
+        // A bare exec `command` (no `/`) is looked up in PATH, as a shell would.
+        let bare_command = key == "command" && path.components().count() < 2;
+        if !path.is_absolute() && !bare_command {
+            *path = cx.resolve(file, &*path);
+        }
+    }
+    Some(config)
 }
 
 /// Why no solver of `issuer` can prove `value` (of `kind`), and what to add.

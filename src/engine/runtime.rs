@@ -305,6 +305,39 @@ pub fn decode_eab_key(text: &str) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
 
+    /// A provider secret file missing at issuance is a solver failure (retried with backoff), not a
+    /// config error, and the solver is built once the file is there.
+    #[test]
+    fn missing_provider_secret_is_a_retryable_solver_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let text = format!(
+            "state_dir = {state:?}\n\
+             [issuer.le]\ndirectory = \"https://127.0.0.1:14000/dir\"\n\
+             [[issuer.le.solver]]\ndns01 = {{ provider = \"cloudflare\", api_token_file = \"cf.token\" }}\n\
+             [certificate.www]\ndomains = [\"*.example.com\"]\noutput = {{ dir = {out:?} }}\n",
+            state = d.join("state").display().to_string(),
+            out = d.join("out").display().to_string(),
+        );
+        let cfg = Config::from_str(&text, &d.join("certkeeper.toml")).unwrap();
+        let rt = Runtime::new(Arc::new(cfg.clone()), TokenStore::default()).unwrap();
+        let issuer = &cfg.issuers["le"];
+        let err = rt
+            .solver_for(issuer, "example.com", IdentifierKind::Wildcard)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err.cause(), super::super::error::Cause::Solver(e) if e.retryable),
+            "{err}"
+        );
+        assert!(err.to_string().contains("cf.token"), "{err}");
+        std::fs::write(d.join("cf.token"), "t\n").unwrap();
+        let (_, kind) = rt
+            .solver_for(issuer, "example.com", IdentifierKind::Wildcard)
+            .unwrap();
+        assert_eq!(kind, ChallengeKind::Dns01);
+    }
+
     #[test]
     fn eab_keys_decode_in_every_form_people_paste() {
         let raw = b"\xfb\xff\x00secret-bytes";
