@@ -168,21 +168,11 @@ fn describe_solver(kind: &SolverKind, listen: &[std::net::SocketAddr]) -> String
         SolverKind::Dns01 {
             provider,
             propagation,
-        } => {
-            use crate::challenge::dns01::providers::DnsProviderConfig as P;
-            let p = match provider {
-                P::Rfc2136(_) => "rfc2136",
-                P::Exec(_) => "exec",
-                P::Powerdns(_) => "powerdns",
-                P::Cloudflare(_) => "cloudflare",
-                P::Route53(_) => "route53",
-                P::AcmeDns(_) => "acme-dns",
-            };
-            format!(
-                "dns-01 via {p} (propagation check {})",
-                if propagation.check { "on" } else { "off" }
-            )
-        }
+        } => format!(
+            "dns-01 via {} (propagation check {})",
+            provider.name(),
+            if propagation.check { "on" } else { "off" }
+        ),
     }
 }
 
