@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use certkeeper::challenge::IdentifierKind;
 use certkeeper::config::{self, SolverKind};
 
 fn examples_dir() -> PathBuf {
@@ -51,11 +52,15 @@ fn reference_example_loads_with_its_includes() {
     assert_eq!(www.output.key_mode, 0o640);
     let pebble = &cfg.issuers["pebble"];
     assert!(matches!(
-        pebble.solver_for("example.com", true).map(|s| &s.kind),
+        pebble
+            .solver_for("example.com", IdentifierKind::Wildcard)
+            .map(|s| &s.kind),
         Some(SolverKind::Dns01 { .. })
     ));
     assert!(matches!(
-        pebble.solver_for("other.org", false).map(|s| &s.kind),
+        pebble
+            .solver_for("other.org", IdentifierKind::Dns)
+            .map(|s| &s.kind),
         Some(SolverKind::Http01 {
             self_check: true,
             ..

@@ -492,7 +492,8 @@ fn assert_wildcard_rejected(config: &Path, dir: &Path) {
         let run = certkeeper(config, &[cmd], Duration::from_secs(60));
         assert_eq!(run.code, Some(2), "certkeeper {cmd}: {}", run.all());
         assert!(
-            run.stderr.contains("*.example.test needs a dns01 solver"),
+            run.stderr
+                .contains("*.example.test is a wildcard name and needs a dns01 solver"),
             "certkeeper {cmd} must name the wildcard and the missing dns01 solver: {}",
             run.all()
         );

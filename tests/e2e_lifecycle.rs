@@ -876,20 +876,25 @@ tlsalpn01 = {{ listen = "127.0.0.1:{tls_port}" }}
     ) + &w.cert(
         "alpn",
         "\"pebble\"",
-        &["alpn.example.com", "alpn2.example.com"],
+        &["alpn.example.com", "alpn2.example.com", "127.0.0.1"],
         "",
         "tls/alpn",
     );
     let cfg = w.config("certkeeper.toml", "state", &body);
     let stdout = ok(&cfg, &["renew"]);
     assert!(stdout.contains("alpn: issued by pebble"), "{stdout}");
-    let names: Vec<String> = live_cert(&w.path("tls/alpn"))
-        .subject_alt_names()
-        .unwrap()
+    let sans = live_cert(&w.path("tls/alpn")).subject_alt_names().unwrap();
+    let names: Vec<String> = sans
         .iter()
         .filter_map(|g| g.dnsname().map(str::to_string))
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+    // The IP address was proven over tls-alpn-01 too (reverse-DNS SNI, RFC 8738 §6).
+    let ips: Vec<Vec<u8>> = sans
+        .iter()
+        .filter_map(|g| g.ipaddress().map(<[u8]>::to_vec))
+        .collect();
+    assert_eq!(ips, vec![vec![127, 0, 0, 1]]);
     // The listener is closed once the challenges are cleaned up (the process has exited anyway, so
     // check within one process instead: the solver frees the port after cleanup).
     use certkeeper::challenge::tlsalpn01::TlsAlpn01Solver;

@@ -165,6 +165,22 @@ const CASES: &[Case] = &[
         expect: &["bogus-dns"],
     },
     Case {
+        what: "a bad duration in a DNS provider table",
+        edits: &[],
+        append: "\n[[issuer.ca.solver]]\ndns01 = { provider = \"exec\", command = \"/bin/true\", timeout = \"soon\" } # <-\n",
+        include: None,
+        expect: &["dns01.timeout", "soon"],
+    },
+    Case {
+        what: "a DNS provider table missing a required key, in an included file",
+        edits: &[],
+        append: "",
+        include: Some(
+            "[issuer.other]\ndirectory = \"letsencrypt\"\n[[issuer.other.solver]]\ndns01 = { provider = \"rfc2136\", tsig_key = \"k.\", tsig_secret_file = \"tsig.key\" } # <-\n",
+        ),
+        expect: &["issuer.other.solver[0].dns01", "server"],
+    },
+    Case {
         what: "a bad duration",
         edits: &[(
             r#"key = "ecdsa-p256""#,

@@ -44,6 +44,82 @@ impl ChallengeKind {
     }
 }
 
+impl ChallengeKind {
+    /// Whether a challenge of this type can prove control of an identifier of `kind`.
+    ///
+    /// This is the one rule config validation, solver selection and issuance all follow:
+    ///
+    /// | challenge     | DNS name | wildcard | IP address |
+    /// |---------------|----------|----------|------------|
+    /// | `http-01`     | yes      | no       | yes        |
+    /// | `tls-alpn-01` | yes      | no       | yes        |
+    /// | `dns-01`      | yes      | yes      | no         |
+    ///
+    /// Wildcards need DNS-01: HTTP-01 and TLS-ALPN-01 reach one host, not every name below the base,
+    /// so CAs offer only `dns-01` for a wildcard authorization (RFC 8555 §7.1.3). An IP address has
+    /// no zone to hold a TXT record, so DNS-01 cannot prove it (RFC 8738 §7); HTTP-01 connects to the
+    /// address itself (RFC 8738 §5), and TLS-ALPN-01 sends the reverse-DNS name as SNI (RFC 8738 §6),
+    /// which [`tlsalpn01`] answers with the address in the certificate.
+    pub fn can_prove(self, kind: IdentifierKind) -> bool {
+        match self {
+            Self::Http01 | Self::TlsAlpn01 => {
+                matches!(kind, IdentifierKind::Dns | IdentifierKind::Ip)
+            }
+            Self::Dns01 => matches!(kind, IdentifierKind::Dns | IdentifierKind::Wildcard),
+        }
+    }
+}
+
+/// What kind of identifier a certificate name is, as far as proving it is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IdentifierKind {
+    /// A DNS name (`www.example.com`).
+    Dns,
+    /// A wildcard DNS name (`*.example.com`); the CA's authorization is for the base name.
+    Wildcard,
+    /// An IP address (RFC 8738).
+    Ip,
+}
+
+impl IdentifierKind {
+    /// The kind of a name as written in the config or a CSR: `*.example.com`, `192.0.2.1`,
+    /// `2001:db8::1` or `example.com`.
+    pub fn of(name: &str) -> Self {
+        Self::split(name).0
+    }
+
+    /// The kind of a name as written, and the identifier value the CA uses for it (without the
+    /// `*.` of a wildcard, RFC 8555 §7.1.4).
+    pub fn split(name: &str) -> (Self, &str) {
+        if let Some(base) = name.strip_prefix("*.") {
+            (Self::Wildcard, base)
+        } else if name.parse::<std::net::IpAddr>().is_ok() {
+            (Self::Ip, name)
+        } else {
+            (Self::Dns, name)
+        }
+    }
+
+    /// The kind of an ACME authorization's identifier: its `type` (`dns` or `ip`) and its
+    /// `wildcard` flag (RFC 8555 §7.1.4, RFC 8738 §3).
+    pub fn of_authorization(identifier_type: &str, wildcard: bool) -> Self {
+        match (identifier_type, wildcard) {
+            ("ip", _) => Self::Ip,
+            (_, true) => Self::Wildcard,
+            _ => Self::Dns,
+        }
+    }
+
+    /// How the kind is named in messages: `DNS name`, `wildcard name` or `IP address`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Dns => "DNS name",
+            Self::Wildcard => "wildcard name",
+            Self::Ip => "IP address",
+        }
+    }
+}
+
 impl fmt::Display for ChallengeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -71,6 +147,15 @@ pub struct ChallengeCtx {
 }
 
 impl ChallengeCtx {
+    /// The kind of identifier this challenge is for.
+    pub fn identifier_kind(&self) -> IdentifierKind {
+        match (self.is_ip, self.wildcard) {
+            (true, _) => IdentifierKind::Ip,
+            (false, true) => IdentifierKind::Wildcard,
+            (false, false) => IdentifierKind::Dns,
+        }
+    }
+
     /// The TXT value for DNS-01: base64url(SHA-256(key authorization)) (RFC 8555 §8.4).
     pub fn dns_txt_value(&self) -> String {
         use base64::Engine as _;
@@ -132,4 +217,67 @@ pub trait Solver: Send + Sync {
     /// Remove what `present` published. Called after success and after failure; MUST NOT assume
     /// that `present` succeeded, and MUST be idempotent.
     async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_challenge_proves_which_identifier() {
+        use ChallengeKind::*;
+        use IdentifierKind::*;
+        let table = [
+            (Http01, Dns, true),
+            (Http01, Wildcard, false),
+            (Http01, Ip, true),
+            (TlsAlpn01, Dns, true),
+            (TlsAlpn01, Wildcard, false),
+            (TlsAlpn01, Ip, true),
+            (Dns01, Dns, true),
+            (Dns01, Wildcard, true),
+            (Dns01, Ip, false),
+        ];
+        for (challenge, id, want) in table {
+            assert_eq!(challenge.can_prove(id), want, "{challenge} {id:?}");
+        }
+    }
+
+    #[test]
+    fn identifier_kinds_of_names_and_authorizations() {
+        assert_eq!(
+            IdentifierKind::split("*.example.com"),
+            (IdentifierKind::Wildcard, "example.com")
+        );
+        assert_eq!(
+            IdentifierKind::split("example.com"),
+            (IdentifierKind::Dns, "example.com")
+        );
+        assert_eq!(IdentifierKind::of("192.0.2.1"), IdentifierKind::Ip);
+        assert_eq!(IdentifierKind::of("2001:db8::1"), IdentifierKind::Ip);
+        assert_eq!(
+            IdentifierKind::of_authorization("dns", false),
+            IdentifierKind::Dns
+        );
+        assert_eq!(
+            IdentifierKind::of_authorization("dns", true),
+            IdentifierKind::Wildcard
+        );
+        assert_eq!(
+            IdentifierKind::of_authorization("ip", false),
+            IdentifierKind::Ip
+        );
+        let ctx = |is_ip, wildcard| ChallengeCtx {
+            cert_name: "c".into(),
+            identifier: "x".into(),
+            is_ip,
+            wildcard,
+            kind: ChallengeKind::Http01,
+            token: "t".into(),
+            key_authorization: "t.k".into(),
+        };
+        assert_eq!(ctx(true, false).identifier_kind(), IdentifierKind::Ip);
+        assert_eq!(ctx(false, true).identifier_kind(), IdentifierKind::Wildcard);
+        assert_eq!(ctx(false, false).identifier_kind(), IdentifierKind::Dns);
+    }
 }

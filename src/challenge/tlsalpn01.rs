@@ -310,4 +310,59 @@ mod tests {
         let other = openssl::sha::sha256(b"other");
         assert!(!der.windows(32).any(|w| w == other));
     }
+
+    /// RFC 8738 §6: for an IP identifier the CA sends the reverse-DNS name as SNI and expects the
+    /// address as an iPAddress SAN. A real handshake against the solver shows both.
+    #[tokio::test]
+    async fn ip_identifiers_are_answered_under_their_reverse_dns_sni() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let solver = TlsAlpn01Solver::new(SocketAddr::from(([127, 0, 0, 1], port)));
+        let ctx = ChallengeCtx {
+            cert_name: "ip".into(),
+            identifier: "127.0.0.1".into(),
+            is_ip: true,
+            wildcard: false,
+            kind: ChallengeKind::TlsAlpn01,
+            token: "tok".into(),
+            key_authorization: "tok.thumb".into(),
+        };
+        solver.present(&ctx).await.unwrap();
+        let handshake = tokio::task::spawn_blocking(move || {
+            use openssl::ssl::{SslConnector, SslVerifyMode};
+            let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+            b.set_verify(SslVerifyMode::NONE);
+            b.set_alpn_protos(ACME_TLS_ALPN).unwrap();
+            let mut cfg = b.build().configure().unwrap();
+            cfg.set_verify_hostname(false);
+            cfg.set_use_server_name_indication(true);
+            let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let tls = cfg.connect("1.0.0.127.in-addr.arpa", tcp).unwrap();
+            let alpn = tls.ssl().selected_alpn_protocol().map(<[u8]>::to_vec);
+            let cert = tls.ssl().peer_certificate().unwrap();
+            (alpn, cert)
+        })
+        .await
+        .unwrap();
+        solver.cleanup(&ctx).await.unwrap();
+        let (alpn, cert) = handshake;
+        assert_eq!(alpn.as_deref(), Some(&b"acme-tls/1"[..]));
+        let ips: Vec<Vec<u8>> = cert
+            .subject_alt_names()
+            .unwrap()
+            .iter()
+            .filter_map(|g| g.ipaddress().map(<[u8]>::to_vec))
+            .collect();
+        assert_eq!(ips, vec![vec![127, 0, 0, 1]]);
+        assert!(
+            cert.subject_alt_names()
+                .unwrap()
+                .iter()
+                .all(|g| g.dnsname().is_none()),
+            "an IP challenge certificate carries no dNSName"
+        );
+    }
 }

@@ -92,15 +92,12 @@ fn config_section(out: &mut String, cfg: &Config, cert: &CertificateConfig) {
     }
     let _ = writeln!(out, "  Solvers:");
     for domain in &cert.domains {
-        let (bare, wildcard) = match domain.strip_prefix("*.") {
-            Some(b) => (b, true),
-            None => (domain.as_str(), false),
-        };
+        let (kind, bare) = crate::challenge::IdentifierKind::split(domain);
         for issuer_name in &cert.issuers {
             let Some(iss) = cfg.issuers.get(issuer_name) else {
                 continue;
             };
-            let how = match iss.solver_for(bare, wildcard) {
+            let how = match iss.solver_for(bare, kind) {
                 Some(s) => describe_solver(&s.kind, &cfg.http01.listen),
                 None => "NO SOLVER covers this name: add a [[issuer.X.solver]] for it".to_string(),
             };
@@ -171,21 +168,11 @@ fn describe_solver(kind: &SolverKind, listen: &[std::net::SocketAddr]) -> String
         SolverKind::Dns01 {
             provider,
             propagation,
-        } => {
-            use crate::challenge::dns01::providers::DnsProviderConfig as P;
-            let p = match provider {
-                P::Rfc2136(_) => "rfc2136",
-                P::Exec(_) => "exec",
-                P::Powerdns(_) => "powerdns",
-                P::Cloudflare(_) => "cloudflare",
-                P::Route53(_) => "route53",
-                P::AcmeDns(_) => "acme-dns",
-            };
-            format!(
-                "dns-01 via {p} (propagation check {})",
-                if propagation.check { "on" } else { "off" }
-            )
-        }
+        } => format!(
+            "dns-01 via {} (propagation check {})",
+            provider.name(),
+            if propagation.check { "on" } else { "off" }
+        ),
     }
 }
 

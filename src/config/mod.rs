@@ -5,9 +5,11 @@
 //! Every problem is reported as `FILE:LINE:COLUMN: KEY.PATH: what is wrong and what to do`; all
 //! problems found are reported at once. The validated [`Config`] holds no spans and no raw TOML.
 //!
-//! Secrets (EAB HMAC key, DNS provider credentials) are read at load time from `*_file` or `*_env`
-//! keys (see [`secret`]); relative paths in `ca_bundle`, `*_file` and `webroot.path` are resolved
-//! against the directory of the file that names them.
+//! Secrets come from `*_file` or `*_env` keys (see [`secret`]). The EAB HMAC key is read at load
+//! time; DNS provider credentials when the provider is built, so a secret file may appear after the
+//! config (every other `dns01` setting is checked at load time, with the key's place). Relative
+//! paths in `ca_bundle`, `*_file` (in `dns01` tables too), `webroot.path` and an `exec` command with
+//! a `/` are resolved against the directory of the file that names them.
 
 mod duration;
 mod glob;
@@ -18,7 +20,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ pub use secret::{Secret, SecretError, SecretSource, read_secret};
 
 use crate::acme::KeyType;
 use crate::challenge::dns01::providers::DnsProviderConfig;
+use crate::challenge::{ChallengeKind, IdentifierKind};
 
 /// Where the state lives when `state_dir` is not set (systemd's `StateDirectory=certkeeper`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/certkeeper";
@@ -189,7 +192,7 @@ impl SolverKind {
         matches!(self, Self::Dns01 { .. })
     }
 
-    /// The config key of this kind: `http01`, `webroot` or `dns01`.
+    /// The config key of this kind: `http01`, `webroot`, `tlsalpn01` or `dns01`.
     pub fn key(&self) -> &'static str {
         match self {
             Self::Http01 { .. } => "http01",
@@ -198,7 +201,35 @@ impl SolverKind {
             Self::Dns01 { .. } => "dns01",
         }
     }
+
+    /// The challenge type this solver answers.
+    pub fn challenge_kind(&self) -> ChallengeKind {
+        match self {
+            Self::Http01 { .. } | Self::Webroot { .. } => ChallengeKind::Http01,
+            Self::TlsAlpn01 { .. } => ChallengeKind::TlsAlpn01,
+            Self::Dns01 { .. } => ChallengeKind::Dns01,
+        }
+    }
+
+    /// The solver keys (`http01`, `webroot`, ...) whose challenge can prove an identifier of
+    /// `kind`, in the order they are documented; for messages that say what to configure.
+    pub fn keys_that_can_prove(kind: IdentifierKind) -> Vec<&'static str> {
+        SOLVER_KEYS
+            .into_iter()
+            .filter(|(_, challenge)| challenge.can_prove(kind))
+            .map(|(key, _)| key)
+            .collect()
+    }
 }
+
+/// Every solver key and the challenge type it answers (as [`SolverKind::challenge_kind`]), in the
+/// order they are documented.
+pub(crate) const SOLVER_KEYS: [(&str, ChallengeKind); 4] = [
+    ("http01", ChallengeKind::Http01),
+    ("webroot", ChallengeKind::Http01),
+    ("tlsalpn01", ChallengeKind::TlsAlpn01),
+    ("dns01", ChallengeKind::Dns01),
+];
 
 pub use crate::challenge::dns01::PropagationConfig;
 
@@ -313,27 +344,27 @@ impl Config {
 impl IssuerConfig {
     /// Choose the solver for one identifier, as cert-manager does.
     ///
-    /// `identifier` is the name without `*.` (or an IP address); `wildcard` says whether the order
-    /// asked for `*.identifier`. Among the solvers that may answer it (wildcards: dns01 only; IP
-    /// addresses: http01 and webroot only): an exact `dns_names` match wins, then the longest
-    /// matching `dns_zones` entry, then a selector-less solver; ties go to the one written first.
-    pub fn solver_for(&self, identifier: &str, wildcard: bool) -> Option<&SolverConfig> {
+    /// `identifier` is the value the CA uses: a DNS name without `*.`, or an IP address; `kind`
+    /// says which it is (see [`IdentifierKind::split`]). Only solvers whose challenge type can
+    /// prove `kind` are considered ([`ChallengeKind::can_prove`]: wildcards need dns01, IP
+    /// addresses http01, webroot or tlsalpn01). Among them an exact `dns_names` match wins, then
+    /// the longest matching `dns_zones` entry, then a selector-less solver; ties go to the one
+    /// written first.
+    pub fn solver_for(&self, identifier: &str, kind: IdentifierKind) -> Option<&SolverConfig> {
         let id = identifier.trim_end_matches('.').to_ascii_lowercase();
-        let is_ip = id.parse::<IpAddr>().is_ok();
-        let full = if wildcard {
+        let full = if kind == IdentifierKind::Wildcard {
             format!("*.{id}")
         } else {
             id.clone()
         };
         let mut best: Option<((u8, usize), &SolverConfig)> = None;
         for solver in &self.solvers {
-            let dns01 = solver.kind.is_dns01();
-            if (wildcard && !dns01) || (is_ip && dns01) {
+            if !solver.kind.challenge_kind().can_prove(kind) {
                 continue;
             }
             let rank = if solver.selector.dns_names.contains(&full) {
                 (3, 0)
-            } else if let Some(len) = (!is_ip)
+            } else if let Some(len) = (kind != IdentifierKind::Ip)
                 .then(|| {
                     solver
                         .selector
@@ -472,8 +503,8 @@ output = { dir = "/etc/nginx/tls/www" }
             ("wrong type", BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = \"example.com\""), &[], "DIR/certkeeper.toml:16:11: certificate.www.domains: invalid type: string \"example.com\", expected a sequence"),
             ("unknown issuer", BASE.replace("issuer = \"le\"", "issuer = \"le2\""), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"le2\" (defined issuers: le)"),
             ("issuer list with unknown", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"zerossl\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"zerossl\" (defined issuers: le)"),
-            ("wildcard without dns01", BASE.replace("\"www.example.com\"]", "\"*.other.org\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org needs a dns01 solver: add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"),
-            ("IP with dns01 only", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"192.0.2.1\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: 192.0.2.1 is an IP address and needs an http01 or webroot solver (dns01 cannot prove IP addresses): add [[issuer.le.solver]] with http01 = {} and no selector"),
+            ("wildcard without dns01", BASE.replace("\"www.example.com\"]", "\"*.other.org\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org is a wildcard name and needs a dns01 solver (http01, webroot, tlsalpn01 cannot prove wildcards): add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"),
+            ("IP with dns01 only", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"192.0.2.1\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: 192.0.2.1 is an IP address and needs an http01, webroot or tlsalpn01 solver (dns01 cannot prove IP addresses): add [[issuer.le.solver]] with http01 = {} and no selector"),
             ("no solver covers a name", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"www.other.org\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: no solver of issuer \"le\" covers www.other.org: add a solver whose selector covers it, or one without a selector"),
             ("unreadable secret file", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_file = \"/nonexistent/eab.key\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:37: issuer.le.eab.hmac_key_file: cannot read secret file /nonexistent/eab.key: No such file or directory (os error 2) (check the path and that certkeeper's user may read it)"),
             ("missing env secret", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_env = \"CERTKEEPER_TEST_UNSET_EAB\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:36: issuer.le.eab.hmac_key_env: environment variable CERTKEEPER_TEST_UNSET_EAB is not set (or not valid UTF-8): set it in the service environment, e.g. systemd Environment= or EnvironmentFile="),
@@ -499,8 +530,17 @@ output = { dir = "/etc/nginx/tls/www" }
             ("bad key type", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nkey = \"ed25519\""), &[], "DIR/certkeeper.toml:16:7: certificate.www.key: unknown key type \"ed25519\": use one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096"),
             ("bad listen", format!("{BASE}\n[http01]\nlisten = [\"localhost:80\"]\n"), &[], "DIR/certkeeper.toml:20:11: http01.listen[0]: \"localhost:80\" is not an IP address with a port: write e.g. \"127.0.0.1:8402\" or \"[::1]:8402\""),
             ("bad domain", BASE.replace("\"www.example.com\"]", "\"www..example.com\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: \"www..example.com\" is not a DNS name: each dot-separated label must have 1 to 63 characters"),
-            ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown variant `exek`, expected one of `rfc2136`, `exec`, `powerdns`, `cloudflare`, `route53`, `acme-dns`"),
-            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: unknown field `commnd`, expected one of `command`, `args`, `timeout`"),
+            ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown provider \"exek\": use one of rfc2136, exec, powerdns, cloudflare, route53, acme-dns"),
+            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:30: issuer.le.solver[1].dns01.commnd: unknown field `commnd`, expected one of `command`, `args`, `timeout`"),
+            ("dns provider not a string", BASE.replace("provider = \"exec\"", "provider = 1"), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: must be a string naming the provider, one of rfc2136, exec, powerdns, cloudflare, route53, acme-dns"),
+            ("dns provider missing", BASE.replace("provider = \"exec\", ", ""), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no provider: set provider = \"NAME\", one of rfc2136, exec, powerdns, cloudflare, route53, acme-dns"),
+            ("dns provider wrong type", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", timeout = 5"), &[], "DIR/certkeeper.toml:12:63: issuer.le.solver[1].dns01.timeout: invalid type: integer `5`, expected a string"),
+            ("dns provider wrong type in list", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", args = [\"a\", 2]"), &[], "DIR/certkeeper.toml:12:60: issuer.le.solver[1].dns01.args[1]: invalid type: integer `2`, expected a string"),
+            ("dns provider bad duration", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", timeout = \"5x\""), &[], "DIR/certkeeper.toml:12:63: issuer.le.solver[1].dns01.timeout: invalid duration \"5x\": failed to parse input in the \"friendly\" duration format: expected to find unit designator suffix (e.g., `years` or `secs`) after parsing integer; use e.g. \"30d\", \"12h\", \"90s\", \"1d 12h\" or \"P30D\""),
+            ("dns provider missing key", BASE.replace("command = \"/bin/true\"", "args = []"), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no command given: the exec provider needs command = ..."),
+            ("dns provider secret neither file nor env", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"cloudflare\" }"), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no api_token given: set api_token_file = \"/path/to/file\" or api_token_env = \"VARIABLE\""),
+            ("dns provider bad algorithm", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"rfc2136\", server = \"127.0.0.1\", tsig_key = \"k.\", tsig_algorithm = \"hmac-md5\", tsig_secret_file = \"k.key\" }"), &[], "DIR/certkeeper.toml:12:89: issuer.le.solver[1].dns01.tsig_algorithm: \"hmac-md5\" is not supported: use hmac-sha256, hmac-sha384 or hmac-sha512"),
+            ("dns provider in an include", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("x.toml", "[issuer.x]\ndirectory = \"letsencrypt\"\n[[issuer.x.solver]]\ndns01 = { provider = \"powerdns\", api_url = \"localhost:8081\", api_key_env = \"K\" }\n")], "DIR/conf.d/x.toml:4:44: issuer.x.solver[0].dns01.api_url: \"localhost:8081\" is not an http:// or https:// URL with a host"),
             ("duplicate issuer in list", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"le\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: issuer \"le\" is listed twice: remove one"),
             ("propagation on http01", BASE.replace("http01 = {}", "http01 = {}\npropagation = { check = false }"), &[], "DIR/certkeeper.toml:9:15: issuer.le.solver[0].propagation: only applies to dns01 solvers: remove it"),
         ];
@@ -524,6 +564,15 @@ output = { dir = "/etc/nginx/tls/www" }
                 self_check: true,
                 self_check_target: Default::default(),
             },
+        }
+    }
+
+    fn tlsalpn01(zones: &[&str], names: &[&str]) -> SolverConfig {
+        SolverConfig {
+            kind: SolverKind::TlsAlpn01 {
+                listen: "127.0.0.1:8443".parse().unwrap(),
+            },
+            ..http01(zones, names)
         }
     }
 
@@ -562,8 +611,15 @@ output = { dir = "/etc/nginx/tls/www" }
                 http01(&["ip.test"], &["192.0.2.7"]),             // 6
             ],
         };
+        let kind_of = |id: &str, wildcard: bool| {
+            if wildcard {
+                IdentifierKind::Wildcard
+            } else {
+                IdentifierKind::of(id)
+            }
+        };
         let idx = |id: &str, wildcard: bool| {
-            issuer.solver_for(id, wildcard).map(|s| {
+            issuer.solver_for(id, kind_of(id, wildcard)).map(|s| {
                 issuer
                     .solvers
                     .iter()
@@ -595,12 +651,67 @@ output = { dir = "/etc/nginx/tls/www" }
             ..issuer.clone()
         };
         assert!(
-            dns_only.solver_for("192.0.2.1", false).is_none(),
+            dns_only
+                .solver_for("192.0.2.1", IdentifierKind::Ip)
+                .is_none(),
             "IP addresses never get dns01"
         );
         assert!(
-            dns_only.solver_for("x.test", true).is_some(),
+            dns_only
+                .solver_for("x.test", IdentifierKind::Wildcard)
+                .is_some(),
             "a selector-less dns01 solver takes wildcards"
+        );
+        let alpn_only = IssuerConfig {
+            solvers: vec![tlsalpn01(&[], &[])],
+            ..issuer.clone()
+        };
+        assert!(
+            alpn_only
+                .solver_for("192.0.2.1", IdentifierKind::Ip)
+                .is_some(),
+            "tls-alpn-01 proves IP addresses (RFC 8738 §6)"
+        );
+        assert!(
+            alpn_only
+                .solver_for("x.test", IdentifierKind::Wildcard)
+                .is_none(),
+            "tls-alpn-01 never proves wildcards"
+        );
+    }
+
+    #[test]
+    fn solver_kinds_follow_the_one_rule() {
+        let http = http01(&[], &[]).kind;
+        let alpn = tlsalpn01(&[], &[]).kind;
+        let dns = dns01(&[], &[], "x").kind;
+        assert_eq!(http.challenge_kind(), ChallengeKind::Http01);
+        assert_eq!(alpn.challenge_kind(), ChallengeKind::TlsAlpn01);
+        assert_eq!(dns.challenge_kind(), ChallengeKind::Dns01);
+        let webroot = SolverKind::Webroot {
+            path: "/var/www".into(),
+            self_check: true,
+            self_check_target: Default::default(),
+        };
+        assert_eq!(webroot.challenge_kind(), ChallengeKind::Http01);
+        for kind in [&http, &alpn, &dns, &webroot] {
+            assert!(
+                SOLVER_KEYS.contains(&(kind.key(), kind.challenge_kind())),
+                "{}",
+                kind.key()
+            );
+        }
+        assert_eq!(
+            SolverKind::keys_that_can_prove(IdentifierKind::Ip),
+            ["http01", "webroot", "tlsalpn01"]
+        );
+        assert_eq!(
+            SolverKind::keys_that_can_prove(IdentifierKind::Wildcard),
+            ["dns01"]
+        );
+        assert_eq!(
+            SolverKind::keys_that_can_prove(IdentifierKind::Dns),
+            ["http01", "webroot", "tlsalpn01", "dns01"]
         );
     }
 
@@ -830,6 +941,65 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
     }
 
     #[test]
+    fn relative_provider_files_resolve_against_the_file_that_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("conf.d")).unwrap();
+        let main = format!("include = [\"conf.d/*.toml\"]\n{BASE}").replace(
+            "dns01 = { provider = \"exec\", command = \"/bin/true\" }",
+            "dns01 = { provider = \"rfc2136\", server = \"127.0.0.1\", tsig_key = \"k.\", tsig_secret_file = \"keys/tsig.key\" }",
+        );
+        std::fs::write(d.join("certkeeper.toml"), main).unwrap();
+        std::fs::write(
+            d.join("conf.d/dns.toml"),
+            "[issuer.other]\ndirectory = \"letsencrypt\"\n\
+             [[issuer.other.solver]]\ndns01 = { provider = \"cloudflare\", api_token_file = \"cf.token\" }\n\
+             [[issuer.other.solver]]\ndns01 = { provider = \"exec\", command = \"hooks/dns.sh\" }\n\
+             [[issuer.other.solver]]\ndns01 = { provider = \"exec\", command = \"dns-hook\" }\n",
+        )
+        .unwrap();
+        // None of the files exist: a secret file may appear after the config is loaded.
+        let cfg = load(&d.join("certkeeper.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let provider = |issuer: &str, i: usize| match &cfg.issuers[issuer].solvers[i].kind {
+            SolverKind::Dns01 { provider, .. } => provider.clone(),
+            k => panic!("{k:?}"),
+        };
+        match provider("le", 1) {
+            DnsProviderConfig::Rfc2136(c) => {
+                assert_eq!(c.tsig_secret_file, Some(d.join("keys/tsig.key")))
+            }
+            p => panic!("{p:?}"),
+        }
+        match provider("other", 0) {
+            DnsProviderConfig::Cloudflare(c) => {
+                assert_eq!(c.api_token_file, Some(d.join("conf.d/cf.token")))
+            }
+            p => panic!("{p:?}"),
+        }
+        match provider("other", 1) {
+            DnsProviderConfig::Exec(c) => assert_eq!(c.command, d.join("conf.d/hooks/dns.sh")),
+            p => panic!("{p:?}"),
+        }
+        match provider("other", 2) {
+            DnsProviderConfig::Exec(c) => {
+                assert_eq!(
+                    c.command,
+                    PathBuf::from("dns-hook"),
+                    "a bare name is looked up in PATH"
+                )
+            }
+            p => panic!("{p:?}"),
+        }
+        // The relative key file is the one read at build time.
+        std::fs::create_dir(d.join("keys")).unwrap();
+        std::fs::write(d.join("keys/tsig.key"), "not base64 !\n").unwrap();
+        let e = provider("le", 1).build().err().unwrap().to_string();
+        assert!(e.contains("tsig_secret is not valid base64"), "{e}");
+        std::fs::write(d.join("conf.d/cf.token"), "token\n").unwrap();
+        assert!(provider("other", 0).build().is_ok());
+    }
+
+    #[test]
     fn webroot_self_check_forms() {
         let kind = |solver: &str| {
             let text = BASE.replace("http01 = {}", solver);
@@ -867,6 +1037,29 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
         assert!(
             err.contains("issuer.le.solver[0].webroot.self_check.port: 0 is not a TCP port"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn tlsalpn01_proves_ip_addresses_but_not_wildcards() {
+        let text = BASE
+            .replace("http01 = {}", "tlsalpn01 = {}")
+            .replace("\"www.example.com\"]", "\"192.0.2.1\"]");
+        let cfg = Config::from_str(&text, Path::new("/etc/certkeeper/certkeeper.toml")).unwrap();
+        let chosen = cfg.issuers["le"].solver_for("192.0.2.1", IdentifierKind::Ip);
+        assert!(
+            matches!(chosen.map(|s| &s.kind), Some(SolverKind::TlsAlpn01 { .. })),
+            "{chosen:?}"
+        );
+        let text = BASE
+            .replace("http01 = {}", "tlsalpn01 = {}")
+            .replace("\"www.example.com\"]", "\"*.other.org\"]");
+        let err = Config::from_str(&text, Path::new("/etc/certkeeper/certkeeper.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/certkeeper/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org is a wildcard name and needs a dns01 solver (http01, webroot, tlsalpn01 cannot prove wildcards): add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"
         );
     }
 

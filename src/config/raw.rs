@@ -7,10 +7,12 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
 
-use crate::challenge::dns01::providers::DnsProviderConfig;
-
 /// A spanned string.
 pub(crate) type SStr = Spanned<String>;
+
+/// A `dns01 = { provider = "...", ... }` table as written, every key and value with its place; the
+/// provider's own settings are parsed from it during validation, so errors can name the key.
+pub(crate) type RawProvider = BTreeMap<SStr, Spanned<toml::Value>>;
 
 /// The main file.
 #[derive(Debug, Deserialize)]
@@ -87,7 +89,7 @@ pub(crate) struct RawSolver {
     pub http01: Option<Spanned<RawHttp01Solver>>,
     pub webroot: Option<Spanned<RawWebroot>>,
     pub tlsalpn01: Option<Spanned<RawTlsAlpn01>>,
-    pub dns01: Option<Spanned<DnsProviderConfig>>,
+    pub dns01: Option<Spanned<RawProvider>>,
     pub propagation: Option<Spanned<RawPropagation>>,
 }
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::raw::{
-    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawSelfCheck, RawSolver, SStr,
+    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawProvider, RawSelfCheck, RawSolver,
+    SStr,
 };
 use super::source::{SourceFile, key_seg};
 use super::{
@@ -17,6 +18,8 @@ use super::{
     SolverKind, parse_duration, secret::SecretSource,
 };
 use crate::acme::KeyType;
+use crate::challenge::IdentifierKind;
+use crate::challenge::dns01::providers::{DnsProviderConfig, SettingError};
 
 /// Directory shorthands.
 const SHORTHANDS: [(&str, &str); 3] = [
@@ -50,8 +53,8 @@ impl Ctx {
     }
 
     /// Resolve a path written in `file` against that file's directory.
-    fn resolve(&self, file: usize, p: &str) -> PathBuf {
-        let p = Path::new(p);
+    fn resolve(&self, file: usize, p: impl AsRef<Path>) -> PathBuf {
+        let p = p.as_ref();
         if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -566,7 +569,7 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     if let Some(sel) = &raw.selector {
         for (i, z) in sel.dns_zones.iter().enumerate() {
             match normalize_name(z.get_ref()) {
-                Ok(Ident::Dns(n)) => selector.dns_zones.push(n),
+                Ok((IdentifierKind::Dns, n)) => selector.dns_zones.push(n),
                 Ok(_) => cx.err(
                     file,
                     &z.span(),
@@ -581,8 +584,7 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
         }
         for (i, n) in sel.dns_names.iter().enumerate() {
             match normalize_name(n.get_ref()) {
-                Ok(Ident::Dns(n)) | Ok(Ident::Ip(n)) => selector.dns_names.push(n),
-                Ok(Ident::Wildcard(base)) => selector.dns_names.push(format!("*.{base}")),
+                Ok((kind, n)) => selector.dns_names.push(written(kind, &n)),
                 Err(msg) => cx.err(file, &n.span(), format!("{p}.selector.dns_names[{i}]"), msg),
             }
         }
@@ -673,7 +675,7 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
             }
         }
         SolverKind::Dns01 {
-            provider: d.get_ref().clone(),
+            provider: dns_provider(cx, file, &format!("{p}.dns01"), d)?,
             propagation,
         }
     } else {
@@ -682,29 +684,150 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     Some(SolverConfig { selector, kind })
 }
 
-/// A normalized identifier.
-enum Ident {
-    Dns(String),
-    /// The base name of `*.base`.
-    Wildcard(String),
-    Ip(String),
+/// The `dns01` table at key `p` in `file`: the provider's settings parsed and checked (without
+/// reading secrets: a secret file that appears later is fine), and relative paths in it resolved
+/// against `file`'s directory. Problems name the key inside the table.
+fn dns_provider(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    raw: &Spanned<RawProvider>,
+) -> Option<DnsProviderConfig> {
+    let table = raw.get_ref();
+    let names = DnsProviderConfig::NAMES.join(", ");
+    let Some(name_value) = table
+        .iter()
+        .find_map(|(k, v)| (k.get_ref() == "provider").then_some(v))
+    else {
+        cx.err(
+            file,
+            &raw.span(),
+            p,
+            format!("no provider: set provider = \"NAME\", one of {names}"),
+        );
+        return None;
+    };
+    let Some(name) = name_value.get_ref().as_str() else {
+        cx.err(
+            file,
+            &name_value.span(),
+            format!("{p}.provider"),
+            format!("must be a string naming the provider, one of {names}"),
+        );
+        return None;
+    };
+    let settings: toml::Table = table
+        .iter()
+        .filter(|(k, _)| k.get_ref() != "provider")
+        .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
+        .collect();
+    // Where a problem with `key` (`timeout`, `args[1]`, "" for the table) is reported.
+    let report = |cx: &mut Ctx, e: SettingError| {
+        let head = e.key.split(['[', '.']).next().unwrap_or("");
+        let found = table.iter().find(|(k, _)| k.get_ref() == head);
+        let span = match found {
+            Some((k, _)) if e.message.starts_with("unknown field") => k.span(),
+            Some((_, v)) => v.span(),
+            None => raw.span(),
+        };
+        let key = if e.key.is_empty() {
+            p.to_string()
+        } else {
+            format!("{p}.{}", e.key)
+        };
+        let message = match e
+            .message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            Some(field) => format!("no {field} given: the {name} provider needs {field} = ..."),
+            None => e.message,
+        };
+        cx.err(file, &span, key, message);
+    };
+    let mut config = match DnsProviderConfig::from_table(name, settings) {
+        Ok(c) => c,
+        Err(e) => {
+            report(cx, e);
+            return None;
+        }
+    };
+    let problems = config.check();
+    if !problems.is_empty() {
+        for e in problems {
+            report(cx, e);
+        }
+        return None;
+    }
+    for (key, path) in config.paths_mut() {
+        // A bare exec `command` (no `/`) is looked up in PATH, as a shell would.
+        let bare_command = key == "command" && path.components().count() < 2;
+        if !path.is_absolute() && !bare_command {
+            *path = cx.resolve(file, &*path);
+        }
+    }
+    Some(config)
+}
+
+/// Why no solver of `issuer` can prove `value` (of `kind`), and what to add.
+///
+/// The solver kinds named come from [`SolverKind::keys_that_can_prove`], the same rule solver
+/// selection follows.
+fn no_solver_message(issuer: &str, kind: IdentifierKind, value: &str) -> String {
+    let keys = SolverKind::keys_that_can_prove(kind);
+    let can = match keys.as_slice() {
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+        [] => "no".to_string(),
+    };
+    let cannot: Vec<&str> = super::SOLVER_KEYS
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !keys.contains(k))
+        .collect();
+    let section = format!("[[issuer.{}.solver]]", key_seg(issuer));
+    match kind {
+        IdentifierKind::Wildcard => format!(
+            "*.{value} is a wildcard name and needs a {can} solver ({} cannot prove wildcards): add {section} with dns01 = {{...}} whose selector covers {value}",
+            cannot.join(", ")
+        ),
+        IdentifierKind::Ip => format!(
+            "{value} is an IP address and needs an {can} solver ({} cannot prove IP addresses): add {section} with http01 = {{}} and no selector",
+            cannot.join(", ")
+        ),
+        IdentifierKind::Dns => format!(
+            "no solver of issuer \"{issuer}\" covers {value}: add a solver whose selector covers it, or one without a selector"
+        ),
+    }
+}
+
+/// A name as written in the config: `*.` before the base of a wildcard.
+fn written(kind: IdentifierKind, value: &str) -> String {
+    match kind {
+        IdentifierKind::Wildcard => format!("*.{value}"),
+        IdentifierKind::Dns | IdentifierKind::Ip => value.to_string(),
+    }
 }
 
 /// Lowercase, drop a trailing dot, and check a DNS name, `*.` wildcard or IP address.
-fn normalize_name(raw: &str) -> Result<Ident, String> {
+///
+/// Returns the kind ([`IdentifierKind::split`], the one classifier) and the identifier value the
+/// CA uses: the base name of a wildcard, an IP address in canonical form.
+fn normalize_name(raw: &str) -> Result<(IdentifierKind, String), String> {
     let s = raw.trim_end_matches('.').to_ascii_lowercase();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(Ident::Ip(ip.to_string()));
+    let (kind, value) = IdentifierKind::split(&s);
+    if kind == IdentifierKind::Ip {
+        let ip: IpAddr = value
+            .parse()
+            .map_err(|_| format!("\"{raw}\" is not an IP address"))?;
+        return Ok((kind, ip.to_string()));
     }
     if !s.is_ascii() {
         return Err(format!(
             "\"{raw}\" is not ASCII: write internationalized names in their xn-- (punycode) form"
         ));
     }
-    let (wildcard, base) = match s.strip_prefix("*.") {
-        Some(b) => (true, b),
-        None => (false, s.as_str()),
-    };
+    let base = value;
     if base.is_empty() {
         return Err(format!("\"{raw}\" is not a DNS name"));
     }
@@ -731,11 +854,7 @@ fn normalize_name(raw: &str) -> Result<Ident, String> {
             ));
         }
     }
-    Ok(if wildcard {
-        Ident::Wildcard(base.to_string())
-    } else {
-        Ident::Dns(base.to_string())
-    })
+    Ok((kind, base.to_string()))
 }
 
 fn certificate(
@@ -817,10 +936,7 @@ fn certificate(
         let k = format!("{p}.domains[{i}]");
         match normalize_name(d.get_ref()) {
             Ok(ident) => {
-                let text = match &ident {
-                    Ident::Dns(n) | Ident::Ip(n) => n.clone(),
-                    Ident::Wildcard(b) => format!("*.{b}"),
-                };
+                let text = written(ident.0, &ident.1);
                 if domains.contains(&text) {
                     cx.err(
                         file,
@@ -842,29 +958,12 @@ fn certificate(
         let Some(issuer) = issuers.get(issuer_name) else {
             continue;
         };
-        for (span, k, ident) in &idents {
-            let msg = match ident {
-                Ident::Wildcard(base) => issuer.solver_for(base, true).is_none().then(|| {
-                    format!(
-                        "*.{base} needs a dns01 solver: add [[issuer.{}.solver]] with dns01 = {{...}} whose selector covers {base}",
-                        key_seg(issuer_name)
-                    )
-                }),
-                Ident::Ip(ip) => issuer.solver_for(ip, false).is_none().then(|| {
-                    format!(
-                        "{ip} is an IP address and needs an http01 or webroot solver (dns01 cannot prove IP addresses): add [[issuer.{}.solver]] with http01 = {{}} and no selector",
-                        key_seg(issuer_name)
-                    )
-                }),
-                Ident::Dns(n) => issuer.solver_for(n, false).is_none().then(|| {
-                    format!(
-                        "no solver of issuer \"{issuer_name}\" covers {n}: add a solver whose selector covers it, or one without a selector"
-                    )
-                }),
-            };
-            if let Some(msg) = msg {
-                cx.err(file, span, k.clone(), msg);
+        for (span, k, (kind, value)) in &idents {
+            if issuer.solver_for(value, *kind).is_some() {
+                continue;
             }
+            let msg = no_solver_message(issuer_name, *kind, value);
+            cx.err(file, span, k.clone(), msg);
         }
     }
 

@@ -13,7 +13,7 @@ use openssl::pkey::{PKey, Private};
 use tracing::{debug, info, warn};
 
 use crate::acme::{self, AcmeError, AuthorizationStatus, Identifier, NewOrder, OrderStatus, Poll};
-use crate::challenge::{ChallengeCtx, ChallengeKind, Solver};
+use crate::challenge::{ChallengeCtx, ChallengeKind, IdentifierKind, Solver};
 use crate::config::{CertificateConfig, IssuerConfig};
 use crate::store::{
     self, AuthzTrace, ErrorTrace, Event, InstalledPaths, OrderTrace, Snapshot, VerifiedCert,
@@ -455,8 +455,8 @@ async fn solve_one(
         }
     }
     let name = authz.identifier.value.clone();
-    let is_ip = authz.identifier.type_ == "ip";
-    let (solver, kind) = rt.solver_for(issuer, &name, authz.wildcard)?;
+    let id_kind = IdentifierKind::of_authorization(&authz.identifier.type_, authz.wildcard);
+    let (solver, kind) = rt.solver_for(issuer, &name, id_kind)?;
     let Some(challenge) = authz
         .challenges
         .iter()
@@ -471,8 +471,8 @@ async fn solve_one(
     let ctx = ChallengeCtx {
         cert_name: cert.name.clone(),
         identifier: name.clone(),
-        is_ip,
-        wildcard: authz.wildcard,
+        is_ip: id_kind == IdentifierKind::Ip,
+        wildcard: id_kind == IdentifierKind::Wildcard,
         kind,
         token: challenge.token.clone(),
         key_authorization: account.key_authorization(&challenge.token),

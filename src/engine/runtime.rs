@@ -11,7 +11,7 @@ use tracing::info;
 use crate::acme::{self, AcmeError};
 use crate::challenge::dns01::Dns01Solver;
 use crate::challenge::http01::{Http01Solver, TokenStore};
-use crate::challenge::{ChallengeKind, SolveError, Solver};
+use crate::challenge::{ChallengeKind, IdentifierKind, SolveError, Solver};
 use crate::config::{Config, IssuerConfig, SolverKind};
 use crate::store::{self, AccountStore, FileStorage, Ledger, Storage, StoreError};
 
@@ -203,23 +203,27 @@ impl Runtime {
     /// The solver the issuer configures for one identifier, built once and reused.
     ///
     /// Which solver may answer which identifier is decided by the config's one rule
-    /// ([`IssuerConfig::solver_for`]); a provider that cannot be built now (a secret file missing)
-    /// is a solver failure, retried with backoff, and built again at the next attempt.
+    /// ([`IssuerConfig::solver_for`], which follows [`ChallengeKind::can_prove`]); a provider
+    /// that cannot be built now (a secret file missing) is a solver failure, retried with backoff,
+    /// and built again at the next attempt.
     pub fn solver_for(
         &self,
         issuer: &IssuerConfig,
         name: &str,
-        wildcard: bool,
+        kind: IdentifierKind,
     ) -> Result<(Arc<dyn Solver>, ChallengeKind), IssueError> {
-        let Some(chosen) = issuer.solver_for(name, wildcard) else {
-            let what = if wildcard {
+        let Some(chosen) = issuer.solver_for(name, kind) else {
+            let what = if kind == IdentifierKind::Wildcard {
                 format!("*.{name}")
             } else {
                 name.to_string()
             };
+            let can = SolverKind::keys_that_can_prove(kind).join(", ");
             return Err(IssueError::config(format!(
-                "no solver of issuer {} can prove {what}: add a [[issuer.{}.solver]] whose selector covers it",
-                issuer.name, issuer.name
+                "no solver of issuer {} can prove the {} {what}: add a [[issuer.{}.solver]] of a kind that can ({can}) whose selector covers it",
+                issuer.name,
+                kind.describe(),
+                issuer.name
             )));
         };
         let index = issuer
@@ -300,6 +304,39 @@ pub fn decode_eab_key(text: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A provider secret file missing at issuance is a solver failure (retried with backoff), not a
+    /// config error, and the solver is built once the file is there.
+    #[test]
+    fn missing_provider_secret_is_a_retryable_solver_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let text = format!(
+            "state_dir = {state:?}\n\
+             [issuer.le]\ndirectory = \"https://127.0.0.1:14000/dir\"\n\
+             [[issuer.le.solver]]\ndns01 = {{ provider = \"cloudflare\", api_token_file = \"cf.token\" }}\n\
+             [certificate.www]\ndomains = [\"*.example.com\"]\noutput = {{ dir = {out:?} }}\n",
+            state = d.join("state").display().to_string(),
+            out = d.join("out").display().to_string(),
+        );
+        let cfg = Config::from_str(&text, &d.join("certkeeper.toml")).unwrap();
+        let rt = Runtime::new(Arc::new(cfg.clone()), TokenStore::default()).unwrap();
+        let issuer = &cfg.issuers["le"];
+        let err = rt
+            .solver_for(issuer, "example.com", IdentifierKind::Wildcard)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err.cause(), super::super::error::Cause::Solver(e) if e.retryable),
+            "{err}"
+        );
+        assert!(err.to_string().contains("cf.token"), "{err}");
+        std::fs::write(d.join("cf.token"), "t\n").unwrap();
+        let (_, kind) = rt
+            .solver_for(issuer, "example.com", IdentifierKind::Wildcard)
+            .unwrap();
+        assert_eq!(kind, ChallengeKind::Dns01);
+    }
 
     #[test]
     fn eab_keys_decode_in_every_form_people_paste() {

@@ -219,9 +219,11 @@ impl Solver for Dns01Solver {
     }
 
     async fn present(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
-        if ch.is_ip {
+        // Solver selection never picks dns-01 for an IP address; this guards direct callers.
+        if !ChallengeKind::Dns01.can_prove(ch.identifier_kind()) {
             return Err(SolveError::permanent(format!(
-                "dns-01 cannot validate IP address {}; use http-01 for IP identifiers",
+                "dns-01 cannot prove the {} {}; use http-01 or tls-alpn-01 for it",
+                ch.identifier_kind().describe(),
                 ch.identifier
             )));
         }

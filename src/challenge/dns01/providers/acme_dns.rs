@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{base, http_client, status_error, transport_error};
+use super::{
+    SettingError, base, check_non_empty, check_secret_keys, check_url, http_client, status_error,
+    transport_error,
+};
 use crate::challenge::dns01::{
     DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, load_secret,
 };
@@ -32,6 +35,22 @@ pub struct AcmeDnsConfig {
     pub subdomain: String,
 }
 
+impl AcmeDnsConfig {
+    /// Problems with the settings, found without reading the password or using the network.
+    pub fn check(&self) -> Vec<SettingError> {
+        let mut out = Vec::new();
+        out.extend(check_url("api_url", &self.api_url));
+        out.extend(check_non_empty("username", &self.username));
+        out.extend(check_secret_keys(
+            "password",
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        ));
+        out.extend(check_non_empty("subdomain", &self.subdomain));
+        out
+    }
+}
+
 /// The acme-dns provider.
 #[derive(Debug)]
 pub struct AcmeDns {
@@ -45,6 +64,7 @@ pub struct AcmeDns {
 impl AcmeDns {
     /// Validate the config and read the password.
     pub fn new(cfg: &AcmeDnsConfig) -> Result<Self, ProviderError> {
+        SettingError::into_result(NAME, cfg.check())?;
         let password = load_secret(
             NAME,
             "password",

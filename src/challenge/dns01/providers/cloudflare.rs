@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{base, http_client, status_error, transport_error};
+use super::{
+    SettingError, base, check_secret_keys, check_url, http_client, status_error, transport_error,
+};
 use crate::challenge::dns01::{
     DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, fqdn, load_secret,
 };
@@ -27,6 +29,20 @@ pub struct CloudflareConfig {
 
 fn default_base_url() -> String {
     "https://api.cloudflare.com/client/v4".to_string()
+}
+
+impl CloudflareConfig {
+    /// Problems with the settings, found without reading the token or using the network.
+    pub fn check(&self) -> Vec<SettingError> {
+        let mut out = Vec::new();
+        out.extend(check_secret_keys(
+            "api_token",
+            self.api_token_file.as_deref(),
+            self.api_token_env.as_deref(),
+        ));
+        out.extend(check_url("base_url", &self.base_url));
+        out
+    }
 }
 
 /// The Cloudflare provider.
@@ -53,6 +69,7 @@ struct WithId {
 impl Cloudflare {
     /// Validate the config and read the token.
     pub fn new(cfg: &CloudflareConfig) -> Result<Self, ProviderError> {
+        SettingError::into_result(NAME, cfg.check())?;
         let token = load_secret(
             NAME,
             "api_token",

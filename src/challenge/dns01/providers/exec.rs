@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::process::Command;
 
+use super::SettingError;
 use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, TxtRecord};
 use crate::config::parse_duration;
 
@@ -39,6 +40,25 @@ pub struct ExecConfig {
     pub timeout: Option<String>,
 }
 
+impl ExecConfig {
+    /// Problems with the settings, found without running anything.
+    pub fn check(&self) -> Vec<SettingError> {
+        let mut out = Vec::new();
+        if self.command.as_os_str().is_empty() {
+            out.push(SettingError::new(
+                "command",
+                "is empty: give the program to run, e.g. \"/usr/local/bin/dns-hook\"",
+            ));
+        }
+        if let Some(t) = &self.timeout
+            && let Err(message) = parse_duration(t)
+        {
+            out.push(SettingError::new("timeout", message));
+        }
+        out
+    }
+}
+
 /// The exec provider.
 #[derive(Debug)]
 pub struct Exec {
@@ -50,6 +70,7 @@ pub struct Exec {
 impl Exec {
     /// Validate the config.
     pub fn new(cfg: &ExecConfig) -> Result<Self, ProviderError> {
+        SettingError::into_result(NAME, cfg.check())?;
         let timeout = match &cfg.timeout {
             Some(t) => parse_duration(t).map_err(|message| ProviderError::Config {
                 provider: NAME,
@@ -57,12 +78,6 @@ impl Exec {
             })?,
             None => Duration::from_secs(60),
         };
-        if cfg.command.as_os_str().is_empty() {
-            return Err(ProviderError::Config {
-                provider: NAME,
-                message: "command is empty".into(),
-            });
-        }
         Ok(Self {
             command: cfg.command.clone(),
             args: cfg.args.clone(),

@@ -36,7 +36,191 @@ pub enum DnsProviderConfig {
     AcmeDns(acme_dns::AcmeDnsConfig),
 }
 
+/// One problem with a provider's settings, found without reading secrets or using the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingError {
+    /// The key inside the `dns01` table (`timeout`, `args[0]`); empty for the table itself.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl SettingError {
+    /// A problem with `key` (empty: the whole table).
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The problems as one [`ProviderError::Config`] (for [`DnsProviderConfig::build`] callers that
+    /// skipped the config loader), or `Ok` when there are none.
+    pub(crate) fn into_result(
+        provider: &'static str,
+        problems: Vec<SettingError>,
+    ) -> Result<(), ProviderError> {
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let message = problems
+            .iter()
+            .map(|p| match p.key.as_str() {
+                "" => p.message.clone(),
+                k => format!("{k}: {}", p.message),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(ProviderError::Config { provider, message })
+    }
+}
+
+/// `<key>_file` / `<key>_env`: exactly one must be set (the secret itself is read at build time, so
+/// a file that appears later is not a config error).
+pub(crate) fn check_secret_keys(
+    key: &str,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Option<SettingError> {
+    crate::config::SecretSource::from_keys(key, file, env)
+        .err()
+        .map(|e| SettingError::new("", e.to_string()))
+}
+
+/// A base URL: `http://` or `https://` with a host.
+pub(crate) fn check_url(key: &str, url: &str) -> Option<SettingError> {
+    let ok = reqwest::Url::parse(url).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    (!ok).then(|| {
+        SettingError::new(
+            key,
+            format!("{url:?} is not an http:// or https:// URL with a host"),
+        )
+    })
+}
+
+/// A value that must not be empty.
+pub(crate) fn check_non_empty(key: &str, value: &str) -> Option<SettingError> {
+    value
+        .trim()
+        .is_empty()
+        .then(|| SettingError::new(key, "is empty: give a value"))
+}
+
+/// Deserialize one provider's settings, keeping the key path of a type error.
+fn settings<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, SettingError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let message = e.inner().message().trim().to_string();
+        // An unknown key is named by the message, not by the path.
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string);
+        let path = e.path().to_string();
+        let key = unknown.unwrap_or(if path == "." { String::new() } else { path });
+        SettingError::new(key, message)
+    })
+}
+
 impl DnsProviderConfig {
+    /// The provider names, as written in `provider = "..."` (the serde tags of the variants).
+    pub const NAMES: [&'static str; 6] = [
+        "rfc2136",
+        "exec",
+        "powerdns",
+        "cloudflare",
+        "route53",
+        "acme-dns",
+    ];
+
+    /// Parse the settings of provider `name`: `table` is the `dns01` table without its `provider`
+    /// key. Unknown keys, missing keys and wrong types are errors naming the key.
+    pub fn from_table(name: &str, table: toml::Table) -> Result<Self, SettingError> {
+        Ok(match name {
+            "rfc2136" => Self::Rfc2136(settings(table)?),
+            "exec" => Self::Exec(settings(table)?),
+            "powerdns" => Self::Powerdns(settings(table)?),
+            "cloudflare" => Self::Cloudflare(settings(table)?),
+            "route53" => Self::Route53(settings(table)?),
+            "acme-dns" => Self::AcmeDns(settings(table)?),
+            other => {
+                return Err(SettingError::new(
+                    "provider",
+                    format!(
+                        "unknown provider {other:?}: use one of {}",
+                        Self::NAMES.join(", ")
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// The provider's name, as written in `provider = "..."`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Rfc2136(_) => "rfc2136",
+            Self::Exec(_) => "exec",
+            Self::Powerdns(_) => "powerdns",
+            Self::Cloudflare(_) => "cloudflare",
+            Self::Route53(_) => "route53",
+            Self::AcmeDns(_) => "acme-dns",
+        }
+    }
+
+    /// Every problem with the settings that can be found without reading secrets or using the
+    /// network: bad durations, algorithms, names and URLs, a secret given neither or twice. The
+    /// config loader reports these with the file and line; [`DnsProviderConfig::build`] runs the
+    /// same checks.
+    pub fn check(&self) -> Vec<SettingError> {
+        match self {
+            Self::Rfc2136(c) => c.check(),
+            Self::Exec(c) => c.check(),
+            Self::Powerdns(c) => c.check(),
+            Self::Cloudflare(c) => c.check(),
+            Self::Route53(c) => c.check(),
+            Self::AcmeDns(c) => c.check(),
+        }
+    }
+
+    /// The file paths in the settings, with their keys (`tsig_secret_file`, `api_key_file`, the exec
+    /// `command`), for the loader to resolve relative ones against the config file's directory.
+    pub fn paths_mut(&mut self) -> Vec<(&'static str, &mut std::path::PathBuf)> {
+        match self {
+            Self::Rfc2136(c) => c
+                .tsig_secret_file
+                .as_mut()
+                .map(|p| ("tsig_secret_file", p))
+                .into_iter()
+                .collect(),
+            Self::Exec(c) => vec![("command", &mut c.command)],
+            Self::Powerdns(c) => c
+                .api_key_file
+                .as_mut()
+                .map(|p| ("api_key_file", p))
+                .into_iter()
+                .collect(),
+            Self::Cloudflare(c) => c
+                .api_token_file
+                .as_mut()
+                .map(|p| ("api_token_file", p))
+                .into_iter()
+                .collect(),
+            Self::Route53(c) => c
+                .secret_access_key_file
+                .as_mut()
+                .map(|p| ("secret_access_key_file", p))
+                .into_iter()
+                .collect(),
+            Self::AcmeDns(c) => c
+                .password_file
+                .as_mut()
+                .map(|p| ("password_file", p))
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// Build the provider: validate settings and read secrets.
     pub fn build(&self) -> Result<Arc<dyn DnsProvider>, ProviderError> {
         Ok(match self {
@@ -125,10 +309,106 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope"), "{e}");
+        // The loader's per-provider parse knows the same names as the serde tag.
+        for name in DnsProviderConfig::NAMES {
+            let tagged = toml::from_str::<DnsProviderConfig>(&format!("provider = {name:?}"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!tagged.contains("unknown variant"), "{name}: {tagged}");
+            let e = DnsProviderConfig::from_table(name, toml::Table::new()).err();
+            assert!(
+                e.as_ref().is_none_or(|e| e.key != "provider"),
+                "{name}: {e:?}"
+            );
+        }
         // A secret given inline is not accepted.
         assert!(
             toml::from_str::<DnsProviderConfig>("provider = \"cloudflare\"\napi_token = \"t\"")
                 .is_err()
+        );
+    }
+
+    fn parse(text: &str) -> Result<DnsProviderConfig, SettingError> {
+        let mut table: toml::Table = toml::from_str(text).unwrap();
+        let name = table.remove("provider").unwrap();
+        DnsProviderConfig::from_table(name.as_str().unwrap(), table)
+    }
+
+    #[test]
+    fn settings_errors_name_the_key() {
+        let e = parse("provider = \"exec\"\ncommand = \"/bin/true\"\ncomand = \"x\"").unwrap_err();
+        assert_eq!(e.key, "comand");
+        assert!(e.message.starts_with("unknown field `comand`"), "{e:?}");
+        let e = parse("provider = \"exec\"\ncommand = \"/bin/true\"\ntimeout = 5").unwrap_err();
+        assert_eq!(e.key, "timeout");
+        assert!(e.message.contains("invalid type: integer `5`"), "{e:?}");
+        let e =
+            parse("provider = \"exec\"\ncommand = \"/bin/true\"\nargs = [\"a\", 2]").unwrap_err();
+        assert_eq!(e.key, "args[1]");
+        let e = parse("provider = \"exec\"\ntimeout = \"5s\"").unwrap_err();
+        assert_eq!(e, SettingError::new("", "missing field `command`"));
+        let e = parse("provider = \"nope\"").unwrap_err();
+        assert_eq!(e.key, "provider");
+        assert!(e.message.contains("rfc2136, exec, powerdns"), "{e:?}");
+    }
+
+    #[test]
+    fn checks_find_what_build_would_reject_without_secrets() {
+        let problems = |text: &str| {
+            parse(text)
+                .unwrap()
+                .check()
+                .into_iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            problems("provider = \"exec\"\ncommand = \"/bin/true\""),
+            Vec::<String>::new()
+        );
+        let got = problems("provider = \"exec\"\ncommand = \"\"\ntimeout = \"5x\"");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].starts_with("command: is empty"), "{got:?}");
+        assert!(
+            got[1].starts_with("timeout: invalid duration \"5x\""),
+            "{got:?}"
+        );
+        let got = problems(
+            "provider = \"rfc2136\"\nserver = \"127.0.0.1\"\ntsig_key = \"k.\"\ntsig_algorithm = \"hmac-md5\"",
+        );
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].starts_with("tsig_algorithm: \"hmac-md5\" is not supported"),
+            "{got:?}"
+        );
+        assert_eq!(
+            got[1],
+            ": no tsig_secret given: set tsig_secret_file = \"/path/to/file\" or tsig_secret_env = \"VARIABLE\""
+        );
+        // A secret file that does not exist yet is not a settings problem: it is read at build time.
+        assert_eq!(
+            problems("provider = \"cloudflare\"\napi_token_file = \"/nonexistent/cf.token\""),
+            Vec::<String>::new()
+        );
+        let got = problems(
+            "provider = \"cloudflare\"\napi_token_file = \"/x\"\napi_token_env = \"Y\"\nbase_url = \"api.example\"",
+        );
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].starts_with(": both api_token_file and api_token_env"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("base_url: \"api.example\" is not an http"),
+            "{got:?}"
+        );
+        // build() runs the same checks.
+        let cfg = parse("provider = \"exec\"\ncommand = \"/bin/true\"\ntimeout = \"5x\"").unwrap();
+        let e = cfg.build().err().unwrap().to_string();
+        assert!(
+            e.starts_with("dns01 provider exec: timeout: invalid duration"),
+            "{e}"
         );
     }
 }

@@ -10,7 +10,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use super::{base, http_client, status_error, transport_error};
+use super::{
+    SettingError, base, check_non_empty, check_secret_keys, check_url, http_client, status_error,
+    transport_error,
+};
 use crate::challenge::dns01::{
     DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, fqdn, load_secret,
 };
@@ -36,6 +39,21 @@ pub struct PowerdnsConfig {
 
 fn default_server_id() -> String {
     "localhost".to_string()
+}
+
+impl PowerdnsConfig {
+    /// Problems with the settings, found without reading the key or using the network.
+    pub fn check(&self) -> Vec<SettingError> {
+        let mut out = Vec::new();
+        out.extend(check_url("api_url", &self.api_url));
+        out.extend(check_non_empty("server_id", &self.server_id));
+        out.extend(check_secret_keys(
+            "api_key",
+            self.api_key_file.as_deref(),
+            self.api_key_env.as_deref(),
+        ));
+        out
+    }
 }
 
 /// The PowerDNS provider.
@@ -73,6 +91,7 @@ struct Rec {
 impl Powerdns {
     /// Validate the config and read the API key.
     pub fn new(cfg: &PowerdnsConfig) -> Result<Self, ProviderError> {
+        SettingError::into_result(NAME, cfg.check())?;
         let key = load_secret(
             NAME,
             "api_key",

@@ -14,6 +14,7 @@ use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
 use hickory_proto::rr::{RData, Record, TSigner};
 use serde::Deserialize;
 
+use super::{SettingError, check_secret_keys};
 use crate::challenge::dns01::zone::parse_name;
 use crate::challenge::dns01::{DnsProvider, ProviderError, RecordHandle, TxtRecord, load_secret};
 
@@ -45,6 +46,63 @@ fn default_algorithm() -> String {
     "hmac-sha256".to_string()
 }
 
+/// The TSIG algorithm named by `tsig_algorithm`, if supported.
+fn algorithm(name: &str) -> Option<TsigAlgorithm> {
+    match name.to_ascii_lowercase().trim_end_matches('.') {
+        "hmac-sha256" => Some(TsigAlgorithm::HmacSha256),
+        "hmac-sha384" => Some(TsigAlgorithm::HmacSha384),
+        "hmac-sha512" => Some(TsigAlgorithm::HmacSha512),
+        _ => None,
+    }
+}
+
+impl Rfc2136Config {
+    /// Problems with the settings, found without reading the secret or using the network.
+    pub fn check(&self) -> Vec<SettingError> {
+        let mut out = Vec::new();
+        if self.server.trim().is_empty() {
+            out.push(SettingError::new(
+                "server",
+                "is empty: set it to the primary's \"ip:port\"",
+            ));
+        }
+        if algorithm(&self.tsig_algorithm).is_none() {
+            out.push(SettingError::new(
+                "tsig_algorithm",
+                format!(
+                    "{:?} is not supported: use hmac-sha256, hmac-sha384 or hmac-sha512",
+                    self.tsig_algorithm
+                ),
+            ));
+        }
+        match &self.tsig_key {
+            Some(key) => {
+                if let Err(e) = parse_name(key) {
+                    out.push(SettingError::new("tsig_key", e.to_string()));
+                }
+                out.extend(check_secret_keys(
+                    "tsig_secret",
+                    self.tsig_secret_file.as_deref(),
+                    self.tsig_secret_env.as_deref(),
+                ));
+            }
+            None if self.tsig_secret_file.is_some() || self.tsig_secret_env.is_some() => {
+                out.push(SettingError::new(
+                    "tsig_key",
+                    "is not set, but a TSIG secret is: set tsig_key to the key's name as the server knows it (e.g. \"certkeeper.\"), or remove the secret for unsigned updates",
+                ));
+            }
+            None => {}
+        }
+        if let Some(zone) = &self.zone
+            && let Err(e) = parse_name(zone)
+        {
+            out.push(SettingError::new("zone", e.to_string()));
+        }
+        out
+    }
+}
+
 /// The RFC 2136 provider.
 pub struct Rfc2136 {
     server: String,
@@ -55,6 +113,7 @@ pub struct Rfc2136 {
 impl Rfc2136 {
     /// Validate the config and load the TSIG secret.
     pub fn new(cfg: &Rfc2136Config) -> Result<Self, ProviderError> {
+        SettingError::into_result(NAME, cfg.check())?;
         let cfg_err = |message: String| ProviderError::Config {
             provider: NAME,
             message,
@@ -62,20 +121,8 @@ impl Rfc2136 {
         let signer = match &cfg.tsig_key {
             None => None,
             Some(key) => {
-                let algorithm = match cfg
-                    .tsig_algorithm
-                    .to_ascii_lowercase()
-                    .trim_end_matches('.')
-                {
-                    "hmac-sha256" => TsigAlgorithm::HmacSha256,
-                    "hmac-sha384" => TsigAlgorithm::HmacSha384,
-                    "hmac-sha512" => TsigAlgorithm::HmacSha512,
-                    other => {
-                        return Err(cfg_err(format!(
-                            "tsig_algorithm {other:?} is not supported; use hmac-sha256, hmac-sha384 or hmac-sha512"
-                        )));
-                    }
-                };
+                let algorithm = algorithm(&cfg.tsig_algorithm)
+                    .ok_or_else(|| cfg_err("tsig_algorithm is not supported".into()))?;
                 let secret = load_secret(
                     NAME,
                     "tsig_secret",
@@ -93,11 +140,6 @@ impl Rfc2136 {
                 )
             }
         };
-        if cfg.server.trim().is_empty() {
-            return Err(cfg_err(
-                "server is empty; set it to the primary's \"ip:port\"".into(),
-            ));
-        }
         Ok(Self {
             server: cfg.server.trim().to_string(),
             signer,

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::{base, http_client, sigv4, status_error, transport_error};
+use super::{
+    SettingError, base, check_non_empty, check_secret_keys, check_url, http_client, sigv4,
+    status_error, transport_error,
+};
 use crate::challenge::dns01::{
     DnsProvider, ProviderError, RecordHandle, Secret, TxtRecord, fqdn, load_secret,
 };
@@ -46,6 +49,22 @@ fn default_region() -> String {
     "us-east-1".to_string()
 }
 
+impl Route53Config {
+    /// Problems with the settings, found without reading the secret or using the network.
+    pub fn check(&self) -> Vec<SettingError> {
+        let mut out = Vec::new();
+        out.extend(check_non_empty("access_key_id", &self.access_key_id));
+        out.extend(check_secret_keys(
+            "secret_access_key",
+            self.secret_access_key_file.as_deref(),
+            self.secret_access_key_env.as_deref(),
+        ));
+        out.extend(check_url("base_url", &self.base_url));
+        out.extend(check_non_empty("region", &self.region));
+        out
+    }
+}
+
 /// The Route 53 provider.
 #[derive(Debug)]
 pub struct Route53 {
@@ -63,6 +82,7 @@ pub struct Route53 {
 impl Route53 {
     /// Validate the config and read the secret key.
     pub fn new(cfg: &Route53Config) -> Result<Self, ProviderError> {
+        SettingError::into_result(NAME, cfg.check())?;
         let secret = load_secret(
             NAME,
             "secret_access_key",
