@@ -545,11 +545,11 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     }
     if kinds.len() != 1 {
         let msg = if kinds.is_empty() {
-            "no solver kind: set exactly one of http01 = {}, webroot = { path = \"...\" }, dns01 = { provider = \"...\" }"
+            "no solver kind: set exactly one of http01 = {}, webroot = { path = \"...\" }, tlsalpn01 = {}, dns01 = { provider = \"...\" }"
                 .to_string()
         } else {
             format!(
-                "set exactly one of http01, webroot, dns01 per solver, found {}: split them into separate [[...solver]] tables",
+                "set exactly one of http01, webroot, tlsalpn01, dns01 per solver, found {}: split them into separate [[...solver]] tables",
                 kinds.join(" and ")
             )
         };
