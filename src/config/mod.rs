@@ -482,7 +482,8 @@ output = { dir = "/etc/nginx/tls/www" }
                 owner: None,
                 group: None,
                 key_mode: 0o600,
-                cert_mode: 0o644
+                cert_mode: 0o644,
+                allow_shared_dir: false,
             }
         );
         assert_eq!(cfg.files.len(), 1);
@@ -499,7 +500,7 @@ output = { dir = "/etc/nginx/tls/www" }
             ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `solver`"),
             ("unknown solver key", BASE.replace("http01 = {}", "http01 = { self_chek = true }"), &[], "DIR/certkeeper.toml:8:12: issuer.le.solver[0].http01.self_chek: unknown field `self_chek`, expected `self_check`"),
             ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`"),
-            ("unknown output key", BASE.replace("tls/www\" }", "tls/www\", mode = \"0640\" }"), &[], "DIR/certkeeper.toml:17:40: certificate.www.output.mode: unknown field `mode`, expected one of `dir`, `owner`, `group`, `key_mode`, `cert_mode`"),
+            ("unknown output key", BASE.replace("tls/www\" }", "tls/www\", mode = \"0640\" }"), &[], "DIR/certkeeper.toml:17:40: certificate.www.output.mode: unknown field `mode`, expected one of `dir`, `owner`, `group`, `key_mode`, `cert_mode`, `allow_shared_dir`"),
             ("wrong type", BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = \"example.com\""), &[], "DIR/certkeeper.toml:16:11: certificate.www.domains: invalid type: string \"example.com\", expected a sequence"),
             ("unknown issuer", BASE.replace("issuer = \"le\"", "issuer = \"le2\""), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"le2\" (defined issuers: le)"),
             ("issuer list with unknown", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"zerossl\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"zerossl\" (defined issuers: le)"),
@@ -516,6 +517,7 @@ output = { dir = "/etc/nginx/tls/www" }
             ("include with top-level key", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("x.toml", "state_dir = \"/x\"\n")], "DIR/conf.d/x.toml:1:1: state_dir: unknown field `state_dir`, expected `issuer` or `certificate` (included files may only define issuer.* and certificate.*)"),
             ("include of missing file", format!("include = [\"conf.d/none.toml\"]\n{BASE}"), &[], "DIR/certkeeper.toml:1:12: include[0]: DIR/conf.d/none.toml: No such file or directory (os error 2)"),
             ("bad mode", BASE.replace("tls/www\" }", "tls/www\", key_mode = \"0988\" }"), &[], "DIR/certkeeper.toml:17:51: certificate.www.output.key_mode: \"0988\" is not an octal file mode: write e.g. \"0640\""),
+            ("key readable by all", BASE.replace("tls/www\" }", "tls/www\", key_mode = \"0644\" }"), &[], "DIR/certkeeper.toml:17:51: certificate.www.output.key_mode: 0644 lets more than the owner and the group read or change the private key: use \"0600\", or \"0640\" with output.group for a web server that reads it as a group member"),
             ("decimal mode", BASE.replace("tls/www\" }", "tls/www\", key_mode = 640 }"), &[], "DIR/certkeeper.toml:17:51: certificate.www.output.key_mode: 640 is a decimal number: write the mode as an octal string, e.g. \"0640\""),
             ("bad duration", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nrenew_before = \"30x\""), &[], "DIR/certkeeper.toml:16:16: certificate.www.renew_before: invalid duration \"30x\": failed to parse input in the \"friendly\" duration format: expected to find unit designator suffix (e.g., `years` or `secs`) after parsing integer; use e.g. \"30d\", \"12h\", \"90s\", \"1d 12h\" or \"P30D\""),
             ("bad hook timeout", format!("{BASE}\n[daemon]\nhook_timeout = \"-5s\"\n"), &[], "DIR/certkeeper.toml:20:16: daemon.hook_timeout: invalid duration \"-5s\": must be greater than zero; use e.g. \"30d\", \"12h\", \"90s\", \"1d 12h\" or \"P30D\""),
@@ -890,7 +892,8 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
                 owner: Some("root".into()),
                 group: Some("www-data".into()),
                 key_mode: 0o640,
-                cert_mode: 0o444
+                cert_mode: 0o444,
+                allow_shared_dir: false,
             }
         );
         assert_eq!(www.reload.len(), 2);

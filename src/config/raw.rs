@@ -190,6 +190,7 @@ pub(crate) struct RawOutput {
     pub group: Option<SStr>,
     pub key_mode: Option<Spanned<Mode>>,
     pub cert_mode: Option<Spanned<Mode>>,
+    pub allow_shared_dir: Option<bool>,
 }
 
 fn empty_spanned_list() -> Spanned<Vec<SStr>> {

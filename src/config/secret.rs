@@ -124,6 +124,7 @@ impl SecretSource {
                     path: path.clone(),
                     source,
                 })?;
+                warn_if_others_can_read(path);
                 let value = text
                     .strip_suffix("\r\n")
                     .or_else(|| text.strip_suffix('\n'))
@@ -147,6 +148,26 @@ impl SecretSource {
             }
         }
     }
+}
+
+/// Log a warning naming the file and the fix when every user on the host can read the secret
+/// file at `path` (group-readable is fine: `root:certkeeper 0640` is the recommended setup).
+pub fn warn_if_others_can_read(path: &Path) {
+    if let Some(mode) = world_readable(path) {
+        tracing::warn!(
+            file = %path.display(),
+            mode = %format!("{mode:04o}"),
+            "secret file is readable by every user on this host; run `chmod o-rwx {}` (e.g. root:certkeeper 0640)",
+            path.display()
+        );
+    }
+}
+
+/// The mode of the file at `path` when every user can read it.
+fn world_readable(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o004 != 0).then_some(mode)
 }
 
 /// Read a secret given as `<key>_file` or `<key>_env` (exactly one of them).
@@ -178,6 +199,23 @@ mod tests {
         let dbg = format!("{:?}", Holder { key: s.clone() });
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert_eq!(s.expose(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn world_readable_secret_files_are_noticed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, "abc").unwrap();
+        for (mode, seen) in [
+            (0o644, Some(0o644)),
+            (0o640, None),
+            (0o600, None),
+            (0o604, Some(0o604)),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(world_readable(&path), seen, "{mode:o}");
+        }
     }
 
     #[test]

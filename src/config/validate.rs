@@ -1027,6 +1027,18 @@ fn certificate(
         &format!("{p}.output.cert_mode"),
         super::DEFAULT_CERT_MODE,
     );
+    if let (Some(m), Some(spanned)) = (key_mode, out.key_mode.as_ref())
+        && m & !0o640 != 0
+    {
+        cx.err(
+            file,
+            &spanned.span(),
+            format!("{p}.output.key_mode"),
+            format!(
+                "{m:04o} lets more than the owner and the group read or change the private key: use \"0600\", or \"0640\" with output.group for a web server that reads it as a group member"
+            ),
+        );
+    }
     for (field, v) in [("owner", &out.owner), ("group", &out.group)] {
         if let Some(v) = v
             && v.get_ref().trim().is_empty()
@@ -1058,6 +1070,7 @@ fn certificate(
             group: out.group.as_ref().map(|v| v.get_ref().clone()),
             key_mode: key_mode?,
             cert_mode: cert_mode?,
+            allow_shared_dir: out.allow_shared_dir.unwrap_or(false),
         },
         reload,
     })

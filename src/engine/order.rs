@@ -349,6 +349,9 @@ fn install(
             issuer: issuer.name.clone(),
             fingerprint: fingerprint(cert),
             ari_cert_id: ari_cert_id.clone(),
+            key_fingerprint: PKey::private_key_from_pem(&key_pem)
+                .ok()
+                .and_then(|k| store::key_fingerprint(&k)),
             at: jiff::Timestamp::now(),
         },
     )?;
@@ -361,8 +364,9 @@ fn install(
     })
 }
 
-/// The private key for a new order: the live key again when `key_reuse` is set and its type still
-/// matches, otherwise a fresh one from the OS RNG.
+/// The private key for a new order: the live key again when `key_reuse` is set, its type still
+/// matches and it is the key certkeeper generated for this certificate (its fingerprint is in the
+/// ledger), otherwise a fresh one from the OS RNG.
 fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>, IssueError> {
     if cert.key_reuse {
         let snap = rt.ledger.snapshot(&cert.name, &cert.output);
@@ -371,7 +375,12 @@ fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>,
             && let Ok(key) = PKey::private_key_from_pem(&live.key_pem)
             && acme::KeyType::of(&key) == Some(cert.key)
         {
-            return Ok(key);
+            let ours = snap.state.key_fingerprint.is_some()
+                && store::key_fingerprint(&key) == snap.state.key_fingerprint;
+            if ours {
+                return Ok(key);
+            }
+            warn!(cert = %cert.name, dir = %cert.output.dir.display(), "key_reuse: the installed key is not the one certkeeper generated for this certificate (imported or replaced by hand); using a new key");
         }
     }
     cert.key

@@ -34,6 +34,8 @@ pub struct OutputSpec {
     pub key_mode: u32,
     /// Mode of the certificate files, e.g. `0o644`.
     pub cert_mode: u32,
+    /// Write into an output directory that others can write too (`output.allow_shared_dir`).
+    pub allow_shared_dir: bool,
 }
 
 /// The stable (symlink) paths of an installed certificate, as servers should reference them.
@@ -146,7 +148,7 @@ pub fn install(
     }
     let ids = resolve_ids(spec)?;
     let dir = &spec.dir;
-    fs::create_dir_all(dir).map_err(|e| StoreError::io("creating output directory", dir, e))?;
+    prepare_output_dir(spec, &ids)?;
     clean_staging(dir);
 
     let unix = jiff::Timestamp::now().as_second();
@@ -167,6 +169,66 @@ pub fn install(
     prune(dir, &version_name);
     tracing::info!(dir = %dir.display(), serial = %info.serial_hex, version = %version_name, "installed certificate");
     Ok(InstalledPaths::new(dir, version_dir))
+}
+
+/// Create the output directory when missing (with `group`: owned by that group, mode 0750, so the
+/// group can reach a 0640 key; else 0755 for the certificates), or check an existing one: refused
+/// when a user other than certkeeper and root can write to it, unless `allow_shared_dir`.
+fn prepare_output_dir(spec: &OutputSpec, ids: &Ids) -> Result<(), StoreError> {
+    let dir = &spec.dir;
+    if dir.symlink_metadata().is_err() {
+        fs::create_dir_all(dir).map_err(|e| StoreError::io("creating output directory", dir, e))?;
+        if let Some(gid) = ids.gid {
+            std::os::unix::fs::chown(dir, None, Some(gid.as_raw()))
+                .map_err(|e| StoreError::io("changing the group of", dir, e))?;
+        }
+        let mode = if ids.gid.is_some() { 0o750 } else { 0o755 };
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .map_err(|e| StoreError::io("setting permissions of", dir, e))?;
+        return Ok(());
+    }
+    if spec.allow_shared_dir {
+        return Ok(());
+    }
+    let meta = fs::metadata(dir).map_err(|e| StoreError::io("reading", dir, e))?;
+    match others_can_write(&meta, ids) {
+        Some(who) => Err(StoreError::SharedDir {
+            dir: dir.clone(),
+            who,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Who other than certkeeper's user, the configured owner and root can write a directory with
+/// `meta`, in words; `None` when nobody.
+fn others_can_write(meta: &fs::Metadata, ids: &Ids) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = nix::unistd::geteuid().as_raw();
+    let trusted_uid =
+        |uid: u32| uid == 0 || uid == me || ids.uid.is_some_and(|u| u.as_raw() == uid);
+    let mode = meta.mode();
+    if mode & 0o002 != 0 {
+        return Some("every user".to_string());
+    }
+    if !trusted_uid(meta.uid()) && mode & 0o200 != 0 {
+        let name = User::from_uid(nix::unistd::Uid::from_raw(meta.uid()))
+            .ok()
+            .flatten()
+            .map_or_else(
+                || format!("uid {}", meta.uid()),
+                |u| format!("user {}", u.name),
+            );
+        return Some(format!("its owner, {name}"));
+    }
+    if mode & 0o020 != 0 {
+        let name = Group::from_gid(nix::unistd::Gid::from_raw(meta.gid()))
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("gid {}", meta.gid()), |g| g.name);
+        return Some(format!("the group {name}"));
+    }
+    None
 }
 
 fn write_version(
@@ -477,6 +539,7 @@ mod tests {
             group: None,
             key_mode: 0o600,
             cert_mode: 0o644,
+            allow_shared_dir: false,
         }
     }
 
@@ -498,6 +561,57 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn an_output_dir_others_can_write_is_refused_unless_allowed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let (k, c, v) = issue(&pki, 0x11);
+        for (mode, who) in [(0o777, "every user"), (0o775, "the group")] {
+            let out = tmp.path().join(format!("shared-{mode:o}"));
+            fs::create_dir(&out).unwrap();
+            fs::set_permissions(&out, fs::Permissions::from_mode(mode)).unwrap();
+            let err = install(&spec(&out), &k, &c, &v).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, StoreError::SharedDir { .. }), "{msg}");
+            assert!(msg.contains(who) && msg.contains("chmod go-w"), "{msg}");
+            assert_eq!(fs::read_dir(&out).unwrap().count(), 0, "nothing written");
+            let allowed = OutputSpec {
+                allow_shared_dir: true,
+                ..spec(&out)
+            };
+            install(&allowed, &k, &c, &v).unwrap();
+        }
+        // A directory only certkeeper (and root) can write is fine.
+        let own = tmp.path().join("own");
+        fs::create_dir(&own).unwrap();
+        fs::set_permissions(&own, fs::Permissions::from_mode(0o755)).unwrap();
+        install(&spec(&own), &k, &c, &v).unwrap();
+    }
+
+    #[test]
+    fn a_created_output_dir_lets_its_group_reach_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let (k, c, v) = issue(&pki, 0x12);
+        let group = nix::unistd::Group::from_gid(nix::unistd::getegid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let out = tmp.path().join("with-group");
+        let s = OutputSpec {
+            group: Some(group),
+            key_mode: 0o640,
+            ..spec(&out)
+        };
+        install(&s, &k, &c, &v).unwrap();
+        let meta = fs::metadata(&out).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o750);
+        assert_eq!(meta.gid(), nix::unistd::getegid().as_raw());
+        let plain = tmp.path().join("plain");
+        install(&spec(&plain), &k, &c, &v).unwrap();
+        assert_eq!(fs::metadata(&plain).unwrap().mode() & 0o777, 0o755);
     }
 
     #[test]

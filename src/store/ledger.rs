@@ -54,6 +54,8 @@ pub enum Event {
         fingerprint: String,
         /// Its ARI CertID (RFC 9773), sent as `replaces` when renewing it.
         ari_cert_id: Option<String>,
+        /// [`super::state::key_fingerprint`] of the private key certkeeper generated (or reused) for it.
+        key_fingerprint: Option<String>,
         /// When.
         at: Timestamp,
     },
@@ -120,8 +122,10 @@ impl CertState {
                 issuer,
                 fingerprint,
                 ari_cert_id,
+                key_fingerprint,
                 at,
             } => {
+                self.key_fingerprint = key_fingerprint;
                 self.order_url = None;
                 self.retry = self.retry.on_success();
                 self.last_success = Some(at);
@@ -164,6 +168,8 @@ impl CertState {
                 at,
             } => {
                 self.order_url = None;
+                // Not a key certkeeper generated: `key_reuse` will not reuse it.
+                self.key_fingerprint = None;
                 self.issuer = issuer;
                 self.last_success = Some(at);
                 self.retry = RetryState::default();
@@ -576,6 +582,7 @@ mod tests {
                     issuer: "le".into(),
                     fingerprint: "f".into(),
                     ari_cert_id: Some("id-3".into()),
+                    key_fingerprint: None,
                     at: ts("2026-02-01T01:00:00Z"),
                 },
             )
@@ -632,6 +639,7 @@ mod tests {
             group: None,
             key_mode: 0o600,
             cert_mode: 0o644,
+            allow_shared_dir: false,
         };
         let snap = l.snapshot("www", &spec);
         assert!(snap.state_error.is_some());

@@ -25,7 +25,7 @@ pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, 
 pub use ledger::{AriResult, Event, Ledger, Snapshot, is_self_signed_placeholder};
 pub use state::{
     AccountRecord, AuthzTrace, CertState, ChallengeTrace, ErrorTrace, OrderTrace, ProblemTrace,
-    StoredAccount, SubProblemTrace, account_id, status_word,
+    StoredAccount, SubProblemTrace, account_id, key_fingerprint, status_word,
 };
 pub use storage::{FileStorage, Lease, Storage};
 pub use verify::{VerifiedCert, verify_pair};
@@ -64,6 +64,17 @@ pub enum StoreError {
     /// The key and certificate chain do not form a valid, matching, currently valid pair.
     #[error("certificate check failed: {0}")]
     Verify(String),
+    /// The output directory can be written by someone other than certkeeper (and root), who could
+    /// swap the private key or the certificate under the web server.
+    #[error(
+        "refusing to write the private key into {dir}: {who} can write to it; run `chmod go-w {dir}` (and `chown` it to the user certkeeper runs as), or set output.allow_shared_dir = true if that is intended"
+    )]
+    SharedDir {
+        /// The output directory.
+        dir: PathBuf,
+        /// Who else can write there, in words.
+        who: String,
+    },
     /// What is live in an output directory is incomplete or does not match.
     #[error("installed certificate in {dir} is broken: {reason}; the next renewal will replace it")]
     Torn {

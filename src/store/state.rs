@@ -97,6 +97,21 @@ pub struct CertState {
     pub reload_pending: Option<String>,
     /// Serial of the pair the reload hooks last ran for.
     pub reloaded_serial: Option<String>,
+    /// [`key_fingerprint`] of the private key certkeeper generated for the installed certificate;
+    /// `key_reuse` reuses only that key, never whatever file sits behind `.live` (an imported or
+    /// planted one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+}
+
+/// The SHA-256 of a key's public half (SubjectPublicKeyInfo DER), hex: what identifies a private
+/// key in the state without storing it.
+pub fn key_fingerprint<T: openssl::pkey::HasPublic>(
+    key: &openssl::pkey::PKeyRef<T>,
+) -> Option<String> {
+    let der = key.public_key_to_der().ok()?;
+    let digest = openssl::sha::sha256(&der);
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The last order attempt of a certificate as the CA reported it: the order, its authorizations
