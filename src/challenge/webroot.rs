@@ -8,8 +8,12 @@
 //! validation at the CA.
 
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AT_FDCWD, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fchmod, fstat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::http01::{SelfCheckTarget, selfcheck};
 use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
@@ -56,15 +60,83 @@ impl WebrootSolver {
     }
 }
 
-fn create_dir_world_readable(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    // The web server usually runs as another user: the path must be traversable and readable.
-    let mut perms = std::fs::metadata(dir)?.permissions();
-    if perms.mode() & 0o005 != 0o005 {
-        perms.set_mode(perms.mode() | 0o755);
-        std::fs::set_permissions(dir, perms)?;
+/// The challenge directory `<root>/.well-known/acme-challenge`, created when missing and opened
+/// without following a symlink at either level: a symlink planted there (by a web application that
+/// can write the document root) cannot redirect certkeeper's writes or chmods elsewhere. Each level
+/// is made traversable and readable for the web server through its descriptor (never by path).
+/// With `create` false nothing is created or changed (for cleanup).
+fn open_challenge_dir(root: &Path, create: bool) -> Result<OwnedFd, (PathBuf, nix::Error)> {
+    let root_fd = openat(
+        AT_FDCWD,
+        root,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| (root.to_path_buf(), e))?;
+    let wk = open_subdir(&root_fd, root, ".well-known", create)?;
+    open_subdir(&wk, &root.join(".well-known"), "acme-challenge", create)
+}
+
+/// Create (when missing) and open the directory `name` under `parent` with `O_NOFOLLOW`; a directory
+/// the web server cannot read gets `o+rx` through the descriptor.
+fn open_subdir(
+    parent: &OwnedFd,
+    parent_path: &Path,
+    name: &str,
+    create: bool,
+) -> Result<OwnedFd, (PathBuf, nix::Error)> {
+    let at = parent_path.join(name);
+    if create {
+        match mkdirat(parent, name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err((at, e)),
+        }
     }
-    Ok(())
+    let fd = openat(
+        parent,
+        name,
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| (at.clone(), e))?;
+    let st = fstat(&fd).map_err(|e| (at.clone(), e))?;
+    let mode = st.st_mode & 0o7777;
+    if create && mode & 0o005 != 0o005 && st.st_uid == nix::unistd::geteuid().as_raw() {
+        fchmod(&fd, Mode::from_bits_truncate(mode | 0o755)).map_err(|e| (at.clone(), e))?;
+    }
+    Ok(fd)
+}
+
+/// Write `body` as `token` in the challenge directory `dir`: a fresh temporary file (`O_EXCL |
+/// O_NOFOLLOW`, so neither an existing file nor a symlink is written through), synced, then renamed
+/// into place.
+fn write_token(
+    dir: &OwnedFd,
+    dir_path: &Path,
+    token: &str,
+    body: &[u8],
+) -> Result<(), (PathBuf, nix::Error)> {
+    let tmp = format!(".{token}.tmp");
+    let at = |e| (dir_path.join(&tmp), e);
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mode = Mode::from_bits_truncate(0o644);
+    let fd = match openat(dir, tmp.as_str(), flags, mode) {
+        Err(nix::Error::EEXIST) => {
+            // Left by a crash (or planted): remove the entry itself, never what it points to.
+            unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir).map_err(at)?;
+            openat(dir, tmp.as_str(), flags, mode).map_err(at)?
+        }
+        r => r.map_err(at)?,
+    };
+    // The umask must not narrow what the web server needs to read.
+    fchmod(&fd, mode).map_err(at)?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(body)
+        .map_err(|e| at(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    f.sync_all()
+        .map_err(|e| at(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    renameat(dir, tmp.as_str(), dir, token).map_err(|e| (dir_path.join(token), e))
 }
 
 #[async_trait::async_trait]
@@ -74,29 +146,28 @@ impl Solver for WebrootSolver {
     }
 
     async fn present(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
-        let path = self.token_path(&ch.token)?;
+        self.token_path(&ch.token)?;
         let dir = self.challenge_dir();
         let body = ch.key_authorization.clone();
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), (PathBuf, std::io::Error)> {
-            let at = |p: &Path| { let p = p.to_path_buf(); move |e| (p, e) };
-            let well_known = root.join(".well-known");
-            create_dir_world_readable(&well_known).map_err(at(&well_known))?;
-            create_dir_world_readable(&dir).map_err(at(&dir))?;
-            let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("token")));
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp).map_err(at(&tmp))?;
-            f.write_all(body.as_bytes()).map_err(at(&tmp))?;
-            f.sync_all().map_err(at(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(at(&path))?;
-            Ok(())
+        let token = ch.token.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), (PathBuf, nix::Error)> {
+            let fd = open_challenge_dir(&root, true)?;
+            write_token(&fd, &dir, &token, body.as_bytes())
         })
         .await
         .map_err(|e| SolveError::retryable(format!("webroot: writing the token was interrupted: {e}")))?
         .map_err(|(at, e)| {
+            let hint = if e == nix::Error::ELOOP || e == nix::Error::ENOTDIR {
+                " (a symlink or a file where a directory is expected: certkeeper does not follow symlinks under the webroot; make it a real directory)"
+            } else {
+                " (the directory must exist and be writable by certkeeper)"
+            };
             SolveError::permanent(format!(
-                "webroot: cannot write the HTTP-01 token under {}: {}: {e} (the directory must exist and be writable by certkeeper)",
+                "webroot: cannot write the HTTP-01 token under {}: {}: {}{hint}",
                 self.root.display(),
-                at.display()
+                at.display(),
+                std::io::Error::from(e)
             ))
         })
     }
@@ -110,20 +181,40 @@ impl Solver for WebrootSolver {
 
     async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
         let path = self.token_path(&ch.token)?;
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SolveError::retryable(format!(
-                "webroot: cannot remove {}: {e}",
-                path.display()
-            ))),
-        }
+        let root = self.root.clone();
+        let token = ch.token.clone();
+        let removed = tokio::task::spawn_blocking(move || -> Result<(), nix::Error> {
+            let fd = match open_challenge_dir(&root, false) {
+                Ok(fd) => fd,
+                // No challenge directory (or not a real one): nothing of ours to remove.
+                Err((_, nix::Error::ENOENT | nix::Error::ELOOP | nix::Error::ENOTDIR)) => {
+                    return Ok(());
+                }
+                Err((_, e)) => return Err(e),
+            };
+            match unlinkat(&fd, token.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| {
+            SolveError::retryable(format!("webroot: removing the token was interrupted: {e}"))
+        })?;
+        removed.map_err(|e| {
+            SolveError::retryable(format!(
+                "webroot: cannot remove {}: {}",
+                path.display(),
+                std::io::Error::from(e)
+            ))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn ctx(token: &str) -> ChallengeCtx {
         ChallengeCtx {
@@ -135,6 +226,57 @@ mod tests {
             token: token.into(),
             key_authorization: format!("{token}.thumbprint"),
         }
+    }
+
+    #[tokio::test]
+    async fn symlinks_under_the_webroot_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("www");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(elsewhere.join("acme-challenge")).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // `.well-known` planted as a symlink to another directory.
+        std::os::unix::fs::symlink(&elsewhere, root.join(".well-known")).unwrap();
+        let solver = WebrootSolver::new(root.clone());
+        let err = solver.present(&ctx("tok1")).await.unwrap_err();
+        assert!(err.message.contains("does not follow symlinks"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(elsewhere.join("acme-challenge"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(
+            std::fs::metadata(&elsewhere).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "the symlink's target was not chmodded"
+        );
+        solver.cleanup(&ctx("tok1")).await.unwrap();
+
+        // A real challenge directory with the temporary file planted as a symlink to a victim.
+        std::fs::remove_file(root.join(".well-known")).unwrap();
+        let ch_dir = root.join(".well-known/acme-challenge");
+        std::fs::create_dir_all(&ch_dir).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        std::os::unix::fs::symlink(&victim, ch_dir.join(".tok2.tmp")).unwrap();
+        solver.present(&ctx("tok2")).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        assert_eq!(
+            std::fs::read_to_string(ch_dir.join("tok2")).unwrap(),
+            "tok2.thumbprint"
+        );
+        // A token name planted as a symlink is replaced, not written through.
+        std::os::unix::fs::symlink(&victim, ch_dir.join("tok3")).unwrap();
+        solver.present(&ctx("tok3")).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        assert!(
+            !std::fs::symlink_metadata(ch_dir.join("tok3"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[tokio::test]
