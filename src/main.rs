@@ -147,6 +147,15 @@ fn main() -> ExitCode {
     certkeeper::tls_env::prefer_lazy_system_roots();
     let cli = Cli::parse();
     init_logging(&cli.log);
+    let switch = if matches!(cli.command, Command::Run) {
+        certkeeper::privileges::refuse_root_daemon(&cli.config)
+    } else {
+        certkeeper::privileges::become_state_owner(&cli.config)
+    };
+    if let Err(e) = switch {
+        eprintln!("certkeeper: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

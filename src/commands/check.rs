@@ -73,23 +73,11 @@ pub async fn run(path: &Path, cfg: Config, offline: bool) -> ExitCode {
 /// Every probe for `cfg`; the network ones (CA directory, account) only when `offline` is false.
 pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
     let mut out = Vec::new();
-    let state = match FileStorage::open(&cfg.state_dir) {
-        Ok(s) => {
-            let s = AccountStore::new(std::sync::Arc::new(s));
-            out.push(Probe::ok(format!(
-                "state directory {} is usable",
-                cfg.state_dir.display()
-            )));
-            Some(s)
-        }
-        Err(e) => {
-            out.push(Probe::fail(format!(
-                "state directory {}: {e} — create it (mode 0700) or run as the user certkeeper runs as",
-                cfg.state_dir.display()
-            )));
-            None
-        }
-    };
+    // `check` creates nothing: the state directory is looked at, never made or changed.
+    out.push(state_dir_probe(&cfg.state_dir));
+    let state = Some(AccountStore::new(std::sync::Arc::new(
+        FileStorage::open_read_only(&cfg.state_dir),
+    )));
     for issuer in cfg.issuers.values() {
         if offline {
             if let Err(p) = bundle(issuer) {
@@ -131,6 +119,41 @@ pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
         }
     }
     out
+}
+
+/// Whether certkeeper, as the user running `check`, can use `dir` as its state directory, without
+/// creating or changing anything.
+fn state_dir_probe(dir: &std::path::Path) -> Probe {
+    use nix::unistd::{AccessFlags, access};
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Probe::fail(format!(
+            "state directory {shown} is not a directory — remove it or point state_dir elsewhere"
+        )),
+        Ok(_) => match access(
+            dir,
+            AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK,
+        ) {
+            Ok(()) => Probe::ok(format!("state directory {shown} is usable")),
+            Err(e) => Probe::fail(format!(
+                "state directory {shown}: {e} — run certkeeper as the user that owns it (e.g. `runuser -u certkeeper -- certkeeper ...`)"
+            )),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir.parent().unwrap_or(std::path::Path::new("/"));
+            match access(parent, AccessFlags::W_OK | AccessFlags::X_OK) {
+                Ok(()) => Probe::ok(format!(
+                    "state directory {shown} does not exist yet; the first run creates it (mode 0700)"
+                )),
+                Err(_) => Probe::fail(format!(
+                    "state directory {shown} does not exist and {} is not writable — create it: \
+                     `systemd-tmpfiles --create` (packaged unit) or `install -d -m 0700 -o certkeeper {shown}`",
+                    parent.display()
+                )),
+            }
+        }
+        Err(e) => Probe::fail(format!("state directory {shown}: {e}")),
+    }
 }
 
 /// The issuer's extra trust roots, or the probe that says why they cannot be used.

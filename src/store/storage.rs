@@ -252,13 +252,19 @@ impl Storage for FileStorage {
     }
 }
 
-/// Create `d` (and its parents) with mode 0700, and tighten it to 0700 when it exists.
+/// Create `d` (and its parents) with mode 0700, and tighten it to 0700 when it exists and belongs
+/// to the user certkeeper runs as (a directory of another user is never chmodded).
 pub(crate) fn make_private_dir(d: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
         .create(d)
         .map_err(|e| StoreError::io("creating directory", d, e))?;
+    let meta = fs::metadata(d).map_err(|e| StoreError::io("reading", d, e))?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o7777 == DIR_MODE {
+        return Ok(());
+    }
     fs::set_permissions(d, fs::Permissions::from_mode(DIR_MODE))
         .map_err(|e| StoreError::io("setting permissions of", d, e))
 }

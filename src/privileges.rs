@@ -1,0 +1,122 @@
+//! Running as root on a state directory that belongs to the service user.
+//!
+//! An administrator who runs `certkeeper renew` (or `check`, `import`, …) as root right after
+//! installing would otherwise create `accounts/`, `certs/` and `locks/` as root, mode 0700, and the
+//! daemon, running as `certkeeper`, could no longer read or lock them. So when root runs certkeeper
+//! on a state directory owned by another user, certkeeper first becomes that user (its group and
+//! supplementary groups too), exactly as the daemon runs: same files, same permissions, same hooks.
+
+use std::path::Path;
+
+use nix::unistd::{Gid, Uid, User, geteuid, initgroups, setgid, setuid};
+
+/// Why certkeeper could not switch to the state directory's owner.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    /// The owner has no passwd entry (a deleted user).
+    #[error(
+        "the state directory {dir} belongs to uid {uid}, which has no user entry; fix its owner (`chown -R certkeeper: {dir}`) or run as that uid"
+    )]
+    UnknownOwner {
+        /// The state directory.
+        dir: String,
+        /// Its owner.
+        uid: u32,
+    },
+    /// `certkeeper run` started by root on another user's state directory.
+    #[error(
+        "not starting the daemon as root: the state directory {dir} belongs to {user}; start it with `systemctl start certkeeper`, or `runuser -u {user} -- certkeeper run`"
+    )]
+    RootDaemon {
+        /// The state directory.
+        dir: String,
+        /// Its owner.
+        user: String,
+    },
+    /// setgid/initgroups/setuid failed.
+    #[error(
+        "running as root on {dir}, which belongs to {user}: cannot switch to that user ({source}); run `runuser -u {user} -- certkeeper ...` instead"
+    )]
+    Switch {
+        /// The state directory.
+        dir: String,
+        /// Its owner's name.
+        user: String,
+        /// The errno.
+        source: nix::Error,
+    },
+}
+
+/// When running as root and the config's state directory exists and belongs to another user, become
+/// that user. Does nothing otherwise (not root, no readable config, no state directory yet, or one
+/// owned by root).
+pub fn become_state_owner(config_path: &Path) -> Result<(), PrivilegeError> {
+    if !geteuid().is_root() {
+        return Ok(());
+    }
+    // A config that does not load is reported by the command itself, with file:line:key.
+    let Ok(cfg) = crate::config::load(config_path) else {
+        return Ok(());
+    };
+    become_owner_of(&cfg.state_dir)
+}
+
+/// `certkeeper run` as root on a state directory that belongs to another user: refused, since the
+/// daemon would either create root-owned files or lose the privileges its listeners need; systemd
+/// starts it as the right user.
+pub fn refuse_root_daemon(config_path: &Path) -> Result<(), PrivilegeError> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !geteuid().is_root() {
+        return Ok(());
+    }
+    let Ok(cfg) = crate::config::load(config_path) else {
+        return Ok(());
+    };
+    let Ok(meta) = std::fs::metadata(&cfg.state_dir) else {
+        return Ok(());
+    };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    let user = User::from_uid(Uid::from_raw(meta.uid()))
+        .ok()
+        .flatten()
+        .map_or_else(|| meta.uid().to_string(), |u| u.name);
+    Err(PrivilegeError::RootDaemon {
+        dir: cfg.state_dir.display().to_string(),
+        user,
+    })
+}
+
+/// [`become_state_owner`] for a known state directory.
+pub fn become_owner_of(state_dir: &Path) -> Result<(), PrivilegeError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(state_dir) else {
+        return Ok(());
+    };
+    if meta.uid() == 0 || !geteuid().is_root() {
+        return Ok(());
+    }
+    let dir = state_dir.display().to_string();
+    let user = User::from_uid(Uid::from_raw(meta.uid()))
+        .ok()
+        .flatten()
+        .ok_or(PrivilegeError::UnknownOwner {
+            dir: dir.clone(),
+            uid: meta.uid(),
+        })?;
+    let fail = |source| PrivilegeError::Switch {
+        dir: dir.clone(),
+        user: user.name.clone(),
+        source,
+    };
+    let name = std::ffi::CString::new(user.name.clone()).map_err(|_| fail(nix::Error::EINVAL))?;
+    initgroups(&name, user.gid).map_err(fail)?;
+    setgid(Gid::from_raw(user.gid.as_raw())).map_err(fail)?;
+    setuid(user.uid).map_err(fail)?;
+    tracing::info!(user = %user.name, state_dir = %dir, "running as the owner of the state directory");
+    // Keep $HOME from pointing at root's home for anything that reads it.
+    // SAFETY: called before any thread is started (the async runtime is built after this).
+    unsafe { std::env::set_var("HOME", &user.dir) };
+    Ok(())
+}
