@@ -4,15 +4,13 @@
 
 mod support;
 
-#[path = "faults_util/mod.rs"]
-mod util;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::fault_env as util;
 use util::{BIN, KillOnDrop, run_bounded};
 
 /// A valid config; `{STATE}`, `{OUT}` and `{PORT}` are filled in.

@@ -5,9 +5,6 @@
 
 mod support;
 
-#[path = "faults_util/mod.rs"]
-mod util;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use support::PebbleOpts;
-use util::proxy::{Flaw, Mode, Proxy, forged_chain};
+use support::fault_env as util;
+use support::proxy::{Flaw, Mode, Proxy, forged_chain};
 use util::{CertSpec, Env, KillOnDrop, check_pair, failures, wait_for};
 
 const RUN_LIMIT: Duration = Duration::from_secs(240);

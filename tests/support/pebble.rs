@@ -64,6 +64,7 @@ pub struct Pebble {
     dns_port: Option<u16>,
     ca_pem: String,
     procs: Vec<Proc>,
+    paused: bool,
 }
 
 /// True when the pebble binaries are installed.
@@ -298,7 +299,37 @@ impl Pebble {
             dns_port,
             ca_pem,
             procs,
+            paused: false,
         }
+    }
+
+    fn signal_pebble(&self, sig: nix::sys::signal::Signal) {
+        // Only the pebble process this harness started, by its own PID.
+        let p = self
+            .procs
+            .iter()
+            .find(|p| p.name == "pebble")
+            .expect("pebble process");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.child.id() as i32), sig)
+            .expect("signal pebble");
+    }
+
+    /// Freeze pebble (SIGSTOP): connections are accepted by the kernel but never answered, as with
+    /// a hung CA. Resumed by [`Pebble::resume`] or on drop.
+    pub fn pause(&mut self) {
+        self.signal_pebble(nix::sys::signal::Signal::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// Let a paused pebble run again (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal_pebble(nix::sys::signal::Signal::SIGCONT);
+        self.paused = false;
+    }
+
+    /// True between [`Pebble::pause`] and [`Pebble::resume`].
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// Wait until the directory answers and challtestsrv listens; `Err` when a process exited
@@ -459,6 +490,9 @@ impl Drop for Pebble {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.print_logs();
+        }
+        if self.paused {
+            self.resume();
         }
         for p in &mut self.procs {
             // Kill only the processes this harness started, by their own handle (PID).

@@ -3,7 +3,8 @@
 //! certkeeper talks to `https://127.0.0.1:<proxy>/dir` and trusts the proxy's own test CA. The proxy
 //! forwards each request to pebble with `Host` set to the proxy's address, so every URL pebble puts
 //! in its answers (and checks in JWS headers) names the proxy. [`Mode`] makes it drop connections,
-//! answer 500s, or rewrite answers the way a broken or hostile CA would.
+//! answer 500s, present an untrusted certificate, rate-limit new orders, or rewrite answers the way
+//! a broken or hostile CA would.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,6 +38,17 @@ pub enum Mode {
     Drop,
     /// Answer every request with HTTP 500 and a non-ACME body.
     Status500,
+    /// Complete TLS handshakes with a certificate from a CA certkeeper does not trust (requests
+    /// that get through anyway are forwarded). Like [`Mode::Drop`], this acts on new connections:
+    /// a connection kept alive from before the switch still works.
+    UntrustedTls,
+    /// Answer POSTs to pebble's new-order path (`/order-plz`) with HTTP 429, `Retry-After: N` and
+    /// an RFC 8555 `rateLimited` problem (with a fresh `Replay-Nonce` from pebble); everything
+    /// else is forwarded.
+    RateLimited {
+        /// The `Retry-After` value, in seconds.
+        retry_after_secs: u64,
+    },
     /// Accept requests and never answer them.
     Hang,
     /// Forward, but run this command (program, args) before answering a certificate download.
@@ -96,15 +108,14 @@ impl Drop for Proxy {
 impl Proxy {
     /// Start a proxy in front of `upstream` (e.g. `https://127.0.0.1:14000`), trusting `upstream_ca`.
     pub async fn start(upstream: &str, upstream_ca: &str) -> Proxy {
-        let (ca_pem, leaf_pem, key_pem) = crate::support::pebble::make_tls_certs();
+        let (ca_pem, leaf_pem, key_pem) = super::pebble::make_tls_certs();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("proxy-ca.pem");
         std::fs::write(&ca_file, &ca_pem).unwrap();
-        let identity =
-            native_tls::Identity::from_pkcs8(leaf_pem.as_bytes(), key_pem.as_bytes()).unwrap();
-        let acceptor = tokio_native_tls::TlsAcceptor::from(
-            native_tls::TlsAcceptor::builder(identity).build().unwrap(),
-        );
+        let acceptor = tls_acceptor(&leaf_pem, &key_pem);
+        // Same names, another CA whose certificate is written nowhere: for Mode::UntrustedTls.
+        let (_, untrusted_leaf, untrusted_key) = super::pebble::make_tls_certs();
+        let untrusted = tls_acceptor(&untrusted_leaf, &untrusted_key);
         let client = reqwest::Client::builder()
             .tls_certs_merge([reqwest::Certificate::from_pem(upstream_ca.as_bytes()).unwrap()])
             .redirect(reqwest::redirect::Policy::none())
@@ -127,12 +138,18 @@ impl Proxy {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                if *s.mode.lock().unwrap() == Mode::Drop {
+                let mode = s.mode.lock().unwrap().clone();
+                if mode == Mode::Drop {
                     s.faulted.fetch_add(1, Ordering::SeqCst);
                     drop(tcp);
                     continue;
                 }
-                let acceptor = acceptor.clone();
+                let acceptor = if mode == Mode::UntrustedTls {
+                    s.faulted.fetch_add(1, Ordering::SeqCst);
+                    untrusted.clone()
+                } else {
+                    acceptor.clone()
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
@@ -155,6 +172,12 @@ impl Proxy {
             ca_file,
             _dir: dir,
         }
+    }
+
+    /// Start a proxy in front of a running pebble's ACME listener.
+    pub async fn for_pebble(pebble: &super::Pebble) -> Proxy {
+        let url = pebble.directory_url();
+        Proxy::start(url.trim_end_matches("/dir"), pebble.ca_pem()).await
     }
 
     /// The directory URL through the proxy.
@@ -199,6 +222,43 @@ impl Proxy {
     }
 }
 
+fn tls_acceptor(leaf_pem: &str, key_pem: &str) -> tokio_native_tls::TlsAcceptor {
+    let identity =
+        native_tls::Identity::from_pkcs8(leaf_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::builder(identity).build().unwrap())
+}
+
+/// The `rateLimited` answer of [`Mode::RateLimited`], with a fresh nonce from pebble when it gives
+/// one (an ACME server sends `Replay-Nonce` on every answer).
+async fn rate_limited(s: &Shared, retry_after_secs: u64) -> Response<Full<Bytes>> {
+    let nonce = match s
+        .client
+        .head(format!("{}/nonce-plz", s.upstream))
+        .send()
+        .await
+    {
+        Ok(r) => r
+            .headers()
+            .get("replay-nonce")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        Err(_) => None,
+    };
+    let body = serde_json::json!({
+        "type": "urn:ietf:params:acme:error:rateLimited",
+        "detail": format!("too many new orders; retry after {retry_after_secs} seconds"),
+        "status": 429,
+    });
+    let mut b = Response::builder()
+        .status(429)
+        .header("content-type", "application/problem+json")
+        .header("retry-after", retry_after_secs.to_string());
+    if let Some(n) = nonce {
+        b = b.header("replay-nonce", n);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
 fn reply(status: u16, body: impl Into<Bytes>, ctype: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -236,6 +296,12 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
     };
     if method == hyper::Method::POST {
         s.posts.lock().unwrap().push((path.clone(), body.clone()));
+        if let Mode::RateLimited { retry_after_secs } = &mode
+            && path.starts_with("/order-plz")
+        {
+            s.faulted.fetch_add(1, Ordering::SeqCst);
+            return rate_limited(s, *retry_after_secs).await;
+        }
     }
     for h in ["host", "content-length", "connection", "transfer-encoding"] {
         headers.remove(h);
