@@ -316,9 +316,26 @@ impl Pebble {
 
     /// Freeze pebble (SIGSTOP): connections are accepted by the kernel but never answered, as with
     /// a hung CA. Resumed by [`Pebble::resume`] or on drop.
+    ///
+    /// Returns once every thread of pebble is stopped: the signal is asynchronous, and a thread
+    /// running on another core could otherwise still answer a request.
     pub fn pause(&mut self) {
         self.signal_pebble(nix::sys::signal::Signal::SIGSTOP);
         self.paused = true;
+        let pid = self
+            .procs
+            .iter()
+            .find(|p| p.name == "pebble")
+            .map(|p| p.child.id())
+            .expect("pebble process");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "pebble (pid {pid}) did not stop within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Let a paused pebble run again (SIGCONT).
@@ -484,6 +501,23 @@ impl Pebble {
             eprintln!("===== {} log ({}) =====\n{text}", p.name, p.log.display());
         }
     }
+}
+
+/// True when every thread of process `pid` is in the stopped state (`T` in `/proc/.../stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the parenthesised command name, which may contain spaces.
+                let rest = &stat[stat.rfind(')')? + 1..];
+                rest.split_whitespace().next().map(|st| st == "T")
+            })
+            .unwrap_or(false)
+    })
 }
 
 impl Drop for Pebble {
