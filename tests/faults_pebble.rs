@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use support::PebbleOpts;
-use support::fault_env as util;
+use support::fault_env::{CertSpec, Env, KillOnDrop, check_pair, failures, run_bounded, wait_for};
 use support::proxy::{Flaw, Mode, Proxy, forged_chain};
-use util::{CertSpec, Env, KillOnDrop, check_pair, failures, wait_for};
 
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 
@@ -75,7 +74,7 @@ async fn nonce_rejection_at_half_every_issuance_succeeds() {
         };
         let mut cmd = env.cmd(args);
         cmd.env("CERTKEEPER_LOG", "info,certkeeper=debug");
-        let out = util::run_bounded(cmd, RUN_LIMIT);
+        let out = run_bounded(cmd, RUN_LIMIT);
         assert_ok(&out, &format!("renew round {round} at 50% nonce rejection"));
         resent += stderr(&out)
             .matches("badNonce, resending with a fresh nonce")

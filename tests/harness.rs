@@ -86,7 +86,10 @@ async fn proxy_untrusted_tls_fails_the_handshake() {
         .send()
         .await
         .expect_err("a certificate from an untrusted CA was accepted");
-    assert!(err.is_connect(), "expected a TLS (connect) error, got {err:?}");
+    assert!(
+        err.is_connect(),
+        "expected a TLS (connect) error, got {err:?}"
+    );
     assert!(proxy.faulted() >= 1);
 
     // The same request succeeds for a client trusting anything: only trust is broken.
@@ -139,7 +142,10 @@ async fn proxy_rate_limited_answers_new_order_with_429() {
         .json()
         .await
         .unwrap();
-    assert!(d["newOrder"].as_str().unwrap().ends_with("/order-plz"), "{d}");
+    assert!(
+        d["newOrder"].as_str().unwrap().ends_with("/order-plz"),
+        "{d}"
+    );
     let r = http
         .post(proxy.directory_url().replace("/dir", "/sign-me-up"))
         .header("content-type", "application/jose+json")

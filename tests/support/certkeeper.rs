@@ -630,6 +630,12 @@ impl Daemon {
         }
     }
 
+    /// The exit status when the daemon has exited, `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let c = self.child.as_mut()?;
+        c.try_wait().expect("wait for the daemon")
+    }
+
     /// Panic with the log when the daemon has exited.
     pub fn assert_running(&mut self) {
         if let Some(c) = &mut self.child
