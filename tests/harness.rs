@@ -43,7 +43,7 @@ async fn pebble() -> Option<Pebble> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pebble_pause_stops_answers_until_resume() {
-    let Some(mut pebble) = pebble().await else {
+    let Some(pebble) = pebble().await else {
         return;
     };
     let http = client(pebble.ca_pem());
@@ -51,7 +51,7 @@ async fn pebble_pause_stops_answers_until_resume() {
     assert!(http.get(&dir).send().await.unwrap().status().is_success());
 
     pebble.pause();
-    assert!(pebble.is_paused());
+    pebble.wait_paused();
     let err = http
         .get(&dir)
         .send()
@@ -60,11 +60,11 @@ async fn pebble_pause_stops_answers_until_resume() {
     assert!(err.is_timeout(), "expected a timeout, got {err:?}");
 
     pebble.resume();
-    assert!(!pebble.is_paused());
     assert!(http.get(&dir).send().await.unwrap().status().is_success());
 
     // Dropping a paused pebble resumes and kills it without hanging.
     pebble.pause();
+    pebble.wait_paused();
     drop(pebble);
 }
 
@@ -127,7 +127,6 @@ async fn proxy_rate_limited_answers_new_order_with_429() {
     let h = r.headers();
     assert_eq!(h["retry-after"], "7");
     assert_eq!(h["content-type"], "application/problem+json");
-    assert!(h.contains_key("replay-nonce"), "{h:?}");
     let problem: serde_json::Value = r.json().await.unwrap();
     assert_eq!(problem["type"], "urn:ietf:params:acme:error:rateLimited");
     assert_eq!(problem["status"], 429);

@@ -47,6 +47,9 @@ pub struct PebbleOpts {
     pub alternate_roots: u32,
     /// The port pebble's VA connects to for TLS-ALPN-01; 0 picks a free port nobody listens on.
     pub tls_port: u16,
+    /// Names pebble refuses with `rejectedIdentifier` (`domainBlocklist`; a name also blocks its
+    /// subdomains).
+    pub domain_blocklist: Vec<String>,
 }
 
 struct Proc {
@@ -64,7 +67,6 @@ pub struct Pebble {
     dns_port: Option<u16>,
     ca_pem: String,
     procs: Vec<Proc>,
-    paused: bool,
 }
 
 /// True when the pebble binaries are installed.
@@ -241,6 +243,9 @@ impl Pebble {
                 .collect();
             cfg["pebble"]["externalAccountMACKeys"] = m.into();
         }
+        if !opts.domain_blocklist.is_empty() {
+            cfg["pebble"]["domainBlocklist"] = opts.domain_blocklist.clone().into();
+        }
         let cfg_path = dir.path().join("pebble-config.json");
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
 
@@ -299,54 +304,7 @@ impl Pebble {
             dns_port,
             ca_pem,
             procs,
-            paused: false,
         }
-    }
-
-    fn signal_pebble(&self, sig: nix::sys::signal::Signal) {
-        // Only the pebble process this harness started, by its own PID.
-        let p = self
-            .procs
-            .iter()
-            .find(|p| p.name == "pebble")
-            .expect("pebble process");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.child.id() as i32), sig)
-            .expect("signal pebble");
-    }
-
-    /// Freeze pebble (SIGSTOP): connections are accepted by the kernel but never answered, as with
-    /// a hung CA. Resumed by [`Pebble::resume`] or on drop.
-    ///
-    /// Returns once every thread of pebble is stopped: the signal is asynchronous, and a thread
-    /// running on another core could otherwise still answer a request.
-    pub fn pause(&mut self) {
-        self.signal_pebble(nix::sys::signal::Signal::SIGSTOP);
-        self.paused = true;
-        let pid = self
-            .procs
-            .iter()
-            .find(|p| p.name == "pebble")
-            .map(|p| p.child.id())
-            .expect("pebble process");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !all_threads_stopped(pid) {
-            assert!(
-                Instant::now() < deadline,
-                "pebble (pid {pid}) did not stop within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Let a paused pebble run again (SIGCONT).
-    pub fn resume(&mut self) {
-        self.signal_pebble(nix::sys::signal::Signal::SIGCONT);
-        self.paused = false;
-    }
-
-    /// True between [`Pebble::pause`] and [`Pebble::resume`].
-    pub fn is_paused(&self) -> bool {
-        self.paused
     }
 
     /// Wait until the directory answers and challtestsrv listens; `Err` when a process exited
@@ -391,6 +349,24 @@ impl Pebble {
             }
         }
         Ok(())
+    }
+
+    /// Freeze the pebble process (SIGSTOP): connections are accepted by the kernel, nothing answers.
+    pub fn pause(&self) {
+        self.signal_pebble(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Let a paused pebble go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_pebble(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal_pebble(&self, sig: nix::sys::signal::Signal) {
+        for p in self.procs.iter().filter(|p| p.name == "pebble") {
+            // Only the process this harness started, by its own PID.
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.child.id() as i32), sig)
+                .expect("signal pebble");
+        }
     }
 
     /// The ACME directory URL.
@@ -494,6 +470,27 @@ impl Pebble {
             .await;
     }
 
+    /// Wait (bounded, 10 s) until every thread of a [`Pebble::pause`]d pebble is stopped.
+    ///
+    /// SIGSTOP is asynchronous: right after `pause`, a pebble thread running on another core may
+    /// still answer a request. Call this when the next request must find pebble frozen.
+    pub fn wait_paused(&self) {
+        let pid = self
+            .procs
+            .iter()
+            .find(|p| p.name == "pebble")
+            .map(|p| p.child.id())
+            .expect("pebble process");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "pebble (pid {pid}) did not stop within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Print the process logs (also done automatically when a test panics).
     pub fn print_logs(&self) {
         for p in &self.procs {
@@ -525,8 +522,12 @@ impl Drop for Pebble {
         if std::thread::panicking() {
             self.print_logs();
         }
-        if self.paused {
-            self.resume();
+        // A paused pebble is resumed first (SIGCONT to our own pebble; harmless when it runs).
+        for p in self.procs.iter().filter(|p| p.name == "pebble") {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.child.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
         }
         for p in &mut self.procs {
             // Kill only the processes this harness started, by their own handle (PID).

@@ -4,7 +4,8 @@
 //! forwards each request to pebble with `Host` set to the proxy's address, so every URL pebble puts
 //! in its answers (and checks in JWS headers) names the proxy. [`Mode`] makes it drop connections,
 //! answer 500s, present an untrusted certificate, rate-limit new orders, or rewrite answers the way
-//! a broken or hostile CA would.
+//! a broken or hostile CA would. `Drop` and `UntrustedTls` act on new connections: a connection kept
+//! alive from before the switch still works.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,19 +39,17 @@ pub enum Mode {
     Drop,
     /// Answer every request with HTTP 500 and a non-ACME body.
     Status500,
-    /// Complete TLS handshakes with a certificate from a CA certkeeper does not trust (requests
-    /// that get through anyway are forwarded). Like [`Mode::Drop`], this acts on new connections:
-    /// a connection kept alive from before the switch still works.
-    UntrustedTls,
-    /// Answer POSTs to pebble's new-order path (`/order-plz`) with HTTP 429, `Retry-After: N` and
-    /// an RFC 8555 `rateLimited` problem (with a fresh `Replay-Nonce` from pebble); everything
-    /// else is forwarded.
-    RateLimited {
-        /// The `Retry-After` value, in seconds.
-        retry_after_secs: u64,
-    },
     /// Accept requests and never answer them.
     Hang,
+    /// Serve TLS with a certificate from a CA that certkeeper does not trust (requests are not
+    /// forwarded: the handshake fails on certkeeper's side).
+    UntrustedTls,
+    /// Forward, but answer new-order requests (`/order-plz`) with HTTP 429, `Retry-After: N` seconds
+    /// and a `rateLimited` problem document.
+    RateLimited {
+        /// The Retry-After value in seconds.
+        retry_after_secs: u64,
+    },
     /// Forward, but run this command (program, args) before answering a certificate download.
     OnCertDownload(Vec<String>),
     /// Forward, but replace the body of successful answers to paths starting with the prefix by
@@ -108,14 +107,24 @@ impl Drop for Proxy {
 impl Proxy {
     /// Start a proxy in front of `upstream` (e.g. `https://127.0.0.1:14000`), trusting `upstream_ca`.
     pub async fn start(upstream: &str, upstream_ca: &str) -> Proxy {
-        let (ca_pem, leaf_pem, key_pem) = super::pebble::make_tls_certs();
+        let (ca_pem, leaf_pem, key_pem) = crate::support::pebble::make_tls_certs();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("proxy-ca.pem");
         std::fs::write(&ca_file, &ca_pem).unwrap();
-        let acceptor = tls_acceptor(&leaf_pem, &key_pem);
-        // Same names, another CA whose certificate is written nowhere: for Mode::UntrustedTls.
-        let (_, untrusted_leaf, untrusted_key) = super::pebble::make_tls_certs();
-        let untrusted = tls_acceptor(&untrusted_leaf, &untrusted_key);
+        let identity =
+            native_tls::Identity::from_pkcs8(leaf_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+        let acceptor = tokio_native_tls::TlsAcceptor::from(
+            native_tls::TlsAcceptor::builder(identity).build().unwrap(),
+        );
+        // A second identity from a CA nobody trusts, for `Mode::UntrustedTls`.
+        let (_, bad_leaf, bad_key) = crate::support::pebble::make_tls_certs();
+        let bad_identity =
+            native_tls::Identity::from_pkcs8(bad_leaf.as_bytes(), bad_key.as_bytes()).unwrap();
+        let untrusted = tokio_native_tls::TlsAcceptor::from(
+            native_tls::TlsAcceptor::builder(bad_identity)
+                .build()
+                .unwrap(),
+        );
         let client = reqwest::Client::builder()
             .tls_certs_merge([reqwest::Certificate::from_pem(upstream_ca.as_bytes()).unwrap()])
             .redirect(reqwest::redirect::Policy::none())
@@ -175,7 +184,7 @@ impl Proxy {
     }
 
     /// Start a proxy in front of a running pebble's ACME listener.
-    pub async fn for_pebble(pebble: &super::Pebble) -> Proxy {
+    pub async fn for_pebble(pebble: &crate::support::Pebble) -> Proxy {
         let url = pebble.directory_url();
         Proxy::start(url.trim_end_matches("/dir"), pebble.ca_pem()).await
     }
@@ -222,43 +231,6 @@ impl Proxy {
     }
 }
 
-fn tls_acceptor(leaf_pem: &str, key_pem: &str) -> tokio_native_tls::TlsAcceptor {
-    let identity =
-        native_tls::Identity::from_pkcs8(leaf_pem.as_bytes(), key_pem.as_bytes()).unwrap();
-    tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::builder(identity).build().unwrap())
-}
-
-/// The `rateLimited` answer of [`Mode::RateLimited`], with a fresh nonce from pebble when it gives
-/// one (an ACME server sends `Replay-Nonce` on every answer).
-async fn rate_limited(s: &Shared, retry_after_secs: u64) -> Response<Full<Bytes>> {
-    let nonce = match s
-        .client
-        .head(format!("{}/nonce-plz", s.upstream))
-        .send()
-        .await
-    {
-        Ok(r) => r
-            .headers()
-            .get("replay-nonce")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        Err(_) => None,
-    };
-    let body = serde_json::json!({
-        "type": "urn:ietf:params:acme:error:rateLimited",
-        "detail": format!("too many new orders; retry after {retry_after_secs} seconds"),
-        "status": 429,
-    });
-    let mut b = Response::builder()
-        .status(429)
-        .header("content-type", "application/problem+json")
-        .header("retry-after", retry_after_secs.to_string());
-    if let Some(n) = nonce {
-        b = b.header("replay-nonce", n);
-    }
-    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
-}
-
 fn reply(status: u16, body: impl Into<Bytes>, ctype: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -286,6 +258,22 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
             s.faulted.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
+        Mode::RateLimited { retry_after_secs }
+            if req.method() == hyper::Method::POST && path.starts_with("/order-plz") =>
+        {
+            s.faulted.fetch_add(1, Ordering::SeqCst);
+            let body = serde_json::json!({
+                "type": "urn:ietf:params:acme:error:rateLimited",
+                "detail": "too many new orders recently",
+                "status": 429,
+            });
+            return Response::builder()
+                .status(429)
+                .header("content-type", "application/problem+json")
+                .header("retry-after", retry_after_secs.to_string())
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+        }
         _ => {}
     }
     let method = req.method().clone();
@@ -296,12 +284,6 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
     };
     if method == hyper::Method::POST {
         s.posts.lock().unwrap().push((path.clone(), body.clone()));
-        if let Mode::RateLimited { retry_after_secs } = &mode
-            && path.starts_with("/order-plz")
-        {
-            s.faulted.fetch_add(1, Ordering::SeqCst);
-            return rate_limited(s, *retry_after_secs).await;
-        }
     }
     for h in ["host", "content-length", "connection", "transfer-encoding"] {
         headers.remove(h);
