@@ -1,7 +1,6 @@
 //! DNS-01 against a real bind9: RFC 2136 + TSIG, propagation checks, CNAME following.
 
-#[path = "support/dns/mod.rs"]
-mod dns;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +9,8 @@ use certkeeper::challenge::dns01::propagation::{self, PropagationConfig};
 use certkeeper::challenge::dns01::providers::DnsProviderConfig;
 use certkeeper::challenge::dns01::{Dns01Solver, DnsProvider, TxtRecord};
 use certkeeper::challenge::{ChallengeCtx, ChallengeKind, Solver};
-use dns::bind::{self, Bind};
-use dns::txt_values;
+use support::dns::bind::{self, Bind};
+use support::dns::txt_values;
 
 fn ctx(identifier: &str, wildcard: bool, key_auth: &str) -> ChallengeCtx {
     ChallengeCtx {

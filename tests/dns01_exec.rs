@@ -1,8 +1,7 @@
 //! DNS-01 through the exec provider: a shell script that writes the record with `nsupdate` into
 //! a real bind9.
 
-#[path = "support/dns/mod.rs"]
-mod dns;
+mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
@@ -10,8 +9,8 @@ use std::time::Duration;
 use certkeeper::challenge::dns01::providers::DnsProviderConfig;
 use certkeeper::challenge::dns01::{Dns01Solver, PropagationConfig};
 use certkeeper::challenge::{ChallengeCtx, ChallengeKind, Solver};
-use dns::bind::{self, Bind};
-use dns::txt_values;
+use support::dns::bind::{self, Bind};
+use support::dns::txt_values;
 
 #[tokio::test]
 async fn exec_nsupdate_script_present_wait_cleanup() {

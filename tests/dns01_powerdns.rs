@@ -1,15 +1,14 @@
 //! DNS-01 through the PowerDNS API against a real pdns_server (sqlite3 backend).
 
-#[path = "support/dns/mod.rs"]
-mod dns;
+mod support;
 
 use std::time::Duration;
 
 use certkeeper::challenge::dns01::providers::DnsProviderConfig;
 use certkeeper::challenge::dns01::{Dns01Solver, PropagationConfig};
 use certkeeper::challenge::{ChallengeCtx, ChallengeKind, Solver};
-use dns::pdns::{self, Pdns};
-use dns::txt_values;
+use support::dns::pdns::{self, Pdns};
+use support::dns::txt_values;
 
 fn ctx(wildcard: bool, key_auth: &str) -> ChallengeCtx {
     ChallengeCtx {

@@ -10,16 +10,13 @@
 
 mod support;
 
-#[path = "faults_util/mod.rs"]
-mod util;
-
 use std::path::Path;
 
 use openssl::nid::Nid;
 use openssl::x509::{X509, X509NameRef};
 use support::certkeeper::{CertSpec, IssuerSpec, TestConfig};
+use support::proxy::{Mode, Proxy};
 use support::{Pebble, PebbleOpts, free_port};
-use util::proxy::{Mode, Proxy};
 
 fn cn(name: &X509NameRef) -> String {
     name.entries_by_nid(Nid::COMMONNAME)

@@ -6,100 +6,14 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::certkeeper::{
+    CLI_TIMEOUT, Daemon, daemon_command_at, run_command_sync, std_command_at,
+};
 use support::{Pebble, PebbleOpts, free_port};
-
-/// A running `certkeeper run`; killed (by its own PID) on drop when still running.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(config: &Path, log: PathBuf) -> Daemon {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_certkeeper"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("CERTKEEPER_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start certkeeper run");
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
-            .expect("signal the daemon");
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(st)) = self.child.try_wait() {
-            panic!("the daemon exited ({st}); log:\n{}", self.log());
-        }
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {timeout:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Wait until `cond` holds, checking that the daemon still runs; panics with the log on timeout.
-    async fn wait_for(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut cond: impl FnMut(&str) -> bool,
-    ) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.assert_running();
-            if cond(&self.log()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("===== certkeeper log =====\n{}", self.log());
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// The serial (hex) of the certificate live in `dir`, if any.
 fn serial(dir: &Path) -> Option<String> {
@@ -147,17 +61,10 @@ fn save_by_rename(path: &Path, text: &str) {
 }
 
 fn status_json(config: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_certkeeper"))
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let args = ["status", "--json"];
+    let out = run_command_sync(std_command_at(config, &args), &args, CLI_TIMEOUT);
+    assert!(out.ok(), "status failed: {}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
 }
 
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -185,11 +92,11 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
     text.push_str(&cert_block("a", "a.example.com", w));
     std::fs::write(&cfg_path, &text).unwrap();
 
-    let mut d = Daemon::start(&cfg_path, w.join("certkeeper.log"));
+    let mut d = Daemon::start(daemon_command_at(&cfg_path), w.join("certkeeper.log"));
 
     // 1. issues on start
     let a = w.join("tls/a");
-    d.wait_for("certificate a", ISSUE_TIMEOUT, |_| serial(&a).is_some())
+    d.wait_for_log("certificate a", ISSUE_TIMEOUT, |_| serial(&a).is_some())
         .await;
 
     // admin listener: healthz answers, metrics show the certificate's expiry and the success
@@ -227,7 +134,7 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
     text.push_str(&cert_block("b", "b.example.com", w));
     save_by_rename(&cfg_path, &text);
     let b = w.join("tls/b");
-    d.wait_for("certificate b after the edit", ISSUE_TIMEOUT, |_| {
+    d.wait_for_log("certificate b after the edit", ISSUE_TIMEOUT, |_| {
         serial(&b).is_some()
     })
     .await;
@@ -238,7 +145,7 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
     let bad_line = bad.lines().count();
     save_by_rename(&cfg_path, &bad);
     let needle = format!("certkeeper.toml:{bad_line}");
-    d.wait_for(
+    d.wait_for_log(
         "the invalid config to be reported",
         Duration::from_secs(60),
         |log| {
@@ -253,7 +160,7 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
     text.push_str(&cert_block("c", "c.example.com", w));
     save_by_rename(&cfg_path, &text);
     let c = w.join("tls/c");
-    d.wait_for("certificate c after the fixed edit", ISSUE_TIMEOUT, |_| {
+    d.wait_for_log("certificate c after the fixed edit", ISSUE_TIMEOUT, |_| {
         serial(&c).is_some()
     })
     .await;
@@ -262,12 +169,12 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
     text.push_str(&cert_block("e", "e.example.com", w));
     std::fs::write(&cfg_path, &text).unwrap();
     d.signal(nix::sys::signal::Signal::SIGHUP);
-    d.wait_for("the SIGHUP reload", Duration::from_secs(60), |log| {
+    d.wait_for_log("the SIGHUP reload", Duration::from_secs(60), |log| {
         log.contains("SIGHUP: config reloaded")
     })
     .await;
     let e = w.join("tls/e");
-    d.wait_for("certificate e after SIGHUP", ISSUE_TIMEOUT, |_| {
+    d.wait_for_log("certificate e after SIGHUP", ISSUE_TIMEOUT, |_| {
         serial(&e).is_some()
     })
     .await;
@@ -278,7 +185,7 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
         &cert_block("f", "f.example.com", w),
     );
     let f = w.join("tls/f");
-    d.wait_for("certificate f from conf.d", ISSUE_TIMEOUT, |_| {
+    d.wait_for_log("certificate f from conf.d", ISSUE_TIMEOUT, |_| {
         serial(&f).is_some()
     })
     .await;
@@ -302,13 +209,10 @@ async fn daemon_issues_and_follows_config_edits_sighup_and_sigterm() {
         serial_a.trim_start_matches('0')
     );
 
-    let text_out = Command::new(env!("CARGO_BIN_EXE_certkeeper"))
-        .args(["status", "a", "--config"])
-        .arg(&cfg_path)
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&text_out.stdout);
-    assert!(text_out.status.success(), "{shown}");
+    let args = ["status", "a"];
+    let text_out = run_command_sync(std_command_at(&cfg_path, &args), &args, CLI_TIMEOUT);
+    let shown = &text_out.stdout;
+    assert!(text_out.ok(), "{shown}");
     assert!(shown.starts_with("a: a.example.com\n"), "{shown}");
     assert!(shown.contains("installed:   serial "), "{shown}");
     assert!(shown.contains("before expiry"), "{shown}");
@@ -434,9 +338,9 @@ async fn daemon_renews_inside_the_ari_window() {
     text.push_str(&cert_block("www", "www.example.com", w));
     std::fs::write(&cfg_path, &text).unwrap();
 
-    let mut d = Daemon::start(&cfg_path, w.join("certkeeper.log"));
+    let mut d = Daemon::start(daemon_command_at(&cfg_path), w.join("certkeeper.log"));
     let dir = w.join("tls/www");
-    d.wait_for("the first certificate", ISSUE_TIMEOUT, |_| {
+    d.wait_for_log("the first certificate", ISSUE_TIMEOUT, |_| {
         serial(&dir).is_some()
     })
     .await;
@@ -454,7 +358,7 @@ async fn daemon_renews_inside_the_ari_window() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    d.wait_for("a renewal inside the ARI window", ISSUE_TIMEOUT, |_| {
+    d.wait_for_log("a renewal inside the ARI window", ISSUE_TIMEOUT, |_| {
         serial(&dir).is_some() && cert_id_of(&dir) != first_id
     })
     .await;
@@ -559,20 +463,10 @@ async fn daemon_speaks_sd_notify_with_a_steady_watchdog() {
     text.push_str(&cert_block("www", "www.example.com", w));
     let cfg_path = w.join("certkeeper.toml");
     std::fs::write(&cfg_path, &text).unwrap();
-    let log = w.join("certkeeper.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_certkeeper"))
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "400000")
-        .env_remove("WATCHDOG_PID")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let mut d = Daemon { child, log };
+    let mut cmd = daemon_command_at(&cfg_path);
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000");
+    let mut d = Daemon::start(cmd, w.join("certkeeper.log"));
     notify_until(&sock, "READY=1", Duration::from_secs(30));
     // the watchdog keeps ticking (every 200 ms) while /healthz wakes the loop every 50 ms: a
     // watchdog sleep recreated on every loop iteration would never fire

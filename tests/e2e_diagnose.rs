@@ -6,14 +6,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use support::certkeeper::{CliOutput, command_at, run_command};
 use support::{Pebble, PebbleOpts, free_port};
-
-const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
 
 /// A web server that answers every request with nginx's 404, like nginx without the proxy location.
 async fn nginx_404() -> (u16, tokio_util::sync::CancellationToken) {
@@ -78,26 +76,11 @@ output = {{ dir = "{d}/tls/www" }}
     std::fs::write(config, text).unwrap();
 }
 
-async fn certkeeper(config: &Path, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env("CERTKEEPER_LOG", "warn")
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(240), cmd.output())
-        .await
-        .expect("certkeeper did not finish within 240 s")
-        .expect("run certkeeper")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// `certkeeper ARGS` on `config` with logs at `warn` (these tests read the report).
+async fn run_warn(config: &Path, args: &[&str]) -> CliOutput {
+    let mut cmd = command_at(config, args);
+    cmd.env("CERTKEEPER_LOG", "warn");
+    run_command(cmd, args).await
 }
 
 async fn pebble(http_port: u16) -> Option<Pebble> {
@@ -126,8 +109,8 @@ async fn self_check_then_ca_failure_are_explained() {
     // 1. The self-check, pointed where the CA looks, catches it before the CA is asked.
     let solver = format!("{{ self_check = {{ port = {wrong_port}, resolve = [\"127.0.0.1\"] }} }}");
     let s = write_config(&pebble, listen, &solver, pebble.ca_pem());
-    let out = certkeeper(&s.config, &["renew"]).await;
-    let all = text(&out);
+    let out = run_warn(&s.config, &["renew"]).await;
+    let all = out.to_string();
     assert!(!out.status.success(), "{all}");
     assert!(
         all.contains("HTTP-01 self-check failed for www.example.test"),
@@ -147,8 +130,8 @@ async fn self_check_then_ca_failure_are_explained() {
         )),
         "{all}"
     );
-    let ex = certkeeper(&s.config, &["explain", "www"]).await;
-    let ex_text = text(&ex);
+    let ex = run_warn(&s.config, &["explain", "www"]).await;
+    let ex_text = ex.to_string();
     assert!(ex.status.success(), "{ex_text}");
     // The CA was never asked: the authorization is still pending, and the error is the self-check's.
     assert!(
@@ -174,10 +157,10 @@ async fn self_check_then_ca_failure_are_explained() {
         "{ self_check = false }",
         s.dir.path(),
     );
-    let out = certkeeper(&s.config, &["renew", "--force"]).await;
-    assert!(!out.status.success(), "{}", text(&out));
-    let ex = certkeeper(&s.config, &["explain", "www"]).await;
-    let ex_text = text(&ex);
+    let out = run_warn(&s.config, &["renew", "--force"]).await;
+    assert!(!out.status.success(), "{}", out.to_string());
+    let ex = run_warn(&s.config, &["explain", "www"]).await;
+    let ex_text = ex.to_string();
     assert!(ex.status.success(), "{ex_text}");
     for want in [
         "Certificate: www",
@@ -214,8 +197,8 @@ async fn correct_setup_passes_self_check_and_check_probes_report() {
     let s = write_config(&pebble, listen, &solver, pebble.ca_pem());
 
     // check before anything was issued: directory and TLS fine, no account yet, all OK.
-    let out = certkeeper(&s.config, &["check"]).await;
-    let all = text(&out);
+    let out = run_warn(&s.config, &["check"]).await;
+    let all = out.to_string();
     assert!(out.status.success(), "{all}");
     for want in [
         "OK   config ",
@@ -230,10 +213,10 @@ async fn correct_setup_passes_self_check_and_check_probes_report() {
         assert!(all.contains(want), "missing {want:?} in\n{all}");
     }
 
-    let out = certkeeper(&s.config, &["renew"]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let ex = certkeeper(&s.config, &["explain", "www"]).await;
-    let ex_text = text(&ex);
+    let out = run_warn(&s.config, &["renew"]).await;
+    assert!(out.status.success(), "{}", out.to_string());
+    let ex = run_warn(&s.config, &["explain", "www"]).await;
+    let ex_text = ex.to_string();
     assert!(ex.status.success(), "{ex_text}");
     for want in [
         "Serial:",
@@ -247,8 +230,8 @@ async fn correct_setup_passes_self_check_and_check_probes_report() {
     }
 
     // After issuance the account exists for the stored key.
-    let out = certkeeper(&s.config, &["check"]).await;
-    let all = text(&out);
+    let out = run_warn(&s.config, &["check"]).await;
+    let all = out.to_string();
     assert!(out.status.success(), "{all}");
     assert!(
         all.contains("OK   issuer pebble: account https://127.0.0.1:"),
@@ -260,8 +243,8 @@ async fn correct_setup_passes_self_check_and_check_probes_report() {
     let taken = std::net::TcpListener::bind(("127.0.0.1", listen)).unwrap();
     let (other_ca, _, _) = support::pebble::make_tls_certs();
     std::fs::write(s.dir.path().join("ca.pem"), other_ca).unwrap();
-    let out = certkeeper(&s.config, &["check"]).await;
-    let all = text(&out);
+    let out = run_warn(&s.config, &["check"]).await;
+    let all = out.to_string();
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
         all.contains(&format!(
@@ -274,8 +257,8 @@ async fn correct_setup_passes_self_check_and_check_probes_report() {
         "{all}"
     );
     // --offline skips the CA: the bad bundle still parses, so only the listener fails.
-    let out = certkeeper(&s.config, &["check", "--offline"]).await;
-    let all = text(&out);
+    let out = run_warn(&s.config, &["check", "--offline"]).await;
+    let all = out.to_string();
     assert!(!all.contains("reachable"), "{all}");
     assert!(all.contains("FAIL http01.listen"), "{all}");
     drop(taken);
@@ -299,8 +282,8 @@ async fn eab_required_is_reported_by_check_and_explain() {
     })
     .await;
     let s = write_config(&pebble, listen, "{ self_check = false }", pebble.ca_pem());
-    let out = certkeeper(&s.config, &["check"]).await;
-    let all = text(&out);
+    let out = run_warn(&s.config, &["check"]).await;
+    let all = out.to_string();
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
         all.contains("FAIL issuer pebble: the CA requires external account binding — set `eab = {"),
@@ -321,10 +304,10 @@ async fn eab_required_is_reported_by_check_and_explain() {
         "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ",
     )
     .unwrap();
-    let out = certkeeper(&s.config, &["renew"]).await;
-    assert!(!out.status.success(), "{}", text(&out));
-    let ex = certkeeper(&s.config, &["explain", "www"]).await;
-    let ex_text = text(&ex);
+    let out = run_warn(&s.config, &["renew"]).await;
+    assert!(!out.status.success(), "{}", out.to_string());
+    let ex = run_warn(&s.config, &["explain", "www"]).await;
+    let ex_text = ex.to_string();
     assert!(ex.status.success(), "{ex_text}");
     assert!(
         ex_text.contains("no order was created (the attempt failed before newOrder)"),

@@ -7,22 +7,18 @@
 
 mod support;
 
-#[path = "support/dns/mod.rs"]
-mod dns;
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dns::bind::{self, Bind};
-use dns::pdns::{self, Pdns};
-use dns::txt_values;
 use openssl::x509::X509;
+use support::certkeeper::{CliOutput, run_command_sync, std_command_at};
+use support::dns::bind::{self, Bind};
+use support::dns::pdns::{self, Pdns};
+use support::dns::txt_values;
+use support::process::KillOnDrop;
 use support::{Pebble, PebbleOpts};
-
-const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
 
 /// The challenge names a certificate for `example.test` + `*.example.test` (+ `www`) can use.
 const CHALLENGE_NAMES: [&str; 2] = [
@@ -30,69 +26,16 @@ const CHALLENGE_NAMES: [&str; 2] = [
     "_acme-challenge.www.example.test.",
 ];
 
-/// Output of one `certkeeper` run.
-struct Run {
-    success: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Both streams, for assertion messages.
-    fn all(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Run `certkeeper ARGS --config CONFIG`, killing it (by its own PID) after `limit`.
-fn certkeeper(config: &Path, args: &[&str], limit: Duration) -> Run {
-    let dir = config.parent().expect("config dir");
-    let out_path = dir.join(format!("stdout-{}.log", args.join("-")));
-    let err_path = dir.join(format!("stderr-{}.log", args.join("-")));
-    let mut child = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("CERTKEEPER_LOG", "info,certkeeper=debug")
-        .env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn certkeeper");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait certkeeper") {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let run = Run {
-        success: status.is_some_and(|s| s.success()),
-        code: status.and_then(|s| s.code()),
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    };
-    assert!(
-        status.is_some(),
-        "certkeeper {args:?} did not finish within {limit:?}\n{}",
-        run.all()
-    );
-    run
+/// `certkeeper ARGS` on `config` with debug logs from certkeeper, bounded by `limit`.
+fn run_debug(config: &Path, args: &[&str], limit: Duration) -> CliOutput {
+    let mut cmd = std_command_at(config, args);
+    cmd.env("CERTKEEPER_LOG", "info,certkeeper=debug");
+    run_command_sync(cmd, args, limit)
 }
 
 /// `certkeeper renew` with a limit generous enough for a loaded machine.
-fn renew(config: &Path) -> Run {
-    certkeeper(config, &["renew"], Duration::from_secs(300))
+fn renew(config: &Path) -> CliOutput {
+    run_debug(config, &["renew"], Duration::from_secs(300))
 }
 
 /// The pieces every config shares: state dir, HTTP-01 listener, the pebble issuer.
@@ -270,10 +213,10 @@ async fn two_binds() -> Option<(Bind, Bind)> {
 }
 
 /// `certkeeper renew` that must fail; its output is printed for the test log.
-fn failed_renew(config: &Path) -> Run {
+fn failed_renew(config: &Path) -> CliOutput {
     let run = renew(config);
-    eprintln!("{}", run.all());
-    assert!(!run.success, "the order must fail: {}", run.all());
+    eprintln!("{}", run);
+    assert!(!run.ok(), "the order must fail: {}", run);
     run
 }
 
@@ -298,7 +241,7 @@ fn assert_nothing_installed(dir: &Path, name: &str) {
 }
 
 /// The report line `NAME: FAILED ...` of a run, or "" when there is none.
-fn failed_line(run: &Run, name: &str) -> String {
+fn failed_line(run: &CliOutput, name: &str) -> String {
     run.stdout
         .lines()
         .find(|l| l.contains(&format!("{name}: FAILED")))
@@ -324,12 +267,8 @@ async fn rfc2136_issues_apex_and_wildcard_and_leaves_no_txt() {
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
-    assert!(run.success, "{}\n{}", run.all(), server.log());
-    assert!(
-        run.stdout.contains("wild: issued by pebble"),
-        "{}",
-        run.all()
-    );
+    assert!(run.ok(), "{}\n{}", run, server.log());
+    assert!(run.stdout.contains("wild: issued by pebble"), "{}", run);
     assert_wild_installed(dir.path());
     // Both values were really written to bind and removed again.
     let log = assert_txt_added(&server, "named never saw the challenge record added");
@@ -357,12 +296,8 @@ async fn powerdns_issues_apex_and_wildcard_and_leaves_no_txt() {
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
-    assert!(run.success, "{}", run.all());
-    assert!(
-        run.stdout.contains("wild: issued by pebble"),
-        "{}",
-        run.all()
-    );
+    assert!(run.ok(), "{}", run);
+    assert!(run.stdout.contains("wild: issued by pebble"), "{}", run);
     assert_wild_installed(dir.path());
     assert_no_challenge_txt(server.addr, "pdns_server").await;
 }
@@ -407,7 +342,7 @@ async fn exec_nsupdate_issues_apex_and_wildcard_and_leaves_no_txt() {
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
-    assert!(run.success, "{}\n{}", run.all(), server.log());
+    assert!(run.ok(), "{}\n{}", run, server.log());
     assert_wild_installed(dir.path());
     let mut calls: Vec<String> = std::fs::read_to_string(&calls)
         .expect("the hook was never run")
@@ -443,7 +378,7 @@ async fn mixed_http01_and_dns01_names_in_one_certificate() {
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
-    assert!(run.success, "{}\n{}", run.all(), server.log());
+    assert!(run.ok(), "{}\n{}", run, server.log());
     assert_eq!(
         installed_sans(dir.path(), "mixed"),
         vec!["example.test", "www.example.test"]
@@ -489,18 +424,18 @@ http01 = {{}}
 
 fn assert_wildcard_rejected(config: &Path, dir: &Path) {
     for cmd in ["check", "renew"] {
-        let run = certkeeper(config, &[cmd], Duration::from_secs(60));
-        assert_eq!(run.code, Some(2), "certkeeper {cmd}: {}", run.all());
+        let run = run_debug(config, &[cmd], Duration::from_secs(60));
+        assert_eq!(run.status.code(), Some(2), "certkeeper {cmd}: {}", run);
         assert!(
             run.stderr
                 .contains("*.example.test is a wildcard name and needs a dns01 solver"),
             "certkeeper {cmd} must name the wildcard and the missing dns01 solver: {}",
-            run.all()
+            run
         );
         assert!(
             run.stderr.contains("certkeeper.toml"),
             "certkeeper {cmd} must name the config file: {}",
-            run.all()
+            run
         );
     }
     assert!(
@@ -525,13 +460,13 @@ async fn failed_validation_reports_the_ca_message_and_leaves_no_txt() {
     let config = write_config(dir.path(), &cfg);
 
     let run = failed_renew(&config);
-    assert!(run.stdout.contains("wild: FAILED"), "{}", run.all());
+    assert!(run.stdout.contains("wild: FAILED"), "{}", run);
     // pebble's own words about the missing TXT record reach the user.
     let failed = failed_line(&run, "wild");
     assert!(
         failed.contains("TXT") && failed.contains("example.test"),
         "the failure must carry the CA's message about the TXT record: {}",
-        run.all()
+        run
     );
     assert_txt_added(
         &written,
@@ -561,12 +496,12 @@ async fn propagation_timeout_names_the_server_and_leaves_no_txt() {
     assert!(
         failed.contains(&format!("{} answered NXDOMAIN", lagging.addr)),
         "the timeout must say which server answered what: {}",
-        run.all()
+        run
     );
     assert!(
         failed.contains("propagation.timeout") && !failed.contains("apex: FAILED: apex:"),
         "the message must say what to do, naming the certificate once: {}",
-        run.all()
+        run
     );
     assert_txt_added(
         &written,
@@ -597,7 +532,7 @@ async fn cname_delegated_challenge_is_written_in_the_target_zone() {
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
-    assert!(run.success, "{}\n{}", run.all(), server.log());
+    assert!(run.ok(), "{}\n{}", run, server.log());
     assert_eq!(
         installed_sans(dir.path(), "cname"),
         vec!["*.cname.example.test", "cname.example.test"]
@@ -633,7 +568,7 @@ async fn powerdns_two_certificates_sharing_a_challenge_name_in_one_pass() {
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
-    assert!(run.success, "{}", run.all());
+    assert!(run.ok(), "{}", run);
     assert_eq!(installed_sans(dir.path(), "apex"), vec!["example.test"]);
     assert_eq!(installed_sans(dir.path(), "wild"), vec!["*.example.test"]);
     assert_no_challenge_txt(server.addr, "pdns_server").await;
@@ -659,7 +594,7 @@ async fn wrong_tsig_secret_is_reported_as_rejected_key() {
     assert!(
         failed.contains("TSIG key rejected") && failed.contains("check tsig_key/tsig_secret"),
         "a wrong secret must be named as such: {}",
-        run.all()
+        run
     );
     assert_no_challenge_txt(server.addr, "bind9").await;
 }
@@ -692,23 +627,13 @@ async fn interrupted_run_removes_its_txt_records(subcommand: &str, sig: nix::sys
     let config = write_config(dir.path(), &cfg);
 
     let out_path = dir.path().join("interrupted.out");
-    let mut child = Command::new(BIN)
-        .args([subcommand, "--config"])
-        .arg(&config)
-        .env("CERTKEEPER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("interrupted.err")).unwrap())
-        .spawn()
-        .expect("spawn certkeeper");
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(&mut child);
+    let mut child = KillOnDrop(
+        std_command_at(&config, &[subcommand])
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("interrupted.err")).unwrap())
+            .spawn()
+            .expect("spawn certkeeper"),
+    );
     let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
 
     // Both values (apex and wildcard) are written, then the check waits.
@@ -769,11 +694,7 @@ async fn interrupted_run_removes_its_txt_records(subcommand: &str, sig: nix::sys
     assert_ne!(fixed, cfg);
     let config = write_config(dir.path(), &fixed);
     let run = renew(&config);
-    assert!(
-        run.success && run.stdout.contains("wild: issued"),
-        "{}",
-        run.all()
-    );
+    assert!(run.ok() && run.stdout.contains("wild: issued"), "{}", run);
     assert_wild_installed(dir.path());
     assert_no_challenge_txt(written.addr, "the updated bind9").await;
 }
@@ -809,12 +730,12 @@ async fn failing_exec_hook_is_reported_and_its_record_still_removed() {
     let config = write_config(dir.path(), &cfg);
 
     let run = renew(&config);
-    assert!(!run.success, "the order must fail: {}", run.all());
+    assert!(!run.ok(), "the order must fail: {}", run);
     let failed = failed_line(&run, "wild");
     assert!(
         failed.contains("provider says: quota exceeded"),
         "the hook's own message must reach the user: {}",
-        run.all()
+        run
     );
     assert_txt_added(
         &server,

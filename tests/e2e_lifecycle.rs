@@ -8,18 +8,18 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use openssl::pkey::PKey;
 use openssl::x509::X509;
+use support::certkeeper::{Daemon, daemon_command_at, std_command_at};
 use support::nginx::{Nginx, NginxOpts, nginx_available};
 use support::pebble;
+use support::process::run_bounded;
 use support::{Pebble, PebbleOpts, free_port};
 
 use certkeeper::acme::{self, AccountKey};
-
-const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
 
 /// One test's world: a pebble, a work dir, the HTTP-01 port pebble validates on.
 struct World {
@@ -116,32 +116,13 @@ output = {{ dir = "{out}" }}
     }
 }
 
-/// Run the binary with `args` on `config`, with a bounded wall time.
+/// Run the binary with `args` on `config` and extra environment `env`, bounded (240 s).
 fn run(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config").arg(config).args(args);
-    cmd.env("CERTKEEPER_LOG", "info");
+    let mut cmd = std_command_at(config, args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn certkeeper");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(240)) {
-        Ok(out) => out.expect("wait certkeeper"),
-        Err(_) => {
-            // Kill only the process this test started.
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("certkeeper {args:?} did not finish within 240 s");
-        }
-    }
+    run_bounded(cmd, Duration::from_secs(240))
 }
 
 fn text(o: &Output) -> String {
@@ -919,25 +900,6 @@ tlsalpn01 = {{ listen = "127.0.0.1:{tls_port}" }}
     );
 }
 
-/// Kills the daemon this test started (by its PID) when dropped.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Wait (bounded) until the live certificate in `out` has a serial other than `not`.
 async fn wait_new_serial(out: &Path, not: Option<&str>) -> String {
     for _ in 0..600 {
@@ -958,16 +920,7 @@ async fn running_daemon_replaces_a_revoked_certificate_after_sighup() {
         return;
     };
     let cfg = w.www_config("daemon.example.com");
-    let log = std::fs::File::create(w.path("daemon.log")).unwrap();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("run")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start the daemon");
-    let daemon = Daemon(child);
+    let mut daemon = Daemon::start(daemon_command_at(&cfg), w.path("daemon.log"));
     let out = w.path("tls/www");
     let first = wait_new_serial(&out, None).await;
     // Let the daemon finish recording the issuance before revoking.
@@ -981,11 +934,7 @@ async fn running_daemon_replaces_a_revoked_certificate_after_sighup() {
     }
     ok(&cfg, &["revoke", "www"]);
     assert!(cert_status(&w, &first).await.contains("Revoked"));
-    let status = Command::new("kill")
-        .args(["-HUP", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
     let second = wait_new_serial(&out, Some(&first)).await;
     assert_ne!(first, second);
     drop(daemon);

@@ -7,9 +7,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use support::certkeeper::{Daemon, command_at, daemon_command_at, run_command};
 use support::nginx::{Nginx, NginxOpts, nginx_available, wait_for_serial_async};
 use support::{Pebble, PebbleOpts, free_port};
 
@@ -22,26 +23,6 @@ fn serial(dir: &Path) -> Option<String> {
 }
 
 /// `certkeeper run`, killed by its own PID on drop when still running.
-struct Daemon(std::process::Child, std::path::PathBuf);
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("===== certkeeper log =====\n{}", self.log());
-        }
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_serves_what_certkeeper_issues_and_renews() {
     if !support::pebble::available() || !nginx_available() {
@@ -99,36 +80,13 @@ reload = ["{hook}"]
     .unwrap();
 
     // 1. the daemon issues; its hook reloads nginx, which then serves the new certificate
-    let log = w.join("certkeeper.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_certkeeper"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("CERTKEEPER_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-        log,
-    );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let first = loop {
-        if let Some(s) = serial(&cert_dir) {
-            break s;
-        }
-        if let Ok(Some(st)) = daemon.0.try_wait() {
-            panic!("the daemon exited ({st}):\n{}", daemon.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no certificate issued:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut daemon = Daemon::start(daemon_command_at(&cfg), w.join("certkeeper.log"));
+    daemon
+        .wait_for("a certificate issued", Duration::from_secs(120), || {
+            serial(&cert_dir).is_some()
+        })
+        .await;
+    let first = serial(&cert_dir).unwrap();
     wait_for_serial_async(
         nginx.https_addr(),
         "www.example.com",
@@ -139,40 +97,14 @@ reload = ["{hook}"]
     .unwrap_or_else(|e| panic!("{e}\nnginx: {}", nginx.error_log_text()));
 
     // 2. stop the daemon cleanly, force a renewal: the hook runs and nginx serves the new serial
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = daemon.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "daemon did not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status}:\n{}", daemon.log());
 
-    let renew = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_certkeeper"))
-                .args(["renew", "--force", "--config"])
-                .arg(&cfg)
-                .env("CERTKEEPER_LOG", "info")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&renew.stdout),
-        String::from_utf8_lossy(&renew.stderr)
-    );
-    assert!(renew.status.success(), "renew --force failed:\n{text}");
+    let args = ["renew", "--force"];
+    let renew = run_command(command_at(&cfg, &args), &args).await;
+    let text = format!("{}{}", renew.stdout, renew.stderr);
+    assert!(renew.ok(), "renew --force failed:\n{text}");
     let second = serial(&cert_dir).unwrap();
     assert_ne!(first, second, "{text}");
     assert!(text.contains("hook:"), "no hook ran:\n{text}");
@@ -214,7 +146,7 @@ fn systemd_unit_verifies() {
     // systemd-analyze checks that ExecStart exists: point it at the binary under test
     let unit = unit.replace(
         "/usr/local/bin/certkeeper",
-        env!("CARGO_BIN_EXE_certkeeper"),
+        support::certkeeper::CERTKEEPER_BIN,
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("certkeeper.service");

@@ -4,16 +4,13 @@
 
 mod support;
 
-#[path = "faults_util/mod.rs"]
-mod util;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{BIN, KillOnDrop, run_bounded};
+use support::certkeeper::{Daemon, daemon_command_at, std_command_at};
+use support::process::run_bounded;
 
 /// A valid config; `{STATE}`, `{OUT}` and `{PORT}` are filled in.
 const BASE: &str = r#"state_dir = "{STATE}"
@@ -224,12 +221,7 @@ fn malformed_configs_give_one_clear_error_with_file_and_line() {
         };
         std::fs::write(&main, &text).unwrap();
         let line = marker_line(&bad_text).expect("case has a marker");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&main)
-            .arg("check")
-            .stdin(Stdio::null());
-        let out = run_bounded(cmd, Duration::from_secs(60));
+        let out = run_bounded(std_command_at(&main, &["check"]), Duration::from_secs(60));
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         let problems = check_case(case, &out, &err, &bad_file, line);
         if !problems.is_empty() {
@@ -280,9 +272,10 @@ fn check_case(
 fn missing_and_unreadable_config_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.toml");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config").arg(&missing).arg("check");
-    let out = run_bounded(cmd, Duration::from_secs(60));
+    let out = run_bounded(
+        std_command_at(&missing, &["check"]),
+        Duration::from_secs(60),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -293,9 +286,7 @@ fn missing_and_unreadable_config_files_are_clear_errors() {
     let garbage = dir.path().join("garbage.toml");
     std::fs::write(&garbage, [0xffu8, 0xfe, 0x00, 0x01, b'=', b'[']).unwrap();
     for path in [dir.path().to_path_buf(), garbage] {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config").arg(&path).arg("check");
-        let out = run_bounded(cmd, Duration::from_secs(60));
+        let out = run_bounded(std_command_at(&path, &["check"]), Duration::from_secs(60));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{}: {err}", path.display());
         assert!(err.contains(&path.display().to_string()), "{err}");
@@ -349,28 +340,12 @@ fn garbage_and_oversized_requests_to_the_http01_listener_get_4xx() {
     let config = dir.path().join("certkeeper.toml");
     std::fs::write(&config, text).unwrap();
     let log_path = dir.path().join("daemon.log");
-    let log = std::fs::File::create(&log_path).unwrap();
     // The CA (127.0.0.1:9) is unreachable: the daemon fails its issuance and keeps serving.
-    let mut daemon = KillOnDrop(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let mut daemon = Daemon::start(daemon_command_at(&config), log_path.clone());
     let dump = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            daemon.0.try_wait().unwrap().is_none(),
-            "daemon exited:\n{}",
-            dump()
-        );
+        assert!(daemon.exited().is_none(), "daemon exited:\n{}", dump());
         assert!(
             Instant::now() < deadline,
             "listener never came up:\n{}",
@@ -425,7 +400,7 @@ fn garbage_and_oversized_requests_to_the_http01_listener_get_4xx() {
             None if what.starts_with("HTTP/2") => {}
             other => bad.push(format!("{what}: got {other:?}, expected a 4xx")),
         }
-        if let Some(s) = daemon.0.try_wait().unwrap() {
+        if let Some(s) = daemon.exited() {
             panic!("the daemon died ({s}) after {what}:\n{}", dump());
         }
     }
@@ -439,11 +414,7 @@ fn garbage_and_oversized_requests_to_the_http01_listener_get_4xx() {
         "answers with 100 idle connections open"
     );
     drop(idle);
-    assert!(
-        daemon.0.try_wait().unwrap().is_none(),
-        "daemon exited:\n{}",
-        dump()
-    );
+    assert!(daemon.exited().is_none(), "daemon exited:\n{}", dump());
     assert!(
         bad.is_empty(),
         "{}\n\ndaemon log:\n{}",

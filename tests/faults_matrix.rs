@@ -5,8 +5,7 @@
 
 mod support;
 
-#[path = "faults_util/mod.rs"]
-mod util;
+use support::fault_env as util;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

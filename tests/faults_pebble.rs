@@ -5,9 +5,6 @@
 
 mod support;
 
-#[path = "faults_util/mod.rs"]
-mod util;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use support::PebbleOpts;
-use util::proxy::{Flaw, Mode, Proxy, forged_chain};
-use util::{CertSpec, Env, KillOnDrop, check_pair, failures, wait_for};
+use support::fault_env::{CertSpec, Env, KillOnDrop, check_pair, failures, run_bounded, wait_for};
+use support::proxy::{Flaw, Mode, Proxy, forged_chain};
 
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 
@@ -77,7 +74,7 @@ async fn nonce_rejection_at_half_every_issuance_succeeds() {
         };
         let mut cmd = env.cmd(args);
         cmd.env("CERTKEEPER_LOG", "info,certkeeper=debug");
-        let out = util::run_bounded(cmd, RUN_LIMIT);
+        let out = run_bounded(cmd, RUN_LIMIT);
         assert_ok(&out, &format!("renew round {round} at 50% nonce rejection"));
         resent += stderr(&out)
             .matches("badNonce, resending with a fresh nonce")

@@ -3,8 +3,7 @@
 //!
 //! Skips (with a message) when no nginx binary is installed.
 
-#[path = "support/nginx.rs"]
-mod nginx;
+mod support;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +11,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nginx::{
+use support::nginx;
+use support::nginx::{
     Nginx, NginxOpts, self_signed, serial_hex, served_certificate, wait_for_serial, write_pair,
 };
 

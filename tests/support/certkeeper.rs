@@ -3,6 +3,10 @@
 //! command with its exit status and output, and [`TestConfig::spawn_daemon`] for `certkeeper run`
 //! with a guard that stops it on drop.
 //!
+//! This is the one way tests run the binary. Tests with a hand-written config file use the same
+//! pieces by path: [`command_at`] / [`std_command_at`] build the command, [`run_command`] (async)
+//! and [`run_command_sync`] (blocking) run it bounded, [`Daemon::start`] runs `certkeeper run`.
+//!
 //! ```ignore
 //! let pebble = Pebble::start(PebbleOpts { http_port, ..Default::default() }).await;
 //! let cfg = TestConfig::new()
@@ -16,7 +20,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::pebble::Pebble;
@@ -225,8 +230,11 @@ impl CertSpec {
 }
 
 /// A certkeeper config in its own tempdir (state dir, output dirs and the config file inside it).
+///
+/// Clones share the tempdir: a clone is another config text for the same place.
+#[derive(Clone)]
 pub struct TestConfig {
-    dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
     /// `http01.listen` addresses.
     pub http01_listen: Vec<String>,
     /// Issuers in order.
@@ -237,6 +245,8 @@ pub struct TestConfig {
     pub top: Vec<String>,
     /// Extra TOML appended at the end (whole tables: `[daemon]`, `[admin]`, ...).
     pub tail: Vec<String>,
+    /// The admin listener's port, when [`TestConfig::admin_listen`] set one.
+    pub admin_port: Option<u16>,
 }
 
 impl Default for TestConfig {
@@ -249,13 +259,25 @@ impl TestConfig {
     /// An empty config in a fresh tempdir.
     pub fn new() -> Self {
         Self {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: Arc::new(tempfile::tempdir().expect("tempdir")),
             http01_listen: Vec::new(),
             issuers: Vec::new(),
             certificates: Vec::new(),
             top: Vec::new(),
             tail: Vec::new(),
+            admin_port: None,
         }
+    }
+
+    /// The tempdir, shared (it is removed when the last holder drops it).
+    pub fn shared_dir(&self) -> Arc<tempfile::TempDir> {
+        self.dir.clone()
+    }
+
+    /// Serve the admin listener (`/healthz`, `/metrics`) on `127.0.0.1:<port>`.
+    pub fn admin_listen(mut self, port: u16) -> Self {
+        self.admin_port = Some(port);
+        self.tail(&format!("[admin]\nlisten = \"127.0.0.1:{port}\""))
     }
 
     /// Listen for HTTP-01 on `127.0.0.1:<port>` (pebble's `http_port`).
@@ -420,22 +442,23 @@ impl TestConfig {
 
     /// A `certkeeper --config <path> <args...>` command with logs at `info`.
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(CERTKEEPER_BIN);
-        cmd.arg("--config")
-            .arg(self.path())
-            .args(args)
-            .env_remove("CERTKEEPER_CONFIG")
-            .env_remove("CERTKEEPER_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        cmd
+        command_at(&self.path(), args)
+    }
+
+    /// The blocking twin of [`TestConfig::command`].
+    pub fn std_command(&self, args: &[&str]) -> std::process::Command {
+        std_command_at(&self.path(), args)
     }
 
     /// Run one command to completion (bounded by [`CLI_TIMEOUT`]) and return what it did.
     pub async fn run_cli(&self, args: &[&str]) -> CliOutput {
         run_command(self.command(args), args).await
+    }
+
+    /// Run one command to completion from sync code, bounded by `limit` (killed and the test
+    /// panics when over).
+    pub fn run_sync(&self, args: &[&str], limit: Duration) -> CliOutput {
+        run_command_sync(self.std_command(args), args, limit)
     }
 
     /// Start `certkeeper run` on this config; stopped (SIGTERM, then SIGKILL) when the guard drops.
@@ -447,27 +470,60 @@ impl TestConfig {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        let out = std::fs::File::create(&log).expect("create daemon log");
-        let err = out.try_clone().expect("clone daemon log");
-        let child = std::process::Command::new(CERTKEEPER_BIN)
-            .arg("--config")
-            .arg(self.path())
-            .arg("run")
-            .env_remove("CERTKEEPER_CONFIG")
-            .env_remove("CERTKEEPER_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("start certkeeper run");
-        Daemon {
-            child: Some(child),
-            log,
-        }
+        let mut d = Daemon::start(daemon_command_at(&self.path()), log);
+        d.admin_port = self.admin_port;
+        d
     }
+
+    /// The state file of certificate `name`, as JSON (None when absent or unreadable).
+    pub fn cert_state(&self, name: &str) -> Option<serde_json::Value> {
+        let p = self.state_dir().join("certs").join(format!("{name}.json"));
+        let text = std::fs::read_to_string(p).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// The `failures` count of a certificate's state file (see [`TestConfig::cert_state`]).
+pub fn failures(state: &serde_json::Value) -> u64 {
+    state["retry"]["failures"].as_u64().unwrap_or(0)
+}
+
+/// A `certkeeper --config <config> <args...>` command (async) with the test environment: logs at
+/// `info` (set `CERTKEEPER_LOG` on it for more), no colours, no journal, stdin closed, killed
+/// when dropped.
+pub fn command_at(config: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::from(std_command_at(config, args));
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// The blocking twin of [`command_at`].
+pub fn std_command_at(config: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(CERTKEEPER_BIN);
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("CERTKEEPER_CONFIG")
+        .env_remove("CERTKEEPER_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `certkeeper --config <config> run` as [`Daemon::start`] takes it: no systemd notify socket or
+/// watchdog inherited from the test runner (set them on the command to test them).
+pub fn daemon_command_at(config: &Path) -> std::process::Command {
+    let mut cmd = std_command_at(config, &["run"]);
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+    cmd
+}
+
+/// Run a blocking command (described by `args` in messages) to completion, bounded by `limit`.
+pub fn run_command_sync(cmd: std::process::Command, args: &[&str], limit: Duration) -> CliOutput {
+    CliOutput::from_output(args, super::process::run_bounded(cmd, limit))
 }
 
 /// Run `cmd` (described by `args` in messages) to completion, bounded by [`CLI_TIMEOUT`].
@@ -475,12 +531,7 @@ pub async fn run_command(mut cmd: tokio::process::Command, args: &[&str]) -> Cli
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().expect("start certkeeper");
     match tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output()).await {
-        Ok(Ok(out)) => CliOutput {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        },
+        Ok(Ok(out)) => CliOutput::from_output(args, out),
         Ok(Err(e)) => panic!("certkeeper {args:?}: waiting failed: {e}"),
         // The child was moved into the future; dropping it kills it (kill_on_drop).
         Err(_) => panic!("certkeeper {args:?} did not finish within {CLI_TIMEOUT:?}"),
@@ -501,6 +552,16 @@ pub struct CliOutput {
 }
 
 impl CliOutput {
+    /// What `args` did, from a finished process's output.
+    pub fn from_output(args: &[&str], out: Output) -> Self {
+        CliOutput {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// Exit status 0.
     pub fn ok(&self) -> bool {
         self.status.success()
@@ -547,9 +608,72 @@ impl fmt::Display for CliOutput {
 pub struct Daemon {
     child: Option<std::process::Child>,
     log: PathBuf,
+    /// The admin listener's port (set by [`TestConfig::spawn_daemon`], or by the test).
+    pub admin_port: Option<u16>,
 }
 
 impl Daemon {
+    /// Start `cmd` (a [`daemon_command_at`], possibly with more environment) with its stdout and
+    /// stderr in the file `log`.
+    pub fn start(mut cmd: std::process::Command, log: PathBuf) -> Daemon {
+        let out = std::fs::File::create(&log).expect("create daemon log");
+        let err = out.try_clone().expect("clone daemon log");
+        let child = cmd
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start certkeeper run");
+        Daemon {
+            child: Some(child),
+            log,
+            admin_port: None,
+        }
+    }
+
+    /// The exit status when the daemon has exited, `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let c = self.child.as_mut()?;
+        c.try_wait().expect("wait for the daemon")
+    }
+
+    /// Panic with the log when the daemon has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = &mut self.child
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!("the daemon exited ({status}); log:\n{}", self.log());
+        }
+    }
+
+    /// Wait (bounded; panics with the log after `timeout`) until the daemon exits by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut().expect("the daemon was already stopped");
+            if let Some(status) = c.try_wait().expect("wait for the daemon") {
+                // Reaped: never signal this PID again.
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET `path` (`/healthz`, `/metrics`) from the admin listener: (HTTP status, body).
+    ///
+    /// Panics when no admin port is known or the listener does not answer within 10 s.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let port = self
+            .admin_port
+            .expect("no admin port: use TestConfig::admin_listen or set Daemon::admin_port");
+        admin_get(port, path).await
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
@@ -560,10 +684,34 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Send `sig` to the daemon.
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        if let Some(c) = &self.child {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+    /// Send `sig` to the daemon; panics (with the log) when it is not running.
+    pub fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        self.assert_running();
+        let c = self.child.as_ref().expect("the daemon was already stopped");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig)
+            .expect("signal the daemon");
+    }
+
+    /// Wait (bounded) until `cond` holds for the daemon's log so far, checking before each try
+    /// that the daemon still runs; panics with the log on timeout or exit.
+    pub async fn wait_for_log(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&str) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_running();
+            if cond(&self.log()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -600,6 +748,10 @@ impl Daemon {
     /// Stop with SIGTERM and wait (bounded, then SIGKILL); returns the exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
+        // Already exited (and reaped by an earlier check): no signal to a PID that is not ours.
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -629,4 +781,16 @@ impl Drop for Daemon {
         }
         self.stop();
     }
+}
+
+/// GET `path` from an admin listener on `127.0.0.1:<port>`: (HTTP status, body).
+pub async fn admin_get(port: u16, path: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("admin GET {path} on port {port}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
 }

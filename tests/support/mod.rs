@@ -1,10 +1,22 @@
-//! Shared test support: the pebble harness and small helpers.
+//! Shared test support: one way to run the binary and one pebble / bind9 / PowerDNS / nginx
+//! environment for every integration test.
+//!
+//! - [`certkeeper`]: the config builder, the CLI runners (async and blocking) and the daemon guard;
+//! - [`pebble`]: pebble + challtestsrv; [`proxy`]: a switchable TLS proxy in front of it;
+//! - [`dns`]: bind9 and PowerDNS; [`nginx`]: an nginx serving the installed pair;
+//! - [`pair`]: the strict check of an installed pair; [`process`]: child-process helpers;
+//! - [`fault_env`]: the fault tests' pebble + config layer.
 //!
 //! Each test file that uses it declares `mod support;`; not every file uses every helper.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod certkeeper;
+pub mod dns;
+pub mod fault_env;
 pub mod nginx;
+pub mod pair;
 pub mod pebble;
+pub mod process;
+pub mod proxy;
 
 pub use pebble::{Pebble, PebbleOpts, free_port};

@@ -470,6 +470,27 @@ impl Pebble {
             .await;
     }
 
+    /// Wait (bounded, 10 s) until every thread of a [`Pebble::pause`]d pebble is stopped.
+    ///
+    /// SIGSTOP is asynchronous: right after `pause`, a pebble thread running on another core may
+    /// still answer a request. Call this when the next request must find pebble frozen.
+    pub fn wait_paused(&self) {
+        let pid = self
+            .procs
+            .iter()
+            .find(|p| p.name == "pebble")
+            .map(|p| p.child.id())
+            .expect("pebble process");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "pebble (pid {pid}) did not stop within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Print the process logs (also done automatically when a test panics).
     pub fn print_logs(&self) {
         for p in &self.procs {
@@ -479,10 +500,34 @@ impl Pebble {
     }
 }
 
+/// True when every thread of process `pid` is in the stopped state (`T` in `/proc/.../stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the parenthesised command name, which may contain spaces.
+                let rest = &stat[stat.rfind(')')? + 1..];
+                rest.split_whitespace().next().map(|st| st == "T")
+            })
+            .unwrap_or(false)
+    })
+}
+
 impl Drop for Pebble {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.print_logs();
+        }
+        // A paused pebble is resumed first (SIGCONT to our own pebble; harmless when it runs).
+        for p in self.procs.iter().filter(|p| p.name == "pebble") {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.child.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
         }
         for p in &mut self.procs {
             // Kill only the processes this harness started, by their own handle (PID).

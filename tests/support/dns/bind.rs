@@ -20,7 +20,8 @@ pub struct Bind {
     pub addr: SocketAddr,
     /// The temp directory (config, zones, log).
     pub dir: tempfile::TempDir,
-    proc: Proc,
+    /// `None` between [`Bind::stop`] and [`Bind::start_again`].
+    proc: Option<Proc>,
 }
 
 fn zone_file(origin: &str, extra: &str) -> String {
@@ -90,18 +91,48 @@ zone "acme.test" {{ type primary; file "{d}/acme.test.zone"; update-policy {{ gr
             zone_file("acme.test", ""),
         )
         .expect("zone");
-        let log: PathBuf = dir.path().join("named.log");
-        let logf = std::fs::File::create(&log).expect("log");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut b = Self {
+            addr,
+            dir,
+            proc: None,
+        };
+        b.start_again().await;
+        Some(b)
+    }
+
+    /// Stop named (SIGKILL to the process this harness started, then reap it): the server is down
+    /// until [`Bind::start_again`].
+    pub fn stop(&mut self) {
+        // Dropping the guard kills and reaps it.
+        self.proc = None;
+    }
+
+    /// Start named again from the same config, zone files and journals, on the same port; waits
+    /// (bounded) until it answers. A no-op while it runs.
+    pub async fn start_again(&mut self) {
+        if self.proc.is_some() {
+            return;
+        }
+        let log: PathBuf = self.dir.path().join("named.log");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
         let mut cmd = Command::new("/usr/sbin/named");
         cmd.args(["-g", "-n", "1", "-c"])
-            .arg(dir.path().join("named.conf"));
+            .arg(self.dir.path().join("named.conf"));
         // As root, named would switch to the `bind` user, which cannot write our temp dir.
-        cmd.stdout(Stdio::null())
-            .stderr(logf.try_clone().expect("log"));
+        cmd.stdout(Stdio::null()).stderr(logf);
         let mut proc = Proc(cmd.spawn().expect("spawn named"));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        wait_ready(addr, "example.test.", "named", &mut proc, &log).await;
-        Some(Self { addr, dir, proc })
+        wait_ready(self.addr, "example.test.", "named", &mut proc, &log).await;
+        self.proc = Some(proc);
+    }
+
+    /// True unless stopped.
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
     }
 
     /// named's log so far (for assertion messages).

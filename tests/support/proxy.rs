@@ -3,7 +3,9 @@
 //! certkeeper talks to `https://127.0.0.1:<proxy>/dir` and trusts the proxy's own test CA. The proxy
 //! forwards each request to pebble with `Host` set to the proxy's address, so every URL pebble puts
 //! in its answers (and checks in JWS headers) names the proxy. [`Mode`] makes it drop connections,
-//! answer 500s, or rewrite answers the way a broken or hostile CA would.
+//! answer 500s, present an untrusted certificate, rate-limit new orders, or rewrite answers the way
+//! a broken or hostile CA would. `Drop` and `UntrustedTls` act on new connections: a connection kept
+//! alive from before the switch still works.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -179,6 +181,12 @@ impl Proxy {
             ca_file,
             _dir: dir,
         }
+    }
+
+    /// Start a proxy in front of a running pebble's ACME listener.
+    pub async fn for_pebble(pebble: &crate::support::Pebble) -> Proxy {
+        let url = pebble.directory_url();
+        Proxy::start(url.trim_end_matches("/dir"), pebble.ca_pem()).await
     }
 
     /// The directory URL through the proxy.
