@@ -759,3 +759,42 @@ fn status_text(env: &Env) -> String {
     let out = env.run(&["status"], Duration::from_secs(30));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc2136_server_stopped_then_started() {
+    let Some(mut bind) = support::dns::bind::Bind::start().await else {
+        eprintln!("bind9 is not available; skipping");
+        return;
+    };
+    let Some(env) = Env::start(PebbleOpts {
+        dns_server: Some(bind.addr),
+        ..PebbleOpts::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let secret = env.dir.path().join("tsig.key");
+    std::fs::write(&secret, format!("{}\n", support::dns::bind::SECRET)).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let solver = format!(
+        "dns01 = {{ provider = \"rfc2136\", server = \"{addr}\", tsig_key = \"{key}\", \
+         tsig_algorithm = \"hmac-sha256\", tsig_secret_file = \"{secret}\" }}\n\
+         propagation = {{ nameservers = [\"{addr}\"], timeout = \"20s\", interval = \"1s\" }}",
+        addr = bind.addr,
+        key = support::dns::bind::KEY_NAME,
+        secret = secret.display()
+    );
+    let names = ["www.example.test", "*.example.test"];
+    let text = head(&env, false, "", None)
+        + &pebble_issuer(&env, &solver)
+        + &cert(&env, "www", &["ca"], &names, "");
+    std::fs::write(&env.config, text).unwrap();
+    // The DNS server is down when the daemon first needs it.
+    bind.stop();
+    let (_daemon, log) = spawn_daemon(&env, &[]);
+    let s = failing(&env, "www", &log).await;
+    eprintln!("while bind9 is down: {s}");
+    bind.start_again().await;
+    recovers(&env, "www", &names, &log).await;
+}
