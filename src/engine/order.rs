@@ -181,7 +181,21 @@ async fn issue_with(
             .ledger
             .pending_key(&cert.name)?
             .and_then(|pem| PKey::private_key_from_pem(&pem).ok());
-        if let Some(key) = key {
+        // A valid order whose key is the installed one was installed before the process died (the
+        // switch happened, the bookkeeping after it did not): it is done, not something to resume.
+        // (With key_reuse every order has the live key: a valid one is then installed once more,
+        // which costs a download, not an order.)
+        let installed_already = !cert.key_reuse
+            && key.as_ref().is_some_and(|k| {
+                let live = rt.ledger.snapshot(&cert.name, &cert.output);
+                live.live()
+                    .and_then(|l| PKey::private_key_from_pem(&l.key_pem).ok())
+                    .is_some_and(|lk| lk.public_eq(k))
+            });
+        if installed_already {
+            info!(cert = %cert.name, order = %url, "the previous order's certificate is already installed; starting a new order");
+        }
+        if let Some(key) = key.filter(|_| !installed_already) {
             match account.order(&url).await {
                 Ok(order)
                     if order_matches(&order.body.identifiers, &identifiers)
