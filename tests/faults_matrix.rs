@@ -13,70 +13,11 @@ use std::time::{Duration, Instant};
 
 use support::{PebbleOpts, free_port};
 use util::proxy::{Mode, Proxy};
-use util::{Env, KillOnDrop, check_pair, wait_for};
-
-/// Backoff short enough that a removed fault is retried within seconds.
-const FAST: &str = "retry_first = \"2s\"\nretry_max = \"4s\"\n";
+use util::{Env, KillOnDrop, cert, check_pair, head, issuer, pebble_issuer, wait_for};
 
 /// How long a removed fault may take to turn into an installed pair: a few backoff steps plus an
 /// order against pebble on a loaded machine.
 const RECOVERY: Duration = Duration::from_secs(90);
-
-/// The head of a config: state dir, `[daemon]` with [`FAST`] plus `daemon_extra`, the HTTP-01
-/// listener on the port pebble validates when `http01`, and the admin listener when given.
-fn head(env: &Env, http01: bool, daemon_extra: &str, admin: Option<u16>) -> String {
-    let mut s = format!(
-        "state_dir = \"{}\"\n\n[daemon]\n{FAST}{daemon_extra}\n",
-        env.state_dir().display()
-    );
-    if http01 {
-        s.push_str(&format!(
-            "[http01]\nlisten = [\"127.0.0.1:{}\"]\n\n",
-            env.http_port
-        ));
-    }
-    if let Some(port) = admin {
-        s.push_str(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n"));
-    }
-    s
-}
-
-/// An `[issuer.NAME]` table at `directory`, trusting `ca_file`, with one solver (`solver` is the
-/// body of its `[[issuer.NAME.solver]]` table).
-fn issuer(name: &str, directory: &str, ca_file: &Path, solver: &str) -> String {
-    format!(
-        "[issuer.{name}]\ndirectory = \"{directory}\"\nca_bundle = \"{}\"\n\
-         contact = [\"mailto:admin@example.com\"]\n\n[[issuer.{name}.solver]]\n{solver}\n\n",
-        ca_file.display()
-    )
-}
-
-/// The pebble issuer of `env`, named `ca`.
-fn pebble_issuer(env: &Env, solver: &str) -> String {
-    issuer(
-        "ca",
-        &env.pebble.directory_url(),
-        &env.dir.path().join("pebble-ca.pem"),
-        solver,
-    )
-}
-
-/// A `[certificate.NAME]` table with output under the environment's `tls/NAME`.
-fn cert(env: &Env, name: &str, issuers: &[&str], domains: &[&str], extra: &str) -> String {
-    let q = |v: &[&str]| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "[certificate.{name}]\nissuer = [{}]\ndomains = [{}]\nkey = \"ecdsa-p256\"\n\
-         output = {{ dir = \"{}\" }}\n{extra}\n",
-        q(issuers),
-        q(domains),
-        env.out_dir(name).display()
-    )
-}
 
 /// Start `certkeeper run` on the environment's config, output in `daemon.log`.
 fn spawn_daemon(env: &Env, extra_env: &[(&str, &str)]) -> (KillOnDrop, PathBuf) {

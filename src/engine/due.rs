@@ -94,12 +94,17 @@ pub fn fingerprint(cert: &CertificateConfig) -> String {
 
 /// The fingerprint a failure's backoff is bound to: the certificate's [`fingerprint`] plus
 /// everything else an operator edits to fix a failed order (the issuers' directory, `ca_bundle`
-/// path and contents, EAB kid and key, account key type and solvers, and the HTTP-01 listen
-/// addresses). Any change lifts the backoff or a pause, without reissuing certificates that are
+/// path and contents, EAB kid and key, account key type and solvers, the HTTP-01 listen addresses
+/// and the output settings). Any change lifts the backoff or a pause, without reissuing certificates that are
 /// fine. Secrets enter only through SHA-256.
 pub fn retry_fingerprint(cfg: &Config, cert: &CertificateConfig) -> String {
     let mut text = fingerprint(cert);
     text.push_str(&format!("\nlisten={:?}", cfg.http01.listen));
+    // Output settings (owner, group, modes, allow_shared_dir): a fix to a refused install retries.
+    text.push_str(&format!(
+        "\noutput={:?} key_reuse={}",
+        cert.output, cert.key_reuse
+    ));
     for name in &cert.issuers {
         let Some(issuer) = cfg.issuers.get(name) else {
             continue;

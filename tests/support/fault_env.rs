@@ -133,3 +133,64 @@ impl Env {
         self.cfg.cert_state(name)
     }
 }
+
+// Config text for tests that write their own issuers and certificates.
+
+/// Backoff short enough that a removed fault is retried within seconds.
+pub const FAST: &str = "retry_first = \"2s\"\nretry_max = \"4s\"\n";
+
+/// The head of a config: state dir, `[daemon]` with [`FAST`] plus `daemon_extra`, the HTTP-01
+/// listener on the port pebble validates when `http01`, and the admin listener when given.
+pub fn head(env: &Env, http01: bool, daemon_extra: &str, admin: Option<u16>) -> String {
+    let mut s = format!(
+        "state_dir = \"{}\"\n\n[daemon]\n{FAST}{daemon_extra}\n",
+        env.state_dir().display()
+    );
+    if http01 {
+        s.push_str(&format!(
+            "[http01]\nlisten = [\"127.0.0.1:{}\"]\n\n",
+            env.http_port
+        ));
+    }
+    if let Some(port) = admin {
+        s.push_str(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n"));
+    }
+    s
+}
+
+/// An `[issuer.NAME]` table at `directory`, trusting `ca_file`, with one solver (`solver` is the
+/// body of its `[[issuer.NAME.solver]]` table).
+pub fn issuer(name: &str, directory: &str, ca_file: &Path, solver: &str) -> String {
+    format!(
+        "[issuer.{name}]\ndirectory = \"{directory}\"\nca_bundle = \"{}\"\n\
+         contact = [\"mailto:admin@example.com\"]\n\n[[issuer.{name}.solver]]\n{solver}\n\n",
+        ca_file.display()
+    )
+}
+
+/// The pebble issuer of `env`, named `ca`.
+pub fn pebble_issuer(env: &Env, solver: &str) -> String {
+    issuer(
+        "ca",
+        &env.pebble.directory_url(),
+        &env.dir.path().join("pebble-ca.pem"),
+        solver,
+    )
+}
+
+/// A `[certificate.NAME]` table with output under the environment's `tls/NAME`.
+pub fn cert(env: &Env, name: &str, issuers: &[&str], domains: &[&str], extra: &str) -> String {
+    let q = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[certificate.{name}]\nissuer = [{}]\ndomains = [{}]\nkey = \"ecdsa-p256\"\n\
+         output = {{ dir = \"{}\" }}\n{extra}\n",
+        q(issuers),
+        q(domains),
+        env.out_dir(name).display()
+    )
+}
