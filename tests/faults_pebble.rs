@@ -783,7 +783,7 @@ async fn disk_full_and_read_only_output_fail_clearly_and_keep_old_files() {
     let mnt_s = mnt.to_str().unwrap().to_string();
     if !try_cmd(
         "mount",
-        &["-t", "tmpfs", "-o", "size=256k", "tmpfs", &mnt_s],
+        &["-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", &mnt_s],
     ) {
         eprintln!("cannot mount a tmpfs here (not root?); skipping");
         return;
