@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod hooks;
+pub mod listener;
 pub mod privileges;
 pub mod scheduler;
 pub mod store;

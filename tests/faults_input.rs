@@ -404,9 +404,21 @@ fn garbage_and_oversized_requests_to_the_http01_listener_get_4xx() {
             panic!("the daemon died ({s}) after {what}:\n{}", dump());
         }
     }
-    // Many idle connections at once (fewer than the listener's cap), then a normal request.
+    // Many idle connections at once from another address (127.0.0.2: loopback is all local), more
+    // than its per-address cap, then a normal request from 127.0.0.1.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let idle: Vec<TcpStream> = (0..100)
-        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .filter_map(|_| {
+            rt.block_on(async {
+                let s = tokio::net::TcpSocket::new_v4().ok()?;
+                s.bind("127.0.0.2:0".parse().unwrap()).ok()?;
+                let s = s.connect(([127, 0, 0, 1], port).into()).await.ok()?;
+                s.into_std().ok()
+            })
+        })
         .collect();
     assert_eq!(
         get(port, "/.well-known/acme-challenge/unknownToken_123"),

@@ -4,15 +4,19 @@
 //!
 //! The listener runs only while challenges are presented: it is bound on the first
 //! [`Solver::present`] and closed when the last challenge is cleaned up, so the port is free for the
-//! real web server otherwise. Each connection is handled on a blocking thread with a short timeout.
+//! real web server otherwise. Each connection is handled on its own thread, under limits so that
+//! stalled or dribbling clients cannot keep the CA out: at most [`MAX_HANDSHAKES`] at once and
+//! [`MAX_HANDSHAKES_PER_IP`] from one address (connections over either are closed at once), and each
+//! connection, handshake included, is closed at [`HANDSHAKE_DEADLINE`] however slowly its bytes
+//! arrive. A thread that cannot be started is an error, never a panic.
 
 use std::collections::HashMap;
-use std::io::Read as _;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openssl::asn1::{Asn1Object, Asn1OctetString, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
@@ -28,6 +32,15 @@ use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509, X509Extension, X509NameBuilder};
 
 use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
+use crate::listener::ConnLimiter;
+
+/// Handshakes in progress at once; more connections are closed at once.
+pub const MAX_HANDSHAKES: usize = 64;
+/// Handshakes in progress at once from one address (one IPv6 /64): a CA validates from a few
+/// addresses with one connection each.
+pub const MAX_HANDSHAKES_PER_IP: usize = 8;
+/// The longest a connection may take, handshake and close together; a CA's takes well under a second.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The ALPN protocol list (wire format) the CA offers and we must select.
 const ACME_TLS_ALPN: &[u8] = b"\x0aacme-tls/1";
@@ -47,6 +60,28 @@ pub struct TlsAlpn01Solver {
     listen: SocketAddr,
     contexts: Contexts,
     server: Mutex<Option<Server>>,
+    limits: HandshakeLimits,
+}
+
+/// The limits on the connections the listener accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandshakeLimits {
+    /// Connections handled at once.
+    pub max_handshakes: usize,
+    /// Connections handled at once from one address.
+    pub max_per_ip: usize,
+    /// The longest one connection may take.
+    pub deadline: Duration,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        Self {
+            max_handshakes: MAX_HANDSHAKES,
+            max_per_ip: MAX_HANDSHAKES_PER_IP,
+            deadline: HANDSHAKE_DEADLINE,
+        }
+    }
 }
 
 impl TlsAlpn01Solver {
@@ -57,7 +92,14 @@ impl TlsAlpn01Solver {
             listen,
             contexts: Arc::new(Mutex::new(HashMap::new())),
             server: Mutex::new(None),
+            limits: HandshakeLimits::default(),
         }
+    }
+
+    /// Change the connection limits (default [`HandshakeLimits::default`]).
+    pub fn with_limits(mut self, limits: HandshakeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn ensure_server(&self) -> Result<(), SolveError> {
@@ -78,7 +120,15 @@ impl TlsAlpn01Solver {
             .map_err(|e| SolveError::retryable(format!("tls-alpn-01: TLS setup: {e}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || accept_loop(listener, base, stop2));
+        let limits = self.limits;
+        let thread = std::thread::Builder::new()
+            .name("tls-alpn-01".into())
+            .spawn(move || accept_loop(listener, base, limits, stop2))
+            .map_err(|e| {
+                SolveError::retryable(format!(
+                    "tls-alpn-01: cannot start the listener thread: {e}"
+                ))
+            })?;
         tracing::info!(listen = %self.listen, "tls-alpn-01 listener started");
         *server = Some(Server { stop, thread });
         Ok(())
@@ -102,34 +152,35 @@ impl TlsAlpn01Solver {
     }
 }
 
-fn accept_loop(listener: TcpListener, base: SslContext, stop: Arc<AtomicBool>) {
+fn accept_loop(
+    listener: TcpListener,
+    base: SslContext,
+    limits: HandshakeLimits,
+    stop: Arc<AtomicBool>,
+) {
+    let limiter = ConnLimiter::new(limits.max_handshakes, limits.max_per_ip);
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let base = base.clone();
-                std::thread::spawn(move || {
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-                    let ssl = match Ssl::new(&base) {
-                        Ok(ssl) => ssl,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "tls-alpn-01: TLS setup failed");
-                            return;
-                        }
-                    };
-                    match ssl.accept(stream) {
-                        Ok(mut tls) => {
-                            // The validator closes after the handshake; drain until it does.
-                            let mut buf = [0u8; 256];
-                            let _ = tls.read(&mut buf);
-                            let _ = tls.shutdown();
-                        }
-                        Err(e) => {
-                            tracing::debug!(peer = %peer, error = %e, "tls-alpn-01 handshake failed")
-                        }
+                let slot = match limiter.try_admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        tracing::debug!(peer = %peer, reason = ?why, "tls-alpn-01: over the connection cap; closed");
+                        continue;
                     }
-                });
+                };
+                let base = base.clone();
+                let started = std::thread::Builder::new()
+                    .name("tls-alpn-01-conn".into())
+                    .spawn(move || {
+                        handle(stream, peer, &base, Instant::now() + limits.deadline);
+                        drop(slot);
+                    });
+                if let Err(e) = started {
+                    // The closure (stream and slot) is dropped: the connection is closed, the slot freed.
+                    tracing::warn!(peer = %peer, error = %e, "tls-alpn-01: cannot start a thread for a connection; closed it");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(25));
@@ -139,6 +190,74 @@ fn accept_loop(listener: TcpListener, base: SslContext, stop: Arc<AtomicBool>) {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+/// One connection: the handshake, then wait for the validator to close; all before `deadline`.
+fn handle(stream: std::net::TcpStream, peer: SocketAddr, base: &SslContext, deadline: Instant) {
+    let _ = stream.set_nonblocking(false);
+    let ssl = match Ssl::new(base) {
+        Ok(ssl) => ssl,
+        Err(e) => {
+            tracing::warn!(error = %e, "tls-alpn-01: TLS setup failed");
+            return;
+        }
+    };
+    match ssl.accept(DeadlineStream {
+        inner: stream,
+        deadline,
+    }) {
+        Ok(mut tls) => {
+            // The validator closes after the handshake; drain until it does.
+            let mut buf = [0u8; 256];
+            let _ = tls.read(&mut buf);
+            let _ = tls.shutdown();
+        }
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "tls-alpn-01 handshake failed")
+        }
+    }
+}
+
+/// A blocking TCP stream whose reads and writes all end by one deadline: each call waits at most the
+/// time left, so a client sending a byte now and then cannot stretch the connection (a plain read
+/// timeout restarts with every byte).
+#[derive(Debug)]
+struct DeadlineStream {
+    inner: std::net::TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    fn time_left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "tls-alpn-01 connection deadline passed",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.time_left()?;
+        self.inner.set_read_timeout(Some(left))?;
+        self.inner.read(buf)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.time_left()?;
+        self.inner.set_write_timeout(Some(left))?;
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -364,5 +483,120 @@ mod tests {
                 .all(|g| g.dnsname().is_none()),
             "an IP challenge certificate carries no dNSName"
         );
+    }
+
+    fn ip_ctx() -> ChallengeCtx {
+        ChallengeCtx {
+            cert_name: "ip".into(),
+            identifier: "127.0.0.1".into(),
+            is_ip: true,
+            wildcard: false,
+            kind: ChallengeKind::TlsAlpn01,
+            token: "tok".into(),
+            key_authorization: "tok.thumb".into(),
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A validator's handshake from 127.0.0.1; returns the selected ALPN protocol.
+    fn handshake(port: u16) -> Option<Vec<u8>> {
+        use openssl::ssl::{SslConnector, SslVerifyMode};
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_alpn_protos(ACME_TLS_ALPN).unwrap();
+        let mut cfg = b.build().configure().unwrap();
+        cfg.set_verify_hostname(false);
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let tls = cfg.connect("1.0.0.127.in-addr.arpa", tcp).ok()?;
+        tls.ssl().selected_alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    /// A client that announces a large TLS record and sends it a byte at a time is closed at the
+    /// deadline (a per-read timeout would restart with every byte and keep it open).
+    #[tokio::test]
+    async fn a_dribbling_client_is_closed_at_the_deadline() {
+        let port = free_port();
+        let solver = TlsAlpn01Solver::new(SocketAddr::from(([127, 0, 0, 1], port))).with_limits(
+            HandshakeLimits {
+                deadline: Duration::from_secs(1),
+                ..HandshakeLimits::default()
+            },
+        );
+        let ctx = ip_ctx();
+        solver.present(&ctx).await.unwrap();
+        let elapsed = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let start = Instant::now();
+            // a handshake record of 16128 bytes, of which only the header comes at once
+            s.write_all(&[0x16, 0x03, 0x01, 0x3f, 0x00]).unwrap();
+            while start.elapsed() < Duration::from_secs(6) {
+                if s.write_all(&[0x01]).is_err() {
+                    break;
+                }
+                let mut b = [0u8; 64];
+                match s.read(&mut b) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            start.elapsed()
+        })
+        .await
+        .unwrap();
+        solver.cleanup(&ctx).await.unwrap();
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "the dribbling connection stayed open for {elapsed:?}"
+        );
+    }
+
+    /// 200 connections from 127.0.0.2 that never send a ClientHello do not keep the CA's handshake
+    /// (from 127.0.0.1) out: the per-address cap closes most of them at once.
+    #[tokio::test]
+    async fn stalled_connections_do_not_keep_a_real_handshake_out() {
+        let port = free_port();
+        let solver = TlsAlpn01Solver::new(SocketAddr::from(([127, 0, 0, 1], port)));
+        let ctx = ip_ctx();
+        solver.present(&ctx).await.unwrap();
+        let mut stalled = Vec::new();
+        for _ in 0..200 {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            stalled.push(
+                sock.connect(SocketAddr::from(([127, 0, 0, 1], port)))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // let the listener see them all before the real one
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = Instant::now();
+        let alpn = tokio::task::spawn_blocking(move || handshake(port))
+            .await
+            .unwrap();
+        assert_eq!(alpn.as_deref(), Some(&b"acme-tls/1"[..]));
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(stalled);
+        solver.cleanup(&ctx).await.unwrap();
     }
 }

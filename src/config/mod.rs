@@ -82,8 +82,13 @@ pub struct Http01Config {
 /// `[admin]`: the admin HTTP listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminConfig {
-    /// Socket address to bind.
+    /// Socket address to bind; a non-loopback address needs `allow_remote = true` or a token.
     pub listen: SocketAddr,
+    /// `allow_remote = true`: the operator accepts a non-loopback address without a token (and
+    /// firewalls it).
+    pub allow_remote: bool,
+    /// The bearer token every request must carry (`token_file`, read at load).
+    pub token: Option<secret::Secret>,
 }
 
 /// `[daemon]`: daemon-wide limits.
@@ -545,6 +550,9 @@ output = { dir = "/etc/nginx/tls/www" }
             ("dns provider in an include", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("x.toml", "[issuer.x]\ndirectory = \"letsencrypt\"\n[[issuer.x.solver]]\ndns01 = { provider = \"powerdns\", api_url = \"localhost:8081\", api_key_env = \"K\" }\n")], "DIR/conf.d/x.toml:4:44: issuer.x.solver[0].dns01.api_url: \"localhost:8081\" is not an http:// or https:// URL with a host"),
             ("duplicate issuer in list", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"le\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: issuer \"le\" is listed twice: remove one"),
             ("propagation on http01", BASE.replace("http01 = {}", "http01 = {}\npropagation = { check = false }"), &[], "DIR/certkeeper.toml:9:15: issuer.le.solver[0].propagation: only applies to dns01 solvers: remove it"),
+            ("admin on a public address without opt-in", format!("{BASE}[admin]\nlisten = \"0.0.0.0:8403\"\n"), &[], "DIR/certkeeper.toml:19:10: admin.listen: 0.0.0.0:8403 is not a loopback address and the admin listener has no authentication: listen on 127.0.0.1 or [::1], set token_file = \"/path/to/token\" to require `Authorization: Bearer <token>`, or set allow_remote = true and firewall the port"),
+            ("admin token file missing", format!("{BASE}[admin]\nlisten = \"[::]:8403\"\ntoken_file = \"conf.d/none.token\"\n"), &[], "DIR/certkeeper.toml:20:14: admin.token_file: cannot read DIR/conf.d/none.token: No such file or directory (os error 2) (check the path and that certkeeper's user may read it)"),
+            ("admin token file empty", format!("{BASE}[admin]\nlisten = \"127.0.0.1:8403\"\ntoken_file = \"conf.d/empty.token\"\n"), &[("empty.token", "\n")], "DIR/certkeeper.toml:20:14: admin.token_file: DIR/conf.d/empty.token is empty: put the bearer token in it (e.g. `openssl rand -hex 32 > DIR/conf.d/empty.token`)"),
         ];
         let mut failures = Vec::new();
         for (name, main, includes, want) in cases {
@@ -554,6 +562,34 @@ output = { dir = "/etc/nginx/tls/www" }
             }
         }
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_allow_remote_or_a_token() {
+        let remote = load_case(
+            &format!("{BASE}[admin]\nlisten = \"0.0.0.0:8403\"\nallow_remote = true\n"),
+            &[],
+        )
+        .unwrap()
+        .admin
+        .unwrap();
+        assert!(remote.allow_remote && remote.token.is_none());
+        let token = load_case(
+            &format!(
+                "{BASE}[admin]\nlisten = \"[::]:8403\"\ntoken_file = \"conf.d/admin.token\"\n"
+            ),
+            &[("admin.token", "  tok-123\n")],
+        )
+        .unwrap()
+        .admin
+        .unwrap();
+        assert_eq!(token.token.as_ref().map(|t| t.expose()), Some("tok-123"));
+        assert!(!token.allow_remote);
+        let local = load_case(&format!("{BASE}[admin]\nlisten = \"[::1]:8403\"\n"), &[])
+            .unwrap()
+            .admin
+            .unwrap();
+        assert!(local.token.is_none() && !local.allow_remote);
     }
 
     fn http01(zones: &[&str], names: &[&str]) -> SolverConfig {
@@ -777,12 +813,14 @@ output = { dir = "/etc/nginx/tls/www" }
     fn full_config_parses_every_key() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("eab.key"), "c2VjcmV0LWhtYWM\n").unwrap();
+        std::fs::write(dir.path().join("admin.token"), "s3cret-token\n").unwrap();
         let text = r#"
 state_dir = "/srv/ck"
 [http01]
 listen = ["127.0.0.1:8402", "[::1]:8402"]
 [admin]
 listen = "127.0.0.1:8403"
+token_file = "admin.token"
 [daemon]
 max_concurrent = 3
 hook_timeout = "1m 30s"
@@ -821,7 +859,9 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
         assert_eq!(
             cfg.admin,
             Some(AdminConfig {
-                listen: "127.0.0.1:8403".parse().unwrap()
+                listen: "127.0.0.1:8403".parse().unwrap(),
+                allow_remote: false,
+                token: Some(secret::Secret::new("s3cret-token")),
             })
         );
         assert_eq!(

@@ -50,6 +50,8 @@ pub(crate) struct RawHttp01 {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub listen: SStr,
+    pub allow_remote: Option<bool>,
+    pub token_file: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

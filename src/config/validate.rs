@@ -183,11 +183,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
             Http01Config { listen }
         }
     };
-    let admin = main
-        .admin
-        .as_ref()
-        .and_then(|a| socket_addr(&mut cx, 0, &a.listen, "admin.listen"))
-        .map(|listen| AdminConfig { listen });
+    let admin = main.admin.as_ref().and_then(|a| admin(&mut cx, a));
     let mut daemon = DaemonConfig {
         max_concurrent: super::DEFAULT_MAX_CONCURRENT,
         hook_timeout: super::DEFAULT_HOOK_TIMEOUT,
@@ -307,6 +303,55 @@ fn merge<T>(
         return;
     }
     map.insert(name.get_ref().clone(), (file, name, raw));
+}
+
+/// `[admin]`: loopback only, unless the operator opts in with `allow_remote = true` or protects it
+/// with a bearer token (`token_file`, read now: a missing or empty file is an error here, not a
+/// listener that lets everyone in).
+fn admin(cx: &mut Ctx, a: &super::raw::RawAdmin) -> Option<AdminConfig> {
+    let listen = socket_addr(cx, 0, &a.listen, "admin.listen");
+    let token = match &a.token_file {
+        None => None,
+        Some(f) => {
+            let path = cx.resolve(0, f.get_ref());
+            match std::fs::read_to_string(&path) {
+                Ok(t) if !t.trim().is_empty() => Some(super::secret::Secret::new(t.trim())),
+                Ok(_) => {
+                    let msg = format!(
+                        "{} is empty: put the bearer token in it (e.g. `openssl rand -hex 32 > {}`)",
+                        path.display(),
+                        path.display()
+                    );
+                    cx.err(0, &f.span(), "admin.token_file", msg);
+                    return None;
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "cannot read {}: {e} (check the path and that certkeeper's user may read it)",
+                        path.display()
+                    );
+                    cx.err(0, &f.span(), "admin.token_file", msg);
+                    return None;
+                }
+            }
+        }
+    };
+    let listen = listen?;
+    let allow_remote = a.allow_remote.unwrap_or(false);
+    if !listen.ip().is_loopback() && !allow_remote && token.is_none() {
+        let msg = format!(
+            "{listen} is not a loopback address and the admin listener has no authentication: listen on \
+             127.0.0.1 or [::1], set token_file = \"/path/to/token\" to require `Authorization: Bearer <token>`, \
+             or set allow_remote = true and firewall the port"
+        );
+        cx.err(0, &a.listen.span(), "admin.listen", msg);
+        return None;
+    }
+    Some(AdminConfig {
+        listen,
+        allow_remote,
+        token,
+    })
 }
 
 fn socket_addr(cx: &mut Ctx, file: usize, s: &SStr, key: &str) -> Option<SocketAddr> {

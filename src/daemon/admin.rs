@@ -3,6 +3,10 @@
 //! `/healthz` asks the daemon loop itself (through a channel) and answers 200 only when the loop
 //! replies within a few seconds, so a wedged loop shows as unhealthy. `/metrics` renders a snapshot
 //! the loop keeps up to date after every scheduling decision; a scrape reads no files.
+//!
+//! With `token_file` every request needs `Authorization: Bearer <token>`; the config refuses a
+//! non-loopback address without a token unless `allow_remote = true`. Connections go through the
+//! same limited accept loop as the HTTP-01 listener ([`crate::listener`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,15 +14,28 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::secret::Secret;
+use crate::listener::Limits;
+
 /// How long `/healthz` waits for the loop to answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The admin listener's connection limits: a scraper and a health checker or two need a handful of
+/// connections; the lifetime leaves room for a `/healthz` that waits [`HEALTH_TIMEOUT`].
+pub const LIMITS: Limits = Limits {
+    max_connections: 64,
+    max_per_ip: 16,
+    header_read_timeout: Duration::from_secs(5),
+    lifetime: Duration::from_secs(30),
+};
 
 /// Errors starting the admin listener.
 #[derive(Debug, thiserror::Error)]
@@ -225,26 +242,74 @@ struct AppState {
 
 /// Bind the admin listener and serve it until `shutdown` is cancelled.
 ///
-/// Health pings arrive on the receiver paired with `health`; the loop must answer them.
+/// Health pings arrive on the receiver paired with `health`; the loop must answer them. With a
+/// `token`, requests without `Authorization: Bearer <token>` get 401.
 pub async fn serve(
     addr: SocketAddr,
+    token: Option<Secret>,
     metrics: std::sync::Arc<Metrics>,
     health: mpsc::Sender<HealthPing>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, AdminError> {
+    serve_with_limits(addr, token, metrics, health, shutdown, LIMITS).await
+}
+
+async fn serve_with_limits(
+    addr: SocketAddr,
+    token: Option<Secret>,
+    metrics: std::sync::Arc<Metrics>,
+    health: mpsc::Sender<HealthPing>,
+    shutdown: CancellationToken,
+    limits: Limits,
+) -> Result<tokio::task::JoinHandle<()>, AdminError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AdminError::Bind { addr, source })?;
-    let app = Router::new()
+    let authenticated = token.is_some();
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_handler))
         .with_state(AppState { metrics, health });
-    tracing::info!(listen = %addr, "admin listener (/healthz, /metrics)");
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-    }))
+    if let Some(token) = token {
+        let want = std::sync::Arc::new(openssl::sha::sha256(token.expose().as_bytes()));
+        app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
+            let want = want.clone();
+            async move { require_bearer(&want, req, next).await }
+        }));
+    }
+    tracing::info!(listen = %addr, authenticated, "admin listener (/healthz, /metrics)");
+    Ok(tokio::spawn(crate::listener::serve(
+        listener, app, limits, "admin", shutdown,
+    )))
+}
+
+/// 401 unless the request carries `Authorization: Bearer <token>` whose SHA-256 is `want`.
+///
+/// Comparing digests with `CRYPTO_memcmp` takes the same time wherever the first difference is and
+/// whatever the length of the presented token.
+async fn require_bearer(want: &[u8; 32], req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    let ok = presented.is_some_and(|t| {
+        let got = openssl::sha::sha256(t.as_bytes());
+        openssl::memcmp::eq(&got, want)
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required (Authorization: Bearer <token from [admin] token_file>)\n",
+        )
+            .into_response()
+    }
 }
 
 async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
@@ -341,7 +406,7 @@ mod tests {
         let addr = probe.local_addr().unwrap();
         drop(probe);
         let stop = CancellationToken::new();
-        serve(addr, metrics, tx, stop.clone()).await.unwrap();
+        serve(addr, None, metrics, tx, stop.clone()).await.unwrap();
         let loop_task = tokio::spawn(async move {
             // answer two pings, then stop answering (a wedged loop)
             for _ in 0..2 {
@@ -373,6 +438,118 @@ mod tests {
                 .contains("certkeeper_certificate_failures{name=\"www\"} 0")
         );
         loop_task.abort();
+        stop.cancel();
+    }
+
+    fn free_addr() -> SocketAddr {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_is_required_when_configured() {
+        let addr = free_addr();
+        let (tx, _rx) = mpsc::channel::<HealthPing>(4);
+        let stop = CancellationToken::new();
+        serve(
+            addr,
+            Some(Secret::new("tok-3x4mple")),
+            Arc::new(Metrics::default()),
+            tx,
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let c = reqwest::Client::new();
+        let url = format!("http://{addr}/metrics");
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        for bad in [
+            "Bearer tok-3x4mplf",
+            "Bearer tok-3x4mple-and-more",
+            "Basic tok-3x4mple",
+            "tok-3x4mple",
+        ] {
+            let r = c
+                .get(&url)
+                .header("authorization", bad)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401, "{bad}");
+        }
+        let r = c
+            .get(&url)
+            .header("authorization", "Bearer tok-3x4mple")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = c
+            .get(&url)
+            .header("authorization", "bearer  tok-3x4mple")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn slow_header_connections_are_closed_and_capped() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = free_addr();
+        let (tx, _rx) = mpsc::channel::<HealthPing>(4);
+        let stop = CancellationToken::new();
+        let limits = Limits {
+            max_connections: 4,
+            max_per_ip: 2,
+            header_read_timeout: Duration::from_millis(500),
+            lifetime: Duration::from_secs(30),
+        };
+        serve_with_limits(
+            addr,
+            None,
+            Arc::new(Metrics::default()),
+            tx,
+            stop.clone(),
+            limits,
+        )
+        .await
+        .unwrap();
+        let mut slow = Vec::new();
+        for _ in 0..2 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+            slow.push(s);
+        }
+        let start = std::time::Instant::now();
+        // a third connection from the same address is closed at once
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_millis(300), third.read_to_end(&mut buf))
+            .await
+            .expect("a connection over the per-IP cap is closed at once")
+            .ok();
+        // the slow ones are closed at the header-read timeout
+        for mut s in slow {
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+                .await
+                .expect("a slow-header connection is still open after 10 s")
+                .ok();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        // and the listener serves again
+        let r = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
         stop.cancel();
     }
 }

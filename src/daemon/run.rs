@@ -67,7 +67,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (health_tx, mut health_rx) = mpsc::channel::<HealthPing>(16);
     if let Some(admin) = &cfg.admin {
-        admin::serve(admin.listen, metrics.clone(), health_tx, shutdown.clone()).await?;
+        admin::serve(
+            admin.listen,
+            admin.token.clone(),
+            metrics.clone(),
+            health_tx,
+            shutdown.clone(),
+        )
+        .await?;
     } else {
         drop(health_tx);
     }

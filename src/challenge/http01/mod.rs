@@ -10,7 +10,6 @@
 //! has a time limit.
 
 use std::collections::HashMap;
-use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::sync::{Arc, RwLock};
@@ -25,6 +24,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
+use crate::listener::{ConnLimiter, Limits};
 
 pub mod selfcheck;
 
@@ -42,11 +42,25 @@ pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Challenge requests have no body; anything larger than this is refused.
 const BODY_LIMIT: usize = 1024;
-/// Default cap on open connections per listener (slow clients cannot exhaust file descriptors).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
-/// Default cap on a connection's lifetime: axum sets no header-read timeout, so a client sending
-/// headers byte by byte (slowloris) is cut off here. A CA's validation request takes well under a second.
+/// Default cap on open connections, over all listen addresses. High enough that one peer at its
+/// per-IP cap leaves room for the CA; keep `LimitNOFILE=` above it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default cap on open connections from one IP address (one IPv6 /64). A CA validates from a few
+/// addresses with one or two connections each.
+pub const DEFAULT_MAX_PER_IP: usize = 32;
+/// Default time a request's headers (and the next request on an idle keep-alive connection) may
+/// take: a CA's validation request takes well under a second.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default cap on a connection's lifetime.
 pub const DEFAULT_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// The limits the HTTP-01 listener enforces by default.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    max_connections: DEFAULT_MAX_CONNECTIONS,
+    max_per_ip: DEFAULT_MAX_PER_IP,
+    header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+    lifetime: DEFAULT_CONNECTION_LIFETIME,
+};
 
 /// What is served for one token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,8 +305,7 @@ pub enum Http01Error {
 pub struct Http01Server {
     listeners: Vec<std::net::TcpListener>,
     tokens: TokenStore,
-    max_connections: usize,
-    connection_lifetime: Duration,
+    limits: Limits,
 }
 
 impl Http01Server {
@@ -324,16 +337,14 @@ impl Http01Server {
         Ok(Self {
             listeners,
             tokens,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            connection_lifetime: DEFAULT_CONNECTION_LIFETIME,
+            limits: DEFAULT_LIMITS,
         })
     }
 
-    /// Change the per-listener connection cap and the longest a connection may stay open
-    /// (defaults [`DEFAULT_MAX_CONNECTIONS`], [`DEFAULT_CONNECTION_LIFETIME`]).
-    pub fn with_connection_limits(mut self, max_connections: usize, lifetime: Duration) -> Self {
-        self.max_connections = max_connections.max(1);
-        self.connection_lifetime = lifetime;
+    /// Change the connection limits (default [`DEFAULT_LIMITS`]); the caps count connections over
+    /// all listen addresses together.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -352,6 +363,8 @@ impl Http01Server {
         shutdown: CancellationToken,
     ) -> Result<Vec<tokio::task::JoinHandle<()>>, Http01Error> {
         let app = router(self.tokens);
+        let limits = self.limits;
+        let limiter = ConnLimiter::new(limits.max_connections, limits.max_per_ip);
         let mut tasks = Vec::new();
         for l in self.listeners {
             let addr = l.local_addr().map_err(|source| Http01Error::Serve {
@@ -360,120 +373,15 @@ impl Http01Server {
             })?;
             let listener = tokio::net::TcpListener::from_std(l)
                 .map_err(|source| Http01Error::Serve { addr, source })?;
-            let listener = LimitedListener {
-                inner: listener,
-                permits: Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
-                lifetime: self.connection_lifetime,
-            };
             let app = app.clone();
+            let limiter = limiter.clone();
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 tracing::info!(%addr, "HTTP-01 listener started");
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(%addr, error = %e, "HTTP-01 listener stopped with an error");
-                }
+                crate::listener::serve_with(listener, app, limits, limiter, "http01", stop).await;
             }));
         }
         Ok(tasks)
-    }
-}
-
-/// A TCP listener that caps open connections and their lifetime.
-struct LimitedListener {
-    inner: tokio::net::TcpListener,
-    permits: Arc<tokio::sync::Semaphore>,
-    lifetime: Duration,
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedConn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // Wait for a free slot before accepting; the kernel backlog holds the rest.
-        let permit = loop {
-            match self.permits.clone().acquire_owned().await {
-                Ok(p) => break p,
-                // The semaphore is never closed; if it were, serve without a cap rather than spin.
-                Err(_) => {
-                    self.permits = Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONNECTIONS))
-                }
-            }
-        };
-        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        let conn = LimitedConn {
-            inner: io,
-            deadline: Box::pin(tokio::time::sleep(self.lifetime)),
-            _permit: permit,
-        };
-        (conn, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// A connection that fails its reads and writes once its lifetime is over.
-struct LimitedConn {
-    inner: tokio::net::TcpStream,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl LimitedConn {
-    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
-    }
-}
-
-fn lifetime_over() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "HTTP-01 connection lifetime exceeded",
-    )
-}
-
-impl tokio::io::AsyncRead for LimitedConn {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.expired(cx) {
-            return std::task::Poll::Ready(Err(lifetime_over()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for LimitedConn {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.expired(cx) {
-            return std::task::Poll::Ready(Err(lifetime_over()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -777,16 +685,28 @@ mod tests {
             .unwrap();
         let server = Http01Server::bind(&["127.0.0.1:0".parse().unwrap()], tokens)
             .unwrap()
-            .with_connection_limits(1, Duration::from_millis(300));
+            .with_limits(Limits {
+                max_connections: 1,
+                max_per_ip: 1,
+                header_read_timeout: Duration::from_millis(300),
+                lifetime: Duration::from_secs(30),
+            });
         let addr = server.local_addrs()[0];
         let stop = CancellationToken::new();
         let _t = server.serve(stop.clone()).unwrap();
-        // A slowloris client holding the only slot is disconnected at the lifetime...
+        // A slowloris client holding the only slot is disconnected at the header-read timeout...
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET / HTTP/1.1\r\nHost: exa")
             .await
             .unwrap();
         let start = std::time::Instant::now();
+        // ...a connection over the cap meanwhile is closed at once...
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut b = Vec::new();
+        tokio::time::timeout(Duration::from_millis(250), over.read_to_end(&mut b))
+            .await
+            .expect("a connection over the cap is closed at once")
+            .ok();
         let mut buf = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf))
             .await
