@@ -4,7 +4,7 @@
 //! A child gets only what it needs, because the daemon's environment often holds API tokens from
 //! `EnvironmentFile=` and the unit grants `CAP_NET_BIND_SERVICE` as an ambient capability, which
 //! would otherwise pass through `execve`:
-//! - an empty environment plus [`ALLOWED`] (`PATH`, `LANG`, `LC_*`, `TZ`), the original
+//! - an empty environment plus the allowlist (`PATH`, `LANG`, `LC_*`, `TZ`), the original
 //!   `SSL_CERT_FILE` / `SSL_CERT_DIR` (see [`crate::tls_env`]), the `CERTKEEPER_*` variables the
 //!   caller sets, and the names the administrator listed in an `env` key;
 //! - an empty ambient capability set;
