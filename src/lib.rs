@@ -6,6 +6,7 @@
 
 pub mod acme;
 pub mod challenge;
+pub mod child;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -5,8 +5,8 @@
 //! idle host and over 1 s on a busy one, which dwarfs a whole ACME order against a local CA. The
 //! hashed directory beside the file (`/etc/ssl/certs/<hash>.0`) holds the same roots and is read
 //! lazily, one file per issuer looked up. So certkeeper points `SSL_CERT_FILE` at an empty file
-//! for itself, and takes that back out of the environment of every program it starts (reload
-//! hooks, DNS exec hooks), which therefore see the administrator's environment unchanged.
+//! for itself, and gives every program it starts (reload hooks, DNS exec hooks) the original value
+//! instead ([`original_trust_env`], used by [`crate::child::prepare`]).
 
 use std::ffi::OsString;
 use std::sync::OnceLock;
@@ -52,17 +52,18 @@ fn has_hash_links(dir: &str) -> bool {
     })
 }
 
-/// Give a child process the environment certkeeper was started with.
-pub fn child_env(cmd: &mut tokio::process::Command) {
-    match ORIGINAL.get() {
-        Some(Some(value)) => {
-            cmd.env("SSL_CERT_FILE", value);
-        }
-        Some(None) => {
-            cmd.env_remove("SSL_CERT_FILE");
-        }
-        None => {}
-    }
+/// The TLS trust variables a child process inherits: `SSL_CERT_FILE` as certkeeper was started
+/// with it (not the `/dev/null` set for itself) and `SSL_CERT_DIR`, when set.
+pub fn original_trust_env() -> Vec<(&'static str, OsString)> {
+    let file = match ORIGINAL.get() {
+        Some(original) => original.clone(),
+        None => std::env::var_os("SSL_CERT_FILE"),
+    };
+    let dir = std::env::var_os("SSL_CERT_DIR");
+    [("SSL_CERT_FILE", file), ("SSL_CERT_DIR", dir)]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
 }
 
 #[cfg(test)]

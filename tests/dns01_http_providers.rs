@@ -340,3 +340,80 @@ async fn acme_dns_updates_and_cleanup_is_noop() {
         "{msg}"
     );
 }
+
+/// A server that answers every request with `307` to `target` + the request path, recording the
+/// requests it saw.
+async fn redirector(target: Option<String>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let own = format!("http://{}", listener.local_addr().unwrap());
+    // Without a target, redirect to the same origin: /update -> /moved/update, answered there.
+    let target = target.unwrap_or_else(|| format!("{own}/moved"));
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+        let (log, target) = (log.clone(), target.clone());
+        async move {
+            log.lock().unwrap().push(uri.path().to_string());
+            if uri.path().starts_with("/moved/") {
+                let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+                let status = if key == Some("pass-r") {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                return (status, HeaderMap::new(), "{}".to_string());
+            }
+            let mut h = HeaderMap::new();
+            h.insert(
+                "location",
+                format!("{target}{}", uri.path()).parse().unwrap(),
+            );
+            (StatusCode::TEMPORARY_REDIRECT, h, String::new())
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (own, seen)
+}
+
+fn acme_dns_at(base: &str) -> DnsProviderConfig {
+    // SAFETY: variable unique to this test.
+    unsafe { std::env::set_var("CK_ACMEDNS_REDIRECT", "pass-r") };
+    toml::from_str(&format!(
+        "provider = \"acme-dns\"\napi_url = \"{base}\"\nusername = \"user-1\"\npassword_env = \"CK_ACMEDNS_REDIRECT\"\nsubdomain = \"s\""
+    ))
+    .unwrap()
+}
+
+/// The API key is sent in a header: a redirect to another port (another origin) must not be followed,
+/// or the key would go with it; a redirect on the same origin still works.
+#[tokio::test]
+async fn provider_clients_follow_no_redirect_to_another_origin() {
+    let (other, other_seen) = serve(acme_dns_api).await;
+    let (base, seen) = redirector(Some(other)).await;
+    let msg = acme_dns_at(&base)
+        .build()
+        .unwrap()
+        .present(&rec("v", None))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("HTTP 307") && msg.contains("not followed"),
+        "{msg}"
+    );
+    assert_eq!(*seen.lock().unwrap(), ["/update"]);
+    assert!(
+        other_seen.lock().unwrap().is_empty(),
+        "the other origin got the API key: {:?}",
+        other_seen.lock().unwrap()
+    );
+
+    let (base, seen) = redirector(None).await;
+    acme_dns_at(&base)
+        .build()
+        .unwrap()
+        .present(&rec("v", None))
+        .await
+        .expect("a same-origin redirect is followed");
+    assert_eq!(*seen.lock().unwrap(), ["/update", "/moved/update"]);
+}

@@ -714,3 +714,69 @@ async fn reload_hooks_see_the_original_tls_environment() {
         );
     }
 }
+
+/// A reload hook starts from an empty environment plus an allowlist: the secrets of the daemon's
+/// environment (`EnvironmentFile=`) and systemd's own variables do not reach it; `PATH` and the names
+/// listed in `reload_env` do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_hooks_get_only_the_allowlisted_environment() {
+    let http_port = free_port();
+    let pebble = pebble(PebbleOpts {
+        http_port,
+        ..Default::default()
+    })
+    .await;
+    let seen = tempfile::tempdir().unwrap();
+    let env_file = seen.path().join("env");
+    let cfg = TestConfig::new()
+        .http01_listen(http_port)
+        .issuer(IssuerSpec::pebble("pebble", &pebble).solver_http01())
+        .certificate(
+            CertSpec::new("env", "pebble", &["env.example.com"])
+                .reload(&format!("env > '{}'", env_file.display()))
+                .extra("reload_env = [\"HOOK_WANTS_THIS\", \"NOT_SET_ANYWHERE\"]"),
+        )
+        .write();
+    let mut cmd = cfg.command(&["renew", "--force"]);
+    cmd.env("CK_SECRET_TOKEN", "s3cret-token")
+        .env("HOOK_WANTS_THIS", "listed-value")
+        .env("WATCHDOG_USEC", "30000000")
+        .env("INVOCATION_ID", "0123456789abcdef")
+        .env("LISTEN_FDS", "1")
+        .env("LC_TIME", "C")
+        .env("CERTKEEPER_CRASH_DIR", "/nonexistent");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(240), cmd.output())
+        .await
+        .expect("renew finished")
+        .expect("renew ran");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert!(!env.contains("s3cret-token"), "{env}");
+    for absent in [
+        "CK_SECRET_TOKEN",
+        "WATCHDOG_USEC",
+        "INVOCATION_ID",
+        "LISTEN_FDS",
+        "CERTKEEPER_CRASH_DIR",
+        "NO_COLOR",
+        "NOT_SET_ANYWHERE",
+    ] {
+        assert!(
+            !names.contains(&absent),
+            "{absent} leaked to the hook:\n{env}"
+        );
+    }
+    for present in ["PATH", "LC_TIME", "HOOK_WANTS_THIS", "CERTKEEPER_CERT_NAME"] {
+        assert!(names.contains(&present), "{present} missing:\n{env}");
+    }
+    assert!(env.contains("HOOK_WANTS_THIS=listed-value\n"), "{env}");
+}

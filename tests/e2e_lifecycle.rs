@@ -384,6 +384,10 @@ async fn rollover_switches_the_key_and_the_old_one_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the crash hook: cargo test --features test-hooks"
+)]
 async fn rollover_interrupted_after_keychange_is_completed_on_next_start() {
     let Some(w) = World::start().await else {
         return;
@@ -409,6 +413,10 @@ async fn rollover_interrupted_after_keychange_is_completed_on_next_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the crash hook: cargo test --features test-hooks"
+)]
 async fn rollover_interrupted_before_keychange_keeps_the_old_key() {
     let Some(w) = World::start().await else {
         return;

@@ -17,6 +17,7 @@ use crate::store::{self, StoreError};
 
 /// Environment variable for crash tests: when it names a step (`rollover-after-keychange`), the
 /// process aborts right there, as a power cut would.
+#[cfg(feature = "test-hooks")]
 pub const CRASH_AT_ENV: &str = "CERTKEEPER_TEST_CRASH_AT";
 
 /// The account as the CA and the state directory know it.
@@ -343,13 +344,18 @@ pub async fn deactivate(
     Ok(info)
 }
 
-/// Abort the process here when [`CRASH_AT_ENV`] names `step` (crash-recovery tests only).
+/// Abort the process here when [`CRASH_AT_ENV`] names `step` (crash-recovery tests only: compiled
+/// in with the `test-hooks` feature, a no-op otherwise).
+#[cfg(feature = "test-hooks")]
 fn crash_point(step: &str) {
     if std::env::var(CRASH_AT_ENV).is_ok_and(|v| v == step) {
         eprintln!("certkeeper: {CRASH_AT_ENV}={step}: aborting as requested");
         std::process::abort();
     }
 }
+
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point(_step: &str) {}
 
 #[cfg(test)]
 mod tests {

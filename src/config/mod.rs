@@ -262,6 +262,9 @@ pub struct CertificateConfig {
     pub output: OutputConfig,
     /// Shell commands run (each with `/bin/sh -c`) after a new certificate is written.
     pub reload: Vec<String>,
+    /// Names of the daemon's environment variables the reload commands may see, beyond `PATH`,
+    /// `LANG`, `LC_*`, `TZ` and certkeeper's own `CERTKEEPER_*` (see [`crate::child`]).
+    pub reload_env: Vec<String>,
 }
 
 /// Where a certificate's PEM files go, and their ownership and modes (the store's own type).
@@ -504,7 +507,7 @@ output = { dir = "/etc/nginx/tls/www" }
             ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `include`, `http01`, `admin`, `daemon`, `issuer`, `certificate`"),
             ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `solver`"),
             ("unknown solver key", BASE.replace("http01 = {}", "http01 = { self_chek = true }"), &[], "DIR/certkeeper.toml:8:12: issuer.le.solver[0].http01.self_chek: unknown field `self_chek`, expected `self_check`"),
-            ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`"),
+            ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`, `reload_env`"),
             ("unknown output key", BASE.replace("tls/www\" }", "tls/www\", mode = \"0640\" }"), &[], "DIR/certkeeper.toml:17:40: certificate.www.output.mode: unknown field `mode`, expected one of `dir`, `owner`, `group`, `key_mode`, `cert_mode`, `allow_shared_dir`"),
             ("wrong type", BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = \"example.com\""), &[], "DIR/certkeeper.toml:16:11: certificate.www.domains: invalid type: string \"example.com\", expected a sequence"),
             ("unknown issuer", BASE.replace("issuer = \"le\"", "issuer = \"le2\""), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"le2\" (defined issuers: le)"),
@@ -538,7 +541,9 @@ output = { dir = "/etc/nginx/tls/www" }
             ("bad listen", format!("{BASE}\n[http01]\nlisten = [\"localhost:80\"]\n"), &[], "DIR/certkeeper.toml:20:11: http01.listen[0]: \"localhost:80\" is not an IP address with a port: write e.g. \"127.0.0.1:8402\" or \"[::1]:8402\""),
             ("bad domain", BASE.replace("\"www.example.com\"]", "\"www..example.com\"]"), &[], "DIR/certkeeper.toml:16:27: certificate.www.domains[1]: \"www..example.com\" is not a DNS name: each dot-separated label must have 1 to 63 characters"),
             ("unknown dns provider", BASE.replace("provider = \"exec\"", "provider = \"exek\""), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: unknown provider \"exek\": use one of rfc2136, exec, powerdns, cloudflare, route53, acme-dns"),
-            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:30: issuer.le.solver[1].dns01.commnd: unknown field `commnd`, expected one of `command`, `args`, `timeout`"),
+            ("unknown dns provider key", BASE.replace("command = ", "commnd = "), &[], "DIR/certkeeper.toml:12:30: issuer.le.solver[1].dns01.commnd: unknown field `commnd`, expected one of `command`, `args`, `timeout`, `env`"),
+            ("dns provider bad env name", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", env = [\"OK\", \"NOTIFY_SOCKET\"]"), &[], "DIR/certkeeper.toml:12:59: issuer.le.solver[1].dns01.env[1]: NOTIFY_SOCKET is systemd's channel to certkeeper itself and is never passed to a child"),
+            ("bad reload_env name", BASE.replace("issuer = \"le\"", "issuer = \"le\"\nreload_env = [\"CF-TOKEN\"]"), &[], "DIR/certkeeper.toml:16:15: certificate.www.reload_env[0]: \"CF-TOKEN\" is not a variable name (letters, digits and _, not starting with a digit)"),
             ("dns provider not a string", BASE.replace("provider = \"exec\"", "provider = 1"), &[], "DIR/certkeeper.toml:12:22: issuer.le.solver[1].dns01.provider: must be a string naming the provider, one of rfc2136, exec, powerdns, cloudflare, route53, acme-dns"),
             ("dns provider missing", BASE.replace("provider = \"exec\", ", ""), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no provider: set provider = \"NAME\", one of rfc2136, exec, powerdns, cloudflare, route53, acme-dns"),
             ("dns provider wrong type", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", timeout = 5"), &[], "DIR/certkeeper.toml:12:63: issuer.le.solver[1].dns01.timeout: invalid type: integer `5`, expected a string"),
@@ -622,6 +627,7 @@ output = { dir = "/etc/nginx/tls/www" }
                         command: command.into(),
                         args: Vec::new(),
                         timeout: None,
+                        env: Vec::new(),
                     },
                 ),
                 propagation: PropagationConfig::default(),

@@ -182,6 +182,8 @@ pub(crate) struct RawCertificate {
     pub output: Spanned<RawOutput>,
     #[serde(default)]
     pub reload: Vec<SStr>,
+    #[serde(default)]
+    pub reload_env: Vec<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

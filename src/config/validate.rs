@@ -1046,6 +1046,13 @@ fn certificate(
         }
         reload.push(r.get_ref().clone());
     }
+    let mut reload_env = Vec::new();
+    for (i, n) in raw.reload_env.iter().enumerate() {
+        if let Err(message) = crate::child::check_env_name(n.get_ref()) {
+            cx.err(file, &n.span(), format!("{p}.reload_env[{i}]"), message);
+        }
+        reload_env.push(n.get_ref().clone());
+    }
 
     // Output.
     let out = raw.output.get_ref();
@@ -1118,6 +1125,7 @@ fn certificate(
             allow_shared_dir: out.allow_shared_dir.unwrap_or(false),
         },
         reload,
+        reload_env,
     })
 }
 

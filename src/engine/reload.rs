@@ -24,6 +24,7 @@ pub fn request(cert: &CertificateConfig, serial: &str) -> Option<ReloadRequest> 
         fullchain: cert.output.dir.join("fullchain.pem"),
         key: cert.output.dir.join("privkey.pem"),
         commands: cert.reload.clone(),
+        env: cert.reload_env.clone(),
     })
 }
 

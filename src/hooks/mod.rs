@@ -1,23 +1,17 @@
 //! Reload hooks: run the configured commands once per batch after new certificate files are installed.
 //!
 //! Each distinct command runs exactly once per batch, however many certificates asked for it (ten
-//! certificates renewed together reload nginx once), in first-asked order, via `/bin/sh -c`, in its own
-//! process group, with stdin from `/dev/null`, output captured (the last 8 KiB), and a timeout that
-//! kills the whole process group. A failing hook is reported and logged; it never undoes the install.
+//! certificates renewed together reload nginx once), in first-asked order, via `/bin/sh -c`, started
+//! by [`crate::child`]: an allowlisted environment (plus the certificates' `reload_env` names), no
+//! ambient capabilities, its own process group, stdin from `/dev/null`, output captured (the last
+//! 8 KiB), and a timeout that kills the whole process group. A failing hook is reported and logged;
+//! it never undoes the install.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt as _;
-
-/// The last this many bytes of a hook's output are kept.
-const OUTPUT_LIMIT: usize = 8 * 1024;
-/// After a hook exits, how long to wait for its output pipe to close (a background child of the hook
-/// may keep it open).
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+use crate::child::{self, Ended};
 
 /// One certificate's request to run its reload commands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +28,9 @@ pub struct ReloadRequest {
     pub key: PathBuf,
     /// The commands to run, each with `/bin/sh -c`.
     pub commands: Vec<String>,
+    /// Names of daemon environment variables its commands may see (`reload_env`), beyond the
+    /// allowlist of [`crate::child`].
+    pub env: Vec<String>,
 }
 
 /// What happened to one command.
@@ -144,7 +141,9 @@ struct Batch<'a> {
 ///
 /// The command sees `CERTKEEPER_CERT_NAME` and `CERTKEEPER_FULLCHAIN` / `CERTKEEPER_KEY` of the first
 /// certificate that asked for it, `CERTKEEPER_CERT_NAMES` (all that asked, space separated) and
-/// `CERTKEEPER_DOMAINS` (their domains, space separated, without repeats). Commands run one after
+/// `CERTKEEPER_DOMAINS` (their domains, space separated, without repeats), and the daemon's variables
+/// named in the `env` of any of them (nothing else of the daemon's environment beyond the allowlist
+/// of [`crate::child`]). Commands run one after
 /// another, so a `nginx -t && systemctl reload nginx` never overlaps another reload.
 pub async fn run_reloads(requests: &[ReloadRequest], timeout: Duration) -> Vec<HookOutcome> {
     let mut batches: Vec<Batch<'_>> = Vec::new();
@@ -184,7 +183,13 @@ pub async fn run_reloads(requests: &[ReloadRequest], timeout: Duration) -> Vec<H
             ),
             ("CERTKEEPER_KEY", first.key.display().to_string()),
         ];
-        let status = run_one(b.command, &env, timeout).await;
+        let mut extra: Vec<String> = Vec::new();
+        for name in b.requests.iter().flat_map(|r| &r.env) {
+            if !extra.contains(name) {
+                extra.push(name.clone());
+            }
+        }
+        let status = run_one(b.command, &env, &extra, timeout).await;
         let certs = names.join(",");
         match &status {
             HookStatus::Ok { .. } => {
@@ -215,130 +220,34 @@ pub async fn run_reloads(requests: &[ReloadRequest], timeout: Duration) -> Vec<H
     out
 }
 
-async fn run_one(command: &str, env: &[(&str, String)], timeout: Duration) -> HookStatus {
-    let spawn_err = |what: &str, e: std::io::Error| HookStatus::SpawnError {
-        message: format!("{what}: {e}"),
-    };
-    let (reader, writer) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => return spawn_err("creating an output pipe", e),
-    };
-    let writer2 = match writer.try_clone() {
-        Ok(w) => w,
-        Err(e) => return spawn_err("creating an output pipe", e),
-    };
-    let spawned = {
-        let mut cmd = tokio::process::Command::new("/bin/sh");
-        crate::tls_env::child_env(&mut cmd);
-        cmd.arg("-c")
-            .arg(command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::from(writer2))
-            .process_group(0);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.spawn()
-        // `cmd` drops here, closing our copies of the pipe's write end.
-    };
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return spawn_err("starting /bin/sh", e),
-    };
-    let buf = Arc::new(Mutex::new(Tail::default()));
-    let reader_task = spawn_reader(reader, buf.clone());
-
-    let result = tokio::time::timeout(timeout, child.wait()).await;
-    let status = match result {
-        Ok(r) => Some(r),
-        Err(_) => {
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                // The hook leads its own process group (pgid = pid): kill everything it started.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::SIGKILL,
-                );
-            }
-            let _ = child.kill().await;
-            None
-        }
-    };
-    if let Some(task) = reader_task {
-        let abort = task.abort_handle();
-        if tokio::time::timeout(OUTPUT_GRACE, task).await.is_err() {
-            abort.abort();
-        }
+async fn run_one(
+    command: &str,
+    env: &[(&str, String)],
+    extra: &[String],
+    timeout: Duration,
+) -> HookStatus {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    child::prepare(&mut cmd, extra);
+    cmd.arg("-c").arg(command);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-    let output = buf.lock().map(|t| t.text()).unwrap_or_default();
-    match status {
-        None => HookStatus::TimedOut { output },
-        Some(Err(e)) => HookStatus::SpawnError {
+    match child::run(cmd, timeout).await {
+        Err(e) => HookStatus::SpawnError {
+            message: format!("starting /bin/sh: {e}"),
+        },
+        Ok((Ended::TimedOut, output)) => HookStatus::TimedOut { output },
+        Ok((Ended::WaitError(e), _)) => HookStatus::SpawnError {
             message: format!("waiting for the hook: {e}"),
         },
-        Some(Ok(st)) if st.success() => HookStatus::Ok { output },
-        Some(Ok(st)) => {
+        Ok((Ended::Exited(st), output)) if st.success() => HookStatus::Ok { output },
+        Ok((Ended::Exited(st), output)) => {
             use std::os::unix::process::ExitStatusExt as _;
             HookStatus::Failed {
                 code: st.code(),
                 signal: st.signal(),
                 output,
             }
-        }
-    }
-}
-
-fn spawn_reader(
-    reader: std::io::PipeReader,
-    buf: Arc<Mutex<Tail>>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let fd: std::os::fd::OwnedFd = reader.into();
-    match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-        Ok(mut rx) => Some(tokio::spawn(async move {
-            let mut chunk = [0u8; 4096];
-            loop {
-                match rx.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if let Ok(mut t) = buf.lock() {
-                            t.push(&chunk[..n]);
-                        }
-                    }
-                }
-            }
-        })),
-        Err(e) => {
-            if let Ok(mut t) = buf.lock() {
-                t.push(format!("(output not captured: {e})").as_bytes());
-            }
-            None
-        }
-    }
-}
-
-/// The last [`OUTPUT_LIMIT`] bytes of a stream.
-#[derive(Default)]
-struct Tail {
-    data: Vec<u8>,
-    truncated: bool,
-}
-
-impl Tail {
-    fn push(&mut self, bytes: &[u8]) {
-        self.data.extend_from_slice(bytes);
-        if self.data.len() > OUTPUT_LIMIT {
-            let cut = self.data.len() - OUTPUT_LIMIT;
-            self.data.drain(..cut);
-            self.truncated = true;
-        }
-    }
-
-    fn text(&self) -> String {
-        let s = String::from_utf8_lossy(&self.data);
-        if self.truncated {
-            format!("[…earlier output cut]{s}")
-        } else {
-            s.into_owned()
         }
     }
 }
@@ -356,6 +265,7 @@ mod tests {
             fullchain: PathBuf::from(format!("/etc/tls/{name}/fullchain.pem")),
             key: PathBuf::from(format!("/etc/tls/{name}/privkey.pem")),
             commands: cmds.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         }
     }
 
@@ -420,7 +330,7 @@ mod tests {
             panic!("{:?}", out[0])
         };
         assert!(
-            output.ends_with("xEND\n") && output.len() < OUTPUT_LIMIT + 64,
+            output.ends_with("xEND\n") && output.len() < child::OUTPUT_LIMIT + 64,
             "{}",
             output.len()
         );

@@ -234,16 +234,41 @@ impl DnsProviderConfig {
     }
 }
 
-/// The HTTP client for API providers: system OpenSSL TLS, bounded time per request.
+/// Most redirects an API provider's client follows, all on the API's own origin.
+const MAX_REDIRECTS: usize = 5;
+
+/// The HTTP client for API providers: system OpenSSL TLS, bounded time per request, and redirects
+/// followed only on the same scheme, host and port.
+///
+/// Every provider sends a credential in a header (`X-API-Key`, `Authorization`, SigV4); reqwest's
+/// default policy follows up to 10 redirects anywhere and strips only `Authorization` and cookies on
+/// a change of host, so a redirect to another origin would hand the API key to it. Such a redirect is
+/// returned as the 3xx response instead, which the provider reports as an error.
 pub(crate) fn http_client(provider: &'static str) -> Result<reqwest::Client, ProviderError> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("certkeeper/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(same_origin_only))
         .build()
         .map_err(|e| ProviderError::Config {
             provider,
             message: format!("HTTP client: {e}"),
         })
+}
+
+fn same_origin_only(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let Some(first) = attempt.previous().first() else {
+        return attempt.stop();
+    };
+    let next = attempt.url();
+    let same = next.scheme() == first.scheme()
+        && next.host_str() == first.host_str()
+        && next.port_or_known_default() == first.port_or_known_default();
+    if same && attempt.previous().len() <= MAX_REDIRECTS {
+        attempt.follow()
+    } else {
+        attempt.stop()
+    }
 }
 
 /// An error for a failed HTTP call (transport level).
@@ -268,6 +293,10 @@ pub(crate) fn status_error(
 ) -> ProviderError {
     let body: String = body.chars().take(1000).collect();
     let hint = match status.as_u16() {
+        300..=399 => {
+            " (a redirect to another host, scheme or port is not followed, so the API key is not sent \
+             there: set the base URL to the API's final address)"
+        }
         401 | 403 => " (check the API credentials and their permissions)",
         404 => " (check the zone, server id and base URL)",
         _ => "",
