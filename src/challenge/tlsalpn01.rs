@@ -35,10 +35,11 @@ use super::{ChallengeCtx, ChallengeKind, SolveError, Solver};
 use crate::listener::ConnLimiter;
 
 /// Handshakes in progress at once; more connections are closed at once.
-pub const MAX_HANDSHAKES: usize = 64;
-/// Handshakes in progress at once from one address (one IPv6 /64): a CA validates from a few
-/// addresses with one connection each.
-pub const MAX_HANDSHAKES_PER_IP: usize = 8;
+pub const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once from one address (one IPv6 /64): a CA validates every name of an
+/// order at once from each of its perspectives (pebble: 9 connections for 3 names), so this only
+/// keeps a single peer from taking every slot.
+pub const MAX_HANDSHAKES_PER_IP: usize = 128;
 /// The longest a connection may take, handshake and close together; a CA's takes well under a second.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 

@@ -45,9 +45,10 @@ const BODY_LIMIT: usize = 1024;
 /// Default cap on open connections, over all listen addresses. High enough that one peer at its
 /// per-IP cap leaves room for the CA; keep `LimitNOFILE=` above it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// Default cap on open connections from one IP address (one IPv6 /64). A CA validates from a few
-/// addresses with one or two connections each.
-pub const DEFAULT_MAX_PER_IP: usize = 32;
+/// Default cap on open connections from one IP address (one IPv6 /64). A CA validates every name
+/// of an order at once, from each of its perspectives, and nginx proxying `/.well-known/` to the
+/// listener connects from one address: the cap only keeps a single peer from taking every slot.
+pub const DEFAULT_MAX_PER_IP: usize = 256;
 /// Default time a request's headers (and the next request on an idle keep-alive connection) may
 /// take: a CA's validation request takes well under a second.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
