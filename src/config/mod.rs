@@ -250,7 +250,7 @@ pub struct CertificateConfig {
     /// The certificate key type (default ecdsa-p256).
     pub key: KeyType,
     /// Renew this long before Not After; `None` means the default (30 days, capped at 1/3 of the
-    /// lifetime; ARI wins when offered).
+    /// lifetime, 1/2 below 10 days; an ARI window can only make it earlier).
     pub renew_before: Option<Duration>,
     /// The CA profile to ask for, when the CA offers profiles.
     pub profile: Option<String>,

@@ -10,7 +10,7 @@
 //!   a missing plugin, store and I/O errors, a configuration the CA does not accept) is retried
 //!   with backoff, never later than a tenth of the remaining lifetime;
 //! - a CA's Retry-After or rate limit is honoured but clamped so the certificate keeps a third of
-//!   its lifetime ([`crate::scheduler::wait_limit`]); when the wait is longer than that and another
+//!   its lifetime, half below 10 days ([`crate::scheduler::wait_limit`]); when the wait is longer than that and another
 //!   issuer is configured, the next issuer is tried;
 //! - an unreachable CA, a CA error (5xx), a paused problem or a configuration the CA refuses falls
 //!   back to the next issuer at once.

@@ -70,8 +70,9 @@ pub fn expiry_cap(now: Timestamp, not_after: Timestamp) -> Timestamp {
 /// The latest a wait the CA asks for (Retry-After, a rate limit) or an ARI window may push the next
 /// attempt of a certificate whose live pair is valid over `lifetime`.
 ///
-/// While more than a third of the lifetime remains: the moment only a third remains. After that:
-/// [`expiry_cap`]. With nothing installed: [`Backoff::max`] from now, since there is no lifetime
+/// Before the latest renewal point ([`super::policy::latest_renewal_point`]: a third of the
+/// lifetime left, half below 10 days), that point: the same rule that caps the renewal time. After
+/// it: [`expiry_cap`]. With nothing installed: [`Backoff::max`] from now, since there is no lifetime
 /// to protect but every hour without a certificate counts.
 pub fn wait_limit(
     now: Timestamp,
@@ -81,9 +82,9 @@ pub fn wait_limit(
     match lifetime {
         None => add_sat(now, backoff.max),
         Some((not_before, not_after)) => {
-            let third_left = super::policy::two_thirds_point(not_before, not_after);
-            if third_left > now {
-                third_left
+            let latest = super::policy::latest_renewal_point(not_before, not_after);
+            if latest > now {
+                latest
             } else {
                 expiry_cap(now, not_after)
             }
@@ -125,8 +126,8 @@ pub struct RetryState {
     /// The last error message, shown by `certkeeper status`.
     pub last_error: Option<String>,
     /// The CA's own earliest retry time (`Retry-After`, end of a `rateLimited` window), clamped
-    /// so it never leaves the certificate with less than a third of its lifetime (see
-    /// [`wait_limit`]). Unlike the backoff, it is not shortened further near expiry.
+    /// so it never passes the latest renewal point (a third of the lifetime left, half below 10
+    /// days; see [`wait_limit`]). Unlike the backoff, it is not shortened further near expiry.
     #[serde(default)]
     pub server_retry_after: Option<Timestamp>,
     /// The retry fingerprint of the configuration these failures happened with.
@@ -400,6 +401,28 @@ mod tests {
         );
         // Nothing installed: the longest backoff step.
         assert_eq!(wait_limit(early, None, &b), ts("2026-02-01T06:00:00Z"));
+    }
+
+    #[test]
+    fn ca_waits_stop_at_the_renewal_point_of_short_certificates() {
+        let b = Backoff::default();
+        // 6 days: half is left on January 4, which is also the default renewal point.
+        let (nb, na) = (ts("2026-01-01T00:00:00Z"), ts("2026-01-07T00:00:00Z"));
+        let early = ts("2026-01-02T00:00:00Z");
+        let limit = wait_limit(early, Some((nb, na)), &b);
+        assert_eq!(limit, ts("2026-01-04T00:00:00Z"));
+        assert_eq!(limit, crate::scheduler::renewal_point(nb, na, None));
+        assert_eq!(limit, crate::scheduler::latest_renewal_point(nb, na));
+        // Past it: a tenth of what remains (3 days → 7.2 hours).
+        assert_eq!(
+            wait_limit(limit, Some((nb, na)), &b),
+            ts("2026-01-04T07:12:00Z")
+        );
+        // 10 days: the third rule again, also for the default renewal point.
+        let na = ts("2026-01-11T00:00:00Z");
+        let limit = wait_limit(early, Some((nb, na)), &b);
+        assert_eq!(limit, nb + SignedDuration::from_secs(10 * 86_400 * 2 / 3));
+        assert_eq!(limit, crate::scheduler::renewal_point(nb, na, None));
     }
 
     #[test]

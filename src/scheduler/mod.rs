@@ -2,7 +2,8 @@
 //!
 //! Pure code with an injected clock (`now`) and random source:
 //! - [`renewal_point`]: the default renewal time (30 days before Not After, but always while at
-//!   least a third of the lifetime remains, never before a tenth of it has passed);
+//!   least a third of the lifetime remains, half below 10 days ([`latest_renewal_point`]), never
+//!   before a tenth of it has passed);
 //! - [`jitter_earlier`], [`ari_renewal_time`], [`ari_refetch_at`]: jitter and RFC 9773 ARI;
 //! - [`RetryState`]: persisted failure state; [`RetryState::on_failure`] turns a [`Failure`] (the
 //!   engine's failure policy has decided whether it pauses and how long the CA asked to wait)
@@ -27,8 +28,8 @@ pub use backoff::{
 };
 pub use policy::{
     ARI_REFETCH_DEFAULT, ARI_REFETCH_MAX, ARI_REFETCH_MIN, CertFacts, DEFAULT_RENEW_BEFORE, Due,
-    DueReason, MAX_JITTER, ari_refetch_at, ari_renewal_time, due, jitter_earlier, max_jitter,
-    renewal_point, two_thirds_point,
+    DueReason, MAX_JITTER, SHORT_LIFETIME, ari_refetch_at, ari_renewal_time, due, jitter_earlier,
+    latest_renewal_point, max_jitter, renewal_point,
 };
 pub use timers::Timers;
 

@@ -51,22 +51,37 @@ fn lifetime(not_before: Timestamp, not_after: Timestamp) -> SignedDuration {
     }
 }
 
-/// The moment only a third of the lifetime from `not_before` to `not_after` remains: no wait (a
-/// CA's Retry-After, an ARI window) may push a renewal past it.
-pub fn two_thirds_point(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
-    add_sat(not_before, lifetime(not_before, not_after) * 2 / 3)
+/// Certificates with a lifetime shorter than this are renewed when half of it remains, longer ones
+/// when a third remains (see [`latest_renewal_point`]): 10 days, as in certbot and lego.
+pub const SHORT_LIFETIME: SignedDuration = SignedDuration::from_hours(10 * 24);
+
+/// The latest moment a certificate valid from `not_before` to `not_after` may be renewed: when only
+/// a third of its lifetime remains, or half of it for a lifetime shorter than [`SHORT_LIFETIME`].
+///
+/// This is the one home of the "how much lifetime must be left" rule. The default
+/// [`renewal_point`] is never later than it, and no wait may push a renewal past it: neither a
+/// CA's Retry-After (see [`super::backoff::wait_limit`]) nor an ARI window (see [`due`]).
+///
+/// A short-lived certificate keeps half its lifetime because a few days leave little room for a
+/// failing renewal to be noticed and fixed (certbot and lego renew them at half too).
+pub fn latest_renewal_point(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
+    let l = lifetime(not_before, not_after);
+    let used = if l < SHORT_LIFETIME { l / 2 } else { l * 2 / 3 };
+    add_sat(not_before, used)
 }
 
 /// The moment a certificate valid from `not_before` to `not_after` should be renewed (no jitter).
 ///
-/// The product rule is "renew 30 days before Not After by default, but always while at least 1/3
-/// of the lifetime remains". With `L = not_after - not_before`:
+/// The product rule is "renew 30 days before Not After by default, but always while at least a
+/// third of the lifetime remains (half, below 10 days)". With `L = not_after - not_before` and
+/// `latest =` [`latest_renewal_point`] (`not_before + 2L/3`, or `not_before + L/2` when
+/// `L < 10 d`):
 ///
-/// - `before = renew_before.unwrap_or(min(30 d, L/3))`;
-/// - `point = min(not_after - before, not_before + 2L/3)`, so at least a third of the lifetime is
-///   always left when renewing (90-day cert: 30 d before; 45-day: 15 d; 6-day: 2 d; 365-day:
-///   ~121.7 d before, because a third of a year is more than 30 days). An explicit `renew_before`
-///   can therefore only move the renewal *earlier* than the 2/3 mark, never later;
+/// - `before = renew_before.unwrap_or(min(30 d, not_after - latest))`;
+/// - `point = min(not_after - before, latest)` (90-day cert: 30 d before; 45-day: 15 d; 10-day:
+///   3.3 d; 9.9-day: 4.95 d; 6-day: 3 d; 365-day: ~121.7 d before, because a third of a year is
+///   more than 30 days). An explicit `renew_before` can therefore only move the renewal
+///   *earlier* than `latest`, never later;
 /// - **floor**: the point is never earlier than `not_before + L/10`. Without it, a `renew_before`
 ///   longer than the lifetime (say `"30d"` on a 6-day certificate) would put the renewal point
 ///   before the new certificate's own Not Before, so every freshly issued certificate would be due
@@ -84,14 +99,14 @@ pub fn renewal_point(
     if l.is_zero() {
         return not_before;
     }
+    let latest = latest_renewal_point(not_before, not_after);
     let before = match renew_before {
         Some(d) => signed(d),
-        None => DEFAULT_RENEW_BEFORE.min(l / 3),
+        None => DEFAULT_RENEW_BEFORE.min(not_after.duration_since(latest)),
     };
     let by_lead_time = add_sat(not_after, -before);
-    let two_thirds = two_thirds_point(not_before, not_after);
     let floor = add_sat(not_before, l / 10);
-    by_lead_time.min(two_thirds).max(floor)
+    by_lead_time.min(latest).max(floor)
 }
 
 /// The largest jitter used for a certificate of this lifetime: `min(1 h, 1 % of the lifetime)`.
@@ -185,21 +200,24 @@ pub enum DueReason {
     Missing,
     /// Names, key type, issuers or profile changed since the installed certificate was issued.
     ConfigChanged,
-    /// The default renewal point (see [`renewal_point`]), before jitter.
+    /// certkeeper's own renewal time: the [`renewal_point`] with jitter.
     Expiring {
         /// The unjittered renewal point.
         renew_point: Timestamp,
         /// Not After of the installed certificate.
         not_after: Timestamp,
+        /// The CA's ARI window `(start, end)` when it starts at or after certkeeper's own renewal
+        /// time and was therefore not followed: ARI can make a renewal earlier, never later.
+        ari_later: Option<(Timestamp, Timestamp)>,
     },
-    /// The CA's ARI suggested window.
+    /// The CA's ARI suggested window, which starts before certkeeper's own renewal time.
     AriWindow {
         /// Window start.
         start: Timestamp,
         /// Window end.
         end: Timestamp,
-        /// The window ends after the point where only a third of the lifetime is left, so the
-        /// renewal was moved to that point.
+        /// The window ends after certkeeper's own renewal time, so the renewal was picked in the
+        /// part of the window before it.
         clamped: bool,
     },
     /// A retry after a failed attempt, at the backoff time.
@@ -307,10 +325,26 @@ impl fmt::Display for Due {
                 f,
                 "configuration changed (names, key type, issuer or profile); reissues at {at}"
             ),
-            DueReason::Expiring { not_after, .. } => write!(
+            DueReason::Expiring {
+                not_after,
+                ari_later: None,
+                ..
+            } => write!(
                 f,
                 "renews at {at}, {} before expiry",
                 fmt_lead(not_after.duration_since(self.at))
+            ),
+            DueReason::Expiring {
+                not_after,
+                ari_later: Some((start, end)),
+                ..
+            } => write!(
+                f,
+                "renews at {at}, {} before expiry; the CA's ARI window {} to {} starts later and \
+                 is not waited for (ARI can only make a renewal earlier)",
+                fmt_lead(not_after.duration_since(self.at)),
+                fmt_ts(*start),
+                fmt_ts(*end)
             ),
             DueReason::AriWindow {
                 start,
@@ -328,7 +362,7 @@ impl fmt::Display for Due {
                 clamped: true,
             } => write!(
                 f,
-                "renews at {at}, before the CA's ARI window {} to {}, which would leave less than a third of the lifetime",
+                "renews at {at}, in the CA's ARI window {} to {}, before certkeeper's own renewal time (the window ends after it)",
                 fmt_ts(*start),
                 fmt_ts(*end)
             ),
@@ -348,10 +382,13 @@ impl fmt::Display for Due {
 /// Decides when a certificate is next due.
 ///
 /// 1. The base time: no certificate → now ([`DueReason::Missing`]); changed config → now
-///    ([`DueReason::ConfigChanged`]); a valid ARI window → a random time in it
-///    ([`ari_renewal_time`], ARI wins over the default point), but never after the point where
-///    only a third of the lifetime is left ([`two_thirds_point`]); otherwise the jittered
-///    [`renewal_point`] ([`DueReason::Expiring`]), never earlier than `now`.
+///    ([`DueReason::ConfigChanged`]); otherwise certkeeper's own time `own`, the jittered
+///    [`renewal_point`] ([`DueReason::Expiring`]), never earlier than `now`. An ARI window can
+///    make the renewal earlier, never later: one that starts before `own` gives a random time in
+///    `[start, min(end, own)]` ([`ari_renewal_time`]; at once when that time has passed, e.g. a
+///    window in the past after a revocation) ([`DueReason::AriWindow`]); one that starts at or
+///    after `own` is not followed (`own` stands, with the window noted in
+///    [`DueReason::Expiring::ari_later`]).
 /// 2. After a failed attempt the retry time ([`RetryState::next_retry`]) postpones the base time
 ///    ([`DueReason::Retry`], or [`DueReason::Paused`] when the CA needs a human), capped near
 ///    expiry at a tenth of the remaining validity ([`super::backoff::expiry_cap`]) and never
@@ -409,36 +446,42 @@ fn base_due<R: Rng + ?Sized>(facts: &CertFacts, now: Timestamp, rng: &mut R) -> 
             reason: DueReason::ConfigChanged,
         };
     }
-    let ari = facts.ari_window.and_then(|(start, end)| {
-        let Some(pick) = ari_renewal_time(start, end, now, rng) else {
-            tracing::warn!(
-                start = %start,
-                end = %end,
-                "ignoring ARI window that ends before it starts; using the default renewal point"
-            );
-            return None;
-        };
-        let limit = two_thirds_point(not_before, not_after).max(now);
-        Some(Due {
-            at: pick.min(limit),
-            reason: DueReason::AriWindow {
-                start,
-                end,
-                clamped: pick > limit,
-            },
-        })
-    });
-    ari.unwrap_or_else(|| {
-        let renew_point = renewal_point(not_before, not_after, facts.renew_before);
-        let jittered = jitter_earlier(renew_point, max_jitter(not_before, not_after), rng);
-        Due {
-            at: jittered.max(now),
-            reason: DueReason::Expiring {
-                renew_point,
-                not_after,
-            },
-        }
-    })
+    let renew_point = renewal_point(not_before, not_after, facts.renew_before);
+    let own = jitter_earlier(renew_point, max_jitter(not_before, not_after), rng);
+    let expiring = |ari_later| Due {
+        at: own.max(now),
+        reason: DueReason::Expiring {
+            renew_point,
+            not_after,
+            ari_later,
+        },
+    };
+    let Some((start, end)) = facts.ari_window else {
+        return expiring(None);
+    };
+    if end < start {
+        tracing::warn!(
+            start = %start,
+            end = %end,
+            "ignoring ARI window that ends before it starts; using the default renewal point"
+        );
+        return expiring(None);
+    }
+    // A window that starts at or after our own time would only make the renewal later (up to
+    // Not After, with acme2certifier): ARI may move a renewal earlier, never later.
+    if start >= own {
+        return expiring(Some((start, end)));
+    }
+    // `start < own` and `start <= end`, so the cut window is valid.
+    let pick = ari_renewal_time(start, end.min(own), now, rng).unwrap_or(now);
+    Due {
+        at: pick,
+        reason: DueReason::AriWindow {
+            start,
+            end,
+            clamped: end > own,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -486,10 +529,60 @@ mod tests {
     }
 
     #[test]
-    fn default_6_day_renews_2_days_before() {
+    fn default_6_day_renews_at_half_3_days_before() {
         let (nb, na) = cert(6);
         let p = renewal_point(nb, na, None);
-        assert_eq!(before_expiry(p, na), SignedDuration::from_secs(2 * DAY));
+        assert_eq!(before_expiry(p, na), SignedDuration::from_secs(3 * DAY));
+        assert_eq!(p, latest_renewal_point(nb, na));
+    }
+
+    #[test]
+    fn just_under_10_days_renews_at_half() {
+        let nb = ts("2026-01-01T00:00:00Z");
+        let l = SignedDuration::from_secs(99 * DAY / 10); // 9.9 days
+        let na = add_sat(nb, l);
+        let p = renewal_point(nb, na, None);
+        assert_eq!(before_expiry(p, na), l / 2);
+        assert_eq!(p, latest_renewal_point(nb, na));
+        // One second short of 10 days is still short.
+        let na = add_sat(nb, SignedDuration::from_secs(10 * DAY - 1));
+        assert_eq!(latest_renewal_point(nb, na), add_sat(nb, (na - nb) / 2));
+    }
+
+    #[test]
+    fn exactly_10_days_renews_at_a_third() {
+        let (nb, na) = cert(10);
+        let p = renewal_point(nb, na, None);
+        assert_eq!(
+            before_expiry(p, na),
+            SignedDuration::from_secs(10 * DAY) / 3
+        );
+        assert_eq!(p, latest_renewal_point(nb, na));
+        // A longer renew_before moves it earlier; a shorter one cannot move it later.
+        assert_eq!(
+            before_expiry(renewal_point(nb, na, Some(days(5))), na),
+            SignedDuration::from_secs(5 * DAY)
+        );
+        assert_eq!(renewal_point(nb, na, Some(days(1))), p);
+    }
+
+    #[test]
+    fn renewal_point_table_in_the_readme() {
+        // README "Renewal time" table: lifetime → days before expiry, default renew_before.
+        for (lifetime, before_secs) in [
+            (90, 30 * DAY),
+            (45, 15 * DAY),
+            (10, 10 * DAY / 3),
+            (6, 3 * DAY),
+        ] {
+            let (nb, na) = cert(lifetime);
+            let p = renewal_point(nb, na, None);
+            assert_eq!(
+                before_expiry(p, na),
+                SignedDuration::from_secs(before_secs),
+                "{lifetime}-day certificate"
+            );
+        }
     }
 
     #[test]
@@ -708,7 +801,8 @@ mod tests {
             d.reason,
             DueReason::Expiring {
                 renew_point: point,
-                not_after: na
+                not_after: na,
+                ari_later: None,
             }
         );
         assert!(d.at <= point && point.duration_since(d.at) <= MAX_JITTER);
@@ -726,51 +820,159 @@ mod tests {
         assert!(d.is_due(now));
     }
 
+    /// certkeeper's own (jittered) renewal time for [`facts_90`] with seed 1, as [`due`] draws it.
+    fn own_90() -> Timestamp {
+        let (nb, na) = cert(90);
+        jitter_earlier(
+            renewal_point(nb, na, None),
+            max_jitter(nb, na),
+            &mut StdRng::seed_from_u64(1),
+        )
+    }
+
     #[test]
-    fn due_ari_wins_over_default_point() {
+    fn due_ari_window_before_own_time_picks_inside_it() {
         let now = ts("2026-02-01T00:00:00Z");
-        let (start, end) = (ts("2026-02-10T00:00:00Z"), ts("2026-02-11T00:00:00Z"));
+        for (start, end) in [
+            (ts("2026-02-10T00:00:00Z"), ts("2026-02-11T00:00:00Z")),
+            (ts("2026-02-25T00:00:00Z"), ts("2026-02-26T00:00:00Z")),
+        ] {
+            let facts = CertFacts {
+                ari_window: Some((start, end)),
+                ..facts_90()
+            };
+            let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
+            assert_eq!(
+                d.reason,
+                DueReason::AriWindow {
+                    start,
+                    end,
+                    clamped: false
+                }
+            );
+            assert!(d.at >= start && d.at <= end, "{d:?}");
+            assert!(d.at < own_90());
+            assert!(!d.is_due(now));
+        }
+        let facts = CertFacts {
+            ari_window: Some((ts("2026-02-10T00:00:00Z"), ts("2026-02-11T00:00:00Z"))),
+            ..facts_90()
+        };
+        let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
+        assert!(
+            d.to_string()
+                .contains("in the CA's ARI window 2026-02-10 00:00 UTC to 2026-02-11 00:00 UTC"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn due_ari_window_after_own_time_is_ignored() {
+        // The 90-day certificate's own time is March 2 (minus jitter); a window from March 20, or
+        // one starting exactly at the own time, would only make the renewal later.
+        let now = ts("2026-02-01T00:00:00Z");
+        let own = own_90();
+        for window in [
+            (ts("2026-03-20T00:00:00Z"), ts("2026-03-21T00:00:00Z")),
+            (own, ts("2026-04-01T00:00:00Z")),
+        ] {
+            let facts = CertFacts {
+                ari_window: Some(window),
+                ..facts_90()
+            };
+            let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
+            assert_eq!(d.at, own);
+            assert_eq!(
+                d.reason,
+                DueReason::Expiring {
+                    renew_point: ts("2026-03-02T00:00:00Z"),
+                    not_after: ts("2026-04-01T00:00:00Z"),
+                    ari_later: Some(window),
+                }
+            );
+            let text = d.to_string();
+            assert!(
+                text.contains("30 days before expiry; the CA's ARI window")
+                    && text.contains("starts later"),
+                "{text}"
+            );
+        }
+        // Past the own time with such a window: at once, as without ARI.
+        let late = ts("2026-03-10T00:00:00Z");
+        let facts = CertFacts {
+            ari_window: Some((ts("2026-03-20T00:00:00Z"), ts("2026-04-01T00:00:00Z"))),
+            ..facts_90()
+        };
+        let d = due(&facts, late, &mut StdRng::seed_from_u64(1));
+        assert_eq!(d.at, late);
+        assert!(matches!(d.reason, DueReason::Expiring { .. }), "{d:?}");
+    }
+
+    #[test]
+    fn due_ari_window_straddling_own_time_is_cut_at_it() {
+        // acme2certifier's shape: a window that ends at Not After. The renewal is picked between
+        // its start and certkeeper's own time, never in the last third of the lifetime.
+        let now = ts("2026-02-01T00:00:00Z");
+        let own = own_90();
+        let (start, end) = (ts("2026-02-27T00:00:00Z"), ts("2026-04-01T00:00:00Z"));
         let facts = CertFacts {
             ari_window: Some((start, end)),
             ..facts_90()
         };
+        let mut picks = Vec::new();
+        for seed in 0..200 {
+            let d = due(&facts, now, &mut StdRng::seed_from_u64(seed));
+            assert_eq!(
+                d.reason,
+                DueReason::AriWindow {
+                    start,
+                    end,
+                    clamped: true
+                }
+            );
+            assert!(d.at >= start, "{d:?}");
+            assert!(d.at <= ts("2026-03-02T00:00:00Z"), "{d:?}");
+            picks.push(d.at);
+        }
+        // Spread over the three days before the own time, not piled at one end.
+        assert!(picks.iter().any(|&p| p < ts("2026-02-28T00:00:00Z")));
+        assert!(picks.iter().any(|&p| p > ts("2026-03-01T00:00:00Z")));
         let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
-        assert_eq!(
-            d.reason,
-            DueReason::AriWindow {
-                start,
-                end,
-                clamped: false
-            }
-        );
-        assert!(d.at >= start && d.at <= end);
+        assert!(d.at <= own);
         assert!(
             d.to_string()
-                .contains("ARI window 2026-02-10 00:00 UTC to 2026-02-11 00:00 UTC"),
+                .contains("before certkeeper's own renewal time"),
             "{d}"
         );
-        // ARI can move the renewal later than the default point, up to the point where a third
-        // of the lifetime is left.
-        let later = (ts("2026-02-25T00:00:00Z"), ts("2026-02-26T00:00:00Z"));
+        // Once the cut window has begun and the pick is past: at once.
+        let inside = ts("2026-03-01T23:00:00Z");
+        for seed in 0..50 {
+            let d = due(&facts, inside, &mut StdRng::seed_from_u64(seed));
+            assert!(
+                d.at >= inside && d.at <= ts("2026-03-02T00:00:00Z"),
+                "{d:?}"
+            );
+        }
+        let past_own = ts("2026-03-05T00:00:00Z");
+        let d = due(&facts, past_own, &mut StdRng::seed_from_u64(1));
+        assert_eq!(d.at, past_own);
+        assert!(matches!(d.reason, DueReason::AriWindow { .. }));
+    }
+
+    #[test]
+    fn due_ari_on_a_6_day_certificate_stays_before_half() {
+        // A 6-day certificate whose CA window ends at Not After: renewed while half is left.
+        let (nb, na) = cert(6);
         let facts = CertFacts {
-            ari_window: Some(later),
-            ..facts_90()
+            installed: Some((nb, na)),
+            ari_window: Some((add_sat(nb, SignedDuration::from_hours(48)), na)),
+            ..CertFacts::default()
         };
-        let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
-        assert!(d.at >= later.0 && d.at <= later.1);
-        // Not past it: a window after March 2 (60 of 90 days) is clamped to March 2.
-        let late = (ts("2026-03-20T00:00:00Z"), ts("2026-03-21T00:00:00Z"));
-        let facts = CertFacts {
-            ari_window: Some(late),
-            ..facts_90()
-        };
-        let d = due(&facts, now, &mut StdRng::seed_from_u64(1));
-        assert_eq!(d.at, ts("2026-03-02T00:00:00Z"));
-        assert!(
-            matches!(d.reason, DueReason::AriWindow { clamped: true, .. }),
-            "{d:?}"
-        );
-        assert!(d.to_string().contains("less than a third"), "{d}");
+        for seed in 0..100 {
+            let d = due(&facts, nb, &mut StdRng::seed_from_u64(seed));
+            assert!(d.at <= latest_renewal_point(nb, na), "{d:?}");
+            assert!(d.at >= add_sat(nb, SignedDuration::from_hours(48)), "{d:?}");
+        }
     }
 
     #[test]
@@ -1021,12 +1223,17 @@ mod tests {
             renew_before in proptest::option::of(0u64..(20 * 365 * 86_400)),
             now_offset in 0i64..(10 * 365 * DAY),
             seed in proptest::prelude::any::<u64>(),
+            ari in proptest::option::of((0i64..(11 * 365 * DAY), 0i64..(365 * DAY))),
         ) {
             let nb = Timestamp::from_second(start).expect("in range");
             let l = SignedDuration::from_secs(lifetime_secs);
             let na = add_sat(nb, l);
             let p = renewal_point(nb, na, renew_before.map(Duration::from_secs));
+            proptest::prop_assert!(p <= latest_renewal_point(nb, na));
             proptest::prop_assert!(p <= add_sat(nb, l * 2 / 3));
+            if l < SHORT_LIFETIME {
+                proptest::prop_assert!(p <= add_sat(nb, l / 2));
+            }
             proptest::prop_assert!(p >= add_sat(nb, l / 10));
             proptest::prop_assert!(p < na);
 
@@ -1040,6 +1247,19 @@ mod tests {
             proptest::prop_assert!(d.at >= now);
             proptest::prop_assert!(d.at <= p.max(now));
             proptest::prop_assert!(d.at >= add_sat(p, -max_jitter(nb, na)).max(now));
+
+            // Any ARI window: never later than without it, and inside the window when earlier.
+            let window = ari.map(|(s, w)| {
+                let s = add_sat(nb, SignedDuration::from_secs(s));
+                (s, add_sat(s, SignedDuration::from_secs(w)))
+            });
+            let with_ari = CertFacts { ari_window: window, ..facts };
+            let a = due(&with_ari, now, &mut StdRng::seed_from_u64(seed));
+            proptest::prop_assert!(a.at >= now);
+            proptest::prop_assert!(a.at <= d.at, "{a:?} later than {d:?}");
+            if let DueReason::AriWindow { start, end, .. } = a.reason {
+                proptest::prop_assert!(a.at == now || (a.at >= start && a.at <= end));
+            }
         }
     }
 
@@ -1051,7 +1271,8 @@ mod tests {
                 at: now,
                 reason: DueReason::Expiring {
                     renew_point: now,
-                    not_after: ts("2026-12-31T09:13:00Z")
+                    not_after: ts("2026-12-31T09:13:00Z"),
+                    ari_later: None,
                 }
             }
             .to_string(),
@@ -1062,7 +1283,8 @@ mod tests {
                 at: now,
                 reason: DueReason::Expiring {
                     renew_point: now,
-                    not_after: ts("2026-12-01T14:13:00Z")
+                    not_after: ts("2026-12-01T14:13:00Z"),
+                    ari_later: None,
                 }
             }
             .to_string(),
