@@ -18,6 +18,9 @@ pub mod pass;
 pub mod reload;
 pub mod runtime;
 
+#[cfg(test)]
+mod order_tests;
+
 pub use error::{Cause, Decision, IssueError, decide};
 pub use runtime::{
     Runtime, USER_AGENT, decode_eab_key, http01_spool, open_storage, read_only_ledger,

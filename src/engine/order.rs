@@ -262,7 +262,7 @@ async fn issue_with(
         .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
         .instrument(tracing::info_span!("download", cert = %cert.name))
         .await?;
-    install(rt, cert, issuer, &key, &chain)
+    install(rt, cert, issuer, &key, &cert_url, &chain)
 }
 
 /// Create a new order, its key stored in the ledger before the CA knows the order.
@@ -331,13 +331,14 @@ fn finished_order(order: &acme::Order) -> Result<String, IssueError> {
     })
 }
 
-/// Verify the downloaded chain against the key and the configured names, then install it through
-/// the ledger.
+/// Verify the chain downloaded from `url` against the key and the configured names, then install
+/// it through the ledger.
 fn install(
     rt: &Runtime,
     cert: &CertificateConfig,
     issuer: &IssuerConfig,
     key: &PKey<Private>,
+    url: &str,
     chain: &acme::CertificateChain,
 ) -> Result<Issued, IssueError> {
     let key_pem = key
@@ -346,7 +347,7 @@ fn install(
     let verified = store::verify_pair(&key_pem, chain.pem.as_bytes(), &cert.domains, None)
         .map_err(|e| {
             IssueError::new(AcmeError::BadResponse {
-                url: String::new(),
+                url: url.to_string(),
                 message: format!("the CA's certificate was rejected, nothing was written: {e}"),
             })
         })?;
