@@ -278,6 +278,10 @@ async fn new_order(
     let key_pem = key
         .private_key_to_pem_pkcs8()
         .map_err(|e| IssueError::internal(format!("encoding the new key: {e}")))?;
+    // The order this key replaces is forgotten first: an order URL must never be paired with a key
+    // that is not its own (a newOrder failing after the key was saved would otherwise leave every
+    // later attempt resuming the old order and rejecting its certificate).
+    rt.ledger.record(&cert.name, Event::OrderAbandoned)?;
     // The key is stored before the CA knows the order, so a resumed order finalizes with it.
     rt.ledger.save_pending_key(&cert.name, &key_pem)?;
     let mut req = NewOrder {

@@ -38,6 +38,9 @@ pub enum Event {
         /// The order URL, to resume after a restart.
         url: String,
     },
+    /// A new order is about to be created with a new pending key: the previous order (if any) is
+    /// no longer resumable.
+    OrderAbandoned,
     /// What the CA said during an attempt, for `certkeeper explain`.
     Attempt(Box<OrderTrace>),
     /// A new pair with this serial is about to be switched live: its reload is pending from now on,
@@ -116,6 +119,7 @@ impl CertState {
                 self.order_url = Some(url);
                 self.issuer = Some(issuer);
             }
+            Event::OrderAbandoned => self.order_url = None,
             Event::Attempt(trace) => self.last_order = Some(*trace),
             Event::Installing { serial } => self.reload_pending = Some(serial),
             Event::Issued {
@@ -496,6 +500,25 @@ mod tests {
             },
             retry_fingerprint: "fp".into(),
         }
+    }
+
+    #[test]
+    fn an_abandoned_order_is_not_resumable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = ledger(tmp.path());
+        let created = Event::OrderCreated {
+            issuer: "le".into(),
+            url: "https://ca/order/1".into(),
+        };
+        let st = l.record("www", created).unwrap();
+        assert_eq!(st.order_url.as_deref(), Some("https://ca/order/1"));
+        let st = l.record("www", Event::OrderAbandoned).unwrap();
+        assert_eq!(st.order_url, None);
+        assert_eq!(
+            st.issuer.as_deref(),
+            Some("le"),
+            "only the order is forgotten"
+        );
     }
 
     #[test]
