@@ -57,8 +57,10 @@ pub async fn issue(
     }
     let _lease = rt.ledger.lock(&cert.name)?;
     let lifetime = snap.lifetime();
-    // ARI's `replaces` names the live certificate, at the CA that issued it (the first issuer).
+    // ARI's `replaces` names the live certificate, sent only to the CA that issued it (state from
+    // before that was recorded: the first issuer).
     let replaces = snap.live().and_then(|_| snap.state.ari_cert_id.clone());
+    let issued_by = snap.state.ari_cert_issuer.as_deref();
     let mut failed: Vec<(IssueError, Decision)> = Vec::new();
     for (i, issuer_name) in cert.issuers.iter().enumerate() {
         let Some(issuer) = rt.config.issuers.get(issuer_name) else {
@@ -66,7 +68,8 @@ pub async fn issue(
                 "unknown issuer {issuer_name:?}"
             )));
         };
-        let replaces = if i == 0 { replaces.clone() } else { None };
+        let to_this = issued_by.map_or(i == 0, |by| by == issuer_name);
+        let replaces = replaces.clone().filter(|_| to_this);
         let trace = Trace::new(issuer_name);
         let result = issue_with(rt, cert, issuer, replaces, &trace).await;
         let e = match result {

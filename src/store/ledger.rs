@@ -133,6 +133,7 @@ impl CertState {
                 self.order_url = None;
                 self.retry = self.retry.on_success();
                 self.last_success = Some(at);
+                self.ari_cert_issuer = Some(issuer.clone());
                 self.issuer = Some(issuer);
                 self.config_fingerprint = Some(fingerprint);
                 self.ari_cert_id = ari_cert_id;
@@ -181,6 +182,7 @@ impl CertState {
                 // The CA that issued it is unknown: its CertID sent as `replaces` to another CA
                 // would get the renewal order refused, so the first renewal is a plain order.
                 self.ari_cert_id = None;
+                self.ari_cert_issuer = None;
                 self.ari_window = None;
                 self.ari_refetch_at = None;
                 self.revoked_serial = None;

@@ -82,6 +82,10 @@ pub struct CertState {
     pub config_fingerprint: Option<String>,
     /// ARI (RFC 9773) CertID of the installed certificate, sent as `replaces` when renewing it.
     pub ari_cert_id: Option<String>,
+    /// The issuer (config name) that issued the installed certificate: `replaces` goes only to it
+    /// (`issuer` names the issuer of an order in flight once one is created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_cert_issuer: Option<String>,
     /// The CA's suggested renewal window for the installed certificate.
     pub ari_window: Option<(jiff::Timestamp, jiff::Timestamp)>,
     /// When to ask the CA for renewal information again.
