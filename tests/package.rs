@@ -172,7 +172,11 @@ fn the_deb_holds_every_file_and_declares_the_conffile() {
     assert!(
         listing
             .lines()
-            .any(|l| l.starts_with("-rwxr-xr-x root/root") && l.ends_with("./usr/bin/certkeeper")),
+            // dpkg-deb --root-owner-group writes root/root, cargo-deb 0/0
+            .any(
+                |l| (l.starts_with("-rwxr-xr-x root/root") || l.starts_with("-rwxr-xr-x 0/0"))
+                    && l.ends_with("./usr/bin/certkeeper")
+            ),
         "{listing}"
     );
 
