@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -104,6 +104,31 @@ enum Command {
         #[arg(long)]
         chain: Option<PathBuf>,
     },
+    /// Print the shell completion script for bash, zsh or fish to stdout.
+    ///
+    /// E.g. `certkeeper completions bash > ~/.local/share/bash-completion/completions/certkeeper`;
+    /// the Debian package installs all three.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print the certkeeper(1) man page (roff) to stdout, or write it and one page per subcommand
+    /// (certkeeper-renew.1, ...) into DIR.
+    ///
+    /// E.g. `certkeeper man | man -l -`. The config format is in certkeeper.toml(5).
+    Man {
+        /// Write certkeeper.1 and certkeeper-SUBCOMMAND.1 pages into this directory (which must exist).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The shells `certkeeper completions` writes a script for.
+#[derive(Clone, Copy, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -146,6 +171,12 @@ enum AccountAction {
 fn main() -> ExitCode {
     certkeeper::tls_env::prefer_lazy_system_roots();
     let cli = Cli::parse();
+    // Generated from the CLI definition alone: no config, no privileges, no logging.
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { dir } => return man(dir.as_deref()),
+        _ => {}
+    }
     init_logging(&cli.log);
     let switch = if matches!(cli.command, Command::Run) {
         certkeeper::privileges::refuse_root_daemon(&cli.config)
@@ -223,6 +254,7 @@ fn main() -> ExitCode {
             Command::Status { json, name } => {
                 certkeeper::commands::status::run(&cli.config, json, name.as_deref())
             }
+            Command::Completions { .. } | Command::Man { .. } => unreachable!("handled before"),
             Command::Run => match daemon::run::run(&cli.config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -232,6 +264,56 @@ fn main() -> ExitCode {
             },
         }
     })
+}
+
+/// `certkeeper completions SHELL`: the script on stdout.
+fn completions(shell: Shell) -> ExitCode {
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "certkeeper", &mut out);
+    write_stdout(&out)
+}
+
+/// `certkeeper man [--dir DIR]`: certkeeper(1) on stdout, or every page written into DIR.
+fn man(dir: Option<&std::path::Path>) -> ExitCode {
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => match clap_mangen::generate_to(cmd, dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("certkeeper: writing man pages into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(cmd).render(&mut out) {
+                Ok(()) => write_stdout(&out),
+                Err(e) => {
+                    eprintln!("certkeeper: rendering the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("certkeeper: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs go to stderr; under systemd (JOURNAL_STREAM set) without our own timestamps, since journald

@@ -145,7 +145,7 @@ fn systemd_unit_verifies() {
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
     // systemd-analyze checks that ExecStart exists: point it at the binary under test
     let unit = unit.replace(
-        "/usr/local/bin/certkeeper",
+        "/usr/bin/certkeeper",
         support::certkeeper::CERTKEEPER_BIN,
     );
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/certkeeper.serv
 fn unit_for_test(dir: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(UNIT).unwrap();
     let text = text.replace(
-        "/usr/local/bin/certkeeper",
+        "/usr/bin/certkeeper",
         env!("CARGO_BIN_EXE_certkeeper"),
     );
     let path = dir.join("certkeeper.service");
