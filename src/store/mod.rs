@@ -16,6 +16,8 @@ mod ledger;
 mod state;
 pub mod storage;
 mod verify;
+#[cfg(test)]
+pub(crate) use verify::testpki;
 
 use std::path::PathBuf;
 

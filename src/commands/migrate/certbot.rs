@@ -1266,4 +1266,123 @@ elliptic_curve = secp384r1
         assert_eq!(a.contact, ["mailto:a@example.com"]);
         assert_eq!(a.key_pem, pem);
     }
+
+    #[test]
+    fn migrates_a_certbot_dir_in_place_and_keeps_the_account() {
+        use base64::Engine as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let cb = tmp.path().join("letsencrypt");
+        let pki = crate::store::testpki::Pki::new();
+        let (key, chain) = pki.leaf(&["www.example.com"], 0x77, (-1, 80));
+        let leaf_end = chain
+            .windows(25)
+            .position(|w| w == b"-----END CERTIFICATE-----")
+            .unwrap()
+            + 26;
+        let archive = cb.join("archive/site");
+        std::fs::create_dir_all(&archive).unwrap();
+        std::fs::create_dir_all(cb.join("live/site")).unwrap();
+        std::fs::create_dir_all(cb.join("renewal")).unwrap();
+        for (f, data) in [
+            ("cert", &chain[..leaf_end]),
+            ("chain", &chain[leaf_end..]),
+            ("fullchain", &chain[..]),
+            ("privkey", &key[..]),
+        ] {
+            std::fs::write(archive.join(format!("{f}1.pem")), data).unwrap();
+            std::os::unix::fs::symlink(
+                format!("../../archive/site/{f}1.pem"),
+                cb.join(format!("live/site/{f}.pem")),
+            )
+            .unwrap();
+        }
+        let conf = cb.join("renewal/site.conf");
+        std::fs::write(
+            &conf,
+            STANDALONE
+                .replace(
+                    "https://acme-staging-v02.api.letsencrypt.org/directory",
+                    "https://localhost:14000/dir",
+                )
+                .replace("0123456789abcdef0123456789abcdef", "abc"),
+        )
+        .unwrap();
+        let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+        let b = |n: &openssl::bn::BigNumRef| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n.to_vec())
+        };
+        let jwk = serde_json::json!({"kty": "RSA", "n": b(rsa.n()), "e": b(rsa.e()), "d": b(rsa.d()), "p": b(rsa.p().unwrap()), "q": b(rsa.q().unwrap()), "dp": b(rsa.dmp1().unwrap()), "dq": b(rsa.dmq1().unwrap()), "qi": b(rsa.iqmp().unwrap())});
+        let acct = cb.join("accounts/localhost:14000/dir/abc");
+        std::fs::create_dir_all(&acct).unwrap();
+        std::fs::write(acct.join("private_key.json"), jwk.to_string()).unwrap();
+        std::fs::write(
+            acct.join("regr.json"),
+            r#"{"body": {}, "uri": "https://localhost:14000/my-account/7"}"#,
+        )
+        .unwrap();
+        let etc = tmp.path().join("certkeeper");
+        std::fs::create_dir_all(&etc).unwrap();
+        let main = etc.join("certkeeper.toml");
+        std::fs::write(
+            &main,
+            format!(
+                "state_dir = {}\ninclude = [\"conf.d/*.toml\"]\n",
+                q(&tmp.path().join("state").display().to_string())
+            ),
+        )
+        .unwrap();
+        let opts = |dry_run| CertbotOptions {
+            certbot_dir: cb.clone(),
+            dry_run,
+        };
+
+        let dry = migrate(&main, &opts(true)).unwrap();
+        assert!(
+            dry.contains("[certificate.\"site\"]") && dry.contains("my-account/7"),
+            "{dry}"
+        );
+        assert!(
+            conf.exists() && !etc.join("conf.d").exists(),
+            "--dry-run changes nothing"
+        );
+
+        let report = migrate(&main, &opts(false)).unwrap();
+        assert!(report.contains("site: imported serial 77"), "{report}");
+        assert!(report.contains("undo: mv "), "{report}");
+        assert!(!conf.exists() && cb.join("renewal/site.conf.migrated").exists());
+        let live = cb.join("live/site");
+        assert_eq!(
+            std::fs::read_link(live.join("fullchain.pem")).unwrap(),
+            Path::new(".live/fullchain.pem")
+        );
+        assert_eq!(std::fs::read(live.join("fullchain.pem")).unwrap(), chain);
+        assert_eq!(std::fs::read(live.join("privkey.pem")).unwrap(), key);
+        let cfg = crate::config::load(&main).unwrap();
+        assert_eq!(cfg.certificates["site"].output.dir, live);
+        let issuer = &cfg.issuers["certbot-localhost-14000"];
+        assert_eq!(issuer.account_key.as_str(), "rsa-2048");
+        let accounts = store::AccountStore::new(std::sync::Arc::new(
+            store::FileStorage::open(&cfg.state_dir).unwrap(),
+        ));
+        let stored = accounts
+            .load(&store::account_id(&issuer.name, &issuer.directory))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.record.unwrap().url,
+            "https://localhost:14000/my-account/7"
+        );
+        let back = PKey::private_key_from_pem(stored.key_pem.as_bytes())
+            .unwrap()
+            .rsa()
+            .unwrap();
+        assert_eq!(back.n(), rsa.n());
+
+        // Nothing left: a second run says so and leaves the files alone.
+        assert!(
+            migrate(&main, &opts(false))
+                .unwrap_err()
+                .contains("nothing to migrate")
+        );
+    }
 }
