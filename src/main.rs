@@ -199,6 +199,9 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let switch = if matches!(cli.command, Command::Run) {
         certkeeper::privileges::refuse_root_daemon(&cli.config)
+    } else if matches!(cli.command, Command::Migrate { .. }) {
+        // Reads the other client's root-only files first, then acts as the state owner itself.
+        Ok(())
     } else {
         certkeeper::privileges::become_state_owner(&cli.config)
     };

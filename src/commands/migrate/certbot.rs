@@ -28,7 +28,7 @@ use openssl::pkey::{Id, PKey};
 use openssl::x509::X509;
 
 use crate::challenge::http01::TokenStore;
-use crate::commands::import::{ImportOptions, import};
+use crate::commands::import::import_pem;
 use crate::engine::Runtime;
 use crate::store::{self, AccountRecord, atomic_write};
 
@@ -272,6 +272,10 @@ pub struct Lineage {
     pub solver_toml: String,
     /// A generated DNS hook wrapper: its path and text.
     pub hook_script: Option<(PathBuf, String)>,
+    /// A TSIG secret moved out of certbot's rfc2136 credentials: its file and text.
+    pub secret: Option<(PathBuf, String)>,
+    /// The webroot solvers' document roots.
+    pub webroots: Vec<PathBuf>,
     /// Things the user must do or know.
     pub notes: Vec<String>,
     /// `<certbot-dir>/live/<lineage>`.
@@ -283,7 +287,9 @@ fn cert_file(conf_d: &Path, name: &str) -> PathBuf {
     conf_d.join(format!("certbot-{name}.toml"))
 }
 
-/// Plan one lineage from its conf, the live pair's facts and the deploy hooks found.
+/// Plan one lineage from its conf, the live pair's facts, the deploy hooks found and, for
+/// dns-rfc2136, the text of its `dns_rfc2136_credentials` file.
+#[allow(clippy::too_many_arguments)]
 pub fn plan_lineage(
     name: &str,
     conf_path: &Path,
@@ -292,6 +298,7 @@ pub fn plan_lineage(
     conf_d: &Path,
     live: &LiveFacts,
     deploy_hooks: &[PathBuf],
+    rfc2136_ini: Option<&str>,
 ) -> Result<Lineage, String> {
     let server = conf.param("server").unwrap_or(LE_PRODUCTION).to_string();
     let (issuer, directory) = issuer_for_server(&server);
@@ -325,6 +332,8 @@ pub fn plan_lineage(
     let authenticator = conf.param("authenticator").unwrap_or("standalone");
     let mut solver = String::new();
     let mut hook_script = None;
+    let mut secret = None;
+    let mut webroots = Vec::new();
     let sel = |n: &[String]| format!("selector = {{ dns_names = {} }}\n", q_list(n));
     let _ = writeln!(
         solver,
@@ -367,6 +376,7 @@ pub fn plan_lineage(
                 }
             }
             for (path, ns) in by_path {
+                webroots.push(PathBuf::from(&path));
                 let _ = write!(
                     solver,
                     "[[issuer.{}.solver]]\n{}webroot = {{ path = {} }}\n",
@@ -384,11 +394,38 @@ pub fn plan_lineage(
             hook_script = Some((script.clone(), dns_wrapper(name, conf, names)));
             let _ = write!(
                 solver,
-                "[[issuer.{}.solver]]\n{}dns01 = {{ provider = \"exec\", command = {} }}\n",
+                "[[issuer.{}.solver]]\n{}dns01 = {{ provider = \"exec\", command = {} }}\n\
+                 # certbot did not wait for the record either; `check = true` waits for the zone's nameservers\n\
+                 propagation = {{ check = false }}\n",
                 q(&issuer),
                 sel(names),
                 q(&script.display().to_string())
             );
+        }
+        "dns-rfc2136" if rfc2136_ini.is_some() => {
+            match rfc2136_solver(name, conf_d, rfc2136_ini.unwrap_or_default()) {
+                Ok((dns01, key_file, key)) => {
+                    let _ = write!(
+                        solver,
+                        "[[issuer.{}.solver]]\n{}dns01 = {dns01}\n",
+                        q(&issuer),
+                        sel(names)
+                    );
+                    secret = Some((key_file, key));
+                }
+                Err(why) => {
+                    let _ = write!(
+                        solver,
+                        "# certbot's dns-rfc2136 settings were not converted ({why}): fill in, e.g.\n\
+                         # [[issuer.{}.solver]]\n# {}# dns01 = {{ provider = \"rfc2136\", server = \"...\", tsig_key = \"...\", tsig_algorithm = \"hmac-sha256\", tsig_secret_file = \"...\" }}\n",
+                        q(&issuer),
+                        sel(names)
+                    );
+                    notes.push(format!(
+                        "certbot's dns-rfc2136 settings were not converted ({why}): fill in the commented solver in {ISSUERS_FILE}"
+                    ));
+                }
+            }
         }
         other => {
             let _ = write!(
@@ -471,9 +508,49 @@ pub fn plan_lineage(
         cert_toml: t,
         solver_toml: solver,
         hook_script,
+        secret,
+        webroots,
         notes,
         live_dir,
     })
+}
+
+/// certbot's dns-rfc2136 credentials (`dns_rfc2136_server`, `_port`, `_name`, `_secret`,
+/// `_algorithm`) as an rfc2136 `dns01` table, the file the secret moves to and its text.
+fn rfc2136_solver(name: &str, conf_d: &Path, ini: &str) -> Result<(String, PathBuf, String), String> {
+    let ini = parse_renewal_conf(ini)?.top;
+    let get = |k: &str| {
+        ini.get(&format!("dns_rfc2136_{k}"))
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("no dns_rfc2136_{k}"))
+    };
+    let (server, key, secret) = (get("server")?, get("name")?, get("secret")?);
+    let port = ini
+        .get("dns_rfc2136_port")
+        .map_or("53", String::as_str);
+    // certbot-dns-rfc2136's default algorithm is HMAC-MD5, which certkeeper does not speak.
+    let algorithm = ini
+        .get("dns_rfc2136_algorithm")
+        .map_or("hmac-md5".to_string(), |a| a.to_ascii_lowercase());
+    if !matches!(algorithm.as_str(), "hmac-sha256" | "hmac-sha384" | "hmac-sha512") {
+        return Err(format!(
+            "TSIG algorithm {algorithm} is not supported: create an hmac-sha256 key on the DNS server"
+        ));
+    }
+    let addr = if server.contains(':') {
+        format!("[{server}]:{port}")
+    } else {
+        format!("{server}:{port}")
+    };
+    let key_file = conf_d.join(format!("certbot-{name}-tsig.key"));
+    let table = format!(
+        "{{ provider = \"rfc2136\", server = {}, tsig_key = {}, tsig_algorithm = {}, tsig_secret_file = {} }}",
+        q(&addr),
+        q(key),
+        q(&algorithm),
+        q(&key_file.display().to_string())
+    );
+    Ok((table, key_file, format!("{secret}\n")))
 }
 
 /// The exec-provider wrapper that runs certbot's manual hooks with certbot's environment.
@@ -627,8 +704,13 @@ fn renewal_confs(certbot_dir: &Path) -> Result<Vec<(String, PathBuf, bool)>, Str
     Ok(out)
 }
 
-/// The issuers file: one issuer per server, with every lineage's solver blocks.
-fn issuers_toml(lineages: &[&Lineage], account_bits: &BTreeMap<String, u32>) -> String {
+/// The issuers file: one issuer per server, with every lineage's solver blocks. `ca_bundle` is
+/// certbot's `REQUESTS_CA_BUNDLE`, used for CAs other than Let's Encrypt.
+fn issuers_toml(
+    lineages: &[&Lineage],
+    account_bits: &BTreeMap<String, u32>,
+    ca_bundle: Option<&str>,
+) -> String {
     let mut t = String::from(
         "# Generated by `certkeeper migrate certbot`; rebuilt from certbot's renewal confs (migrated ones\n\
          # included) by every run. Edit it freely once the migration is done.\n",
@@ -653,10 +735,21 @@ fn issuers_toml(lineages: &[&Lineage], account_bits: &BTreeMap<String, u32>) -> 
             );
         }
         if !l.directory.starts_with("letsencrypt") {
-            let _ = writeln!(
-                t,
-                "# ca_bundle = \"/path/to/ca.pem\"  # when the CA's TLS certificate is not publicly trusted"
-            );
+            match ca_bundle {
+                Some(b) => {
+                    let _ = writeln!(
+                        t,
+                        "ca_bundle = {}  # certbot's REQUESTS_CA_BUNDLE",
+                        q(b)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        t,
+                        "# ca_bundle = \"/path/to/ca.pem\"  # when the CA's TLS certificate is not publicly trusted"
+                    );
+                }
+            }
         }
         for m in lineages.iter().filter(|m| m.issuer == l.issuer) {
             let _ = write!(t, "\n{}", m.solver_toml);
@@ -665,39 +758,119 @@ fn issuers_toml(lineages: &[&Lineage], account_bits: &BTreeMap<String, u32>) -> 
     t
 }
 
-/// The undo commands for one migrated lineage.
-fn undo(l: &Lineage, conf_d: &Path, links: &[(String, PathBuf)]) -> String {
-    let mut cmds = vec![format!(
-        "mv {} {}",
-        sh_quote(&format!("{}.migrated", l.conf_path.display())),
-        sh_quote(&l.conf_path.display().to_string())
-    )];
-    let mut rm = vec![sh_quote(&cert_file(conf_d, &l.name).display().to_string())];
-    if let Some((p, _)) = &l.hook_script {
-        rm.push(sh_quote(&p.display().to_string()));
-    }
-    cmds.push(format!("rm {}", rm.join(" ")));
-    for (f, target) in links {
-        cmds.push(format!(
-            "ln -sfn {} {}",
-            sh_quote(&target.display().to_string()),
-            sh_quote(&l.live_dir.join(f).display().to_string())
-        ));
-    }
-    cmds.join(" && ")
+/// A lineage to adopt, with what was read of it on certbot's side (as root, before any switch).
+struct Adopt<'a> {
+    lineage: &'a Lineage,
+    key_pem: Vec<u8>,
+    /// The leaf followed by its chain.
+    chain_pem: Vec<u8>,
+    /// certbot's links in `live/<lineage>/` (file, target), for the undo.
+    links: Vec<(String, PathBuf)>,
+    /// The owner of `live/<lineage>/` before it was handed to certkeeper's user.
+    live_uid: Option<u32>,
 }
 
-/// Run the migration (or print it with `dry_run`); returns the report to print.
-pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, String> {
-    let certbot_dir = &opts.certbot_dir;
-    let conf_d = config_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("conf.d");
+impl<'a> Adopt<'a> {
+    fn read(lineage: &'a Lineage) -> Result<Self, String> {
+        let live = &lineage.live_dir;
+        let read = |f: &str| {
+            let p = live.join(f);
+            std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let key_pem = read("privkey.pem")?;
+        let mut chain_pem = read("cert.pem")?;
+        if !chain_pem.ends_with(b"\n") {
+            chain_pem.push(b'\n');
+        }
+        chain_pem.extend_from_slice(&read("chain.pem")?);
+        let links = LIVE_FILES
+            .iter()
+            .filter_map(|f| {
+                std::fs::read_link(live.join(f))
+                    .ok()
+                    .map(|t| (f.to_string(), t))
+            })
+            .collect();
+        Ok(Self {
+            lineage,
+            key_pem,
+            chain_pem,
+            links,
+            live_uid: None,
+        })
+    }
+
+    /// Every conf.d file written for this lineage alone.
+    fn own_files(&self, conf_d: &Path) -> Vec<PathBuf> {
+        let l = self.lineage;
+        let mut files = vec![cert_file(conf_d, &l.name)];
+        files.extend(l.hook_script.iter().map(|(p, _)| p.clone()));
+        files.extend(l.secret.iter().map(|(p, _)| p.clone()));
+        files
+    }
+
+    /// The undo commands.
+    fn undo(&self, conf_d: &Path) -> String {
+        let l = self.lineage;
+        let mut cmds = vec![format!(
+            "mv {} {}",
+            sh_quote(&format!("{}.migrated", l.conf_path.display())),
+            sh_quote(&l.conf_path.display().to_string())
+        )];
+        let rm: Vec<String> = self
+            .own_files(conf_d)
+            .iter()
+            .map(|p| sh_quote(&p.display().to_string()))
+            .collect();
+        cmds.push(format!("rm {}", rm.join(" ")));
+        for (f, target) in &self.links {
+            cmds.push(format!(
+                "ln -sfn {} {}",
+                sh_quote(&target.display().to_string()),
+                sh_quote(&l.live_dir.join(f).display().to_string())
+            ));
+        }
+        if let Some(uid) = self.live_uid {
+            cmds.push(format!(
+                "chown {uid} {}",
+                sh_quote(&l.live_dir.display().to_string())
+            ));
+        }
+        cmds.join(" && ")
+    }
+}
+
+/// The files written to `conf.d/`, with what was there before, to put back if the migration stops.
+#[derive(Default)]
+struct Written(Vec<(PathBuf, Option<Vec<u8>>)>);
+
+impl Written {
+    fn write(&mut self, path: &Path, text: &str, mode: u32) -> Result<(), String> {
+        let before = std::fs::read(path).ok();
+        atomic_write(path, text.as_bytes(), mode, None, None)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        self.0.push((path.to_path_buf(), before));
+        Ok(())
+    }
+
+    fn restore(&self) {
+        for (p, before) in self.0.iter().rev() {
+            let _ = match before {
+                Some(b) => atomic_write(p, b, 0o644, None, None).map_err(|e| e.to_string()),
+                None => std::fs::remove_file(p).map_err(|e| e.to_string()),
+            };
+        }
+    }
+}
+
+/// Every renewal conf planned (`(lineage, already migrated)`), failures added to `failed`.
+fn plan_all(
+    certbot_dir: &Path,
+    conf_d: &Path,
+    failed: &mut Vec<String>,
+) -> Result<Vec<(Lineage, bool)>, String> {
     let hooks = deploy_hooks(certbot_dir);
     let mut all = Vec::new();
-    let mut report = String::new();
-    let mut failed = Vec::new();
     for (name, path, migrated) in renewal_confs(certbot_dir)? {
         let planned = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -711,14 +884,21 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
                 } else {
                     path.clone()
                 };
+                let ini = match conf.param("dns_rfc2136_credentials") {
+                    Some(p) if conf.param("authenticator") == Some("dns-rfc2136") => Some(
+                        std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"))?,
+                    ),
+                    _ => None,
+                };
                 plan_lineage(
                     &name,
                     &conf_path,
                     &conf,
                     certbot_dir,
-                    &conf_d,
+                    conf_d,
                     &live,
                     &hooks,
+                    ini.as_deref(),
                 )
             });
         match planned {
@@ -726,18 +906,17 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
             Err(e) => failed.push(format!("{name}: not migrated: {e}")),
         }
     }
-    let todo: Vec<&Lineage> = all.iter().filter(|(_, m)| !*m).map(|(l, _)| l).collect();
-    if todo.is_empty() {
-        failed.push(format!(
-            "nothing to migrate: no renewal/*.conf in {} could be adopted",
-            certbot_dir.display()
-        ));
-        return Err(failed.join("\n"));
-    }
+    Ok(all)
+}
 
-    // certbot's account per issuer: the one of the first lineage that names a readable one.
-    let mut accounts: BTreeMap<String, (String, CertbotAccount)> = BTreeMap::new();
-    for (l, _) in &all {
+/// certbot's account per issuer: the one of the first lineage that names a readable one.
+fn read_accounts(
+    certbot_dir: &Path,
+    all: &[(Lineage, bool)],
+    failed: &mut Vec<String>,
+) -> BTreeMap<String, (String, CertbotAccount)> {
+    let mut accounts = BTreeMap::new();
+    for (l, _) in all {
         if accounts.contains_key(&l.issuer) {
             continue;
         }
@@ -746,118 +925,183 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
                 Ok(a) => {
                     accounts.insert(l.issuer.clone(), (id.clone(), a));
                 }
-                Err(e) => failed.push(format!("{}: certbot's account not adopted ({e}); a new one is registered at the first renewal", l.name)),
+                Err(e) => failed.push(format!(
+                    "{}: certbot's account not adopted ({e}); a new one is registered at the first renewal",
+                    l.name
+                )),
             }
         }
     }
-    let bits = accounts
-        .iter()
-        .map(|(i, (_, a))| (i.clone(), a.bits))
-        .collect();
-    let every: Vec<&Lineage> = all.iter().map(|(l, _)| l).collect();
-    let issuers = issuers_toml(&every, &bits);
+    accounts
+}
 
-    if opts.dry_run {
+fn dry_run_report(
+    conf_d: &Path,
+    issuers: &str,
+    todo: &[&Lineage],
+    accounts: &BTreeMap<String, (String, CertbotAccount)>,
+    failed: &[String],
+) -> String {
+    let mut report = String::from("# --dry-run: nothing written, imported or renamed\n\n");
+    let _ = writeln!(
+        report,
+        "# ---- {} ----\n{issuers}",
+        conf_d.join(ISSUERS_FILE).display()
+    );
+    for l in todo {
         let _ = writeln!(
             report,
-            "# --dry-run: nothing written, imported or renamed\n"
+            "# ---- {} ----\n{}",
+            cert_file(conf_d, &l.name).display(),
+            l.cert_toml
         );
+        if let Some((p, text)) = &l.hook_script {
+            let _ = writeln!(report, "# ---- {} (mode 0755) ----\n{text}", p.display());
+        }
+        if let Some((p, _)) = &l.secret {
+            let _ = writeln!(
+                report,
+                "# would move certbot's TSIG secret to {} (mode 0640, group of the state directory's owner)",
+                p.display()
+            );
+        }
         let _ = writeln!(
             report,
-            "# ---- {} ----\n{issuers}",
-            conf_d.join(ISSUERS_FILE).display()
+            "# would import the live pair of {} into {} and rename {} to .conf.migrated\n",
+            l.name,
+            l.live_dir.display(),
+            l.conf_path.display()
         );
-        for l in &todo {
-            let _ = writeln!(
-                report,
-                "# ---- {} ----\n{}",
-                cert_file(&conf_d, &l.name).display(),
-                l.cert_toml
-            );
-            if let Some((p, text)) = &l.hook_script {
-                let _ = writeln!(report, "# ---- {} (mode 0755) ----\n{text}", p.display());
-            }
-            let _ = writeln!(
-                report,
-                "# would import the live pair of {} into {} and rename {} to .conf.migrated\n",
-                l.name,
-                l.live_dir.display(),
-                l.conf_path.display()
-            );
-        }
-        for (issuer, (id, a)) in &accounts {
-            let _ = writeln!(
-                report,
-                "# would adopt certbot account {id} ({}) as the account of issuer {issuer}",
-                a.url
-            );
-        }
-        for f in &failed {
-            let _ = writeln!(report, "# {f}");
-        }
-        return Ok(report);
     }
+    for (issuer, (id, a)) in accounts {
+        let _ = writeln!(
+            report,
+            "# would adopt certbot account {id} ({}) as the account of issuer {issuer}",
+            a.url
+        );
+    }
+    for f in failed {
+        let _ = writeln!(report, "# {f}");
+    }
+    report
+}
 
-    // Write the files, remembering what was there to put it back if the config does not load.
-    std::fs::create_dir_all(&conf_d)
+/// Write `conf.d/` (as the invoking user: root owns the config) and load the result; on any error
+/// everything written is put back.
+fn write_conf_d(
+    config_path: &Path,
+    conf_d: &Path,
+    issuers: &str,
+    adopt: &[Adopt<'_>],
+) -> Result<(crate::config::Config, Written), String> {
+    std::fs::create_dir_all(conf_d)
         .map_err(|e| format!("cannot create {}: {e}", conf_d.display()))?;
-    let mut written: Vec<(PathBuf, Option<Vec<u8>>)> = Vec::new();
-    let mut write = |path: PathBuf, text: &str, mode: u32| -> Result<(), String> {
-        let before = std::fs::read(&path).ok();
-        atomic_write(&path, text.as_bytes(), mode, None, None).map_err(|e| e.to_string())?;
-        written.push((path, before));
-        Ok(())
-    };
-    let mut result = write(conf_d.join(ISSUERS_FILE), &issuers, 0o644);
-    for l in &todo {
-        if result.is_err() {
-            break;
-        }
-        result = write(cert_file(&conf_d, &l.name), &l.cert_toml, 0o644);
-        if let (Ok(()), Some((p, text))) = (&result, &l.hook_script) {
-            result = write(p.clone(), text, 0o755);
-        }
+    let mut written = Written::default();
+    let mut result = written.write(&conf_d.join(ISSUERS_FILE), issuers, 0o644);
+    for l in adopt.iter().map(|a| a.lineage) {
+        result = result
+            .and_then(|()| written.write(&cert_file(conf_d, &l.name), &l.cert_toml, 0o644))
+            .and_then(|()| match &l.hook_script {
+                Some((p, text)) => written.write(p, text, 0o755),
+                None => Ok(()),
+            })
+            .and_then(|()| match &l.secret {
+                Some((p, text)) => written.write(p, text, 0o600),
+                None => Ok(()),
+            });
     }
-    let restore = |written: &[(PathBuf, Option<Vec<u8>>)]| {
-        for (p, before) in written.iter().rev() {
-            let _ = match before {
-                Some(b) => atomic_write(p, b, 0o644, None, None).map_err(|e| e.to_string()),
-                None => std::fs::remove_file(p).map_err(|e| e.to_string()),
-            };
-        }
-    };
     let loaded = result.and_then(|()| crate::config::load(config_path).map_err(|e| e.to_string()));
     let cfg = match loaded {
         Ok(cfg) => cfg,
         Err(e) => {
-            restore(&written);
+            written.restore();
             return Err(format!(
                 "the migrated config does not load, nothing was changed: {e}"
             ));
         }
     };
-    if let Some(l) = todo
+    if let Some(l) = adopt
         .iter()
-        .find(|l| !cfg.files.contains(&cert_file(&conf_d, &l.name)))
+        .find(|a| !cfg.files.contains(&cert_file(conf_d, &a.lineage.name)))
     {
-        restore(&written);
+        written.restore();
         return Err(format!(
             "{} does not include {}: add include = [\"conf.d/*.toml\"] to it and run again; nothing was changed",
             config_path.display(),
-            cert_file(&conf_d, &l.name).display()
+            cert_file(conf_d, &l.lineage.name).display()
         ));
     }
-    let cfg = Arc::new(cfg);
-    let rt = Runtime::new(cfg.clone(), TokenStore::default()).map_err(|e| e.to_string())?;
+    Ok((cfg, written))
+}
 
-    for (issuer, (id, a)) in &accounts {
-        let Some(ic) = cfg.issuers.get(issuer) else {
+/// Let `user` (the state directory's owner, as which the daemon runs) write what the daemon will
+/// write: `live/<lineage>/` becomes theirs, `live/` and the certbot directory traversable (certbot
+/// makes `live/` 0700), each webroot's `.well-known/acme-challenge/` theirs; TSIG secrets become
+/// root:<their group> 0640. Returns what was done, for the report.
+fn hand_over(
+    certbot_dir: &Path,
+    adopt: &mut [Adopt<'_>],
+    user: &nix::unistd::User,
+) -> Result<Vec<String>, String> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, chown};
+    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    let mut done = Vec::new();
+    for dir in [certbot_dir.to_path_buf(), certbot_dir.join("live")] {
+        let meta = std::fs::metadata(&dir).map_err(|e| io("cannot read", &dir, e))?;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o011))
+                .map_err(|e| io("cannot change the mode of", &dir, e))?;
+            done.push(format!(
+                "made {} traversable (mode {:04o}, was {mode:04o}) so {} reaches live/<lineage>/",
+                dir.display(),
+                mode | 0o011,
+                user.name
+            ));
+        }
+    }
+    for a in adopt.iter_mut() {
+        let l = a.lineage;
+        let meta = std::fs::metadata(&l.live_dir).map_err(|e| io("cannot read", &l.live_dir, e))?;
+        if meta.uid() != user.uid.as_raw() {
+            chown(&l.live_dir, Some(user.uid.as_raw()), None)
+                .map_err(|e| io("cannot change the owner of", &l.live_dir, e))?;
+            a.live_uid = Some(meta.uid());
+        }
+        for root in &l.webroots {
+            let challenge = root.join(".well-known/acme-challenge");
+            std::fs::create_dir_all(&challenge).map_err(|e| io("cannot create", &challenge, e))?;
+            chown(&challenge, Some(user.uid.as_raw()), None)
+                .map_err(|e| io("cannot change the owner of", &challenge, e))?;
+        }
+        if let Some((p, _)) = &l.secret {
+            chown(p, None, Some(user.gid.as_raw()))
+                .and_then(|()| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o640)))
+                .map_err(|e| io("cannot give the group access to", p, e))?;
+        }
+    }
+    Ok(done)
+}
+
+/// Adopt certbot's accounts into certkeeper's state (as the state directory's owner).
+fn adopt_accounts(
+    rt: &Runtime,
+    accounts: &BTreeMap<String, (String, CertbotAccount)>,
+    report: &mut String,
+    failed: &mut Vec<String>,
+) {
+    for (issuer, (id, a)) in accounts {
+        let Some(ic) = rt.config.issuers.get(issuer) else {
             continue;
         };
         let aid = store::account_id(issuer, &ic.directory);
         match rt.accounts.load(&aid) {
             Ok(Some(s)) if s.record.as_ref().is_some_and(|r| r.url == a.url) => {
-                let _ = writeln!(report, "issuer {issuer}: certbot's account {} is already certkeeper's", a.url);
+                let _ = writeln!(
+                    report,
+                    "issuer {issuer}: certbot's account {} is already certkeeper's",
+                    a.url
+                );
             }
             Ok(Some(s)) if s.record.is_some() => failed.push(format!(
                 "issuer {issuer}: certkeeper already has the account {}; certbot's account {} ({id}) was not adopted",
@@ -871,33 +1115,118 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
                     contact: a.contact.clone(),
                     created: jiff::Timestamp::now(),
                 };
-                match rt.accounts.save_key(&aid, &a.key_pem).and_then(|()| rt.accounts.save_record(&aid, &record)) {
+                match rt
+                    .accounts
+                    .save_key(&aid, &a.key_pem)
+                    .and_then(|()| rt.accounts.save_record(&aid, &record))
+                {
                     Ok(()) => {
-                        let _ = writeln!(report, "issuer {issuer}: adopted certbot's account {id} ({})", a.url);
+                        let _ = writeln!(
+                            report,
+                            "issuer {issuer}: adopted certbot's account {id} ({})",
+                            a.url
+                        );
                     }
-                    Err(e) => failed.push(format!("issuer {issuer}: certbot's account not adopted: {e}")),
+                    Err(e) => failed.push(format!(
+                        "issuer {issuer}: certbot's account not adopted: {e}"
+                    )),
                 }
             }
             Err(e) => failed.push(format!("issuer {issuer}: {e}")),
         }
     }
+}
 
-    for l in &todo {
-        let links: Vec<(String, PathBuf)> = LIVE_FILES
-            .iter()
-            .filter_map(|f| {
-                std::fs::read_link(l.live_dir.join(f))
-                    .ok()
-                    .map(|t| (f.to_string(), t))
-            })
-            .collect();
-        let imp = ImportOptions {
-            name: l.name.clone(),
-            cert: l.live_dir.join("cert.pem"),
-            key: l.live_dir.join("privkey.pem"),
-            chain: Some(l.live_dir.join("chain.pem")),
+/// Run the migration (or print it with `dry_run`); returns the report to print.
+///
+/// Run as root with a state directory that belongs to certkeeper's user (the packaged set-up), it
+/// works in three steps so that every file ends up owned as the daemon needs it: as root, it reads
+/// all of certbot's side (renewal confs, live pairs, account keys, credentials: root-only files),
+/// writes `conf.d/` (root's config) and hands `live/<lineage>/` and the webroots to the state
+/// directory's owner; acting as that owner, it writes the account and imports the pairs (state
+/// and output files owned by the daemon's user, as if the daemon had written them); as root again,
+/// it renames certbot's renewal confs.
+pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, String> {
+    let certbot_dir = &opts.certbot_dir;
+    let conf_d = config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("conf.d");
+    let mut failed = Vec::new();
+    let all = plan_all(certbot_dir, &conf_d, &mut failed)?;
+    let todo: Vec<&Lineage> = all.iter().filter(|(_, m)| !*m).map(|(l, _)| l).collect();
+    if todo.is_empty() {
+        failed.push(format!(
+            "nothing to migrate: no renewal/*.conf in {} could be adopted",
+            certbot_dir.display()
+        ));
+        return Err(failed.join("\n"));
+    }
+    let accounts = read_accounts(certbot_dir, &all, &mut failed);
+    let bits = accounts
+        .iter()
+        .map(|(i, (_, a))| (i.clone(), a.bits))
+        .collect();
+    let every: Vec<&Lineage> = all.iter().map(|(l, _)| l).collect();
+    let ca_bundle = std::env::var("REQUESTS_CA_BUNDLE")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let issuers = issuers_toml(&every, &bits, ca_bundle.as_deref());
+    if opts.dry_run {
+        return Ok(dry_run_report(
+            &conf_d, &issuers, &todo, &accounts, &failed,
+        ));
+    }
+    let mut adopt = Vec::new();
+    for l in todo {
+        match Adopt::read(l) {
+            Ok(a) => adopt.push(a),
+            Err(e) => failed.push(format!("{}: not migrated: {e}", l.name)),
+        }
+    }
+    if adopt.is_empty() {
+        return Err(failed.join("\n"));
+    }
+
+    let (cfg, written) = write_conf_d(config_path, &conf_d, &issuers, &adopt)?;
+    let owner = crate::privileges::state_owner(&cfg.state_dir).map_err(|e| e.to_string());
+    let handed = owner.and_then(|owner| match &owner {
+        Some(user) => hand_over(certbot_dir, &mut adopt, user).map(|done| (owner, done)),
+        None => Ok((owner, Vec::new())),
+    });
+    let (owner, handed) = match handed {
+        Ok(h) => h,
+        Err(e) => {
+            written.restore();
+            return Err(format!("{e}; nothing was migrated"));
+        }
+    };
+
+    let mut report = String::new();
+    let cfg = Arc::new(cfg);
+    let imported = {
+        let acting = match &owner {
+            Some(user) => Some(
+                crate::privileges::act_as(user, &cfg.state_dir).map_err(|e| e.to_string())?,
+            ),
+            None => None,
         };
-        match import(&rt, &imp) {
+        let rt = Runtime::new(cfg.clone(), TokenStore::default()).map_err(|e| e.to_string())?;
+        adopt_accounts(&rt, &accounts, &mut report, &mut failed);
+        let imported: Vec<_> = adopt
+            .iter()
+            .map(|a| import_pem(&rt, &a.lineage.name, &a.key_pem, &a.chain_pem))
+            .collect();
+        drop(acting);
+        imported
+    };
+
+    for n in handed {
+        let _ = writeln!(report, "{n}");
+    }
+    for (a, result) in adopt.iter().zip(imported) {
+        let l = a.lineage;
+        match result {
             Ok(i) => {
                 let migrated = PathBuf::from(format!("{}.migrated", l.conf_path.display()));
                 if let Err(e) = std::fs::rename(&l.conf_path, &migrated) {
@@ -919,13 +1248,14 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
                 for n in &l.notes {
                     let _ = writeln!(report, "  note: {n}");
                 }
-                let _ = writeln!(report, "  undo: {}", undo(l, &conf_d, &links));
+                let _ = writeln!(report, "  undo: {}", a.undo(&conf_d));
             }
             Err(e) => {
-                let mut mine = vec![cert_file(&conf_d, &l.name)];
-                mine.extend(l.hook_script.as_ref().map(|(p, _)| p.clone()));
-                for p in mine {
+                for p in a.own_files(&conf_d) {
                     let _ = std::fs::remove_file(p);
+                }
+                if let Some(uid) = a.live_uid {
+                    let _ = std::os::unix::fs::chown(&l.live_dir, Some(uid), None);
                 }
                 failed.push(format!(
                     "{}: not migrated (certbot still renews it): {e}",
@@ -936,6 +1266,25 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
     }
     for f in &failed {
         let _ = writeln!(report, "warning: {f}");
+    }
+    let mut rw = vec![certbot_dir.join("live")];
+    for p in adopt.iter().flat_map(|a| &a.lineage.webroots) {
+        if !rw.contains(p) {
+            rw.push(p.clone());
+        }
+    }
+    let rw: Vec<String> = rw.iter().map(|p| p.display().to_string()).collect();
+    let _ = writeln!(
+        report,
+        "The daemon writes {}: under systemd, allow it with `systemctl edit certkeeper`:\n  [Service]\n  ReadWritePaths={}",
+        rw.join(" and "),
+        rw.join(" ")
+    );
+    if owner.is_some() {
+        let _ = writeln!(
+            report,
+            "Reload commands now run as the daemon's user, not root: see README.systemd.md for letting it reload nginx."
+        );
     }
     let _ = writeln!(
         report,
@@ -1013,13 +1362,14 @@ elliptic_curve = secp384r1
             Path::new("/etc/certkeeper/conf.d"),
             live,
             hooks,
+            None,
         )
         .unwrap()
     }
 
     /// The generated TOML parses, and (wrapped with a main file) loads as a certkeeper config.
     fn loads(l: &Lineage) -> crate::config::Config {
-        let issuers = issuers_toml(&[l], &BTreeMap::new());
+        let issuers = issuers_toml(&[l], &BTreeMap::new(), None);
         let main = format!("state_dir = \"/tmp/x\"\n{issuers}\n{}", l.cert_toml);
         crate::config::Config::from_str(&main, Path::new("/etc/certkeeper/certkeeper.toml"))
             .unwrap_or_else(|e| panic!("{e}\n---\n{main}"))
@@ -1207,6 +1557,48 @@ elliptic_curve = secp384r1
     }
 
     #[test]
+    fn rfc2136_credentials_become_an_rfc2136_solver_with_the_secret_in_its_own_file() {
+        let text = MANUAL.replace("authenticator = manual", "authenticator = dns-rfc2136\ndns_rfc2136_credentials = /etc/letsencrypt/rfc2136.ini");
+        let conf = parse_renewal_conf(&text).unwrap();
+        let ini = "# certbot-dns-rfc2136\ndns_rfc2136_server = 192.0.2.53\ndns_rfc2136_port = 5353\n\
+                   dns_rfc2136_name = certbot.\ndns_rfc2136_secret = c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n\
+                   dns_rfc2136_algorithm = HMAC-SHA512\n";
+        let live = facts(&["*.example.com"], Some("ecdsa-p384"));
+        let plan = |ini: &str| {
+            plan_lineage(
+                "wild",
+                Path::new("/etc/letsencrypt/renewal/wild.conf"),
+                &conf,
+                Path::new("/etc/letsencrypt"),
+                Path::new("/etc/certkeeper/conf.d"),
+                &live,
+                &[],
+                Some(ini),
+            )
+            .unwrap()
+        };
+        let l = plan(ini);
+        assert!(l.solver_toml.contains(
+            "dns01 = { provider = \"rfc2136\", server = \"192.0.2.53:5353\", tsig_key = \"certbot.\", tsig_algorithm = \"hmac-sha512\", tsig_secret_file = \"/etc/certkeeper/conf.d/certbot-wild-tsig.key\" }"
+        ), "{}", l.solver_toml);
+        assert_eq!(
+            l.secret,
+            Some((
+                PathBuf::from("/etc/certkeeper/conf.d/certbot-wild-tsig.key"),
+                "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n".to_string()
+            ))
+        );
+        assert!(!l.solver_toml.contains("c2Vj") && !l.cert_toml.contains("c2Vj"), "the secret stays out of the TOML");
+        loads(&l);
+
+        // certbot's default HMAC-MD5 has no certkeeper equivalent: a commented block and a note.
+        let l = plan(&ini.replace("dns_rfc2136_algorithm = HMAC-SHA512\n", ""));
+        assert!(l.secret.is_none());
+        assert!(l.notes.iter().any(|n| n.contains("hmac-md5")), "{:?}", l.notes);
+        assert!(l.solver_toml.lines().filter(|s| !s.is_empty()).all(|s| s.starts_with('#')));
+    }
+
+    #[test]
     fn unknown_authenticator_is_a_commented_block() {
         let text = MANUAL.replace("authenticator = manual", "authenticator = dns-cloudflare");
         let l = plan(
@@ -1224,7 +1616,7 @@ elliptic_curve = secp384r1
             l.solver_toml
         );
         assert!(l.notes.iter().any(|n| n.contains("dns-cloudflare")));
-        toml::from_str::<toml::Table>(&issuers_toml(&[&l], &BTreeMap::new())).unwrap();
+        toml::from_str::<toml::Table>(&issuers_toml(&[&l], &BTreeMap::new(), None)).unwrap();
     }
 
     #[test]
