@@ -347,9 +347,14 @@ pub fn plan_lineage(
                 q(&issuer),
                 sel(names)
             );
+            let addr = match conf.param("http01_address") {
+                Some(a) if a.contains(':') => format!("[{a}]"),
+                Some(a) => a.to_string(),
+                None => "[::]".to_string(),
+            };
             match conf.param("http01_port") {
                 Some(port) if port != "80" => notes.push(format!(
-                    "certbot's standalone listened on port {port}: set `[http01] listen = [\"[::]:{port}\"]` in the main config"
+                    "certbot's standalone listened on port {port}: set `[http01] listen = [\"{addr}:{port}\"]` in the main config"
                 )),
                 _ => notes.push(
                     "certbot's standalone listened on port 80: either set `[http01] listen = [\"[::]:80\"]` in the main config, or have nginx proxy /.well-known/acme-challenge/ to certkeeper's listener (127.0.0.1:8402 by default)".into(),
@@ -443,7 +448,7 @@ pub fn plan_lineage(
 
     // Reload commands: certbot's deploy hooks see RENEWED_LINEAGE and RENEWED_DOMAINS.
     let env = format!(
-        "RENEWED_LINEAGE={} RENEWED_DOMAINS={}",
+        "export RENEWED_LINEAGE={} RENEWED_DOMAINS={};",
         sh_quote(&live_dir.display().to_string()),
         sh_quote(&names.join(" "))
     );
@@ -1215,7 +1220,18 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
         adopt_accounts(&rt, &accounts, &mut report, &mut failed);
         let imported: Vec<_> = adopt
             .iter()
-            .map(|a| import_pem(&rt, &a.lineage.name, &a.key_pem, &a.chain_pem))
+            .map(|a| {
+                let i = import_pem(&rt, &a.lineage.name, &a.key_pem, &a.chain_pem)?;
+                // The servers already read this very pair through live/<lineage>/ (certbot deployed
+                // it): no reload is owed for it.
+                let served = store::Event::Reloaded {
+                    serial: i.serial.clone(),
+                };
+                if let Err(e) = rt.ledger.record(&a.lineage.name, served) {
+                    tracing::warn!(cert = %a.lineage.name, error = %e, "cannot record that the pair is already served; the reload hooks run once at the next pass");
+                }
+                Ok::<_, crate::commands::import::ImportError>(i)
+            })
             .collect();
         drop(acting);
         imported
@@ -1445,7 +1461,7 @@ elliptic_curve = secp384r1
         );
         assert_eq!(c.issuers, ["letsencrypt-staging"]);
         assert!(l.cert_toml.contains(
-            "RENEWED_LINEAGE='/etc/letsencrypt/live/www.example.com' RENEWED_DOMAINS='www.example.com' systemctl reload nginx"
+            "export RENEWED_LINEAGE='/etc/letsencrypt/live/www.example.com' RENEWED_DOMAINS='www.example.com'; systemctl reload nginx"
         ));
         assert!(
             l.cert_toml

@@ -1,0 +1,405 @@
+//! `certkeeper migrate certbot` on lineages issued by Debian's real certbot from pebble, run as root
+//! on a state directory owned by a service user (the packaged set-up):
+//! - `standalone` (alt.example.test): certbot's own HTTP-01 server on 127.0.0.2, pebble's HTTP port;
+//! - `webroot` (www.example.test): a webroot served by a real nginx on 127.0.0.1, same port;
+//! - `manual` (dns.example.test): DNS-01 through `--manual-auth-hook`/`--manual-cleanup-hook` scripts
+//!   that nsupdate bind9, which pebble resolves through;
+//!
+//! plus a deploy hook in `renewal-hooks/deploy/` and a `--deploy-hook` (`renew_hook`). `--dry-run`
+//! changes nothing; the migration adopts the pairs in place and certbot's account; `renew` issues
+//! nothing; `renew --force` renews all three with certbot's account into `live/<lineage>/` and runs
+//! the deploy hooks.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::certkeeper::{CliOutput, run_command_sync, std_command_at, toml_str};
+use support::dns::bind::{self, Bind};
+use support::nginx::{Nginx, NginxOpts};
+use support::pair::check_pair;
+use support::process::run_bounded;
+use support::sysuser::SystemUser;
+use support::{Pebble, PebbleOpts};
+
+const CERTBOT: &str = "/usr/bin/certbot";
+const LIMIT: Duration = Duration::from_secs(120);
+/// (lineage, name).
+const LINEAGES: [(&str, &str); 3] = [
+    ("standalone", "alt.example.test"),
+    ("webroot", "www.example.test"),
+    ("manual", "dns.example.test"),
+];
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn write_script(p: &Path, text: &str) {
+    std::fs::write(p, text).unwrap();
+    chmod(p, 0o755);
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    pebble: Pebble,
+    bind: Bind,
+    nginx: Nginx,
+    user: SystemUser,
+}
+
+impl World {
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn certbot_dir(&self) -> PathBuf {
+        self.p("letsencrypt")
+    }
+
+    fn live(&self, lineage: &str) -> PathBuf {
+        self.certbot_dir().join("live").join(lineage)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.p("etc/certkeeper.toml")
+    }
+
+    /// `certbot certonly` with the pebble, directories and trust of this world.
+    fn certbot(&self, lineage: &str, name: &str, how: &[&str]) {
+        let mut cmd = Command::new(CERTBOT);
+        cmd.args(["certonly", "--non-interactive", "--agree-tos"])
+            .args(["--register-unsafely-without-email", "--no-random-sleep-on-renew"])
+            .args(["--server", &self.pebble.directory_url()])
+            .arg("--config-dir")
+            .arg(self.certbot_dir())
+            .arg("--work-dir")
+            .arg(self.p("certbot-work"))
+            .arg("--logs-dir")
+            .arg(self.p("certbot-logs"))
+            .args(["--cert-name", lineage, "-d", name])
+            .args(how)
+            .env("REQUESTS_CA_BUNDLE", self.p("pebble-ca.pem"))
+            .stdin(std::process::Stdio::null());
+        let out = run_bounded(cmd, LIMIT);
+        assert!(
+            out.status.success(),
+            "certbot {lineage} failed ({}):\n{}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.p("certbot-logs/letsencrypt.log")).unwrap_or_default()
+        );
+    }
+
+    /// certkeeper as root, with certbot's `REQUESTS_CA_BUNDLE`.
+    fn certkeeper(&self, args: &[&str]) -> CliOutput {
+        let mut cmd = std_command_at(&self.config(), args);
+        cmd.env("REQUESTS_CA_BUNDLE", self.p("pebble-ca.pem"));
+        run_command_sync(cmd, args, LIMIT)
+    }
+
+    fn serials(&self, root: &openssl::x509::X509) -> Vec<String> {
+        LINEAGES
+            .iter()
+            .map(|(l, n)| {
+                check_pair(&self.live(l), root, &[n])
+                    .unwrap_or_else(|e| panic!("{l}: {e}"))
+                    .serial
+            })
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.p("log/hooks.log")).unwrap_or_default()
+    }
+}
+
+/// Every `.conf` / `.conf.migrated` file name in certbot's renewal dir, sorted.
+fn renewal_files(certbot_dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(certbot_dir.join("renewal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every path under `dir` (including it), symlinks not followed.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+async fn world() -> Option<World> {
+    if !Path::new(CERTBOT).exists() || !support::pebble::available() {
+        eprintln!("skipping: certbot or pebble is not installed (scripts/deps)");
+        return None;
+    }
+    if !support::nginx::nginx_available() || !Path::new("/usr/bin/nsupdate").exists() {
+        eprintln!("skipping: nginx or nsupdate is not installed (scripts/deps)");
+        return None;
+    }
+    let user = SystemUser::create()?;
+    let bind = Bind::start().await?;
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    let webroot = dir.path().join("www");
+    let nginx_tls = dir.path().join("nginx-tls");
+    for d in [&webroot, &nginx_tls] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let nginx = Nginx::start(NginxOpts {
+        cert_dir: nginx_tls,
+        webroot: Some(webroot),
+        placeholder_cert: true,
+        ..Default::default()
+    })
+    .expect("nginx starts");
+    // pebble resolves through bind9 (www → 127.0.0.1: nginx; alt → 127.0.0.2: certbot standalone,
+    // later certkeeper's listener) and connects to nginx's HTTP port.
+    let pebble = Pebble::start(PebbleOpts {
+        dns_server: Some(bind.addr),
+        http_port: nginx.http_port(),
+        ..Default::default()
+    })
+    .await;
+    let w = World {
+        dir,
+        pebble,
+        bind,
+        nginx,
+        user,
+    };
+    // What certbot is told to trust (and what the migration turns into `ca_bundle`), readable by
+    // the service user.
+    std::fs::write(w.p("pebble-ca.pem"), w.pebble.ca_pem()).unwrap();
+    chmod(&w.p("pebble-ca.pem"), 0o644);
+    // The hooks log into a directory the service user may write (hooks run as it under certkeeper).
+    std::fs::create_dir_all(w.p("log")).unwrap();
+    std::os::unix::fs::chown(w.p("log"), Some(w.user.uid()), None).unwrap();
+    std::fs::create_dir_all(w.p("hooks")).unwrap();
+    chmod(&w.p("hooks"), 0o755);
+    let nsupdate = |op: &str| {
+        format!(
+            "#!/bin/sh\nset -e\nprintf 'server {ip} {port}\\nupdate {op} _acme-challenge.%s. 60 TXT \"%s\"\\nsend\\n' \"$CERTBOT_DOMAIN\" \"$CERTBOT_VALIDATION\" | nsupdate -y hmac-sha256:{key}:{secret}\necho \"{op} $CERTBOT_DOMAIN\" >> {log}\n",
+            ip = w.bind.addr.ip(),
+            port = w.bind.addr.port(),
+            key = bind::KEY_NAME,
+            secret = bind::SECRET,
+            log = w.p("log/hooks.log").display(),
+        )
+    };
+    write_script(&w.p("hooks/auth.sh"), &nsupdate("add"));
+    write_script(&w.p("hooks/cleanup.sh"), &nsupdate("delete"));
+    Some(w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let started = Instant::now();
+    let port = w.nginx.http_port().to_string();
+    let log = w.p("log/hooks.log").display().to_string();
+
+    // certbot issues the three lineages (one at a time: certbot locks its directories).
+    w.certbot(
+        "standalone",
+        "alt.example.test",
+        &["--standalone", "--http-01-address", "127.0.0.2", "--http-01-port", &port],
+    );
+    let webroot = w.p("www").display().to_string();
+    let renew_hook = format!("echo \"renew_hook $RENEWED_LINEAGE\" >> {log}");
+    w.certbot(
+        "webroot",
+        "www.example.test",
+        &["--webroot", "-w", &webroot, "--deploy-hook", &renew_hook],
+    );
+    let (auth, cleanup) = (w.p("hooks/auth.sh"), w.p("hooks/cleanup.sh"));
+    w.certbot(
+        "manual",
+        "dns.example.test",
+        &[
+            "--manual",
+            "--preferred-challenges",
+            "dns",
+            "--manual-auth-hook",
+            auth.to_str().unwrap(),
+            "--manual-cleanup-hook",
+            cleanup.to_str().unwrap(),
+        ],
+    );
+    let certbot_done = started.elapsed();
+    let cb = w.certbot_dir();
+    write_script(
+        &cb.join("renewal-hooks/deploy/10-log"),
+        &format!("#!/bin/sh\necho \"deploy $RENEWED_LINEAGE $RENEWED_DOMAINS\" >> {log}\n"),
+    );
+    assert!(w.log().contains("add dns.example.test"), "{}", w.log());
+    // From here on the hooks run as the service user: they create the log afresh.
+    std::fs::remove_file(w.p("log/hooks.log")).unwrap();
+
+    let root = openssl::x509::X509::from_pem(w.pebble.root_pem().await.as_bytes()).unwrap();
+    let certbot_serials = w.serials(&root);
+    let regr: serde_json::Value = {
+        let accounts = cb.join("accounts");
+        let regr = walk(&accounts)
+            .into_iter()
+            .find(|p| p.ends_with("regr.json"))
+            .expect("certbot's regr.json");
+        serde_json::from_slice(&std::fs::read(regr).unwrap()).unwrap()
+    };
+    let account_url = regr["uri"].as_str().expect("regr.json uri").to_string();
+
+    // certkeeper: config root's, state the service user's (as tmpfiles would leave them).
+    let state = w.p("state");
+    std::fs::create_dir_all(w.p("etc")).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(w.user.uid()), None).unwrap();
+    chmod(&state, 0o700);
+    std::fs::write(
+        w.config(),
+        format!(
+            "state_dir = {}\ninclude = [\"conf.d/*.toml\"]\n\n[http01]\nlisten = [\"127.0.0.2:{port}\"]\n",
+            toml_str(&state.display().to_string())
+        ),
+    )
+    .unwrap();
+    let cb_arg = cb.display().to_string();
+
+    // --dry-run prints the three lineages and changes nothing.
+    let dry = w.certkeeper(&["migrate", "certbot", "--certbot-dir", &cb_arg, "--dry-run"]);
+    dry.assert_ok();
+    for (l, _) in LINEAGES {
+        dry.assert_mentions(&format!("[certificate.\"{l}\"]"));
+    }
+    dry.assert_mentions(&account_url);
+    assert!(!w.p("etc/conf.d").exists(), "--dry-run wrote conf.d");
+    assert_eq!(walk(&state), [state.clone()], "--dry-run wrote state");
+    assert_eq!(
+        renewal_files(&cb),
+        ["manual.conf", "standalone.conf", "webroot.conf"]
+    );
+    assert_eq!(w.serials(&root), certbot_serials);
+
+    // The migration.
+    let out = w.certkeeper(&["migrate", "certbot", "--certbot-dir", &cb_arg]);
+    out.assert_ok();
+    for (l, _) in LINEAGES {
+        out.assert_mentions(&format!("{l}: imported serial"));
+    }
+    out.assert_mentions("adopted certbot's account");
+    out.assert_mentions("undo: mv ");
+    assert_eq!(
+        renewal_files(&cb),
+        [
+            "manual.conf.migrated",
+            "standalone.conf.migrated",
+            "webroot.conf.migrated"
+        ]
+    );
+    assert_eq!(w.serials(&root), certbot_serials, "nothing re-issued");
+    // conf.d is root's and readable by the daemon; the state and the live pairs are the user's.
+    for p in walk(&w.p("etc/conf.d")) {
+        let m = p.symlink_metadata().unwrap();
+        assert_eq!(m.uid(), 0, "{}", p.display());
+        assert_eq!(m.mode() & 0o044, 0o044, "{} not readable", p.display());
+    }
+    for (l, _) in LINEAGES {
+        let live_files = walk(&w.live(l))
+            .into_iter()
+            .skip(1)
+            .filter(|p| !p.ends_with("README"));
+        for p in walk(&state).into_iter().chain(live_files) {
+            // certbot's own links were replaced: all but certbot's README in the live dir is certkeeper's.
+            assert_eq!(
+                p.symlink_metadata().unwrap().uid(),
+                w.user.uid(),
+                "{} does not belong to the service user",
+                p.display()
+            );
+        }
+        let key = std::fs::metadata(w.live(l).join("privkey.pem")).unwrap();
+        assert_eq!(key.mode() & 0o777, 0o600, "{l}: privkey.pem mode");
+        assert_eq!(
+            std::fs::read_link(w.live(l).join("fullchain.pem")).unwrap(),
+            Path::new(".live/fullchain.pem")
+        );
+    }
+
+    // The names resolve only through bind9: the self-checks go to the addresses directly.
+    let issuers_file = w.p("etc/conf.d/certbot-issuers.toml");
+    let issuers = std::fs::read_to_string(&issuers_file).unwrap();
+    assert!(issuers.contains("ca_bundle = "), "{issuers}");
+    let self_check = |ip: &str| format!("self_check = {{ port = {port}, resolve = [\"{ip}\"] }}");
+    let issuers = issuers
+        .replace(
+            "http01 = {}",
+            &format!("http01 = {{ {} }}", self_check("127.0.0.2")),
+        )
+        .replace(
+            &format!("webroot = {{ path = {} }}", toml_str(&webroot)),
+            &format!(
+                "webroot = {{ path = {}, {} }}",
+                toml_str(&webroot),
+                self_check("127.0.0.1")
+            ),
+        );
+    assert_eq!(issuers.matches("self_check").count(), 2, "{issuers}");
+    std::fs::write(&issuers_file, issuers).unwrap();
+
+    // The next renew issues nothing.
+    w.certkeeper(&["renew"]).assert_ok();
+    assert_eq!(w.serials(&root), certbot_serials, "renew re-issued");
+    assert_eq!(w.log(), "", "hooks ran without a renewal");
+
+    // renew --force renews each lineage with certbot's account, in place, and runs the hooks.
+    let forced = w.certkeeper(&["renew", "--force"]);
+    forced.assert_ok();
+    let renewed = w.serials(&root);
+    for (i, (l, _)) in LINEAGES.iter().enumerate() {
+        assert_ne!(renewed[i], certbot_serials[i], "{l} was not renewed");
+        let live = w.live(l).display().to_string();
+        assert!(
+            w.log().contains(&format!("deploy {live} ")),
+            "{l}: deploy hook did not run:\n{}",
+            w.log()
+        );
+    }
+    let log = w.log();
+    assert!(
+        log.contains(&format!("renew_hook {}", w.live("webroot").display())),
+        "{log}"
+    );
+    assert!(log.contains("add dns.example.test") && log.contains("delete dns.example.test"), "{log}");
+    let records: Vec<PathBuf> = walk(&state.join("accounts"))
+        .into_iter()
+        .filter(|p| p.ends_with("account.json"))
+        .collect();
+    assert_eq!(records.len(), 1, "one account: {records:?}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
+    assert_eq!(record["url"], account_url.as_str(), "certbot's account was used");
+    // The account the CA answered for certbot's key ("account ready") is certbot's: a new key
+    // would have made pebble register a new account with another URL.
+    forced.assert_mentions(&account_url);
+    eprintln!(
+        "certbot issuance {:?}, whole test {:?}",
+        certbot_done,
+        started.elapsed()
+    );
+}
