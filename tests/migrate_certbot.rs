@@ -72,7 +72,10 @@ impl World {
     fn certbot(&self, lineage: &str, name: &str, how: &[&str]) {
         let mut cmd = Command::new(CERTBOT);
         cmd.args(["certonly", "--non-interactive", "--agree-tos"])
-            .args(["--register-unsafely-without-email", "--no-random-sleep-on-renew"])
+            .args([
+                "--register-unsafely-without-email",
+                "--no-random-sleep-on-renew",
+            ])
             .args(["--server", &self.pebble.directory_url()])
             .arg("--config-dir")
             .arg(self.certbot_dir())
@@ -220,7 +223,13 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
     w.certbot(
         "standalone",
         "alt.example.test",
-        &["--standalone", "--http-01-address", "127.0.0.2", "--http-01-port", &port],
+        &[
+            "--standalone",
+            "--http-01-address",
+            "127.0.0.2",
+            "--http-01-port",
+            &port,
+        ],
     );
     let webroot = w.p("www").display().to_string();
     let renew_hook = format!("echo \"renew_hook $RENEWED_LINEAGE\" >> {log}");
@@ -289,7 +298,7 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
     }
     dry.assert_mentions(&account_url);
     assert!(!w.p("etc/conf.d").exists(), "--dry-run wrote conf.d");
-    assert_eq!(walk(&state), [state.clone()], "--dry-run wrote state");
+    assert_eq!(walk(&state), vec![state.clone()], "--dry-run wrote state");
     assert_eq!(
         renewal_files(&cb),
         ["manual.conf", "standalone.conf", "webroot.conf"]
@@ -385,7 +394,10 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
         log.contains(&format!("renew_hook {}", w.live("webroot").display())),
         "{log}"
     );
-    assert!(log.contains("add dns.example.test") && log.contains("delete dns.example.test"), "{log}");
+    assert!(
+        log.contains("add dns.example.test") && log.contains("delete dns.example.test"),
+        "{log}"
+    );
     let records: Vec<PathBuf> = walk(&state.join("accounts"))
         .into_iter()
         .filter(|p| p.ends_with("account.json"))
@@ -393,7 +405,11 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
     assert_eq!(records.len(), 1, "one account: {records:?}");
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
-    assert_eq!(record["url"], account_url.as_str(), "certbot's account was used");
+    assert_eq!(
+        record["url"],
+        account_url.as_str(),
+        "certbot's account was used"
+    );
     // The account the CA answered for certbot's key ("account ready") is certbot's: a new key
     // would have made pebble register a new account with another URL.
     forced.assert_mentions(&account_url);

@@ -47,4 +47,3 @@ impl Drop for SystemUser {
         let _ = Command::new("/usr/sbin/userdel").arg(&self.name).status();
     }
 }
-

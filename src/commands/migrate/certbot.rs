@@ -495,6 +495,13 @@ pub fn plan_lineage(
     if let Some(c) = conf.param("preferred_chain") {
         let _ = writeln!(t, "preferred_chain = {}", q(c));
     }
+    // certbot 4: `--preferred-profile` / `--required-profile`.
+    if let Some(p) = conf
+        .param("required_profile")
+        .or(conf.param("preferred_profile"))
+    {
+        let _ = writeln!(t, "profile = {}", q(p));
+    }
     let _ = writeln!(
         t,
         "output = {{ dir = {} }}",
@@ -522,7 +529,11 @@ pub fn plan_lineage(
 
 /// certbot's dns-rfc2136 credentials (`dns_rfc2136_server`, `_port`, `_name`, `_secret`,
 /// `_algorithm`) as an rfc2136 `dns01` table, the file the secret moves to and its text.
-fn rfc2136_solver(name: &str, conf_d: &Path, ini: &str) -> Result<(String, PathBuf, String), String> {
+fn rfc2136_solver(
+    name: &str,
+    conf_d: &Path,
+    ini: &str,
+) -> Result<(String, PathBuf, String), String> {
     let ini = parse_renewal_conf(ini)?.top;
     let get = |k: &str| {
         ini.get(&format!("dns_rfc2136_{k}"))
@@ -530,14 +541,15 @@ fn rfc2136_solver(name: &str, conf_d: &Path, ini: &str) -> Result<(String, PathB
             .ok_or_else(|| format!("no dns_rfc2136_{k}"))
     };
     let (server, key, secret) = (get("server")?, get("name")?, get("secret")?);
-    let port = ini
-        .get("dns_rfc2136_port")
-        .map_or("53", String::as_str);
+    let port = ini.get("dns_rfc2136_port").map_or("53", String::as_str);
     // certbot-dns-rfc2136's default algorithm is HMAC-MD5, which certkeeper does not speak.
     let algorithm = ini
         .get("dns_rfc2136_algorithm")
         .map_or("hmac-md5".to_string(), |a| a.to_ascii_lowercase());
-    if !matches!(algorithm.as_str(), "hmac-sha256" | "hmac-sha384" | "hmac-sha512") {
+    if !matches!(
+        algorithm.as_str(),
+        "hmac-sha256" | "hmac-sha384" | "hmac-sha512"
+    ) {
         return Err(format!(
             "TSIG algorithm {algorithm} is not supported: create an hmac-sha256 key on the DNS server"
         ));
@@ -742,11 +754,7 @@ fn issuers_toml(
         if !l.directory.starts_with("letsencrypt") {
             match ca_bundle {
                 Some(b) => {
-                    let _ = writeln!(
-                        t,
-                        "ca_bundle = {}  # certbot's REQUESTS_CA_BUNDLE",
-                        q(b)
-                    );
+                    let _ = writeln!(t, "ca_bundle = {}  # certbot's REQUESTS_CA_BUNDLE", q(b));
                 }
                 None => {
                     let _ = writeln!(
@@ -1058,10 +1066,11 @@ fn hand_over(
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o011))
                 .map_err(|e| io("cannot change the mode of", &dir, e))?;
             done.push(format!(
-                "made {} traversable (mode {:04o}, was {mode:04o}) so {} reaches live/<lineage>/",
+                "made {} traversable (mode {:04o}) so {} reaches live/<lineage>/; undo: chmod {mode:04o} {}",
                 dir.display(),
                 mode | 0o011,
-                user.name
+                user.name,
+                sh_quote(&dir.display().to_string())
             ));
         }
     }
@@ -1178,9 +1187,7 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
         .filter(|v| !v.is_empty());
     let issuers = issuers_toml(&every, &bits, ca_bundle.as_deref());
     if opts.dry_run {
-        return Ok(dry_run_report(
-            &conf_d, &issuers, &todo, &accounts, &failed,
-        ));
+        return Ok(dry_run_report(&conf_d, &issuers, &todo, &accounts, &failed));
     }
     let mut adopt = Vec::new();
     for l in todo {
@@ -1211,9 +1218,9 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
     let cfg = Arc::new(cfg);
     let imported = {
         let acting = match &owner {
-            Some(user) => Some(
-                crate::privileges::act_as(user, &cfg.state_dir).map_err(|e| e.to_string())?,
-            ),
+            Some(user) => {
+                Some(crate::privileges::act_as(user, &cfg.state_dir).map_err(|e| e.to_string())?)
+            }
             None => None,
         };
         let rt = Runtime::new(cfg.clone(), TokenStore::default()).map_err(|e| e.to_string())?;
@@ -1489,6 +1496,21 @@ elliptic_curve = secp384r1
         ));
         assert!(l.cert_toml.contains("renew_before = \"14d\""));
         assert!(l.cert_toml.contains("preferred_chain = \"ISRG Root X1\""));
+        assert!(!l.cert_toml.contains("profile"));
+        let l = plan(
+            &WEBROOT.replace(
+                "key_type = rsa",
+                "key_type = rsa\npreferred_profile = shortlived",
+            ),
+            "site",
+            &live,
+            &[],
+        );
+        assert!(
+            l.cert_toml.contains("profile = \"shortlived\""),
+            "{}",
+            l.cert_toml
+        );
         let cfg = loads(&l);
         assert_eq!(cfg.issuers["letsencrypt"].solvers.len(), 2);
         assert_eq!(cfg.certificates["site"].key.as_str(), "rsa-4096");
@@ -1574,7 +1596,10 @@ elliptic_curve = secp384r1
 
     #[test]
     fn rfc2136_credentials_become_an_rfc2136_solver_with_the_secret_in_its_own_file() {
-        let text = MANUAL.replace("authenticator = manual", "authenticator = dns-rfc2136\ndns_rfc2136_credentials = /etc/letsencrypt/rfc2136.ini");
+        let text = MANUAL.replace(
+            "authenticator = manual",
+            "authenticator = dns-rfc2136\ndns_rfc2136_credentials = /etc/letsencrypt/rfc2136.ini",
+        );
         let conf = parse_renewal_conf(&text).unwrap();
         let ini = "# certbot-dns-rfc2136\ndns_rfc2136_server = 192.0.2.53\ndns_rfc2136_port = 5353\n\
                    dns_rfc2136_name = certbot.\ndns_rfc2136_secret = c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n\
@@ -1604,14 +1629,26 @@ elliptic_curve = secp384r1
                 "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n".to_string()
             ))
         );
-        assert!(!l.solver_toml.contains("c2Vj") && !l.cert_toml.contains("c2Vj"), "the secret stays out of the TOML");
+        assert!(
+            !l.solver_toml.contains("c2Vj") && !l.cert_toml.contains("c2Vj"),
+            "the secret stays out of the TOML"
+        );
         loads(&l);
 
         // certbot's default HMAC-MD5 has no certkeeper equivalent: a commented block and a note.
         let l = plan(&ini.replace("dns_rfc2136_algorithm = HMAC-SHA512\n", ""));
         assert!(l.secret.is_none());
-        assert!(l.notes.iter().any(|n| n.contains("hmac-md5")), "{:?}", l.notes);
-        assert!(l.solver_toml.lines().filter(|s| !s.is_empty()).all(|s| s.starts_with('#')));
+        assert!(
+            l.notes.iter().any(|n| n.contains("hmac-md5")),
+            "{:?}",
+            l.notes
+        );
+        assert!(
+            l.solver_toml
+                .lines()
+                .filter(|s| !s.is_empty())
+                .all(|s| s.starts_with('#'))
+        );
     }
 
     #[test]
