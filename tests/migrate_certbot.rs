@@ -311,7 +311,7 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
     for (l, _) in LINEAGES {
         out.assert_mentions(&format!("{l}: imported serial"));
     }
-    out.assert_mentions("adopted certbot's account");
+    out.assert_mentions("adopted the account certbot's");
     out.assert_mentions("undo: mv ");
     assert_eq!(
         renewal_files(&cb),

@@ -27,10 +27,7 @@ use std::sync::Arc;
 use openssl::pkey::{Id, PKey};
 use openssl::x509::X509;
 
-use crate::challenge::http01::TokenStore;
-use crate::commands::import::import_pem;
-use crate::engine::Runtime;
-use crate::store::{self, AccountRecord, atomic_write};
+use super::adopt::{self, AccountToAdopt, HandOver};
 
 /// The file in `conf.d/` that holds the issuers of all migrated lineages.
 const ISSUERS_FILE: &str = "certbot-issuers.toml";
@@ -287,210 +284,82 @@ fn cert_file(conf_d: &Path, name: &str) -> PathBuf {
     conf_d.join(format!("certbot-{name}.toml"))
 }
 
-/// Plan one lineage from its conf, the live pair's facts, the deploy hooks found and, for
-/// dns-rfc2136, the text of its `dns_rfc2136_credentials` file.
-#[allow(clippy::too_many_arguments)]
-pub fn plan_lineage(
-    name: &str,
-    conf_path: &Path,
-    conf: &RenewalConf,
-    certbot_dir: &Path,
-    conf_d: &Path,
-    live: &LiveFacts,
-    deploy_hooks: &[PathBuf],
-    rfc2136_ini: Option<&str>,
-) -> Result<Lineage, String> {
+/// What one lineage is planned from.
+#[derive(Clone, Copy, Debug)]
+pub struct LineageInput<'a> {
+    /// The lineage name.
+    pub name: &'a str,
+    /// certbot's renewal conf (its path without `.migrated`).
+    pub conf_path: &'a Path,
+    /// The parsed conf.
+    pub conf: &'a RenewalConf,
+    /// certbot's config directory.
+    pub certbot_dir: &'a Path,
+    /// certkeeper's `conf.d/`.
+    pub conf_d: &'a Path,
+    /// What the live pair says.
+    pub live: &'a LiveFacts,
+    /// The executables in `renewal-hooks/deploy/`.
+    pub deploy_hooks: &'a [PathBuf],
+    /// For dns-rfc2136: the text of its `dns_rfc2136_credentials` file.
+    pub rfc2136_ini: Option<&'a str>,
+}
+
+/// The solver blocks of one lineage and the files they need.
+#[derive(Default)]
+struct Solvers {
+    toml: String,
+    hook_script: Option<(PathBuf, String)>,
+    secret: Option<(PathBuf, String)>,
+    webroots: Vec<PathBuf>,
+}
+
+/// Plan one lineage: its certificate file, solver blocks and the files they need.
+pub fn plan_lineage(input: &LineageInput<'_>) -> Result<Lineage, String> {
+    let LineageInput {
+        name, conf, live, ..
+    } = *input;
     let server = conf.param("server").unwrap_or(LE_PRODUCTION).to_string();
     let (issuer, directory) = issuer_for_server(&server);
-    let live_dir = certbot_dir.join("live").join(name);
+    let live_dir = input.certbot_dir.join("live").join(name);
     if live.names.is_empty() {
         return Err(format!(
             "{name}: the live certificate has no DNS names or IP addresses"
         ));
     }
     let mut notes = Vec::new();
-    let wanted = conf_key_type(conf);
-    let key = match (&live.key_type, &wanted) {
-        (Some(k), Some(w)) if k != w => {
-            notes.push(format!(
-                "the live key is {k} but certbot's conf asks for {w}; kept {k} so the live pair is adopted (change `key` to get {w} at the next renewal)"
-            ));
-            k.clone()
-        }
-        (Some(k), _) => k.clone(),
-        (None, Some(w)) => w.clone(),
-        (None, None) => {
-            return Err(format!(
-                "{name}: cannot tell the key type (live key unreadable, key_type {:?})",
-                conf.param("key_type")
-            ));
-        }
-    };
-
-    // The solver(s).
-    let names = &live.names;
-    let authenticator = conf.param("authenticator").unwrap_or("standalone");
-    let mut solver = String::new();
-    let mut hook_script = None;
-    let mut secret = None;
-    let mut webroots = Vec::new();
-    let sel = |n: &[String]| format!("selector = {{ dns_names = {} }}\n", q_list(n));
-    let _ = writeln!(
-        solver,
-        "# lineage {name}: certbot authenticator {authenticator}"
-    );
-    match authenticator {
-        "standalone" => {
-            let _ = write!(
-                solver,
-                "[[issuer.{}.solver]]\n{}http01 = {{}}\n",
-                q(&issuer),
-                sel(names)
-            );
-            let addr = match conf.param("http01_address") {
-                Some(a) if a.contains(':') => format!("[{a}]"),
-                Some(a) => a.to_string(),
-                None => "[::]".to_string(),
-            };
-            match conf.param("http01_port") {
-                Some(port) if port != "80" => notes.push(format!(
-                    "certbot's standalone listened on port {port}: set `[http01] listen = [\"{addr}:{port}\"]` in the main config"
-                )),
-                _ => notes.push(
-                    "certbot's standalone listened on port 80: either set `[http01] listen = [\"[::]:80\"]` in the main config, or have nginx proxy /.well-known/acme-challenge/ to certkeeper's listener (127.0.0.1:8402 by default)".into(),
-                ),
+    let key = lineage_key(name, conf, live, &mut notes)?;
+    let solvers = plan_solvers(input, &issuer, &mut notes);
+    let reload = reload_commands(conf, &live_dir, &live.names, input.deploy_hooks, &mut notes);
+    let renew_before = conf
+        .top
+        .get("renew_before_expiry")
+        .or(conf.params.get("renew_before_expiry"))
+        .and_then(|rb| {
+            let d = renew_before(rb);
+            if d.is_none() {
+                notes.push(format!(
+                    "renew_before_expiry {rb:?} not understood: left to the default"
+                ));
             }
-        }
-        "webroot" => {
-            let fallback = conf
-                .param("webroot_path")
-                .map(split_list)
-                .unwrap_or_default();
-            let mut by_path: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for n in names {
-                let path = conf
-                    .webroot_map
-                    .get(n)
-                    .cloned()
-                    .or_else(|| (fallback.len() == 1).then(|| fallback[0].clone()));
-                match path {
-                    Some(p) => by_path.entry(p).or_default().push(n.clone()),
-                    None => notes.push(format!(
-                        "no webroot path for {n} in certbot's webroot_map: add a webroot solver for it to {ISSUERS_FILE}"
-                    )),
-                }
-            }
-            for (path, ns) in by_path {
-                webroots.push(PathBuf::from(&path));
-                let _ = write!(
-                    solver,
-                    "[[issuer.{}.solver]]\n{}webroot = {{ path = {} }}\n",
-                    q(&issuer),
-                    sel(&ns),
-                    q(&path)
-                );
-            }
-        }
-        "manual"
-            if conf.param("manual_auth_hook").is_some()
-                && conf.param("pref_challs").is_some_and(|p| p.contains("dns")) =>
-        {
-            let script = conf_d.join(format!("certbot-{name}-dns-hook.sh"));
-            hook_script = Some((script.clone(), dns_wrapper(name, conf, names)));
-            let _ = write!(
-                solver,
-                "[[issuer.{}.solver]]\n{}dns01 = {{ provider = \"exec\", command = {} }}\n\
-                 # certbot did not wait for the record either; `check = true` waits for the zone's nameservers\n\
-                 propagation = {{ check = false }}\n",
-                q(&issuer),
-                sel(names),
-                q(&script.display().to_string())
-            );
-        }
-        "dns-rfc2136" if rfc2136_ini.is_some() => {
-            match rfc2136_solver(name, conf_d, rfc2136_ini.unwrap_or_default()) {
-                Ok((dns01, key_file, key)) => {
-                    let _ = write!(
-                        solver,
-                        "[[issuer.{}.solver]]\n{}dns01 = {dns01}\n",
-                        q(&issuer),
-                        sel(names)
-                    );
-                    secret = Some((key_file, key));
-                }
-                Err(why) => {
-                    let _ = write!(
-                        solver,
-                        "# certbot's dns-rfc2136 settings were not converted ({why}): fill in, e.g.\n\
-                         # [[issuer.{}.solver]]\n# {}# dns01 = {{ provider = \"rfc2136\", server = \"...\", tsig_key = \"...\", tsig_algorithm = \"hmac-sha256\", tsig_secret_file = \"...\" }}\n",
-                        q(&issuer),
-                        sel(names)
-                    );
-                    notes.push(format!(
-                        "certbot's dns-rfc2136 settings were not converted ({why}): fill in the commented solver in {ISSUERS_FILE}"
-                    ));
-                }
-            }
-        }
-        other => {
-            let _ = write!(
-                solver,
-                "# certbot authenticator {other:?} has no automatic mapping: add a solver for these names, e.g.\n\
-                 # [[issuer.{}.solver]]\n# {}# dns01 = {{ provider = \"rfc2136\", server = \"...\", tsig_key = \"...\", tsig_algorithm = \"hmac-sha256\", tsig_secret_file = \"...\" }}\n",
-                q(&issuer),
-                sel(names)
-            );
-            notes.push(format!(
-                "certbot authenticator {other:?} was not mapped: fill in the commented solver in {ISSUERS_FILE} before the certificate is due"
-            ));
-        }
-    }
-
-    // Reload commands: certbot's deploy hooks see RENEWED_LINEAGE and RENEWED_DOMAINS.
-    let env = format!(
-        "export RENEWED_LINEAGE={} RENEWED_DOMAINS={};",
-        sh_quote(&live_dir.display().to_string()),
-        sh_quote(&names.join(" "))
-    );
-    let mut reload = Vec::new();
-    for key in ["renew_hook", "post_hook"] {
-        if let Some(h) = conf.param(key) {
-            reload.push(format!("{env} {h}"));
-        }
-    }
-    for h in deploy_hooks {
-        reload.push(format!("{env} {}", sh_quote(&h.display().to_string())));
-    }
-    if let Some(h) = conf.param("pre_hook") {
-        notes.push(format!("certbot's pre_hook ({h}) is not run by certkeeper"));
-    }
+            d
+        });
 
     let mut t = String::new();
     let _ = writeln!(
         t,
         "# Migrated from certbot by `certkeeper migrate certbot` ({}).",
-        conf_path.display()
+        input.conf_path.display()
     );
     for n in &notes {
         let _ = writeln!(t, "# NOTE: {n}");
     }
     let _ = writeln!(t, "[certificate.{}]", q(name));
     let _ = writeln!(t, "issuer = {}", q(&issuer));
-    let _ = writeln!(t, "domains = {}", q_list(names));
+    let _ = writeln!(t, "domains = {}", q_list(&live.names));
     let _ = writeln!(t, "key = {}", q(&key));
-    if let Some(rb) = conf
-        .top
-        .get("renew_before_expiry")
-        .or(conf.params.get("renew_before_expiry"))
-    {
-        match renew_before(rb) {
-            Some(d) => {
-                let _ = writeln!(t, "renew_before = {}", q(&d));
-            }
-            None => notes.push(format!(
-                "renew_before_expiry {rb:?} not understood: left to the default"
-            )),
-        }
+    if let Some(d) = renew_before {
+        let _ = writeln!(t, "renew_before = {}", q(&d));
     }
     if let Some(c) = conf.param("preferred_chain") {
         let _ = writeln!(t, "preferred_chain = {}", q(c));
@@ -512,19 +381,197 @@ pub fn plan_lineage(
     }
     Ok(Lineage {
         name: name.to_string(),
-        conf_path: conf_path.to_path_buf(),
+        conf_path: input.conf_path.to_path_buf(),
         issuer,
         directory,
         server,
         account: conf.param("account").map(str::to_string),
         cert_toml: t,
-        solver_toml: solver,
-        hook_script,
-        secret,
-        webroots,
+        solver_toml: solvers.toml,
+        hook_script: solvers.hook_script,
+        secret: solvers.secret,
+        webroots: solvers.webroots,
         notes,
         live_dir,
     })
+}
+
+/// The key type: the live key's (so the live pair is adopted), else the one certbot's conf asks for.
+fn lineage_key(
+    name: &str,
+    conf: &RenewalConf,
+    live: &LiveFacts,
+    notes: &mut Vec<String>,
+) -> Result<String, String> {
+    match (&live.key_type, conf_key_type(conf)) {
+        (Some(k), Some(w)) if *k != w => {
+            notes.push(format!(
+                "the live key is {k} but certbot's conf asks for {w}; kept {k} so the live pair is adopted (change `key` to get {w} at the next renewal)"
+            ));
+            Ok(k.clone())
+        }
+        (Some(k), _) => Ok(k.clone()),
+        (None, Some(w)) => Ok(w),
+        (None, None) => Err(format!(
+            "{name}: cannot tell the key type (live key unreadable, key_type {:?})",
+            conf.param("key_type")
+        )),
+    }
+}
+
+/// certbot's authenticator as solver blocks of `issuer`, selected by the lineage's names.
+fn plan_solvers(input: &LineageInput<'_>, issuer: &str, notes: &mut Vec<String>) -> Solvers {
+    let LineageInput {
+        name, conf, live, ..
+    } = *input;
+    let names = &live.names;
+    let authenticator = conf.param("authenticator").unwrap_or("standalone");
+    let head = |n: &[String]| {
+        format!(
+            "[[issuer.{}.solver]]\nselector = {{ dns_names = {} }}\n",
+            q(issuer),
+            q_list(n)
+        )
+    };
+    let mut out = Solvers::default();
+    let _ = writeln!(
+        out.toml,
+        "# lineage {name}: certbot authenticator {authenticator}"
+    );
+    match authenticator {
+        "standalone" => {
+            let _ = writeln!(out.toml, "{}http01 = {{}}", head(names));
+            notes.push(standalone_note(conf));
+        }
+        "webroot" => {
+            for (path, ns) in webroot_paths(conf, names, notes) {
+                let _ = writeln!(out.toml, "{}webroot = {{ path = {} }}", head(&ns), q(&path));
+                out.webroots.push(PathBuf::from(path));
+            }
+        }
+        "manual"
+            if conf.param("manual_auth_hook").is_some()
+                && conf.param("pref_challs").is_some_and(|p| p.contains("dns")) =>
+        {
+            let script = input.conf_d.join(format!("certbot-{name}-dns-hook.sh"));
+            let _ = write!(
+                out.toml,
+                "{}dns01 = {{ provider = \"exec\", command = {} }}\n\
+                 # certbot did not wait for the record either; `check = true` waits for the zone's nameservers\n\
+                 propagation = {{ check = false }}\n",
+                head(names),
+                q(&script.display().to_string())
+            );
+            out.hook_script = Some((script, dns_wrapper(name, conf, names)));
+        }
+        "dns-rfc2136" if input.rfc2136_ini.is_some() => {
+            let ini = input.rfc2136_ini.unwrap_or_default();
+            match rfc2136_solver(name, input.conf_d, ini) {
+                Ok((dns01, key_file, key)) => {
+                    let _ = writeln!(out.toml, "{}dns01 = {dns01}", head(names));
+                    out.secret = Some((key_file, key));
+                }
+                Err(why) => {
+                    let why = format!("certbot's dns-rfc2136 settings were not converted ({why})");
+                    out.toml.push_str(&unmapped(&why, &head(names)));
+                    notes.push(format!(
+                        "{why}: fill in the commented solver in {ISSUERS_FILE}"
+                    ));
+                }
+            }
+        }
+        other => {
+            let why = format!("certbot authenticator {other:?} has no automatic mapping");
+            out.toml.push_str(&unmapped(&why, &head(names)));
+            notes.push(format!(
+                "certbot authenticator {other:?} was not mapped: fill in the commented solver in {ISSUERS_FILE} before the certificate is due"
+            ));
+        }
+    }
+    out
+}
+
+/// A commented solver block saying why and what to fill in.
+fn unmapped(why: &str, head: &str) -> String {
+    let example = format!(
+        "{head}dns01 = {{ provider = \"rfc2136\", server = \"...\", tsig_key = \"...\", tsig_algorithm = \"hmac-sha256\", tsig_secret_file = \"...\" }}\n"
+    );
+    let mut t = format!("# {why}: add a solver for these names, e.g.\n");
+    for line in example.lines() {
+        let _ = writeln!(t, "# {line}");
+    }
+    t
+}
+
+/// Where certbot's standalone server listened, and what to set in certkeeper.
+fn standalone_note(conf: &RenewalConf) -> String {
+    let addr = match conf.param("http01_address") {
+        Some(a) if a.contains(':') => format!("[{a}]"),
+        Some(a) => a.to_string(),
+        None => "[::]".to_string(),
+    };
+    match conf.param("http01_port") {
+        Some(port) if port != "80" => format!(
+            "certbot's standalone listened on port {port}: set `[http01] listen = [\"{addr}:{port}\"]` in the main config"
+        ),
+        _ => "certbot's standalone listened on port 80: either set `[http01] listen = [\"[::]:80\"]` in the main config, or have nginx proxy /.well-known/acme-challenge/ to certkeeper's listener (127.0.0.1:8402 by default)".into(),
+    }
+}
+
+/// The names per document root, from `webroot_map` (or the single `webroot_path`).
+fn webroot_paths(
+    conf: &RenewalConf,
+    names: &[String],
+    notes: &mut Vec<String>,
+) -> BTreeMap<String, Vec<String>> {
+    let fallback = conf
+        .param("webroot_path")
+        .map(split_list)
+        .unwrap_or_default();
+    let mut by_path: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in names {
+        let path = conf
+            .webroot_map
+            .get(n)
+            .cloned()
+            .or_else(|| (fallback.len() == 1).then(|| fallback[0].clone()));
+        match path {
+            Some(p) => by_path.entry(p).or_default().push(n.clone()),
+            None => notes.push(format!(
+                "no webroot path for {n} in certbot's webroot_map: add a webroot solver for it to {ISSUERS_FILE}"
+            )),
+        }
+    }
+    by_path
+}
+
+/// certbot's deploy hooks (`renew_hook`, `post_hook`, `renewal-hooks/deploy/*`) as reload commands
+/// that see `RENEWED_LINEAGE` and `RENEWED_DOMAINS` as with certbot.
+fn reload_commands(
+    conf: &RenewalConf,
+    live_dir: &Path,
+    names: &[String],
+    deploy_hooks: &[PathBuf],
+    notes: &mut Vec<String>,
+) -> Vec<String> {
+    let env = format!(
+        "export RENEWED_LINEAGE={} RENEWED_DOMAINS={};",
+        sh_quote(&live_dir.display().to_string()),
+        sh_quote(&names.join(" "))
+    );
+    let mut reload = Vec::new();
+    for key in ["renew_hook", "post_hook"] {
+        if let Some(h) = conf.param(key) {
+            reload.push(format!("{env} {h}"));
+        }
+    }
+    for h in deploy_hooks {
+        reload.push(format!("{env} {}", sh_quote(&h.display().to_string())));
+    }
+    if let Some(h) = conf.param("pre_hook") {
+        notes.push(format!("certbot's pre_hook ({h}) is not run by certkeeper"));
+    }
+    reload
 }
 
 /// certbot's dns-rfc2136 credentials (`dns_rfc2136_server`, `_port`, `_name`, `_secret`,
@@ -853,29 +900,6 @@ impl<'a> Adopt<'a> {
     }
 }
 
-/// The files written to `conf.d/`, with what was there before, to put back if the migration stops.
-#[derive(Default)]
-struct Written(Vec<(PathBuf, Option<Vec<u8>>)>);
-
-impl Written {
-    fn write(&mut self, path: &Path, text: &str, mode: u32) -> Result<(), String> {
-        let before = std::fs::read(path).ok();
-        atomic_write(path, text.as_bytes(), mode, None, None)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        self.0.push((path.to_path_buf(), before));
-        Ok(())
-    }
-
-    fn restore(&self) {
-        for (p, before) in self.0.iter().rev() {
-            let _ = match before {
-                Some(b) => atomic_write(p, b, 0o644, None, None).map_err(|e| e.to_string()),
-                None => std::fs::remove_file(p).map_err(|e| e.to_string()),
-            };
-        }
-    }
-}
-
 /// Every renewal conf planned (`(lineage, already migrated)`), failures added to `failed`.
 fn plan_all(
     certbot_dir: &Path,
@@ -903,16 +927,16 @@ fn plan_all(
                     ),
                     _ => None,
                 };
-                plan_lineage(
-                    &name,
-                    &conf_path,
-                    &conf,
+                plan_lineage(&LineageInput {
+                    name: &name,
+                    conf_path: &conf_path,
+                    conf: &conf,
                     certbot_dir,
                     conf_d,
-                    &live,
-                    &hooks,
-                    ini.as_deref(),
-                )
+                    live: &live,
+                    deploy_hooks: &hooks,
+                    rfc2136_ini: ini.as_deref(),
+                })
             });
         match planned {
             Ok(l) => all.push((l, migrated)),
@@ -1006,10 +1030,10 @@ fn write_conf_d(
     conf_d: &Path,
     issuers: &str,
     adopt: &[Adopt<'_>],
-) -> Result<(crate::config::Config, Written), String> {
+) -> Result<(crate::config::Config, adopt::Written), String> {
     std::fs::create_dir_all(conf_d)
         .map_err(|e| format!("cannot create {}: {e}", conf_d.display()))?;
-    let mut written = Written::default();
+    let mut written = adopt::Written::default();
     let mut result = written.write(&conf_d.join(ISSUERS_FILE), issuers, 0o644);
     for l in adopt.iter().map(|a| a.lineage) {
         result = result
@@ -1047,119 +1071,56 @@ fn write_conf_d(
     Ok((cfg, written))
 }
 
-/// Let `user` (the state directory's owner, as which the daemon runs) write what the daemon will
-/// write: `live/<lineage>/` becomes theirs, `live/` and the certbot directory traversable (certbot
-/// makes `live/` 0700), each webroot's `.well-known/acme-challenge/` theirs; TSIG secrets become
-/// root:<their group> 0640. Returns what was done, for the report.
+/// Hand what the daemon will write to the state directory's owner (see [`adopt::HandOver`]).
 fn hand_over(
     certbot_dir: &Path,
     adopt: &mut [Adopt<'_>],
-    user: &nix::unistd::User,
-) -> Result<Vec<String>, String> {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, chown};
-    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
-    let mut done = Vec::new();
-    for dir in [certbot_dir.to_path_buf(), certbot_dir.join("live")] {
-        let meta = std::fs::metadata(&dir).map_err(|e| io("cannot read", &dir, e))?;
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o001 == 0 {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o011))
-                .map_err(|e| io("cannot change the mode of", &dir, e))?;
-            done.push(format!(
-                "made {} traversable (mode {:04o}) so {} reaches live/<lineage>/; undo: chmod {mode:04o} {}",
-                dir.display(),
-                mode | 0o011,
-                user.name,
-                sh_quote(&dir.display().to_string())
-            ));
-        }
-    }
+    hand: &mut HandOver<'_>,
+) -> Result<(), String> {
+    hand.traversable(certbot_dir)?;
+    hand.traversable(&certbot_dir.join("live"))?;
     for a in adopt.iter_mut() {
         let l = a.lineage;
-        let meta = std::fs::metadata(&l.live_dir).map_err(|e| io("cannot read", &l.live_dir, e))?;
-        if meta.uid() != user.uid.as_raw() {
-            chown(&l.live_dir, Some(user.uid.as_raw()), None)
-                .map_err(|e| io("cannot change the owner of", &l.live_dir, e))?;
-            a.live_uid = Some(meta.uid());
-        }
+        a.live_uid = hand.give_dir(&l.live_dir)?;
         for root in &l.webroots {
-            let challenge = root.join(".well-known/acme-challenge");
-            std::fs::create_dir_all(&challenge).map_err(|e| io("cannot create", &challenge, e))?;
-            chown(&challenge, Some(user.uid.as_raw()), None)
-                .map_err(|e| io("cannot change the owner of", &challenge, e))?;
+            hand.give_webroot(root)?;
         }
         if let Some((p, _)) = &l.secret {
-            chown(p, None, Some(user.gid.as_raw()))
-                .and_then(|()| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o640)))
-                .map_err(|e| io("cannot give the group access to", p, e))?;
+            hand.share_secret(p)?;
         }
     }
-    Ok(done)
+    Ok(())
 }
 
-/// Adopt certbot's accounts into certkeeper's state (as the state directory's owner).
-fn adopt_accounts(
-    rt: &Runtime,
-    accounts: &BTreeMap<String, (String, CertbotAccount)>,
-    report: &mut String,
-    failed: &mut Vec<String>,
-) {
-    for (issuer, (id, a)) in accounts {
-        let Some(ic) = rt.config.issuers.get(issuer) else {
-            continue;
-        };
-        let aid = store::account_id(issuer, &ic.directory);
-        match rt.accounts.load(&aid) {
-            Ok(Some(s)) if s.record.as_ref().is_some_and(|r| r.url == a.url) => {
-                let _ = writeln!(
-                    report,
-                    "issuer {issuer}: certbot's account {} is already certkeeper's",
-                    a.url
-                );
-            }
-            Ok(Some(s)) if s.record.is_some() => failed.push(format!(
-                "issuer {issuer}: certkeeper already has the account {}; certbot's account {} ({id}) was not adopted",
-                s.record.map(|r| r.url).unwrap_or_default(),
-                a.url
-            )),
-            Ok(_) => {
-                let record = AccountRecord {
-                    url: a.url.clone(),
-                    directory: ic.directory.clone(),
-                    contact: a.contact.clone(),
-                    created: jiff::Timestamp::now(),
-                };
-                match rt
-                    .accounts
-                    .save_key(&aid, &a.key_pem)
-                    .and_then(|()| rt.accounts.save_record(&aid, &record))
-                {
-                    Ok(()) => {
-                        let _ = writeln!(
-                            report,
-                            "issuer {issuer}: adopted certbot's account {id} ({})",
-                            a.url
-                        );
-                    }
-                    Err(e) => failed.push(format!(
-                        "issuer {issuer}: certbot's account not adopted: {e}"
-                    )),
-                }
-            }
-            Err(e) => failed.push(format!("issuer {issuer}: {e}")),
+/// What the daemon's unit must allow, and who runs the hooks now.
+fn closing_words(certbot_dir: &Path, adopt: &[Adopt<'_>], switched: bool) -> String {
+    let mut rw = vec![certbot_dir.join("live")];
+    for p in adopt.iter().flat_map(|a| &a.lineage.webroots) {
+        if !rw.contains(p) {
+            rw.push(p.clone());
         }
     }
+    let rw: Vec<String> = rw.iter().map(|p| p.display().to_string()).collect();
+    let mut t = format!(
+        "The daemon writes {}: under systemd, allow it with `systemctl edit certkeeper`:\n  [Service]\n  ReadWritePaths={}\n",
+        rw.join(" and "),
+        rw.join(" ")
+    );
+    if switched {
+        t.push_str("Reload commands now run as the daemon's user, not root: see README.systemd.md for letting it reload nginx.\n");
+    }
+    t.push_str(
+        "Check with `certkeeper check`, then `systemctl reload certkeeper` (or restart it).\n",
+    );
+    t
 }
 
 /// Run the migration (or print it with `dry_run`); returns the report to print.
 ///
-/// Run as root with a state directory that belongs to certkeeper's user (the packaged set-up), it
-/// works in three steps so that every file ends up owned as the daemon needs it: as root, it reads
-/// all of certbot's side (renewal confs, live pairs, account keys, credentials: root-only files),
-/// writes `conf.d/` (root's config) and hands `live/<lineage>/` and the webroots to the state
-/// directory's owner; acting as that owner, it writes the account and imports the pairs (state
-/// and output files owned by the daemon's user, as if the daemon had written them); as root again,
-/// it renames certbot's renewal confs.
+/// Run as root on a state directory that belongs to certkeeper's user, the files end up owned as
+/// the daemon needs them (see [`adopt`]): certbot's side is read as root, `conf.d/` written as root,
+/// the state and the imported pairs written as the state directory's owner, and certbot's renewal
+/// confs renamed as root.
 pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, String> {
     let certbot_dir = &opts.certbot_dir;
     let conf_d = config_path
@@ -1202,49 +1163,46 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
 
     let (cfg, written) = write_conf_d(config_path, &conf_d, &issuers, &adopt)?;
     let owner = crate::privileges::state_owner(&cfg.state_dir).map_err(|e| e.to_string());
-    let handed = owner.and_then(|owner| match &owner {
-        Some(user) => hand_over(certbot_dir, &mut adopt, user).map(|done| (owner, done)),
-        None => Ok((owner, Vec::new())),
-    });
-    let (owner, handed) = match handed {
-        Ok(h) => h,
+    let owner = match owner {
+        Ok(o) => o,
         Err(e) => {
             written.restore();
-            return Err(format!("{e}; nothing was migrated"));
+            return Err(e);
         }
     };
+    let mut hand = HandOver::new(owner.as_ref());
+    if let Err(e) = hand_over(certbot_dir, &mut adopt, &mut hand) {
+        written.restore();
+        return Err(format!("{e}; nothing was migrated"));
+    }
 
     let mut report = String::new();
-    let cfg = Arc::new(cfg);
-    let imported = {
-        let acting = match &owner {
-            Some(user) => {
-                Some(crate::privileges::act_as(user, &cfg.state_dir).map_err(|e| e.to_string())?)
-            }
-            None => None,
-        };
-        let rt = Runtime::new(cfg.clone(), TokenStore::default()).map_err(|e| e.to_string())?;
-        adopt_accounts(&rt, &accounts, &mut report, &mut failed);
-        let imported: Vec<_> = adopt
-            .iter()
-            .map(|a| {
-                let i = import_pem(&rt, &a.lineage.name, &a.key_pem, &a.chain_pem)?;
-                // The servers already read this very pair through live/<lineage>/ (certbot deployed
-                // it): no reload is owed for it.
-                let served = store::Event::Reloaded {
-                    serial: i.serial.clone(),
-                };
-                if let Err(e) = rt.ledger.record(&a.lineage.name, served) {
-                    tracing::warn!(cert = %a.lineage.name, error = %e, "cannot record that the pair is already served; the reload hooks run once at the next pass");
+    let to_adopt: Vec<AccountToAdopt> = accounts
+        .iter()
+        .map(|(issuer, (id, a))| AccountToAdopt {
+            issuer: issuer.clone(),
+            label: format!("certbot's {id}"),
+            key_pem: a.key_pem.clone(),
+            url: a.url.clone(),
+            contact: a.contact.clone(),
+        })
+        .collect();
+    let imported = adopt::as_state_owner(&Arc::new(cfg), owner.as_ref(), |rt| {
+        for a in &to_adopt {
+            match adopt::adopt_account(rt, a) {
+                Ok(line) => {
+                    let _ = writeln!(report, "{line}");
                 }
-                Ok::<_, crate::commands::import::ImportError>(i)
-            })
-            .collect();
-        drop(acting);
-        imported
-    };
+                Err(e) => failed.push(e),
+            }
+        }
+        adopt
+            .iter()
+            .map(|a| adopt::import_served(rt, &a.lineage.name, &a.key_pem, &a.chain_pem))
+            .collect::<Vec<_>>()
+    })?;
 
-    for n in handed {
+    for n in &hand.done {
         let _ = writeln!(report, "{n}");
     }
     for (a, result) in adopt.iter().zip(imported) {
@@ -1278,7 +1236,7 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
                     let _ = std::fs::remove_file(p);
                 }
                 if let Some(uid) = a.live_uid {
-                    let _ = std::os::unix::fs::chown(&l.live_dir, Some(uid), None);
+                    hand.take_back(&l.live_dir, uid);
                 }
                 failed.push(format!(
                     "{}: not migrated (certbot still renews it): {e}",
@@ -1290,35 +1248,14 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
     for f in &failed {
         let _ = writeln!(report, "warning: {f}");
     }
-    let mut rw = vec![certbot_dir.join("live")];
-    for p in adopt.iter().flat_map(|a| &a.lineage.webroots) {
-        if !rw.contains(p) {
-            rw.push(p.clone());
-        }
-    }
-    let rw: Vec<String> = rw.iter().map(|p| p.display().to_string()).collect();
-    let _ = writeln!(
-        report,
-        "The daemon writes {}: under systemd, allow it with `systemctl edit certkeeper`:\n  [Service]\n  ReadWritePaths={}",
-        rw.join(" and "),
-        rw.join(" ")
-    );
-    if owner.is_some() {
-        let _ = writeln!(
-            report,
-            "Reload commands now run as the daemon's user, not root: see README.systemd.md for letting it reload nginx."
-        );
-    }
-    let _ = writeln!(
-        report,
-        "Check with `certkeeper check`, then `systemctl reload certkeeper` (or restart it)."
-    );
+    report.push_str(&closing_words(certbot_dir, &adopt, owner.is_some()));
     Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store;
 
     const STANDALONE: &str = "\
 # renew_before_expiry = 30 days
@@ -1377,16 +1314,16 @@ elliptic_curve = secp384r1
 
     fn plan(text: &str, name: &str, live: &LiveFacts, hooks: &[PathBuf]) -> Lineage {
         let conf = parse_renewal_conf(text).unwrap();
-        plan_lineage(
+        plan_lineage(&LineageInput {
             name,
-            Path::new("/etc/letsencrypt/renewal/x.conf"),
-            &conf,
-            Path::new("/etc/letsencrypt"),
-            Path::new("/etc/certkeeper/conf.d"),
+            conf_path: Path::new("/etc/letsencrypt/renewal/x.conf"),
+            conf: &conf,
+            certbot_dir: Path::new("/etc/letsencrypt"),
+            conf_d: Path::new("/etc/certkeeper/conf.d"),
             live,
-            hooks,
-            None,
-        )
+            deploy_hooks: hooks,
+            rfc2136_ini: None,
+        })
         .unwrap()
     }
 
@@ -1606,16 +1543,16 @@ elliptic_curve = secp384r1
                    dns_rfc2136_algorithm = HMAC-SHA512\n";
         let live = facts(&["*.example.com"], Some("ecdsa-p384"));
         let plan = |ini: &str| {
-            plan_lineage(
-                "wild",
-                Path::new("/etc/letsencrypt/renewal/wild.conf"),
-                &conf,
-                Path::new("/etc/letsencrypt"),
-                Path::new("/etc/certkeeper/conf.d"),
-                &live,
-                &[],
-                Some(ini),
-            )
+            plan_lineage(&LineageInput {
+                name: "wild",
+                conf_path: Path::new("/etc/letsencrypt/renewal/wild.conf"),
+                conf: &conf,
+                certbot_dir: Path::new("/etc/letsencrypt"),
+                conf_d: Path::new("/etc/certkeeper/conf.d"),
+                live: &live,
+                deploy_hooks: &[],
+                rfc2136_ini: Some(ini),
+            })
             .unwrap()
         };
         let l = plan(ini);
