@@ -514,7 +514,7 @@ fn standalone_note(conf: &RenewalConf) -> String {
         Some(port) if port != "80" => format!(
             "certbot's standalone listened on port {port}: set `[http01] listen = [\"{addr}:{port}\"]` in the main config"
         ),
-        _ => "certbot's standalone listened on port 80: either set `[http01] listen = [\"[::]:80\"]` in the main config, or have nginx proxy /.well-known/acme-challenge/ to certkeeper's listener (127.0.0.1:8402 by default)".into(),
+        _ => "certbot's standalone listened on port 80: either set `[http01] listen = [\"[::]:80\"]` in the main config (under systemd the daemon then needs CAP_NET_BIND_SERVICE, see the unit's Capabilities section), or have nginx proxy /.well-known/acme-challenge/ to certkeeper's listener (127.0.0.1:8402 by default)".into(),
     }
 }
 
@@ -731,10 +731,10 @@ pub fn read_account(certbot_dir: &Path, server: &str, id: &str) -> Result<Certbo
     })
 }
 
-/// Executable files in `renewal-hooks/deploy/`, sorted (certbot runs them in that order).
-fn deploy_hooks(certbot_dir: &Path) -> Vec<PathBuf> {
+/// Executable files in `renewal-hooks/<kind>/`, sorted (certbot runs them in that order).
+fn hook_dir(certbot_dir: &Path, kind: &str) -> Vec<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
-    let mut hooks: Vec<PathBuf> = std::fs::read_dir(certbot_dir.join("renewal-hooks/deploy"))
+    let mut hooks: Vec<PathBuf> = std::fs::read_dir(certbot_dir.join("renewal-hooks").join(kind))
         .into_iter()
         .flatten()
         .flatten()
@@ -744,6 +744,14 @@ fn deploy_hooks(certbot_dir: &Path) -> Vec<PathBuf> {
         })
         .collect();
     hooks.sort();
+    hooks
+}
+
+/// The hooks that become reload commands of every lineage: `renewal-hooks/deploy/*`, then
+/// `renewal-hooks/post/*` (certbot runs those after renewals, typically to reload a server).
+fn deploy_hooks(certbot_dir: &Path) -> Vec<PathBuf> {
+    let mut hooks = hook_dir(certbot_dir, "deploy");
+    hooks.extend(hook_dir(certbot_dir, "post"));
     hooks
 }
 
@@ -907,6 +915,12 @@ fn plan_all(
     failed: &mut Vec<String>,
 ) -> Result<Vec<(Lineage, bool)>, String> {
     let hooks = deploy_hooks(certbot_dir);
+    for h in hook_dir(certbot_dir, "pre") {
+        failed.push(format!(
+            "{} (a certbot pre hook) is not run by certkeeper",
+            h.display()
+        ));
+    }
     let mut all = Vec::new();
     for (name, path, migrated) in renewal_confs(certbot_dir)? {
         let planned = std::fs::read_to_string(&path)
@@ -1107,7 +1121,7 @@ fn closing_words(certbot_dir: &Path, adopt: &[Adopt<'_>], switched: bool) -> Str
         rw.join(" ")
     );
     if switched {
-        t.push_str("Reload commands now run as the daemon's user, not root: see README.systemd.md for letting it reload nginx.\n");
+        t.push_str("Reload commands and certbot's manual hooks now run as the daemon's user, not root: see README.systemd.md for letting it reload nginx.\n");
     }
     t.push_str(
         "Check with `certkeeper check`, then `systemctl reload certkeeper` (or restart it).\n",
@@ -1702,6 +1716,14 @@ elliptic_curve = secp384r1
             r#"{"body": {}, "uri": "https://localhost:14000/my-account/7"}"#,
         )
         .unwrap();
+        for (kind, hook) in [("pre", "10-stop"), ("post", "50-reload")] {
+            let dir = cb.join("renewal-hooks").join(kind);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(hook), "#!/bin/sh\n").unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.join(hook), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
         let etc = tmp.path().join("certkeeper");
         std::fs::create_dir_all(&etc).unwrap();
         let main = etc.join("certkeeper.toml");
@@ -1731,6 +1753,15 @@ elliptic_curve = secp384r1
         let report = migrate(&main, &opts(false)).unwrap();
         assert!(report.contains("site: imported serial 77"), "{report}");
         assert!(report.contains("undo: mv "), "{report}");
+        assert!(
+            report.contains("10-stop (a certbot pre hook) is not run by certkeeper"),
+            "{report}"
+        );
+        let toml = std::fs::read_to_string(etc.join("conf.d/certbot-site.toml")).unwrap();
+        assert!(
+            toml.contains("renewal-hooks/post/50-reload'") && !toml.contains("10-stop"),
+            "{toml}"
+        );
         assert!(!conf.exists() && cb.join("renewal/site.conf.migrated").exists());
         let live = cb.join("live/site");
         assert_eq!(
