@@ -69,33 +69,46 @@ impl World {
     }
 
     /// `certbot certonly` with the pebble, directories and trust of this world.
+    ///
+    /// certbot retries a request refused with `badNonce` once; pebble refuses 5% of nonces, so a
+    /// second refusal (about one request in 400) fails the run: such a run is repeated (3 runs at
+    /// most). Any other failure fails the test.
     fn certbot(&self, lineage: &str, name: &str, how: &[&str]) {
-        let mut cmd = Command::new(CERTBOT);
-        cmd.args(["certonly", "--non-interactive", "--agree-tos"])
-            .args([
-                "--register-unsafely-without-email",
-                "--no-random-sleep-on-renew",
-            ])
-            .args(["--server", &self.pebble.directory_url()])
-            .arg("--config-dir")
-            .arg(self.certbot_dir())
-            .arg("--work-dir")
-            .arg(self.p("certbot-work"))
-            .arg("--logs-dir")
-            .arg(self.p("certbot-logs"))
-            .args(["--cert-name", lineage, "-d", name])
-            .args(how)
-            .env("REQUESTS_CA_BUNDLE", self.p("pebble-ca.pem"))
-            .stdin(std::process::Stdio::null());
-        let out = run_bounded(cmd, LIMIT);
-        assert!(
-            out.status.success(),
-            "certbot {lineage} failed ({}):\n{}\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.p("certbot-logs/letsencrypt.log")).unwrap_or_default()
-        );
+        for attempt in 1..=3 {
+            let mut cmd = Command::new(CERTBOT);
+            cmd.args(["certonly", "--non-interactive", "--agree-tos"])
+                .args([
+                    "--register-unsafely-without-email",
+                    "--no-random-sleep-on-renew",
+                ])
+                .args(["--server", &self.pebble.directory_url()])
+                .arg("--config-dir")
+                .arg(self.certbot_dir())
+                .arg("--work-dir")
+                .arg(self.p("certbot-work"))
+                .arg("--logs-dir")
+                .arg(self.p("certbot-logs"))
+                .args(["--cert-name", lineage, "-d", name])
+                .args(how)
+                .env("REQUESTS_CA_BUNDLE", self.p("pebble-ca.pem"))
+                .stdin(std::process::Stdio::null());
+            let out = run_bounded(cmd, LIMIT);
+            if out.status.success() {
+                return;
+            }
+            // certbot rotates its log at every run: this is the failed run's.
+            let log =
+                std::fs::read_to_string(self.p("certbot-logs/letsencrypt.log")).unwrap_or_default();
+            let bad_nonce = log.contains("urn:ietf:params:acme:error:badNonce");
+            assert!(
+                bad_nonce && attempt < 3,
+                "certbot {lineage} failed ({}, run {attempt}):\n{}\n{}\n{log}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            eprintln!("certbot {lineage}: pebble refused a nonce twice; running it again");
+        }
     }
 
     /// certkeeper as root, with certbot's `REQUESTS_CA_BUNDLE`.
