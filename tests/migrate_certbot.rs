@@ -4,6 +4,7 @@
 //! - `webroot` (www.example.test): a webroot served by a real nginx on 127.0.0.1, same port;
 //! - `manual` (dns.example.test): DNS-01 through `--manual-auth-hook`/`--manual-cleanup-hook` scripts
 //!   that nsupdate bind9, which pebble resolves through;
+//! - `rfc2136` (tsig.example.test): DNS-01 through certbot's dns-rfc2136 plugin and a TSIG key;
 //!
 //! plus a deploy hook in `renewal-hooks/deploy/` and a `--deploy-hook` (`renew_hook`). `--dry-run`
 //! changes nothing; the migration adopts the pairs in place and certbot's account; `renew` issues
@@ -28,10 +29,11 @@ use support::{Pebble, PebbleOpts};
 const CERTBOT: &str = "/usr/bin/certbot";
 const LIMIT: Duration = Duration::from_secs(120);
 /// (lineage, name).
-const LINEAGES: [(&str, &str); 3] = [
+const LINEAGES: [(&str, &str); 4] = [
     ("standalone", "alt.example.test"),
     ("webroot", "www.example.test"),
     ("manual", "dns.example.test"),
+    ("rfc2136", "tsig.example.test"),
 ];
 
 fn chmod(p: &Path, mode: u32) {
@@ -164,8 +166,13 @@ async fn world() -> Option<World> {
         eprintln!("skipping: certbot or pebble is not installed (scripts/deps)");
         return None;
     }
-    if !support::nginx::nginx_available() || !Path::new("/usr/bin/nsupdate").exists() {
-        eprintln!("skipping: nginx or nsupdate is not installed (scripts/deps)");
+    if !support::nginx::nginx_available()
+        || !Path::new("/usr/bin/nsupdate").exists()
+        || !Path::new("/usr/lib/python3/dist-packages/certbot_dns_rfc2136").exists()
+    {
+        eprintln!(
+            "skipping: nginx, nsupdate or certbot's dns-rfc2136 plugin is not installed (scripts/deps)"
+        );
         return None;
     }
     let user = SystemUser::create()?;
@@ -220,6 +227,20 @@ async fn world() -> Option<World> {
     };
     write_script(&w.p("hooks/auth.sh"), &nsupdate("add"));
     write_script(&w.p("hooks/cleanup.sh"), &nsupdate("delete"));
+    // certbot-dns-rfc2136's credentials, root-only as certbot wants them.
+    std::fs::write(
+        w.p("rfc2136.ini"),
+        format!(
+            "dns_rfc2136_server = {}\ndns_rfc2136_port = {}\ndns_rfc2136_name = {}\n\
+             dns_rfc2136_secret = {}\ndns_rfc2136_algorithm = HMAC-SHA256\n",
+            w.bind.addr.ip(),
+            w.bind.addr.port(),
+            bind::KEY_NAME,
+            bind::SECRET
+        ),
+    )
+    .unwrap();
+    chmod(&w.p("rfc2136.ini"), 0o600);
     Some(w)
 }
 
@@ -263,6 +284,18 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
             auth.to_str().unwrap(),
             "--manual-cleanup-hook",
             cleanup.to_str().unwrap(),
+        ],
+    );
+    let ini = w.p("rfc2136.ini");
+    w.certbot(
+        "rfc2136",
+        "tsig.example.test",
+        &[
+            "--dns-rfc2136",
+            "--dns-rfc2136-credentials",
+            ini.to_str().unwrap(),
+            "--dns-rfc2136-propagation-seconds",
+            "1",
         ],
     );
     let certbot_done = started.elapsed();
@@ -314,7 +347,12 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
     assert_eq!(walk(&state), vec![state.clone()], "--dry-run wrote state");
     assert_eq!(
         renewal_files(&cb),
-        ["manual.conf", "standalone.conf", "webroot.conf"]
+        [
+            "manual.conf",
+            "rfc2136.conf",
+            "standalone.conf",
+            "webroot.conf"
+        ]
     );
     assert_eq!(w.serials(&root), certbot_serials);
 
@@ -330,16 +368,35 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
         renewal_files(&cb),
         [
             "manual.conf.migrated",
+            "rfc2136.conf.migrated",
             "standalone.conf.migrated",
             "webroot.conf.migrated"
         ]
     );
     assert_eq!(w.serials(&root), certbot_serials, "nothing re-issued");
     // conf.d is root's and readable by the daemon; the state and the live pairs are the user's.
+    // certbot's TSIG secret moved to its own root:<user's group> 0640 file, out of the TOML.
+    let tsig = w.p("etc/conf.d/certbot-rfc2136-tsig.key");
     for p in walk(&w.p("etc/conf.d")) {
         let m = p.symlink_metadata().unwrap();
         assert_eq!(m.uid(), 0, "{}", p.display());
-        assert_eq!(m.mode() & 0o044, 0o044, "{} not readable", p.display());
+        if p == tsig {
+            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(w.user.uid()))
+                .unwrap()
+                .unwrap()
+                .gid;
+            assert_eq!((m.gid(), m.mode() & 0o777), (gid.as_raw(), 0o640));
+            assert_eq!(
+                std::fs::read_to_string(&p).unwrap(),
+                format!("{}\n", bind::SECRET)
+            );
+        } else {
+            assert_eq!(m.mode() & 0o044, 0o044, "{} not readable", p.display());
+            if m.is_file() {
+                let text = std::fs::read_to_string(&p).unwrap();
+                assert!(!text.contains(bind::SECRET), "{}: the secret", p.display());
+            }
+        }
     }
     for (l, _) in LINEAGES {
         let live_files = walk(&w.live(l))

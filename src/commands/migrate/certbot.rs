@@ -467,8 +467,15 @@ fn plan_solvers(input: &LineageInput<'_>, issuer: &str, notes: &mut Vec<String>)
         "dns-rfc2136" if input.rfc2136_ini.is_some() => {
             let ini = input.rfc2136_ini.unwrap_or_default();
             match rfc2136_solver(name, input.conf_d, ini) {
-                Ok((dns01, key_file, key)) => {
+                Ok((dns01, server, key_file, key)) => {
                     let _ = writeln!(out.toml, "{}dns01 = {dns01}", head(names));
+                    // certbot's plugin found the zone by asking this server, and waited blindly.
+                    let _ = writeln!(
+                        out.toml,
+                        "# the zone is found and the record checked at certbot's server; `nameservers = []`: at the zone's nameservers\n\
+                         propagation = {{ nameservers = {} }}",
+                        q_list(std::slice::from_ref(&server))
+                    );
                     out.secret = Some((key_file, key));
                 }
                 Err(why) => {
@@ -575,12 +582,13 @@ fn reload_commands(
 }
 
 /// certbot's dns-rfc2136 credentials (`dns_rfc2136_server`, `_port`, `_name`, `_secret`,
-/// `_algorithm`) as an rfc2136 `dns01` table, the file the secret moves to and its text.
+/// `_algorithm`) as an rfc2136 `dns01` table, the server's `ip:port`, the file the secret moves to
+/// and its text.
 fn rfc2136_solver(
     name: &str,
     conf_d: &Path,
     ini: &str,
-) -> Result<(String, PathBuf, String), String> {
+) -> Result<(String, String, PathBuf, String), String> {
     let ini = parse_renewal_conf(ini)?.top;
     let get = |k: &str| {
         ini.get(&format!("dns_rfc2136_{k}"))
@@ -614,7 +622,7 @@ fn rfc2136_solver(
         q(&algorithm),
         q(&key_file.display().to_string())
     );
-    Ok((table, key_file, format!("{secret}\n")))
+    Ok((table, addr, key_file, format!("{secret}\n")))
 }
 
 /// The exec-provider wrapper that runs certbot's manual hooks with certbot's environment.
@@ -1573,6 +1581,12 @@ elliptic_curve = secp384r1
         assert!(l.solver_toml.contains(
             "dns01 = { provider = \"rfc2136\", server = \"192.0.2.53:5353\", tsig_key = \"certbot.\", tsig_algorithm = \"hmac-sha512\", tsig_secret_file = \"/etc/certkeeper/conf.d/certbot-wild-tsig.key\" }"
         ), "{}", l.solver_toml);
+        assert!(
+            l.solver_toml
+                .contains("propagation = { nameservers = [\"192.0.2.53:5353\"] }"),
+            "{}",
+            l.solver_toml
+        );
         assert_eq!(
             l.secret,
             Some((
