@@ -5,12 +5,14 @@
 //! - `conf.d/certbot-<lineage>.toml` gets the certificate: names from the live certificate's SANs,
 //!   key type from the live key (else `key_type`/`rsa_key_size`/`elliptic_curve`),
 //!   `renew_before_expiry`, `preferred_chain`, output `dir = <certbot-dir>/live/<lineage>` (so nginx
-//!   keeps its paths), deploy hooks (`renew_hook`, `post_hook`, `renewal-hooks/deploy/*`) as `reload`;
+//!   keeps its paths), deploy hooks (`renew_hook`, `post_hook`, `renewal-hooks/{deploy,post}/*`) as
+//!   `reload` with certbot's `RENEWED_LINEAGE`/`RENEWED_DOMAINS`;
 //! - `conf.d/certbot-issuers.toml` gets one issuer per certbot `server` (`letsencrypt`,
-//!   `letsencrypt-staging`, else `certbot-<host>`) with one solver per lineage: standalone → http01,
-//!   webroot → webroot per mapped path, manual DNS hooks → exec dns01 through a generated wrapper,
-//!   anything else → a commented block saying what to fill in. It is rebuilt from all confs, the
-//!   `.conf.migrated` ones included, so migrating in several runs keeps every solver;
+//!   `letsencrypt-staging`, else `certbot-<host>` with `ca_bundle` from `REQUESTS_CA_BUNDLE`) with
+//!   one solver per lineage: standalone → http01, webroot → webroot per mapped path, manual DNS hooks
+//!   → exec dns01 through a generated wrapper, dns-rfc2136 → rfc2136 with the TSIG secret moved to
+//!   its own file, anything else → a commented block saying what to fill in. It is rebuilt from all
+//!   confs, the `.conf.migrated` ones included, so migrating in several runs keeps every solver;
 //! - certbot's account (`accounts/<server>/<id>/private_key.json`, a JWK) becomes certkeeper's
 //!   account of that issuer, with the account URL from `regr.json`;
 //! - the live pair is imported as with `certkeeper import`: the top-level links of `live/<lineage>/`
@@ -18,6 +20,9 @@
 //!   file of the same pair, so nginx never sees a missing or mismatched file;
 //! - `renewal/<lineage>.conf` is renamed to `.conf.migrated`, so certbot no longer renews it, and the
 //!   undo commands are printed.
+//!
+//! Who writes what, when root runs it on a state directory owned by certkeeper's user: see
+//! [`super::adopt`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
