@@ -1137,7 +1137,7 @@ fn closing_words(certbot_dir: &Path, adopt: &[Adopt<'_>], switched: bool) -> Str
         t.push_str("Reload commands and certbot's manual hooks now run as the daemon's user, not root: see README.systemd.md for letting it reload nginx.\n");
     }
     t.push_str(
-        "Check with `certkeeper check`, then `systemctl reload certkeeper` (or restart it).\n",
+        "Check with `certkeeper check`, then `systemctl restart certkeeper` (a changed unit needs a restart).\n",
     );
     t
 }
