@@ -8,7 +8,7 @@
 //!
 //! plus a deploy hook in `renewal-hooks/deploy/` and a `--deploy-hook` (`renew_hook`). `--dry-run`
 //! changes nothing; the migration adopts the pairs in place and certbot's account; `renew` issues
-//! nothing; `renew --force` renews all three with certbot's account into `live/<lineage>/` and runs
+//! nothing; `renew --force` renews all four with certbot's account into `live/<lineage>/` and runs
 //! the deploy hooks.
 
 mod support;
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use openssl::x509::X509;
 use support::certkeeper::{CliOutput, run_command_sync, std_command_at, toml_str};
 use support::dns::bind::{self, Bind};
 use support::nginx::{Nginx, NginxOpts};
@@ -120,7 +121,7 @@ impl World {
         run_command_sync(cmd, args, LIMIT)
     }
 
-    fn serials(&self, root: &openssl::x509::X509) -> Vec<String> {
+    fn serials(&self, root: &X509) -> Vec<String> {
         LINEAGES
             .iter()
             .map(|(l, n)| {
@@ -244,99 +245,235 @@ async fn world() -> Option<World> {
     Some(w)
 }
 
+impl World {
+    /// certbot issues the four lineages (one at a time: certbot locks its directories), then a
+    /// deploy hook is added to `renewal-hooks/deploy/`.
+    fn issue_with_certbot(&self) {
+        let port = self.nginx.http_port().to_string();
+        let log = self.p("log/hooks.log").display().to_string();
+        self.certbot(
+            "standalone",
+            "alt.example.test",
+            &[
+                "--standalone",
+                "--http-01-address",
+                "127.0.0.2",
+                "--http-01-port",
+                &port,
+            ],
+        );
+        let webroot = self.p("www").display().to_string();
+        let renew_hook = format!("echo \"renew_hook $RENEWED_LINEAGE\" >> {log}");
+        self.certbot(
+            "webroot",
+            "www.example.test",
+            &["--webroot", "-w", &webroot, "--deploy-hook", &renew_hook],
+        );
+        let (auth, cleanup) = (self.p("hooks/auth.sh"), self.p("hooks/cleanup.sh"));
+        self.certbot(
+            "manual",
+            "dns.example.test",
+            &[
+                "--manual",
+                "--preferred-challenges",
+                "dns",
+                "--manual-auth-hook",
+                auth.to_str().unwrap(),
+                "--manual-cleanup-hook",
+                cleanup.to_str().unwrap(),
+            ],
+        );
+        let ini = self.p("rfc2136.ini");
+        self.certbot(
+            "rfc2136",
+            "tsig.example.test",
+            &[
+                "--dns-rfc2136",
+                "--dns-rfc2136-credentials",
+                ini.to_str().unwrap(),
+                "--dns-rfc2136-propagation-seconds",
+                "1",
+            ],
+        );
+        write_script(
+            &self.certbot_dir().join("renewal-hooks/deploy/10-log"),
+            &format!("#!/bin/sh\necho \"deploy $RENEWED_LINEAGE $RENEWED_DOMAINS\" >> {log}\n"),
+        );
+        assert!(
+            self.log().contains("add dns.example.test"),
+            "{}",
+            self.log()
+        );
+        // From here on the hooks run as the service user: they create the log afresh.
+        std::fs::remove_file(self.p("log/hooks.log")).unwrap();
+    }
+
+    /// The account URL certbot recorded (`regr.json`'s `uri`).
+    fn certbot_account_url(&self) -> String {
+        let regr = walk(&self.certbot_dir().join("accounts"))
+            .into_iter()
+            .find(|p| p.ends_with("regr.json"))
+            .expect("certbot's regr.json");
+        let regr: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(regr).unwrap()).unwrap();
+        regr["uri"].as_str().expect("regr.json uri").to_string()
+    }
+
+    /// certkeeper's main config (root's, including conf.d, HTTP-01 where certbot's standalone
+    /// listened) and its state directory (the service user's, as tmpfiles would leave it).
+    fn write_certkeeper_config(&self) -> PathBuf {
+        let state = self.p("state");
+        std::fs::create_dir_all(self.p("etc")).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(self.user.uid()), None).unwrap();
+        chmod(&state, 0o700);
+        std::fs::write(
+            self.config(),
+            format!(
+                "state_dir = {}\ninclude = [\"conf.d/*.toml\"]\n\n[http01]\nlisten = [\"127.0.0.2:{}\"]\n",
+                toml_str(&state.display().to_string()),
+                self.nginx.http_port()
+            ),
+        )
+        .unwrap();
+        state
+    }
+
+    /// conf.d is root's and readable by the daemon, but for certbot's TSIG secret: moved to its own
+    /// root:<user's group> 0640 file, out of the TOML.
+    fn assert_conf_d_owners(&self) {
+        let tsig = self.p("etc/conf.d/certbot-rfc2136-tsig.key");
+        let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(self.user.uid()))
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw();
+        for p in walk(&self.p("etc/conf.d")) {
+            let m = p.symlink_metadata().unwrap();
+            assert_eq!(m.uid(), 0, "{}", p.display());
+            if p == tsig {
+                assert_eq!((m.gid(), m.mode() & 0o777), (gid, 0o640));
+                assert_eq!(
+                    std::fs::read_to_string(&p).unwrap(),
+                    format!("{}\n", bind::SECRET)
+                );
+                continue;
+            }
+            assert_eq!(m.mode() & 0o044, 0o044, "{} not readable", p.display());
+            if m.is_file() {
+                let text = std::fs::read_to_string(&p).unwrap();
+                assert!(!text.contains(bind::SECRET), "{}: the secret", p.display());
+            }
+        }
+    }
+
+    /// The state and everything certkeeper put in `live/<lineage>/` belong to the service user
+    /// (certbot's links were replaced; only certbot's README is left of its files).
+    fn assert_state_and_live_owners(&self, state: &Path) {
+        for (l, _) in LINEAGES {
+            let live_files = walk(&self.live(l))
+                .into_iter()
+                .skip(1)
+                .filter(|p| !p.ends_with("README"));
+            for p in walk(state).into_iter().chain(live_files) {
+                assert_eq!(
+                    p.symlink_metadata().unwrap().uid(),
+                    self.user.uid(),
+                    "{} does not belong to the service user",
+                    p.display()
+                );
+            }
+            let key = std::fs::metadata(self.live(l).join("privkey.pem")).unwrap();
+            assert_eq!(key.mode() & 0o777, 0o600, "{l}: privkey.pem mode");
+            assert_eq!(
+                std::fs::read_link(self.live(l).join("fullchain.pem")).unwrap(),
+                Path::new(".live/fullchain.pem")
+            );
+        }
+    }
+
+    /// The names resolve only through bind9: point the migrated HTTP-01 self-checks at the
+    /// addresses directly (the one edit the test makes to the generated files).
+    fn let_self_checks_reach_loopback(&self) {
+        let file = self.p("etc/conf.d/certbot-issuers.toml");
+        let issuers = std::fs::read_to_string(&file).unwrap();
+        assert!(issuers.contains("ca_bundle = "), "{issuers}");
+        let port = self.nginx.http_port();
+        let self_check =
+            |ip: &str| format!("self_check = {{ port = {port}, resolve = [\"{ip}\"] }}");
+        let webroot = toml_str(&self.p("www").display().to_string());
+        let issuers = issuers
+            .replace(
+                "http01 = {}",
+                &format!("http01 = {{ {} }}", self_check("127.0.0.2")),
+            )
+            .replace(
+                &format!("webroot = {{ path = {webroot} }}"),
+                &format!(
+                    "webroot = {{ path = {webroot}, {} }}",
+                    self_check("127.0.0.1")
+                ),
+            );
+        assert_eq!(issuers.matches("self_check").count(), 2, "{issuers}");
+        std::fs::write(&file, issuers).unwrap();
+    }
+
+    /// After `renew --force`: every lineage has a new pair and ran the deploy hooks, the DNS hooks
+    /// ran, and the one account is certbot's.
+    fn assert_renewed(&self, before: &[String], root: &X509, state: &Path, account_url: &str) {
+        let renewed = self.serials(root);
+        let log = self.log();
+        for (i, (l, _)) in LINEAGES.iter().enumerate() {
+            assert_ne!(renewed[i], before[i], "{l} was not renewed");
+            let live = self.live(l).display().to_string();
+            assert!(
+                log.contains(&format!("deploy {live} ")),
+                "{l}: deploy hook did not run:\n{log}"
+            );
+        }
+        assert!(
+            log.contains(&format!("renew_hook {}", self.live("webroot").display())),
+            "{log}"
+        );
+        assert!(
+            log.contains("add dns.example.test") && log.contains("delete dns.example.test"),
+            "{log}"
+        );
+        let records: Vec<PathBuf> = walk(&state.join("accounts"))
+            .into_iter()
+            .filter(|p| p.ends_with("account.json"))
+            .collect();
+        assert_eq!(records.len(), 1, "one account: {records:?}");
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
+        assert_eq!(record["url"], account_url, "certbot's account was used");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
     let Some(w) = world().await else {
         return;
     };
     let started = Instant::now();
-    let port = w.nginx.http_port().to_string();
-    let log = w.p("log/hooks.log").display().to_string();
-
-    // certbot issues the three lineages (one at a time: certbot locks its directories).
-    w.certbot(
-        "standalone",
-        "alt.example.test",
-        &[
-            "--standalone",
-            "--http-01-address",
-            "127.0.0.2",
-            "--http-01-port",
-            &port,
-        ],
-    );
-    let webroot = w.p("www").display().to_string();
-    let renew_hook = format!("echo \"renew_hook $RENEWED_LINEAGE\" >> {log}");
-    w.certbot(
-        "webroot",
-        "www.example.test",
-        &["--webroot", "-w", &webroot, "--deploy-hook", &renew_hook],
-    );
-    let (auth, cleanup) = (w.p("hooks/auth.sh"), w.p("hooks/cleanup.sh"));
-    w.certbot(
-        "manual",
-        "dns.example.test",
-        &[
-            "--manual",
-            "--preferred-challenges",
-            "dns",
-            "--manual-auth-hook",
-            auth.to_str().unwrap(),
-            "--manual-cleanup-hook",
-            cleanup.to_str().unwrap(),
-        ],
-    );
-    let ini = w.p("rfc2136.ini");
-    w.certbot(
-        "rfc2136",
-        "tsig.example.test",
-        &[
-            "--dns-rfc2136",
-            "--dns-rfc2136-credentials",
-            ini.to_str().unwrap(),
-            "--dns-rfc2136-propagation-seconds",
-            "1",
-        ],
-    );
+    w.issue_with_certbot();
     let certbot_done = started.elapsed();
-    let cb = w.certbot_dir();
-    write_script(
-        &cb.join("renewal-hooks/deploy/10-log"),
-        &format!("#!/bin/sh\necho \"deploy $RENEWED_LINEAGE $RENEWED_DOMAINS\" >> {log}\n"),
-    );
-    assert!(w.log().contains("add dns.example.test"), "{}", w.log());
-    // From here on the hooks run as the service user: they create the log afresh.
-    std::fs::remove_file(w.p("log/hooks.log")).unwrap();
-
-    let root = openssl::x509::X509::from_pem(w.pebble.root_pem().await.as_bytes()).unwrap();
+    let root = X509::from_pem(w.pebble.root_pem().await.as_bytes()).unwrap();
     let certbot_serials = w.serials(&root);
-    let regr: serde_json::Value = {
-        let accounts = cb.join("accounts");
-        let regr = walk(&accounts)
-            .into_iter()
-            .find(|p| p.ends_with("regr.json"))
-            .expect("certbot's regr.json");
-        serde_json::from_slice(&std::fs::read(regr).unwrap()).unwrap()
-    };
-    let account_url = regr["uri"].as_str().expect("regr.json uri").to_string();
-
-    // certkeeper: config root's, state the service user's (as tmpfiles would leave them).
-    let state = w.p("state");
-    std::fs::create_dir_all(w.p("etc")).unwrap();
-    std::fs::create_dir_all(&state).unwrap();
-    std::os::unix::fs::chown(&state, Some(w.user.uid()), None).unwrap();
-    chmod(&state, 0o700);
-    std::fs::write(
-        w.config(),
-        format!(
-            "state_dir = {}\ninclude = [\"conf.d/*.toml\"]\n\n[http01]\nlisten = [\"127.0.0.2:{port}\"]\n",
-            toml_str(&state.display().to_string())
-        ),
-    )
-    .unwrap();
+    let account_url = w.certbot_account_url();
+    let state = w.write_certkeeper_config();
+    let cb = w.certbot_dir();
     let cb_arg = cb.display().to_string();
+    let confs = |suffix: &str| -> Vec<String> {
+        let mut v: Vec<String> = LINEAGES
+            .iter()
+            .map(|(l, _)| format!("{l}{suffix}"))
+            .collect();
+        v.sort();
+        v
+    };
 
-    // --dry-run prints the three lineages and changes nothing.
+    // --dry-run prints every lineage and changes nothing.
     let dry = w.certkeeper(&["migrate", "certbot", "--certbot-dir", &cb_arg, "--dry-run"]);
     dry.assert_ok();
     for (l, _) in LINEAGES {
@@ -345,18 +482,10 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
     dry.assert_mentions(&account_url);
     assert!(!w.p("etc/conf.d").exists(), "--dry-run wrote conf.d");
     assert_eq!(walk(&state), vec![state.clone()], "--dry-run wrote state");
-    assert_eq!(
-        renewal_files(&cb),
-        [
-            "manual.conf",
-            "rfc2136.conf",
-            "standalone.conf",
-            "webroot.conf"
-        ]
-    );
+    assert_eq!(renewal_files(&cb), confs(".conf"));
     assert_eq!(w.serials(&root), certbot_serials);
 
-    // The migration.
+    // The migration, as root.
     let out = w.certkeeper(&["migrate", "certbot", "--certbot-dir", &cb_arg]);
     out.assert_ok();
     for (l, _) in LINEAGES {
@@ -364,84 +493,13 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
     }
     out.assert_mentions("adopted the account certbot's");
     out.assert_mentions("undo: mv ");
-    assert_eq!(
-        renewal_files(&cb),
-        [
-            "manual.conf.migrated",
-            "rfc2136.conf.migrated",
-            "standalone.conf.migrated",
-            "webroot.conf.migrated"
-        ]
-    );
+    assert_eq!(renewal_files(&cb), confs(".conf.migrated"));
     assert_eq!(w.serials(&root), certbot_serials, "nothing re-issued");
-    // conf.d is root's and readable by the daemon; the state and the live pairs are the user's.
-    // certbot's TSIG secret moved to its own root:<user's group> 0640 file, out of the TOML.
-    let tsig = w.p("etc/conf.d/certbot-rfc2136-tsig.key");
-    for p in walk(&w.p("etc/conf.d")) {
-        let m = p.symlink_metadata().unwrap();
-        assert_eq!(m.uid(), 0, "{}", p.display());
-        if p == tsig {
-            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(w.user.uid()))
-                .unwrap()
-                .unwrap()
-                .gid;
-            assert_eq!((m.gid(), m.mode() & 0o777), (gid.as_raw(), 0o640));
-            assert_eq!(
-                std::fs::read_to_string(&p).unwrap(),
-                format!("{}\n", bind::SECRET)
-            );
-        } else {
-            assert_eq!(m.mode() & 0o044, 0o044, "{} not readable", p.display());
-            if m.is_file() {
-                let text = std::fs::read_to_string(&p).unwrap();
-                assert!(!text.contains(bind::SECRET), "{}: the secret", p.display());
-            }
-        }
-    }
-    for (l, _) in LINEAGES {
-        let live_files = walk(&w.live(l))
-            .into_iter()
-            .skip(1)
-            .filter(|p| !p.ends_with("README"));
-        for p in walk(&state).into_iter().chain(live_files) {
-            // certbot's own links were replaced: all but certbot's README in the live dir is certkeeper's.
-            assert_eq!(
-                p.symlink_metadata().unwrap().uid(),
-                w.user.uid(),
-                "{} does not belong to the service user",
-                p.display()
-            );
-        }
-        let key = std::fs::metadata(w.live(l).join("privkey.pem")).unwrap();
-        assert_eq!(key.mode() & 0o777, 0o600, "{l}: privkey.pem mode");
-        assert_eq!(
-            std::fs::read_link(w.live(l).join("fullchain.pem")).unwrap(),
-            Path::new(".live/fullchain.pem")
-        );
-    }
+    w.assert_conf_d_owners();
+    w.assert_state_and_live_owners(&state);
+    w.let_self_checks_reach_loopback();
 
-    // The names resolve only through bind9: the self-checks go to the addresses directly.
-    let issuers_file = w.p("etc/conf.d/certbot-issuers.toml");
-    let issuers = std::fs::read_to_string(&issuers_file).unwrap();
-    assert!(issuers.contains("ca_bundle = "), "{issuers}");
-    let self_check = |ip: &str| format!("self_check = {{ port = {port}, resolve = [\"{ip}\"] }}");
-    let issuers = issuers
-        .replace(
-            "http01 = {}",
-            &format!("http01 = {{ {} }}", self_check("127.0.0.2")),
-        )
-        .replace(
-            &format!("webroot = {{ path = {} }}", toml_str(&webroot)),
-            &format!(
-                "webroot = {{ path = {}, {} }}",
-                toml_str(&webroot),
-                self_check("127.0.0.1")
-            ),
-        );
-    assert_eq!(issuers.matches("self_check").count(), 2, "{issuers}");
-    std::fs::write(&issuers_file, issuers).unwrap();
-
-    // The next renew issues nothing.
+    // The next renew issues nothing and owes no reload.
     w.certkeeper(&["renew"]).assert_ok();
     assert_eq!(w.serials(&root), certbot_serials, "renew re-issued");
     assert_eq!(w.log(), "", "hooks ran without a renewal");
@@ -449,43 +507,12 @@ async fn certbot_lineages_are_adopted_and_renewed_with_certbots_account() {
     // renew --force renews each lineage with certbot's account, in place, and runs the hooks.
     let forced = w.certkeeper(&["renew", "--force"]);
     forced.assert_ok();
-    let renewed = w.serials(&root);
-    for (i, (l, _)) in LINEAGES.iter().enumerate() {
-        assert_ne!(renewed[i], certbot_serials[i], "{l} was not renewed");
-        let live = w.live(l).display().to_string();
-        assert!(
-            w.log().contains(&format!("deploy {live} ")),
-            "{l}: deploy hook did not run:\n{}",
-            w.log()
-        );
-    }
-    let log = w.log();
-    assert!(
-        log.contains(&format!("renew_hook {}", w.live("webroot").display())),
-        "{log}"
-    );
-    assert!(
-        log.contains("add dns.example.test") && log.contains("delete dns.example.test"),
-        "{log}"
-    );
-    let records: Vec<PathBuf> = walk(&state.join("accounts"))
-        .into_iter()
-        .filter(|p| p.ends_with("account.json"))
-        .collect();
-    assert_eq!(records.len(), 1, "one account: {records:?}");
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
-    assert_eq!(
-        record["url"],
-        account_url.as_str(),
-        "certbot's account was used"
-    );
+    w.assert_renewed(&certbot_serials, &root, &state, &account_url);
     // The account the CA answered for certbot's key ("account ready") is certbot's: a new key
     // would have made pebble register a new account with another URL.
     forced.assert_mentions(&account_url);
     eprintln!(
-        "certbot issuance {:?}, whole test {:?}",
-        certbot_done,
+        "certbot issuance {certbot_done:?}, whole test {:?}",
         started.elapsed()
     );
 }
