@@ -90,21 +90,10 @@ pub fn refuse_root_daemon(config_path: &Path) -> Result<(), PrivilegeError> {
 
 /// [`become_state_owner`] for a known state directory.
 pub fn become_owner_of(state_dir: &Path) -> Result<(), PrivilegeError> {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(meta) = std::fs::metadata(state_dir) else {
+    let Some(user) = state_owner(state_dir)? else {
         return Ok(());
     };
-    if meta.uid() == 0 || !geteuid().is_root() {
-        return Ok(());
-    }
     let dir = state_dir.display().to_string();
-    let user = User::from_uid(Uid::from_raw(meta.uid()))
-        .ok()
-        .flatten()
-        .ok_or(PrivilegeError::UnknownOwner {
-            dir: dir.clone(),
-            uid: meta.uid(),
-        })?;
     let fail = |source| PrivilegeError::Switch {
         dir: dir.clone(),
         user: user.name.clone(),
