@@ -75,6 +75,9 @@ pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
     let mut out = Vec::new();
     // `check` creates nothing: the state directory is looked at, never made or changed.
     out.push(state_dir_probe(&cfg.state_dir));
+    if let Err(e) = crate::engine::file_backend(cfg) {
+        out.push(Probe::fail(e.to_string()));
+    }
     let state = Some(AccountStore::new(std::sync::Arc::new(
         FileStorage::open_read_only(&cfg.state_dir),
     )));

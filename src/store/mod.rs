@@ -127,6 +127,13 @@ pub enum StoreError {
         /// The lock file.
         path: PathBuf,
     },
+    /// `[storage] backend = "postgres"` is configured, but this build does not run on it yet.
+    #[error(
+        "[storage] backend = \"postgres\" is configured, but fleet mode is not available yet in this build: \
+         the configuration and the PostgreSQL storage backend exist, the daemon and the commands do not use \
+         them yet; set backend = \"file\" (or remove [storage]) to run this host on its own state_dir"
+    )]
+    FleetUnavailable,
     /// A write made under a lease was refused because the lease was lost: it expired, or another
     /// node took the lock since (its token is larger). The result this node holds is stale.
     #[error(
