@@ -15,7 +15,13 @@ use certkeeper::store::{AccountStore, Ledger, PgStorage, Storage, StoreError, co
 use support::postgres::{PASSWORD, Postgres};
 
 /// A node's storage on database `db`, with the test password; `tune` adjusts the options.
-fn node(pg: &Postgres, db: &str, name: &str, key: &DataKey, tune: impl FnOnce(&mut PgOptions)) -> PgStorage {
+fn node(
+    pg: &Postgres,
+    db: &str,
+    name: &str,
+    key: &DataKey,
+    tune: impl FnOnce(&mut PgOptions),
+) -> PgStorage {
     let mut opts = PgOptions::new(pg.url(db), name, Keyring::new(key.clone()));
     opts.password = Some(PASSWORD.to_string());
     tune(&mut opts);
@@ -26,7 +32,8 @@ fn private_key_pem(rsa: bool) -> (Vec<u8>, Vec<u8>) {
     let key = if rsa {
         openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap()
     } else {
-        let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let group =
+            openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
         openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap()
     };
     (
@@ -65,7 +72,10 @@ fn contract_schema_and_secrets_at_rest() {
     pg.create_database("newer");
     let s3 = node(&pg, "newer", "web1", &key, |_| {});
     s3.store("probe", b"x").unwrap();
-    pg.psql_in("newer", "INSERT INTO ck_schema_version (version) VALUES (99)");
+    pg.psql_in(
+        "newer",
+        "INSERT INTO ck_schema_version (version) VALUES (99)",
+    );
     let s4 = node(&pg, "newer", "web2", &key, |_| {});
     let err = s4.load("probe").unwrap_err();
     assert!(matches!(err, StoreError::Schema { .. }), "{err}");
@@ -78,14 +88,20 @@ fn contract_schema_and_secrets_at_rest() {
     let (cert_pem, cert_der) = private_key_pem(true);
     let (next_pem, next_der) = private_key_pem(false);
     let accounts = AccountStore::new(s.clone());
-    accounts.save_key("le-1", std::str::from_utf8(&acct_pem).unwrap()).unwrap();
-    accounts.stage_next_key("le-1", std::str::from_utf8(&next_pem).unwrap()).unwrap();
+    accounts
+        .save_key("le-1", std::str::from_utf8(&acct_pem).unwrap())
+        .unwrap();
+    accounts
+        .stage_next_key("le-1", std::str::from_utf8(&next_pem).unwrap())
+        .unwrap();
     let ledger = Ledger::new(s.clone());
     ledger.save_pending_key("www", &cert_pem).unwrap();
     // A private key under a name not known to hold one is sealed too (recognized by content).
     s.store("misc/stray.txt", &cert_pem).unwrap();
     // A retired account's key is re-sealed under its new name and still opens.
-    accounts.save_key("le-2", std::str::from_utf8(&acct_pem).unwrap()).unwrap();
+    accounts
+        .save_key("le-2", std::str::from_utf8(&acct_pem).unwrap())
+        .unwrap();
     let moved_to = accounts.retire("le-2").unwrap();
     let listed = s.list("accounts").unwrap();
     let retired = listed
@@ -94,15 +110,33 @@ fn contract_schema_and_secrets_at_rest() {
         .unwrap_or_else(|| panic!("{listed:?}"));
     assert!(moved_to.contains(retired.as_str()), "{moved_to}");
     assert!(!listed.contains(&"le-2".to_string()), "{listed:?}");
-    assert_eq!(s.load(&format!("accounts/{retired}/key.pem")).unwrap(), Some(acct_pem.clone()));
+    assert_eq!(
+        s.load(&format!("accounts/{retired}/key.pem")).unwrap(),
+        Some(acct_pem.clone())
+    );
 
     // Another node with the same key reads them back as written.
     let other = node(&pg, "secrets", "web2", &key, |_| {});
-    assert_eq!(other.load("accounts/le-1/key.pem").unwrap(), Some(acct_pem.clone()));
-    assert_eq!(other.load("certs/www.key.pem").unwrap(), Some(cert_pem.clone()));
-    assert_eq!(other.load("misc/stray.txt").unwrap(), Some(cert_pem.clone()));
+    assert_eq!(
+        other.load("accounts/le-1/key.pem").unwrap(),
+        Some(acct_pem.clone())
+    );
+    assert_eq!(
+        other.load("certs/www.key.pem").unwrap(),
+        Some(cert_pem.clone())
+    );
+    assert_eq!(
+        other.load("misc/stray.txt").unwrap(),
+        Some(cert_pem.clone())
+    );
     // A node with another key cannot open them, and says which setting to check.
-    let wrong = node(&pg, "secrets", "web3", &DataKey::generate().unwrap(), |_| {});
+    let wrong = node(
+        &pg,
+        "secrets",
+        "web3",
+        &DataKey::generate().unwrap(),
+        |_| {},
+    );
     let err = wrong.load("accounts/le-1/key.pem").unwrap_err();
     assert!(matches!(err, StoreError::Sealed { .. }), "{err}");
     assert!(err.to_string().contains("encryption_key_file"), "{err}");
@@ -119,14 +153,30 @@ fn contract_schema_and_secrets_at_rest() {
     // The dump: no PEM private key, no key bytes in any encoding, no data key.
     let dump = pg.dump("secrets");
     assert!(contains(&dump, b"ck_objects"), "the dump has the table");
-    assert!(!contains(&dump, b"PRIVATE KEY"), "PEM private key in the dump");
+    assert!(
+        !contains(&dump, b"PRIVATE KEY"),
+        "PEM private key in the dump"
+    );
     let b64 = base64::engine::general_purpose::STANDARD;
     let data_key_id = key.id().to_string();
-    assert!(contains(&dump, hex(data_key_id.as_bytes()).as_bytes()), "the key id travels with the values");
-    for (what, der) in [("account key", &acct_der), ("certificate key", &cert_der), ("staged key", &next_der)] {
+    assert!(
+        contains(&dump, hex(data_key_id.as_bytes()).as_bytes()),
+        "the key id travels with the values"
+    );
+    for (what, der) in [
+        ("account key", &acct_der),
+        ("certificate key", &cert_der),
+        ("staged key", &next_der),
+    ] {
         assert!(!contains(&dump, der), "raw DER of the {what}");
-        assert!(!contains(&dump, hex(der).as_bytes()), "hex DER of the {what}");
-        assert!(!contains(&dump, &b64.encode(der).as_bytes()[40..80]), "base64 DER of the {what}");
+        assert!(
+            !contains(&dump, hex(der).as_bytes()),
+            "hex DER of the {what}"
+        );
+        assert!(
+            !contains(&dump, &b64.encode(der).as_bytes()[40..80]),
+            "base64 DER of the {what}"
+        );
     }
     eprintln!("contract, schema and secrets: {:?}", started.elapsed());
 }
@@ -174,7 +224,8 @@ fn two_nodes_contend_for_leases_with_fencing() {
     // A renewed lease outlives its lifetime: the other node still cannot take it.
     std::thread::sleep(ttl * 2);
     assert!(matches!(a.lock("www"), Err(StoreError::Locked { .. })));
-    b.store_fenced("certs/www.json", b"{\"by\":\"web2\"}", &l2).unwrap();
+    b.store_fenced("certs/www.json", b"{\"by\":\"web2\"}", &l2)
+        .unwrap();
     // lock_wait returns as soon as the holder lets go.
     let waiter = {
         let a = a.clone();
@@ -193,7 +244,9 @@ fn two_nodes_contend_for_leases_with_fencing() {
         o.renew_leases = false;
     });
     let stale = paused.lock("api").unwrap();
-    paused.store_fenced("certs/api.json", b"{\"by\":\"web3\"}", &stale).unwrap();
+    paused
+        .store_fenced("certs/api.json", b"{\"by\":\"web3\"}", &stale)
+        .unwrap();
     assert!(matches!(b.lock("api"), Err(StoreError::Locked { .. })));
     std::thread::sleep(ttl + Duration::from_millis(500));
     // Expired: refused even before anyone else took it.
@@ -202,14 +255,25 @@ fn two_nodes_contend_for_leases_with_fencing() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     let fresh = b.lock("api").unwrap();
-    assert!(fresh.token() > stale.token(), "{} > {}", fresh.token(), stale.token());
-    b.store_fenced("certs/api.json", b"{\"by\":\"web2\"}", &fresh).unwrap();
+    assert!(
+        fresh.token() > stale.token(),
+        "{} > {}",
+        fresh.token(),
+        stale.token()
+    );
+    b.store_fenced("certs/api.json", b"{\"by\":\"web2\"}", &fresh)
+        .unwrap();
     let err = paused
         .store_fenced("certs/api.json", b"{\"by\":\"web3, later\"}", &stale)
         .unwrap_err();
-    assert!(matches!(&err, StoreError::Fenced { name, token, .. } if name == "api" && *token == stale.token()));
+    assert!(
+        matches!(&err, StoreError::Fenced { name, token, .. } if name == "api" && *token == stale.token())
+    );
     assert!(err.to_string().contains("no longer held"), "{err}");
-    assert_eq!(a.load("certs/api.json").unwrap().as_deref(), Some(&b"{\"by\":\"web2\"}"[..]));
+    assert_eq!(
+        a.load("certs/api.json").unwrap().as_deref(),
+        Some(&b"{\"by\":\"web2\"}"[..])
+    );
     // The stale lease's drop does not release the new holder's lock.
     drop(stale);
     assert!(matches!(a.lock("api"), Err(StoreError::Locked { .. })));
@@ -223,14 +287,19 @@ fn calls_fail_cleanly_while_postgres_is_down_and_resume_after() {
     let pg = Postgres::start();
     pg.create_database("outage");
     let key = DataKey::generate().unwrap();
-    let s = node(&pg, "outage", "web1", &key, |o| o.call_timeout = Duration::from_secs(3));
+    let s = node(&pg, "outage", "web1", &key, |o| {
+        o.call_timeout = Duration::from_secs(3)
+    });
     s.store("certs/www.json", b"before").unwrap();
 
     pg.stop();
     for _ in 0..3 {
         let err = s.load("certs/www.json").unwrap_err();
         assert!(
-            matches!(err, StoreError::Database { .. } | StoreError::Unavailable { .. }),
+            matches!(
+                err,
+                StoreError::Database { .. } | StoreError::Unavailable { .. }
+            ),
             "{err}"
         );
         assert!(s.store("certs/www.json", b"during").is_err());
@@ -253,7 +322,11 @@ fn calls_fail_cleanly_while_postgres_is_down_and_resume_after() {
             }
         }
     }
-    assert_eq!(value, Some(Some(b"before".to_vec())), "no reconnect after the restart");
+    assert_eq!(
+        value,
+        Some(Some(b"before".to_vec())),
+        "no reconnect after the restart"
+    );
     s.store("certs/www.json", b"after").unwrap();
     let lease = s.lock("www").unwrap();
     s.store_fenced("certs/www.json", b"fenced", &lease).unwrap();
@@ -278,14 +351,27 @@ fn postgres_backend_is_refused_clearly_until_wired() {
         .write();
     let key = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
     std::fs::write(cfg.dir().join("storage.key"), key).unwrap();
-    for args in [&["check", "--offline"][..], &["status"], &["renew"], &["run"]] {
+    for args in [
+        &["check", "--offline"][..],
+        &["status"],
+        &["renew"],
+        &["run"],
+    ] {
         let out = cfg.run_sync(args, Duration::from_secs(30));
-        assert!(!out.status.success(), "{args:?} succeeded:\n{}\n{}", out.stdout, out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
         let all = format!("{}{}", out.stdout, out.stderr);
         assert!(
             all.contains("fleet mode is not available yet in this build"),
             "{args:?}:\n{all}"
         );
-        assert!(!cfg.state_dir().exists(), "{args:?} created the local state_dir");
+        assert!(
+            !cfg.state_dir().exists(),
+            "{args:?} created the local state_dir"
+        );
     }
 }

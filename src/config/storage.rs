@@ -103,7 +103,12 @@ fn url(cx: &mut Ctx, u: &SStr) -> Option<String> {
     }
     match tokio_postgres::Config::from_str(text) {
         Err(e) => {
-            cx.err(0, &u.span(), "storage.url", format!("cannot be parsed: {e}"));
+            cx.err(
+                0,
+                &u.span(),
+                "storage.url",
+                format!("cannot be parsed: {e}"),
+            );
             None
         }
         Ok(c) if c.get_password().is_some() => {
@@ -196,13 +201,20 @@ mod tests {
     use super::super::{Config, StorageConfig, load};
 
     /// Write `storage` (the lines of a `[storage]` table) and `files` next to a main file; load it.
-    fn load_with(storage: &str, files: &[(&str, &str)]) -> (Result<Config, String>, tempfile::TempDir) {
+    fn load_with(
+        storage: &str,
+        files: &[(&str, &str)],
+    ) -> (Result<Config, String>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         let path = dir.path().join("certkeeper.toml");
-        std::fs::write(&path, format!("state_dir = \"/var/lib/certkeeper\"\n\n{storage}")).unwrap();
+        std::fs::write(
+            &path,
+            format!("state_dir = \"/var/lib/certkeeper\"\n\n{storage}"),
+        )
+        .unwrap();
         let r = load(&path).map_err(|e| e.to_string().replace(dir.path().to_str().unwrap(), "DIR"));
         (r, dir)
     }
@@ -225,12 +237,18 @@ mod tests {
         let (cfg, d) = load_with(
             "[storage]\nbackend = \"postgres\"\nurl = \"postgresql://certkeeper@db1.internal:5432/certkeeper\"\n\
              password_file = \"pg.pass\"\nencryption_key_file = \"storage.key\"\nnode = \"web1\"\n",
-            &[("pg.pass", "s3cret pw\n"), ("storage.key", &format!("{key}\n"))],
+            &[
+                ("pg.pass", "s3cret pw\n"),
+                ("storage.key", &format!("{key}\n")),
+            ],
         );
         let StorageConfig::Postgres(pg) = cfg.unwrap().storage else {
             panic!("not postgres");
         };
-        assert_eq!(pg.url, "postgresql://certkeeper@db1.internal:5432/certkeeper");
+        assert_eq!(
+            pg.url,
+            "postgresql://certkeeper@db1.internal:5432/certkeeper"
+        );
         assert_eq!(pg.password.as_ref().map(|p| p.expose()), Some("s3cret pw"));
         assert_eq!(pg.node, "web1");
         assert_eq!(pg.encryption_key_file, d.path().join("storage.key"));
@@ -256,12 +274,12 @@ mod tests {
         let cases: &[(&str, String, &str)] = &[
             (
                 "inline password",
-                format!("[storage]\nbackend = \"postgres\"\nurl = \"postgresql://ck:hunter2@db/ck\"\nencryption_key_file = \"k\"\n"),
+                "[storage]\nbackend = \"postgres\"\nurl = \"postgresql://ck:hunter2@db/ck\"\nencryption_key_file = \"k\"\n".to_string(),
                 "DIR/certkeeper.toml:5:7: storage.url: must not contain the password: put it in password_file",
             ),
             (
                 "password as a parameter",
-                format!("[storage]\nbackend = \"postgres\"\nurl = \"postgresql://ck@db/ck?password=hunter2\"\nencryption_key_file = \"k\"\n"),
+                "[storage]\nbackend = \"postgres\"\nurl = \"postgresql://ck@db/ck?password=hunter2\"\nencryption_key_file = \"k\"\n".to_string(),
                 "DIR/certkeeper.toml:5:7: storage.url: must not contain the password",
             ),
             (
@@ -311,10 +329,16 @@ mod tests {
             ),
         ];
         for (what, storage, want) in cases {
-            let (r, _d) = load_with(storage, &[("k", &key), ("short", &key_text(16)), ("empty", "\n")]);
+            let (r, _d) = load_with(
+                storage,
+                &[("k", &key), ("short", &key_text(16)), ("empty", "\n")],
+            );
             let err = r.err().unwrap_or_else(|| panic!("{what}: loaded"));
             assert!(err.contains(want), "{what}:\n{err}\nwanted: {want}");
-            assert!(!err.contains("hunter2"), "{what}: the password is echoed: {err}");
+            assert!(
+                !err.contains("hunter2"),
+                "{what}: the password is echoed: {err}"
+            );
         }
     }
 }

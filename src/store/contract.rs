@@ -22,7 +22,10 @@ pub fn check_all(s: &dyn Storage) {
 pub fn blobs(s: &dyn Storage) {
     assert_eq!(s.load("blobs/www.json").unwrap(), None);
     s.store("blobs/www.json", b"{}").unwrap();
-    assert_eq!(s.load("blobs/www.json").unwrap().as_deref(), Some(&b"{}"[..]));
+    assert_eq!(
+        s.load("blobs/www.json").unwrap().as_deref(),
+        Some(&b"{}"[..])
+    );
     s.store("blobs/www.json", b"{\"v\":2}").unwrap();
     assert_eq!(
         s.load("blobs/www.json").unwrap().as_deref(),
@@ -47,10 +50,7 @@ pub fn listing(s: &dyn Storage) {
     s.store("list/acct-1/key.pem", b"k").unwrap();
     s.store("list/acct-1/account.json", b"{}").unwrap();
     s.store("list2/other", b"x").unwrap();
-    assert_eq!(
-        s.list("list").unwrap(),
-        ["acct-1", "api.json", "www.json"]
-    );
+    assert_eq!(s.list("list").unwrap(), ["acct-1", "api.json", "www.json"]);
     assert_eq!(s.list("list/acct-1").unwrap(), ["account.json", "key.pem"]);
     assert!(s.list("nothing").unwrap().is_empty());
     assert!(s.list("list/www").unwrap().is_empty());
@@ -60,11 +60,32 @@ pub fn listing(s: &dyn Storage) {
 
 /// Keys that could escape the store or hide are refused before anything is touched.
 pub fn rejects_unsafe_keys(s: &dyn Storage) {
-    for bad in ["../x", "certs/../x", "/abs", "certs/.hidden", "", "a//b", "a/b/", "sp ace"] {
-        assert!(matches!(s.load(bad), Err(StoreError::InvalidName(_))), "load {bad:?}");
-        assert!(matches!(s.store(bad, b"x"), Err(StoreError::InvalidName(_))), "store {bad:?}");
-        assert!(matches!(s.delete(bad), Err(StoreError::InvalidName(_))), "delete {bad:?}");
-        assert!(matches!(s.list(bad), Err(StoreError::InvalidName(_))), "list {bad:?}");
+    for bad in [
+        "../x",
+        "certs/../x",
+        "/abs",
+        "certs/.hidden",
+        "",
+        "a//b",
+        "a/b/",
+        "sp ace",
+    ] {
+        assert!(
+            matches!(s.load(bad), Err(StoreError::InvalidName(_))),
+            "load {bad:?}"
+        );
+        assert!(
+            matches!(s.store(bad, b"x"), Err(StoreError::InvalidName(_))),
+            "store {bad:?}"
+        );
+        assert!(
+            matches!(s.delete(bad), Err(StoreError::InvalidName(_))),
+            "delete {bad:?}"
+        );
+        assert!(
+            matches!(s.list(bad), Err(StoreError::InvalidName(_))),
+            "list {bad:?}"
+        );
     }
     assert!(matches!(s.lock("a/b"), Err(StoreError::InvalidName(_))));
 }
@@ -77,12 +98,24 @@ pub fn rename_prefix(s: &dyn Storage) {
     s.store("accounts/ab/key.pem", b"other").unwrap();
     s.rename_prefix("accounts/a", "accounts/a.old").unwrap();
     assert_eq!(s.load("accounts/a/key.pem").unwrap(), None);
-    assert_eq!(s.load("accounts/a.old/key.pem").unwrap().as_deref(), Some(&b"k"[..]));
-    assert_eq!(s.load("accounts/a.old/sub/deep").unwrap().as_deref(), Some(&b"d"[..]));
+    assert_eq!(
+        s.load("accounts/a.old/key.pem").unwrap().as_deref(),
+        Some(&b"k"[..])
+    );
+    assert_eq!(
+        s.load("accounts/a.old/sub/deep").unwrap().as_deref(),
+        Some(&b"d"[..])
+    );
     // A sibling sharing the name's first letters is not part of the prefix.
-    assert_eq!(s.load("accounts/ab/key.pem").unwrap().as_deref(), Some(&b"other"[..]));
+    assert_eq!(
+        s.load("accounts/ab/key.pem").unwrap().as_deref(),
+        Some(&b"other"[..])
+    );
     assert_eq!(s.list("accounts").unwrap(), ["a.old", "ab"]);
-    assert_eq!(s.list("accounts/a.old").unwrap(), ["account.json", "key.pem", "sub"]);
+    assert_eq!(
+        s.list("accounts/a.old").unwrap(),
+        ["account.json", "key.pem", "sub"]
+    );
 }
 
 /// Locks exclude without waiting, are independent by name, are released on drop, and every
@@ -93,7 +126,8 @@ pub fn locks(s: &dyn Storage) {
     assert!(matches!(s.lock("www"), Err(StoreError::Locked { .. })));
     let other = s.lock("api").unwrap();
     let first = a.token();
-    s.store_fenced("fenced/www.json", b"under lease", &a).unwrap();
+    s.store_fenced("fenced/www.json", b"under lease", &a)
+        .unwrap();
     assert_eq!(
         s.load("fenced/www.json").unwrap().as_deref(),
         Some(&b"under lease"[..])

@@ -26,11 +26,11 @@ pub use accounts::AccountStore;
 pub use atomic::{atomic_write, fsync_dir};
 pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed};
 pub use ledger::{AriResult, Event, Ledger, Snapshot, is_self_signed_placeholder};
+pub use postgres::PgStorage;
 pub use state::{
     AccountRecord, AuthzTrace, CertState, ChallengeTrace, ErrorTrace, OrderTrace, ProblemTrace,
     StoredAccount, SubProblemTrace, account_id, key_fingerprint, status_word,
 };
-pub use postgres::PgStorage;
 pub use storage::{FileStorage, Lease, Storage};
 pub use verify::{VerifiedCert, verify_pair};
 
@@ -149,7 +149,9 @@ pub enum StoreError {
         token: u64,
     },
     /// The database refused or failed an operation, or could not be reached.
-    #[error("{action} ({target}): {source}; certkeeper retries, check the database and [storage] url")]
+    #[error(
+        "{action} ({target}): {source}; certkeeper retries, check the database and [storage] url"
+    )]
     Database {
         /// What was being done ("connecting", "storing certs/www.json", ...).
         action: String,
@@ -160,7 +162,9 @@ pub enum StoreError {
         source: tokio_postgres::Error,
     },
     /// The database did not answer in time, or the storage worker is gone.
-    #[error("{action} ({target}): {reason}; certkeeper retries, check the database and [storage] url")]
+    #[error(
+        "{action} ({target}): {reason}; certkeeper retries, check the database and [storage] url"
+    )]
     Unavailable {
         /// What was being done.
         action: String,

@@ -41,7 +41,8 @@ impl Postgres {
     /// initdb, start, create the `certkeeper` role. Panics with the server's log on failure: the
     /// fleet tests need it (scripts/deps installs `postgresql`).
     pub fn start() -> Self {
-        let bin = bin_dir().expect("PostgreSQL is not installed: run scripts/deps (package postgresql)");
+        let bin =
+            bin_dir().expect("PostgreSQL is not installed: run scripts/deps (package postgresql)");
         let dir = tempfile::Builder::new()
             .prefix("ck-pg-")
             .tempdir()
@@ -77,9 +78,7 @@ impl Postgres {
             ],
         );
         pg.start_server();
-        pg.psql(&format!(
-            "CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'"
-        ));
+        pg.psql(&format!("CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'"));
         pg.create_database("certkeeper");
         pg
     }
@@ -146,7 +145,16 @@ impl Postgres {
         let data = self.data_dir();
         self.as_postgres(
             "pg_ctl",
-            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "-t", "30", "stop"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ],
         );
     }
 
@@ -202,7 +210,15 @@ impl Postgres {
         let (sock, port) = (self.sock_dir(), self.port.to_string());
         self.as_postgres(
             "pg_dump",
-            &["-h", sock.to_str().unwrap(), "-p", &port, "-U", "postgres", db],
+            &[
+                "-h",
+                sock.to_str().unwrap(),
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                db,
+            ],
         )
         .stdout
     }
@@ -221,7 +237,16 @@ impl Drop for Postgres {
         let _ = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(self.bin.join("pg_ctl"))
-            .args(["-D", data.to_str().unwrap(), "-m", "fast", "-w", "-t", "10", "stop"])
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "10",
+                "stop",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();

@@ -32,7 +32,9 @@ pub enum CryptoError {
     #[error("not a sealed value (bad header)")]
     Malformed,
     /// The value was sealed with a key this keyring does not have.
-    #[error("sealed with key id {0}, which is not the configured encryption key (nor a retired one)")]
+    #[error(
+        "sealed with key id {0}, which is not the configured encryption key (nor a retired one)"
+    )]
     UnknownKey(String),
     /// Authentication failed: the value was changed, moved to another name or version, or the key
     /// with its id is a different key.

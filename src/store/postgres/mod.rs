@@ -153,7 +153,10 @@ impl PgStorage {
 
     /// Connect (migrating the schema) and return its version: what `certkeeper check` probes.
     pub fn schema_version(&self) -> Result<i32, StoreError> {
-        match self.worker.call("reading the schema version", Request::SchemaVersion)? {
+        match self
+            .worker
+            .call("reading the schema version", Request::SchemaVersion)?
+        {
             Response::Version(v) => Ok(v),
             other => Err(self.unexpected(other)),
         }
@@ -176,9 +179,13 @@ impl PgStorage {
 
     fn try_lock(&self, name: &str) -> Result<Result<Lease, String>, StoreError> {
         check_name(name)?;
-        match self.worker.call("taking a lock", Request::Lock(name.to_string()))? {
+        match self
+            .worker
+            .call("taking a lock", Request::Lock(name.to_string()))?
+        {
             Response::Lock(Ok(token)) => {
-                let guard = lease::PgLease::new(self.worker.clone(), name, token, self.renew_leases);
+                let guard =
+                    lease::PgLease::new(self.worker.clone(), name, token, self.renew_leases);
                 Ok(Ok(Lease::new(name, token, Box::new(guard))))
             }
             Response::Lock(Err(holder)) => Ok(Err(holder)),
@@ -214,7 +221,10 @@ fn target_of(config: &tokio_postgres::Config) -> String {
 impl Storage for PgStorage {
     fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         check_key(key)?;
-        match self.worker.call("loading", Request::Load(key.to_string()))? {
+        match self
+            .worker
+            .call("loading", Request::Load(key.to_string()))?
+        {
             Response::Value(v) => Ok(v),
             other => Err(self.unexpected(other)),
         }
@@ -247,7 +257,10 @@ impl Storage for PgStorage {
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         check_key(prefix)?;
-        match self.worker.call("listing", Request::List(prefix.to_string()))? {
+        match self
+            .worker
+            .call("listing", Request::List(prefix.to_string()))?
+        {
             Response::Names(n) => Ok(n),
             other => Err(self.unexpected(other)),
         }
@@ -264,7 +277,8 @@ impl Storage for PgStorage {
     }
 
     fn lock(&self, name: &str) -> Result<Lease, StoreError> {
-        self.try_lock(name)?.map_err(|holder| self.locked(name, &holder))
+        self.try_lock(name)?
+            .map_err(|holder| self.locked(name, &holder))
     }
 
     fn lock_wait(&self, name: &str) -> Result<Lease, StoreError> {

@@ -238,9 +238,7 @@ async fn store(
         }
     }
     put(&tx, s, key, value).await?;
-    tx.commit()
-        .await
-        .map_err(s.db(format!("committing {key}")))
+    tx.commit().await.map_err(s.db(format!("committing {key}")))
 }
 
 async fn list(client: &Client, s: &Settings, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -314,12 +312,14 @@ async fn rename(client: &mut Client, s: &Settings, from: &str, to: &str) -> Resu
             .await
             .map_err(s.db(format!("moving {key}")))?;
     }
-    tx.commit()
-        .await
-        .map_err(s.db(format!("moving {from}")))
+    tx.commit().await.map_err(s.db(format!("moving {from}")))
 }
 
-async fn lock(client: &Client, s: &Settings, name: &str) -> Result<Result<u64, String>, StoreError> {
+async fn lock(
+    client: &Client,
+    s: &Settings,
+    name: &str,
+) -> Result<Result<u64, String>, StoreError> {
     // A free name gets a row; a row whose lease expired is taken over; a live row stays. Either
     // way a new token from the one sequence, so tokens grow across all nodes.
     let row = client

@@ -71,7 +71,10 @@ pub async fn migrate(client: &mut Client, target: &str) -> Result<i32, StoreErro
     .await
     .map_err(db("creating ck_schema_version"))?;
     let found: i32 = tx
-        .query_one("SELECT COALESCE(max(version), 0) FROM ck_schema_version", &[])
+        .query_one(
+            "SELECT COALESCE(max(version), 0) FROM ck_schema_version",
+            &[],
+        )
         .await
         .map_err(db("reading the schema version"))?
         .get(0);
@@ -112,7 +115,10 @@ pub async fn version(client: &Client) -> Result<i32, tokio_postgres::Error> {
         return Ok(0);
     }
     Ok(client
-        .query_one("SELECT COALESCE(max(version), 0) FROM ck_schema_version", &[])
+        .query_one(
+            "SELECT COALESCE(max(version), 0) FROM ck_schema_version",
+            &[],
+        )
         .await?
         .get(0))
 }

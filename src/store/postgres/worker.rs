@@ -119,17 +119,20 @@ impl Worker {
 async fn serve(mut rx: mpsc::UnboundedReceiver<Call>, connector: Connector, s: Arc<Settings>) {
     let mut conn: Option<Client> = None;
     while let Some(call) = rx.recv().await {
-        let answer = tokio::time::timeout(connector.call_timeout, one(&mut conn, &connector, &s, call.req))
-            .await
-            .unwrap_or_else(|_| {
-                // The connection may be stuck mid-statement: start afresh on the next call.
-                conn = None;
-                Err(StoreError::Unavailable {
-                    action: "waiting for the database".into(),
-                    target: s.target.clone(),
-                    reason: format!("no answer within {:?}", connector.call_timeout),
-                })
-            });
+        let answer = tokio::time::timeout(
+            connector.call_timeout,
+            one(&mut conn, &connector, &s, call.req),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            // The connection may be stuck mid-statement: start afresh on the next call.
+            conn = None;
+            Err(StoreError::Unavailable {
+                action: "waiting for the database".into(),
+                target: s.target.clone(),
+                reason: format!("no answer within {:?}", connector.call_timeout),
+            })
+        });
         if answer.is_err() && conn.as_ref().is_some_and(Client::is_closed) {
             conn = None;
         }
