@@ -375,3 +375,76 @@ fn postgres_backend_is_refused_clearly_until_wired() {
         );
     }
 }
+
+/// `certkeeper check` with a PostgreSQL backend reaches the database, reports the schema and the
+/// key ids of the sealed values, and creates nothing.
+#[test]
+fn check_probes_the_database_and_changes_nothing() {
+    use support::certkeeper::TestConfig;
+    let pg = Postgres::start();
+    pg.create_database("probe");
+    let mut raw = [0u8; 32];
+    openssl::rand::rand_bytes(&mut raw).unwrap();
+    let key = DataKey::from_bytes(raw);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let config = |key_bytes: &[u8], password: &str| {
+        let cfg = TestConfig::new()
+            .tail(&format!(
+                "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"pg.pass\"\n\
+                 encryption_key_file = \"storage.key\"\nnode = \"web1\"",
+                pg.url("probe")
+            ))
+            .write();
+        std::fs::write(cfg.dir().join("storage.key"), b64.encode(key_bytes)).unwrap();
+        std::fs::write(cfg.dir().join("pg.pass"), format!("{password}\n")).unwrap();
+        cfg
+    };
+    let check = |cfg: &TestConfig| {
+        let out = cfg.run_sync(&["check"], Duration::from_secs(60));
+        assert!(
+            !out.status.success(),
+            "fleet mode is not available yet, so check fails"
+        );
+        assert!(
+            out.stdout.contains("fleet mode is not available yet"),
+            "{}",
+            out.stdout
+        );
+        out.stdout
+    };
+
+    let cfg = config(&raw, PASSWORD);
+    let out = check(&cfg);
+    assert!(out.contains("OK   storage: PostgreSQL 1"), "{out}");
+    assert!(out.contains("has no certkeeper schema yet"), "{out}");
+    let schema_table = pg.psql_in("probe", "SELECT to_regclass('ck_schema_version') IS NULL");
+    assert_eq!(schema_table.trim(), "t", "check created the schema");
+
+    let s = node(&pg, "probe", "web1", &key, |_| {});
+    s.store(
+        "accounts/le-1/key.pem",
+        b"-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let out = check(&cfg);
+    assert!(
+        out.contains(&format!("has schema version {} (current)", schema::CURRENT)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "(id {}) seals private keys; 1 stored under it",
+            key.id()
+        )),
+        "{out}"
+    );
+
+    let other = config(&[7u8; 32], PASSWORD);
+    let out = check(&other);
+    assert!(out.contains(&format!("FAIL storage: encrypted values in 127.0.0.1:{}/probe were sealed with another key (1 with key id {})", pg.port, key.id())), "{out}");
+
+    let wrong_pw = config(&raw, "not-the-password");
+    let out = check(&wrong_pw);
+    assert!(out.contains("FAIL storage: connecting"), "{out}");
+    assert!(out.contains("password authentication failed"), "{out}");
+}

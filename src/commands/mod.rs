@@ -8,3 +8,4 @@ pub mod import;
 pub mod renew;
 pub mod revoke;
 pub mod status;
+pub mod storage_probe;

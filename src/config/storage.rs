@@ -107,7 +107,10 @@ fn url(cx: &mut Ctx, u: &SStr) -> Option<String> {
                 0,
                 &u.span(),
                 "storage.url",
-                format!("cannot be parsed: {e}"),
+                format!(
+                    "cannot be parsed: {}",
+                    crate::store::postgres::error_text(&e)
+                ),
             );
             None
         }

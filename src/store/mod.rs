@@ -150,7 +150,8 @@ pub enum StoreError {
     },
     /// The database refused or failed an operation, or could not be reached.
     #[error(
-        "{action} ({target}): {source}; certkeeper retries, check the database and [storage] url"
+        "{action} ({target}): {}; certkeeper retries, check the database and [storage] url",
+        postgres::error_text(.source)
     )]
     Database {
         /// What was being done ("connecting", "storing certs/www.json", ...).

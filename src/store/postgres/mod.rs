@@ -48,6 +48,7 @@ use postgres_openssl::MakeTlsConnector;
 use super::StoreError;
 use super::storage::{Lease, Storage, check_key, check_name};
 use crypto::Keyring;
+pub use ops::Probe;
 use ops::{Request, Response, Settings};
 use worker::{Connector, Worker};
 
@@ -74,6 +75,9 @@ pub struct PgOptions {
     pub renew_leases: bool,
     /// The longest one call may take.
     pub call_timeout: Duration,
+    /// Create and migrate the schema on connecting; `false` for a probe that changes nothing
+    /// (`certkeeper check`), whose other calls then fail on a database without the schema.
+    pub migrate: bool,
 }
 
 impl PgOptions {
@@ -87,7 +91,19 @@ impl PgOptions {
             lease_ttl: DEFAULT_LEASE_TTL,
             renew_leases: true,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            migrate: true,
         }
+    }
+
+    /// Options for the `[storage]` PostgreSQL settings of the config.
+    pub fn from_config(pg: &crate::config::PostgresConfig) -> Self {
+        let mut opts = Self::new(
+            pg.url.clone(),
+            pg.node.clone(),
+            Keyring::new(pg.encryption_key.clone()),
+        );
+        opts.password = pg.password.as_ref().map(|p| p.expose().to_string());
+        opts
     }
 }
 
@@ -115,7 +131,7 @@ impl PgStorage {
             reason,
         };
         let mut config = tokio_postgres::Config::from_str(&opts.url)
-            .map_err(|e| url_error(format!("cannot parse the url: {e}")))?;
+            .map_err(|e| url_error(format!("cannot parse the url: {}", error_text(&e))))?;
         if let Some(p) = opts
             .password
             .clone()
@@ -139,6 +155,7 @@ impl PgStorage {
             config,
             tls,
             call_timeout: opts.call_timeout,
+            migrate: opts.migrate,
         };
         Ok(Self {
             worker: Worker::spawn(connector, settings)?,
@@ -160,6 +177,20 @@ impl PgStorage {
             Response::Version(v) => Ok(v),
             other => Err(self.unexpected(other)),
         }
+    }
+
+    /// The server version, the schema version and the key ids of the sealed values, read without
+    /// changing anything when opened with `migrate = false`: what `certkeeper check` reports.
+    pub fn probe(&self) -> Result<Probe, StoreError> {
+        match self.worker.call("probing the database", Request::Probe)? {
+            Response::Probe(p) => Ok(p),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// The id of the key that seals.
+    pub fn key_id(&self) -> &str {
+        self.worker.settings.keyring.current_id()
     }
 
     fn unexpected(&self, r: Response) -> StoreError {
@@ -202,6 +233,28 @@ impl PgStorage {
             )),
         }
     }
+}
+
+/// A driver error in words: its kind, then the server's message (severity, text, detail, hint) or
+/// the chain of causes (the driver's own `Display` stops at "db error").
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("; hint: {h}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
 }
 
 fn target_of(config: &tokio_postgres::Config) -> String {

@@ -34,6 +34,7 @@ pub(super) enum Request {
         token: u64,
     },
     SchemaVersion,
+    Probe,
 }
 
 /// The answer to a [`Request`].
@@ -47,6 +48,18 @@ pub(super) enum Response {
     /// Whether a renewal found the lease still held.
     Held(bool),
     Version(i32),
+    Probe(Probe),
+}
+
+/// What `certkeeper check` reports about the database (read without changing anything).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The server's `server_version`.
+    pub server_version: String,
+    /// The schema version found (0: not created yet).
+    pub schema_version: i32,
+    /// How many sealed values name each key id.
+    pub sealed_by_key: std::collections::BTreeMap<String, u64>,
 }
 
 /// What every operation needs besides the connection.
@@ -125,7 +138,36 @@ pub(super) async fn run(
             .await
             .map(Response::Version)
             .map_err(s.db("reading the schema version")),
+        Request::Probe => probe(client)
+            .await
+            .map(Response::Probe)
+            .map_err(s.db("probing the database")),
     }
+}
+
+async fn probe(client: &Client) -> Result<Probe, tokio_postgres::Error> {
+    let server_version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+    let schema_version = super::schema::version(client).await?;
+    let mut sealed_by_key = std::collections::BTreeMap::new();
+    if schema_version > 0 {
+        // The header of each sealed value holds its key id (see crypto).
+        let rows = client
+            .query(
+                "SELECT substring(value from 1 for 64) FROM ck_objects WHERE sealed",
+                &[],
+            )
+            .await?;
+        for row in rows {
+            let head: Vec<u8> = row.get(0);
+            let id = super::crypto::key_id_of(&head).unwrap_or_else(|| "(malformed)".into());
+            *sealed_by_key.entry(id).or_insert(0u64) += 1;
+        }
+    }
+    Ok(Probe {
+        server_version,
+        schema_version,
+        sealed_by_key,
+    })
 }
 
 fn as_i64(token: u64) -> i64 {

@@ -31,6 +31,8 @@ pub(super) struct Connector {
     pub tls: MakeTlsConnector,
     /// The longest one call (connecting and migrating included) may take.
     pub call_timeout: Duration,
+    /// Migrate the schema on connecting (everything but `certkeeper check`, which changes nothing).
+    pub migrate: bool,
 }
 
 /// A handle on the worker: cloning it keeps the worker (and its connection) alive.
@@ -180,6 +182,9 @@ async fn connect(connector: &Connector, s: &Settings) -> Result<Client, StoreErr
             tracing::warn!(database = %target, error = %e, "database connection lost; reconnecting on the next call");
         }
     });
+    if !connector.migrate {
+        return Ok(client);
+    }
     let before = super::schema::migrate(&mut client, &s.target).await?;
     if before != super::schema::CURRENT {
         tracing::info!(database = %s.target, from = before, to = super::schema::CURRENT, "database schema migrated");
