@@ -271,6 +271,8 @@ fn two_nodes_contend_for_leases_with_fencing() {
         matches!(&err, StoreError::Fenced { name, token, .. } if name == "api" && *token == stale.token())
     );
     assert!(err.to_string().contains("no longer held"), "{err}");
+    let err = paused.delete_fenced("certs/api.json", &stale).unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     assert_eq!(
         a.load("certs/api.json").unwrap().as_deref(),
         Some(&b"{\"by\":\"web2\"}"[..])

@@ -132,6 +132,9 @@ pub fn locks(s: &dyn Storage) {
         s.load("fenced/www.json").unwrap().as_deref(),
         Some(&b"under lease"[..])
     );
+    s.store("fenced/www.key.pem", b"k").unwrap();
+    s.delete_fenced("fenced/www.key.pem", &a).unwrap();
+    assert_eq!(s.load("fenced/www.key.pem").unwrap(), None);
     drop(a);
     let b = s.lock_wait("www").unwrap();
     assert!(b.token() > first, "{} > {first}", b.token());

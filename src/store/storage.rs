@@ -13,7 +13,7 @@
 //!   [`Lease`] carries a fencing token that grows with every acquisition, so a backend whose locks
 //!   can expire can refuse writes from a holder that lost its lease.
 //! - `lock_wait` waits (briefly: it guards read-modify-write steps of a few milliseconds).
-//! - `store_fenced` is `store` made under a lease: a backend whose leases can expire refuses it
+//! - `store_fenced` (and `delete_fenced`) is `store` made under a lease: a backend whose leases can expire refuses it
 //!   ([`StoreError::Fenced`]) once the lease was lost (expired, or taken by another holder with a
 //!   larger token); a backend whose locks cannot be lost (flock) stores as `store` does.
 //! - Everything is safe for concurrent use from several tasks and several processes.
@@ -81,6 +81,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn store_fenced(&self, key: &str, value: &[u8], lease: &Lease) -> Result<(), StoreError>;
     /// Remove `key`; a missing key is fine.
     fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Remove `key` only while `lease` is still held ([`StoreError::Fenced`] when it was lost).
+    fn delete_fenced(&self, key: &str, lease: &Lease) -> Result<(), StoreError>;
     /// The keys directly below `prefix` (a directory-like key such as `certs`), sorted; the names
     /// are relative to `prefix`. A missing prefix lists nothing.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
@@ -220,6 +222,11 @@ impl Storage for FileStorage {
     fn store_fenced(&self, key: &str, value: &[u8], _lease: &Lease) -> Result<(), StoreError> {
         // An flock is held until the holder's process ends: it cannot be lost while the Lease lives.
         self.store(key, value)
+    }
+
+    fn delete_fenced(&self, key: &str, _lease: &Lease) -> Result<(), StoreError> {
+        // As store_fenced: an flock cannot be lost while the Lease lives.
+        self.delete(key)
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {

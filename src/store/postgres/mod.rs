@@ -21,9 +21,9 @@
 //! worker while the [`Lease`] lives, and a fencing token from one sequence, so it grows with
 //! every acquisition on every node. A lock whose lease expired (its holder died or paused) is
 //! taken over by the next node. Dropping the [`Lease`] deletes the row. [`Storage::store_fenced`]
-//! checks, in the same transaction as the write and with the row share-locked, that the lease is
-//! still this holder's and unexpired; a stale holder's write is refused with
-//! [`StoreError::Fenced`]. `lock_wait` polls (20 ms, growing to 250 ms) for at most two lease
+//! and [`Storage::delete_fenced`] check, in the same transaction as the change and with the row
+//! share-locked, that the lease is still this holder's and unexpired; a stale holder's change is
+//! refused with [`StoreError::Fenced`]. `lock_wait` polls (20 ms, growing to 250 ms) for at most two lease
 //! lifetimes plus [`PgOptions::call_timeout`], after which the holder is treated as stuck
 //! ([`StoreError::Locked`]).
 //!
@@ -150,6 +150,7 @@ impl PgStorage {
             node: opts.node,
             keyring: opts.keyring,
             lease_ttl: opts.lease_ttl,
+            call_timeout: opts.call_timeout,
         });
         let connector = Connector {
             config,
@@ -305,7 +306,20 @@ impl Storage for PgStorage {
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(key)?;
-        self.done("deleting", Request::Delete(key.to_string()))
+        let req = Request::Delete {
+            key: key.to_string(),
+            fence: None,
+        };
+        self.done("deleting", req)
+    }
+
+    fn delete_fenced(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
+        check_key(key)?;
+        let req = Request::Delete {
+            key: key.to_string(),
+            fence: Some((lease.name().to_string(), lease.token())),
+        };
+        self.done("deleting under a lease", req)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -336,7 +350,7 @@ impl Storage for PgStorage {
 
     fn lock_wait(&self, name: &str) -> Result<Lease, StoreError> {
         let settings = &self.worker.settings;
-        let deadline = Instant::now() + settings.lease_ttl * 2 + DEFAULT_CALL_TIMEOUT;
+        let deadline = Instant::now() + settings.lease_ttl * 2 + settings.call_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
             match self.try_lock(name)? {

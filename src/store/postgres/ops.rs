@@ -18,7 +18,11 @@ pub(super) enum Request {
         /// `(lock name, token)` of the lease the write is made under.
         fence: Option<(String, u64)>,
     },
-    Delete(String),
+    Delete {
+        key: String,
+        /// `(lock name, token)` of the lease the removal is made under.
+        fence: Option<(String, u64)>,
+    },
     List(String),
     Rename {
         from: String,
@@ -71,6 +75,8 @@ pub(super) struct Settings {
     pub node: String,
     pub keyring: Keyring,
     pub lease_ttl: Duration,
+    /// The longest one call may take.
+    pub call_timeout: Duration,
 }
 
 impl Settings {
@@ -100,11 +106,8 @@ pub(super) async fn run(
             store(client, s, &key, &value, fence).await?;
             Ok(Response::Done)
         }
-        Request::Delete(key) => {
-            client
-                .execute("DELETE FROM ck_objects WHERE key = $1", &[&key])
-                .await
-                .map_err(s.db(format!("deleting {key}")))?;
+        Request::Delete { key, fence } => {
+            delete(client, s, &key, fence).await?;
             Ok(Response::Done)
         }
         Request::List(prefix) => list(client, s, &prefix).await.map(Response::Names),
@@ -261,26 +264,57 @@ async fn store(
         .transaction()
         .await
         .map_err(s.db(format!("storing {key}")))?;
-    if let Some((name, token)) = fence {
-        // FOR SHARE: a node taking the lock over (an UPDATE of this row) waits until this write
-        // commits, so no write lands after a newer holder got its token.
-        let held = tx
-            .query_opt(
-                "SELECT 1 FROM ck_locks WHERE name = $1 AND token = $2 AND expires_at > now() FOR SHARE",
-                &[&name, &as_i64(token)],
-            )
-            .await
-            .map_err(s.db(format!("checking the lease on {name}")))?;
-        if held.is_none() {
-            return Err(StoreError::Fenced {
-                key: key.to_string(),
-                name,
-                token,
-            });
-        }
-    }
+    check_fence(&tx, s, key, fence).await?;
     put(&tx, s, key, value).await?;
     tx.commit().await.map_err(s.db(format!("committing {key}")))
+}
+
+async fn delete(
+    client: &mut Client,
+    s: &Settings,
+    key: &str,
+    fence: Option<(String, u64)>,
+) -> Result<(), StoreError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(s.db(format!("deleting {key}")))?;
+    check_fence(&tx, s, key, fence).await?;
+    tx.execute("DELETE FROM ck_objects WHERE key = $1", &[&key])
+        .await
+        .map_err(s.db(format!("deleting {key}")))?;
+    tx.commit()
+        .await
+        .map_err(s.db(format!("committing the removal of {key}")))
+}
+
+/// Within `tx`, refuse ([`StoreError::Fenced`]) unless the lease `fence` is still held and
+/// unexpired. FOR SHARE: a node taking the lock over (an UPDATE of the row) waits until `tx`
+/// commits, so no change lands after a newer holder got its token.
+async fn check_fence(
+    tx: &Transaction<'_>,
+    s: &Settings,
+    key: &str,
+    fence: Option<(String, u64)>,
+) -> Result<(), StoreError> {
+    let Some((name, token)) = fence else {
+        return Ok(());
+    };
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM ck_locks WHERE name = $1 AND token = $2 AND expires_at > now() FOR SHARE",
+            &[&name, &as_i64(token)],
+        )
+        .await
+        .map_err(s.db(format!("checking the lease on {name}")))?;
+    if held.is_none() {
+        return Err(StoreError::Fenced {
+            key: key.to_string(),
+            name,
+            token,
+        });
+    }
+    Ok(())
 }
 
 async fn list(client: &Client, s: &Settings, prefix: &str) -> Result<Vec<String>, StoreError> {
