@@ -24,6 +24,10 @@ fn node(
 ) -> PgStorage {
     let mut opts = PgOptions::new(pg.url(db), name, Keyring::new(key.clone()));
     opts.password = Some(PASSWORD.to_string());
+    assert!(
+        !format!("{opts:?}").contains(PASSWORD),
+        "the password in Debug"
+    );
     tune(&mut opts);
     PgStorage::open(opts).expect("open PgStorage")
 }

@@ -57,8 +57,8 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// The longest one database call may take by default (connecting included).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How to open a [`PgStorage`].
-#[derive(Clone, Debug)]
+/// How to open a [`PgStorage`] (`Debug` shows no password).
+#[derive(Clone)]
 pub struct PgOptions {
     /// `postgresql://user@host:port/dbname[?sslmode=...]` (a password in it is not read from
     /// here by the config, but the driver would accept it).
@@ -78,6 +78,21 @@ pub struct PgOptions {
     /// Create and migrate the schema on connecting; `false` for a probe that changes nothing
     /// (`certkeeper check`), whose other calls then fail on a database without the schema.
     pub migrate: bool,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("node", &self.node)
+            .field("keyring", &self.keyring)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("renew_leases", &self.renew_leases)
+            .field("call_timeout", &self.call_timeout)
+            .field("migrate", &self.migrate)
+            .finish()
+    }
 }
 
 impl PgOptions {
