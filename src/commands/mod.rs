@@ -9,3 +9,4 @@ pub mod migrate;
 pub mod renew;
 pub mod revoke;
 pub mod status;
+pub mod storage_probe;

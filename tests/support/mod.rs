@@ -16,6 +16,7 @@ pub mod fault_env;
 pub mod nginx;
 pub mod pair;
 pub mod pebble;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod sysuser;
