@@ -16,6 +16,7 @@ use openssl::x509::X509;
 
 use support::a2c::{A2c, A2cOpts, Eab};
 use support::certkeeper::{CertSpec, IssuerSpec, TestConfig};
+use support::dns::bind::{self, Bind};
 
 /// The issuer "a2c" for `a2c` with its TLS root as `ca_bundle`, no solver yet.
 fn issuer(a2c: &A2c) -> IssuerSpec {
@@ -84,7 +85,205 @@ async fn http01_issuance() {
         (29 * 24..=31 * 24).contains(&(life.as_hours())),
         "lifetime {life:?}"
     );
-    // The HTTP-01 validation really happened: the order's authorizations were fetched and valid.
+    // The ledger recorded the issuer and the ARI CertID of the new certificate (for `replaces`).
     let state = cfg.cert_state("web").expect("state");
-    assert!(state["ari_cert_id"].is_string(), "{state}");
+    assert_eq!(
+        state["ari_cert_id"],
+        certkeeper::acme::cert_id(&cert).unwrap().as_str(),
+        "{state}"
+    );
+}
+
+/// An rfc2136 `dns01` solver for the test bind9 (TSIG secret in a file in `dir`), its propagation
+/// checked at that bind9.
+fn rfc2136_solver(dir: &Path, server: &Bind) -> String {
+    let secret = dir.join("tsig.key");
+    std::fs::write(&secret, format!("{}\n", bind::SECRET)).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "dns01 = {{ provider = \"rfc2136\", server = \"{addr}\", tsig_key = \"{key}\", tsig_algorithm = \"hmac-sha256\", tsig_secret_file = \"{secret}\" }}\n\
+         propagation = {{ timeout = \"20s\", interval = \"200ms\", nameservers = [\"{addr}\"] }}",
+        addr = server.addr,
+        key = bind::KEY_NAME,
+        secret = secret.display(),
+    )
+}
+
+/// DNS-01 for a wildcard and its base name: the records go into a real bind9 through RFC 2136,
+/// certkeeper checks they are served there (AA), and acme2certifier validates them at the same
+/// bind9 (its DNS server; pebble-challtestsrv sets no AA flag, so certkeeper's propagation check
+/// could not pass against it).
+#[tokio::test]
+async fn dns01_issuance_of_a_wildcard_through_rfc2136_into_bind9() {
+    let Some(server) = Bind::start().await else {
+        return;
+    };
+    let a2c = A2c::start(A2cOpts {
+        dns_port: Some(server.addr.port()),
+        ..Default::default()
+    });
+    let cfg = TestConfig::new();
+    let solver = rfc2136_solver(cfg.dir(), &server);
+    let cfg = cfg
+        .issuer(issuer(&a2c).solver(&solver))
+        .certificate(CertSpec::new("wild", "a2c", &["*.example.test", "example.test"]))
+        .write();
+    let out = cfg.run_cli(&["renew"]).await;
+    out.assert_ok();
+    assert_issued_by_a2c(&a2c, &cfg, "wild", &["*.example.test", "example.test"]);
+    // Only DNS-01 proves a wildcard; the records were checked at bind9 and removed afterwards.
+    out.assert_mentions("TXT record visible at all authoritative nameservers");
+    let left = support::dns::txt_values(server.addr, "_acme-challenge.example.test.").await;
+    assert!(left.unwrap_or_default().is_empty(), "the challenge records were cleaned up");
+}
+
+#[tokio::test]
+async fn eab_required_account_needs_the_binding() {
+    let a2c = A2c::start(A2cOpts {
+        eab: Eab::Required,
+        ..Default::default()
+    });
+    assert_eq!(a2c.directory["meta"]["externalAccountRequired"], true);
+    // Without a binding: refused, and the message says what to configure.
+    let cfg = http01_config(&a2c, issuer(&a2c))
+        .certificate(CertSpec::new("web", "a2c", &["eab.a2c.test"]))
+        .write();
+    let out = cfg.run_cli(&["renew"]).await;
+    out.assert_failed()
+        .assert_mentions("requires external account binding");
+    assert!(!cfg.output_dir("web").join("cert.pem").exists());
+    // With the kid and HMAC key from acme2certifier's eab.csv: issued.
+    let (kid, key) = a2c.eab_key();
+    let cfg = TestConfig::new()
+        .http01_listen(a2c.http01_port())
+        .issuer(issuer(&a2c).eab(&kid, &key).solver_http01())
+        .certificate(CertSpec::new("web", "a2c", &["eab.a2c.test"]))
+        .write();
+    cfg.run_cli(&["renew"]).await.assert_ok();
+    assert_issued_by_a2c(&a2c, &cfg, "web", &["eab.a2c.test"]);
+}
+
+#[tokio::test]
+async fn missing_contact_tells_the_user_to_add_one() {
+    let a2c = A2c::start(A2cOpts::default());
+    let mut spec = issuer(&a2c);
+    spec.contact.clear();
+    let cfg = http01_config(&a2c, spec)
+        .certificate(CertSpec::new("web", "a2c", &["contact.a2c.test"]))
+        .write();
+    let out = cfg.run_cli(&["renew"]).await;
+    out.assert_failed()
+        .assert_mentions("Contact information is missing")
+        .assert_mentions("add `contact = [\"mailto:");
+    assert!(!out.all().contains("certkeeper bug"), "{out}");
+    // A human must act: the certificate is paused, not retried on a short backoff.
+    let out = cfg.run_cli(&["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
+    assert_eq!(v[0]["paused"], true, "{out}");
+}
+
+#[tokio::test]
+async fn unknown_profile_names_the_offered_ones() {
+    let a2c = A2c::start(A2cOpts::default());
+    assert_eq!(a2c.profiles(), ["classic", "shortlived"]);
+    // Refused before the CA is asked: the directory does not list it.
+    let cfg = http01_config(&a2c, issuer(&a2c))
+        .certificate(CertSpec::new("web", "a2c", &["profile.a2c.test"]).extra("profile = \"premium\""))
+        .write();
+    let out = cfg.run_cli(&["renew"]).await;
+    out.assert_failed()
+        .assert_mentions("profile \"premium\" is not offered by this CA; it offers: classic, shortlived");
+    let out = cfg.run_cli(&["check"]).await;
+    out.assert_failed().assert_mentions("premium");
+    // The CA's own `invalidProfile` (a directory that lists a profile the CA then refuses): the
+    // message quotes the CA and names what the directory offers.
+    let proxy = support::proxy::Proxy::for_directory(&a2c.directory_url(), &a2c.tls_ca_pem()).await;
+    proxy.set(support::proxy::Mode::AddProfiles(vec![
+        ("classic".into(), "c".into()),
+        ("premium".into(), "p".into()),
+        ("shortlived".into(), "s".into()),
+    ]));
+    let cfg = http01_config(
+        &a2c,
+        IssuerSpec::new("a2c", &proxy.directory_url()).ca_bundle_path(&proxy.ca_file),
+    )
+    .certificate(CertSpec::new("web", "a2c", &["profile.a2c.test"]).extra("profile = \"premium\""))
+    .write();
+    let out = cfg.run_cli(&["renew"]).await;
+    out.assert_failed()
+        .assert_mentions("urn:ietf:params:acme:error:invalidProfile")
+        .assert_mentions("it offers: classic, premium, shortlived");
+    // A known profile is accepted.
+    proxy.set(support::proxy::Mode::Pass);
+    let cfg = http01_config(&a2c, issuer(&a2c))
+        .certificate(CertSpec::new("short", "a2c", &["short.a2c.test"]).extra("profile = \"shortlived\""))
+        .write();
+    cfg.run_cli(&["renew"]).await.assert_ok();
+    assert_issued_by_a2c(&a2c, &cfg, "short", &["short.a2c.test"]);
+    let sent = proxy.jws_payloads("/acme/neworders");
+    assert!(sent.iter().any(|p| p["profile"] == "premium"), "{sent:?}");
+}
+
+/// Real ARI: the daemon fetches acme2certifier's window (85 % of the lifetime to Not After) for
+/// the installed certificate and schedules by it; the forced renewal names the old certificate
+/// in `replaces` (seen on the wire by a proxy, and in certkeeper's own log).
+#[tokio::test]
+async fn ari_window_schedules_and_replaces_is_sent() {
+    let a2c = A2c::start(A2cOpts::default());
+    let proxy = support::proxy::Proxy::for_directory(&a2c.directory_url(), &a2c.tls_ca_pem()).await;
+    let cfg = http01_config(
+        &a2c,
+        IssuerSpec::new("a2c", &proxy.directory_url()).ca_bundle_path(&proxy.ca_file),
+    )
+    .certificate(CertSpec::new("web", "a2c", &["ari.a2c.test"]))
+    .write();
+    cfg.run_cli(&["renew"]).await.assert_ok();
+    let first = assert_issued_by_a2c(&a2c, &cfg, "web", &["ari.a2c.test"]);
+    let first_id = certkeeper::acme::cert_id(&first).unwrap();
+    let (nb, na) = (asn1_ts(first.not_before()), asn1_ts(first.not_after()));
+
+    // The daemon fetches the window at start.
+    let mut daemon = cfg.spawn_daemon();
+    daemon
+        .wait_for("the ARI window in the state", Duration::from_secs(60), || {
+            cfg.cert_state("web")
+                .is_some_and(|s| s["ari_window"].is_array())
+        })
+        .await;
+    daemon.stop();
+    let out = cfg.run_cli(&["status", "--json"]).await;
+    out.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
+    let s = &v[0];
+    let (start, end) = (ts(&s["ari_window"][0]), ts(&s["ari_window"][1]));
+    let life = na.duration_since(nb);
+    let want_start = nb + life * 85 / 100;
+    assert!(
+        start.duration_since(want_start).abs() < jiff::SignedDuration::from_mins(10),
+        "window start {start}, expected about {want_start}"
+    );
+    assert!(
+        end.duration_since(na).abs() < jiff::SignedDuration::from_mins(10),
+        "window end {end}, Not After {na}"
+    );
+    // acme2certifier's window starts after certkeeper's own latest point (a third of the lifetime
+    // left): ARI can make a renewal earlier, never later, so the renewal stays at certkeeper's time.
+    let next = ts(&s["next_renewal"]);
+    let latest = certkeeper::scheduler::latest_renewal_point(nb, na);
+    assert!(next <= latest, "next renewal {next} after the 1/3 point {latest}");
+    assert!(next < start, "next renewal {next} inside/after the window {start}");
+    assert!(next > nb, "{next}");
+    let reason = s["next_renewal_reason"].as_str().unwrap();
+    assert!(reason.contains("ARI window"), "{reason}");
+
+    // The renewal sends `replaces` with the CertID of the certificate it replaces.
+    let out = cfg.run_cli(&["renew", "--force"]).await;
+    out.assert_ok();
+    let second = leaf(&cfg, "web");
+    assert_ne!(second.serial_number().to_bn().unwrap(), first.serial_number().to_bn().unwrap());
+    let orders = proxy.jws_payloads("/acme/neworders");
+    assert_eq!(orders.len(), 2, "{orders:?}");
+    assert!(orders[0].get("replaces").is_none(), "{orders:?}");
+    assert_eq!(orders[1]["replaces"], first_id.as_str(), "{orders:?}");
+    assert!(out.all().contains(&format!("replaces={first_id}")) || out.all().contains(&first_id), "{out}");
 }

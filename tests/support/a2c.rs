@@ -36,6 +36,9 @@ pub struct A2cOpts {
     pub eab: Eab,
     /// Offer `dns-persist-01` (`DNS_PERSIST=1`).
     pub dns_persist: bool,
+    /// The port of a DNS server already listening on 127.0.0.1 (a test bind9) for acme2certifier
+    /// to ask instead of pebble-challtestsrv (up.sh starts none when the port is taken).
+    pub dns_port: Option<u16>,
 }
 
 /// A running acme2certifier; dropping it runs `run/down.sh`.
@@ -45,6 +48,8 @@ pub struct A2c {
     dns_port: u16,
     mgmt_port: u16,
     http01_port: u16,
+    /// pebble-challtestsrv was started (no `dns_port` given).
+    challtestsrv: bool,
     /// The directory document up.sh printed.
     pub directory: serde_json::Value,
 }
@@ -105,9 +110,10 @@ impl A2c {
         let mut a = A2c {
             dir,
             tls_port: free_port(),
-            dns_port: free_port(),
+            dns_port: opts.dns_port.unwrap_or_else(free_port),
             mgmt_port: free_port(),
             http01_port: free_port(),
+            challtestsrv: opts.dns_port.is_none(),
             directory: serde_json::Value::Null,
         };
         let a2c_port = free_port();
@@ -147,7 +153,9 @@ impl A2c {
             return Err(msg); // dropping `a` runs down.sh if up.sh got that far
         }
         a.directory = parse_up_output(&stdout)?;
-        a.wait_challtestsrv()?;
+        if a.challtestsrv {
+            a.wait_challtestsrv()?;
+        }
         Ok(a)
     }
 
@@ -196,7 +204,8 @@ impl A2c {
         self.http01_port
     }
 
-    /// challtestsrv's DNS address: the nameserver acme2certifier asks (every A is 127.0.0.1).
+    /// The nameserver acme2certifier asks: challtestsrv (every A is 127.0.0.1), or the server
+    /// given as `dns_port`.
     pub fn dns_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.dns_port))
     }
