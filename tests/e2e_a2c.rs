@@ -38,7 +38,11 @@ fn leaf(cfg: &TestConfig, name: &str) -> X509 {
 fn dns_sans(cert: &X509) -> Vec<String> {
     let mut v: Vec<String> = cert
         .subject_alt_names()
-        .map(|s| s.iter().filter_map(|n| n.dnsname().map(str::to_string)).collect())
+        .map(|s| {
+            s.iter()
+                .filter_map(|n| n.dnsname().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -75,7 +79,11 @@ fn asn1_ts(t: &openssl::asn1::Asn1TimeRef) -> jiff::Timestamp {
 async fn http01_issuance() {
     let a2c = A2c::start(A2cOpts::default());
     let cfg = http01_config(&a2c, issuer(&a2c))
-        .certificate(CertSpec::new("web", "a2c", &["www.a2c-http.test", "a2c-http.test"]))
+        .certificate(CertSpec::new(
+            "web",
+            "a2c",
+            &["www.a2c-http.test", "a2c-http.test"],
+        ))
         .write();
     cfg.run_cli(&["renew"]).await.assert_ok();
     let cert = assert_issued_by_a2c(&a2c, &cfg, "web", &["www.a2c-http.test", "a2c-http.test"]);
@@ -126,7 +134,11 @@ async fn dns01_issuance_of_a_wildcard_through_rfc2136_into_bind9() {
     let solver = rfc2136_solver(cfg.dir(), &server);
     let cfg = cfg
         .issuer(issuer(&a2c).solver(&solver))
-        .certificate(CertSpec::new("wild", "a2c", &["*.example.test", "example.test"]))
+        .certificate(CertSpec::new(
+            "wild",
+            "a2c",
+            &["*.example.test", "example.test"],
+        ))
         .write();
     let out = cfg.run_cli(&["renew"]).await;
     out.assert_ok();
@@ -134,7 +146,10 @@ async fn dns01_issuance_of_a_wildcard_through_rfc2136_into_bind9() {
     // Only DNS-01 proves a wildcard; the records were checked at bind9 and removed afterwards.
     out.assert_mentions("TXT record visible at all authoritative nameservers");
     let left = support::dns::txt_values(server.addr, "_acme-challenge.example.test.").await;
-    assert!(left.unwrap_or_default().is_empty(), "the challenge records were cleaned up");
+    assert!(
+        left.unwrap_or_default().is_empty(),
+        "the challenge records were cleaned up"
+    );
 }
 
 #[tokio::test]
@@ -188,11 +203,14 @@ async fn unknown_profile_names_the_offered_ones() {
     assert_eq!(a2c.profiles(), ["classic", "shortlived"]);
     // Refused before the CA is asked: the directory does not list it.
     let cfg = http01_config(&a2c, issuer(&a2c))
-        .certificate(CertSpec::new("web", "a2c", &["profile.a2c.test"]).extra("profile = \"premium\""))
+        .certificate(
+            CertSpec::new("web", "a2c", &["profile.a2c.test"]).extra("profile = \"premium\""),
+        )
         .write();
     let out = cfg.run_cli(&["renew"]).await;
-    out.assert_failed()
-        .assert_mentions("profile \"premium\" is not offered by this CA; it offers: classic, shortlived");
+    out.assert_failed().assert_mentions(
+        "profile \"premium\" is not offered by this CA; it offers: classic, shortlived",
+    );
     let out = cfg.run_cli(&["check"]).await;
     out.assert_failed().assert_mentions("premium");
     // The CA's own `invalidProfile` (a directory that lists a profile the CA then refuses): the
@@ -216,7 +234,9 @@ async fn unknown_profile_names_the_offered_ones() {
     // A known profile is accepted.
     proxy.set(support::proxy::Mode::Pass);
     let cfg = http01_config(&a2c, issuer(&a2c))
-        .certificate(CertSpec::new("short", "a2c", &["short.a2c.test"]).extra("profile = \"shortlived\""))
+        .certificate(
+            CertSpec::new("short", "a2c", &["short.a2c.test"]).extra("profile = \"shortlived\""),
+        )
         .write();
     cfg.run_cli(&["renew"]).await.assert_ok();
     assert_issued_by_a2c(&a2c, &cfg, "short", &["short.a2c.test"]);
@@ -245,10 +265,14 @@ async fn ari_window_schedules_and_replaces_is_sent() {
     // The daemon fetches the window at start.
     let mut daemon = cfg.spawn_daemon();
     daemon
-        .wait_for("the ARI window in the state", Duration::from_secs(60), || {
-            cfg.cert_state("web")
-                .is_some_and(|s| s["ari_window"].is_array())
-        })
+        .wait_for(
+            "the ARI window in the state",
+            Duration::from_secs(60),
+            || {
+                cfg.cert_state("web")
+                    .is_some_and(|s| s["ari_window"].is_array())
+            },
+        )
         .await;
     daemon.stop();
     let out = cfg.run_cli(&["status", "--json"]).await;
@@ -270,8 +294,14 @@ async fn ari_window_schedules_and_replaces_is_sent() {
     // left): ARI can make a renewal earlier, never later, so the renewal stays at certkeeper's time.
     let next = ts(&s["next_renewal"]);
     let latest = certkeeper::scheduler::latest_renewal_point(nb, na);
-    assert!(next <= latest, "next renewal {next} after the 1/3 point {latest}");
-    assert!(next < start, "next renewal {next} inside/after the window {start}");
+    assert!(
+        next <= latest,
+        "next renewal {next} after the 1/3 point {latest}"
+    );
+    assert!(
+        next < start,
+        "next renewal {next} inside/after the window {start}"
+    );
     assert!(next > nb, "{next}");
     let reason = s["next_renewal_reason"].as_str().unwrap();
     assert!(reason.contains("ARI window"), "{reason}");
@@ -280,10 +310,175 @@ async fn ari_window_schedules_and_replaces_is_sent() {
     let out = cfg.run_cli(&["renew", "--force"]).await;
     out.assert_ok();
     let second = leaf(&cfg, "web");
-    assert_ne!(second.serial_number().to_bn().unwrap(), first.serial_number().to_bn().unwrap());
+    assert_ne!(
+        second.serial_number().to_bn().unwrap(),
+        first.serial_number().to_bn().unwrap()
+    );
     let orders = proxy.jws_payloads("/acme/neworders");
     assert_eq!(orders.len(), 2, "{orders:?}");
     assert!(orders[0].get("replaces").is_none(), "{orders:?}");
     assert_eq!(orders[1]["replaces"], first_id.as_str(), "{orders:?}");
-    assert!(out.all().contains(&format!("replaces={first_id}")) || out.all().contains(&first_id), "{out}");
+    assert!(
+        out.all().contains(&format!("replaces={first_id}")) || out.all().contains(&first_id),
+        "{out}"
+    );
+}
+
+/// The SOA serial bind9 serves for example.test and the size of its journal (0 when it has none):
+/// what a dynamic update would change.
+async fn zone_fingerprint(server: &Bind) -> (u32, u64) {
+    use hickory_proto::rr::{RData, RecordType};
+    let resp = certkeeper::challenge::dns01::zone::query(
+        server.addr,
+        "example.test.",
+        RecordType::SOA,
+        false,
+    )
+    .await
+    .expect("SOA query");
+    let serial = resp
+        .answers
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::SOA(soa) => Some(soa.serial),
+            _ => None,
+        })
+        .expect("SOA answer");
+    let jnl = std::fs::metadata(server.dir.path().join("example.test.zone.jnl"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    (serial, jnl)
+}
+
+/// Put `record` (a zone-file line) into example.test's zone file with serial `serial`, and restart
+/// bind9 on it: the way an administrator publishes a standing record, no dynamic update.
+async fn publish_in_zone_file(server: &mut Bind, record: &str, serial: u32) {
+    server.stop();
+    let path = server.dir.path().join("example.test.zone");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with("_validation-persist"))
+        .map(|l| {
+            if l.contains(" IN SOA ") {
+                let mut f: Vec<&str> = l.split(' ').collect();
+                let i = f
+                    .iter()
+                    .position(|w| *w == "hostmaster.example.test.")
+                    .unwrap()
+                    + 1;
+                let s = serial.to_string();
+                f[i] = &s;
+                f.join(" ")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    lines.push(record.to_string());
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    server.start_again().await;
+}
+
+/// dns-persist-01 (experimental): the standing record lives in bind9, the DNS server acme2certifier
+/// asks. `account persist-record` prints it; a record naming another account is reported before
+/// any order, with the record to publish; with the printed record in the zone file the wildcard
+/// and its base name are issued, and bind9's zone is not updated during the order (same SOA
+/// serial, no journal).
+#[tokio::test]
+async fn dns_persist01_with_a_standing_record_in_bind9() {
+    let Some(mut server) = Bind::start().await else {
+        return;
+    };
+    let a2c = A2c::start(A2cOpts {
+        dns_persist: true,
+        dns_port: Some(server.addr.port()),
+        ..Default::default()
+    });
+    let cfg = TestConfig::new()
+        .issuer(issuer(&a2c).solver(&format!(
+            "dns_persist01 = {{ issuer_domain = \"a2c.test\" }}\npropagation = {{ nameservers = [\"{}\"] }}",
+            server.addr
+        )))
+        .certificate(CertSpec::new("persist", "a2c", &["*.example.test", "example.test"]))
+        .write();
+
+    // The record to publish: one for the base name, with policy=wildcard for *.example.test.
+    let out = cfg
+        .run_cli(&["account", "persist-record", "--issuer", "a2c"])
+        .await;
+    out.assert_ok();
+    let line = out.stdout.trim().to_string();
+    let account_url = cfg
+        .run_cli(&["account", "show", "--issuer", "a2c"])
+        .await
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("account:").map(|u| u.trim().to_string()))
+        .expect("account URL");
+    assert_eq!(
+        line,
+        format!(
+            "_validation-persist.example.test. IN TXT \"a2c.test; accounturi={account_url}; policy=wildcard\""
+        )
+    );
+    let one = cfg
+        .run_cli(&[
+            "account",
+            "persist-record",
+            "--issuer",
+            "a2c",
+            "www.example.test",
+        ])
+        .await;
+    one.assert_ok();
+    assert_eq!(
+        one.stdout.trim(),
+        format!(
+            "_validation-persist.www.example.test. IN TXT \"a2c.test; accounturi={account_url}\""
+        )
+    );
+
+    // A record naming another account: refused before ordering, with the record to publish.
+    let wrong = line.replace(&account_url, &format!("{account_url}-other"));
+    publish_in_zone_file(&mut server, &wrong, 2).await;
+    let out = cfg.run_cli(&["renew"]).await;
+    out.assert_failed()
+        .assert_mentions("which is not this account")
+        .assert_mentions(&format!("publish `{line}`"));
+    assert!(
+        !a2c.access_log().contains("POST /acme/neworders"),
+        "no order was created:\n{}",
+        a2c.access_log()
+    );
+
+    // The printed record in the zone: issued, with no update to the zone during the order.
+    publish_in_zone_file(&mut server, &line, 3).await;
+    let before = zone_fingerprint(&server).await;
+    assert_eq!(before, (3, 0));
+    // (--force: the failure above put the certificate on its backoff schedule)
+    let out = cfg.run_cli(&["renew", "--force", "persist"]).await;
+    out.assert_ok()
+        .assert_mentions("dns-persist-01 record in place at all authoritative nameservers");
+    assert_issued_by_a2c(&a2c, &cfg, "persist", &["*.example.test", "example.test"]);
+    assert_eq!(
+        zone_fingerprint(&server).await,
+        before,
+        "bind9's zone was not updated"
+    );
+    // Both authorizations were validated by acme2certifier's dns-persist-01 challenge.
+    let state = cfg.cert_state("persist").expect("state");
+    let authzs = state["last_order"]["authorizations"]
+        .as_array()
+        .expect("authorizations");
+    assert_eq!(authzs.len(), 2, "{state}");
+    for a in authzs {
+        let persist = a["challenges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "dns-persist-01")
+            .unwrap_or_else(|| panic!("no dns-persist-01 challenge: {a}"));
+        assert_eq!(persist["status"], "valid", "{a}");
+    }
 }

@@ -360,7 +360,10 @@ mod tests {
             "{s}"
         );
         // The sub-problem names the identifier: the advice points at `domains`, not at a bug.
-        assert!(s.contains("check the spelling of that name in `domains`"), "{s}");
+        assert!(
+            s.contains("check the spelling of that name in `domains`"),
+            "{s}"
+        );
     }
 
     fn prob(t: &str, origin: ProblemOrigin) -> Problem {
@@ -466,7 +469,10 @@ mod tests {
         assert!(!p.advice().contains("certkeeper bug"), "{}", p.advice());
         let p = prob("malformed", ProblemOrigin::Finalize);
         let a = p.advice();
-        assert!(a.contains("details here") && a.contains("certkeeper bug"), "{a}");
+        assert!(
+            a.contains("details here") && a.contains("certkeeper bug"),
+            "{a}"
+        );
     }
 
     #[test]

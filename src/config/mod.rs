@@ -189,6 +189,15 @@ pub enum SolverKind {
         /// How to wait for the TXT record to be visible.
         propagation: PropagationConfig,
     },
+    /// dns-persist-01 (experimental, draft-ietf-acme-dns-persist): a standing
+    /// `_validation-persist` TXT record the user publishes once; nothing is written per order.
+    DnsPersist01 {
+        /// The CA's issuer domain name the record starts with (e.g. `letsencrypt.org`).
+        issuer_domain: String,
+        /// Where the standing record is read before ordering (`nameservers`; the timeout and
+        /// interval are not used).
+        propagation: PropagationConfig,
+    },
 }
 
 impl SolverKind {
@@ -204,6 +213,7 @@ impl SolverKind {
             Self::Webroot { .. } => "webroot",
             Self::TlsAlpn01 { .. } => "tlsalpn01",
             Self::Dns01 { .. } => "dns01",
+            Self::DnsPersist01 { .. } => "dns_persist01",
         }
     }
 
@@ -213,6 +223,7 @@ impl SolverKind {
             Self::Http01 { .. } | Self::Webroot { .. } => ChallengeKind::Http01,
             Self::TlsAlpn01 { .. } => ChallengeKind::TlsAlpn01,
             Self::Dns01 { .. } => ChallengeKind::Dns01,
+            Self::DnsPersist01 { .. } => ChallengeKind::DnsPersist01,
         }
     }
 
@@ -228,7 +239,8 @@ impl SolverKind {
 }
 
 /// Every solver key and the challenge type it answers (as [`SolverKind::challenge_kind`]), in the
-/// order they are documented.
+/// order they are documented. The experimental `dns_persist01` is not listed: messages that say
+/// what to configure do not suggest a draft feature.
 pub(crate) const SOLVER_KEYS: [(&str, ChallengeKind); 4] = [
     ("http01", ChallengeKind::Http01),
     ("webroot", ChallengeKind::Http01),

@@ -196,7 +196,8 @@ impl A2c {
 
     /// The issuing CA certificate (PEM text) the leaves chain to.
     pub fn issuing_ca_pem(&self) -> String {
-        std::fs::read_to_string(self.run_dir().join("ca/ca-cert.pem")).expect("read a2c ca-cert.pem")
+        std::fs::read_to_string(self.run_dir().join("ca/ca-cert.pem"))
+            .expect("read a2c ca-cert.pem")
     }
 
     /// The port acme2certifier fetches HTTP-01 responses from (certkeeper's `http01.listen`).
