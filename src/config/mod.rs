@@ -1125,6 +1125,43 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
     }
 
     #[test]
+    fn dns_persist01_solver_proves_wildcards_and_checks_its_issuer_domain() {
+        let text = BASE
+            .replace(
+                "dns01 = { provider = \"exec\", command = \"/bin/true\" }",
+                "dns_persist01 = { issuer_domain = \"LetsEncrypt.org.\" }\npropagation = { nameservers = [\"127.0.0.1:5353\"] }",
+            )
+            .replace("\"www.example.com\"]", "\"*.example.com\"]");
+        let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
+        let chosen = cfg.issuers["le"].solver_for("example.com", IdentifierKind::Wildcard);
+        match chosen.map(|s| &s.kind) {
+            Some(SolverKind::DnsPersist01 {
+                issuer_domain,
+                propagation,
+            }) => {
+                assert_eq!(issuer_domain, "letsencrypt.org");
+                assert_eq!(propagation.nameservers.len(), 1);
+            }
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(
+            chosen.unwrap().kind.challenge_kind(),
+            ChallengeKind::DnsPersist01
+        );
+        let text = BASE.replace(
+            "dns01 = { provider = \"exec\", command = \"/bin/true\" }",
+            "dns_persist01 = { issuer_domain = \"\" }",
+        );
+        let err = Config::from_str(&text, Path::new("certkeeper.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("issuer.le.solver[1].dns_persist01.issuer_domain: is not a domain name"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tlsalpn01_solver_listen_address() {
         let text = BASE.replace("http01 = {}", "tlsalpn01 = { listen = \"127.0.0.1:8443\" }");
         let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
