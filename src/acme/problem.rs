@@ -220,6 +220,7 @@ impl Problem {
             BadPublicKey => format!("the CA does not accept this key: {detail}; choose another key type (`key`, or the issuer's `account_key`)"),
             UnsupportedIdentifier => "the CA does not support one of the identifiers (IP address or wildcard?): remove it or use another CA".to_string(),
             Malformed if self.says_contact_missing() => "the CA requires a contact address on the account: add `contact = [\"mailto:you@example.com\"]` (your address) to this issuer".to_string(),
+            Malformed if matches!(self.origin, ProblemOrigin::Challenge(_)) => format!("the CA refused what was published for {} as malformed: {detail}; check the record or file the solver publishes (for dns-persist-01: the standing record, as `certkeeper account persist-record` prints it)", name.unwrap_or_default()),
             Malformed if name.is_some() => format!("the CA refused {} as malformed: check the spelling of that name in `domains`", name.unwrap_or_default()),
             Malformed => format!("the CA rejected the request as malformed: {detail}; if the CA's words name a setting (contact, names, key), fix it in the config; otherwise this is likely a certkeeper bug or a CA incompatibility: please report it with this message"),
             InvalidProfile => {
@@ -467,6 +468,12 @@ mod tests {
             p.advice()
         );
         assert!(!p.advice().contains("certkeeper bug"), "{}", p.advice());
+        let p = prob("malformed", ProblemOrigin::Challenge("a.example".into()));
+        assert!(
+            p.advice().contains("published for a.example as malformed"),
+            "{}",
+            p.advice()
+        );
         let p = prob("malformed", ProblemOrigin::Finalize);
         let a = p.advice();
         assert!(
