@@ -194,8 +194,8 @@ pub enum SolverKind {
     DnsPersist01 {
         /// The CA's issuer domain name the record starts with (e.g. `letsencrypt.org`).
         issuer_domain: String,
-        /// Where the standing record is read before ordering (`nameservers`; the timeout and
-        /// interval are not used).
+        /// Where the standing record is read before ordering (`nameservers`; `check = false`
+        /// skips the check; the timeout and interval are not used).
         propagation: PropagationConfig,
     },
 }
