@@ -1,4 +1,5 @@
-//! A switchable, TLS-terminating HTTP proxy in front of pebble.
+//! A switchable, TLS-terminating HTTP proxy in front of pebble (or, with [`Proxy::for_directory`],
+//! any CA such as acme2certifier).
 //!
 //! certkeeper talks to `https://127.0.0.1:<proxy>/dir` and trusts the proxy's own test CA. The proxy
 //! forwards each request to pebble with `Host` set to the proxy's address, so every URL pebble puts
