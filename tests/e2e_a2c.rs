@@ -449,6 +449,11 @@ async fn dns_persist01_with_a_standing_record_in_bind9() {
     out.assert_failed()
         .assert_mentions("which is not this account")
         .assert_mentions(&format!("publish `{line}`"));
+    // `check` reads the record as the order would, and says the same.
+    cfg.run_cli(&["check"])
+        .await
+        .assert_failed()
+        .assert_mentions("which is not this account");
     assert!(
         !a2c.access_log().contains("POST /acme/neworders"),
         "no order was created:\n{}",
@@ -459,6 +464,10 @@ async fn dns_persist01_with_a_standing_record_in_bind9() {
     publish_in_zone_file(&mut server, &line, 3).await;
     let before = zone_fingerprint(&server).await;
     assert_eq!(before, (3, 0));
+    cfg.run_cli(&["check"])
+        .await
+        .assert_mentions("the dns-persist-01 record for *.example.test is in place")
+        .assert_mentions("the dns-persist-01 record for example.test is in place");
     // (--force: the failure above put the certificate on its backoff schedule)
     let out = cfg.run_cli(&["renew", "--force", "persist"]).await;
     out.assert_ok()
