@@ -341,9 +341,24 @@ impl Account {
         let body = serde_json::to_string(new).map_err(|e| AcmeError::Config {
             message: format!("cannot encode the order: {e}"),
         })?;
-        let r = self
+        let r = match self
             .post(&url, Some(body.as_bytes()), ProblemOrigin::NewOrder)
-            .await?;
+            .await
+        {
+            Err(AcmeError::Problem(mut p)) => {
+                // Name what the CA offers next to its refusal of the profile.
+                p.offered_profiles = self
+                    .client
+                    .directory()
+                    .meta
+                    .profiles
+                    .keys()
+                    .cloned()
+                    .collect();
+                return Err(AcmeError::Problem(p));
+            }
+            other => other?,
+        };
         let order_url = r.location().ok_or_else(|| AcmeError::BadResponse {
             url: url.clone(),
             message: "the CA did not return the order URL (Location header)".into(),
@@ -630,6 +645,7 @@ fn generic_problem(detail: String) -> Problem {
         http_status: 0,
         retry_after: None,
         origin: ProblemOrigin::Unknown,
+        offered_profiles: Vec::new(),
     }
 }
 

@@ -104,6 +104,7 @@ pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
                     issuer.name, issuer.directory
                 ))),
             }
+            out.extend(persist_probes(cfg, issuer, state.as_ref()).await);
         }
         out.extend(solver_probes(issuer));
     }
@@ -310,6 +311,62 @@ fn profile_probe(
             names.join(", ")
         ))
     }
+}
+
+/// dns-persist-01 (experimental): the standing record of every name a dns_persist01 solver of
+/// `issuer` proves, read at the authoritative nameservers as before an order, for the stored
+/// account.
+async fn persist_probes(
+    cfg: &Config,
+    issuer: &IssuerConfig,
+    state: Option<&AccountStore>,
+) -> Vec<Probe> {
+    use crate::challenge::IdentifierKind;
+    use crate::challenge::dnspersist01::DnsPersist01Solver;
+    let mut names = Vec::new();
+    for cert in cfg.certificates.values() {
+        if !cert.issuers.contains(&issuer.name) {
+            continue;
+        }
+        for d in &cert.domains {
+            let (kind, name) = IdentifierKind::split(d);
+            if let Some(SolverKind::DnsPersist01 {
+                issuer_domain,
+                propagation,
+            }) = issuer.solver_for(name, kind).map(|s| &s.kind)
+            {
+                let solver = DnsPersist01Solver::new(issuer_domain, propagation.clone());
+                names.push((d.clone(), name.to_string(), kind, solver));
+            }
+        }
+    }
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let id = store::account_id(&issuer.name, &issuer.directory);
+    let url = state
+        .and_then(|s| s.load(&id).ok().flatten())
+        .and_then(|a| a.record)
+        .map(|r| r.url);
+    let Some(url) = url else {
+        return vec![Probe::ok(format!(
+            "issuer {}: no account yet, so no dns-persist-01 record can name it: `certkeeper account \
+             persist-record --issuer {}` registers it and prints the records to publish",
+            issuer.name, issuer.name
+        ))];
+    };
+    let mut out = Vec::new();
+    for (written, name, kind, solver) in names {
+        let wildcard = kind == IdentifierKind::Wildcard;
+        out.push(match solver.check(&name, wildcard, &url).await {
+            Ok(()) => Probe::ok(format!(
+                "issuer {}: the dns-persist-01 record for {written} is in place",
+                issuer.name
+            )),
+            Err(e) => Probe::fail(format!("issuer {}: {e}", issuer.name)),
+        });
+    }
+    out
 }
 
 /// Solver probes: DNS provider credentials (built as issuance would) and webroot writability.

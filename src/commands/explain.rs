@@ -178,6 +178,9 @@ fn describe_solver(kind: &SolverKind, listen: &[std::net::SocketAddr]) -> String
             provider.name(),
             if propagation.check { "on" } else { "off" }
         ),
+        SolverKind::DnsPersist01 { issuer_domain, .. } => format!(
+            "dns-persist-01 (experimental) with the standing record for issuer {issuer_domain}"
+        ),
     }
 }
 

@@ -217,6 +217,15 @@ pub enum SolverKind {
         /// How to wait for the TXT record to be visible.
         propagation: PropagationConfig,
     },
+    /// dns-persist-01 (experimental, draft-ietf-acme-dns-persist): a standing
+    /// `_validation-persist` TXT record the user publishes once; nothing is written per order.
+    DnsPersist01 {
+        /// The CA's issuer domain name the record starts with (e.g. `letsencrypt.org`).
+        issuer_domain: String,
+        /// Where the standing record is read before ordering (`nameservers`; `check = false`
+        /// skips the check; the timeout and interval are not used).
+        propagation: PropagationConfig,
+    },
 }
 
 impl SolverKind {
@@ -232,6 +241,7 @@ impl SolverKind {
             Self::Webroot { .. } => "webroot",
             Self::TlsAlpn01 { .. } => "tlsalpn01",
             Self::Dns01 { .. } => "dns01",
+            Self::DnsPersist01 { .. } => "dns_persist01",
         }
     }
 
@@ -241,6 +251,7 @@ impl SolverKind {
             Self::Http01 { .. } | Self::Webroot { .. } => ChallengeKind::Http01,
             Self::TlsAlpn01 { .. } => ChallengeKind::TlsAlpn01,
             Self::Dns01 { .. } => ChallengeKind::Dns01,
+            Self::DnsPersist01 { .. } => ChallengeKind::DnsPersist01,
         }
     }
 
@@ -256,7 +267,8 @@ impl SolverKind {
 }
 
 /// Every solver key and the challenge type it answers (as [`SolverKind::challenge_kind`]), in the
-/// order they are documented.
+/// order they are documented. The experimental `dns_persist01` is not listed: messages that say
+/// what to configure do not suggest a draft feature.
 pub(crate) const SOLVER_KEYS: [(&str, ChallengeKind); 4] = [
     ("http01", ChallengeKind::Http01),
     ("webroot", ChallengeKind::Http01),
@@ -1137,6 +1149,43 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
         assert_eq!(
             err,
             "/etc/certkeeper/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org is a wildcard name and needs a dns01 solver (http01, webroot, tlsalpn01 cannot prove wildcards): add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"
+        );
+    }
+
+    #[test]
+    fn dns_persist01_solver_proves_wildcards_and_checks_its_issuer_domain() {
+        let text = BASE
+            .replace(
+                "dns01 = { provider = \"exec\", command = \"/bin/true\" }",
+                "dns_persist01 = { issuer_domain = \"LetsEncrypt.org.\" }\npropagation = { nameservers = [\"127.0.0.1:5353\"] }",
+            )
+            .replace("\"www.example.com\"]", "\"*.example.com\"]");
+        let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
+        let chosen = cfg.issuers["le"].solver_for("example.com", IdentifierKind::Wildcard);
+        match chosen.map(|s| &s.kind) {
+            Some(SolverKind::DnsPersist01 {
+                issuer_domain,
+                propagation,
+            }) => {
+                assert_eq!(issuer_domain, "letsencrypt.org");
+                assert_eq!(propagation.nameservers.len(), 1);
+            }
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(
+            chosen.unwrap().kind.challenge_kind(),
+            ChallengeKind::DnsPersist01
+        );
+        let text = BASE.replace(
+            "dns01 = { provider = \"exec\", command = \"/bin/true\" }",
+            "dns_persist01 = { issuer_domain = \"\" }",
+        );
+        let err = Config::from_str(&text, Path::new("certkeeper.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("issuer.le.solver[1].dns_persist01.issuer_domain: is not a domain name"),
+            "{err}"
         );
     }
 

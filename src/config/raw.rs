@@ -104,7 +104,15 @@ pub(crate) struct RawSolver {
     pub webroot: Option<Spanned<RawWebroot>>,
     pub tlsalpn01: Option<Spanned<RawTlsAlpn01>>,
     pub dns01: Option<Spanned<RawProvider>>,
+    pub dns_persist01: Option<Spanned<RawDnsPersist01>>,
     pub propagation: Option<Spanned<RawPropagation>>,
+}
+
+/// `dns_persist01 = { issuer_domain = "..." }` (experimental).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDnsPersist01 {
+    pub issuer_domain: SStr,
 }
 
 #[derive(Debug, Default, Deserialize)]

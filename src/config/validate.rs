@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::raw::{
-    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawProvider, RawSelfCheck, RawSolver,
-    SStr,
+    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawPropagation, RawProvider,
+    RawSelfCheck, RawSolver, SStr,
 };
 use super::source::{SourceFile, key_seg};
 use super::{
@@ -594,6 +594,9 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     if raw.dns01.is_some() {
         kinds.push("dns01");
     }
+    if raw.dns_persist01.is_some() {
+        kinds.push("dns_persist01");
+    }
     if kinds.len() != 1 {
         let msg = if kinds.is_empty() {
             "no solver kind: set exactly one of http01 = {}, webroot = { path = \"...\" }, tlsalpn01 = {}, dns01 = { provider = \"...\" }"
@@ -607,7 +610,7 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
         cx.err(file, &s.span(), p, msg);
         return None;
     }
-    if let (Some(prop), None) = (&raw.propagation, &raw.dns01) {
+    if let (Some(prop), None, None) = (&raw.propagation, &raw.dns01, &raw.dns_persist01) {
         cx.err(
             file,
             &prop.span(),
@@ -685,54 +688,85 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
         };
         SolverKind::TlsAlpn01 { listen }
     } else if let Some(d) = &raw.dns01 {
-        let mut propagation = PropagationConfig::default();
-        if let Some(pr) = &raw.propagation {
-            let pr = pr.get_ref();
-            if let Some(c) = pr.check {
-                propagation.check = c;
-            }
-            if let Some(t) = duration(
-                cx,
-                file,
-                pr.timeout.as_ref(),
-                &format!("{p}.propagation.timeout"),
-            ) {
-                propagation.timeout = t;
-            }
-            if let Some(t) = duration(
-                cx,
-                file,
-                pr.interval.as_ref(),
-                &format!("{p}.propagation.interval"),
-            ) {
-                propagation.interval = t;
-            }
-            for (i, ns) in pr.nameservers.iter().enumerate() {
-                let v = ns.get_ref();
-                let addr = v
-                    .parse::<SocketAddr>()
-                    .ok()
-                    .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
-                if let Some(addr) = addr {
-                    propagation.nameservers.push(addr);
-                } else {
-                    cx.err(
-                        file,
-                        &ns.span(),
-                        format!("{p}.propagation.nameservers[{i}]"),
-                        format!("\"{v}\" is not a nameserver address: write an IP address with an optional port, e.g. \"192.0.2.53\" or \"127.0.0.1:5353\""),
-                    );
-                }
-            }
-        }
+        let propagation = propagation_setting(cx, file, p, raw.propagation.as_ref());
         SolverKind::Dns01 {
             provider: dns_provider(cx, file, &format!("{p}.dns01"), d)?,
             propagation,
+        }
+    } else if let Some(d) = &raw.dns_persist01 {
+        let domain = d
+            .get_ref()
+            .issuer_domain
+            .get_ref()
+            .trim()
+            .trim_end_matches('.');
+        if domain.is_empty() || domain.contains(char::is_whitespace) || !domain.contains('.') {
+            cx.err(
+                file,
+                &d.get_ref().issuer_domain.span(),
+                format!("{p}.dns_persist01.issuer_domain"),
+                "is not a domain name: give the CA's issuer domain name, e.g. \"letsencrypt.org\" (the CA documents it; it is in its dns-persist-01 challenges as issuer-domain-names)",
+            );
+            return None;
+        }
+        SolverKind::DnsPersist01 {
+            issuer_domain: domain.to_ascii_lowercase(),
+            propagation: propagation_setting(cx, file, p, raw.propagation.as_ref()),
         }
     } else {
         return None;
     };
     Some(SolverConfig { selector, kind })
+}
+
+/// The `propagation = { .. }` table next to a dns01 or dns_persist01 solver at key `p`.
+fn propagation_setting(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    raw: Option<&Spanned<RawPropagation>>,
+) -> PropagationConfig {
+    let mut propagation = PropagationConfig::default();
+    if let Some(pr) = raw {
+        let pr = pr.get_ref();
+        if let Some(c) = pr.check {
+            propagation.check = c;
+        }
+        if let Some(t) = duration(
+            cx,
+            file,
+            pr.timeout.as_ref(),
+            &format!("{p}.propagation.timeout"),
+        ) {
+            propagation.timeout = t;
+        }
+        if let Some(t) = duration(
+            cx,
+            file,
+            pr.interval.as_ref(),
+            &format!("{p}.propagation.interval"),
+        ) {
+            propagation.interval = t;
+        }
+        for (i, ns) in pr.nameservers.iter().enumerate() {
+            let v = ns.get_ref();
+            let addr = v
+                .parse::<SocketAddr>()
+                .ok()
+                .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            if let Some(addr) = addr {
+                propagation.nameservers.push(addr);
+            } else {
+                cx.err(
+                    file,
+                    &ns.span(),
+                    format!("{p}.propagation.nameservers[{i}]"),
+                    format!("\"{v}\" is not a nameserver address: write an IP address with an optional port, e.g. \"192.0.2.53\" or \"127.0.0.1:5353\""),
+                );
+            }
+        }
+    }
+    propagation
 }
 
 /// The `dns01` table at key `p` in `file`: the provider's settings parsed and checked (without

@@ -3,8 +3,9 @@
 //!
 //! The policy (README, "On failure"):
 //! - only CA problems that need a human pause a certificate: rejectedIdentifier,
-//!   unsupportedIdentifier, caa, badCSR, badPublicKey, userActionRequired, externalAccountRequired
-//!   and an `unauthorized` answer to the account request (EAB or account). A paused certificate is
+//!   unsupportedIdentifier, caa, badCSR, badPublicKey, userActionRequired, externalAccountRequired,
+//!   invalidProfile, an `unauthorized` answer to the account request (EAB or account) and a
+//!   `malformed` one saying the account needs a contact address. A paused certificate is
 //!   still tried daily (sooner near expiry) and at once on every reload or restart;
 //! - everything else (transport and TLS failures, timeouts, 5xx, solver and DNS provider failures,
 //!   a missing plugin, store and I/O errors, a configuration the CA does not accept) is retried
@@ -272,6 +273,10 @@ fn needs_human(p: &Problem) -> bool {
         | UserActionRequired
         | ExternalAccountRequired => true,
         Unauthorized => p.origin == ProblemOrigin::NewAccount,
+        // A profile the CA does not offer, or an account without the contact it demands: only a
+        // change of the config helps.
+        InvalidProfile => true,
+        Malformed => p.origin == ProblemOrigin::NewAccount && p.says_contact_missing(),
         _ => false,
     }
 }
@@ -293,6 +298,7 @@ mod tests {
             http_status: status,
             retry_after: None,
             origin,
+            offered_profiles: Vec::new(),
         }))
     }
 

@@ -13,7 +13,7 @@ use openssl::pkey::{PKey, Private};
 use tracing::{debug, info, warn};
 
 use crate::acme::{self, AcmeError, AuthorizationStatus, Identifier, NewOrder, OrderStatus, Poll};
-use crate::challenge::{ChallengeCtx, ChallengeKind, IdentifierKind, Solver};
+use crate::challenge::{ChallengeCtx, ChallengeKind, IdentifierKind, PersistCtx, Solver};
 use crate::config::{CertificateConfig, IssuerConfig};
 use crate::store::{
     self, AuthzTrace, ErrorTrace, Event, InstalledPaths, OrderTrace, Snapshot, VerifiedCert,
@@ -219,7 +219,10 @@ async fn issue_with(
 
     let (mut order, key) = match resumed {
         Some(r) => r,
-        None => new_order(rt, &account, cert, issuer, identifiers.clone(), replaces).await?,
+        None => {
+            preflight(rt, &account, cert, issuer).await?;
+            new_order(rt, &account, cert, issuer, identifiers.clone(), replaces).await?
+        }
     };
 
     trace.order(&order);
@@ -266,6 +269,26 @@ async fn issue_with(
         .instrument(tracing::info_span!("download", cert = %cert.name))
         .await?;
     install(rt, cert, issuer, &key, &cert_url, &chain)
+}
+
+/// Before a new order: let the solver of each name check what the CA will look at for it (a
+/// dns-persist-01 standing record), so a missing one is reported with what to publish instead of
+/// failing an order at the CA.
+async fn preflight(
+    rt: &Runtime,
+    account: &acme::Account,
+    cert: &CertificateConfig,
+    issuer: &IssuerConfig,
+) -> Result<(), IssueError> {
+    for d in &cert.domains {
+        let (kind, name) = IdentifierKind::split(d);
+        let (solver, _) = rt.solver_for(issuer, name, kind)?;
+        solver
+            .preflight(name, kind, account.url())
+            .await
+            .map_err(|e| IssueError::new(e).context(format!("before ordering {d}")))?;
+    }
+    Ok(())
 }
 
 /// Create a new order, its key stored in the ledger before the CA knows the order.
@@ -507,6 +530,10 @@ async fn solve_one(
         kind,
         token: challenge.token.clone(),
         key_authorization: account.key_authorization(&challenge.token),
+        persist: (kind == ChallengeKind::DnsPersist01).then(|| PersistCtx {
+            account_url: account.url().to_string(),
+            issuer_domain_names: challenge.issuer_domain_names.clone(),
+        }),
     };
     // An interrupt (Ctrl-C, shutdown) stops the waiting, not the cleanup below.
     let result = tokio::select! {

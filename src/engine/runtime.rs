@@ -286,6 +286,13 @@ impl Runtime {
                     .map_err(|e| IssueError::new(SolveError::retryable(e.to_string())))?;
                 Arc::new(Dns01Solver::new(p, propagation.clone()))
             }
+            SolverKind::DnsPersist01 {
+                issuer_domain,
+                propagation,
+            } => Arc::new(crate::challenge::dnspersist01::DnsPersist01Solver::new(
+                issuer_domain,
+                propagation.clone(),
+            )),
         };
         solvers.insert(key, solver.clone());
         Ok((solver.clone(), solver.kind()))

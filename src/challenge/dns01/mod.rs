@@ -344,6 +344,7 @@ mod tests {
             kind: ChallengeKind::Dns01,
             token: "tok".into(),
             key_authorization: ka.into(),
+            persist: None,
         }
     }
 
