@@ -24,13 +24,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openssl::pkey::{Id, PKey};
-use openssl::x509::X509;
+use openssl::pkey::PKey;
 
+pub use super::common::LiveFacts;
+use super::common::{
+    Adoption, ForeignAccount, adopt_account, pair_facts, q, q_list, sh_quote, write_and_load,
+};
 use crate::challenge::http01::TokenStore;
 use crate::commands::import::{ImportOptions, import};
 use crate::engine::Runtime;
-use crate::store::{self, AccountRecord, atomic_write};
 
 /// The file in `conf.d/` that holds the issuers of all migrated lineages.
 const ISSUERS_FILE: &str = "certbot-issuers.toml";
@@ -133,21 +135,6 @@ fn split_list(v: &str) -> Vec<String> {
         .collect()
 }
 
-/// A TOML string literal.
-fn q(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn q_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
-/// A POSIX shell single-quoted word.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// certkeeper's issuer name and `directory` value for a certbot `server` URL.
 pub fn issuer_for_server(server: &str) -> (String, String) {
     let server = server.trim_end_matches('/');
@@ -208,47 +195,9 @@ fn conf_key_type(conf: &RenewalConf) -> Option<String> {
     }
 }
 
-/// What the live pair says: the leaf's SANs and the key type.
-#[derive(Clone, Debug, Default)]
-pub struct LiveFacts {
-    /// DNS names and IP addresses of the leaf, in certificate order.
-    pub names: Vec<String>,
-    /// The private key's type (`rsa-2048`, `ecdsa-p256`, ...), when the key could be read.
-    pub key_type: Option<String>,
-}
-
 /// Read the leaf's names and the key's type from `live/<lineage>/`.
 pub fn live_facts(live: &Path) -> Result<LiveFacts, String> {
-    let cert_path = live.join("cert.pem");
-    let pem = std::fs::read(&cert_path)
-        .map_err(|e| format!("cannot read {}: {e}", cert_path.display()))?;
-    let leaf = X509::from_pem(&pem).map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    let mut names = Vec::new();
-    for san in leaf.subject_alt_names().iter().flatten() {
-        if let Some(d) = san.dnsname() {
-            names.push(d.to_ascii_lowercase());
-        } else if let Some(ip) = san.ipaddress() {
-            let addr: Option<std::net::IpAddr> = match ip.len() {
-                4 => <[u8; 4]>::try_from(ip).ok().map(Into::into),
-                16 => <[u8; 16]>::try_from(ip).ok().map(Into::into),
-                _ => None,
-            };
-            names.extend(addr.map(|a| a.to_string()));
-        }
-    }
-    let key_type = std::fs::read(live.join("privkey.pem"))
-        .ok()
-        .and_then(|k| PKey::private_key_from_pem(&k).ok())
-        .and_then(|k| match k.id() {
-            Id::RSA => Some(format!("rsa-{}", k.bits())),
-            Id::EC => match k.bits() {
-                256 => Some("ecdsa-p256".into()),
-                384 => Some("ecdsa-p384".into()),
-                _ => None,
-            },
-            _ => None,
-        });
-    Ok(LiveFacts { names, key_type })
+    pair_facts(&live.join("cert.pem"), &live.join("privkey.pem"))
 }
 
 /// One lineage, planned: the files to write and what to say.
@@ -798,87 +747,39 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
         return Ok(report);
     }
 
-    // Write the files, remembering what was there to put it back if the config does not load.
-    std::fs::create_dir_all(&conf_d)
-        .map_err(|e| format!("cannot create {}: {e}", conf_d.display()))?;
-    let mut written: Vec<(PathBuf, Option<Vec<u8>>)> = Vec::new();
-    let mut write = |path: PathBuf, text: &str, mode: u32| -> Result<(), String> {
-        let before = std::fs::read(&path).ok();
-        atomic_write(&path, text.as_bytes(), mode, None, None).map_err(|e| e.to_string())?;
-        written.push((path, before));
-        Ok(())
-    };
-    let mut result = write(conf_d.join(ISSUERS_FILE), &issuers, 0o644);
+    // Write the files; they are put back as they were if the config does not load.
+    let mut files = vec![(conf_d.join(ISSUERS_FILE), issuers.clone(), 0o644)];
     for l in &todo {
-        if result.is_err() {
-            break;
-        }
-        result = write(cert_file(&conf_d, &l.name), &l.cert_toml, 0o644);
-        if let (Ok(()), Some((p, text))) = (&result, &l.hook_script) {
-            result = write(p.clone(), text, 0o755);
+        files.push((cert_file(&conf_d, &l.name), l.cert_toml.clone(), 0o644));
+        if let Some((p, text)) = &l.hook_script {
+            files.push((p.clone(), text.clone(), 0o755));
         }
     }
-    let restore = |written: &[(PathBuf, Option<Vec<u8>>)]| {
-        for (p, before) in written.iter().rev() {
-            let _ = match before {
-                Some(b) => atomic_write(p, b, 0o644, None, None).map_err(|e| e.to_string()),
-                None => std::fs::remove_file(p).map_err(|e| e.to_string()),
-            };
-        }
-    };
-    let loaded = result.and_then(|()| crate::config::load(config_path).map_err(|e| e.to_string()));
-    let cfg = match loaded {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            restore(&written);
-            return Err(format!(
-                "the migrated config does not load, nothing was changed: {e}"
-            ));
-        }
-    };
-    if let Some(l) = todo
-        .iter()
-        .find(|l| !cfg.files.contains(&cert_file(&conf_d, &l.name)))
-    {
-        restore(&written);
-        return Err(format!(
-            "{} does not include {}: add include = [\"conf.d/*.toml\"] to it and run again; nothing was changed",
-            config_path.display(),
-            cert_file(&conf_d, &l.name).display()
-        ));
-    }
+    let (cfg, _written) = write_and_load(config_path, &files)?;
     let cfg = Arc::new(cfg);
     let rt = Runtime::new(cfg.clone(), TokenStore::default()).map_err(|e| e.to_string())?;
 
     for (issuer, (id, a)) in &accounts {
-        let Some(ic) = cfg.issuers.get(issuer) else {
+        if !cfg.issuers.contains_key(issuer) {
             continue;
+        }
+        let foreign = ForeignAccount {
+            key_pem: a.key_pem.clone(),
+            url: a.url.clone(),
+            contact: a.contact.clone(),
         };
-        let aid = store::account_id(issuer, &ic.directory);
-        match rt.accounts.load(&aid) {
-            Ok(Some(s)) if s.record.as_ref().is_some_and(|r| r.url == a.url) => {
+        match adopt_account(&rt, issuer, &foreign) {
+            Ok(Adoption::AlreadyOurs) => {
                 let _ = writeln!(report, "issuer {issuer}: certbot's account {} is already certkeeper's", a.url);
             }
-            Ok(Some(s)) if s.record.is_some() => failed.push(format!(
-                "issuer {issuer}: certkeeper already has the account {}; certbot's account {} ({id}) was not adopted",
-                s.record.map(|r| r.url).unwrap_or_default(),
+            Ok(Adoption::Kept(ours)) => failed.push(format!(
+                "issuer {issuer}: certkeeper already has the account {ours}; certbot's account {} ({id}) was not adopted",
                 a.url
             )),
-            Ok(_) => {
-                let record = AccountRecord {
-                    url: a.url.clone(),
-                    directory: ic.directory.clone(),
-                    contact: a.contact.clone(),
-                    created: jiff::Timestamp::now(),
-                };
-                match rt.accounts.save_key(&aid, &a.key_pem).and_then(|()| rt.accounts.save_record(&aid, &record)) {
-                    Ok(()) => {
-                        let _ = writeln!(report, "issuer {issuer}: adopted certbot's account {id} ({})", a.url);
-                    }
-                    Err(e) => failed.push(format!("issuer {issuer}: certbot's account not adopted: {e}")),
-                }
+            Ok(Adoption::Adopted) => {
+                let _ = writeln!(report, "issuer {issuer}: adopted certbot's account {id} ({})", a.url);
             }
-            Err(e) => failed.push(format!("issuer {issuer}: {e}")),
+            Err(e) => failed.push(format!("issuer {issuer}: certbot's account not adopted: {e}")),
         }
     }
 
@@ -947,6 +848,7 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store;
 
     const STANDALONE: &str = "\
 # renew_before_expiry = 30 days

@@ -2,3 +2,4 @@
 //! switching to certkeeper re-issues nothing and registers no new account.
 
 pub mod certbot;
+pub mod common;
