@@ -3,3 +3,4 @@
 
 pub mod certbot;
 pub mod common;
+pub mod lego;

@@ -1,0 +1,531 @@
+//! `certkeeper migrate lego --path DIR [--server URL] [--email ADDR] (--http | --http-webroot DIR)
+//! [--dry-run]`: adopt every certificate of a lego directory without re-issuing anything or
+//! registering a new account.
+//!
+//! lego keeps `accounts/<host_port>/<email>/{account.json,keys/<email>.key}` and
+//! `certificates/<domain>.{crt,key,issuer.crt,json}`. It records neither the directory URL (only
+//! its host) nor how challenges were solved, so those come from the same flags lego was run with.
+//!
+//! - `conf.d/lego-issuer-<host>.toml` gets issuer `lego-<host>`: the server, lego's account key type,
+//!   the CA bundle of `LEGO_CA_CERTIFICATES`, and the solver (`--http` → http01, `--http-webroot` →
+//!   webroot). When the config already defines that issuer (e.g. with a dns01 solver), it is used as
+//!   it is and no issuer file is written;
+//! - `conf.d/lego-<domain>.toml` gets one certificate per `<domain>.crt`: names from the leaf, key
+//!   type from `<domain>.key`, output `dir = DIR/certkeeper/<domain>`;
+//! - lego's account (URL from account.json's `registration.uri`, key from `keys/<email>.key`)
+//!   becomes certkeeper's account of the issuer;
+//! - the pair is imported into the output dir, then `<domain>.crt`, `.key` and `.issuer.crt` are
+//!   replaced (one `rename` each) by symlinks to its `fullchain.pem`, `privkey.pem` and `chain.pem`, so
+//!   a web server pointing at lego's files keeps working and sees every renewal;
+//! - when every certificate was adopted, `account.json` is renamed to `account.json.migrated`: a
+//!   leftover `lego renew` then stops at "not registered" instead of writing through the symlinks.
+//!   The undo commands are printed.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openssl::pkey::PKey;
+
+use super::common::{
+    Adoption, ConfFile, ForeignAccount, LiveFacts, adopt_account, conf_d, pair_facts, q, q_list,
+    sh_quote, write_and_load,
+};
+use crate::acme::KeyType;
+use crate::challenge::http01::TokenStore;
+use crate::commands::import::{ImportOptions, import};
+use crate::engine::Runtime;
+
+const LE_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+const LE_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// lego's file → the certkeeper output file it becomes a symlink to.
+const LINKS: [(&str, &str); 3] = [
+    (".crt", "fullchain.pem"),
+    (".key", "privkey.pem"),
+    (".issuer.crt", "chain.pem"),
+];
+
+/// How certkeeper solves the challenges lego solved (lego does not record it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LegoSolver {
+    /// `--http`: certkeeper's HTTP-01 listener.
+    Http,
+    /// `--http-webroot DIR`: files in a web server's document root.
+    Webroot(PathBuf),
+    /// No flag: the issuer must already be in the config.
+    Existing,
+}
+
+/// What `certkeeper migrate lego` was asked to do.
+#[derive(Clone, Debug)]
+pub struct LegoOptions {
+    /// lego's `--path` (the directory holding `accounts/` and `certificates/`).
+    pub path: PathBuf,
+    /// lego's `--server` (the ACME directory URL).
+    pub server: String,
+    /// lego's `--email`: which account, when the server has several.
+    pub email: Option<String>,
+    /// The solver of the issuer.
+    pub solver: LegoSolver,
+    /// The CA bundle for the server's TLS (lego's `LEGO_CA_CERTIFICATES`).
+    pub ca_bundle: Option<PathBuf>,
+    /// Print what would be written and done; change nothing.
+    pub dry_run: bool,
+}
+
+/// `host_port` as lego names the server's accounts directory (`:` becomes `_`).
+pub fn server_dir_name(server: &str) -> String {
+    let rest = server.split_once("://").map_or(server, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.replace(':', "_")
+}
+
+/// certkeeper's issuer name and `directory` value for lego's `--server`.
+pub fn issuer_for_server(server: &str) -> (String, String) {
+    let server = server.trim_end_matches('/');
+    let safe: String = server_dir_name(server)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let directory = match server {
+        LE_PRODUCTION => "letsencrypt",
+        LE_STAGING => "letsencrypt-staging",
+        other => other,
+    };
+    (format!("lego-{safe}"), directory.to_string())
+}
+
+/// lego's account: where it is, and what certkeeper adopts.
+#[derive(Clone, Debug)]
+pub struct LegoAccount {
+    /// lego's account id (the email, or `noemail@example.com` when none was given).
+    pub email: String,
+    /// `account.json` (or `account.json.migrated` after a previous run).
+    pub json_path: PathBuf,
+    /// The account key's type.
+    pub key_type: KeyType,
+    /// The key, URL and contacts.
+    pub account: ForeignAccount,
+}
+
+/// Find and read lego's account for `server` (the one of `email`, or the only one).
+pub fn read_account(
+    lego_dir: &Path,
+    server: &str,
+    email: Option<&str>,
+) -> Result<LegoAccount, String> {
+    let dir = lego_dir.join("accounts").join(server_dir_name(server));
+    let email = match email {
+        Some(e) => e.to_string(),
+        None => {
+            let mut found: Vec<String> = std::fs::read_dir(&dir)
+                .map_err(|e| format!("no lego account for {server}: cannot read {}: {e} (pass lego's --server)", dir.display()))?
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect();
+            found.sort();
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => return Err(format!("no lego account in {}", dir.display())),
+                many => {
+                    return Err(format!(
+                        "{} holds several lego accounts ({}): pass --email with the one lego renews with",
+                        dir.display(),
+                        many.join(", ")
+                    ));
+                }
+            }
+        }
+    };
+    let acct = dir.join(&email);
+    let json_path = ["account.json", "account.json.migrated"]
+        .iter()
+        .map(|f| acct.join(f))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("no account.json in {}", acct.display()))?;
+    let text = std::fs::read_to_string(&json_path)
+        .map_err(|e| format!("cannot read {}: {e}", json_path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json_path.display()))?;
+    let url = json
+        .pointer("/registration/uri")
+        .and_then(|v| v.as_str())
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "{}: no registration.uri (lego never registered this account)",
+                json_path.display()
+            )
+        })?
+        .to_string();
+    let contact = json
+        .pointer("/registration/body/contact")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let key_path = acct.join("keys").join(format!("{email}.key"));
+    let pem =
+        std::fs::read(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+    let key = PKey::private_key_from_pem(&pem).map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let key_type = KeyType::of(&key).ok_or_else(|| {
+        format!(
+            "{}: the account key is not ecdsa-p256/p384 or rsa-2048/3072/4096",
+            key_path.display()
+        )
+    })?;
+    let key_pem = key
+        .private_key_to_pem_pkcs8()
+        .ok()
+        .and_then(|p| String::from_utf8(p).ok())
+        .ok_or_else(|| format!("{}: cannot convert the key", key_path.display()))?;
+    Ok(LegoAccount {
+        email,
+        json_path,
+        key_type,
+        account: ForeignAccount {
+            key_pem,
+            url,
+            contact,
+        },
+    })
+}
+
+/// One lego certificate, planned.
+#[derive(Clone, Debug)]
+pub struct LegoCert {
+    /// lego's file stem (`www.example.com`, `_.example.com` for a wildcard): the certificate name.
+    pub name: String,
+    /// `certificates/<name>` without extension.
+    pub stem: PathBuf,
+    /// certkeeper's output directory, `DIR/certkeeper/<name>`.
+    pub out_dir: PathBuf,
+    /// `conf.d/lego-<name>.toml` text.
+    pub toml: String,
+}
+
+impl LegoCert {
+    /// `certificates/<name><ext>`.
+    fn file(&self, ext: &str) -> PathBuf {
+        PathBuf::from(format!("{}{ext}", self.stem.display()))
+    }
+}
+
+fn cert_file(conf_d: &Path, name: &str) -> PathBuf {
+    conf_d.join(format!("lego-{name}.toml"))
+}
+
+/// `conf.d/lego-issuer-<host>.toml` for issuer `lego-<host>`.
+fn issuer_file(conf_d: &Path, issuer: &str) -> PathBuf {
+    let host = issuer.strip_prefix("lego-").unwrap_or(issuer);
+    conf_d.join(format!("lego-issuer-{host}.toml"))
+}
+
+/// Plan one certificate from its pair's facts.
+pub fn plan_cert(
+    lego_dir: &Path,
+    name: &str,
+    issuer: &str,
+    facts: &LiveFacts,
+) -> Result<LegoCert, String> {
+    if facts.names.is_empty() {
+        return Err("the certificate has no DNS names or IP addresses".into());
+    }
+    let key = facts
+        .key_type
+        .as_deref()
+        .ok_or("cannot tell the key type of its .key file")?;
+    let stem = lego_dir.join("certificates").join(name);
+    let out_dir = lego_dir.join("certkeeper").join(name);
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# Migrated from lego by `certkeeper migrate lego` ({}.crt).\n\
+         # lego's --renew-hook is not recorded in its directory: add it as reload = [\"...\"] here.\n\
+         # {name}.crt, .key and .issuer.crt in {} are symlinks to the files of output.dir.",
+        stem.display(),
+        lego_dir.join("certificates").display()
+    );
+    let _ = writeln!(t, "[certificate.{}]", q(name));
+    let _ = writeln!(t, "issuer = {}", q(issuer));
+    let _ = writeln!(t, "domains = {}", q_list(&facts.names));
+    let _ = writeln!(t, "key = {}", q(key));
+    let _ = writeln!(
+        t,
+        "output = {{ dir = {} }}",
+        q(&out_dir.display().to_string())
+    );
+    Ok(LegoCert {
+        name: name.to_string(),
+        stem,
+        out_dir,
+        toml: t,
+    })
+}
+
+/// The issuer file's text.
+fn issuer_toml(
+    issuer: &str,
+    directory: &str,
+    account_key: Option<KeyType>,
+    opts: &LegoOptions,
+) -> String {
+    let mut t = format!(
+        "# Generated by `certkeeper migrate lego` for lego's --server {}.\n[issuer.{}]\ndirectory = {}\n",
+        opts.server,
+        q(issuer),
+        q(directory)
+    );
+    if let Some(k) = account_key {
+        let _ = writeln!(t, "account_key = {}  # lego's account key", q(k.as_str()));
+    }
+    if let Some(b) = &opts.ca_bundle {
+        let _ = writeln!(
+            t,
+            "ca_bundle = {}  # lego's LEGO_CA_CERTIFICATES",
+            q(&b.display().to_string())
+        );
+    }
+    let _ = writeln!(t, "\n[[issuer.{}.solver]]", q(issuer));
+    match &opts.solver {
+        LegoSolver::Webroot(p) => {
+            let _ = writeln!(t, "webroot = {{ path = {} }}", q(&p.display().to_string()));
+        }
+        LegoSolver::Http | LegoSolver::Existing => {
+            let _ = writeln!(
+                t,
+                "http01 = {{}}  # certkeeper's listener: [http01] listen in the main config (lego's --http.port)"
+            );
+        }
+    }
+    t
+}
+
+/// The `<name>.crt` files of `certificates/` (not `.issuer.crt`), sorted.
+fn lego_certs(lego_dir: &Path) -> Result<Vec<String>, String> {
+    let dir = lego_dir.join("certificates");
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|f| !f.ends_with(".issuer.crt"))
+        .filter_map(|f| f.strip_suffix(".crt").map(str::to_string))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Replace lego's files of `c` by symlinks into its output dir, each with one `rename`.
+fn link_lego_files(c: &LegoCert) -> Result<(), String> {
+    for (ext, target) in LINKS {
+        let file = c.file(ext);
+        let tmp = c.stem.with_file_name(format!(".{}{ext}.certkeeper-tmp", c.name));
+        let _ = std::fs::remove_file(&tmp);
+        let target = Path::new("..")
+            .join("certkeeper")
+            .join(&c.name)
+            .join(target);
+        std::os::unix::fs::symlink(&target, &tmp)
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .map_err(|e| format!("cannot replace {} by a symlink: {e}", file.display()))?;
+    }
+    crate::store::fsync_dir(c.stem.parent().unwrap_or(Path::new("."))).map_err(|e| e.to_string())
+}
+
+/// The undo commands for one migrated certificate.
+fn undo(c: &LegoCert, conf_d: &Path) -> String {
+    let mut cmds = vec![format!(
+        "rm {}",
+        sh_quote(&cert_file(conf_d, &c.name).display().to_string())
+    )];
+    for (ext, target) in LINKS {
+        cmds.push(format!(
+            "cp --remove-destination {} {}",
+            sh_quote(&c.out_dir.join(target).display().to_string()),
+            sh_quote(&c.file(ext).display().to_string())
+        ));
+    }
+    cmds.join(" && ")
+}
+
+/// Run the migration (or print it with `dry_run`); returns the report to print.
+pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String> {
+    let lego_dir = std::path::absolute(&opts.path)
+        .map_err(|e| format!("{}: {e}", opts.path.display()))?;
+    let conf_d = conf_d(config_path);
+    let (issuer, directory) = issuer_for_server(&opts.server);
+    // An issuer the config already defines (a dns01 solver, an earlier run) is used as it is. A
+    // config that does not load yet (e.g. conf.d/ missing) defines none.
+    let before = crate::config::load(config_path);
+    let issuer_exists = before
+        .as_ref()
+        .is_ok_and(|c| c.issuers.contains_key(&issuer));
+    if opts.solver == LegoSolver::Existing && !issuer_exists {
+        if let Err(e) = before {
+            return Err(format!("{e}"));
+        }
+        return Err(format!(
+            "lego does not record how it solved challenges: pass --http (certkeeper's HTTP-01 listener) or \
+             --http-webroot DIR, or define issuer {issuer:?} (directory = {directory:?}) with its dns01 solver in {} first and run again",
+            conf_d.display()
+        ));
+    }
+    let account = read_account(&lego_dir, &opts.server, opts.email.as_deref())?;
+
+    let mut report = String::new();
+    let mut failed = Vec::new();
+    let mut todo = Vec::new();
+    for name in lego_certs(&lego_dir)? {
+        let stem = lego_dir.join("certificates").join(&name);
+        let crt = PathBuf::from(format!("{}.crt", stem.display()));
+        if std::fs::symlink_metadata(&crt).is_ok_and(|m| m.file_type().is_symlink()) {
+            let _ = writeln!(report, "{name}: already migrated ({} is a symlink)", crt.display());
+            continue;
+        }
+        let key = PathBuf::from(format!("{}.key", stem.display()));
+        match pair_facts(&crt, &key).and_then(|f| plan_cert(&lego_dir, &name, &issuer, &f)) {
+            Ok(c) => todo.push(c),
+            Err(e) => failed.push(format!("{name}: not migrated: {e}")),
+        }
+    }
+    if todo.is_empty() {
+        failed.push(format!(
+            "nothing to migrate: no certificates/*.crt in {} could be adopted",
+            lego_dir.display()
+        ));
+        return Err(failed.join("\n"));
+    }
+
+    let mut files: Vec<ConfFile> = Vec::new();
+    if !issuer_exists {
+        let text = issuer_toml(&issuer, &directory, Some(account.key_type), opts);
+        files.push((issuer_file(&conf_d, &issuer), text, 0o644));
+    }
+    for c in &todo {
+        files.push((cert_file(&conf_d, &c.name), c.toml.clone(), 0o644));
+    }
+
+    if opts.dry_run {
+        let _ = writeln!(report, "# --dry-run: nothing written, imported or renamed\n");
+        for (p, text, _) in &files {
+            let _ = writeln!(report, "# ---- {} ----\n{text}", p.display());
+        }
+        for c in &todo {
+            let _ = writeln!(
+                report,
+                "# would import {name}.crt/.key into {} and replace lego's {name}.crt, .key, .issuer.crt by symlinks to it",
+                c.out_dir.display(),
+                name = c.name
+            );
+        }
+        let _ = writeln!(
+            report,
+            "# would adopt lego account {} ({}) as the account of issuer {issuer}",
+            account.email, account.account.url
+        );
+        for f in &failed {
+            let _ = writeln!(report, "# {f}");
+        }
+        return Ok(report);
+    }
+
+    let (cfg, _written) = write_and_load(config_path, &files)?;
+    let rt = Runtime::new(Arc::new(cfg), TokenStore::default()).map_err(|e| e.to_string())?;
+    match adopt_account(&rt, &issuer, &account.account) {
+        Ok(Adoption::Adopted) => {
+            let _ = writeln!(report, "issuer {issuer}: adopted lego's account {} ({})", account.email, account.account.url);
+        }
+        Ok(Adoption::AlreadyOurs) => {
+            let _ = writeln!(report, "issuer {issuer}: lego's account {} is already certkeeper's", account.account.url);
+        }
+        Ok(Adoption::Kept(ours)) => failed.push(format!(
+            "issuer {issuer}: certkeeper already has the account {ours}; lego's account {} was not adopted",
+            account.account.url
+        )),
+        Err(e) => failed.push(format!("issuer {issuer}: lego's account not adopted: {e}")),
+    }
+
+    let mut adopted = 0;
+    for c in &todo {
+        match adopt_cert(&rt, c) {
+            Ok(line) => {
+                let _ = writeln!(report, "{line}");
+                let _ = writeln!(report, "  undo: {}", undo(c, &conf_d));
+                adopted += 1;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(cert_file(&conf_d, &c.name));
+                failed.push(format!("{}: not migrated (lego still renews it): {e}", c.name));
+            }
+        }
+    }
+    if failed.is_empty() && account.json_path.extension().is_some_and(|e| e == "json") {
+        let migrated = account.json_path.with_extension("json.migrated");
+        match std::fs::rename(&account.json_path, &migrated) {
+            Ok(()) => {
+                let _ = writeln!(
+                    report,
+                    "lego's account.json renamed, so a leftover `lego renew` cannot write through the symlinks\n  undo: mv {} {}",
+                    sh_quote(&migrated.display().to_string()),
+                    sh_quote(&account.json_path.display().to_string())
+                );
+            }
+            Err(e) => failed.push(format!(
+                "renaming {} failed ({e}): remove lego's renew job (cron, timer) by hand",
+                account.json_path.display()
+            )),
+        }
+    } else if adopted > 0 {
+        failed.push(format!(
+            "{} was kept because not every certificate was adopted: remove the adopted ones from lego's renew job (cron, timer)",
+            account.json_path.display()
+        ));
+    }
+    for f in &failed {
+        let _ = writeln!(report, "warning: {f}");
+    }
+    let _ = writeln!(
+        report,
+        "Remove lego's renew job (cron, timer); check with `certkeeper check`, then `systemctl reload certkeeper` (or restart it)."
+    );
+    Ok(report)
+}
+
+/// Import one certificate into its output dir and point lego's files at it; returns the report line.
+fn adopt_cert(rt: &Runtime, c: &LegoCert) -> Result<String, String> {
+    let crt = c.file(".crt");
+    let bundled = std::fs::read(&crt)
+        .map(|pem| openssl::x509::X509::stack_from_pem(&pem).map_or(0, |s| s.len()) > 1)
+        .unwrap_or(false);
+    let imp = ImportOptions {
+        name: c.name.clone(),
+        cert: crt,
+        key: c.file(".key"),
+        // `--no-bundle` leaves the issuer out of the .crt.
+        chain: (!bundled).then(|| c.file(".issuer.crt")),
+    };
+    let i = import(rt, &imp).map_err(|e| e.to_string())?;
+    link_lego_files(c).map_err(|e| {
+        format!("imported into {}, but {e}; point the web server at that directory", c.out_dir.display())
+    })?;
+    Ok(format!(
+        "{}: imported serial {} (valid until {}) into {}; lego's files now link there; {}",
+        c.name,
+        i.serial,
+        i.not_after,
+        c.out_dir.display(),
+        i.due
+    ))
+}
