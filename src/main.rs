@@ -147,7 +147,12 @@ enum MigrateFrom {
         #[arg(long, env = "LEGO_PATH", default_value = ".lego", value_name = "DIR")]
         path: PathBuf,
         /// lego's --server: the ACME directory URL lego used.
-        #[arg(long, short = 's', env = "LEGO_SERVER", default_value = "https://acme-v02.api.letsencrypt.org/directory")]
+        #[arg(
+            long,
+            short = 's',
+            env = "LEGO_SERVER",
+            default_value = "https://acme-v02.api.letsencrypt.org/directory"
+        )]
         server: String,
         /// lego's --email: which account, when lego has several for the server.
         #[arg(long, short = 'm', env = "LEGO_EMAIL")]

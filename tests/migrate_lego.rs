@@ -146,10 +146,16 @@ async fn lego_dir_is_adopted_and_renewed_with_legos_account() {
         "{dry}"
     );
     assert!(
-        dry.contains(&format!("ca_bundle = {}", toml_str(&ca.display().to_string()))),
+        dry.contains(&format!(
+            "ca_bundle = {}",
+            toml_str(&ca.display().to_string())
+        )),
         "LEGO_CA_CERTIFICATES becomes the issuer's ca_bundle: {dry}"
     );
-    assert!(!cfg.dir().join("conf.d").exists(), "--dry-run writes nothing");
+    assert!(
+        !cfg.dir().join("conf.d").exists(),
+        "--dry-run writes nothing"
+    );
     assert!(!std::fs::symlink_metadata(&crt).unwrap().is_symlink());
 
     let report = ok(migrate(&[]));
@@ -174,7 +180,11 @@ async fn lego_dir_is_adopted_and_renewed_with_legos_account() {
             "{f}"
         );
     }
-    assert_eq!(serial(&crt), lego_serial, "the same pair, through lego's path");
+    assert_eq!(
+        serial(&crt),
+        lego_serial,
+        "the same pair, through lego's path"
+    );
     assert_eq!(std::fs::read(&key).unwrap(), lego_key);
     check_pair(&out_dir, &root, &NAMES).unwrap();
     assert_eq!(certkeeper_account_url(&cfg.state_dir()), lego_url);
@@ -206,16 +216,29 @@ async fn lego_dir_is_adopted_and_renewed_with_legos_account() {
     assert_ne!(pair.serial.to_lowercase(), lego_serial.to_lowercase());
     assert_eq!(serial(&crt), serial(&out_dir.join("cert.pem")));
     assert_eq!(std::fs::read(&key).unwrap(), pair.bytes[1]);
-    assert_eq!(certkeeper_account_url(&cfg.state_dir()), lego_url, "no new account");
+    assert_eq!(
+        certkeeper_account_url(&cfg.state_dir()),
+        lego_url,
+        "no new account"
+    );
 
     // A leftover `lego renew` stops before it writes anything.
     let before = std::fs::read(&crt).unwrap();
     let out = run_bounded(
-        lego(&pebble, &ca, &lego_dir, http_port, &["renew", "--days", "999"]),
+        lego(
+            &pebble,
+            &ca,
+            &lego_dir,
+            http_port,
+            &["renew", "--days", "999"],
+        ),
         LIMIT,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "lego renew must refuse to run: {stderr}");
+    assert!(
+        !out.status.success(),
+        "lego renew must refuse to run: {stderr}"
+    );
     assert!(stderr.contains("not registered"), "{stderr}");
     assert_eq!(std::fs::read(&crt).unwrap(), before);
     assert!(std::fs::symlink_metadata(&crt).unwrap().is_symlink());
@@ -223,5 +246,9 @@ async fn lego_dir_is_adopted_and_renewed_with_legos_account() {
     // A second migration finds nothing left to do.
     let again = migrate(&[]);
     assert!(!again.status.success());
-    assert!(again.stderr.contains("nothing to migrate"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("nothing to migrate"),
+        "{}",
+        again.stderr
+    );
 }

@@ -106,9 +106,9 @@ pub fn adopt_account(
         Some(s) if s.record.as_ref().is_some_and(|r| r.url == account.url) => {
             Ok(Adoption::AlreadyOurs)
         }
-        Some(s) if s.record.is_some() => Ok(Adoption::Kept(
-            s.record.map(|r| r.url).unwrap_or_default(),
-        )),
+        Some(s) if s.record.is_some() => {
+            Ok(Adoption::Kept(s.record.map(|r| r.url).unwrap_or_default()))
+        }
         _ => {
             let record = AccountRecord {
                 url: account.url.clone(),
@@ -147,10 +147,7 @@ impl Written {
 /// Write `files` (atomically), then load the config at `config_path` and check that it includes
 /// every file whose name ends in `.toml`. On any failure every file is put back as it was and the
 /// error says that nothing was changed.
-pub fn write_and_load(
-    config_path: &Path,
-    files: &[ConfFile],
-) -> Result<(Config, Written), String> {
+pub fn write_and_load(config_path: &Path, files: &[ConfFile]) -> Result<(Config, Written), String> {
     let mut written = Written::default();
     let mut result = Ok(());
     for (path, text, mode) in files {

@@ -126,7 +126,12 @@ pub fn read_account(
         Some(e) => e.to_string(),
         None => {
             let mut found: Vec<String> = std::fs::read_dir(&dir)
-                .map_err(|e| format!("no lego account for {server}: cannot read {}: {e} (pass lego's --server)", dir.display()))?
+                .map_err(|e| {
+                    format!(
+                        "no lego account for {server}: cannot read {}: {e} (pass lego's --server)",
+                        dir.display()
+                    )
+                })?
                 .flatten()
                 .filter(|e| e.path().is_dir())
                 .filter_map(|e| e.file_name().to_str().map(str::to_string))
@@ -178,7 +183,8 @@ pub fn read_account(
     let key_path = acct.join("keys").join(format!("{email}.key"));
     let pem =
         std::fs::read(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
-    let key = PKey::private_key_from_pem(&pem).map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let key =
+        PKey::private_key_from_pem(&pem).map_err(|e| format!("{}: {e}", key_path.display()))?;
     let key_type = KeyType::of(&key).ok_or_else(|| {
         format!(
             "{}: the account key is not ecdsa-p256/p384 or rsa-2048/3072/4096",
@@ -331,7 +337,9 @@ fn lego_certs(lego_dir: &Path) -> Result<Vec<String>, String> {
 fn link_lego_files(c: &LegoCert) -> Result<(), String> {
     for (ext, target) in LINKS {
         let file = c.file(ext);
-        let tmp = c.stem.with_file_name(format!(".{}{ext}.certkeeper-tmp", c.name));
+        let tmp = c
+            .stem
+            .with_file_name(format!(".{}{ext}.certkeeper-tmp", c.name));
         let _ = std::fs::remove_file(&tmp);
         let target = Path::new("..")
             .join("certkeeper")
@@ -362,8 +370,8 @@ fn undo(c: &LegoCert, conf_d: &Path) -> String {
 
 /// Run the migration (or print it with `dry_run`); returns the report to print.
 pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String> {
-    let lego_dir = std::path::absolute(&opts.path)
-        .map_err(|e| format!("{}: {e}", opts.path.display()))?;
+    let lego_dir =
+        std::path::absolute(&opts.path).map_err(|e| format!("{}: {e}", opts.path.display()))?;
     let conf_d = conf_d(config_path);
     let (issuer, directory) = issuer_for_server(&opts.server);
     // An issuer the config already defines (a dns01 solver, an earlier run) is used as it is. A
@@ -391,7 +399,11 @@ pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String>
         let stem = lego_dir.join("certificates").join(&name);
         let crt = PathBuf::from(format!("{}.crt", stem.display()));
         if std::fs::symlink_metadata(&crt).is_ok_and(|m| m.file_type().is_symlink()) {
-            let _ = writeln!(report, "{name}: already migrated ({} is a symlink)", crt.display());
+            let _ = writeln!(
+                report,
+                "{name}: already migrated ({} is a symlink)",
+                crt.display()
+            );
             continue;
         }
         let key = PathBuf::from(format!("{}.key", stem.display()));
@@ -418,7 +430,10 @@ pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String>
     }
 
     if opts.dry_run {
-        let _ = writeln!(report, "# --dry-run: nothing written, imported or renamed\n");
+        let _ = writeln!(
+            report,
+            "# --dry-run: nothing written, imported or renamed\n"
+        );
         for (p, text, _) in &files {
             let _ = writeln!(report, "# ---- {} ----\n{text}", p.display());
         }
@@ -467,7 +482,10 @@ pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String>
             }
             Err(e) => {
                 let _ = std::fs::remove_file(cert_file(&conf_d, &c.name));
-                failed.push(format!("{}: not migrated (lego still renews it): {e}", c.name));
+                failed.push(format!(
+                    "{}: not migrated (lego still renews it): {e}",
+                    c.name
+                ));
             }
         }
     }
@@ -518,7 +536,10 @@ fn adopt_cert(rt: &Runtime, c: &LegoCert) -> Result<String, String> {
     };
     let i = import(rt, &imp).map_err(|e| e.to_string())?;
     link_lego_files(c).map_err(|e| {
-        format!("imported into {}, but {e}; point the web server at that directory", c.out_dir.display())
+        format!(
+            "imported into {}, but {e}; point the web server at that directory",
+            c.out_dir.display()
+        )
     })?;
     Ok(format!(
         "{}: imported serial {} (valid until {}) into {}; lego's files now link there; {}",
@@ -528,4 +549,187 @@ fn adopt_cert(rt: &Runtime, c: &LegoCert) -> Result<String, String> {
         c.out_dir.display(),
         i.due
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_map_to_legos_dir_names_and_issuers() {
+        assert_eq!(
+            server_dir_name(LE_PRODUCTION),
+            "acme-v02.api.letsencrypt.org"
+        );
+        assert_eq!(
+            server_dir_name("https://127.0.0.1:14000/dir"),
+            "127.0.0.1_14000"
+        );
+        assert_eq!(
+            issuer_for_server(LE_STAGING),
+            (
+                "lego-acme-staging-v02.api.letsencrypt.org".into(),
+                "letsencrypt-staging".into()
+            )
+        );
+        assert_eq!(
+            issuer_for_server("https://ca.internal:8443/acme/dir/"),
+            (
+                "lego-ca.internal-8443".into(),
+                "https://ca.internal:8443/acme/dir".into()
+            )
+        );
+        assert_eq!(
+            issuer_file(Path::new("/etc/certkeeper/conf.d"), "lego-ca.internal-8443"),
+            Path::new("/etc/certkeeper/conf.d/lego-issuer-ca.internal-8443.toml")
+        );
+    }
+
+    fn write_account(dir: &Path, email: &str, key: &PKey<openssl::pkey::Private>) -> PathBuf {
+        let acct = dir.join("accounts/127.0.0.1_14000").join(email);
+        std::fs::create_dir_all(acct.join("keys")).unwrap();
+        let json = serde_json::json!({"email": email, "registration": {"body": {"status": "valid", "contact": [format!("mailto:{email}")]}, "uri": format!("https://127.0.0.1:14000/my-account/{email}")}});
+        std::fs::write(acct.join("account.json"), json.to_string()).unwrap();
+        // lego writes EC keys as SEC1 ("EC PRIVATE KEY").
+        let pem = key.ec_key().unwrap().private_key_to_pem().unwrap();
+        std::fs::write(acct.join("keys").join(format!("{email}.key")), pem).unwrap();
+        acct.join("account.json")
+    }
+
+    #[test]
+    fn legos_account_is_read_and_chosen_by_email() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = "https://127.0.0.1:14000/dir";
+        let key = KeyType::EcdsaP256.generate().unwrap();
+        let json = write_account(dir.path(), "a@example.com", &key);
+        let a = read_account(dir.path(), server, None).unwrap();
+        assert_eq!(a.email, "a@example.com");
+        assert_eq!(a.json_path, json);
+        assert_eq!(a.key_type, KeyType::EcdsaP256);
+        assert_eq!(
+            a.account.url,
+            "https://127.0.0.1:14000/my-account/a@example.com"
+        );
+        assert_eq!(a.account.contact, ["mailto:a@example.com"]);
+        let back = PKey::private_key_from_pem(a.account.key_pem.as_bytes()).unwrap();
+        assert!(back.public_eq(&key));
+        crate::acme::AccountKey::from_pem(a.account.key_pem.as_bytes()).unwrap();
+
+        write_account(dir.path(), "b@example.com", &key);
+        let e = read_account(dir.path(), server, None).unwrap_err();
+        assert!(
+            e.contains("a@example.com, b@example.com") && e.contains("--email"),
+            "{e}"
+        );
+        let b = read_account(dir.path(), server, Some("b@example.com")).unwrap();
+        assert_eq!(
+            b.account.url,
+            "https://127.0.0.1:14000/my-account/b@example.com"
+        );
+
+        // After a migration the renamed account.json is still read.
+        std::fs::rename(&json, json.with_extension("json.migrated")).unwrap();
+        let a = read_account(dir.path(), server, Some("a@example.com")).unwrap();
+        assert!(a.json_path.ends_with("account.json.migrated"));
+
+        let e = read_account(dir.path(), "https://other:1/dir", None).unwrap_err();
+        assert!(e.contains("--server"), "{e}");
+    }
+
+    #[test]
+    fn planned_files_load_as_a_config() {
+        let facts = LiveFacts {
+            names: vec!["www.example.com".into(), "example.com".into()],
+            key_type: Some("ecdsa-p384".into()),
+        };
+        let c = plan_cert(
+            Path::new("/srv/lego"),
+            "www.example.com",
+            "lego-127.0.0.1-14000",
+            &facts,
+        )
+        .unwrap();
+        assert_eq!(c.out_dir, Path::new("/srv/lego/certkeeper/www.example.com"));
+        assert_eq!(
+            c.file(".issuer.crt"),
+            Path::new("/srv/lego/certificates/www.example.com.issuer.crt")
+        );
+        let opts = LegoOptions {
+            path: "/srv/lego".into(),
+            server: "https://127.0.0.1:14000/dir".into(),
+            email: None,
+            solver: LegoSolver::Webroot("/var/www/html".into()),
+            ca_bundle: Some("/etc/ssl/pebble.pem".into()),
+            dry_run: false,
+        };
+        let issuer = issuer_toml(
+            "lego-127.0.0.1-14000",
+            &opts.server,
+            Some(KeyType::EcdsaP256),
+            &opts,
+        );
+        let main = format!("state_dir = \"/tmp/x\"\n{issuer}\n{}", c.toml);
+        let cfg =
+            crate::config::Config::from_str(&main, Path::new("/etc/certkeeper/certkeeper.toml"))
+                .unwrap_or_else(|e| panic!("{e}\n---\n{main}"));
+        let cert = &cfg.certificates["www.example.com"];
+        assert_eq!(cert.key.as_str(), "ecdsa-p384");
+        assert_eq!(cert.domains, ["www.example.com", "example.com"]);
+        assert_eq!(cert.output.dir, c.out_dir);
+        let i = &cfg.issuers["lego-127.0.0.1-14000"];
+        assert_eq!(i.account_key, KeyType::EcdsaP256);
+        assert_eq!(i.solvers.len(), 1);
+        assert!(
+            issuer.contains("webroot = { path = \"/var/www/html\" }"),
+            "{issuer}"
+        );
+        assert!(plan_cert(Path::new("/l"), "x", "i", &LiveFacts::default()).is_err());
+    }
+
+    #[test]
+    fn lego_files_become_relative_symlinks_and_undo_restores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let lego = dir.path();
+        let facts = LiveFacts {
+            names: vec!["a.example.com".into()],
+            key_type: Some("ecdsa-p256".into()),
+        };
+        let c = plan_cert(lego, "a.example.com", "i", &facts).unwrap();
+        std::fs::create_dir_all(lego.join("certificates")).unwrap();
+        std::fs::create_dir_all(&c.out_dir).unwrap();
+        for (ext, target) in LINKS {
+            std::fs::write(c.file(ext), format!("lego {ext}")).unwrap();
+            std::fs::write(c.out_dir.join(target), format!("certkeeper {target}")).unwrap();
+        }
+        link_lego_files(&c).unwrap();
+        for (ext, target) in LINKS {
+            assert_eq!(
+                std::fs::read_to_string(c.file(ext)).unwrap(),
+                format!("certkeeper {target}")
+            );
+        }
+        assert_eq!(lego_certs(lego).unwrap(), ["a.example.com"]);
+        let cmd = undo(&c, Path::new("/etc/certkeeper/conf.d")).replace(
+            "rm '/etc/certkeeper/conf.d/lego-a.example.com.toml' && ",
+            "",
+        );
+        let st = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&cmd)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}");
+        for (ext, target) in LINKS {
+            let p = c.file(ext);
+            assert!(
+                !std::fs::symlink_metadata(&p).unwrap().is_symlink(),
+                "{}",
+                p.display()
+            );
+            assert_eq!(
+                std::fs::read_to_string(p).unwrap(),
+                format!("certkeeper {target}")
+            );
+        }
+    }
 }
