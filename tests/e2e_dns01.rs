@@ -795,7 +795,7 @@ async fn rfc2136_tsig_secret_from_a_systemd_credential() {
         "{missing}"
     );
     std::fs::write(creds.join("tsig"), format!("{}\n", bind::SECRET)).unwrap();
-    std::fs::set_permissions(&creds.join("tsig"), std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::set_permissions(creds.join("tsig"), std::fs::Permissions::from_mode(0o400)).unwrap();
     let issued = run(Some(&creds), &["renew"]);
     assert!(issued.ok(), "{issued}\n{}", server.log());
     assert!(issued.stdout.contains("cred: issued by pebble"), "{issued}");

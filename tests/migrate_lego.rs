@@ -210,7 +210,13 @@ async fn lego_dir_is_adopted_and_renewed_with_legos_account() {
     assert_eq!(serial(&crt), lego_serial);
 
     // --force renews with lego's account; lego's paths show the new pair.
-    let forced = ok(certkeeper(&cfg, &ca, &["renew", "--force"]));
+    let forced = certkeeper(&cfg, &ca, &["renew", "--force"]);
+    assert!(
+        forced.stderr.contains(&format!("account={lego_url}")),
+        "the order is placed with lego's account: {}",
+        forced.stderr
+    );
+    let forced = ok(forced);
     assert!(forced.contains("lego.example.com: issued by"), "{forced}");
     let pair = check_pair(&out_dir, &root, &NAMES).unwrap();
     assert_ne!(pair.serial.to_lowercase(), lego_serial.to_lowercase());

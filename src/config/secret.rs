@@ -258,6 +258,9 @@ fn credential_file(
     credential_path(name)
 }
 
+/// A problem with a settings key: `(key, message)`.
+pub type KeyProblem = (String, String);
+
 /// Replace every `<key>_credential = "NAME"` of a settings table (a DNS provider's) by
 /// `<key>_file = "$CREDENTIALS_DIRECTORY/NAME"`, so the provider reads it as any secret file.
 ///
@@ -265,7 +268,7 @@ fn credential_file(
 /// in a later error, or the problems, each with the `<key>_credential` key it is about.
 pub fn credentials_to_files(
     table: &mut toml::Table,
-) -> Result<Vec<(String, String)>, Vec<(String, String)>> {
+) -> Result<Vec<(String, String)>, Vec<KeyProblem>> {
     let keys: Vec<String> = table
         .keys()
         .filter(|k| k.ends_with("_credential"))
