@@ -24,6 +24,9 @@ const MAN1: &[&str] = &[
     "certkeeper-account-deactivate",
     "certkeeper-account-update-contact",
     "certkeeper-import",
+    "certkeeper-migrate",
+    "certkeeper-migrate-certbot",
+    "certkeeper-migrate-lego",
     "certkeeper-completions",
     "certkeeper-man",
 ];
