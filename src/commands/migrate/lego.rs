@@ -368,34 +368,42 @@ fn undo(c: &LegoCert, conf_d: &Path) -> String {
     cmds.join(" && ")
 }
 
-/// Run the migration (or print it with `dry_run`); returns the report to print.
-pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String> {
-    let lego_dir =
-        std::path::absolute(&opts.path).map_err(|e| format!("{}: {e}", opts.path.display()))?;
-    let conf_d = conf_d(config_path);
-    let (issuer, directory) = issuer_for_server(&opts.server);
-    // An issuer the config already defines (a dns01 solver, an earlier run) is used as it is. A
-    // config that does not load yet (e.g. conf.d/ missing) defines none.
+/// Whether the config already defines `issuer` (a dns01 solver, an earlier run): then it is used as
+/// it is. A config that does not load yet (e.g. conf.d/ missing) defines none; without a solver
+/// flag the issuer must exist.
+fn issuer_exists(
+    config_path: &Path,
+    opts: &LegoOptions,
+    issuer: &str,
+    directory: &str,
+) -> Result<bool, String> {
     let before = crate::config::load(config_path);
-    let issuer_exists = before
+    let exists = before
         .as_ref()
-        .is_ok_and(|c| c.issuers.contains_key(&issuer));
-    if opts.solver == LegoSolver::Existing && !issuer_exists {
+        .is_ok_and(|c| c.issuers.contains_key(issuer));
+    if opts.solver == LegoSolver::Existing && !exists {
         if let Err(e) = before {
-            return Err(format!("{e}"));
+            return Err(e.to_string());
         }
         return Err(format!(
             "lego does not record how it solved challenges: pass --http (certkeeper's HTTP-01 listener) or \
              --http-webroot DIR, or define issuer {issuer:?} (directory = {directory:?}) with its dns01 solver in {} first and run again",
-            conf_d.display()
+            conf_d(config_path).display()
         ));
     }
-    let account = read_account(&lego_dir, &opts.server, opts.email.as_deref())?;
+    Ok(exists)
+}
 
-    let mut report = String::new();
-    let mut failed = Vec::new();
+/// Plan every `certificates/<name>.crt` not migrated yet; the lines to report and the failures
+/// go to `report` and `failed`.
+fn plan_certs(
+    lego_dir: &Path,
+    issuer: &str,
+    report: &mut String,
+    failed: &mut Vec<String>,
+) -> Result<Vec<LegoCert>, String> {
     let mut todo = Vec::new();
-    for name in lego_certs(&lego_dir)? {
+    for name in lego_certs(lego_dir)? {
         let stem = lego_dir.join("certificates").join(&name);
         let crt = PathBuf::from(format!("{}.crt", stem.display()));
         if std::fs::symlink_metadata(&crt).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -407,11 +415,25 @@ pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String>
             continue;
         }
         let key = PathBuf::from(format!("{}.key", stem.display()));
-        match pair_facts(&crt, &key).and_then(|f| plan_cert(&lego_dir, &name, &issuer, &f)) {
+        match pair_facts(&crt, &key).and_then(|f| plan_cert(lego_dir, &name, issuer, &f)) {
             Ok(c) => todo.push(c),
             Err(e) => failed.push(format!("{name}: not migrated: {e}")),
         }
     }
+    Ok(todo)
+}
+
+/// Run the migration (or print it with `dry_run`); returns the report to print.
+pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String> {
+    let lego_dir =
+        std::path::absolute(&opts.path).map_err(|e| format!("{}: {e}", opts.path.display()))?;
+    let conf_d = conf_d(config_path);
+    let (issuer, directory) = issuer_for_server(&opts.server);
+    let issuer_exists = issuer_exists(config_path, opts, &issuer, &directory)?;
+    let account = read_account(&lego_dir, &opts.server, opts.email.as_deref())?;
+    let mut report = String::new();
+    let mut failed = Vec::new();
+    let todo = plan_certs(&lego_dir, &issuer, &mut report, &mut failed)?;
     if todo.is_empty() {
         failed.push(format!(
             "nothing to migrate: no certificates/*.crt in {} could be adopted",
@@ -428,31 +450,8 @@ pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String>
     for c in &todo {
         files.push((cert_file(&conf_d, &c.name), c.toml.clone(), 0o644));
     }
-
     if opts.dry_run {
-        let _ = writeln!(
-            report,
-            "# --dry-run: nothing written, imported or renamed\n"
-        );
-        for (p, text, _) in &files {
-            let _ = writeln!(report, "# ---- {} ----\n{text}", p.display());
-        }
-        for c in &todo {
-            let _ = writeln!(
-                report,
-                "# would import {name}.crt/.key into {} and replace lego's {name}.crt, .key, .issuer.crt by symlinks to it",
-                c.out_dir.display(),
-                name = c.name
-            );
-        }
-        let _ = writeln!(
-            report,
-            "# would adopt lego account {} ({}) as the account of issuer {issuer}",
-            account.email, account.account.url
-        );
-        for f in &failed {
-            let _ = writeln!(report, "# {f}");
-        }
+        dry_run_report(&mut report, &files, &todo, &account, &issuer, &failed);
         return Ok(report);
     }
 
@@ -471,13 +470,11 @@ pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String>
         )),
         Err(e) => failed.push(format!("issuer {issuer}: lego's account not adopted: {e}")),
     }
-
     let mut adopted = 0;
     for c in &todo {
         match adopt_cert(&rt, c) {
             Ok(line) => {
-                let _ = writeln!(report, "{line}");
-                let _ = writeln!(report, "  undo: {}", undo(c, &conf_d));
+                let _ = writeln!(report, "{line}\n  undo: {}", undo(c, &conf_d));
                 adopted += 1;
             }
             Err(e) => {
@@ -489,22 +486,8 @@ pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String>
             }
         }
     }
-    if failed.is_empty() && account.json_path.extension().is_some_and(|e| e == "json") {
-        let migrated = account.json_path.with_extension("json.migrated");
-        match std::fs::rename(&account.json_path, &migrated) {
-            Ok(()) => {
-                let _ = writeln!(
-                    report,
-                    "lego's account.json renamed, so a leftover `lego renew` cannot write through the symlinks\n  undo: mv {} {}",
-                    sh_quote(&migrated.display().to_string()),
-                    sh_quote(&account.json_path.display().to_string())
-                );
-            }
-            Err(e) => failed.push(format!(
-                "renaming {} failed ({e}): remove lego's renew job (cron, timer) by hand",
-                account.json_path.display()
-            )),
-        }
+    if failed.is_empty() {
+        retire_lego_account(&account, &mut report, &mut failed);
     } else if adopted > 0 {
         failed.push(format!(
             "{} was kept because not every certificate was adopted: remove the adopted ones from lego's renew job (cron, timer)",
@@ -519,6 +502,64 @@ pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String>
         "Remove lego's renew job (cron, timer); check with `certkeeper check`, then `systemctl reload certkeeper` (or restart it)."
     );
     Ok(report)
+}
+
+/// What `--dry-run` prints: the files, and what would be imported and adopted.
+fn dry_run_report(
+    report: &mut String,
+    files: &[ConfFile],
+    todo: &[LegoCert],
+    account: &LegoAccount,
+    issuer: &str,
+    failed: &[String],
+) {
+    let _ = writeln!(
+        report,
+        "# --dry-run: nothing written, imported or renamed\n"
+    );
+    for (p, text, _) in files {
+        let _ = writeln!(report, "# ---- {} ----\n{text}", p.display());
+    }
+    for c in todo {
+        let _ = writeln!(
+            report,
+            "# would import {name}.crt/.key into {} and replace lego's {name}.crt, .key, .issuer.crt by symlinks to it",
+            c.out_dir.display(),
+            name = c.name
+        );
+    }
+    let _ = writeln!(
+        report,
+        "# would adopt lego account {} ({}) as the account of issuer {issuer}",
+        account.email, account.account.url
+    );
+    for f in failed {
+        let _ = writeln!(report, "# {f}");
+    }
+}
+
+/// Rename lego's `account.json` to `account.json.migrated` (once every certificate is
+/// certkeeper's), so a leftover `lego renew` stops at "not registered" instead of writing through
+/// the symlinks.
+fn retire_lego_account(account: &LegoAccount, report: &mut String, failed: &mut Vec<String>) {
+    if account.json_path.extension().is_none_or(|e| e != "json") {
+        return; // renamed by an earlier run
+    }
+    let migrated = account.json_path.with_extension("json.migrated");
+    match std::fs::rename(&account.json_path, &migrated) {
+        Ok(()) => {
+            let _ = writeln!(
+                report,
+                "lego's account.json renamed, so a leftover `lego renew` cannot write through the symlinks\n  undo: mv {} {}",
+                sh_quote(&migrated.display().to_string()),
+                sh_quote(&account.json_path.display().to_string())
+            );
+        }
+        Err(e) => failed.push(format!(
+            "renaming {} failed ({e}): remove lego's renew job (cron, timer) by hand",
+            account.json_path.display()
+        )),
+    }
 }
 
 /// Import one certificate into its output dir and point lego's files at it; returns the report line.
