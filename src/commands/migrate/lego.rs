@@ -773,4 +773,40 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn without_a_solver_flag_the_issuer_must_be_in_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("certkeeper.toml");
+        std::fs::write(&main, "state_dir = \"/tmp/x\"\n").unwrap();
+        let mut opts = LegoOptions {
+            path: dir.path().join("lego"),
+            server: "https://127.0.0.1:14000/dir".into(),
+            email: None,
+            solver: LegoSolver::Existing,
+            ca_bundle: None,
+            dry_run: true,
+        };
+        let (issuer, directory) = issuer_for_server(&opts.server);
+        let e = issuer_exists(&main, &opts, &issuer, &directory).unwrap_err();
+        assert!(
+            e.contains("--http") && e.contains("issuer \"lego-127.0.0.1-14000\""),
+            "{e}"
+        );
+        opts.solver = LegoSolver::Http;
+        assert!(!issuer_exists(&main, &opts, &issuer, &directory).unwrap());
+        // Defined by the user (e.g. with a dns01 solver): used as it is.
+        std::fs::write(
+            &main,
+            format!(
+                "state_dir = \"/tmp/x\"\n[issuer.{}]\ndirectory = {}\n[[issuer.{}.solver]]\ndns01 = {{ provider = \"exec\", command = \"/bin/true\" }}\n",
+                q(&issuer),
+                q(&directory),
+                q(&issuer)
+            ),
+        )
+        .unwrap();
+        opts.solver = LegoSolver::Existing;
+        assert!(issuer_exists(&main, &opts, &issuer, &directory).unwrap());
+    }
 }
