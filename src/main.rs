@@ -140,6 +140,36 @@ enum MigrateFrom {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write conf.d/lego-<domain>.toml per certificates/<domain>.crt, adopt lego's account and pairs
+    /// (lego's .crt/.key/.issuer.crt become symlinks into DIR/certkeeper/<domain>/) and print the undo.
+    Lego {
+        /// lego's --path (holds accounts/ and certificates/).
+        #[arg(long, env = "LEGO_PATH", default_value = ".lego", value_name = "DIR")]
+        path: PathBuf,
+        /// lego's --server: the ACME directory URL lego used.
+        #[arg(
+            long,
+            short = 's',
+            env = "LEGO_SERVER",
+            default_value = "https://acme-v02.api.letsencrypt.org/directory"
+        )]
+        server: String,
+        /// lego's --email: which account, when lego has several for the server.
+        #[arg(long, short = 'm', env = "LEGO_EMAIL")]
+        email: Option<String>,
+        /// Solve HTTP-01 with certkeeper's listener (lego's --http).
+        #[arg(long, conflicts_with = "http_webroot")]
+        http: bool,
+        /// Solve HTTP-01 by writing into this document root (lego's --http.webroot).
+        #[arg(long, value_name = "DIR")]
+        http_webroot: Option<PathBuf>,
+        /// CA bundle for the server's TLS certificate, when it is not publicly trusted.
+        #[arg(long, env = "LEGO_CA_CERTIFICATES", value_name = "FILE")]
+        ca_bundle: Option<PathBuf>,
+        /// Print the files and actions; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// The shells `certkeeper completions` writes a script for.
@@ -299,6 +329,43 @@ fn main() -> ExitCode {
                     dry_run,
                 };
                 match certkeeper::commands::migrate::certbot::migrate(&cli.config, &opts) {
+                    Ok(report) => {
+                        print!("{report}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("certkeeper: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Migrate {
+                from:
+                    MigrateFrom::Lego {
+                        path,
+                        server,
+                        email,
+                        http,
+                        http_webroot,
+                        ca_bundle,
+                        dry_run,
+                    },
+            } => {
+                use certkeeper::commands::migrate::lego::{LegoOptions, LegoSolver, migrate};
+                let solver = match (http, http_webroot) {
+                    (_, Some(dir)) => LegoSolver::Webroot(dir),
+                    (true, None) => LegoSolver::Http,
+                    (false, None) => LegoSolver::Existing,
+                };
+                let opts = LegoOptions {
+                    path,
+                    server,
+                    email,
+                    solver,
+                    ca_bundle,
+                    dry_run,
+                };
+                match migrate(&cli.config, &opts) {
                     Ok(report) => {
                         print!("{report}");
                         ExitCode::SUCCESS

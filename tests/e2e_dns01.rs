@@ -743,3 +743,62 @@ async fn failing_exec_hook_is_reported_and_its_record_still_removed() {
     );
     assert_no_challenge_txt(server.addr, "bind9").await;
 }
+
+/// The TSIG secret as a systemd credential (`tsig_secret_credential = "tsig"`, as
+/// `LoadCredential=tsig:...` gives it): without `CREDENTIALS_DIRECTORY` the config is refused with
+/// file:line:key; with it, certkeeper reads `$CREDENTIALS_DIRECTORY/tsig` and issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc2136_tsig_secret_from_a_systemd_credential() {
+    let Some((server, dir, _pebble, mut cfg)) = bind_setup(&[]).await else {
+        return;
+    };
+    let solver = rfc2136_solver(dir.path(), &server, true, "60s", server.addr);
+    let file_key = format!(
+        "tsig_secret_file = \"{}\"",
+        dir.path().join("tsig.key").display()
+    );
+    assert!(solver.contains(&file_key), "{solver}");
+    std::fs::remove_file(dir.path().join("tsig.key")).unwrap();
+    cfg += &solver.replace(&file_key, "tsig_secret_credential = \"tsig\"");
+    cfg += &certificate(dir.path(), "cred", &["example.test"]);
+    let config = write_config(dir.path(), &cfg);
+
+    let run = |env: Option<&Path>, args: &[&str]| {
+        let mut cmd = std_command_at(&config, args);
+        cmd.env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(d) = env {
+            cmd.env("CREDENTIALS_DIRECTORY", d);
+        }
+        run_command_sync(cmd, args, Duration::from_secs(300))
+    };
+    let refused = run(None, &["check"]);
+    assert!(!refused.ok(), "{refused}");
+    let line = cfg
+        .lines()
+        .position(|l| l.contains("tsig_secret_credential"))
+        .unwrap()
+        + 1;
+    assert!(
+        refused.stderr.contains(&format!("certkeeper.toml:{line}:"))
+            && refused
+                .stderr
+                .contains("dns01.tsig_secret_credential: credential \"tsig\": CREDENTIALS_DIRECTORY is not set"),
+        "{refused}"
+    );
+
+    // What systemd does for LoadCredential=tsig:/etc/certkeeper/tsig.key: a private read-only dir.
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let missing = run(Some(&creds), &["check"]);
+    assert!(
+        !missing.ok() && missing.stderr.contains("LoadCredential=tsig:"),
+        "{missing}"
+    );
+    std::fs::write(creds.join("tsig"), format!("{}\n", bind::SECRET)).unwrap();
+    std::fs::set_permissions(creds.join("tsig"), std::fs::Permissions::from_mode(0o400)).unwrap();
+    let issued = run(Some(&creds), &["renew"]);
+    assert!(issued.ok(), "{issued}\n{}", server.log());
+    assert!(issued.stdout.contains("cred: issued by pebble"), "{issued}");
+    assert_txt_added(&server, "named never saw the signed update");
+    assert_no_challenge_txt(server.addr, "bind9").await;
+}

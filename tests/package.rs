@@ -25,6 +25,9 @@ const MAN1: &[&str] = &[
     "certkeeper-account-update-contact",
     "certkeeper-account-persist-record",
     "certkeeper-import",
+    "certkeeper-migrate",
+    "certkeeper-migrate-certbot",
+    "certkeeper-migrate-lego",
     "certkeeper-completions",
     "certkeeper-man",
 ];

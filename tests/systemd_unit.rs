@@ -58,3 +58,51 @@ fn the_unit_verifies_and_its_exposure_is_at_most_1_5() {
         .unwrap_or_else(|| panic!("cannot read the exposure from {line:?}"));
     assert!(level <= 1.5, "exposure {level} > 1.5:\n{text}");
 }
+
+/// The credentials drop-in the README and certkeeper.toml(5) show (`systemctl edit certkeeper`):
+/// the sandboxed unit takes it without a warning and its exposure does not change.
+#[test]
+fn the_documented_credentials_drop_in_verifies() {
+    if !Path::new(ANALYZE).exists() {
+        eprintln!("systemd-analyze is not installed; skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_for_test(dir.path());
+    let drop_in = dir.path().join("certkeeper.service.d");
+    std::fs::create_dir(&drop_in).unwrap();
+    std::fs::write(
+        drop_in.join("credentials.conf"),
+        "[Service]\n\
+         LoadCredential=tsig:/etc/certkeeper/tsig.key\n\
+         LoadCredentialEncrypted=eab:/etc/certkeeper/eab.cred\n",
+    )
+    .unwrap();
+    // The unit's directory first in the search path, so its drop-in directory is read.
+    let search = format!("{}:", dir.path().display());
+    let out = Command::new(ANALYZE)
+        .env("SYSTEMD_UNIT_PATH", &search)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify with the drop-in: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A misspelt key in the same place is reported: the drop-in really is read.
+    std::fs::write(drop_in.join("z.conf"), "[Service]\nLoadCredentialz=x:/y\n").unwrap();
+    let out = Command::new(ANALYZE)
+        .env("SYSTEMD_UNIT_PATH", &search)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("LoadCredentialz"),
+        "the drop-in directory was not read: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

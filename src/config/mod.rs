@@ -557,7 +557,7 @@ output = { dir = "/etc/nginx/tls/www" }
             ("no solver covers a name", BASE.replace("http01 = {}", "selector = { dns_names = [\"x.example.com\"] }\nhttp01 = {}").replace("\"www.example.com\"]", "\"www.other.org\"]"), &[], "DIR/certkeeper.toml:17:27: certificate.www.domains[1]: no solver of issuer \"le\" covers www.other.org: add a solver whose selector covers it, or one without a selector"),
             ("unreadable secret file", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_file = \"/nonexistent/eab.key\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:37: issuer.le.eab.hmac_key_file: cannot read secret file /nonexistent/eab.key: No such file or directory (os error 2) (check the path and that certkeeper's user may read it)"),
             ("missing env secret", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_env = \"CERTKEEPER_TEST_UNSET_EAB\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:36: issuer.le.eab.hmac_key_env: environment variable CERTKEEPER_TEST_UNSET_EAB is not set (or not valid UTF-8): set it in the service environment, e.g. systemd Environment= or EnvironmentFile="),
-            ("secret neither file nor env", BASE.replace("contact =", "eab = { kid = \"k1\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:7: issuer.le.eab: no hmac_key given: set hmac_key_file = \"/path/to/file\" or hmac_key_env = \"VARIABLE\""),
+            ("secret neither file nor env", BASE.replace("contact =", "eab = { kid = \"k1\" }\ncontact ="), &[], "DIR/certkeeper.toml:5:7: issuer.le.eab: no hmac_key given: set hmac_key_file = \"/path/to/file\" or hmac_key_env = \"VARIABLE\" (or hmac_key_credential = \"NAME\" with systemd's LoadCredential=)"),
             ("duplicate domain", BASE.replace("\"www.example.com\"]", "\"WWW.example.com.\", \"www.example.com\"]"), &[], "DIR/certkeeper.toml:16:47: certificate.www.domains[2]: \"www.example.com\" is listed twice: remove one"),
             ("same output dir", format!("{BASE}\n[certificate.api]\ndomains = [\"api.example.com\"]\noutput = {{ dir = \"/etc/nginx/tls/www\" }}\n"), &[], "DIR/certkeeper.toml:21:18: certificate.api.output.dir: certificate.www (DIR/certkeeper.toml:17:18) already writes to /etc/nginx/tls/www: give each certificate its own output dir"),
             ("duplicate certificate across includes", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("a.toml", "[certificate.api]\ndomains = [\"api.example.com\"]\noutput = { dir = \"/tls/api\" }\n"), ("b.toml", "\n[certificate.api]\ndomains = [\"api2.example.com\"]\noutput = { dir = \"/tls/api2\" }\n")], "DIR/conf.d/b.toml:2:14: certificate.api: defined twice: here and at DIR/conf.d/a.toml:1:14; rename or remove one"),
@@ -590,7 +590,7 @@ output = { dir = "/etc/nginx/tls/www" }
             ("dns provider wrong type in list", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", args = [\"a\", 2]"), &[], "DIR/certkeeper.toml:12:60: issuer.le.solver[1].dns01.args[1]: invalid type: integer `2`, expected a string"),
             ("dns provider bad duration", BASE.replace("command = \"/bin/true\"", "command = \"/bin/true\", timeout = \"5x\""), &[], "DIR/certkeeper.toml:12:63: issuer.le.solver[1].dns01.timeout: invalid duration \"5x\": failed to parse input in the \"friendly\" duration format: expected to find unit designator suffix (e.g., `years` or `secs`) after parsing integer; use e.g. \"30d\", \"12h\", \"90s\", \"1d 12h\" or \"P30D\""),
             ("dns provider missing key", BASE.replace("command = \"/bin/true\"", "args = []"), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no command given: the exec provider needs command = ..."),
-            ("dns provider secret neither file nor env", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"cloudflare\" }"), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no api_token given: set api_token_file = \"/path/to/file\" or api_token_env = \"VARIABLE\""),
+            ("dns provider secret neither file nor env", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"cloudflare\" }"), &[], "DIR/certkeeper.toml:12:9: issuer.le.solver[1].dns01: no api_token given: set api_token_file = \"/path/to/file\" or api_token_env = \"VARIABLE\" (or api_token_credential = \"NAME\" with systemd's LoadCredential=)"),
             ("dns provider bad algorithm", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"rfc2136\", server = \"127.0.0.1\", tsig_key = \"k.\", tsig_algorithm = \"hmac-md5\", tsig_secret_file = \"k.key\" }"), &[], "DIR/certkeeper.toml:12:89: issuer.le.solver[1].dns01.tsig_algorithm: \"hmac-md5\" is not supported: use hmac-sha256, hmac-sha384 or hmac-sha512"),
             ("dns provider in an include", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("x.toml", "[issuer.x]\ndirectory = \"letsencrypt\"\n[[issuer.x.solver]]\ndns01 = { provider = \"powerdns\", api_url = \"localhost:8081\", api_key_env = \"K\" }\n")], "DIR/conf.d/x.toml:4:44: issuer.x.solver[0].dns01.api_url: \"localhost:8081\" is not an http:// or https:// URL with a host"),
             ("duplicate issuer in list", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"le\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: issuer \"le\" is listed twice: remove one"),
@@ -603,6 +603,35 @@ output = { dir = "/etc/nginx/tls/www" }
         for (name, main, includes, want) in cases {
             let got = err_of(main, includes);
             if got != *want {
+                failures.push(format!("case {name:?}:\n  want: {want}\n  got:  {got}"));
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn credential_errors_name_file_line_and_key() {
+        if std::env::var_os(secret::CREDENTIALS_DIRECTORY).is_some() {
+            return; // run under systemd with credentials: the "not set" cases cannot happen
+        }
+        let unset = "CREDENTIALS_DIRECTORY is not set, so certkeeper was not started by systemd with credentials";
+        let cases: &[(&str, String, &str)] = &[
+            ("eab credential", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_credential = \"eab\" }\ncontact ="), "DIR/certkeeper.toml:5:43: issuer.le.eab.hmac_key_credential: credential \"eab\": "),
+            ("eab credential and file", BASE.replace("contact =", "eab = { kid = \"k1\", hmac_key_file = \"k\", hmac_key_credential = \"eab\" }\ncontact ="), "DIR/certkeeper.toml:5:7: issuer.le.eab: both hmac_key_credential and hmac_key_file are set: keep only one"),
+            ("dns credential", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"cloudflare\", api_token_credential = \"cf\" }"), "DIR/certkeeper.toml:12:59: issuer.le.solver[1].dns01.api_token_credential: credential \"cf\": "),
+            ("dns credential and env", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"cloudflare\", api_token_env = \"X\", api_token_credential = \"cf\" }"), "DIR/certkeeper.toml:12:80: issuer.le.solver[1].dns01.api_token_credential: both api_token_credential and api_token_env are set: keep only one"),
+            ("admin credential", format!("{BASE}[admin]\nlisten = \"[::]:8403\"\ntoken_credential = \"admin\"\n"), "DIR/certkeeper.toml:20:20: admin.token_credential: credential \"admin\": "),
+            ("admin credential and file", format!("{BASE}[admin]\nlisten = \"[::]:8403\"\ntoken_file = \"t\"\ntoken_credential = \"admin\"\n"), "DIR/certkeeper.toml:21:20: admin.token_credential: both token_file and token_credential are set: keep only one"),
+        ];
+        let mut failures = Vec::new();
+        for (name, main, want) in cases {
+            let got = err_of(main, &[]);
+            let ok = if want.ends_with(": ") {
+                got.starts_with(want) && got.contains(unset)
+            } else {
+                got == *want
+            };
+            if !ok {
                 failures.push(format!("case {name:?}:\n  want: {want}\n  got:  {got}"));
             }
         }

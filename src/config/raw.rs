@@ -64,6 +64,7 @@ pub(crate) struct RawAdmin {
     pub listen: SStr,
     pub allow_remote: Option<bool>,
     pub token_file: Option<SStr>,
+    pub token_credential: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +95,7 @@ pub(crate) struct RawEab {
     pub kid: SStr,
     pub hmac_key_file: Option<SStr>,
     pub hmac_key_env: Option<SStr>,
+    pub hmac_key_credential: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

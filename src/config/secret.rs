@@ -1,9 +1,12 @@
 //! Secrets read from files or environment variables, redacted in logs.
 //!
 //! Config keys never hold a secret inline: a secret `foo` is given either as `foo_file` (a path whose
-//! content is the secret, one trailing newline trimmed) or `foo_env` (the name of an environment
-//! variable). [`read_secret`] implements that rule once, for the issuer's EAB key and for the DNS
-//! providers' own `*_file` / `*_env` keys.
+//! content is the secret, one trailing newline trimmed), `foo_env` (the name of an environment
+//! variable) or `foo_credential` (the name of a systemd credential: `LoadCredential=NAME:...` or
+//! `LoadCredentialEncrypted=NAME:...` in the unit makes it the file `$CREDENTIALS_DIRECTORY/NAME`).
+//! [`read_secret`] implements that rule once, for the issuer's EAB key and for the DNS providers'
+//! own `*_file` / `*_env` keys; a credential is resolved to its file when the config is loaded
+//! ([`credential_path`], [`credentials_to_files`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -54,8 +57,10 @@ pub enum SecretSource {
 /// prefixes the file:line:column of the key.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    /// Neither `<key>_file` nor `<key>_env` was set.
-    #[error("no {key} given: set {key}_file = \"/path/to/file\" or {key}_env = \"VARIABLE\"")]
+    /// Neither `<key>_file` nor `<key>_env` (nor `<key>_credential`) was set.
+    #[error(
+        "no {key} given: set {key}_file = \"/path/to/file\" or {key}_env = \"VARIABLE\" (or {key}_credential = \"NAME\" with systemd's LoadCredential=)"
+    )]
     Missing {
         /// The secret's base key name, e.g. `hmac_key`.
         key: String,
@@ -65,6 +70,40 @@ pub enum SecretError {
     Both {
         /// The secret's base key name.
         key: String,
+    },
+    /// `<key>_credential` and `<key>_file` or `<key>_env` were set.
+    #[error("both {key}_credential and {key}_{other} are set: keep only one")]
+    BothCredential {
+        /// The secret's base key name.
+        key: String,
+        /// `file` or `env`.
+        other: &'static str,
+    },
+    /// The credential name cannot be a file name in `$CREDENTIALS_DIRECTORY`.
+    #[error(
+        "{name:?} is not a credential name: use the NAME of LoadCredential=NAME:/path (not empty, no '/')"
+    )]
+    CredentialName {
+        /// The name given.
+        name: String,
+    },
+    /// A credential was named but systemd passed no credentials to this process.
+    #[error(
+        "credential {name:?}: CREDENTIALS_DIRECTORY is not set, so certkeeper was not started by systemd with credentials: add `LoadCredential={name}:/etc/certkeeper/{name}.key` (or LoadCredentialEncrypted=) to the unit in a drop-in (`systemctl edit certkeeper`), or name the file with a *_file key instead"
+    )]
+    NoCredentialsDirectory {
+        /// The credential name.
+        name: String,
+    },
+    /// The credential is not in `$CREDENTIALS_DIRECTORY`.
+    #[error(
+        "credential {name:?}: {} does not exist: the unit must load it under this name, e.g. `LoadCredential={name}:/etc/certkeeper/{name}.key` (or LoadCredentialEncrypted=) in a drop-in", path.display()
+    )]
+    CredentialMissing {
+        /// The credential name.
+        name: String,
+        /// `$CREDENTIALS_DIRECTORY/<name>`.
+        path: PathBuf,
     },
     /// The secret file could not be read.
     #[error(
@@ -147,6 +186,123 @@ impl SecretSource {
                 Ok(Secret::new(value))
             }
         }
+    }
+}
+
+/// The environment variable systemd sets to the directory holding the service's credentials.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The file of systemd credential `name`: `$CREDENTIALS_DIRECTORY/<name>`, which must exist.
+pub fn credential_path(name: &str) -> Result<PathBuf, SecretError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(SecretError::CredentialName {
+            name: name.to_string(),
+        });
+    }
+    credential_in(std::env::var_os(CREDENTIALS_DIRECTORY).as_deref(), name)
+}
+
+/// [`credential_path`] with the value of `CREDENTIALS_DIRECTORY` given.
+fn credential_in(dir: Option<&std::ffi::OsStr>, name: &str) -> Result<PathBuf, SecretError> {
+    let dir = dir
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| SecretError::NoCredentialsDirectory {
+            name: name.to_string(),
+        })?;
+    let path = Path::new(dir).join(name);
+    if !path.exists() {
+        return Err(SecretError::CredentialMissing {
+            name: name.to_string(),
+            path,
+        });
+    }
+    Ok(path)
+}
+
+/// `<key>_credential` next to `<key>_file` / `<key>_env`: with a credential, neither of the others
+/// may be set, and the source is the credential's file.
+pub fn source_with_credential(
+    key: &str,
+    file: Option<&Path>,
+    env: Option<&str>,
+    credential: Option<&str>,
+) -> Result<SecretSource, SecretError> {
+    match credential {
+        None => SecretSource::from_keys(key, file, env),
+        Some(name) => {
+            credential_file(key, file.is_some(), env.is_some(), name).map(SecretSource::File)
+        }
+    }
+}
+
+/// The file of `<key>_credential = "NAME"`, when neither `<key>_file` nor `<key>_env` is set too.
+fn credential_file(
+    key: &str,
+    has_file: bool,
+    has_env: bool,
+    name: &str,
+) -> Result<PathBuf, SecretError> {
+    let other = if has_file {
+        Some("file")
+    } else if has_env {
+        Some("env")
+    } else {
+        None
+    };
+    if let Some(other) = other {
+        return Err(SecretError::BothCredential {
+            key: key.to_string(),
+            other,
+        });
+    }
+    credential_path(name)
+}
+
+/// A problem with a settings key: `(key, message)`.
+pub type KeyProblem = (String, String);
+
+/// Replace every `<key>_credential = "NAME"` of a settings table (a DNS provider's) by
+/// `<key>_file = "$CREDENTIALS_DIRECTORY/NAME"`, so the provider reads it as any secret file.
+///
+/// Returns the `(<key>_file, <key>_credential)` pairs it wrote, for naming the key the user wrote
+/// in a later error, or the problems, each with the `<key>_credential` key it is about.
+pub fn credentials_to_files(
+    table: &mut toml::Table,
+) -> Result<Vec<(String, String)>, Vec<KeyProblem>> {
+    let keys: Vec<String> = table
+        .keys()
+        .filter(|k| k.ends_with("_credential"))
+        .cloned()
+        .collect();
+    let mut done = Vec::new();
+    let mut problems = Vec::new();
+    for cred_key in keys {
+        let base = cred_key.trim_end_matches("_credential").to_string();
+        let file_key = format!("{base}_file");
+        let Some(name) = table.get(&cred_key).and_then(|v| v.as_str()) else {
+            problems.push((
+                cred_key,
+                "must be a string: the NAME of LoadCredential=NAME:/path".to_string(),
+            ));
+            continue;
+        };
+        let has_env = table.contains_key(&format!("{base}_env"));
+        match credential_file(&base, table.contains_key(&file_key), has_env, name) {
+            Ok(path) => {
+                table.remove(&cred_key);
+                table.insert(
+                    file_key.clone(),
+                    toml::Value::String(path.display().to_string()),
+                );
+                done.push((file_key, cred_key));
+            }
+            Err(e) => problems.push((cred_key, e.to_string())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(done)
+    } else {
+        Err(problems)
     }
 }
 
@@ -234,7 +390,7 @@ mod tests {
         let e = read_secret("tsig_secret", None, None).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "no tsig_secret given: set tsig_secret_file = \"/path/to/file\" or tsig_secret_env = \"VARIABLE\""
+            "no tsig_secret given: set tsig_secret_file = \"/path/to/file\" or tsig_secret_env = \"VARIABLE\" (or tsig_secret_credential = \"NAME\" with systemd's LoadCredential=)"
         );
         let e = read_secret("tsig_secret", Some(Path::new("/x")), Some("Y")).unwrap_err();
         assert_eq!(
@@ -271,5 +427,69 @@ mod tests {
         // PATH is always set in the test environment.
         let s = read_secret("k", None, Some("PATH")).unwrap();
         assert!(!s.expose().is_empty());
+    }
+
+    #[test]
+    fn credentials_resolve_in_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tsig"), "c2VjcmV0\n").unwrap();
+        let d = Some(dir.path().as_os_str());
+        assert_eq!(credential_in(d, "tsig").unwrap(), dir.path().join("tsig"));
+        let e = credential_in(d, "eab").unwrap_err();
+        assert!(
+            matches!(&e, SecretError::CredentialMissing { path, .. } if *path == dir.path().join("eab")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("LoadCredential=eab:"), "{e}");
+        let e = credential_in(None, "tsig").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("credential \"tsig\": CREDENTIALS_DIRECTORY is not set"),
+            "{e}"
+        );
+        assert!(matches!(
+            credential_in(Some(std::ffi::OsStr::new("")), "tsig"),
+            Err(SecretError::NoCredentialsDirectory { .. })
+        ));
+        for bad in ["", "a/b", "..", "."] {
+            assert!(
+                matches!(
+                    credential_path(bad),
+                    Err(SecretError::CredentialName { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_credential_excludes_file_and_env() {
+        let e = source_with_credential("tsig_secret", Some(Path::new("/k")), None, Some("t"))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "both tsig_secret_credential and tsig_secret_file are set: keep only one"
+        );
+        let e = source_with_credential("tsig_secret", None, Some("V"), Some("t")).unwrap_err();
+        assert!(e.to_string().contains("tsig_secret_env"), "{e}");
+        assert_eq!(
+            source_with_credential("k", None, Some("V"), None).unwrap(),
+            SecretSource::Env("V".into())
+        );
+        // In a settings table: each problem is named by its `<key>_credential` key.
+        let mut t: toml::Table =
+            toml::from_str("server = \"x\"\napi_key_credential = 7\ntsig_secret_credential = \"t\"\ntsig_secret_env = \"V\"\n")
+                .unwrap();
+        let problems = credentials_to_files(&mut t).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["api_key_credential", "tsig_secret_credential"]);
+        assert!(problems[0].1.contains("must be a string"));
+        assert!(
+            problems[1]
+                .1
+                .starts_with("both tsig_secret_credential and tsig_secret_env")
+        );
+        let mut t: toml::Table = toml::from_str("server = \"x\"").unwrap();
+        assert_eq!(credentials_to_files(&mut t).unwrap(), Vec::new());
     }
 }

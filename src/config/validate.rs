@@ -15,7 +15,8 @@ use super::source::{SourceFile, key_seg};
 use super::{
     AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, EabConfig,
     Http01Config, IssuerConfig, OutputConfig, PropagationConfig, Selector, SolverConfig,
-    SolverKind, parse_duration, secret::SecretSource,
+    SolverKind, parse_duration,
+    secret::{SecretError, credential_path, credentials_to_files, source_with_credential},
 };
 use crate::acme::KeyType;
 use crate::challenge::IdentifierKind;
@@ -316,31 +317,45 @@ fn merge<T>(
 /// listener that lets everyone in).
 fn admin(cx: &mut Ctx, a: &super::raw::RawAdmin) -> Option<AdminConfig> {
     let listen = socket_addr(cx, 0, &a.listen, "admin.listen");
-    let token = match &a.token_file {
-        None => None,
-        Some(f) => {
-            let path = cx.resolve(0, f.get_ref());
-            match std::fs::read_to_string(&path) {
-                Ok(t) if !t.trim().is_empty() => Some(super::secret::Secret::new(t.trim())),
-                Ok(_) => {
-                    let msg = format!(
-                        "{} is empty: put the bearer token in it (e.g. `openssl rand -hex 32 > {}`)",
-                        path.display(),
-                        path.display()
-                    );
-                    cx.err(0, &f.span(), "admin.token_file", msg);
-                    return None;
-                }
-                Err(e) => {
-                    let msg = format!(
-                        "cannot read {}: {e} (check the path and that certkeeper's user may read it)",
-                        path.display()
-                    );
-                    cx.err(0, &f.span(), "admin.token_file", msg);
-                    return None;
-                }
-            }
+    // `token_credential`: the file of a systemd credential instead of `token_file`.
+    let given = match (&a.token_file, &a.token_credential) {
+        (Some(_), Some(c)) => {
+            let msg = "both token_file and token_credential are set: keep only one";
+            cx.err(0, &c.span(), "admin.token_credential", msg);
+            return None;
         }
+        (Some(f), None) => Some((f, cx.resolve(0, f.get_ref()), "admin.token_file")),
+        (None, Some(c)) => match credential_path(c.get_ref()) {
+            Ok(path) => Some((c, path, "admin.token_credential")),
+            Err(e) => {
+                cx.err(0, &c.span(), "admin.token_credential", e.to_string());
+                return None;
+            }
+        },
+        (None, None) => None,
+    };
+    let token = match given {
+        None => None,
+        Some((f, path, key)) => match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => Some(super::secret::Secret::new(t.trim())),
+            Ok(_) => {
+                let msg = format!(
+                    "{} is empty: put the bearer token in it (e.g. `openssl rand -hex 32 > {}`)",
+                    path.display(),
+                    path.display()
+                );
+                cx.err(0, &f.span(), key, msg);
+                return None;
+            }
+            Err(e) => {
+                let msg = format!(
+                    "cannot read {}: {e} (check the path and that certkeeper's user may read it)",
+                    path.display()
+                );
+                cx.err(0, &f.span(), key, msg);
+                return None;
+            }
+        },
     };
     let listen = listen?;
     let allow_remote = a.allow_remote.unwrap_or(false);
@@ -467,14 +482,25 @@ fn issuer(
             .hmac_key_file
             .as_ref()
             .map(|f| cx.resolve(file, f.get_ref()));
-        let source = match SecretSource::from_keys(
+        let source = match source_with_credential(
             "hmac_key",
             file_path.as_deref(),
             e.hmac_key_env.as_ref().map(|v| v.get_ref().as_str()),
+            e.hmac_key_credential.as_ref().map(|v| v.get_ref().as_str()),
         ) {
             Ok(s) => s,
             Err(err) => {
-                cx.err(file, &eab_s.span(), format!("{p}.eab"), err.to_string());
+                // A credential's own problem is reported at its key, the choice at the table.
+                let (span, key) = match (&e.hmac_key_credential, &err) {
+                    (
+                        Some(c),
+                        SecretError::CredentialName { .. }
+                        | SecretError::NoCredentialsDirectory { .. }
+                        | SecretError::CredentialMissing { .. },
+                    ) => (c.span(), format!("{p}.eab.hmac_key_credential")),
+                    _ => (eab_s.span(), format!("{p}.eab")),
+                };
+                cx.err(file, &span, key, err.to_string());
                 return None;
             }
         };
@@ -484,9 +510,10 @@ fn issuer(
                 hmac_key,
             }),
             Err(err) => {
-                let (span, k) = match (&e.hmac_key_file, &e.hmac_key_env) {
-                    (Some(f), _) => (f.span(), "hmac_key_file"),
-                    (_, Some(v)) => (v.span(), "hmac_key_env"),
+                let (span, k) = match (&e.hmac_key_file, &e.hmac_key_env, &e.hmac_key_credential) {
+                    (Some(f), _, _) => (f.span(), "hmac_key_file"),
+                    (_, Some(v), _) => (v.span(), "hmac_key_env"),
+                    (_, _, Some(c)) => (c.span(), "hmac_key_credential"),
                     _ => (eab_s.span(), ""),
                 };
                 cx.err(file, &span, format!("{p}.eab.{k}"), err.to_string());
@@ -801,7 +828,7 @@ fn dns_provider(
         );
         return None;
     };
-    let settings: toml::Table = table
+    let mut settings: toml::Table = table
         .iter()
         .filter(|(k, _)| k.get_ref() != "provider")
         .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
@@ -830,9 +857,31 @@ fn dns_provider(
         };
         cx.err(file, &span, key, message);
     };
+    // `<key>_credential` becomes `<key>_file` in $CREDENTIALS_DIRECTORY.
+    let credentials = match credentials_to_files(&mut settings) {
+        Ok(c) => c,
+        Err(problems) => {
+            for (key, message) in problems {
+                report(cx, SettingError::new(key, message));
+            }
+            return None;
+        }
+    };
     let mut config = match DnsProviderConfig::from_table(name, settings) {
         Ok(c) => c,
-        Err(e) => {
+        Err(mut e) => {
+            // A `<key>_credential` whose `<key>_file` the provider does not have.
+            if let Some((file_key, cred_key)) = credentials
+                .iter()
+                .find(|(f, _)| e.message.starts_with(&format!("unknown field `{f}`")))
+            {
+                e = SettingError::new(
+                    cred_key.clone(),
+                    format!(
+                        "unknown field `{cred_key}`: the {name} provider has no secret `{file_key}` to take from a credential"
+                    ),
+                );
+            }
             report(cx, e);
             return None;
         }

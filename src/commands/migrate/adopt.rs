@@ -5,7 +5,7 @@
 //! other client's files (certbot's `/etc/letsencrypt/{live,archive,accounts}`) are root-only. Run as
 //! root, a migration therefore:
 //! 1. reads everything on the other client's side as root (the caller);
-//! 2. writes `conf.d/` as root, the owner of the config ([`Written`]), and loads the result;
+//! 2. writes `conf.d/` as root, the owner of the config, and loads the result ([`write_and_load`]);
 //! 3. hands what the daemon will write to the state directory's owner ([`HandOver`]): the output
 //!    directories, the webroots' challenge directories, group access to moved secrets;
 //! 4. writes the state acting as that owner ([`as_state_owner`]: [`adopt_account`],
@@ -27,13 +27,20 @@ use crate::config::Config;
 use crate::engine::Runtime;
 use crate::store::{self, AccountRecord, Event, atomic_write};
 
+/// A config file a migration writes: path, text, mode.
+pub type ConfFile = (PathBuf, String, u32);
+
 /// The files written to `conf.d/`, with what was there before, to put back if the migration stops.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Written(Vec<(PathBuf, Option<Vec<u8>>)>);
 
 impl Written {
-    /// Write `text` to `path` (atomically, owned by the invoking user) and remember what was there.
+    /// Write `text` to `path` (atomically, owned by the invoking user; its directory created) and
+    /// remember what was there.
     pub fn write(&mut self, path: &Path, text: &str, mode: u32) -> Result<(), String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
+        }
         let before = std::fs::read(path).ok();
         atomic_write(path, text.as_bytes(), mode, None, None)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -50,6 +57,41 @@ impl Written {
             };
         }
     }
+}
+
+/// Step 2: write `files` as the invoking user (root owns the config), then load the config at
+/// `config_path` and check that it includes every written `.toml`. On any failure every file is
+/// put back as it was and the error says that nothing was changed.
+pub fn write_and_load(config_path: &Path, files: &[ConfFile]) -> Result<(Config, Written), String> {
+    let mut written = Written::default();
+    let result = files
+        .iter()
+        .try_for_each(|(path, text, mode)| written.write(path, text, *mode));
+    let loaded = result.and_then(|()| crate::config::load(config_path).map_err(|e| e.to_string()));
+    let cfg = match loaded {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            written.restore();
+            return Err(format!(
+                "the migrated config does not load, nothing was changed: {e}"
+            ));
+        }
+    };
+    let toml = files
+        .iter()
+        .map(|(p, _, _)| p)
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"));
+    for p in toml {
+        if !cfg.files.contains(p) {
+            written.restore();
+            return Err(format!(
+                "{} does not include {}: add include = [\"conf.d/*.toml\"] to it and run again; nothing was changed",
+                config_path.display(),
+                p.display()
+            ));
+        }
+    }
+    Ok((cfg, written))
 }
 
 /// Giving the state directory's owner what the daemon will write; a no-op without an owner.

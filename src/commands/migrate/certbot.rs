@@ -29,10 +29,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openssl::pkey::{Id, PKey};
-use openssl::x509::X509;
+use openssl::pkey::PKey;
 
-use super::adopt::{self, AccountToAdopt, HandOver};
+use super::adopt::{self, AccountToAdopt, ConfFile, HandOver};
+pub use super::common::LiveFacts;
+use super::common::{conf_d, pair_facts, q, q_list, sh_quote};
 
 /// The file in `conf.d/` that holds the issuers of all migrated lineages.
 const ISSUERS_FILE: &str = "certbot-issuers.toml";
@@ -135,21 +136,6 @@ fn split_list(v: &str) -> Vec<String> {
         .collect()
 }
 
-/// A TOML string literal.
-fn q(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn q_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
-/// A POSIX shell single-quoted word.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// certkeeper's issuer name and `directory` value for a certbot `server` URL.
 pub fn issuer_for_server(server: &str) -> (String, String) {
     let server = server.trim_end_matches('/');
@@ -208,49 +194,6 @@ fn conf_key_type(conf: &RenewalConf) -> Option<String> {
         },
         _ => None,
     }
-}
-
-/// What the live pair says: the leaf's SANs and the key type.
-#[derive(Clone, Debug, Default)]
-pub struct LiveFacts {
-    /// DNS names and IP addresses of the leaf, in certificate order.
-    pub names: Vec<String>,
-    /// The private key's type (`rsa-2048`, `ecdsa-p256`, ...), when the key could be read.
-    pub key_type: Option<String>,
-}
-
-/// Read the leaf's names and the key's type from `live/<lineage>/`.
-pub fn live_facts(live: &Path) -> Result<LiveFacts, String> {
-    let cert_path = live.join("cert.pem");
-    let pem = std::fs::read(&cert_path)
-        .map_err(|e| format!("cannot read {}: {e}", cert_path.display()))?;
-    let leaf = X509::from_pem(&pem).map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    let mut names = Vec::new();
-    for san in leaf.subject_alt_names().iter().flatten() {
-        if let Some(d) = san.dnsname() {
-            names.push(d.to_ascii_lowercase());
-        } else if let Some(ip) = san.ipaddress() {
-            let addr: Option<std::net::IpAddr> = match ip.len() {
-                4 => <[u8; 4]>::try_from(ip).ok().map(Into::into),
-                16 => <[u8; 16]>::try_from(ip).ok().map(Into::into),
-                _ => None,
-            };
-            names.extend(addr.map(|a| a.to_string()));
-        }
-    }
-    let key_type = std::fs::read(live.join("privkey.pem"))
-        .ok()
-        .and_then(|k| PKey::private_key_from_pem(&k).ok())
-        .and_then(|k| match k.id() {
-            Id::RSA => Some(format!("rsa-{}", k.bits())),
-            Id::EC => match k.bits() {
-                256 => Some("ecdsa-p256".into()),
-                384 => Some("ecdsa-p384".into()),
-                _ => None,
-            },
-            _ => None,
-        });
-    Ok(LiveFacts { names, key_type })
 }
 
 /// One lineage, planned: the files to write and what to say.
@@ -942,7 +885,8 @@ fn plan_all(
                 parse_renewal_conf(&text).map_err(|e| format!("{}: {e}", path.display()))
             })
             .and_then(|conf| {
-                let live = live_facts(&certbot_dir.join("live").join(&name))?;
+                let live_dir = certbot_dir.join("live").join(&name);
+                let live = pair_facts(&live_dir.join("cert.pem"), &live_dir.join("privkey.pem"))?;
                 let conf_path = if migrated {
                     path.with_extension("")
                 } else {
@@ -1050,52 +994,20 @@ fn dry_run_report(
     report
 }
 
-/// Write `conf.d/` (as the invoking user: root owns the config) and load the result; on any error
-/// everything written is put back.
-fn write_conf_d(
-    config_path: &Path,
-    conf_d: &Path,
-    issuers: &str,
-    adopt: &[Adopt<'_>],
-) -> Result<(crate::config::Config, adopt::Written), String> {
-    std::fs::create_dir_all(conf_d)
-        .map_err(|e| format!("cannot create {}: {e}", conf_d.display()))?;
-    let mut written = adopt::Written::default();
-    let mut result = written.write(&conf_d.join(ISSUERS_FILE), issuers, 0o644);
+/// The `conf.d/` files of the migration: the issuers, then each lineage's certificate, hook wrapper
+/// and moved secret.
+fn conf_files(conf_d: &Path, issuers: &str, adopt: &[Adopt<'_>]) -> Vec<ConfFile> {
+    let mut files = vec![(conf_d.join(ISSUERS_FILE), issuers.to_string(), 0o644)];
     for l in adopt.iter().map(|a| a.lineage) {
-        result = result
-            .and_then(|()| written.write(&cert_file(conf_d, &l.name), &l.cert_toml, 0o644))
-            .and_then(|()| match &l.hook_script {
-                Some((p, text)) => written.write(p, text, 0o755),
-                None => Ok(()),
-            })
-            .and_then(|()| match &l.secret {
-                Some((p, text)) => written.write(p, text, 0o600),
-                None => Ok(()),
-            });
-    }
-    let loaded = result.and_then(|()| crate::config::load(config_path).map_err(|e| e.to_string()));
-    let cfg = match loaded {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            written.restore();
-            return Err(format!(
-                "the migrated config does not load, nothing was changed: {e}"
-            ));
+        files.push((cert_file(conf_d, &l.name), l.cert_toml.clone(), 0o644));
+        if let Some((p, text)) = &l.hook_script {
+            files.push((p.clone(), text.clone(), 0o755));
         }
-    };
-    if let Some(l) = adopt
-        .iter()
-        .find(|a| !cfg.files.contains(&cert_file(conf_d, &a.lineage.name)))
-    {
-        written.restore();
-        return Err(format!(
-            "{} does not include {}: add include = [\"conf.d/*.toml\"] to it and run again; nothing was changed",
-            config_path.display(),
-            cert_file(conf_d, &l.lineage.name).display()
-        ));
+        if let Some((p, text)) = &l.secret {
+            files.push((p.clone(), text.clone(), 0o600));
+        }
     }
-    Ok((cfg, written))
+    files
 }
 
 /// Hand what the daemon will write to the state directory's owner (see [`adopt::HandOver`]).
@@ -1150,10 +1062,7 @@ fn closing_words(certbot_dir: &Path, adopt: &[Adopt<'_>], switched: bool) -> Str
 /// confs renamed as root.
 pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, String> {
     let certbot_dir = &opts.certbot_dir;
-    let conf_d = config_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("conf.d");
+    let conf_d = conf_d(config_path);
     let mut failed = Vec::new();
     let all = plan_all(certbot_dir, &conf_d, &mut failed)?;
     let todo: Vec<&Lineage> = all.iter().filter(|(_, m)| !*m).map(|(l, _)| l).collect();
@@ -1188,7 +1097,7 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
         return Err(failed.join("\n"));
     }
 
-    let (cfg, written) = write_conf_d(config_path, &conf_d, &issuers, &adopt)?;
+    let (cfg, written) = adopt::write_and_load(config_path, &conf_files(&conf_d, &issuers, &adopt))?;
     let owner = crate::privileges::state_owner(&cfg.state_dir).map_err(|e| e.to_string());
     let owner = match owner {
         Ok(o) => o,

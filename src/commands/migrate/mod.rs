@@ -3,3 +3,5 @@
 
 pub mod adopt;
 pub mod certbot;
+pub mod common;
+pub mod lego;

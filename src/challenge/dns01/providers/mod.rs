@@ -413,7 +413,7 @@ mod tests {
         );
         assert_eq!(
             got[1],
-            ": no tsig_secret given: set tsig_secret_file = \"/path/to/file\" or tsig_secret_env = \"VARIABLE\""
+            ": no tsig_secret given: set tsig_secret_file = \"/path/to/file\" or tsig_secret_env = \"VARIABLE\" (or tsig_secret_credential = \"NAME\" with systemd's LoadCredential=)"
         );
         // A secret file that does not exist yet is not a settings problem: it is read at build time.
         assert_eq!(
