@@ -159,7 +159,7 @@ async fn lego_dir_is_adopted_and_renewed_with_legos_account() {
     assert!(!std::fs::symlink_metadata(&crt).unwrap().is_symlink());
 
     let report = ok(migrate(&[]));
-    assert!(report.contains("adopted lego's account"), "{report}");
+    assert!(report.contains("adopted the account lego's"), "{report}");
     assert!(
         report.contains(&format!(
             "lego.example.com: imported serial {}",
