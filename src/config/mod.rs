@@ -66,6 +66,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Daemon-wide limits.
     pub daemon: DaemonConfig,
+    /// `[dns01]`: DNS settings shared by every solver and the CAA preflight.
+    pub dns01: Dns01Config,
     /// The issuers (`[issuer.NAME]`), by name.
     pub issuers: BTreeMap<String, IssuerConfig>,
     /// The certificates (`[certificate.NAME]`), by name.
@@ -103,6 +105,15 @@ pub struct DaemonConfig {
     pub backoff: crate::scheduler::Backoff,
 }
 
+/// `[dns01]`: DNS settings for every issuer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dns01Config {
+    /// The recursive resolvers (`resolvers = ["127.0.0.53:53"]`) used to find a zone and its
+    /// authoritative nameservers, to follow CNAMEs on `_acme-challenge` and to look up CAA. Empty
+    /// means the `nameserver` lines of `/etc/resolv.conf` (as lego's `--dns.resolvers`).
+    pub resolvers: Vec<SocketAddr>,
+}
+
 /// `[issuer.NAME]`: an ACME CA account and how to solve its challenges.
 #[derive(Clone, Debug)]
 pub struct IssuerConfig {
@@ -118,6 +129,9 @@ pub struct IssuerConfig {
     pub eab: Option<EabConfig>,
     /// The account key type (default ecdsa-p256).
     pub account_key: KeyType,
+    /// The CA's CAA identities (`caa_identities = ["letsencrypt.org"]`), overriding the directory's
+    /// `meta.caaIdentities`; `None` means: what the directory publishes.
+    pub caa_identities: Option<Vec<String>>,
     /// The solvers, in the order written (earlier wins ties in [`IssuerConfig::solver_for`]).
     pub solvers: Vec<SolverConfig>,
 }
@@ -645,6 +659,7 @@ output = { dir = "/etc/nginx/tls/www" }
             ca_bundle: None,
             eab: None,
             account_key: KeyType::EcdsaP256,
+            caa_identities: None,
             solvers: vec![
                 http01(&[], &[]),                                 // 0: fallback
                 dns01(&["example.com"], &[], "zone"),             // 1
