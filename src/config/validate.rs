@@ -14,8 +14,7 @@ use super::raw::{
 use super::source::{SourceFile, key_seg};
 use super::{
     AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, Dns01Config,
-    EabConfig,
-    Http01Config, IssuerConfig, OutputConfig, PropagationConfig, Selector, SolverConfig,
+    EabConfig, Http01Config, IssuerConfig, OutputConfig, PropagationConfig, Selector, SolverConfig,
     SolverKind, parse_duration, secret::SecretSource,
 };
 use crate::acme::KeyType;
