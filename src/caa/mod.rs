@@ -168,3 +168,121 @@ pub fn refusal_message(findings: &[Finding]) -> Option<String> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Message, OpCode, ResponseCode};
+    use hickory_proto::rr::rdata::CAA;
+    use hickory_proto::rr::{Name, Record};
+    use std::net::SocketAddr;
+
+    /// A loopback recursive resolver stand-in: CAA `issue` records for the names in `zone`,
+    /// NOERROR/empty for other names, SERVFAIL for names under `broken.test.`.
+    async fn resolver(zone: &'static [(&'static str, &'static str, bool)]) -> SocketAddr {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let mut r = Message::response(q.metadata.id, OpCode::Query);
+                r.queries = q.queries.clone();
+                let qname = q.queries[0].name().to_ascii().to_ascii_lowercase();
+                if qname.ends_with("broken.test.") {
+                    r.metadata.response_code = ResponseCode::ServFail;
+                }
+                for (owner, issuer, wild) in zone {
+                    if *owner == qname {
+                        let name = Some(Name::from_ascii(issuer).unwrap());
+                        let caa = if *wild {
+                            CAA::new_issuewild(false, name, vec![])
+                        } else {
+                            CAA::new_issue(false, name, vec![])
+                        };
+                        r.answers.push(Record::from_rdata(
+                            q.queries[0].name().clone(),
+                            60,
+                            RData::CAA(caa),
+                        ));
+                    }
+                }
+                let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
+            }
+        });
+        addr
+    }
+
+    const ZONE: &[(&str, &str, bool)] = &[
+        ("example.test.", "pebble.test", false),
+        ("example.test.", "other-ca.test", true),
+        ("deep.example.test.", "other-ca.test", false),
+    ];
+
+    fn to_check(name: &str) -> NameToCheck {
+        NameToCheck {
+            name: name.to_string(),
+            method: Some("dns-01"),
+        }
+    }
+
+    #[tokio::test]
+    async fn climbs_to_the_closest_rrset() {
+        let lookup = Lookup::recursive(vec![resolver(ZONE).await]);
+        // The name's own records, else the first ancestor's; none at all: no restriction.
+        let (owner, recs) = relevant_rrset(&lookup, "a.b.example.test")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(owner, "example.test.");
+        assert_eq!(recs.len(), 2);
+        let (owner, _) = relevant_rrset(&lookup, "x.deep.example.test.")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(owner, "deep.example.test.");
+        assert_eq!(
+            relevant_rrset(&lookup, "elsewhere.test").await.unwrap(),
+            None
+        );
+
+        let ids = vec!["pebble.test".to_string()];
+        let names = [
+            to_check("www.example.test"),
+            to_check("*.example.test"),
+            to_check("x.deep.example.test"),
+            to_check("free.test"),
+            to_check("a.broken.test"),
+        ];
+        let found = check(&lookup, &ids, Some("https://ca.test/acct/1"), &names).await;
+        assert!(matches!(&found[0], Finding::Allowed { name, .. } if name == "www.example.test"));
+        // The wildcard is ruled by issuewild, which names another CA.
+        assert!(
+            matches!(&found[1], Finding::Refused { why, .. } if why.contains("issuewild")),
+            "{:?}",
+            found[1]
+        );
+        // The deeper RRset wins even though example.test. would allow this CA.
+        assert!(
+            matches!(&found[2], Finding::Refused { why, .. } if why.contains("deep.example.test.")),
+            "{:?}",
+            found[2]
+        );
+        assert!(matches!(&found[3], Finding::Allowed { .. }));
+        // SERVFAIL: unchecked, never a refusal.
+        assert!(
+            matches!(&found[4], Finding::Unchecked { error, .. } if error.contains("SERVFAIL") || error.contains("Server Failure")),
+            "{:?}",
+            found[4]
+        );
+        let msg = refusal_message(&found).unwrap();
+        assert!(
+            msg.starts_with("CAA records forbid this CA to issue (checked before ordering; the CA was not asked): *.example.test: ")
+                && msg.contains("; x.deep.example.test: "),
+            "{msg}"
+        );
+        assert_eq!(refusal_message(&found[..1]), None);
+    }
+}
