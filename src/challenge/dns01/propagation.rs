@@ -156,6 +156,13 @@ pub async fn wait_for_txt_via(
         None => lookup.find_zone(&fqdn).await?,
     };
     let servers = lookup.nameservers(&zone).await?;
+    tracing::debug!(
+        fqdn = %fqdn,
+        zone = %zone,
+        servers = %servers.iter().map(|(n, a)| format!("{n} ({a})")).collect::<Vec<_>>().join(", "),
+        via = %if lookup.is_explicit() { "propagation.nameservers".to_string() } else { lookup.servers_text() },
+        "checking the TXT record at the zone's authoritative nameservers"
+    );
     loop {
         let mut lagging = Vec::new();
         for (name, addr) in &servers {
