@@ -234,5 +234,15 @@ async fn caa_refusals_stop_before_the_order() {
     for name in ["other", "pinned", "methods"] {
         assert!(!cfg.output_dir(name).join("cert.pem").exists(), "{name}");
     }
-}
 
+    // Without `caa_identities`, pebble (which publishes none) cannot be matched: not checked.
+    let text = std::fs::read_to_string(cfg.path()).unwrap();
+    cfg.write_raw(&text.replace(&format!("caa_identities = [\"{PEBBLE_CAA}\"]\n"), ""));
+    let out = cfg.run_cli(&["check"]).await;
+    assert!(out.status.success(), "{out}");
+    assert!(
+        out.stdout.contains("OK   issuer pebble: the CA publishes no caaIdentities in its directory, so CAA records are not checked")
+            && !out.stdout.contains("CAA for"),
+        "{out}"
+    );
+}

@@ -228,6 +228,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn identities_come_from_the_issuer_or_else_the_directory() {
+        let mut issuer = IssuerConfig {
+            name: "le".into(),
+            directory: "https://ca.test/dir".into(),
+            contact: vec![],
+            ca_bundle: None,
+            eab: None,
+            account_key: crate::acme::KeyType::EcdsaP256,
+            caa_identities: None,
+            solvers: vec![],
+        };
+        let published = vec!["LetsEncrypt.org.".to_string()];
+        assert_eq!(identities(&issuer, &published), ["letsencrypt.org"]);
+        assert!(identities(&issuer, &[]).is_empty());
+        issuer.caa_identities = Some(vec!["ca.internal.test".into()]);
+        assert_eq!(identities(&issuer, &published), ["ca.internal.test"]);
+    }
+
     #[tokio::test]
     async fn climbs_to_the_closest_rrset() {
         let lookup = Lookup::recursive(vec![resolver(ZONE).await]);
