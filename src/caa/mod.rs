@@ -115,41 +115,52 @@ pub fn identities(issuer: &IssuerConfig, published: &[String]) -> Vec<String> {
 }
 
 /// Look up and judge the CAA records of each name for a CA known as `identities`, for the account
-/// `account_uri` (when there is one yet).
+/// `account_uri` (when there is one yet). The names are looked up concurrently; the findings come
+/// in the order of `names`.
 pub async fn check(
     lookup: &Lookup,
     identities: &[String],
     account_uri: Option<&str>,
     names: &[NameToCheck],
 ) -> Vec<Finding> {
-    let mut out = Vec::new();
-    for n in names {
-        let (kind, base) = IdentifierKind::split(&n.name);
-        let name = n.name.clone();
-        out.push(match relevant_rrset(lookup, base).await {
-            Err(e) => Finding::Unchecked {
-                name,
-                error: e.to_string(),
-            },
-            Ok(None) => Finding::Allowed {
-                name,
-                why: "no CAA records at or above it".to_string(),
-            },
-            Ok(Some((owner, records))) => {
-                let req = Request {
-                    identities,
-                    account_uri,
-                    method: n.method,
-                    wildcard: kind == IdentifierKind::Wildcard,
-                };
-                match record::judge(&records, &owner, &req) {
-                    Verdict::Allowed(why) => Finding::Allowed { name, why },
-                    Verdict::Refused(why) => Finding::Refused { name, why },
-                }
+    futures_util::future::join_all(
+        names
+            .iter()
+            .map(|n| check_one(lookup, identities, account_uri, n)),
+    )
+    .await
+}
+
+async fn check_one(
+    lookup: &Lookup,
+    identities: &[String],
+    account_uri: Option<&str>,
+    n: &NameToCheck,
+) -> Finding {
+    let (kind, base) = IdentifierKind::split(&n.name);
+    let name = n.name.clone();
+    match relevant_rrset(lookup, base).await {
+        Err(e) => Finding::Unchecked {
+            name,
+            error: e.to_string(),
+        },
+        Ok(None) => Finding::Allowed {
+            name,
+            why: "no CAA records at or above it".to_string(),
+        },
+        Ok(Some((owner, records))) => {
+            let req = Request {
+                identities,
+                account_uri,
+                method: n.method,
+                wildcard: kind == IdentifierKind::Wildcard,
+            };
+            match record::judge(&records, &owner, &req) {
+                Verdict::Allowed(why) => Finding::Allowed { name, why },
+                Verdict::Refused(why) => Finding::Refused { name, why },
             }
-        });
+        }
     }
-    out
 }
 
 /// The refusals among `findings` as one message, or `None` when nothing is refused.
