@@ -20,6 +20,7 @@ use support::certkeeper::{CertSpec, IssuerSpec, TestConfig, toml_str};
 use support::dns::bind;
 use support::dns::loopback::{AUTHORITATIVE, LoopbackDns, RECURSIVE};
 use support::dns::txt_values;
+use support::proxy::{Mode, Proxy};
 use support::{Pebble, PebbleOpts};
 
 /// One test at a time: they all need 127.0.0.2:53 and 127.0.0.3:53.
@@ -81,15 +82,24 @@ fn config(
     timeout: &str,
     certs: &[CertSpec],
 ) -> TestConfig {
+    let issuer =
+        IssuerSpec::pebble("pebble", pebble).extra(&format!("caa_identities = [\"{PEBBLE_CAA}\"]"));
+    config_for(issuer, http_port, dns01, timeout, certs)
+}
+
+/// [`config`] for any issuer table (named `pebble`).
+fn config_for(
+    issuer: IssuerSpec,
+    http_port: u16,
+    dns01: &str,
+    timeout: &str,
+    certs: &[CertSpec],
+) -> TestConfig {
     let mut cfg = TestConfig::new()
         .http01_listen(http_port)
-        .issuer(
-            IssuerSpec::pebble("pebble", pebble)
-                .extra(&format!("caa_identities = [\"{PEBBLE_CAA}\"]"))
-                .solver(&format!(
-                    "{dns01}\npropagation = {{ timeout = \"{timeout}\", interval = \"300ms\" }}"
-                )),
-        )
+        .issuer(issuer.solver(&format!(
+            "{dns01}\npropagation = {{ timeout = \"{timeout}\", interval = \"300ms\" }}"
+        )))
         .tail(&format!("[dns01]\nresolvers = [\"{RECURSIVE}\"]"));
     for c in certs {
         cfg = cfg.certificate(c.clone());
@@ -245,4 +255,46 @@ async fn caa_refusals_stop_before_the_order() {
             && !out.stdout.contains("CAA for"),
         "{out}"
     );
+}
+
+/// The identities a CA publishes in its directory (here added to pebble's by the proxy) are what
+/// the records are matched against when the issuer names none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caa_identities_from_the_directory() {
+    let _turn = turn().await;
+    let Some((_dns, pebble, http_port)) = setup().await else {
+        return;
+    };
+    let proxy = Proxy::for_pebble(&pebble).await;
+    proxy.set(Mode::AddCaaIdentities(vec![PEBBLE_CAA.to_string()]));
+    let secrets = tempfile::tempdir().unwrap();
+    let issuer =
+        IssuerSpec::new("pebble", &proxy.directory_url()).ca_bundle_path(proxy.ca_file.clone());
+    let cfg = config_for(
+        issuer,
+        http_port,
+        &rfc2136(secrets.path()),
+        "30s",
+        &[CertSpec::new("other", "pebble", &["a.other.example.test"])],
+    );
+    let out = cfg.run_cli(&["renew"]).await;
+    assert!(!out.status.success(), "{out}");
+    assert!(
+        out.stderr.contains("a.other.example.test: the CAA records at other.example.test. (issue: 0 issue \"letsencrypt.org\") do not authorize this CA, which identifies as pebble.test"),
+        "{out}"
+    );
+    assert!(
+        proxy.jws_payloads("/order-plz").is_empty(),
+        "an order was sent"
+    );
+
+    // A name the apex record covers (climbing from www.example.test) is issued.
+    cfg.write_raw(&std::fs::read_to_string(cfg.path()).unwrap().replace(
+        "domains = [\"a.other.example.test\"]",
+        "domains = [\"www.example.test\"]",
+    ));
+    let out = cfg.run_cli(&["renew"]).await;
+    assert!(out.status.success(), "{out}");
+    assert_eq!(sans(&cfg, "other"), ["www.example.test"]);
+    assert_eq!(proxy.jws_payloads("/order-plz").len(), 1);
 }
