@@ -41,6 +41,7 @@ other IN CAA 0 issue "letsencrypt.org"
 pinned IN CAA 0 issue "pebble.test; accounturi=https://127.0.0.1:1/my-account/999"
 methods IN CAA 0 issue "pebble.test; validationmethods=http-01"
 www IN A 127.0.0.1
+www.dead IN A 127.0.0.1
 "#;
 
 /// bind9 on loopback, and pebble validating against the authoritative server; `None`: skipped.
@@ -297,4 +298,39 @@ async fn caa_identities_from_the_directory() {
     assert!(out.status.success(), "{out}");
     assert_eq!(sans(&cfg, "other"), ["www.example.test"]);
     assert_eq!(proxy.jws_payloads("/order-plz").len(), 1);
+}
+
+/// CAA is only a preflight: when the resolvers cannot answer for a name, a warning is logged and
+/// the CA decides. `www.dead.example.test` resolves for pebble (it asks the authoritative server)
+/// but not through certkeeper's resolver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_failure_does_not_block_the_order() {
+    let _turn = turn().await;
+    let Some((_dns, pebble, http_port)) = setup().await else {
+        return;
+    };
+    let secrets = tempfile::tempdir().unwrap();
+    let issuer = IssuerSpec::pebble("pebble", &pebble)
+        .extra(&format!("caa_identities = [\"{PEBBLE_CAA}\"]"))
+        .solver("selector = { dns_names = [\"www.dead.example.test\"] }\nhttp01 = { self_check = false }");
+    let cfg = config_for(
+        issuer,
+        http_port,
+        &rfc2136(secrets.path()),
+        "30s",
+        &[CertSpec::new("dead", "pebble", &["www.dead.example.test"])],
+    );
+    let out = cfg.run_cli(&["check"]).await;
+    assert!(out.status.success(), "{out}");
+    assert!(
+        out.stdout.contains("OK   certificate dead: CAA for www.dead.example.test not checked, the resolvers did not answer"),
+        "{out}"
+    );
+    let out = cfg.run_cli(&["renew"]).await;
+    assert!(out.status.success(), "{out}");
+    assert!(
+        out.stderr.contains("CAA lookup failed; ordering anyway"),
+        "{out}"
+    );
+    assert_eq!(sans(&cfg, "dead"), ["www.dead.example.test"]);
 }

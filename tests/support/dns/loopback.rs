@@ -5,6 +5,9 @@
 //! certkeeper finds the zone's NS set through the recursive server and then asks 127.0.0.2
 //! directly: the default path almost every user runs.
 //!
+//! The resolver sends names under `dead.example.test` to 127.0.0.9:53, where nothing listens: it
+//! cannot answer for them (SERVFAIL or a timeout), while the authoritative server still has them.
+//!
 //! Port 53 and adding 127.0.0.2 and 127.0.0.3 to `lo` (named listens only on configured addresses)
 //! need root (CI runs as root); without it the tests are skipped with a message. An address already
 //! taken fails the test with a message saying so. Both named processes are killed (by PID) and the
@@ -175,6 +178,7 @@ zone "example.test" {{ type primary; file "{d}/example.test.zone"; update-policy
 controls {{ }};
 zone "." {{ type primary; file "{d}/root.zone"; }};
 zone "example.test" {{ type static-stub; server-addresses {{ 127.0.0.2; }}; }};
+zone "dead.example.test" {{ type static-stub; server-addresses {{ 127.0.0.9; }}; }};
 "#,
                 common("rec", "127.0.0.3")
             ),
