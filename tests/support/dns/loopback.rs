@@ -66,7 +66,7 @@ impl LoopbackAddresses {
                 .expect("run ip addr add");
             assert!(
                 out.status.success(),
-                "cannot add {ip} to lo: {}",
+                "cannot add {ip} to lo (`ip addr add {ip}/32 dev lo` needs root with CAP_NET_ADMIN): {}",
                 String::from_utf8_lossy(&out.stderr)
             );
             added.push(*ip);
