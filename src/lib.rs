@@ -5,6 +5,7 @@
 //! verifies and writes the PEM files, and [`hooks`] reload the servers that read them.
 
 pub mod acme;
+pub mod caa;
 pub mod challenge;
 pub mod child;
 pub mod commands;

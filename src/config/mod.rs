@@ -69,6 +69,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Daemon-wide limits.
     pub daemon: DaemonConfig,
+    /// `[dns01]`: DNS settings shared by every solver and the CAA preflight.
+    pub dns01: Dns01Config,
     /// The issuers (`[issuer.NAME]`), by name.
     pub issuers: BTreeMap<String, IssuerConfig>,
     /// The certificates (`[certificate.NAME]`), by name.
@@ -131,6 +133,15 @@ pub struct DaemonConfig {
     pub backoff: crate::scheduler::Backoff,
 }
 
+/// `[dns01]`: DNS settings for every issuer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dns01Config {
+    /// The recursive resolvers (`resolvers = ["127.0.0.53:53"]`) used to find a zone and its
+    /// authoritative nameservers, to follow CNAMEs on `_acme-challenge` and to look up CAA. Empty
+    /// means the `nameserver` lines of `/etc/resolv.conf` (as lego's `--dns.resolvers`).
+    pub resolvers: Vec<SocketAddr>,
+}
+
 /// `[issuer.NAME]`: an ACME CA account and how to solve its challenges.
 #[derive(Clone, Debug)]
 pub struct IssuerConfig {
@@ -146,6 +157,9 @@ pub struct IssuerConfig {
     pub eab: Option<EabConfig>,
     /// The account key type (default ecdsa-p256).
     pub account_key: KeyType,
+    /// The CA's CAA identities (`caa_identities = ["letsencrypt.org"]`), overriding the directory's
+    /// `meta.caaIdentities`; `None` means: what the directory publishes.
+    pub caa_identities: Option<Vec<String>>,
     /// The solvers, in the order written (earlier wins ties in [`IssuerConfig::solver_for`]).
     pub solvers: Vec<SolverConfig>,
 }
@@ -544,8 +558,8 @@ output = { dir = "/etc/nginx/tls/www" }
             ("syntax error", BASE.replace("contact = [", "contact = [,"), &[], "DIR/certkeeper.toml:5:12: issuer.le.contact: extra comma in array, expected value"),
             ("unclosed header", BASE.replace("[certificate.www]", "[certificate.www"), &[], "DIR/certkeeper.toml:14:17: unclosed table, expected `]`"),
             ("bad string", BASE.replace("issuer = \"le\"", "issuer = \"le"), &[], "DIR/certkeeper.toml:15:13: invalid basic string, expected `\"`"),
-            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `storage`, `include`, `http01`, `admin`, `daemon`, `issuer`, `certificate`"),
-            ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `solver`"),
+            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `storage`, `include`, `http01`, `admin`, `daemon`, `dns01`, `issuer`, `certificate`"),
+            ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `caa_identities`, `solver`"),
             ("unknown solver key", BASE.replace("http01 = {}", "http01 = { self_chek = true }"), &[], "DIR/certkeeper.toml:8:12: issuer.le.solver[0].http01.self_chek: unknown field `self_chek`, expected `self_check`"),
             ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`, `reload_env`"),
             ("unknown output key", BASE.replace("tls/www\" }", "tls/www\", mode = \"0640\" }"), &[], "DIR/certkeeper.toml:17:40: certificate.www.output.mode: unknown field `mode`, expected one of `dir`, `owner`, `group`, `key_mode`, `cert_mode`, `allow_shared_dir`"),
@@ -594,6 +608,10 @@ output = { dir = "/etc/nginx/tls/www" }
             ("dns provider bad algorithm", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"rfc2136\", server = \"127.0.0.1\", tsig_key = \"k.\", tsig_algorithm = \"hmac-md5\", tsig_secret_file = \"k.key\" }"), &[], "DIR/certkeeper.toml:12:89: issuer.le.solver[1].dns01.tsig_algorithm: \"hmac-md5\" is not supported: use hmac-sha256, hmac-sha384 or hmac-sha512"),
             ("dns provider in an include", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("x.toml", "[issuer.x]\ndirectory = \"letsencrypt\"\n[[issuer.x.solver]]\ndns01 = { provider = \"powerdns\", api_url = \"localhost:8081\", api_key_env = \"K\" }\n")], "DIR/conf.d/x.toml:4:44: issuer.x.solver[0].dns01.api_url: \"localhost:8081\" is not an http:// or https:// URL with a host"),
             ("duplicate issuer in list", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"le\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: issuer \"le\" is listed twice: remove one"),
+            ("bad resolver", format!("{BASE}\n[dns01]\nresolvers = [\"127.0.0.53:53\", \"dns.google\"]\n"), &[], "DIR/certkeeper.toml:20:31: dns01.resolvers[1]: \"dns.google\" is not a resolver address: write an IP address with an optional port, e.g. \"127.0.0.53\" or \"[::1]:53\""),
+            ("empty resolvers", format!("{BASE}\n[dns01]\nresolvers = []\n"), &[], "DIR/certkeeper.toml:20:13: dns01.resolvers: is empty: list at least one recursive resolver, e.g. [\"127.0.0.53:53\"], or remove it to use /etc/resolv.conf"),
+            ("unknown dns01 key", format!("{BASE}\n[dns01]\nresolver = [\"127.0.0.1\"]\n"), &[], "DIR/certkeeper.toml:20:1: dns01.resolver: unknown field `resolver`, expected `resolvers`"),
+            ("bad caa identity", BASE.replace("contact =", "caa_identities = [\"letsencrypt.org\", \"https://ca.test\"]\ncontact ="), &[], "DIR/certkeeper.toml:5:38: issuer.le.caa_identities[1]: \"https://ca.test\" is not a CAA issuer domain name: write the name the CA's CAA records use, e.g. \"letsencrypt.org\""),
             ("propagation on http01", BASE.replace("http01 = {}", "http01 = {}\npropagation = { check = false }"), &[], "DIR/certkeeper.toml:9:15: issuer.le.solver[0].propagation: only applies to dns01 solvers: remove it"),
             ("admin on a public address without opt-in", format!("{BASE}[admin]\nlisten = \"0.0.0.0:8403\"\n"), &[], "DIR/certkeeper.toml:19:10: admin.listen: 0.0.0.0:8403 is not a loopback address and the admin listener has no authentication: listen on 127.0.0.1 or [::1], set token_file = \"/path/to/token\" to require `Authorization: Bearer <token>`, or set allow_remote = true and firewall the port"),
             ("admin token file missing", format!("{BASE}[admin]\nlisten = \"[::]:8403\"\ntoken_file = \"conf.d/none.token\"\n"), &[], "DIR/certkeeper.toml:20:14: admin.token_file: cannot read DIR/conf.d/none.token: No such file or directory (os error 2) (check the path and that certkeeper's user may read it)"),
@@ -685,6 +703,7 @@ output = { dir = "/etc/nginx/tls/www" }
             ca_bundle: None,
             eab: None,
             account_key: KeyType::EcdsaP256,
+            caa_identities: None,
             solvers: vec![
                 http01(&[], &[]),                                 // 0: fallback
                 dns01(&["example.com"], &[], "zone"),             // 1
@@ -872,9 +891,12 @@ max_concurrent = 3
 hook_timeout = "1m 30s"
 retry_first = "5s"
 retry_max = "10m"
+[dns01]
+resolvers = ["127.0.0.53", "[::1]:5353"]
 
 [issuer.le]
 directory = "letsencrypt"
+caa_identities = ["LetsEncrypt.org."]
 contact = ["mailto:a@example.com", "mailto:b@example.com"]
 ca_bundle = "pebble-ca.pem"
 eab = { kid = "kid-1", hmac_key_file = "eab.key" }
@@ -921,7 +943,15 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
                 }
             }
         );
+        assert_eq!(
+            cfg.dns01.resolvers,
+            vec![
+                "127.0.0.53:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:5353".parse().unwrap()
+            ]
+        );
         let le = &cfg.issuers["le"];
+        assert_eq!(le.caa_identities, Some(vec!["letsencrypt.org".to_string()]));
         assert_eq!(
             le.directory,
             "https://acme-v02.api.letsencrypt.org/directory"

@@ -25,10 +25,18 @@ pub(crate) struct RawMain {
     pub http01: Option<RawHttp01>,
     pub admin: Option<RawAdmin>,
     pub daemon: Option<RawDaemon>,
+    pub dns01: Option<RawDns01>,
     #[serde(default)]
     pub issuer: BTreeMap<SStr, RawIssuer>,
     #[serde(default)]
     pub certificate: BTreeMap<SStr, RawCertificate>,
+}
+
+/// `[dns01]`: DNS settings for every issuer (the recursive resolvers).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns01 {
+    pub resolvers: Option<Spanned<Vec<SStr>>>,
 }
 
 /// An included file: only issuers and certificates.
@@ -84,6 +92,7 @@ pub(crate) struct RawIssuer {
     pub ca_bundle: Option<SStr>,
     pub eab: Option<Spanned<RawEab>>,
     pub account_key: Option<SStr>,
+    pub caa_identities: Option<Spanned<Vec<SStr>>>,
     #[serde(default)]
     pub solver: Vec<Spanned<RawSolver>>,
 }

@@ -13,8 +13,8 @@ use super::raw::{
 };
 use super::source::{SourceFile, key_seg};
 use super::{
-    AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, EabConfig,
-    Http01Config, IssuerConfig, OutputConfig, PropagationConfig, Selector, SolverConfig,
+    AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, Dns01Config,
+    EabConfig, Http01Config, IssuerConfig, OutputConfig, PropagationConfig, Selector, SolverConfig,
     SolverKind, parse_duration, secret::SecretSource,
 };
 use crate::acme::KeyType;
@@ -230,6 +230,12 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     }
 
+    let dns01 = main
+        .dns01
+        .as_ref()
+        .map(|d| dns01_global(&mut cx, d))
+        .unwrap_or_default();
+
     // Issuers.
     let mut issuers = BTreeMap::new();
     for (name, (file, key, raw)) in &raw_issuers {
@@ -280,9 +286,48 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         http01,
         admin,
         daemon,
+        dns01,
         issuers,
         certificates,
     })
+}
+
+/// `[dns01]`: the recursive resolvers, each an IP address with an optional port (53).
+fn dns01_global(cx: &mut Ctx, raw: &super::raw::RawDns01) -> Dns01Config {
+    let mut out = Dns01Config::default();
+    let Some(list) = &raw.resolvers else {
+        return out;
+    };
+    if list.get_ref().is_empty() {
+        cx.err(
+            0,
+            &list.span(),
+            "dns01.resolvers",
+            "is empty: list at least one recursive resolver, e.g. [\"127.0.0.53:53\"], or remove it to use /etc/resolv.conf",
+        );
+    }
+    for (i, r) in list.get_ref().iter().enumerate() {
+        match nameserver_addr(r.get_ref()) {
+            Some(addr) => out.resolvers.push(addr),
+            None => cx.err(
+                0,
+                &r.span(),
+                format!("dns01.resolvers[{i}]"),
+                format!(
+                    "\"{}\" is not a resolver address: write an IP address with an optional port, e.g. \"127.0.0.53\" or \"[::1]:53\"",
+                    r.get_ref()
+                ),
+            ),
+        }
+    }
+    out
+}
+
+/// "192.0.2.53", "127.0.0.1:5353", "::1" or "[::1]:53" as a socket address (port 53 by default).
+fn nameserver_addr(v: &str) -> Option<SocketAddr> {
+    v.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
 }
 
 fn default_http01_listen() -> SocketAddr {
@@ -518,6 +563,10 @@ fn issuer(
             solvers.push(sc);
         }
     }
+    let caa_identities = raw
+        .caa_identities
+        .as_ref()
+        .map(|list| caa_identities(cx, file, &p, list));
 
     if cx.diags.len() > errors_before {
         return None;
@@ -529,8 +578,38 @@ fn issuer(
         ca_bundle,
         eab,
         account_key: account_key?,
+        caa_identities,
         solvers,
     })
+}
+
+/// `caa_identities = ["letsencrypt.org"]` of issuer `p`: the domain names a CAA `issue` record
+/// names the CA by, lower-case without a trailing dot.
+fn caa_identities(cx: &mut Ctx, file: usize, p: &str, list: &Spanned<Vec<SStr>>) -> Vec<String> {
+    if list.get_ref().is_empty() {
+        cx.err(
+            file,
+            &list.span(),
+            format!("{p}.caa_identities"),
+            "is empty: list the domain names the CA's CAA records use (e.g. [\"letsencrypt.org\"]), or remove it to use the CA directory's meta.caaIdentities",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, v) in list.get_ref().iter().enumerate() {
+        match normalize_name(v.get_ref()) {
+            Ok((IdentifierKind::Dns, n)) => out.push(n),
+            _ => cx.err(
+                file,
+                &v.span(),
+                format!("{p}.caa_identities[{i}]"),
+                format!(
+                    "\"{}\" is not a CAA issuer domain name: write the name the CA's CAA records use, e.g. \"letsencrypt.org\"",
+                    v.get_ref()
+                ),
+            ),
+        }
+    }
+    out
 }
 
 /// `self_check = true | false | { port, resolve }` of an http01 or webroot solver at key `p`

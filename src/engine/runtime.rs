@@ -284,7 +284,10 @@ impl Runtime {
                 let p = provider
                     .build()
                     .map_err(|e| IssueError::new(SolveError::retryable(e.to_string())))?;
-                Arc::new(Dns01Solver::new(p, propagation.clone()))
+                Arc::new(
+                    Dns01Solver::new(p, propagation.clone())
+                        .with_resolvers(self.config.dns01.resolvers.clone()),
+                )
             }
             SolverKind::DnsPersist01 {
                 issuer_domain,
