@@ -48,6 +48,14 @@ pub const DEFAULT_PROPAGATION_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_KEY_MODE: u32 = 0o600;
 /// Default certificate mode: world readable (certificates are public).
 pub const DEFAULT_CERT_MODE: u32 = 0o644;
+/// How long deploy verification waits for every endpoint to serve the new certificate by default.
+pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the daemon checks again what the endpoints serve, by default.
+pub const DEFAULT_DEPLOY_INTERVAL: Duration = Duration::from_secs(3600);
+/// `expiring` is notified when Not After is this close, by default.
+pub const DEFAULT_WARN_BEFORE: Duration = Duration::from_secs(14 * 86400);
+/// How long a notify command may run, or a webhook delivery (all its tries) take, by default.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole validated configuration.
 #[derive(Clone, Debug)]
@@ -66,6 +74,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Daemon-wide limits.
     pub daemon: DaemonConfig,
+    /// Where alerts go (`[notify]`); `None` when it is absent: nothing is notified.
+    pub notify: Option<NotifyConfig>,
     /// The issuers (`[issuer.NAME]`), by name.
     pub issuers: BTreeMap<String, IssuerConfig>,
     /// The certificates (`[certificate.NAME]`), by name.
@@ -101,6 +111,43 @@ pub struct DaemonConfig {
     /// The retry schedule after a failed attempt (`retry_first`, default 1m; `retry_max`, default
     /// 6h).
     pub backoff: crate::scheduler::Backoff,
+}
+
+/// `[notify]`: where alerts about certificates go (see [`crate::notify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// A shell command run with the event as JSON on stdin and `CERTKEEPER_EVENT` etc. set.
+    pub command: Option<String>,
+    /// Names of the daemon's environment variables the command may see (like `reload_env`).
+    pub command_env: Vec<String>,
+    /// An HTTP POST of the same JSON.
+    pub webhook: Option<WebhookConfig>,
+    /// `expiring` is notified when Not After is this close (default 14 days).
+    pub warn_before: Duration,
+    /// How long the command may run, and how long a webhook delivery may take with its retries.
+    pub timeout: Duration,
+}
+
+/// `webhook = { url = "https://...", header_file = "..." }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Where to POST (https, or http to a loopback address).
+    pub url: String,
+    /// Headers sent with every request (`Name: value` lines of `header_file`, read at load).
+    pub headers: Vec<(String, Secret)>,
+}
+
+/// `verify_deploy = { ... }` of a certificate: the TLS endpoints that must serve it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyDeploy {
+    /// `host:port` endpoints to connect to.
+    pub connect: Vec<String>,
+    /// The SNI name sent (default: the first DNS name that is not a wildcard).
+    pub server_name: String,
+    /// How long to retry until every endpoint serves the installed certificate (default 10s).
+    pub timeout: Duration,
+    /// How often the daemon checks again (default 1h).
+    pub interval: Duration,
 }
 
 /// `[issuer.NAME]`: an ACME CA account and how to solve its challenges.
@@ -265,6 +312,8 @@ pub struct CertificateConfig {
     /// Names of the daemon's environment variables the reload commands may see, beyond `PATH`,
     /// `LANG`, `LC_*`, `TZ` and certkeeper's own `CERTKEEPER_*` (see [`crate::child`]).
     pub reload_env: Vec<String>,
+    /// The TLS endpoints checked to serve the installed certificate after its reload, if any.
+    pub verify_deploy: Option<VerifyDeploy>,
 }
 
 /// Where a certificate's PEM files go, and their ownership and modes (the store's own type).

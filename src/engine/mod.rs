@@ -10,7 +10,9 @@
 //!         store::Ledger (state + installed pair, events)   store::AccountStore
 //! ```
 
+pub mod alerts;
 pub mod ari;
+pub mod deploy;
 pub mod due;
 pub mod error;
 pub mod order;

@@ -24,11 +24,15 @@ pub use atomic::{atomic_write, fsync_dir};
 pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed};
 pub use ledger::{AriResult, Event, Ledger, Snapshot, is_self_signed_placeholder};
 pub use state::{
-    AccountRecord, AuthzTrace, CertState, ChallengeTrace, ErrorTrace, OrderTrace, ProblemTrace,
+    AccountRecord, AuthzTrace, CertState, ChallengeTrace, DeployCheck, EndpointServed, ErrorTrace,
+    OrderTrace, ProblemTrace,
     StoredAccount, SubProblemTrace, account_id, key_fingerprint, status_word,
 };
 pub use storage::{FileStorage, Lease, Storage};
 pub use verify::{VerifiedCert, verify_pair};
+pub(crate) use verify::asn1_to_ts;
+#[cfg(test)]
+pub(crate) use verify::testpki;
 
 /// Errors of the store; every message says what happened and, where it helps, what to do.
 #[derive(Debug, thiserror::Error)]
