@@ -547,16 +547,62 @@ output = { dir = "/etc/nginx/tls/www" }
     }
 
     #[test]
+    fn verify_deploy_and_notify_are_validated_with_defaults() {
+        let text = format!(
+            "{BASE}verify_deploy = {{ connect = [\"127.0.0.1:443\", \"[::1]:8443\"] }}\n\n[notify]\ncommand = \"logger -t certkeeper\"\n"
+        );
+        let cfg = load_case(&text, &[]).unwrap();
+        let v = cfg.certificates["www"].verify_deploy.clone().unwrap();
+        assert_eq!(v.server_name, "example.com", "the first DNS name");
+        assert_eq!(v.connect, ["127.0.0.1:443", "[::1]:8443"]);
+        assert_eq!((v.timeout, v.interval), (DEFAULT_DEPLOY_TIMEOUT, DEFAULT_DEPLOY_INTERVAL));
+        let n = cfg.notify.unwrap();
+        assert_eq!(n.command.as_deref(), Some("logger -t certkeeper"));
+        assert_eq!((n.warn_before, n.webhook), (DEFAULT_WARN_BEFORE, None));
+
+        let dir = tempfile::tempdir().unwrap();
+        let headers = dir.path().join("h");
+        std::fs::write(&headers, "X-Token: abc\nAuthorization: Bearer t\n").unwrap();
+        let text = format!(
+            "{BASE}\n[notify]\nwebhook = {{ url = \"https://alerts.example.com/hook\", header_file = \"{}\" }}\nwarn_before = \"20d\"\n",
+            headers.display()
+        );
+        let n = load_case(&text, &[]).unwrap().notify.unwrap();
+        let hook = n.webhook.unwrap();
+        assert_eq!(hook.headers.len(), 2);
+        assert_eq!((hook.headers[1].0.as_str(), hook.headers[1].1.expose()), ("Authorization", "Bearer t"));
+        assert_eq!(n.warn_before, Duration::from_secs(20 * 86400));
+
+        let cases = [
+            (format!("{BASE}verify_deploy = {{ connect = [] }}\n"), "certificate.www.verify_deploy.connect: names no endpoint"),
+            (format!("{BASE}verify_deploy = {{ connect = [\"127.0.0.1\"] }}\n"), "certificate.www.verify_deploy.connect[0]: \"127.0.0.1\" is not host:port"),
+            (format!("{BASE}verify_deploy = {{ connect = [\"h:443\"], timeout = \"soon\" }}\n"), "certificate.www.verify_deploy.timeout: invalid duration"),
+            (BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = [\"*.example.com\"]") + "verify_deploy = { connect = [\"h:443\"] }\n", "certificate.www.verify_deploy: has no DNS name to send as SNI"),
+            (format!("{BASE}\n[notify]\nwarn_before = \"3d\"\n"), "notify: names no destination"),
+            (format!("{BASE}\n[notify]\nwebhook = {{ url = \"http://alerts.example.com/\" }}\n"), "notify.webhook.url: \"http://alerts.example.com/\" must be an https:// URL"),
+            (format!("{BASE}\n[notify]\nwebhook = {{ url = \"https://a.example/\", header_file = \"/nonexistent/h\" }}\n"), "notify.webhook.header_file: cannot read /nonexistent/h"),
+            (format!("{BASE}\n[notify]\ncommand = \"x\"\ncommand_env = [\"NOTIFY_SOCKET\"]\n"), "notify.command_env[0]: NOTIFY_SOCKET is systemd's channel"),
+        ];
+        for (text, want) in cases {
+            let err = err_of(&text, &[]);
+            assert!(err.contains(want), "want {want:?} in:\n{err}");
+        }
+        // plain http to loopback is fine (a local relay)
+        let text = format!("{BASE}\n[notify]\nwebhook = {{ url = \"http://127.0.0.1:9000/hook\" }}\n");
+        assert!(load_case(&text, &[]).is_ok());
+    }
+
+    #[test]
     fn malformed_configs_report_file_line_column_and_key() {
         type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
             ("syntax error", BASE.replace("contact = [", "contact = [,"), &[], "DIR/certkeeper.toml:5:12: issuer.le.contact: extra comma in array, expected value"),
             ("unclosed header", BASE.replace("[certificate.www]", "[certificate.www"), &[], "DIR/certkeeper.toml:14:17: unclosed table, expected `]`"),
             ("bad string", BASE.replace("issuer = \"le\"", "issuer = \"le"), &[], "DIR/certkeeper.toml:15:13: invalid basic string, expected `\"`"),
-            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `include`, `http01`, `admin`, `daemon`, `issuer`, `certificate`"),
+            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `include`, `http01`, `admin`, `daemon`, `notify`, `issuer`, `certificate`"),
             ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `solver`"),
             ("unknown solver key", BASE.replace("http01 = {}", "http01 = { self_chek = true }"), &[], "DIR/certkeeper.toml:8:12: issuer.le.solver[0].http01.self_chek: unknown field `self_chek`, expected `self_check`"),
-            ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`, `reload_env`"),
+            ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`, `reload_env`, `verify_deploy`"),
             ("unknown output key", BASE.replace("tls/www\" }", "tls/www\", mode = \"0640\" }"), &[], "DIR/certkeeper.toml:17:40: certificate.www.output.mode: unknown field `mode`, expected one of `dir`, `owner`, `group`, `key_mode`, `cert_mode`, `allow_shared_dir`"),
             ("wrong type", BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = \"example.com\""), &[], "DIR/certkeeper.toml:16:11: certificate.www.domains: invalid type: string \"example.com\", expected a sequence"),
             ("unknown issuer", BASE.replace("issuer = \"le\"", "issuer = \"le2\""), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"le2\" (defined issuers: le)"),

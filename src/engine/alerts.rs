@@ -170,3 +170,86 @@ fn build(
         host: notify::hostname(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeployCheck, Installed, VerifiedCert};
+
+    fn config(dir: &std::path::Path, extra: &str) -> Config {
+        let text = format!(
+            r#"state_dir = "{d}/state"
+[issuer.le]
+directory = "https://127.0.0.1:1/dir"
+[[issuer.le.solver]]
+http01 = {{ self_check = false }}
+[certificate.www]
+domains = ["www.example.com"]
+output = {{ dir = "{d}/tls" }}
+{extra}
+[notify]
+command = "true"
+warn_before = "10d"
+"#,
+            d = dir.display()
+        );
+        std::fs::write(dir.join("c.toml"), text).unwrap();
+        crate::config::load(&dir.join("c.toml")).unwrap()
+    }
+
+    fn snapshot(days_left: i64) -> Snapshot {
+        let now = Timestamp::now();
+        Snapshot {
+            installed: Some(Installed {
+                cert: VerifiedCert {
+                    serial_hex: "0b".into(),
+                    not_before: now - jiff::SignedDuration::from_hours(24),
+                    not_after: now + jiff::SignedDuration::from_hours(24 * days_left),
+                    names: vec!["www.example.com".into()],
+                    key_type: "ecdsa-p256".into(),
+                    issuer_cn: None,
+                    top_issuer_cn: None,
+                },
+                key_pem: Vec::new(),
+                fullchain_pem: Vec::new(),
+                source_dir: "/x".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn conditions_come_from_the_ledger_and_the_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), "");
+        let cert = &cfg.certificates["www"];
+        let now = Timestamp::now();
+        assert!(holding(&cfg, cert, &snapshot(30), now).is_empty());
+        assert_eq!(
+            holding(&cfg, cert, &snapshot(9), now),
+            [Condition::Expiring].into()
+        );
+        let mut snap = snapshot(30);
+        snap.state.retry.failures = 2;
+        assert_eq!(holding(&cfg, cert, &snap, now), [Condition::RenewalFailed].into());
+        snap.state.retry.paused = true;
+        assert_eq!(holding(&cfg, cert, &snap, now), [Condition::Paused].into());
+
+        // A failed deploy check counts only for the installed serial and with verify_deploy.
+        let mut snap = snapshot(30);
+        snap.state.deploy = Some(DeployCheck {
+            serial: "0b".into(),
+            deployed: false,
+            ..Default::default()
+        });
+        assert!(holding(&cfg, cert, &snap, now).is_empty(), "no verify_deploy configured");
+        let cfg = config(tmp.path(), r#"verify_deploy = { connect = ["127.0.0.1:443"] }"#);
+        let cert = &cfg.certificates["www"];
+        assert_eq!(holding(&cfg, cert, &snap, now), [Condition::DeployMismatch].into());
+        snap.state.deploy.as_mut().unwrap().serial = "0a".into();
+        assert!(
+            holding(&cfg, cert, &snap, now).is_empty(),
+            "a check of the previous certificate says nothing about this one"
+        );
+    }
+}

@@ -81,11 +81,16 @@ fn probe(endpoint: &str, server_name: &str, timeout: Duration) -> Result<Leaf, S
 
 fn leaf_facts(leaf: &X509) -> Result<Leaf, String> {
     let der = leaf.to_der().map_err(|e| e.to_string())?;
-    let serial = leaf
+    // Spelled as the installed serial is ([`crate::store::VerifiedCert::serial_hex`]): lowercase,
+    // whole bytes.
+    let mut serial = leaf
         .serial_number()
         .to_bn()
-        .and_then(|bn| bn.to_hex_str().map(|s| s.to_string()))
+        .and_then(|bn| bn.to_hex_str().map(|s| s.to_ascii_lowercase()))
         .map_err(|e| e.to_string())?;
+    if serial.len() % 2 == 1 {
+        serial.insert(0, '0');
+    }
     let not_after = crate::store::asn1_to_ts(leaf.not_after()).ok();
     Ok(Leaf {
         der,
@@ -259,18 +264,18 @@ mod tests {
             timeout: Duration::from_secs(2),
             interval: Duration::from_secs(3600),
         };
-        let ok = check_endpoints(&v, &leaf(&chain_a), "0A").await;
+        let ok = check_endpoints(&v, &leaf(&chain_a), "0a").await;
         assert!(ok.deployed, "{ok:?}");
-        assert_eq!(ok.endpoints[0].serial.as_deref(), Some("0A"));
+        assert_eq!(ok.endpoints[0].serial.as_deref(), Some("0a"));
         let start = std::time::Instant::now();
         let v = VerifyDeploy {
             timeout: Duration::from_millis(300),
             ..v
         };
-        let bad = check_endpoints(&v, &leaf(&chain_b), "0B").await;
+        let bad = check_endpoints(&v, &leaf(&chain_b), "0b").await;
         assert!(!bad.deployed && start.elapsed() < Duration::from_secs(3));
         assert_eq!(bad.mismatches().len(), 1);
-        assert!(bad.mismatches()[0].starts_with(&format!("{addr} serves serial 0A")), "{:?}", bad.mismatches());
+        assert!(bad.mismatches()[0].starts_with(&format!("{addr} serves serial 0a")), "{:?}", bad.mismatches());
         // the SNI was sent
         let sni = server.join().unwrap();
         assert_eq!(sni[0].as_deref(), Some("www.example.com"));
