@@ -22,7 +22,12 @@ use support::{Pebble, PebbleOpts, free_port};
 fn serial_of(dir: &std::path::Path) -> String {
     let pem = std::fs::read(dir.join("cert.pem")).expect("cert.pem");
     let x = openssl::x509::X509::from_pem(&pem).unwrap();
-    x.serial_number().to_bn().unwrap().to_hex_str().unwrap().to_string()
+    x.serial_number()
+        .to_bn()
+        .unwrap()
+        .to_hex_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The events the notify command appended to `path`, one JSON per line.
@@ -41,7 +46,8 @@ fn kinds(evs: &[Value]) -> Vec<String> {
 }
 
 fn same_serial(a: &str, b: &str) -> bool {
-    a.trim_start_matches('0').eq_ignore_ascii_case(b.trim_start_matches('0'))
+    a.trim_start_matches('0')
+        .eq_ignore_ascii_case(b.trim_start_matches('0'))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,8 +78,7 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
     let events_file = base.dir().join("events.jsonl");
     let admin_port = free_port();
     let config = |reload: &str| {
-        base
-            .clone()
+        base.clone()
             .http01_listen(ck_port)
             .issuer(IssuerSpec::pebble("pebble", &pebble).solver_http01())
             .certificate(
@@ -96,9 +101,17 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
     let cfg = config(&nginx.reload_command());
     let out = cfg.run_cli(&["renew"]).await;
     let text = format!("{}{}", out.stdout, out.stderr);
-    assert!(out.ok(), "renew failed:\n{text}\nnginx: {}", nginx.error_log_text());
+    assert!(
+        out.ok(),
+        "renew failed:\n{text}\nnginx: {}",
+        nginx.error_log_text()
+    );
     assert!(out.stdout.contains("www: deployed"), "{}", out.stdout);
-    assert!(events(&events_file).is_empty(), "{:?}", events(&events_file));
+    assert!(
+        events(&events_file).is_empty(),
+        "{:?}",
+        events(&events_file)
+    );
     let first = serial_of(&cert_dir);
 
     // 2. A reload hook that does nothing: nginx keeps serving the old certificate. renew fails
@@ -106,7 +119,10 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
     let cfg = config("true");
     let out = cfg.run_cli(&["renew", "--force"]).await;
     let text = format!("{}{}", out.stdout, out.stderr);
-    assert!(!out.ok(), "renew must fail when nginx serves the old certificate:\n{text}");
+    assert!(
+        !out.ok(),
+        "renew must fail when nginx serves the old certificate:\n{text}"
+    );
     let second = serial_of(&cert_dir);
     assert!(!same_serial(&first, &second), "{text}");
     let line = out
@@ -116,7 +132,10 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
         .unwrap_or_else(|| panic!("no NOT DEPLOYED line:\n{text}"));
     let addr = nginx.https_addr().to_string();
     assert!(
-        line.contains(&format!("{addr} serves serial")) && line.to_lowercase().contains(&first.to_lowercase().trim_start_matches('0').to_string()),
+        line.contains(&format!("{addr} serves serial"))
+            && line
+                .to_lowercase()
+                .contains(&first.to_lowercase().trim_start_matches('0').to_string()),
         "names the endpoint and the old serial {first}: {line}"
     );
     assert!(
@@ -130,7 +149,10 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
     assert_eq!(ev["certificate"], "www");
     assert!(same_serial(ev["serial"].as_str().unwrap(), &second), "{ev}");
     assert_eq!(ev["endpoints"][0]["endpoint"], addr.as_str());
-    assert!(same_serial(ev["endpoints"][0]["serial"].as_str().unwrap(), &first), "{ev}");
+    assert!(
+        same_serial(ev["endpoints"][0]["serial"].as_str().unwrap(), &first),
+        "{ev}"
+    );
     assert_eq!(ev["endpoints"][0]["matches"], false);
     let status = cfg.run_cli(&["status"]).await;
     assert!(
@@ -142,7 +164,11 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
     let v: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v[0]["deployed"], false, "{v}");
     let explain = cfg.run_cli(&["explain", "www"]).await;
-    assert!(explain.stdout.contains("Deployed:    NO"), "{}", explain.stdout);
+    assert!(
+        explain.stdout.contains("Deployed:    NO"),
+        "{}",
+        explain.stdout
+    );
 
     // 3. The daemon checks at start-up: /metrics shows it, and the restart does not notify again.
     let mut daemon = cfg.spawn_daemon();
@@ -166,7 +192,12 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     let st = daemon.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "{st}:\n{}", daemon.log());
-    assert_eq!(kinds(&events(&events_file)), ["deploy_mismatch"], "{}", daemon.log());
+    assert_eq!(
+        kinds(&events(&events_file)),
+        ["deploy_mismatch"],
+        "{}",
+        daemon.log()
+    );
 
     // 4. The working hook again: exit 0, no new deploy_mismatch, and `recovered`.
     let cfg = config(&nginx.reload_command());
@@ -177,7 +208,11 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
     assert_eq!(kinds(&evs), ["deploy_mismatch", "recovered"], "{evs:?}");
     assert_eq!(evs[1]["recovered_from"][0], "deploy_mismatch");
     let status = cfg.run_cli(&["status"]).await;
-    assert!(status.stdout.contains("deployed:    yes"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("deployed:    yes"),
+        "{}",
+        status.stdout
+    );
     drop(pebble);
 }
 
@@ -237,7 +272,10 @@ impl Receiver {
 fn check_common(ev: &Value, kind: &str, cert: &str) {
     assert_eq!(ev["event"], kind, "{ev}");
     assert_eq!(ev["certificate"], cert, "{ev}");
-    assert!(ev["domains"].as_array().is_some_and(|d| !d.is_empty()), "{ev}");
+    assert!(
+        ev["domains"].as_array().is_some_and(|d| !d.is_empty()),
+        "{ev}"
+    );
     assert!(ev["message"].as_str().is_some_and(|m| m.len() > 20), "{ev}");
     assert!(ev["at"].as_str().is_some(), "{ev}");
     assert!(ev["host"].is_string(), "{ev}");
@@ -269,7 +307,11 @@ async fn every_event_kind_reaches_the_webhook_once() {
     let (receiver, url) = Receiver::start().await;
     let base = TestConfig::new();
     let header_file = base.dir().join("hook-headers");
-    std::fs::write(&header_file, "# sent with every request\nAuthorization: Bearer hook-s3cret\n").unwrap();
+    std::fs::write(
+        &header_file,
+        "# sent with every request\nAuthorization: Bearer hook-s3cret\n",
+    )
+    .unwrap();
     let down_port = free_port();
     let config = |www_issuer: &str, www_extra: &str, notify_extra: &str| {
         let mut www = CertSpec::new("www", www_issuer, &["www.example.com"]);
@@ -308,14 +350,27 @@ async fn every_event_kind_reaches_the_webhook_once() {
     let failed = evs.iter().find(|e| e["event"] == "renewal_failed").unwrap();
     check_common(failed, "renewal_failed", "www");
     let cause = failed["cause"].as_str().unwrap();
-    assert!(cause.contains(&format!("127.0.0.1:{down_port}")), "the cause in plain words: {failed}");
+    assert!(
+        cause.contains(&format!("127.0.0.1:{down_port}")),
+        "the cause in plain words: {failed}"
+    );
     let next: jiff::Timestamp = failed["next_try"].as_str().unwrap().parse().unwrap();
-    assert!(next > jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5), "{failed}");
+    assert!(
+        next > jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5),
+        "{failed}"
+    );
     let paused = evs.iter().find(|e| e["event"] == "paused").unwrap();
     check_common(paused, "paused", "blocked");
     assert!(
-        paused["cause"].as_str().unwrap().contains("rejectedIdentifier")
-            || paused["cause"].as_str().unwrap().to_lowercase().contains("refuse"),
+        paused["cause"]
+            .as_str()
+            .unwrap()
+            .contains("rejectedIdentifier")
+            || paused["cause"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("refuse"),
         "{paused}"
     );
 
@@ -331,11 +386,17 @@ async fn every_event_kind_reaches_the_webhook_once() {
     let evs = receiver.events();
     assert_eq!(evs.len(), 3, "{evs:?}");
     check_common(&evs[2], "recovered", "www");
-    assert_eq!(evs[2]["recovered_from"], serde_json::json!(["renewal_failed"]));
+    assert_eq!(
+        evs[2]["recovered_from"],
+        serde_json::json!(["renewal_failed"])
+    );
 
     // 3. verify_deploy against an nginx serving something else: deploy_mismatch, exit non-zero.
     let addr = nginx.https_addr().to_string();
-    let vd = format!("verify_deploy = {{ connect = [{}], timeout = \"2s\" }}", toml_str(&addr));
+    let vd = format!(
+        "verify_deploy = {{ connect = [{}], timeout = \"2s\" }}",
+        toml_str(&addr)
+    );
     let cfg = config("ca", &vd, "");
     let out = cfg.run_cli(&["renew", "--force", "www"]).await;
     assert!(!out.ok(), "{}{}", out.stdout, out.stderr);
@@ -343,9 +404,16 @@ async fn every_event_kind_reaches_the_webhook_once() {
     assert_eq!(evs.len(), 4, "{evs:?}");
     let mismatch = &evs[3];
     check_common(mismatch, "deploy_mismatch", "www");
-    assert_eq!(mismatch["endpoints"][0]["endpoint"], addr.as_str(), "{mismatch}");
+    assert_eq!(
+        mismatch["endpoints"][0]["endpoint"],
+        addr.as_str(),
+        "{mismatch}"
+    );
     assert!(mismatch["endpoints"][0]["serial"].is_string(), "{mismatch}");
-    assert!(mismatch["endpoints"][0]["not_after"].is_string(), "{mismatch}");
+    assert!(
+        mismatch["endpoints"][0]["not_after"].is_string(),
+        "{mismatch}"
+    );
     assert!(
         same_serial(
             mismatch["serial"].as_str().unwrap(),

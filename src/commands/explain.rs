@@ -238,7 +238,12 @@ fn deploy_lines(out: &mut String, cert: &CertificateConfig, snap: &Snapshot) {
         return;
     };
     let installed = snap.live().map(|l| l.cert.serial_hex.as_str());
-    match snap.state.deploy.as_ref().filter(|d| Some(d.serial.as_str()) == installed) {
+    match snap
+        .state
+        .deploy
+        .as_ref()
+        .filter(|d| Some(d.serial.as_str()) == installed)
+    {
         None => {
             let _ = writeln!(
                 out,

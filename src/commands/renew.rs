@@ -114,7 +114,11 @@ pub fn render(report: &PassReport) -> String {
     }
     for (name, check) in &report.deploy {
         if check.deployed {
-            let _ = writeln!(out, "{name}: deployed (every verify_deploy endpoint serves serial {})", check.serial);
+            let _ = writeln!(
+                out,
+                "{name}: deployed (every verify_deploy endpoint serves serial {})",
+                check.serial
+            );
         } else {
             let _ = writeln!(
                 out,

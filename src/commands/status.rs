@@ -189,9 +189,14 @@ pub fn render_text(list: &[CertStatus]) -> String {
             let _ = writeln!(out, "  in flight:   {u}");
         }
         if let Some(d) = &s.deploy_check {
-            let at = d.at.map(|t| format!(" (checked {})", ts(t))).unwrap_or_default();
+            let at =
+                d.at.map(|t| format!(" (checked {})", ts(t)))
+                    .unwrap_or_default();
             if d.deployed {
-                let _ = writeln!(out, "  deployed:    yes, every verify_deploy endpoint serves it{at}");
+                let _ = writeln!(
+                    out,
+                    "  deployed:    yes, every verify_deploy endpoint serves it{at}"
+                );
             } else {
                 let _ = writeln!(
                     out,

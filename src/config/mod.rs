@@ -555,7 +555,10 @@ output = { dir = "/etc/nginx/tls/www" }
         let v = cfg.certificates["www"].verify_deploy.clone().unwrap();
         assert_eq!(v.server_name, "example.com", "the first DNS name");
         assert_eq!(v.connect, ["127.0.0.1:443", "[::1]:8443"]);
-        assert_eq!((v.timeout, v.interval), (DEFAULT_DEPLOY_TIMEOUT, DEFAULT_DEPLOY_INTERVAL));
+        assert_eq!(
+            (v.timeout, v.interval),
+            (DEFAULT_DEPLOY_TIMEOUT, DEFAULT_DEPLOY_INTERVAL)
+        );
         let n = cfg.notify.unwrap();
         assert_eq!(n.command.as_deref(), Some("logger -t certkeeper"));
         assert_eq!((n.warn_before, n.webhook), (DEFAULT_WARN_BEFORE, None));
@@ -570,25 +573,58 @@ output = { dir = "/etc/nginx/tls/www" }
         let n = load_case(&text, &[]).unwrap().notify.unwrap();
         let hook = n.webhook.unwrap();
         assert_eq!(hook.headers.len(), 2);
-        assert_eq!((hook.headers[1].0.as_str(), hook.headers[1].1.expose()), ("Authorization", "Bearer t"));
+        assert_eq!(
+            (hook.headers[1].0.as_str(), hook.headers[1].1.expose()),
+            ("Authorization", "Bearer t")
+        );
         assert_eq!(n.warn_before, Duration::from_secs(20 * 86400));
 
         let cases = [
-            (format!("{BASE}verify_deploy = {{ connect = [] }}\n"), "certificate.www.verify_deploy.connect: names no endpoint"),
-            (format!("{BASE}verify_deploy = {{ connect = [\"127.0.0.1\"] }}\n"), "certificate.www.verify_deploy.connect[0]: \"127.0.0.1\" is not host:port"),
-            (format!("{BASE}verify_deploy = {{ connect = [\"h:443\"], timeout = \"soon\" }}\n"), "certificate.www.verify_deploy.timeout: invalid duration"),
-            (BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = [\"*.example.com\"]") + "verify_deploy = { connect = [\"h:443\"] }\n", "certificate.www.verify_deploy: has no DNS name to send as SNI"),
-            (format!("{BASE}\n[notify]\nwarn_before = \"3d\"\n"), "notify: names no destination"),
-            (format!("{BASE}\n[notify]\nwebhook = {{ url = \"http://alerts.example.com/\" }}\n"), "notify.webhook.url: \"http://alerts.example.com/\" must be an https:// URL"),
-            (format!("{BASE}\n[notify]\nwebhook = {{ url = \"https://a.example/\", header_file = \"/nonexistent/h\" }}\n"), "notify.webhook.header_file: cannot read /nonexistent/h"),
-            (format!("{BASE}\n[notify]\ncommand = \"x\"\ncommand_env = [\"NOTIFY_SOCKET\"]\n"), "notify.command_env[0]: NOTIFY_SOCKET is systemd's channel"),
+            (
+                format!("{BASE}verify_deploy = {{ connect = [] }}\n"),
+                "certificate.www.verify_deploy.connect: names no endpoint",
+            ),
+            (
+                format!("{BASE}verify_deploy = {{ connect = [\"127.0.0.1\"] }}\n"),
+                "certificate.www.verify_deploy.connect[0]: \"127.0.0.1\" is not host:port",
+            ),
+            (
+                format!("{BASE}verify_deploy = {{ connect = [\"h:443\"], timeout = \"soon\" }}\n"),
+                "certificate.www.verify_deploy.timeout: invalid duration",
+            ),
+            (
+                BASE.replace(
+                    "domains = [\"example.com\", \"www.example.com\"]",
+                    "domains = [\"*.example.com\"]",
+                ) + "verify_deploy = { connect = [\"h:443\"] }\n",
+                "certificate.www.verify_deploy: has no DNS name to send as SNI",
+            ),
+            (
+                format!("{BASE}\n[notify]\nwarn_before = \"3d\"\n"),
+                "notify: names no destination",
+            ),
+            (
+                format!("{BASE}\n[notify]\nwebhook = {{ url = \"http://alerts.example.com/\" }}\n"),
+                "notify.webhook.url: \"http://alerts.example.com/\" must be an https:// URL",
+            ),
+            (
+                format!(
+                    "{BASE}\n[notify]\nwebhook = {{ url = \"https://a.example/\", header_file = \"/nonexistent/h\" }}\n"
+                ),
+                "notify.webhook.header_file: cannot read /nonexistent/h",
+            ),
+            (
+                format!("{BASE}\n[notify]\ncommand = \"x\"\ncommand_env = [\"NOTIFY_SOCKET\"]\n"),
+                "notify.command_env[0]: NOTIFY_SOCKET is systemd's channel",
+            ),
         ];
         for (text, want) in cases {
             let err = err_of(&text, &[]);
             assert!(err.contains(want), "want {want:?} in:\n{err}");
         }
         // plain http to loopback is fine (a local relay)
-        let text = format!("{BASE}\n[notify]\nwebhook = {{ url = \"http://127.0.0.1:9000/hook\" }}\n");
+        let text =
+            format!("{BASE}\n[notify]\nwebhook = {{ url = \"http://127.0.0.1:9000/hook\" }}\n");
         assert!(load_case(&text, &[]).is_ok());
     }
 

@@ -372,7 +372,12 @@ fn notify(cx: &mut Ctx, n: &Spanned<super::raw::RawNotify>) -> Option<NotifyConf
     if let Some(c) = &raw.command
         && c.get_ref().trim().is_empty()
     {
-        cx.err(0, &c.span(), "notify.command", "is an empty command: remove it or name a program");
+        cx.err(
+            0,
+            &c.span(),
+            "notify.command",
+            "is an empty command: remove it or name a program",
+        );
     }
     for (i, name) in raw.command_env.iter().enumerate() {
         if let Err(message) = crate::child::check_env_name(name.get_ref()) {
@@ -389,7 +394,11 @@ fn notify(cx: &mut Ctx, n: &Spanned<super::raw::RawNotify>) -> Option<NotifyConf
     }
     Some(NotifyConfig {
         command: raw.command.as_ref().map(|c| c.get_ref().clone()),
-        command_env: raw.command_env.iter().map(|n| n.get_ref().clone()).collect(),
+        command_env: raw
+            .command_env
+            .iter()
+            .map(|n| n.get_ref().clone())
+            .collect(),
         webhook,
         warn_before,
         timeout,
@@ -403,15 +412,16 @@ fn webhook(cx: &mut Ctx, w: &super::raw::RawWebhook) -> Option<WebhookConfig> {
     let parsed = match reqwest::Url::parse(url) {
         Ok(u) => u,
         Err(e) => {
-            let msg = format!("\"{url}\" is not a URL ({e}): write e.g. \"https://alerts.example.com/hook\"");
+            let msg = format!(
+                "\"{url}\" is not a URL ({e}): write e.g. \"https://alerts.example.com/hook\""
+            );
             cx.err(0, &w.url.span(), "notify.webhook.url", msg);
             return None;
         }
     };
     let host = parsed.host_str().unwrap_or("");
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback =
-        host == "localhost" || host.parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
     let scheme_ok = parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback);
     if !scheme_ok {
         let msg = format!(
@@ -486,21 +496,30 @@ fn verify_deploy(
         );
     }
     for (i, c) in raw.connect.get_ref().iter().enumerate() {
-        let ok = c
-            .get_ref()
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let ok = c.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !ok {
             let msg = format!(
                 "\"{}\" is not host:port: write e.g. \"127.0.0.1:443\", \"[::1]:443\" or \"www.example.com:443\"",
                 c.get_ref()
             );
-            cx.err(file, &c.span(), format!("{p}.verify_deploy.connect[{i}]"), msg);
+            cx.err(
+                file,
+                &c.span(),
+                format!("{p}.verify_deploy.connect[{i}]"),
+                msg,
+            );
         }
     }
     let server_name = match &raw.server_name {
         Some(s) if s.get_ref().trim().is_empty() => {
-            cx.err(file, &s.span(), format!("{p}.verify_deploy.server_name"), "is empty: remove it or name the host to ask for");
+            cx.err(
+                file,
+                &s.span(),
+                format!("{p}.verify_deploy.server_name"),
+                "is empty: remove it or name the host to ask for",
+            );
             None
         }
         Some(s) => Some(s.get_ref().clone()),
@@ -528,7 +547,12 @@ fn verify_deploy(
         return None;
     }
     Some(VerifyDeploy {
-        connect: raw.connect.get_ref().iter().map(|c| c.get_ref().clone()).collect(),
+        connect: raw
+            .connect
+            .get_ref()
+            .iter()
+            .map(|c| c.get_ref().clone())
+            .collect(),
         server_name: server_name?,
         timeout,
         interval,

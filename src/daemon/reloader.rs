@@ -103,8 +103,7 @@ async fn batch(rt: &Runtime, metrics: &Metrics, requests: &[ReloadRequest], chan
     }
     for req in requests {
         let state = rt.ledger.state(&req.cert_name).ok().flatten();
-        let still =
-            state.and_then(|s| s.reload_pending).as_deref() == Some(req.serial.as_str());
+        let still = state.and_then(|s| s.reload_pending).as_deref() == Some(req.serial.as_str());
         metrics.set_reload_pending(&req.cert_name, still);
     }
     let mut names = changed;

@@ -54,8 +54,7 @@ pub fn holding(
 /// True when the last deploy check of the installed certificate found an endpoint serving another
 /// one (a check of an earlier certificate does not count: the new one is checked after its reload).
 pub fn not_deployed(cert: &CertificateConfig, snap: &Snapshot) -> bool {
-    let (Some(_), Some(check), Some(live)) =
-        (&cert.verify_deploy, &snap.state.deploy, snap.live())
+    let (Some(_), Some(check), Some(live)) = (&cert.verify_deploy, &snap.state.deploy, snap.live())
     else {
         return false;
     };
@@ -71,6 +70,11 @@ pub async fn evaluate(rt: &Runtime, cert: &CertificateConfig) -> Vec<AlertEvent>
     let now = Timestamp::now();
     let snap = rt.ledger.snapshot(&cert.name, &cert.output);
     let holding = holding(&rt.config, cert, &snap, now);
+    let (sends, next) = notify::decide(&snap.state.notified, &holding, now);
+    if sends.is_empty() && next == snap.state.notified {
+        // Nothing to send and nothing to record (the usual case): no state write.
+        return Vec::new();
+    }
     let event = Event::Notified {
         holding: holding.clone(),
         at: now,
@@ -83,6 +87,8 @@ pub async fn evaluate(rt: &Runtime, cert: &CertificateConfig) -> Vec<AlertEvent>
             return Vec::new();
         }
     };
+    // Decided again on the state the event was applied to (under the state lock): another process
+    // may have sent some of it since the snapshot.
     let (sends, _) = notify::decide(&before.notified, &holding, now);
     let mut sent = Vec::new();
     for s in sends {
@@ -131,13 +137,20 @@ fn build(
                     format!(
                         "{name} expires at {} (in {days} days) and is not renewed yet; next try at {next}{}",
                         na.map(|t| t.to_string()).unwrap_or_default(),
-                        cause.as_deref().map(|c| format!("; last error: {c}")).unwrap_or_default()
+                        cause
+                            .as_deref()
+                            .map(|c| format!("; last error: {c}"))
+                            .unwrap_or_default()
                     )
                 }
                 Condition::DeployMismatch => format!(
                     "{name} (serial {}) is installed but not deployed: {}; check the reload hook and which files the server reads",
                     live.map(|l| l.cert.serial_hex.as_str()).unwrap_or("none"),
-                    snap.state.deploy.as_ref().map(|d| d.mismatches().join("; ")).unwrap_or_default()
+                    snap.state
+                        .deploy
+                        .as_ref()
+                        .map(|d| d.mismatches().join("; "))
+                        .unwrap_or_default()
                 ),
             };
             (condition.event_name(), *reminder, message, Vec::new())
@@ -231,7 +244,10 @@ warn_before = "10d"
         );
         let mut snap = snapshot(30);
         snap.state.retry.failures = 2;
-        assert_eq!(holding(&cfg, cert, &snap, now), [Condition::RenewalFailed].into());
+        assert_eq!(
+            holding(&cfg, cert, &snap, now),
+            [Condition::RenewalFailed].into()
+        );
         snap.state.retry.paused = true;
         assert_eq!(holding(&cfg, cert, &snap, now), [Condition::Paused].into());
 
@@ -242,10 +258,19 @@ warn_before = "10d"
             deployed: false,
             ..Default::default()
         });
-        assert!(holding(&cfg, cert, &snap, now).is_empty(), "no verify_deploy configured");
-        let cfg = config(tmp.path(), r#"verify_deploy = { connect = ["127.0.0.1:443"] }"#);
+        assert!(
+            holding(&cfg, cert, &snap, now).is_empty(),
+            "no verify_deploy configured"
+        );
+        let cfg = config(
+            tmp.path(),
+            r#"verify_deploy = { connect = ["127.0.0.1:443"] }"#,
+        );
         let cert = &cfg.certificates["www"];
-        assert_eq!(holding(&cfg, cert, &snap, now), [Condition::DeployMismatch].into());
+        assert_eq!(
+            holding(&cfg, cert, &snap, now),
+            [Condition::DeployMismatch].into()
+        );
         snap.state.deploy.as_mut().unwrap().serial = "0a".into();
         assert!(
             holding(&cfg, cert, &snap, now).is_empty(),

@@ -59,8 +59,12 @@ fn probe(endpoint: &str, server_name: &str, timeout: Duration) -> Result<Leaf, S
         }
     }
     let stream = stream.ok_or_else(|| format!("cannot connect: {last}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
     builder.set_verify(SslVerifyMode::NONE);
     let connector = builder.build();
@@ -232,7 +236,8 @@ mod tests {
         std::fs::write(dir.join("c.pem"), pair.1).unwrap();
         std::fs::write(dir.join("k.pem"), pair.0).unwrap();
         let mut a = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        a.set_private_key_file(dir.join("k.pem"), SslFiletype::PEM).unwrap();
+        a.set_private_key_file(dir.join("k.pem"), SslFiletype::PEM)
+            .unwrap();
         a.set_certificate_chain_file(dir.join("c.pem")).unwrap();
         let acceptor = a.build();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -242,7 +247,11 @@ mod tests {
             for _ in 0..n {
                 let (s, _) = listener.accept().unwrap();
                 if let Ok(tls) = acceptor.accept(s) {
-                    sni.push(tls.ssl().servername(openssl::ssl::NameType::HOST_NAME).map(str::to_string));
+                    sni.push(
+                        tls.ssl()
+                            .servername(openssl::ssl::NameType::HOST_NAME)
+                            .map(str::to_string),
+                    );
                 }
             }
             sni
@@ -275,7 +284,11 @@ mod tests {
         let bad = check_endpoints(&v, &leaf(&chain_b), "0b").await;
         assert!(!bad.deployed && start.elapsed() < Duration::from_secs(3));
         assert_eq!(bad.mismatches().len(), 1);
-        assert!(bad.mismatches()[0].starts_with(&format!("{addr} serves serial 0a")), "{:?}", bad.mismatches());
+        assert!(
+            bad.mismatches()[0].starts_with(&format!("{addr} serves serial 0a")),
+            "{:?}",
+            bad.mismatches()
+        );
         // the SNI was sent
         let sni = server.join().unwrap();
         assert_eq!(sni[0].as_deref(), Some("www.example.com"));
@@ -283,7 +296,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_endpoint_that_does_not_answer_is_not_deployed() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let v = VerifyDeploy {
             connect: vec![format!("127.0.0.1:{port}")],
             server_name: "www.example.com".into(),
@@ -293,6 +310,9 @@ mod tests {
         let r = check_endpoints(&v, b"x", "01").await;
         assert!(!r.deployed);
         let line = &r.mismatches()[0];
-        assert!(line.contains("could not be checked") && line.contains("cannot connect"), "{line}");
+        assert!(
+            line.contains("could not be checked") && line.contains("cannot connect"),
+            "{line}"
+        );
     }
 }

@@ -22,11 +22,11 @@ use crate::scheduler::{Due, Failure};
 use crate::store::{DeployCheck, Event, Snapshot};
 
 use super::due::{due, retry_fingerprint};
-use super::{alerts, deploy};
 use super::error::{IssueError, decide};
 use super::order::{self, Issued};
 use super::reload;
 use super::runtime::Runtime;
+use super::{alerts, deploy};
 
 /// What the caller asked of a pass.
 #[derive(Clone, Debug, Default)]

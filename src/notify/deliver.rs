@@ -257,7 +257,11 @@ mod tests {
         };
         let start = std::time::Instant::now();
         let errors = deliver(&c, &event()).await;
-        assert!(start.elapsed() < Duration::from_secs(6), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            start.elapsed()
+        );
         let e = errors[0].to_string();
         assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
     }

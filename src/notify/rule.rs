@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 pub const REMINDER_EVERY: SignedDuration = SignedDuration::from_hours(24);
 
 /// Something wrong with a certificate that a human should hear about.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
     /// The last renewal attempt failed (certkeeper retries with backoff).

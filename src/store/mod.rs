@@ -25,14 +25,14 @@ pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, 
 pub use ledger::{AriResult, Event, Ledger, Snapshot, is_self_signed_placeholder};
 pub use state::{
     AccountRecord, AuthzTrace, CertState, ChallengeTrace, DeployCheck, EndpointServed, ErrorTrace,
-    OrderTrace, ProblemTrace,
-    StoredAccount, SubProblemTrace, account_id, key_fingerprint, status_word,
+    OrderTrace, ProblemTrace, StoredAccount, SubProblemTrace, account_id, key_fingerprint,
+    status_word,
 };
 pub use storage::{FileStorage, Lease, Storage};
-pub use verify::{VerifiedCert, verify_pair};
 pub(crate) use verify::asn1_to_ts;
 #[cfg(test)]
 pub(crate) use verify::testpki;
+pub use verify::{VerifiedCert, verify_pair};
 
 /// Errors of the store; every message says what happened and, where it helps, what to do.
 #[derive(Debug, thiserror::Error)]
