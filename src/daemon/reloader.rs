@@ -166,3 +166,111 @@ fn recheck_due(rt: &Runtime, cert: &CertificateConfig, now: Timestamp, force: bo
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::challenge::http01::TokenStore;
+    use crate::store::{DeployCheck, Event};
+
+    fn runtime(dir: &std::path::Path, extra: &str) -> Runtime {
+        let text = format!(
+            r#"state_dir = "{d}/state"
+[issuer.le]
+directory = "https://127.0.0.1:1/dir"
+[[issuer.le.solver]]
+http01 = {{ self_check = false }}
+[certificate.www]
+domains = ["www.example.com"]
+output = {{ dir = "{d}/tls" }}
+{extra}
+"#,
+            d = dir.display()
+        );
+        std::fs::write(dir.join("c.toml"), text).unwrap();
+        let cfg = Arc::new(crate::config::load(&dir.join("c.toml")).unwrap());
+        Runtime::new(cfg, TokenStore::default()).unwrap()
+    }
+
+    fn install(rt: &Runtime) -> String {
+        let cert = &rt.config.certificates["www"];
+        let pki = crate::store::testpki::Pki::new();
+        let (key, chain) = pki.leaf(&["www.example.com"], 7, (-1, 30));
+        let v = crate::store::verify_pair(&key, &chain, &cert.domains, None).unwrap();
+        let after = Event::Imported {
+            issuer: None,
+            fingerprint: "f".into(),
+            at: Timestamp::now(),
+        };
+        rt.ledger
+            .install("www", &cert.output, (&key, &chain), &v, after)
+            .unwrap();
+        v.serial_hex
+    }
+
+    fn checked(rt: &Runtime, serial: &str, ago_secs: i64) {
+        let at = Timestamp::now() - jiff::SignedDuration::from_secs(ago_secs);
+        let check = DeployCheck {
+            at: Some(at),
+            serial: serial.into(),
+            deployed: true,
+            endpoints: Vec::new(),
+        };
+        rt.ledger
+            .record("www", Event::DeployChecked(Box::new(check)))
+            .unwrap();
+    }
+
+    #[test]
+    fn endpoints_are_checked_again_after_their_interval_never_mid_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let plain = runtime(tmp.path(), "");
+        assert!(
+            !recheck_due(&plain, &plain.config.certificates["www"], now, true),
+            "no verify_deploy"
+        );
+
+        let vd = r#"verify_deploy = { connect = ["127.0.0.1:443"], interval = "1h" }"#;
+        let rt = runtime(tmp.path(), vd);
+        let cert = rt.config.certificates["www"].clone();
+        assert!(!recheck_due(&rt, &cert, now, true), "nothing installed");
+        let serial = install(&rt);
+        assert!(recheck_due(&rt, &cert, now, false), "never checked");
+        checked(&rt, &serial, 600);
+        assert!(
+            !recheck_due(&rt, &cert, now, false),
+            "checked 10 minutes ago"
+        );
+        assert!(
+            recheck_due(&rt, &cert, now, true),
+            "forced (start-up, config reload)"
+        );
+        checked(&rt, &serial, 3600);
+        assert!(recheck_due(&rt, &cert, now, false), "an hour ago");
+        checked(&rt, "ffff", 10);
+        assert!(
+            recheck_due(&rt, &cert, now, false),
+            "the last check was of another certificate"
+        );
+
+        // With reload hooks whose reload is still pending, the server may have the old files loaded.
+        let rt = runtime(tmp.path(), &format!("{vd}\nreload = [\"true\"]"));
+        assert!(!recheck_due(&rt, &rt.config.certificates["www"], now, true));
+        rt.ledger
+            .record(
+                "www",
+                Event::Reloaded {
+                    serial: serial.clone(),
+                },
+            )
+            .unwrap();
+        assert!(recheck_due(&rt, &rt.config.certificates["www"], now, true));
+        assert_eq!(recheck_every(&rt.config), RECHECK_MAX);
+        let rt = runtime(
+            tmp.path(),
+            r#"verify_deploy = { connect = ["h:443"], interval = "5m" }"#,
+        );
+        assert_eq!(recheck_every(&rt.config), Duration::from_secs(300));
+    }
+}

@@ -99,6 +99,49 @@ pub async fn evaluate(rt: &Runtime, cert: &CertificateConfig) -> Vec<AlertEvent>
     sent
 }
 
+/// What `condition` means for `cert` and what to do, in plain words.
+fn raised_message(
+    condition: Condition,
+    cert: &CertificateConfig,
+    snap: &Snapshot,
+    cause: Option<&str>,
+    next: Timestamp,
+    now: Timestamp,
+) -> String {
+    let name = &cert.name;
+    let live = snap.live();
+    match condition {
+        Condition::RenewalFailed => format!(
+            "renewing {name} failed: {}; certkeeper tries again at {next}",
+            cause.unwrap_or("unknown error")
+        ),
+        Condition::Paused => format!(
+            "the CA refused {name} in a way that needs a human: {}; after fixing it run `certkeeper renew --force {name}` or `systemctl reload certkeeper` (otherwise tried again at {next})",
+            cause.unwrap_or("unknown error")
+        ),
+        Condition::Expiring => {
+            let na = live.map(|l| l.cert.not_after);
+            let days = na.map_or(0, |t| t.duration_since(now).as_hours() / 24);
+            format!(
+                "{name} expires at {} (in {days} days) and is not renewed yet; next try at {next}{}",
+                na.map(|t| t.to_string()).unwrap_or_default(),
+                cause
+                    .map(|c| format!("; last error: {c}"))
+                    .unwrap_or_default()
+            )
+        }
+        Condition::DeployMismatch => format!(
+            "{name} (serial {}) is installed but not deployed: {}; check the reload hook and which files the server reads",
+            live.map(|l| l.cert.serial_hex.as_str()).unwrap_or("none"),
+            snap.state
+                .deploy
+                .as_ref()
+                .map(|d| d.mismatches().join("; "))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 /// The event for `send`, with the facts of `snap`.
 fn build(
     cfg: &Config,
@@ -122,37 +165,7 @@ fn build(
             condition,
             reminder,
         } => {
-            let message = match condition {
-                Condition::RenewalFailed => format!(
-                    "renewing {name} failed: {}; certkeeper tries again at {next}",
-                    cause.as_deref().unwrap_or("unknown error")
-                ),
-                Condition::Paused => format!(
-                    "the CA refused {name} in a way that needs a human: {}; after fixing it run `certkeeper renew --force {name}` or `systemctl reload certkeeper` (otherwise tried again at {next})",
-                    cause.as_deref().unwrap_or("unknown error")
-                ),
-                Condition::Expiring => {
-                    let na = live.map(|l| l.cert.not_after);
-                    let days = na.map_or(0, |t| t.duration_since(now).as_hours() / 24);
-                    format!(
-                        "{name} expires at {} (in {days} days) and is not renewed yet; next try at {next}{}",
-                        na.map(|t| t.to_string()).unwrap_or_default(),
-                        cause
-                            .as_deref()
-                            .map(|c| format!("; last error: {c}"))
-                            .unwrap_or_default()
-                    )
-                }
-                Condition::DeployMismatch => format!(
-                    "{name} (serial {}) is installed but not deployed: {}; check the reload hook and which files the server reads",
-                    live.map(|l| l.cert.serial_hex.as_str()).unwrap_or("none"),
-                    snap.state
-                        .deploy
-                        .as_ref()
-                        .map(|d| d.mismatches().join("; "))
-                        .unwrap_or_default()
-                ),
-            };
+            let message = raised_message(*condition, cert, snap, cause.as_deref(), next, now);
             (condition.event_name(), *reminder, message, Vec::new())
         }
         Send::Recovered { from } => {

@@ -140,15 +140,26 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
     if !reloads.is_empty() {
         report.hooks = reload::run(&rt.ledger, &reloads, rt.config.daemon.hook_timeout).await;
     }
+    verify_and_notify(&rt, &mut report, &reloads, &selected).await;
+    report
+}
+
+/// After the reloads: check that the certificates issued or reloaded are served, then decide the
+/// notifications of every selected certificate.
+async fn verify_and_notify(
+    rt: &Runtime,
+    report: &mut PassReport,
+    reloads: &[crate::hooks::ReloadRequest],
+    selected: &[CertificateConfig],
+) {
     let mut changed: Vec<String> = report.issued.iter().map(|(n, _)| n.clone()).collect();
     changed.extend(reloads.iter().map(|r| r.cert_name.clone()));
     changed.sort();
     changed.dedup();
-    report.deploy = deploy::verify_batch(&rt, &changed, &reloads).await;
-    for cert in &selected {
-        alerts::evaluate(&rt, cert).await;
+    report.deploy = deploy::verify_batch(rt, &changed, reloads).await;
+    for cert in selected {
+        alerts::evaluate(rt, cert).await;
     }
-    report
 }
 
 /// Issue one certificate (decided on `snap`) and record the outcome in the ledger: the success, or
