@@ -213,6 +213,53 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
         "{}",
         status.stdout
     );
+    let third = serial_of(&cert_dir);
+
+    // 5. The daemon's own issuance (a revoked certificate is replaced at once) with the hook that
+    // does nothing: its batch checks, reloads once more, and notifies deploy_mismatch again.
+    let cfg = config("true");
+    let out = cfg
+        .run_cli(&["revoke", "www", "--reason", "superseded"])
+        .await;
+    assert!(out.ok(), "{}{}", out.stdout, out.stderr);
+    let mut daemon = cfg.spawn_daemon();
+    daemon
+        .wait_for(
+            "a deploy_mismatch from the daemon",
+            Duration::from_secs(90),
+            || events(&events_file).len() >= 3,
+        )
+        .await;
+    let evs = events(&events_file);
+    assert_eq!(
+        kinds(&evs),
+        ["deploy_mismatch", "recovered", "deploy_mismatch"],
+        "{}",
+        daemon.log()
+    );
+    let fourth = serial_of(&cert_dir);
+    assert!(!same_serial(&third, &fourth));
+    assert!(
+        same_serial(evs[2]["serial"].as_str().unwrap(), &fourth),
+        "{}",
+        evs[2]
+    );
+    assert!(
+        same_serial(evs[2]["endpoints"][0]["serial"].as_str().unwrap(), &third),
+        "nginx still serves the revoked one: {}",
+        evs[2]
+    );
+    let (_, m) = daemon.admin_get("/metrics").await;
+    assert!(
+        m.contains("certkeeper_certificate_deployed{name=\"www\"} 0"),
+        "{m}"
+    );
+    assert!(
+        daemon.log().contains("running the reload hooks once more"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop();
     drop(pebble);
 }
 
