@@ -104,6 +104,11 @@ enum Command {
         #[arg(long)]
         chain: Option<PathBuf>,
     },
+    /// Adopt another ACME client's certificates, accounts and settings without re-issuing anything.
+    Migrate {
+        #[command(subcommand)]
+        from: MigrateFrom,
+    },
     /// Print the shell completion script for bash, zsh or fish to stdout.
     ///
     /// E.g. `certkeeper completions bash > ~/.local/share/bash-completion/completions/certkeeper`;
@@ -120,6 +125,20 @@ enum Command {
         /// Write certkeeper.1 and certkeeper-SUBCOMMAND.1 pages into this directory (which must exist).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateFrom {
+    /// Write conf.d/certbot-<lineage>.toml per renewal/*.conf, adopt certbot's account and live pairs
+    /// (nginx keeps reading live/<lineage>/), rename the confs to .conf.migrated and print the undo.
+    Certbot {
+        /// certbot's config directory.
+        #[arg(long, default_value = "/etc/letsencrypt")]
+        certbot_dir: PathBuf,
+        /// Print the files and actions; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -180,6 +199,9 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let switch = if matches!(cli.command, Command::Run) {
         certkeeper::privileges::refuse_root_daemon(&cli.config)
+    } else if matches!(cli.command, Command::Migrate { .. }) {
+        // Reads the other client's root-only files first, then acts as the state owner itself.
+        Ok(())
     } else {
         certkeeper::privileges::become_state_owner(&cli.config)
     };
@@ -250,6 +272,28 @@ fn main() -> ExitCode {
                     chain,
                 };
                 lifecycle(&cli.config, Lifecycle::Import(opts)).await
+            }
+            Command::Migrate {
+                from:
+                    MigrateFrom::Certbot {
+                        certbot_dir,
+                        dry_run,
+                    },
+            } => {
+                let opts = certkeeper::commands::migrate::certbot::CertbotOptions {
+                    certbot_dir,
+                    dry_run,
+                };
+                match certkeeper::commands::migrate::certbot::migrate(&cli.config, &opts) {
+                    Ok(report) => {
+                        print!("{report}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("certkeeper: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Command::Status { json, name } => {
                 certkeeper::commands::status::run(&cli.config, json, name.as_deref())

@@ -90,21 +90,10 @@ pub fn refuse_root_daemon(config_path: &Path) -> Result<(), PrivilegeError> {
 
 /// [`become_state_owner`] for a known state directory.
 pub fn become_owner_of(state_dir: &Path) -> Result<(), PrivilegeError> {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(meta) = std::fs::metadata(state_dir) else {
+    let Some(user) = state_owner(state_dir)? else {
         return Ok(());
     };
-    if meta.uid() == 0 || !geteuid().is_root() {
-        return Ok(());
-    }
     let dir = state_dir.display().to_string();
-    let user = User::from_uid(Uid::from_raw(meta.uid()))
-        .ok()
-        .flatten()
-        .ok_or(PrivilegeError::UnknownOwner {
-            dir: dir.clone(),
-            uid: meta.uid(),
-        })?;
     let fail = |source| PrivilegeError::Switch {
         dir: dir.clone(),
         user: user.name.clone(),
@@ -119,4 +108,73 @@ pub fn become_owner_of(state_dir: &Path) -> Result<(), PrivilegeError> {
     // SAFETY: called before any thread is started (the async runtime is built after this).
     unsafe { std::env::set_var("HOME", &user.dir) };
     Ok(())
+}
+
+/// The user root should act as on `state_dir`: its owner, when certkeeper runs as root and the
+/// directory exists and belongs to another user; `None` otherwise (nothing to switch).
+pub fn state_owner(state_dir: &Path) -> Result<Option<User>, PrivilegeError> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !geteuid().is_root() {
+        return Ok(None);
+    }
+    let Ok(meta) = std::fs::metadata(state_dir) else {
+        return Ok(None);
+    };
+    if meta.uid() == 0 {
+        return Ok(None);
+    }
+    User::from_uid(Uid::from_raw(meta.uid()))
+        .ok()
+        .flatten()
+        .map(Some)
+        .ok_or(PrivilegeError::UnknownOwner {
+            dir: state_dir.display().to_string(),
+            uid: meta.uid(),
+        })
+}
+
+/// Root acting as another user for a while: the effective uid, gid and supplementary groups are
+/// that user's until the guard is dropped, then root's again (the real and saved uid stay 0).
+///
+/// For commands that must read root-only files (certbot's keys) and also write the state directory
+/// as its owner: they read first, write the state inside [`act_as`], and finish root's part after.
+/// glibc applies set*id calls to every thread of the process, so the async runtime's threads
+/// switch too.
+#[must_use = "the switch back to root happens when the guard is dropped"]
+pub struct ActingAs {
+    groups: Vec<Gid>,
+    egid: Gid,
+}
+
+/// Act as `user`, the owner of `state_dir` (see [`ActingAs`]). Only for a root process.
+pub fn act_as(user: &User, state_dir: &Path) -> Result<ActingAs, PrivilegeError> {
+    use nix::unistd::{getegid, getgroups, setegid, seteuid};
+    let fail = |source| PrivilegeError::Switch {
+        dir: state_dir.display().to_string(),
+        user: user.name.clone(),
+        source,
+    };
+    let guard = ActingAs {
+        groups: getgroups().map_err(fail)?,
+        egid: getegid(),
+    };
+    let name = std::ffi::CString::new(user.name.clone()).map_err(|_| fail(nix::Error::EINVAL))?;
+    initgroups(&name, user.gid).map_err(fail)?;
+    setegid(user.gid).map_err(fail)?;
+    seteuid(user.uid).map_err(fail)?;
+    tracing::debug!(user = %user.name, "acting as the owner of the state directory");
+    Ok(guard)
+}
+
+impl Drop for ActingAs {
+    fn drop(&mut self) {
+        use nix::unistd::{setegid, seteuid, setgroups};
+        let back = seteuid(Uid::from_raw(0))
+            .and_then(|()| setegid(self.egid))
+            .and_then(|()| setgroups(&self.groups));
+        if let Err(e) = back {
+            // Whatever root does next fails with EPERM and says so.
+            tracing::error!(error = %e, "cannot switch back to root");
+        }
+    }
 }

@@ -144,10 +144,7 @@ fn systemd_unit_verifies() {
     assert!(unit.contains("Type=notify"));
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
     // systemd-analyze checks that ExecStart exists: point it at the binary under test
-    let unit = unit.replace(
-        "/usr/bin/certkeeper",
-        support::certkeeper::CERTKEEPER_BIN,
-    );
+    let unit = unit.replace("/usr/bin/certkeeper", support::certkeeper::CERTKEEPER_BIN);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("certkeeper.service");
     std::fs::write(&path, unit).unwrap();

@@ -12,6 +12,7 @@ use std::time::Duration;
 use support::PebbleOpts;
 use support::fault_env::{Env, cert, head, pebble_issuer};
 use support::pair::check_pair;
+use support::sysuser::SystemUser;
 
 const LIMIT: Duration = Duration::from_secs(240);
 
@@ -31,48 +32,6 @@ fn all(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// A system user created for one test and deleted (with `userdel`) when dropped.
-struct SystemUser {
-    name: String,
-}
-
-impl SystemUser {
-    /// Create a system user, or `None` when not root or `useradd` is missing.
-    fn create() -> Option<Self> {
-        if !nix::unistd::geteuid().is_root() || !Path::new("/usr/sbin/useradd").exists() {
-            eprintln!("not root or no useradd; skipping");
-            return None;
-        }
-        let name = format!("ckt{}", std::process::id());
-        let ok = Command::new("/usr/sbin/useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                &name,
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "useradd {name}");
-        Some(Self { name })
-    }
-
-    fn uid(&self) -> u32 {
-        nix::unistd::User::from_name(&self.name)
-            .unwrap()
-            .unwrap()
-            .uid
-            .as_raw()
-    }
-}
-
-impl Drop for SystemUser {
-    fn drop(&mut self) {
-        let _ = Command::new("/usr/sbin/userdel").arg(&self.name).status();
-    }
 }
 
 /// Every path under `dir` (including it).

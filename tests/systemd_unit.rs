@@ -10,10 +10,7 @@ const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/certkeeper.serv
 /// The unit with ExecStart pointing at the binary under test, in a temp dir, named like the original.
 fn unit_for_test(dir: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(UNIT).unwrap();
-    let text = text.replace(
-        "/usr/bin/certkeeper",
-        env!("CARGO_BIN_EXE_certkeeper"),
-    );
+    let text = text.replace("/usr/bin/certkeeper", env!("CARGO_BIN_EXE_certkeeper"));
     let path = dir.join("certkeeper.service");
     std::fs::write(&path, text).unwrap();
     path

@@ -25,14 +25,14 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn ok(message: impl Into<String>) -> Self {
+    pub(crate) fn ok(message: impl Into<String>) -> Self {
         Self {
             ok: true,
             message: message.into(),
         }
     }
 
-    fn fail(message: impl Into<String>) -> Self {
+    pub(crate) fn fail(message: impl Into<String>) -> Self {
         Self {
             ok: false,
             message: message.into(),
@@ -75,6 +75,7 @@ pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
     let mut out = Vec::new();
     // `check` creates nothing: the state directory is looked at, never made or changed.
     out.push(state_dir_probe(&cfg.state_dir));
+    out.extend(super::storage_probe::probes(cfg, offline).await);
     let state = Some(AccountStore::new(std::sync::Arc::new(
         FileStorage::open_read_only(&cfg.state_dir),
     )));

@@ -26,6 +26,9 @@ pub enum ExplainError {
         "cannot read the state of this certificate: {0} (run as the user certkeeper runs as, usually root)"
     )]
     State(String),
+    /// The state cannot be opened at all (a storage backend this build does not run on).
+    #[error("{0}")]
+    Storage(#[from] crate::store::StoreError),
 }
 
 /// Describe certificate `name` of `cfg` as text for the terminal.
@@ -42,7 +45,9 @@ pub fn explain(cfg: Arc<Config>, name: &str) -> Result<String, ExplainError> {
         });
     };
     // The ledger is read, never written, and no runtime is built: safe next to a running daemon.
-    let snap = read_only_ledger(&cfg).snapshot(name, &cert.output);
+    let snap = read_only_ledger(&cfg)
+        .map_err(ExplainError::Storage)?
+        .snapshot(name, &cert.output);
     if let Some(e) = snap.state_error {
         return Err(ExplainError::State(e));
     }

@@ -87,7 +87,25 @@ fn read(path: &Path) -> Result<Vec<u8>, ImportError> {
 /// currently valid), install it as the live pair, and record it in the state as if certkeeper had
 /// issued it, with the first configured issuer as the one that renews it.
 pub fn import(rt: &Runtime, opts: &ImportOptions) -> Result<Imported, ImportError> {
-    let name = opts.name.as_str();
+    let key_pem = read(&opts.key)?;
+    let mut chain_pem = read(&opts.cert)?;
+    if let Some(chain) = &opts.chain {
+        if !chain_pem.ends_with(b"\n") {
+            chain_pem.push(b'\n');
+        }
+        chain_pem.extend_from_slice(&read(chain)?);
+    }
+    import_pem(rt, &opts.name, &key_pem, &chain_pem)
+}
+
+/// [`import`] of a pair already read: `chain_pem` is the leaf followed by its chain. For callers
+/// that read the files with other privileges than they install them with (`migrate certbot`).
+pub fn import_pem(
+    rt: &Runtime,
+    name: &str,
+    key_pem: &[u8],
+    chain_pem: &[u8],
+) -> Result<Imported, ImportError> {
     let Some(cert) = rt.config.certificates.get(name) else {
         let known: Vec<&str> = rt.config.certificates.keys().map(String::as_str).collect();
         return Err(ImportError::UnknownCertificate {
@@ -103,15 +121,7 @@ pub fn import(rt: &Runtime, opts: &ImportOptions) -> Result<Imported, ImportErro
         name: name.to_string(),
         source,
     };
-    let key_pem = read(&opts.key)?;
-    let mut chain_pem = read(&opts.cert)?;
-    if let Some(chain) = &opts.chain {
-        if !chain_pem.ends_with(b"\n") {
-            chain_pem.push(b'\n');
-        }
-        chain_pem.extend_from_slice(&read(chain)?);
-    }
-    let verified = store::verify_pair(&key_pem, &chain_pem, &cert.domains, None)
+    let verified = store::verify_pair(key_pem, chain_pem, &cert.domains, None)
         .map_err(|e| rejected(e.to_string()))?;
     if verified.key_type != cert.key.as_str() {
         return Err(rejected(format!(
@@ -132,7 +142,7 @@ pub fn import(rt: &Runtime, opts: &ImportOptions) -> Result<Imported, ImportErro
         .install(
             name,
             &cert.output,
-            (&key_pem, &chain_pem),
+            (key_pem, chain_pem),
             &verified,
             imported,
         )

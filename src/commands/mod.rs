@@ -5,6 +5,8 @@ pub mod account;
 pub mod check;
 pub mod explain;
 pub mod import;
+pub mod migrate;
 pub mod renew;
 pub mod revoke;
 pub mod status;
+pub mod storage_probe;

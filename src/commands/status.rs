@@ -28,6 +28,9 @@ pub enum StatusError {
         /// The configured names.
         known: String,
     },
+    /// The state cannot be opened.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// One certificate's status.
@@ -93,7 +96,7 @@ pub fn collect(
                 .join(", "),
         });
     }
-    let ledger = read_only_ledger(&cfg);
+    let ledger = read_only_ledger(&cfg)?;
     Ok(cfg
         .certificates
         .values()

@@ -16,6 +16,7 @@ mod glob;
 mod raw;
 pub mod secret;
 mod source;
+mod storage;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -68,6 +69,8 @@ pub struct Config {
     pub include_dirs: Vec<PathBuf>,
     /// Where account keys and per-certificate state live (absolute).
     pub state_dir: PathBuf,
+    /// `[storage]`: the file tree under `state_dir` (default), or PostgreSQL for a fleet.
+    pub storage: StorageConfig,
     /// The HTTP-01 listener.
     pub http01: Http01Config,
     /// The admin listener (`/healthz`, `/metrics`); `None` when `[admin]` is absent.
@@ -80,6 +83,31 @@ pub struct Config {
     pub issuers: BTreeMap<String, IssuerConfig>,
     /// The certificates (`[certificate.NAME]`), by name.
     pub certificates: BTreeMap<String, CertificateConfig>,
+}
+
+/// `[storage]`: where accounts and certificate state live.
+#[derive(Clone, Debug, Default)]
+pub enum StorageConfig {
+    /// `backend = "file"` (the default): files under `state_dir`.
+    #[default]
+    File,
+    /// `backend = "postgres"`: a PostgreSQL database shared by the nodes of a fleet.
+    Postgres(PostgresConfig),
+}
+
+/// `[storage] backend = "postgres"`, validated: the key decoded, the password read.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// `url`: `postgresql://user@host:port/dbname[?sslmode=require]`, without a password.
+    pub url: String,
+    /// The password from `password_file`; `None`: `PGPASSWORD` or none.
+    pub password: Option<Secret>,
+    /// `encryption_key_file`, for messages.
+    pub encryption_key_file: PathBuf,
+    /// The key that seals private keys in the database.
+    pub encryption_key: crate::store::postgres::crypto::DataKey,
+    /// `node`: this host's name in the fleet (default: the host name).
+    pub node: String,
 }
 
 /// `[http01]`: where the built-in HTTP-01 responder listens.
@@ -635,7 +663,7 @@ output = { dir = "/etc/nginx/tls/www" }
             ("syntax error", BASE.replace("contact = [", "contact = [,"), &[], "DIR/certkeeper.toml:5:12: issuer.le.contact: extra comma in array, expected value"),
             ("unclosed header", BASE.replace("[certificate.www]", "[certificate.www"), &[], "DIR/certkeeper.toml:14:17: unclosed table, expected `]`"),
             ("bad string", BASE.replace("issuer = \"le\"", "issuer = \"le"), &[], "DIR/certkeeper.toml:15:13: invalid basic string, expected `\"`"),
-            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `include`, `http01`, `admin`, `daemon`, `notify`, `issuer`, `certificate`"),
+            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `storage`, `include`, `http01`, `admin`, `daemon`, `notify`, `issuer`, `certificate`"),
             ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `solver`"),
             ("unknown solver key", BASE.replace("http01 = {}", "http01 = { self_chek = true }"), &[], "DIR/certkeeper.toml:8:12: issuer.le.solver[0].http01.self_chek: unknown field `self_chek`, expected `self_check`"),
             ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`, `reload_env`, `verify_deploy`"),

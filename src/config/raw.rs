@@ -19,6 +19,7 @@ pub(crate) type RawProvider = BTreeMap<SStr, Spanned<toml::Value>>;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMain {
     pub state_dir: Option<SStr>,
+    pub storage: Option<Spanned<RawStorage>>,
     #[serde(default)]
     pub include: Vec<SStr>,
     pub http01: Option<RawHttp01>,
@@ -39,6 +40,17 @@ pub(crate) struct RawInclude {
     pub issuer: BTreeMap<SStr, RawIssuer>,
     #[serde(default)]
     pub certificate: BTreeMap<SStr, RawCertificate>,
+}
+
+/// `[storage]`: where the state lives (the file tree, or PostgreSQL for a fleet).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStorage {
+    pub backend: Option<SStr>,
+    pub url: Option<SStr>,
+    pub password_file: Option<SStr>,
+    pub encryption_key_file: Option<SStr>,
+    pub node: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

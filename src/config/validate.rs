@@ -35,13 +35,13 @@ const SHORTHANDS: [(&str, &str); 3] = [
 ];
 
 /// The files read so far and the problems found.
-struct Ctx {
+pub(super) struct Ctx {
     files: Vec<SourceFile>,
     diags: Vec<Diagnostic>,
 }
 
 impl Ctx {
-    fn err(
+    pub(super) fn err(
         &mut self,
         file: usize,
         span: &Range<usize>,
@@ -53,7 +53,7 @@ impl Ctx {
     }
 
     /// Resolve a path written in `file` against that file's directory.
-    fn resolve(&self, file: usize, p: impl AsRef<Path>) -> PathBuf {
+    pub(super) fn resolve(&self, file: usize, p: impl AsRef<Path>) -> PathBuf {
         let p = p.as_ref();
         if p.is_absolute() {
             p.to_path_buf()
@@ -161,6 +161,11 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
             PathBuf::from(s.get_ref())
         }
     };
+    let storage = main
+        .storage
+        .as_ref()
+        .map(|s| super::storage::storage(&mut cx, s))
+        .unwrap_or_default();
     let http01 = match &main.http01 {
         None => Http01Config {
             listen: vec![default_http01_listen()],
@@ -273,6 +278,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         files: cx.files.into_iter().map(|f| f.path).collect(),
         include_dirs,
         state_dir,
+        storage,
         http01,
         admin,
         daemon,

@@ -36,12 +36,25 @@ pub struct Runtime {
 
 /// Open the storage of `config` for a process that changes state (creating the state directory).
 pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StoreError> {
+    file_backend(config)?;
     Ok(Arc::new(FileStorage::open(&config.state_dir)?))
 }
 
 /// The ledger of `config` for reading only (`status`, `explain`): nothing is created or changed.
-pub fn read_only_ledger(config: &Config) -> Ledger {
-    Ledger::new(Arc::new(FileStorage::open_read_only(&config.state_dir)))
+pub fn read_only_ledger(config: &Config) -> Result<Ledger, StoreError> {
+    file_backend(config)?;
+    Ok(Ledger::new(Arc::new(FileStorage::open_read_only(
+        &config.state_dir,
+    ))))
+}
+
+/// The file backend is the one this build runs on: a configured PostgreSQL backend is refused
+/// with a clear error, never silently replaced by the local state_dir.
+pub fn file_backend(config: &Config) -> Result<(), StoreError> {
+    match config.storage {
+        crate::config::StorageConfig::File => Ok(()),
+        crate::config::StorageConfig::Postgres(_) => Err(StoreError::FleetUnavailable),
+    }
 }
 
 impl Runtime {

@@ -11,11 +11,16 @@
 
 mod accounts;
 mod atomic;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod contract;
 mod install;
 mod ledger;
+pub mod postgres;
 mod state;
 pub mod storage;
 mod verify;
+#[cfg(test)]
+pub(crate) use verify::testpki;
 
 use std::path::PathBuf;
 
@@ -23,6 +28,7 @@ pub use accounts::AccountStore;
 pub use atomic::{atomic_write, fsync_dir};
 pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed};
 pub use ledger::{AriResult, Event, Ledger, Snapshot, is_self_signed_placeholder};
+pub use postgres::PgStorage;
 pub use state::{
     AccountRecord, AuthzTrace, CertState, ChallengeTrace, DeployCheck, EndpointServed, ErrorTrace,
     OrderTrace, ProblemTrace, StoredAccount, SubProblemTrace, account_id, key_fingerprint,
@@ -126,6 +132,72 @@ pub enum StoreError {
         name: String,
         /// The lock file.
         path: PathBuf,
+    },
+    /// `[storage] backend = "postgres"` is configured, but this build does not run on it yet.
+    #[error(
+        "[storage] backend = \"postgres\" is configured, but fleet mode is not available yet in this build: \
+         the configuration and the PostgreSQL storage backend exist, the daemon and the commands do not use \
+         them yet; set backend = \"file\" (or remove [storage]) to run this host on its own state_dir"
+    )]
+    FleetUnavailable,
+    /// A write made under a lease was refused because the lease was lost: it expired, or another
+    /// node took the lock since (its token is larger). The result this node holds is stale.
+    #[error(
+        "refusing to write {key}: the lock '{name}' (fencing token {token}) is no longer held by this node \
+         (it expired or another node took it over); this result is dropped and the work is left to the holder"
+    )]
+    Fenced {
+        /// The key that was to be written.
+        key: String,
+        /// The lock's name.
+        name: String,
+        /// The lease's (stale) fencing token.
+        token: u64,
+    },
+    /// The database refused or failed an operation, or could not be reached.
+    #[error(
+        "{action} ({target}): {}; certkeeper retries, check the database and [storage] url",
+        postgres::error_text(.source)
+    )]
+    Database {
+        /// What was being done ("connecting", "storing certs/www.json", ...).
+        action: String,
+        /// Which database (`host:port/dbname`).
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database did not answer in time, or the storage worker is gone.
+    #[error(
+        "{action} ({target}): {reason}; certkeeper retries, check the database and [storage] url"
+    )]
+    Unavailable {
+        /// What was being done.
+        action: String,
+        /// Which database (`host:port/dbname`).
+        target: String,
+        /// What happened ("no answer within 10s").
+        reason: String,
+    },
+    /// The database holds a schema this build cannot use.
+    #[error("database {target}: {reason}")]
+    Schema {
+        /// Which database (`host:port/dbname`).
+        target: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A sealed (encrypted) value could not be opened or sealed.
+    #[error(
+        "{key}: {source}; check that [storage] encryption_key_file holds the key this database was written with"
+    )]
+    Sealed {
+        /// The storage key of the value.
+        key: String,
+        /// Why.
+        #[source]
+        source: postgres::crypto::CryptoError,
     },
     /// An OpenSSL operation failed while handling keys or certificates.
     #[error("{context}: {source}")]

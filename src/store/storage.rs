@@ -13,6 +13,9 @@
 //!   [`Lease`] carries a fencing token that grows with every acquisition, so a backend whose locks
 //!   can expire can refuse writes from a holder that lost its lease.
 //! - `lock_wait` waits (briefly: it guards read-modify-write steps of a few milliseconds).
+//! - `store_fenced` (and `delete_fenced`) is `store` made under a lease: a backend whose leases can expire refuses it
+//!   ([`StoreError::Fenced`]) once the lease was lost (expired, or taken by another holder with a
+//!   larger token); a backend whose locks cannot be lost (flock) stores as `store` does.
 //! - Everything is safe for concurrent use from several tasks and several processes.
 
 use std::fs::{self, OpenOptions};
@@ -38,6 +41,15 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// A lease of `name` with fencing `token`; dropping `guard` releases the lock.
+    pub(crate) fn new(name: &str, token: u64, guard: Box<dyn Send + Sync>) -> Self {
+        Self {
+            token,
+            name: name.to_string(),
+            _guard: guard,
+        }
+    }
+
     /// The fencing token: larger than the token of every earlier holder of the same lock.
     pub fn token(&self) -> u64 {
         self.token
@@ -64,8 +76,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Store `value` under `key`, atomically and durably.
     fn store(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Store `value` under `key` only while `lease` is still held ([`StoreError::Fenced`] when it
+    /// was lost): the write of a result made under a lock.
+    fn store_fenced(&self, key: &str, value: &[u8], lease: &Lease) -> Result<(), StoreError>;
     /// Remove `key`; a missing key is fine.
     fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Remove `key` only while `lease` is still held ([`StoreError::Fenced`] when it was lost).
+    fn delete_fenced(&self, key: &str, lease: &Lease) -> Result<(), StoreError>;
     /// The keys directly below `prefix` (a directory-like key such as `certs`), sorted; the names
     /// are relative to `prefix`. A missing prefix lists nothing.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
@@ -182,11 +199,7 @@ impl FileStorage {
             }
         };
         let token = Self::next_token(&path, &mut lock)?;
-        Ok(Lease {
-            token,
-            name: name.to_string(),
-            _guard: Box::new(lock),
-        })
+        Ok(Lease::new(name, token, Box::new(lock)))
     }
 }
 
@@ -204,6 +217,16 @@ impl Storage for FileStorage {
         let p = self.path(key)?;
         make_private_dir(parent_dir(&p))?;
         atomic_write(&p, value, FILE_MODE, None, None)
+    }
+
+    fn store_fenced(&self, key: &str, value: &[u8], _lease: &Lease) -> Result<(), StoreError> {
+        // An flock is held until the holder's process ends: it cannot be lost while the Lease lives.
+        self.store(key, value)
+    }
+
+    fn delete_fenced(&self, key: &str, _lease: &Lease) -> Result<(), StoreError> {
+        // As store_fenced: an flock cannot be lost while the Lease lives.
+        self.delete(key)
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -331,6 +354,12 @@ mod tests {
         assert_eq!(b.name(), "www");
         assert_eq!(mode(&tmp.path().join("locks/www.lock")), 0o600);
         drop((b, other));
+    }
+
+    #[test]
+    fn honours_the_storage_contract() {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::store::contract::check_all(&FileStorage::open(tmp.path()).unwrap());
     }
 
     #[test]

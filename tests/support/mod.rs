@@ -5,7 +5,7 @@
 //! - [`pebble`]: pebble + challtestsrv; [`proxy`]: a switchable TLS proxy in front of it;
 //! - [`dns`]: bind9 and PowerDNS; [`nginx`]: an nginx serving the installed pair;
 //! - [`pair`]: the strict check of an installed pair; [`process`]: child-process helpers;
-//! - [`fault_env`]: the fault tests' pebble + config layer.
+//! - [`fault_env`]: the fault tests' pebble + config layer; [`sysuser`]: a throw-away service user.
 //!
 //! Each test file that uses it declares `mod support;`; not every file uses every helper.
 #![allow(dead_code, unused_imports)]
@@ -16,7 +16,9 @@ pub mod fault_env;
 pub mod nginx;
 pub mod pair;
 pub mod pebble;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod sysuser;
 
 pub use pebble::{Pebble, PebbleOpts, free_port};

@@ -13,6 +13,8 @@ pub const SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
 
 /// A running `named -g` serving `example.test` and `acme.test`.
 ///
+/// `www.example.test` has the address 127.0.0.1, `alt.example.test` 127.0.0.2 (another loopback
+/// address, for a second HTTP-01 responder on the same port).
 /// `_acme-challenge.cname.example.test` is a CNAME to `delegated.acme.test` (another zone, as
 /// with acme-dns).
 pub struct Bind {
@@ -82,7 +84,7 @@ zone "acme.test" {{ type primary; file "{d}/acme.test.zone"; update-policy {{ gr
             dir.path().join("example.test.zone"),
             zone_file(
                 "example.test",
-                "www IN A 127.0.0.1\n_acme-challenge.cname IN CNAME delegated.acme.test.\n",
+                "www IN A 127.0.0.1\nalt IN A 127.0.0.2\n_acme-challenge.cname IN CNAME delegated.acme.test.\n",
             ),
         )
         .expect("zone");
