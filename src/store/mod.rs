@@ -36,8 +36,6 @@ pub use state::{
 };
 pub use storage::{FileStorage, Lease, Storage};
 pub(crate) use verify::asn1_to_ts;
-#[cfg(test)]
-pub(crate) use verify::testpki;
 pub use verify::{VerifiedCert, verify_pair};
 
 /// Errors of the store; every message says what happened and, where it helps, what to do.
