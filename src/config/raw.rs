@@ -26,6 +26,7 @@ pub(crate) struct RawMain {
     pub admin: Option<RawAdmin>,
     pub daemon: Option<RawDaemon>,
     pub dns01: Option<RawDns01>,
+    pub notify: Option<Spanned<RawNotify>>,
     #[serde(default)]
     pub issuer: BTreeMap<SStr, RawIssuer>,
     #[serde(default)]
@@ -81,6 +82,35 @@ pub(crate) struct RawDaemon {
     pub hook_timeout: Option<SStr>,
     pub retry_first: Option<SStr>,
     pub retry_max: Option<SStr>,
+}
+
+/// `[notify]`: where alerts go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotify {
+    pub command: Option<SStr>,
+    #[serde(default)]
+    pub command_env: Vec<SStr>,
+    pub webhook: Option<Spanned<RawWebhook>>,
+    pub warn_before: Option<SStr>,
+    pub timeout: Option<SStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhook {
+    pub url: SStr,
+    pub header_file: Option<SStr>,
+}
+
+/// `verify_deploy = { connect = ["127.0.0.1:443"], server_name = "...", timeout = "10s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVerifyDeploy {
+    pub connect: Spanned<Vec<SStr>>,
+    pub server_name: Option<SStr>,
+    pub timeout: Option<SStr>,
+    pub interval: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +243,7 @@ pub(crate) struct RawCertificate {
     pub reload: Vec<SStr>,
     #[serde(default)]
     pub reload_env: Vec<SStr>,
+    pub verify_deploy: Option<Spanned<RawVerifyDeploy>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,8 +14,8 @@ use super::raw::{
 use super::source::{SourceFile, key_seg};
 use super::{
     AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, Dns01Config,
-    EabConfig, Http01Config, IssuerConfig, OutputConfig, PropagationConfig, Selector, SolverConfig,
-    SolverKind, parse_duration, secret::SecretSource,
+    EabConfig, Http01Config, IssuerConfig, NotifyConfig, OutputConfig, PropagationConfig, Selector,
+    SolverConfig, SolverKind, VerifyDeploy, WebhookConfig, parse_duration, secret::SecretSource,
 };
 use crate::acme::KeyType;
 use crate::challenge::IdentifierKind;
@@ -235,6 +235,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|d| dns01_global(&mut cx, d))
         .unwrap_or_default();
+    let notify = main.notify.as_ref().and_then(|n| notify(&mut cx, n));
 
     // Issuers.
     let mut issuers = BTreeMap::new();
@@ -287,6 +288,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         admin,
         daemon,
         dns01,
+        notify,
         issuers,
         certificates,
     })
@@ -402,6 +404,208 @@ fn admin(cx: &mut Ctx, a: &super::raw::RawAdmin) -> Option<AdminConfig> {
         listen,
         allow_remote,
         token,
+    })
+}
+
+/// `[notify]`: a command and/or a webhook (one of them at least), `warn_before`, `timeout`.
+fn notify(cx: &mut Ctx, n: &Spanned<super::raw::RawNotify>) -> Option<NotifyConfig> {
+    let raw = n.get_ref();
+    let before = cx.diags.len();
+    if raw.command.is_none() && raw.webhook.is_none() {
+        cx.err(
+            0,
+            &n.span(),
+            "notify",
+            "names no destination: set command = \"/usr/local/bin/alert\" and/or webhook = { url = \"https://...\" }",
+        );
+    }
+    if let Some(c) = &raw.command
+        && c.get_ref().trim().is_empty()
+    {
+        cx.err(
+            0,
+            &c.span(),
+            "notify.command",
+            "is an empty command: remove it or name a program",
+        );
+    }
+    for (i, name) in raw.command_env.iter().enumerate() {
+        if let Err(message) = crate::child::check_env_name(name.get_ref()) {
+            cx.err(0, &name.span(), format!("notify.command_env[{i}]"), message);
+        }
+    }
+    let webhook = raw.webhook.as_ref().and_then(|w| webhook(cx, w.get_ref()));
+    let warn_before = duration(cx, 0, raw.warn_before.as_ref(), "notify.warn_before")
+        .unwrap_or(super::DEFAULT_WARN_BEFORE);
+    let timeout = duration(cx, 0, raw.timeout.as_ref(), "notify.timeout")
+        .unwrap_or(super::DEFAULT_NOTIFY_TIMEOUT);
+    if cx.diags.len() > before {
+        return None;
+    }
+    Some(NotifyConfig {
+        command: raw.command.as_ref().map(|c| c.get_ref().clone()),
+        command_env: raw
+            .command_env
+            .iter()
+            .map(|n| n.get_ref().clone())
+            .collect(),
+        webhook,
+        warn_before,
+        timeout,
+    })
+}
+
+/// `webhook = { url, header_file }`: https (plain http only to a loopback address, where nothing
+/// crosses a network); the header file is read now, one `Name: value` per line.
+fn webhook(cx: &mut Ctx, w: &super::raw::RawWebhook) -> Option<WebhookConfig> {
+    let url = w.url.get_ref();
+    let parsed = match reqwest::Url::parse(url) {
+        Ok(u) => u,
+        Err(e) => {
+            let msg = format!(
+                "\"{url}\" is not a URL ({e}): write e.g. \"https://alerts.example.com/hook\""
+            );
+            cx.err(0, &w.url.span(), "notify.webhook.url", msg);
+            return None;
+        }
+    };
+    let host = parsed.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
+    let scheme_ok = parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback);
+    if !scheme_ok {
+        let msg = format!(
+            "\"{url}\" must be an https:// URL (plain http:// only to 127.0.0.1, [::1] or localhost): the alert and its headers would cross the network in clear"
+        );
+        cx.err(0, &w.url.span(), "notify.webhook.url", msg);
+        return None;
+    }
+    let mut headers = Vec::new();
+    if let Some(f) = &w.header_file {
+        let path = cx.resolve(0, f.get_ref());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!(
+                    "cannot read {}: {e} (check the path and that certkeeper's user may read it)",
+                    path.display()
+                );
+                cx.err(0, &f.span(), "notify.webhook.header_file", msg);
+                return None;
+            }
+        };
+        super::secret::warn_if_others_can_read(&path);
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parsed = line.split_once(':').and_then(|(k, v)| {
+                let (k, v) = (k.trim(), v.trim());
+                let name_ok = reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_ok();
+                let value_ok = reqwest::header::HeaderValue::from_str(v).is_ok();
+                (name_ok && value_ok).then(|| (k.to_string(), super::secret::Secret::new(v)))
+            });
+            match parsed {
+                Some(h) => headers.push(h),
+                None => {
+                    let msg = format!(
+                        "{} line {}: not a header: write one `Name: value` per line, e.g. `Authorization: Bearer TOKEN`",
+                        path.display(),
+                        i + 1
+                    );
+                    cx.err(0, &f.span(), "notify.webhook.header_file", msg);
+                    return None;
+                }
+            }
+        }
+    }
+    Some(WebhookConfig {
+        url: url.clone(),
+        headers,
+    })
+}
+
+/// `verify_deploy` of certificate `p`: endpoints as `host:port`, the SNI name (default: the first
+/// DNS name that is not a wildcard), the timeout and the daemon's re-check interval.
+fn verify_deploy(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    v: &Spanned<super::raw::RawVerifyDeploy>,
+    domains: &[String],
+) -> Option<VerifyDeploy> {
+    let raw = v.get_ref();
+    let before = cx.diags.len();
+    if raw.connect.get_ref().is_empty() {
+        cx.err(
+            file,
+            &raw.connect.span(),
+            format!("{p}.verify_deploy.connect"),
+            "names no endpoint: list the TLS endpoints that serve this certificate, e.g. [\"127.0.0.1:443\"]",
+        );
+    }
+    for (i, c) in raw.connect.get_ref().iter().enumerate() {
+        let ok = c.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            let msg = format!(
+                "\"{}\" is not host:port: write e.g. \"127.0.0.1:443\", \"[::1]:443\" or \"www.example.com:443\"",
+                c.get_ref()
+            );
+            cx.err(
+                file,
+                &c.span(),
+                format!("{p}.verify_deploy.connect[{i}]"),
+                msg,
+            );
+        }
+    }
+    let server_name = match &raw.server_name {
+        Some(s) if s.get_ref().trim().is_empty() => {
+            cx.err(
+                file,
+                &s.span(),
+                format!("{p}.verify_deploy.server_name"),
+                "is empty: remove it or name the host to ask for",
+            );
+            None
+        }
+        Some(s) => Some(s.get_ref().clone()),
+        None => {
+            let first = domains
+                .iter()
+                .find(|d| !d.starts_with("*.") && d.parse::<IpAddr>().is_err());
+            if first.is_none() {
+                cx.err(
+                    file,
+                    &v.span(),
+                    format!("{p}.verify_deploy"),
+                    "has no DNS name to send as SNI (only wildcards or IP addresses): set server_name = \"www.example.com\"",
+                );
+            }
+            first.cloned()
+        }
+    };
+    let key = |k: &str| format!("{p}.verify_deploy.{k}");
+    let timeout = duration(cx, file, raw.timeout.as_ref(), &key("timeout"))
+        .unwrap_or(super::DEFAULT_DEPLOY_TIMEOUT);
+    let interval = duration(cx, file, raw.interval.as_ref(), &key("interval"))
+        .unwrap_or(super::DEFAULT_DEPLOY_INTERVAL);
+    if cx.diags.len() > before {
+        return None;
+    }
+    Some(VerifyDeploy {
+        connect: raw
+            .connect
+            .get_ref()
+            .iter()
+            .map(|c| c.get_ref().clone())
+            .collect(),
+        server_name: server_name?,
+        timeout,
+        interval,
     })
 }
 
@@ -1172,6 +1376,10 @@ fn certificate(
         }
         reload_env.push(n.get_ref().clone());
     }
+    let verify_deploy = raw
+        .verify_deploy
+        .as_ref()
+        .and_then(|v| verify_deploy(cx, file, &p, v, &domains));
 
     // Output.
     let out = raw.output.get_ref();
@@ -1245,6 +1453,7 @@ fn certificate(
         },
         reload,
         reload_env,
+        verify_deploy,
     })
 }
 

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::StoreError;
 use super::install::{self, Installed, InstalledPaths, OutputSpec};
-use super::state::{CertState, OrderTrace};
+use super::state::{CertState, DeployCheck, OrderTrace};
 use super::storage::{Lease, Storage, check_name};
 use super::verify::VerifiedCert;
 use crate::scheduler::{Failure, RetryState};
@@ -97,6 +97,15 @@ pub enum Event {
     Reloaded {
         /// The serial that servers now read.
         serial: String,
+    },
+    /// The `verify_deploy` endpoints were asked what they serve.
+    DeployChecked(Box<DeployCheck>),
+    /// Notifications were decided ([`crate::notify::decide`]) for the conditions holding `at`.
+    Notified {
+        /// The conditions that hold.
+        holding: std::collections::BTreeSet<crate::notify::Condition>,
+        /// When.
+        at: Timestamp,
     },
 }
 
@@ -192,6 +201,10 @@ impl CertState {
                     self.reload_pending = None;
                 }
                 self.reloaded_serial = Some(serial);
+            }
+            Event::DeployChecked(check) => self.deploy = Some(*check),
+            Event::Notified { holding, at } => {
+                self.notified = crate::notify::decide(&self.notified, &holding, at).1;
             }
         }
     }
@@ -298,6 +311,16 @@ impl Ledger {
 
     /// Apply `event` to certificate `name`'s state under its state lock and return the new state.
     pub fn record(&self, name: &str, event: Event) -> Result<CertState, StoreError> {
+        self.record_change(name, event).map(|(_, after)| after)
+    }
+
+    /// [`Ledger::record`], returning the state before the event as well as after it (what a
+    /// decision made under the lock, like [`Event::Notified`], started from).
+    pub fn record_change(
+        &self,
+        name: &str,
+        event: Event,
+    ) -> Result<(CertState, CertState), StoreError> {
         let key = Self::state_key(name)?;
         let _lock = self.storage.lock_wait(&format!("state-{name}"))?;
         let mut state = match load_json::<CertState>(&*self.storage, &key) {
@@ -309,9 +332,10 @@ impl Ledger {
             }
             Err(e) => return Err(e),
         };
+        let before = state.clone();
         state.apply(event);
         store_json(&*self.storage, &key, &state)?;
-        Ok(state)
+        Ok((before, state))
     }
 
     /// Take the issuance lease of certificate `name` without waiting: held while it is ordered,
