@@ -41,7 +41,7 @@ pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StoreError> {
 
 /// The ledger of `config` for reading only (`status`, `explain`): nothing is created or changed.
 pub fn read_only_ledger(config: &Config) -> Ledger {
-    Ledger::new(Arc::new(FileStorage::open_read_only(&config.state_dir)))
+    Ledger::read_only(Arc::new(FileStorage::open_read_only(&config.state_dir)))
 }
 
 impl Runtime {

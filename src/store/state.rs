@@ -106,6 +106,23 @@ pub struct CertState {
     /// planted one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
+    /// The ledger's summary of the installed pair: its facts as last verified, with the stamp of
+    /// the files they were read from. A reader whose stamp matches uses the facts without parsing
+    /// and verifying the PEM files again; any other stamp means a full read (see
+    /// [`crate::store::Ledger::snapshot`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed: Option<InstalledSummary>,
+}
+
+/// What the ledger last verified about a certificate's installed pair (see [`CertState::installed`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstalledSummary {
+    /// The files the facts were read from.
+    pub stamp: super::install::FilesStamp,
+    /// The facts of the live certificate.
+    pub cert: super::verify::VerifiedCert,
+    /// It is a self-signed placeholder.
+    pub placeholder: bool,
 }
 
 /// The SHA-256 of a key's public half (SubjectPublicKeyInfo DER), hex: what identifies a private
