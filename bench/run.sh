@@ -482,7 +482,7 @@ measure_scale() {
         sleep 0.5
     done
     [ ${#walls[@]} -gt 0 ] && printf '%s\tsighup-ready\t%s\t-\t-\n' "$count" "$(printf '%s\n' "${walls[@]}" | median)" >>"$SCALE"
-    log "scale $count: start to READY=1 $(awk -v a="$t0" -v b="$ready" 'BEGIN { print "ok" }'), idle RSS ${rss} KiB"
+    log "scale $count: daemon measured, idle RSS ${rss} KiB"
     stop_pid "$pid"
     stop_pid "$npid"
 }
