@@ -443,6 +443,31 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Config::from_str(&text, path)
 }
 
+/// The `state_dir` of the config at `path`, from its top-level keys alone (TOML puts them before
+/// the first table header), without parsing and validating every certificate: for the privilege
+/// switch before a command loads the whole config. `None` when that part does not parse; then
+/// [`load`] decides (and reports what is wrong).
+pub fn state_dir_of(path: &Path) -> Option<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Top {
+        state_dir: Option<String>,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut end = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('[') {
+            break;
+        }
+        end += line.len();
+    }
+    // A cut inside a multi-line value leaves it unterminated: a parse error, so `None`.
+    let top: Top = toml::from_str(&text[..end]).ok()?;
+    let dir = top
+        .state_dir
+        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from);
+    dir.is_absolute().then_some(dir)
+}
+
 impl Config {
     /// Parse and validate `text` as if it were the main config file at `path`.
     ///

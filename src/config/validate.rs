@@ -1,6 +1,6 @@
 //! From parsed files to a validated [`Config`]: includes, merging, and every check.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -248,7 +248,9 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
     // Certificates.
     let defined: Vec<&str> = raw_issuers.keys().map(String::as_str).collect();
     let mut certificates = BTreeMap::new();
-    let mut dirs: BTreeMap<PathBuf, (String, String)> = BTreeMap::new();
+    // The place of the first writer of a dir, as (name, file, span): turned into file:line only for
+    // a clash (finding a line scans the file, which for every one of 10,000 certificates is slow).
+    let mut dirs: HashMap<PathBuf, (String, usize, std::ops::Range<usize>)> = HashMap::new();
     // In file order, so a clash is reported at the later definition.
     let mut ordered: Vec<_> = raw_certs.iter().collect();
     ordered.sort_by_key(|(_, (file, key, _))| (*file, key.span().start));
@@ -256,8 +258,9 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let Some(cert) = certificate(&mut cx, *file, name, key, raw, &defined, &issuers) else {
             continue;
         };
-        let here = cx.files[*file].place(&raw.output.get_ref().dir.span());
-        if let Some((other, place)) = dirs.get(&cert.output.dir) {
+        let here = raw.output.get_ref().dir.span();
+        if let Some((other, other_file, span)) = dirs.get(&cert.output.dir) {
+            let place = cx.files[*other_file].place(span);
             let msg = format!(
                 "certificate.{} ({place}) already writes to {}: give each certificate its own output dir",
                 key_seg(other),
@@ -270,7 +273,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 msg,
             );
         } else {
-            dirs.insert(cert.output.dir.clone(), (name.clone(), here));
+            dirs.insert(cert.output.dir.clone(), (name.clone(), *file, here));
         }
         certificates.insert(name.clone(), cert);
     }

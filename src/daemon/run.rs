@@ -185,8 +185,9 @@ impl Daemon {
     /// Schedule every certificate (paused ones at once) and run the reloads a previous run left
     /// pending (killed between install and reload, or a failed hook).
     fn start(&mut self) {
-        self.schedule_all(true);
-        let pending = reload::pending(&self.rt.config, &self.rt.ledger);
+        let pending = self.schedule_all(true);
+        // Loading the config and reading every certificate freed far more than stays in use.
+        release_memory();
         if !pending.is_empty() {
             let names: Vec<&str> = pending.iter().map(|r| r.cert_name.as_str()).collect();
             info!(certs = %names.join(","), "reloading for certificates installed before the last stop whose reload did not complete");
@@ -294,7 +295,8 @@ impl Daemon {
             }
             None => {}
         }
-        self.schedule_one(&cert, !attempted, false);
+        // A reload of this certificate is queued above or still pending from before this run.
+        let _ = self.schedule_one(&cert, !attempted, false);
     }
 
     /// Hand the batch's reloads (and the certificates installed in it) to the reloader.
@@ -313,8 +315,14 @@ impl Daemon {
     ///
     /// `after_check`: the certificate was just looked at and found not due; a wake-up time that is
     /// already past (state that cannot be saved, a clock jump) is pushed a minute out so the loop
-    /// cannot spin. `paused_now`: try a paused certificate at once (start, reload).
-    fn schedule_one(&mut self, cert: &CertificateConfig, after_check: bool, paused_now: bool) {
+    /// cannot spin. `paused_now`: try a paused certificate at once (start, reload). Returns the
+    /// reload the snapshot shows as not completed, if any.
+    fn schedule_one(
+        &mut self,
+        cert: &CertificateConfig,
+        after_check: bool,
+        paused_now: bool,
+    ) -> Option<ReloadRequest> {
         let now = Timestamp::now();
         let snap = self.rt.ledger.snapshot(&cert.name, &cert.output);
         let (due, mut wake) = due::next_wake(&self.rt.config, cert, &snap, now, paused_now);
@@ -347,15 +355,21 @@ impl Daemon {
                     .map(|t| t.as_second()),
             },
         );
+        reload::pending_one(cert, &snap)
     }
 
-    fn schedule_all(&mut self, paused_now: bool) {
-        let certs: Vec<CertificateConfig> = self.rt.config.certificates.values().cloned().collect();
-        for cert in &certs {
-            self.schedule_one(cert, false, paused_now);
-        }
-        let names: Vec<&str> = certs.iter().map(|c| c.name.as_str()).collect();
+    /// Set every certificate's timer; returns the reloads that did not complete (from the same
+    /// snapshots, so the start reads each certificate once).
+    fn schedule_all(&mut self, paused_now: bool) -> Vec<ReloadRequest> {
+        let config = self.rt.config.clone();
+        let pending = config
+            .certificates
+            .values()
+            .filter_map(|cert| self.schedule_one(cert, false, paused_now))
+            .collect();
+        let names: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
         self.metrics.retain(&names);
+        pending
     }
 
     /// Load the config again; keep the running one when the new one does not validate. Either way,
@@ -395,12 +409,14 @@ impl Daemon {
             }
         }
         self.timers = Timers::default();
-        self.schedule_all(true);
+        // Reloads left pending before this run were handed to the reloader at the start.
+        let _ = self.schedule_all(true);
         self.recheck = recheck_interval(&self.rt.config);
         self.reloader.send(Job::Recheck {
             rt: self.rt.clone(),
             force: true,
         });
+        release_memory();
         let _ = super::notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 

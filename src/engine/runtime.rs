@@ -43,7 +43,7 @@ pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StoreError> {
 /// The ledger of `config` for reading only (`status`, `explain`): nothing is created or changed.
 pub fn read_only_ledger(config: &Config) -> Result<Ledger, StoreError> {
     file_backend(config)?;
-    Ok(Ledger::new(Arc::new(FileStorage::open_read_only(
+    Ok(Ledger::read_only(Arc::new(FileStorage::open_read_only(
         &config.state_dir,
     ))))
 }

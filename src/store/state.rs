@@ -112,6 +112,12 @@ pub struct CertState {
     /// What was last notified about this certificate (see [`crate::notify::rule`]).
     #[serde(default, skip_serializing_if = "is_default")]
     pub notified: crate::notify::Notified,
+    /// The ledger's summary of the installed pair: its facts as last verified, with the stamp of
+    /// the files they were read from. A reader whose stamp matches uses the facts without parsing
+    /// and verifying the PEM files again; any other stamp means a full read (see
+    /// [`crate::store::Ledger::snapshot`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed: Option<InstalledSummary>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -173,6 +179,17 @@ impl DeployCheck {
     pub fn served_not_after(&self) -> Option<jiff::Timestamp> {
         self.endpoints.iter().filter_map(|e| e.not_after).min()
     }
+}
+
+/// What the ledger last verified about a certificate's installed pair (see [`CertState::installed`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstalledSummary {
+    /// The files the facts were read from.
+    pub stamp: super::install::FilesStamp,
+    /// The facts of the live certificate.
+    pub cert: super::verify::VerifiedCert,
+    /// It is a self-signed placeholder.
+    pub placeholder: bool,
 }
 
 /// The SHA-256 of a key's public half (SubjectPublicKeyInfo DER), hex: what identifies a private
