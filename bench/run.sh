@@ -13,7 +13,11 @@
 #   BIG_TIMEOUT=1200     seconds to wait for all BIG_COUNT fullchain.pem files
 #   RUN_TIMEOUT=300      seconds before one client run is killed and counted as FAILED
 #   CLIENTS="certkeeper lego certbot"
-#   SCENARIOS="one ten twenty big"
+#   SCENARIOS="one ten twenty big"    (also: scale; see below)
+#   SCALE_COUNTS="1000 10000"  scale scenario: certificates installed without a CA (bench/populate.rs),
+#   SCALE_RUNS=5               then status, status --json NAME, a no-op renew, start to READY=1 and
+#   SCALE_IDLE=10              SIGHUP to READY=1 timed SCALE_RUNS times each (medians); idle observed
+#   POPULATE_BIN=path          SCALE_IDLE s; POPULATE_BIN: target/release/examples/bench_populate
 #   CERTKEEPER_BIN=path  use this binary and skip `cargo build --release`
 #   BUILD=1              0 = do not build; then CERTKEEPER_BIN or target/release/certkeeper must exist
 #   FLOOR=1              0 = skip measuring pebble's floor (bench/floor.py)
@@ -34,6 +38,10 @@ BIG_TIMEOUT=${BIG_TIMEOUT:-1200}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 CLIENTS=${CLIENTS-"certkeeper lego certbot"}
 SCENARIOS=${SCENARIOS:-"one ten twenty big"}
+SCALE_COUNTS=${SCALE_COUNTS:-"1000 10000"}
+SCALE_RUNS=${SCALE_RUNS:-5}
+SCALE_IDLE=${SCALE_IDLE:-10}
+SCALE_N=1000
 BUILD=${BUILD:-1}
 FLOOR=${FLOOR:-1}
 KEEP=${KEEP:-0}
@@ -198,6 +206,7 @@ scenario_certs() {
     ten) for i in $(seq 1 10); do printf 't%d.example.com ' "$i"; done; echo ;;
     twenty) for i in $(seq 1 20); do echo "c$i.example.com"; done ;;
     big) for i in $(seq 1 "$BIG_COUNT"); do echo "c$i.example.com"; done ;;
+    scale) for i in $(seq 1 "$SCALE_N"); do echo "c$i.example.com"; done ;;
     esac
 }
 
@@ -366,6 +375,135 @@ measure_big() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The scale scenario (issue 14): N certificates installed and settled without a CA, then the
+# read-only costs. Results go to $SCALE (count, metric, median wall s, median CPU s, extra).
+SCALE=""
+POPULATE_BIN=""
+
+# Receives sd_notify datagrams on $1 and prints "<unix time> <message>" per message.
+notify_listener() {
+    /usr/bin/python3 -u -c '
+import os, socket, sys, time
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(path)
+while True:
+    msg = s.recv(4096).decode(errors="replace").strip().replace("\n", " ")
+    print("%.6f %s" % (time.time(), msg), flush=True)
+' "$1"
+}
+
+# Wait until file $1 has more than $2 lines containing READY=1; print the time of that line.
+wait_ready() {
+    local i line
+    for ((i = 0; i < 3000; i++)); do
+        line=$(grep 'READY=1' "$1" 2>/dev/null | sed -n "$(($2 + 1))p")
+        [ -n "$line" ] && { echo "${line%% *}"; return 0; }
+        sleep 0.02
+    done
+    return 1
+}
+
+# Run a command SCALE_RUNS times; record the medians of wall time and CPU (user+sys) as METRIC.
+scale_time() {
+    local count=$1 metric=$2 dir=$3 r t0 t1 walls=() cpus=() rc
+    shift 3
+    for ((r = 1; r <= SCALE_RUNS; r++)); do
+        t0=$EPOCHREALTIME
+        /usr/bin/time -f '%U %S %M' -o "$dir/time-$metric.txt" "$@" >"$dir/$metric.out" 2>&1
+        rc=$?
+        t1=$EPOCHREALTIME
+        if [ "$rc" != 0 ]; then
+            log "scale $count: $metric FAILED (exit $rc); last lines:"
+            tail -3 "$dir/$metric.out" | sed 's/^/    /' >&2
+            printf '%s\t%s\tFAILED\t-\t-\n' "$count" "$metric" >>"$SCALE"
+            return
+        fi
+        walls+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')")
+        cpus+=("$(awk '{ printf "%.4f", $1 + $2 }' "$dir/time-$metric.txt")")
+    done
+    printf '%s\t%s\t%s\t%s\t%s\n' "$count" "$metric" "$(printf '%s\n' "${walls[@]}" | median)" \
+        "$(printf '%s\n' "${cpus[@]}" | median)" "maxrss_kib=$(awk '{ print $3 }' "$dir/time-$metric.txt")" >>"$SCALE"
+    log "scale $count: $metric median $(printf '%s\n' "${walls[@]}" | median)s"
+}
+
+measure_scale() {
+    local count=$1 dir t0 t1 pid npid ready n r walls=() cpu0 cpu1 vol0 vol1 rss
+    dir=$WORK/runs/certkeeper-scale-$count
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    SCALE_N=$count
+    HTTP_PORT=$(free_port)
+    # Nothing is due, so no CA is asked; the directory URL only has to be well-formed.
+    DIRECTORY="https://127.0.0.1:9/dir"
+    certkeeper_config scale "$dir"
+    t0=$EPOCHREALTIME
+    if ! "$POPULATE_BIN" "$dir/certkeeper.toml" 2>"$dir/populate.log"; then
+        log "scale $count: populating FAILED:"; tail -3 "$dir/populate.log" >&2; return
+    fi
+    sync
+    log "scale $count: $(tail -1 "$dir/populate.log") ($(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s with the config load)"
+    local cfg=$dir/certkeeper.toml
+    scale_time "$count" status "$dir" "$CERTKEEPER_BIN" --config "$cfg" --log warn status
+    scale_time "$count" status-json-one "$dir" "$CERTKEEPER_BIN" --config "$cfg" --log warn status --json "c$((count / 2))"
+    scale_time "$count" renew-noop "$dir" "$CERTKEEPER_BIN" --config "$cfg" --log warn renew
+
+    # The daemon: exec to READY=1, idle, then SIGHUP to the next READY=1, SCALE_RUNS times.
+    notify_listener "$dir/notify.sock" >"$dir/notify.log" 2>&1 &
+    npid=$!
+    PIDS+=("$npid")
+    for ((r = 0; r < 100; r++)); do [ -S "$dir/notify.sock" ] && break; sleep 0.02; done
+    t0=$EPOCHREALTIME
+    NOTIFY_SOCKET=$dir/notify.sock "$CERTKEEPER_BIN" --config "$cfg" --log warn run >"$dir/run.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    if ! ready=$(wait_ready "$dir/notify.log" 0); then
+        log "scale $count: the daemon sent no READY=1; last lines:"; tail -3 "$dir/run.log" >&2
+        stop_pid "$pid"; stop_pid "$npid"; return
+    fi
+    printf '%s\tstart-ready\t%s\t-\t-\n' "$count" "$(awk -v a="$t0" -v b="$ready" 'BEGIN { printf "%.4f", b - a }')" >>"$SCALE"
+    sleep 2
+    rss=$(status_kib "$pid" VmRSS)
+    cpu0=$(cpu_seconds "$pid")
+    vol0=$(ctxt_switches "$pid" voluntary_ctxt_switches)
+    sleep "$SCALE_IDLE"
+    cpu1=$(cpu_seconds "$pid")
+    vol1=$(ctxt_switches "$pid" voluntary_ctxt_switches)
+    printf '%s\tidle\t-\t%s\tidle_rss_kib=%s..%s wakeups_per_s=%s hwm_kib=%s\n' "$count" \
+        "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.3f", b - a }')" "$rss" "$(status_kib "$pid" VmRSS)" \
+        "$(awk -v a="$vol0" -v b="$vol1" -v s="$SCALE_IDLE" 'BEGIN { printf "%.2f", (b - a) / s }')" \
+        "$(status_kib "$pid" VmHWM)" >>"$SCALE"
+    for ((r = 1; r <= SCALE_RUNS; r++)); do
+        n=$(grep -c 'READY=1' "$dir/notify.log")
+        t0=$EPOCHREALTIME
+        kill -HUP "$pid"
+        if ! ready=$(wait_ready "$dir/notify.log" "$n"); then log "scale $count: no READY=1 after SIGHUP"; break; fi
+        walls+=("$(awk -v a="$t0" -v b="$ready" 'BEGIN { printf "%.4f", b - a }')")
+        sleep 0.5
+    done
+    [ ${#walls[@]} -gt 0 ] && printf '%s\tsighup-ready\t%s\t-\t-\n' "$count" "$(printf '%s\n' "${walls[@]}" | median)" >>"$SCALE"
+    log "scale $count: daemon measured, idle RSS ${rss} KiB"
+    stop_pid "$pid"
+    stop_pid "$npid"
+}
+
+print_scale() {
+    local count metric
+    echo "| certificates | status (s) | status --json NAME (s) | no-op renew (s) | start to READY=1 (s) | SIGHUP to READY=1 (s) | status CPU (s) | no-op renew CPU (s) | idle daemon RSS (MiB) | idle CPU (s), wakeups/s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    for count in $SCALE_COUNTS; do
+        awk -F'\t' -v n="$count" '
+            $1 == n { wall[$2] = $3; cpu[$2] = $4; extra[$2] = $5 }
+            END {
+                split(extra["idle"], e, " "); rss = e[1]; sub(/.*\.\./, "", rss); w = e[2]; sub(/.*=/, "", w)
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s, %s |\n", n, wall["status"], wall["status-json-one"],
+                    wall["renew-noop"], wall["start-ready"], wall["sighup-ready"], cpu["status"], cpu["renew-noop"],
+                    rss / 1024, cpu["idle"], w
+            }' "$SCALE"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
 # Report.
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
@@ -405,6 +543,7 @@ print_table() {
     echo "$hdr"
     echo "$sep"
     for s in $SCENARIOS; do
+        [ "$s" = scale ] && continue
         label=$(scenario_label "$s")
         floor=$(floor_of "$s")
         row="| $label | ${floor:--} |"
@@ -438,7 +577,7 @@ measure_floor() {
     FLOORS=$WORK/floors.tsv
     : >"$FLOORS"
     for s in $SCENARIOS; do
-        [ "$s" = big ] && continue
+        case $s in big | scale) continue ;; esac
         vals=()
         for ((r = 1; r <= N; r++)); do
             pick_http_port
@@ -493,6 +632,13 @@ main() {
                 || log "certkeeper build FAILED (see $WORK/build.log; rerun with KEEP=1); its rows will say FAILED"
         fi
     fi
+    case " $SCENARIOS " in *" scale "*)
+        POPULATE_BIN=${POPULATE_BIN:-$REPO_DIR/target/release/examples/bench_populate}
+        if [ "$BUILD" = 1 ]; then
+            (cd "$REPO_DIR" && cargo build --release --example bench_populate) >>"$WORK/build.log" 2>&1 \
+                || log "bench_populate build FAILED (see $WORK/build.log)"
+        fi ;;
+    esac
     if [ "$want_certkeeper" = 1 ] && [ ! -x "${CERTKEEPER_BIN:-}" ]; then
         log "no certkeeper binary at ${CERTKEEPER_BIN:-?}; its scenarios will say FAILED"
         CERTKEEPER_BIN=/bin/false
@@ -505,12 +651,19 @@ main() {
 
     local r s c
     for s in $SCENARIOS; do
-        [ "$s" = big ] && continue
+        case $s in big | scale) continue ;; esac
         for ((r = 1; r <= N; r++)); do
             # Interleave clients so slow drift of the machine hits all of them alike.
             for c in $CLIENTS; do measure_run "$c" "$s" "$r"; done
         done
     done
+    case " $SCENARIOS " in *" scale "*)
+        if [ "$want_certkeeper" = 1 ]; then
+            SCALE=$WORK/scale.tsv
+            : >"$SCALE"
+            for c in $SCALE_COUNTS; do measure_scale "$c"; done
+        fi ;;
+    esac
     case " $SCENARIOS " in *" big "*)
         if [ "$want_certkeeper" = 1 ]; then
             for ((r = 1; r <= N_BIG; r++)); do measure_big "$r"; done
@@ -523,6 +676,12 @@ main() {
         machine_info
         echo
         print_table
+        if [ -n "$SCALE" ]; then
+            echo
+            echo "Scale: certificates installed without a CA (bench/populate.rs), medians of $SCALE_RUNS runs:"
+            echo
+            print_scale
+        fi
     } | tee "${OUT:-/dev/null}"
     [ "$KEEP" = 1 ] && cp "$RESULTS" "$WORK/results-final.tsv"
 }

@@ -352,9 +352,6 @@ pub async fn deactivate(
     Ok(info)
 }
 
-/// Abort the process here when [`CRASH_AT_ENV`] names `step` (crash-recovery tests only: compiled
-/// in with the `test-hooks` feature, a no-op otherwise).
-#[cfg(feature = "test-hooks")]
 /// The dns-persist-01 records to publish for `issuer_name` (experimental), one zone-file line
 /// each: for `domain` when given (`policy=wildcard` when `wildcard` is set or it is `*.name`),
 /// else for every name of every certificate at this issuer that its dns_persist01 solver proves.
@@ -433,6 +430,9 @@ pub async fn persist_records(
     Ok(lines.join("\n"))
 }
 
+/// Abort the process here when [`CRASH_AT_ENV`] names `step` (crash-recovery tests only: compiled
+/// in with the `test-hooks` feature, a no-op otherwise).
+#[cfg(feature = "test-hooks")]
 fn crash_point(step: &str) {
     if std::env::var(CRASH_AT_ENV).is_ok_and(|v| v == step) {
         eprintln!("certkeeper: {CRASH_AT_ENV}={step}: aborting as requested");

@@ -26,7 +26,6 @@ pub fn due(
 ) -> Due {
     let state = &snap.state;
     let live = snap.live();
-    let fp = fingerprint(cert);
     let fingerprint_changed = live.is_some_and(|live| {
         let mut a = live.cert.names.clone();
         let mut b = cert.domains.clone();
@@ -34,16 +33,26 @@ pub fn due(
         b.sort();
         a != b
             || live.cert.key_type != cert.key.as_str()
-            || state.config_fingerprint.as_deref().is_some_and(|f| f != fp)
+            || state
+                .config_fingerprint
+                .as_deref()
+                .is_some_and(|f| f != fingerprint(cert))
     });
+    // Without failures there is no backoff for a config fix to lift (the policy ignores the
+    // rest), so the retry fingerprint (which reads the issuers' ca_bundle files) is not computed.
+    let retry = if state.retry.failures == 0 {
+        state.retry.clone()
+    } else {
+        state
+            .retry
+            .clone()
+            .for_config(&retry_fingerprint(cfg, cert))
+    };
     let facts = scheduler::CertFacts {
         installed: live.map(|l| (l.cert.not_before, l.cert.not_after)),
         fingerprint_changed,
         ari_window: state.ari_window,
-        retry: state
-            .retry
-            .clone()
-            .for_config(&retry_fingerprint(cfg, cert)),
+        retry,
         renew_before: cert.renew_before,
         retry_paused_now,
     };
@@ -133,7 +142,7 @@ pub fn retry_fingerprint(cfg: &Config, cert: &CertificateConfig) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    scheduler::hex(bytes)
 }
 
 #[cfg(test)]

@@ -42,6 +42,13 @@ pub enum Cause {
     /// The configuration cannot work as written against this CA: a profile or challenge type it
     /// does not offer, no solver for a name.
     Config(String),
+    /// The CAA preflight found records that do not let this CA issue (RFC 8659, RFC 8657), before
+    /// the CA was asked. A human must change DNS or the issuer, and may do so at any moment without
+    /// certkeeper seeing it: so it is retried on the backoff schedule like a configuration the CA
+    /// refuses (never later than a tenth of the remaining lifetime), not paused — pausing is for
+    /// the CA's own verdicts, retried only daily — and the next issuer, whose CA the records may
+    /// allow, is tried at once.
+    Caa(String),
     /// A local failure that is no one's configuration: key generation, a panicked task.
     Internal(String),
     /// Ctrl-C or a shutdown stopped the attempt; the order resumes at the next run.
@@ -55,7 +62,7 @@ impl fmt::Display for Cause {
             Self::Transport(e) => e.fmt(f),
             Self::Solver(e) => e.fmt(f),
             Self::Store(e) => e.fmt(f),
-            Self::Config(m) | Self::Internal(m) => f.write_str(m),
+            Self::Config(m) | Self::Caa(m) | Self::Internal(m) => f.write_str(m),
             Self::Interrupted => f.write_str("interrupted; the order resumes at the next run"),
         }
     }
@@ -241,7 +248,7 @@ pub fn decide(
             fall_back: e.is_unreachable(),
             ..retry
         },
-        Cause::Config(_) => Decision {
+        Cause::Config(_) | Cause::Caa(_) => Decision {
             fall_back: true,
             ..retry
         },
@@ -349,6 +356,7 @@ mod tests {
             )),
             Cause::Store(StoreError::Verify("x".into())),
             Cause::Config("profile not offered".into()),
+            Cause::Caa("CAA records forbid this CA".into()),
             Cause::Internal("panic".into()),
         ] {
             assert!(!decided(&c).pause, "{c}");
@@ -366,6 +374,9 @@ mod tests {
         assert!(!decided(&problem("dns", ProblemOrigin::Unknown, 400)).fall_back);
         assert!(!decided(&Cause::Solver(SolveError::retryable("bind down"))).fall_back);
         assert!(decided(&Cause::Config("profile".into())).fall_back);
+        // CAA forbidding this CA: retried on the backoff schedule, and another CA tried now.
+        let caa = decided(&Cause::Caa("CAA".into()));
+        assert!(caa.fall_back && !caa.pause && caa.ca_wait.is_none());
     }
 
     #[test]

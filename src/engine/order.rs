@@ -13,6 +13,8 @@ use openssl::pkey::{PKey, Private};
 use tracing::{debug, info, warn};
 
 use crate::acme::{self, AcmeError, AuthorizationStatus, Identifier, NewOrder, OrderStatus, Poll};
+use crate::caa;
+use crate::challenge::dns01::zone::Lookup;
 use crate::challenge::{ChallengeCtx, ChallengeKind, IdentifierKind, PersistCtx, Solver};
 use crate::config::{CertificateConfig, IssuerConfig};
 use crate::store::{
@@ -20,7 +22,7 @@ use crate::store::{
 };
 
 use super::due::fingerprint;
-use super::error::{Decision, IssueError, combine, decide};
+use super::error::{Cause, Decision, IssueError, combine, decide};
 use super::runtime::Runtime;
 
 /// What a successful issuance produced.
@@ -220,6 +222,7 @@ async fn issue_with(
     let (mut order, key) = match resumed {
         Some(r) => r,
         None => {
+            caa_preflight(rt, &account, cert, issuer).await?;
             preflight(rt, &account, cert, issuer).await?;
             new_order(rt, &account, cert, issuer, identifiers.clone(), replaces).await?
         }
@@ -289,6 +292,40 @@ async fn preflight(
             .map_err(|e| IssueError::new(e).context(format!("before ordering {d}")))?;
     }
     Ok(())
+}
+
+/// Look up the CAA records of the certificate's names before a new order, and refuse when they do
+/// not let this CA issue ([`crate::caa`]). Names the resolvers cannot answer for are logged and not
+/// held against the order; a CA without CAA identities is not checked.
+async fn caa_preflight(
+    rt: &Runtime,
+    account: &acme::Account,
+    cert: &CertificateConfig,
+    issuer: &IssuerConfig,
+) -> Result<(), IssueError> {
+    let identities = caa::identities(issuer, &account.client().directory().meta.caa_identities);
+    if identities.is_empty() {
+        debug!(cert = %cert.name, issuer = %issuer.name, "the CA publishes no caaIdentities; CAA preflight skipped");
+        return Ok(());
+    }
+    let lookup = Lookup::resolvers(&rt.config.dns01.resolvers);
+    let names = caa::names_to_check(cert, issuer);
+    let findings = caa::check(&lookup, &identities, Some(account.url()), &names).await;
+    for f in &findings {
+        match f {
+            caa::Finding::Unchecked { name, error } => {
+                warn!(cert = %cert.name, name = %name, error = %error, "CAA lookup failed; ordering anyway (the CA checks CAA itself)")
+            }
+            caa::Finding::Allowed { name, why } => {
+                debug!(cert = %cert.name, name = %name, "CAA: {why}")
+            }
+            caa::Finding::Refused { .. } => {}
+        }
+    }
+    match caa::refusal_message(&findings) {
+        Some(msg) => Err(IssueError::new(Cause::Caa(msg))),
+        None => Ok(()),
+    }
 }
 
 /// Create a new order, its key stored in the ledger before the CA knows the order.

@@ -43,7 +43,7 @@ pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StoreError> {
 /// The ledger of `config` for reading only (`status`, `explain`): nothing is created or changed.
 pub fn read_only_ledger(config: &Config) -> Result<Ledger, StoreError> {
     file_backend(config)?;
-    Ok(Ledger::new(Arc::new(FileStorage::open_read_only(
+    Ok(Ledger::read_only(Arc::new(FileStorage::open_read_only(
         &config.state_dir,
     ))))
 }
@@ -284,7 +284,10 @@ impl Runtime {
                 let p = provider
                     .build()
                     .map_err(|e| IssueError::new(SolveError::retryable(e.to_string())))?;
-                Arc::new(Dns01Solver::new(p, propagation.clone()))
+                Arc::new(
+                    Dns01Solver::new(p, propagation.clone())
+                        .with_resolvers(self.config.dns01.resolvers.clone()),
+                )
             }
             SolverKind::DnsPersist01 {
                 issuer_domain,

@@ -78,10 +78,18 @@ where
         Some(p) => field(b"p", p.as_bytes()),
         None => field(b"n", b""),
     }
-    openssl::sha::sha256(&buf)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&openssl::sha::sha256(&buf))
+}
+
+/// Lowercase hex of `bytes` (a fingerprint is computed for every certificate on every decision).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// A random source seeded from a certificate name and a salt, for reproducible jitter.

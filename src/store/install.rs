@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Group, Uid, User};
 use openssl::x509::X509;
+use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use super::atomic::{atomic_write, fsync_dir};
@@ -439,6 +440,154 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// What a read of an output directory depends on: the `.live` target (empty for a pair of plain
+/// files written by another tool) and, per file, its inode, size and modification time (ns). A
+/// version directory is never rewritten, so an equal stamp means the same files; a new install, a
+/// torn switch or a file edited in place gives another stamp.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesStamp {
+    /// Where `.live` points (a `.v-*` directory name), or empty.
+    pub live: String,
+    /// `(inode, size, mtime_ns)` of `fullchain.pem`, `privkey.pem` (and `chain.pem`, `cert.pem`
+    /// behind `.live`), in that order.
+    pub files: Vec<(u64, u64, i64)>,
+}
+
+/// The live files of an output directory, located by [`locate`].
+struct Located {
+    /// The directory they are in (a `.v-*` directory, or the output directory itself).
+    source_dir: PathBuf,
+    /// Where `.live` points, or empty for plain files.
+    live: String,
+    /// `source_dir`, open: the files are looked at relative to it (no walk of the whole path per
+    /// file, which at 10,000 certificates is most of the cost).
+    fd: fs::File,
+}
+
+/// Where the live files of `spec.dir` are: `Ok(None)` when nothing is installed. Checks the names
+/// only (what servers read): `.live` leads to a directory and the four top-level names are the
+/// symlinks into it.
+fn locate(spec: &OutputSpec) -> Result<Option<Located>, StoreError> {
+    use nix::fcntl::{OFlag, openat, readlinkat};
+    let dir = &spec.dir;
+    let torn = |reason: String| StoreError::Torn {
+        dir: dir.clone(),
+        reason,
+    };
+    let dir_fd = match fs::File::open(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("reading", dir, e)),
+    };
+    match readlinkat(&dir_fd, LIVE) {
+        Ok(target) => {
+            let d = dir.join(&target);
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let Ok(fd) = openat(&dir_fd, target.as_os_str(), flags, nix::sys::stat::Mode::empty())
+            else {
+                return Err(torn(format!(
+                    ".live points to {}, which is missing",
+                    d.display()
+                )));
+            };
+            for f in FILES {
+                let want = Path::new(LIVE).join(f);
+                if !readlinkat(&dir_fd, f).is_ok_and(|t| Path::new(&t) == want) {
+                    return Err(torn(format!(
+                        "{f} is not the symlink to {} (an install was interrupted)",
+                        want.display()
+                    )));
+                }
+            }
+            Ok(Some(Located {
+                source_dir: d,
+                live: target.to_string_lossy().into_owned(),
+                fd: fs::File::from(fd),
+            }))
+        }
+        Err(nix::errno::Errno::ENOENT) => {
+            let exists = |f: &str| {
+                nix::sys::stat::fstatat(&dir_fd, f, nix::fcntl::AtFlags::empty()).is_ok()
+            };
+            match (exists("fullchain.pem"), exists("privkey.pem")) {
+                (false, false) => Ok(None),
+                (true, true) => Ok(Some(Located {
+                    source_dir: dir.clone(),
+                    live: String::new(),
+                    fd: dir_fd,
+                })),
+                _ => Err(torn(
+                    "only one of fullchain.pem and privkey.pem exists".into(),
+                )),
+            }
+        }
+        Err(e) => Err(StoreError::io(
+            "reading",
+            dir.join(LIVE),
+            std::io::Error::from(e),
+        )),
+    }
+}
+
+/// `(inode, size, mtime_ns)` of `name` in the directory `fd`.
+fn file_stamp(fd: &fs::File, name: &str, dir: &Path) -> Result<(u64, u64, i64), StoreError> {
+    let st = nix::sys::stat::fstatat(fd, name, nix::fcntl::AtFlags::empty()).map_err(|e| {
+        StoreError::io("reading", dir.join(name), std::io::Error::from(e))
+    })?;
+    Ok((
+        st.st_ino,
+        u64::try_from(st.st_size).unwrap_or(0),
+        st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+    ))
+}
+
+/// The stamp of what [`locate`] found (see [`FilesStamp`]).
+fn stamp_of(found: &Located) -> Result<FilesStamp, StoreError> {
+    let names: &[&str] = if found.live.is_empty() {
+        &["fullchain.pem", "privkey.pem"]
+    } else {
+        &["fullchain.pem", "privkey.pem", "chain.pem", "cert.pem"]
+    };
+    let files = names
+        .iter()
+        .map(|f| file_stamp(&found.fd, f, &found.source_dir))
+        .collect::<Result<_, _>>()?;
+    Ok(FilesStamp {
+        live: found.live.clone(),
+        files,
+    })
+}
+
+/// The stamp of what is live in `spec.dir` (see [`FilesStamp`]); `Ok(None)` when nothing is
+/// installed, an error when the names are torn or a file is missing.
+pub fn stamp(spec: &OutputSpec) -> Result<Option<FilesStamp>, StoreError> {
+    locate(spec)?.as_ref().map(stamp_of).transpose()
+}
+
+/// What is live in `spec.dir`, when it is still exactly the files of `known` (the stamp taken
+/// when `cert` was verified from them): the PEM files are read but not parsed or verified again.
+/// `None` when anything differs (then [`read_installed`] reads and checks everything).
+pub fn read_known(spec: &OutputSpec, known: &FilesStamp, cert: &VerifiedCert) -> Option<Installed> {
+    use std::io::Read as _;
+    let found = locate(spec).ok().flatten()?;
+    if stamp_of(&found).ok()? != *known {
+        return None;
+    }
+    let read = |name: &str| -> Option<Vec<u8>> {
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(&found.fd, name, flags, nix::sys::stat::Mode::empty()).ok()?;
+        let mut bytes = Vec::with_capacity(usize::try_from(known.files[0].1).unwrap_or(0));
+        fs::File::from(fd).read_to_end(&mut bytes).ok()?;
+        Some(bytes)
+    };
+    Some(Installed {
+        cert: cert.clone(),
+        key_pem: read("privkey.pem")?,
+        fullchain_pem: read("fullchain.pem")?,
+        source_dir: found.source_dir,
+    })
+}
+
 /// Read what is live in `spec.dir`: `Ok(None)` when nothing is installed.
 ///
 /// Reads through `.live` when present (the files must all exist, the key must match the leaf, the
@@ -448,36 +597,12 @@ fn file_name(p: &Path) -> String {
 /// [`StoreError::Torn`]. The certificate may be expired: this reports what is on disk.
 pub fn read_installed(spec: &OutputSpec) -> Result<Option<Installed>, StoreError> {
     let dir = &spec.dir;
-    let live = dir.join(LIVE);
     let torn = |reason: String| StoreError::Torn {
         dir: dir.clone(),
         reason,
     };
-    let source_dir = match fs::read_link(&live) {
-        Ok(target) => {
-            let d = dir.join(target);
-            if !d.is_dir() {
-                return Err(torn(format!(
-                    ".live points to {}, which is missing",
-                    d.display()
-                )));
-            }
-            d
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let full = dir.join("fullchain.pem");
-            let key = dir.join("privkey.pem");
-            match (full.exists(), key.exists()) {
-                (false, false) => return Ok(None),
-                (true, true) => dir.clone(),
-                _ => {
-                    return Err(torn(
-                        "only one of fullchain.pem and privkey.pem exists".into(),
-                    ));
-                }
-            }
-        }
-        Err(e) => return Err(StoreError::io("reading", &live, e)),
+    let Some(Located { source_dir, .. }) = locate(spec)? else {
+        return Ok(None);
     };
     let read = |f: &str| -> Result<Vec<u8>, StoreError> {
         let p = source_dir.join(f);
@@ -486,17 +611,6 @@ pub fn read_installed(spec: &OutputSpec) -> Result<Option<Installed>, StoreError
             _ => StoreError::io("reading", &p, e),
         })
     };
-    if source_dir != *dir {
-        for f in FILES {
-            let want = Path::new(LIVE).join(f);
-            if !fs::read_link(dir.join(f)).is_ok_and(|t| t == want) {
-                return Err(torn(format!(
-                    "{f} is not the symlink to {} (an install was interrupted)",
-                    want.display()
-                )));
-            }
-        }
-    }
     let key_pem = read("privkey.pem")?;
     let fullchain_pem = read("fullchain.pem")?;
     let parsed = parse_pair(&key_pem, &fullchain_pem).map_err(|e| torn(e.to_string()))?;

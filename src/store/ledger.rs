@@ -7,9 +7,16 @@
 //! `revoked_serial` that `certkeeper revoke` just saved in another process, and a failure recorded
 //! by one task cannot undo a success recorded by another.
 //!
+//! The state also holds the ledger's summary of the installed pair ([`InstalledSummary`]): the
+//! facts last verified from the PEM files and the stamp of those files (see
+//! [`install::FilesStamp`]). It is written under the same state lock, in the same write as the
+//! install's [`Event::Issued`] or [`Event::Imported`], and rebuilt (by a process that may write)
+//! whenever it is missing or its stamp no longer matches the files, so a snapshot of an unchanged
+//! certificate reads two small files and a few names instead of parsing and verifying the chain.
+//!
 //! Keys (see [`super::storage`]):
 //! ```text
-//! certs/<name>.json       CertState
+//! certs/<name>.json       CertState (with the installed summary)
 //! certs/<name>.key.pem    private key of the in-flight order (resume with the same key)
 //! locks/<name>.lock       issuance lease: held while a certificate is ordered, imported or revoked
 //! locks/state-<name>.lock held for the few milliseconds of one read-modify-write of the state
@@ -23,7 +30,7 @@ use serde::de::DeserializeOwned;
 
 use super::StoreError;
 use super::install::{self, Installed, InstalledPaths, OutputSpec};
-use super::state::{CertState, OrderTrace};
+use super::state::{CertState, DeployCheck, InstalledSummary, OrderTrace};
 use super::storage::{Lease, Storage, check_name};
 use super::verify::VerifiedCert;
 use crate::scheduler::{Failure, RetryState};
@@ -98,6 +105,17 @@ pub enum Event {
         /// The serial that servers now read.
         serial: String,
     },
+    /// The `verify_deploy` endpoints were asked what they serve.
+    DeployChecked(Box<DeployCheck>),
+    /// Notifications were decided ([`crate::notify::decide`]) for the conditions holding `at`.
+    Notified {
+        /// The conditions that hold.
+        holding: std::collections::BTreeSet<crate::notify::Condition>,
+        /// When.
+        at: Timestamp,
+    },
+    /// The installed pair was read and verified (or found missing): the ledger's summary of it.
+    Observed(Option<Box<InstalledSummary>>),
 }
 
 /// The outcome of a renewalInfo request.
@@ -193,6 +211,11 @@ impl CertState {
                 }
                 self.reloaded_serial = Some(serial);
             }
+            Event::DeployChecked(check) => self.deploy = Some(*check),
+            Event::Notified { holding, at } => {
+                self.notified = crate::notify::decide(&self.notified, &holding, at).1;
+            }
+            Event::Observed(summary) => self.installed = summary.map(|s| *s),
         }
     }
 }
@@ -243,12 +266,26 @@ impl Snapshot {
 #[derive(Clone, Debug)]
 pub struct Ledger {
     storage: Arc<dyn Storage>,
+    /// Rebuild a missing or stale installed summary when a snapshot finds one (not for readers).
+    refresh: bool,
 }
 
 impl Ledger {
     /// A ledger kept in `storage`.
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Self { storage }
+        Self {
+            storage,
+            refresh: true,
+        }
+    }
+
+    /// A ledger that is only read (`status`, `explain`): a snapshot never writes, not even to
+    /// rebuild a stale installed summary (it reads the files in full instead).
+    pub fn read_only(storage: Arc<dyn Storage>) -> Self {
+        Self {
+            storage,
+            refresh: false,
+        }
     }
 
     /// The storage underneath (for the account store of the same state).
@@ -272,6 +309,10 @@ impl Ledger {
     }
 
     /// Read the state and the installed pair of certificate `name` (written to `output`) once.
+    ///
+    /// When the state's installed summary still matches the files (same stamp), its facts are used
+    /// and the PEM files are only read; otherwise they are read and verified in full, and the
+    /// summary is rebuilt (unless this ledger is [`Ledger::read_only`]).
     pub fn snapshot(&self, name: &str, output: &OutputSpec) -> Snapshot {
         let (state, state_error) = match self.state(name) {
             Ok(s) => (s.unwrap_or_default(), None),
@@ -280,6 +321,20 @@ impl Ledger {
                 (CertState::default(), Some(e.to_string()))
             }
         };
+        if let Some(known) = &state.installed
+            && let Some(live) = install::read_known(output, &known.stamp, &known.cert)
+        {
+            let placeholder = known.placeholder;
+            return Snapshot {
+                state,
+                state_error,
+                installed: Some(live),
+                installed_error: None,
+                placeholder,
+            };
+        }
+        // Stamped before the read: files replaced meanwhile give a stale stamp, never stale facts.
+        let stamp = install::stamp(output).ok().flatten();
         let (installed, installed_error) = match install::read_installed(output) {
             Ok(i) => (i, None),
             Err(e) => (None, Some(e.to_string())),
@@ -287,6 +342,18 @@ impl Ledger {
         let placeholder = installed
             .as_ref()
             .is_some_and(|i| is_self_signed_placeholder(&i.fullchain_pem));
+        if self.refresh && state_error.is_none() && installed_error.is_none() {
+            let summary = installed.as_ref().zip(stamp).map(|(i, stamp)| InstalledSummary {
+                stamp,
+                cert: i.cert.clone(),
+                placeholder,
+            });
+            if summary != state.installed
+                && let Err(e) = self.record(name, Event::Observed(summary.map(Box::new)))
+            {
+                tracing::debug!(cert = %name, error = %e, "cannot save the summary of the installed certificate");
+            }
+        }
         Snapshot {
             state,
             state_error,
@@ -298,6 +365,36 @@ impl Ledger {
 
     /// Apply `event` to certificate `name`'s state under its state lock and return the new state.
     pub fn record(&self, name: &str, event: Event) -> Result<CertState, StoreError> {
+        self.record_all(name, [event])
+    }
+
+    /// Apply `events` in order to certificate `name`'s state in one read-modify-write under its
+    /// state lock (one durable write), and return the new state.
+    pub fn record_all(
+        &self,
+        name: &str,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<CertState, StoreError> {
+        self.record_changes(name, events).map(|(_, after)| after)
+    }
+
+    /// [`Ledger::record`], returning the state before the event as well as after it (what a
+    /// decision made under the lock, like [`Event::Notified`], started from).
+    pub fn record_change(
+        &self,
+        name: &str,
+        event: Event,
+    ) -> Result<(CertState, CertState), StoreError> {
+        self.record_changes(name, [event])
+    }
+
+    /// The one read-modify-write of a certificate's state: `events` applied in order under its
+    /// state lock, one durable write; the state before and after.
+    fn record_changes(
+        &self,
+        name: &str,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<(CertState, CertState), StoreError> {
         let key = Self::state_key(name)?;
         let _lock = self.storage.lock_wait(&format!("state-{name}"))?;
         let mut state = match load_json::<CertState>(&*self.storage, &key) {
@@ -309,9 +406,12 @@ impl Ledger {
             }
             Err(e) => return Err(e),
         };
-        state.apply(event);
+        let before = state.clone();
+        for event in events {
+            state.apply(event);
+        }
         store_json(&*self.storage, &key, &state)?;
-        Ok(state)
+        Ok((before, state))
     }
 
     /// Take the issuance lease of certificate `name` without waiting: held while it is ordered,
@@ -356,7 +456,15 @@ impl Ledger {
             tracing::warn!(cert = %name, error = %e, "cannot record the pending reload; installing anyway");
         }
         let paths = install::install(output, key_pem, chain_pem, verified)?;
-        if let Err(e) = self.record(name, after) {
+        // The summary of the new pair goes into the same write as `after`.
+        let summary = install::stamp(output).ok().flatten().map(|stamp| {
+            Box::new(InstalledSummary {
+                stamp,
+                cert: verified.clone(),
+                placeholder: is_self_signed_placeholder(chain_pem),
+            })
+        });
+        if let Err(e) = self.record_all(name, [after, Event::Observed(summary)]) {
             tracing::warn!(cert = %name, error = %e, "certificate installed, but its state could not be updated; fix the state directory");
         }
         if let Err(e) = self.storage.delete(&Self::pending_path(name)?) {
@@ -679,6 +787,70 @@ mod tests {
             .unwrap();
         assert_eq!(st.revoked_serial.as_deref(), Some("01"));
         assert!(matches!(l.state("../x"), Err(StoreError::InvalidName(_))));
+    }
+
+    #[test]
+    fn the_installed_summary_is_used_while_the_files_are_unchanged_and_rebuilt_when_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = ledger(&tmp.path().join("state"));
+        let pki = crate::store::testpki::Pki::new();
+        let names = vec!["a.test".to_string()];
+        let spec = OutputSpec {
+            dir: tmp.path().join("out"),
+            owner: None,
+            group: None,
+            key_mode: 0o600,
+            cert_mode: 0o644,
+            allow_shared_dir: false,
+        };
+        let pair = |serial| {
+            let (k, c) = pki.leaf(&["a.test"], serial, (-1, 90));
+            let v = crate::store::verify_pair(&k, &c, &names, None).unwrap();
+            (k, c, v)
+        };
+        let (k1, c1, v1) = pair(1);
+        let imported = Event::Imported {
+            issuer: None,
+            fingerprint: "f".into(),
+            at: Timestamp::now(),
+        };
+        l.install("www", &spec, (&k1, &c1), &v1, imported).unwrap();
+        let summary = l.state("www").unwrap().unwrap().installed;
+        let summary = summary.expect("the install records the summary in the same write");
+        assert_eq!((&summary.cert, summary.placeholder), (&v1, false));
+        let snap = l.snapshot("www", &spec);
+        assert_eq!(snap.live().unwrap().cert, v1);
+        assert_eq!(snap.live().unwrap().key_pem, k1);
+
+        // A pair switched behind the ledger's back: the stamp differs, so the files are read in
+        // full; a read-only ledger does not write, a writing one rebuilds the summary.
+        let (k2, c2, v2) = pair(2);
+        install::install(&spec, &k2, &c2, &v2).unwrap();
+        let reader = Ledger::read_only(Arc::new(FileStorage::open_read_only(
+            tmp.path().join("state"),
+        )));
+        assert_eq!(reader.snapshot("www", &spec).live().unwrap().cert, v2);
+        let kept = l.state("www").unwrap().unwrap().installed;
+        assert_eq!(kept.as_ref(), Some(&summary), "a reader never writes");
+        assert_eq!(l.snapshot("www", &spec).live().unwrap().cert, v2);
+        let rebuilt = l.state("www").unwrap().unwrap().installed.unwrap();
+        assert_eq!(rebuilt.cert, v2);
+        assert_eq!(rebuilt.stamp, install::stamp(&spec).unwrap().unwrap());
+
+        // A file edited in place changes the stamp too.
+        let key_file = spec.dir.join("privkey.pem");
+        std::fs::write(&key_file, b"not a key").unwrap();
+        let snap = l.snapshot("www", &spec);
+        assert!(snap.live().is_none() && snap.installed_error.is_some());
+
+        // Gone: read as missing, and the summary is dropped.
+        std::fs::remove_dir_all(&spec.dir).unwrap();
+        l.install("www", &spec, (&k1, &c1), &v1, Event::OrderAbandoned)
+            .unwrap();
+        std::fs::remove_dir_all(&spec.dir).unwrap();
+        let snap = l.snapshot("www", &spec);
+        assert!(snap.installed.is_none() && snap.installed_error.is_none());
+        assert_eq!(l.state("www").unwrap().unwrap().installed, None);
     }
 
     #[test]

@@ -26,14 +26,18 @@ use std::path::PathBuf;
 
 pub use accounts::AccountStore;
 pub use atomic::{atomic_write, fsync_dir};
-pub use install::{Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed};
+pub use install::{
+    FilesStamp, Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed,
+};
 pub use ledger::{AriResult, Event, Ledger, Snapshot, is_self_signed_placeholder};
 pub use postgres::PgStorage;
 pub use state::{
-    AccountRecord, AuthzTrace, CertState, ChallengeTrace, ErrorTrace, OrderTrace, ProblemTrace,
-    StoredAccount, SubProblemTrace, account_id, key_fingerprint, status_word,
+    AccountRecord, AuthzTrace, CertState, ChallengeTrace, DeployCheck, EndpointServed, ErrorTrace,
+    InstalledSummary, OrderTrace, ProblemTrace, StoredAccount, SubProblemTrace, account_id,
+    key_fingerprint, status_word,
 };
 pub use storage::{FileStorage, Lease, Storage};
+pub(crate) use verify::asn1_to_ts;
 pub use verify::{VerifiedCert, verify_pair};
 
 /// Errors of the store; every message says what happened and, where it helps, what to do.

@@ -65,6 +65,9 @@ pub enum Mode {
     /// Forward, but add these `(name, description)` pairs as `meta.profiles` to the directory (pebble
     /// 2.4 offers no profiles).
     AddProfiles(Vec<(String, String)>),
+    /// Forward, but publish these names as `meta.caaIdentities` in the directory (pebble 2.4
+    /// publishes none).
+    AddCaaIdentities(Vec<String>),
     /// Forward, but replace certificate downloads with a forged chain for `names` whose leaf holds
     /// the public half of the private key in `key_file` (read at download time).
     ForgeForKey {
@@ -340,6 +343,12 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
             d["meta"]["profiles"] = serde_json::Value::Object(map);
+            rbody = Bytes::from(d.to_string().into_bytes());
+        }
+        Mode::AddCaaIdentities(names) if path == "/dir" && status < 300 => {
+            s.faulted.fetch_add(1, Ordering::SeqCst);
+            let mut d: serde_json::Value = serde_json::from_slice(&rbody).unwrap_or_default();
+            d["meta"]["caaIdentities"] = names.clone().into();
             rbody = Bytes::from(d.to_string().into_bytes());
         }
         Mode::OnCertDownload(cmd) if path.starts_with("/certZ/") && status < 300 => {
