@@ -11,7 +11,7 @@
 use jiff::Timestamp;
 use tracing::warn;
 
-use crate::config::{CertificateConfig, Config};
+use crate::config::CertificateConfig;
 use crate::hooks::{self, HookOutcome, HookStatus, ReloadRequest};
 use crate::store::{Event, Ledger, Snapshot};
 
@@ -31,16 +31,6 @@ pub fn request(cert: &CertificateConfig, serial: &str) -> Option<ReloadRequest> 
 /// The reload of `cert` that did not complete for its installed pair, according to `snap`.
 pub fn pending_one(cert: &CertificateConfig, snap: &Snapshot) -> Option<ReloadRequest> {
     request(cert, snap.reload_pending()?)
-}
-
-/// The reloads of every configured certificate that did not complete (the process died between
-/// install and reload, or the hook failed).
-pub fn pending(cfg: &Config, ledger: &Ledger) -> Vec<ReloadRequest> {
-    cfg.certificates
-        .values()
-        .filter(|c| !c.reload.is_empty())
-        .filter_map(|c| pending_one(c, &ledger.snapshot(&c.name, &c.output)))
-        .collect()
 }
 
 /// Run the hooks of `requests` (each distinct command once) and record, for every certificate whose
