@@ -30,7 +30,8 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::extension::{
-    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, SubjectAlternativeName, SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, SubjectAlternativeName,
+    SubjectKeyIdentifier,
 };
 use openssl::x509::{X509, X509NameBuilder};
 
@@ -114,11 +115,22 @@ impl Ca {
 
 fn main() -> Res<()> {
     let mut args = std::env::args().skip(1);
-    let config_path = PathBuf::from(args.next().ok_or("usage: bench_populate CONFIG [THREADS]")?);
+    let config_path = PathBuf::from(
+        args.next()
+            .ok_or("usage: bench_populate CONFIG [THREADS]")?,
+    );
     let threads: usize = args.next().map_or(Ok(8), |t| t.parse())?;
     let config = Arc::new(certkeeper::config::load(&config_path)?);
-    if let Some(c) = config.certificates.values().find(|c| c.key.as_str() != "ecdsa-p256") {
-        return Err(format!("certificate {}: only key = \"ecdsa-p256\" is supported here", c.name).into());
+    if let Some(c) = config
+        .certificates
+        .values()
+        .find(|c| c.key.as_str() != "ecdsa-p256")
+    {
+        return Err(format!(
+            "certificate {}: only key = \"ecdsa-p256\" is supported here",
+            c.name
+        )
+        .into());
     }
     let rt = Runtime::new(config.clone(), TokenStore::new())?;
     let ca = Ca::new()?;
@@ -131,9 +143,12 @@ fn main() -> Res<()> {
                 s.spawn(|| -> Res<()> {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(name) = names.get(i) else { return Ok(()) };
+                        let Some(name) = names.get(i) else {
+                            return Ok(());
+                        };
                         let cert = &config.certificates[*name];
-                        let (key, chain, cert_id) = ca.leaf(u32::try_from(i)? + 2, &cert.domains)?;
+                        let (key, chain, cert_id) =
+                            ca.leaf(u32::try_from(i)? + 2, &cert.domains)?;
                         import_pem(&rt, name, &key, &chain)
                             .map_err(|e| format!("importing {name}: {e}"))?;
                         // Settled, as after the daemon's first ARI check: the next one is a day
@@ -141,7 +156,8 @@ fn main() -> Res<()> {
                         let ari = Event::Ari {
                             cert_id: Some(cert_id),
                             result: AriResult::Unsupported,
-                            refetch_at: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24),
+                            refetch_at: jiff::Timestamp::now()
+                                + jiff::SignedDuration::from_hours(24),
                         };
                         rt.ledger.record(name, ari)?;
                     }

@@ -483,8 +483,12 @@ fn locate(spec: &OutputSpec) -> Result<Option<Located>, StoreError> {
         Ok(target) => {
             let d = dir.join(&target);
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-            let Ok(fd) = openat(&dir_fd, target.as_os_str(), flags, nix::sys::stat::Mode::empty())
-            else {
+            let Ok(fd) = openat(
+                &dir_fd,
+                target.as_os_str(),
+                flags,
+                nix::sys::stat::Mode::empty(),
+            ) else {
                 return Err(torn(format!(
                     ".live points to {}, which is missing",
                     d.display()
@@ -506,9 +510,8 @@ fn locate(spec: &OutputSpec) -> Result<Option<Located>, StoreError> {
             }))
         }
         Err(nix::errno::Errno::ENOENT) => {
-            let exists = |f: &str| {
-                nix::sys::stat::fstatat(&dir_fd, f, nix::fcntl::AtFlags::empty()).is_ok()
-            };
+            let exists =
+                |f: &str| nix::sys::stat::fstatat(&dir_fd, f, nix::fcntl::AtFlags::empty()).is_ok();
             match (exists("fullchain.pem"), exists("privkey.pem")) {
                 (false, false) => Ok(None),
                 (true, true) => Ok(Some(Located {
@@ -531,9 +534,8 @@ fn locate(spec: &OutputSpec) -> Result<Option<Located>, StoreError> {
 
 /// `(inode, size, mtime_ns)` of `name` in the directory `fd`.
 fn file_stamp(fd: &fs::File, name: &str, dir: &Path) -> Result<(u64, u64, i64), StoreError> {
-    let st = nix::sys::stat::fstatat(fd, name, nix::fcntl::AtFlags::empty()).map_err(|e| {
-        StoreError::io("reading", dir.join(name), std::io::Error::from(e))
-    })?;
+    let st = nix::sys::stat::fstatat(fd, name, nix::fcntl::AtFlags::empty())
+        .map_err(|e| StoreError::io("reading", dir.join(name), std::io::Error::from(e)))?;
     Ok((
         st.st_ino,
         u64::try_from(st.st_size).unwrap_or(0),

@@ -343,11 +343,14 @@ impl Ledger {
             .as_ref()
             .is_some_and(|i| is_self_signed_placeholder(&i.fullchain_pem));
         if self.refresh && state_error.is_none() && installed_error.is_none() {
-            let summary = installed.as_ref().zip(stamp).map(|(i, stamp)| InstalledSummary {
-                stamp,
-                cert: i.cert.clone(),
-                placeholder,
-            });
+            let summary = installed
+                .as_ref()
+                .zip(stamp)
+                .map(|(i, stamp)| InstalledSummary {
+                    stamp,
+                    cert: i.cert.clone(),
+                    placeholder,
+                });
             if summary != state.installed
                 && let Err(e) = self.record(name, Event::Observed(summary.map(Box::new)))
             {

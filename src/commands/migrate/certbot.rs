@@ -1097,7 +1097,8 @@ pub fn migrate(config_path: &Path, opts: &CertbotOptions) -> Result<String, Stri
         return Err(failed.join("\n"));
     }
 
-    let (cfg, written) = adopt::write_and_load(config_path, &conf_files(&conf_d, &issuers, &adopt))?;
+    let (cfg, written) =
+        adopt::write_and_load(config_path, &conf_files(&conf_d, &issuers, &adopt))?;
     let owner = crate::privileges::state_owner(&cfg.state_dir).map_err(|e| e.to_string());
     let owner = match owner {
         Ok(o) => o,

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use openssl::pkey::{Id, PKey};
 use openssl::x509::X509;
 
-
 /// A TOML string literal.
 pub fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()

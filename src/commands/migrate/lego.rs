@@ -486,11 +486,7 @@ fn hand_over(
 }
 
 /// The conf.d files to write: the issuer (unless the config has it) and one file per certificate.
-fn conf_files(
-    conf_d: &Path,
-    issuer: Option<(&str, String)>,
-    todo: &[LegoCert],
-) -> Vec<ConfFile> {
+fn conf_files(conf_d: &Path, issuer: Option<(&str, String)>, todo: &[LegoCert]) -> Vec<ConfFile> {
     let mut files: Vec<ConfFile> = Vec::new();
     if let Some((issuer, text)) = issuer {
         files.push((issuer_file(conf_d, issuer), text, 0o644));
@@ -582,7 +578,10 @@ pub fn migrate(config_path: &Path, opts: &LegoOptions) -> Result<String, String>
     let mut done = 0;
     for (a, result) in adopt.iter().zip(imported) {
         let c = a.cert;
-        match result.map_err(|e| e.to_string()).and_then(|i| link_cert(c, &i)) {
+        match result
+            .map_err(|e| e.to_string())
+            .and_then(|i| link_cert(c, &i))
+        {
             Ok(line) => {
                 let _ = writeln!(report, "{line}\n  undo: {}", undo(c, &conf_d));
                 done += 1;
@@ -755,10 +754,7 @@ mod tests {
         assert_eq!(a.email, "a@example.com");
         assert_eq!(a.json_path, json);
         assert_eq!(a.key_type, KeyType::EcdsaP256);
-        assert_eq!(
-            a.url,
-            "https://127.0.0.1:14000/my-account/a@example.com"
-        );
+        assert_eq!(a.url, "https://127.0.0.1:14000/my-account/a@example.com");
         assert_eq!(a.contact, ["mailto:a@example.com"]);
         let back = PKey::private_key_from_pem(a.key_pem.as_bytes()).unwrap();
         assert!(back.public_eq(&key));
@@ -771,10 +767,7 @@ mod tests {
             "{e}"
         );
         let b = read_account(dir.path(), server, Some("b@example.com")).unwrap();
-        assert_eq!(
-            b.url,
-            "https://127.0.0.1:14000/my-account/b@example.com"
-        );
+        assert_eq!(b.url, "https://127.0.0.1:14000/my-account/b@example.com");
 
         // After a migration the renamed account.json is still read.
         std::fs::rename(&json, json.with_extension("json.migrated")).unwrap();
