@@ -670,15 +670,7 @@ pub fn read_account(certbot_dir: &Path, server: &str, id: &str) -> Result<Certbo
         .and_then(|v| v.as_str())
         .ok_or_else(|| format!("{}: no \"uri\"", dir.join("regr.json").display()))?
         .to_string();
-    let contact = regr
-        .pointer("/body/contact")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let contact = super::common::contacts_at(&regr, "/body/contact");
     Ok(CertbotAccount {
         key_pem,
         bits,

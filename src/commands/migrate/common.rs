@@ -72,3 +72,16 @@ pub fn conf_d(config_path: &Path) -> PathBuf {
         .unwrap_or(Path::new("."))
         .join("conf.d")
 }
+
+/// The contact URLs in the JSON array at `pointer` of an account file (certbot's `regr.json`,
+/// lego's `account.json`); none when it is missing.
+pub fn contacts_at(json: &serde_json::Value, pointer: &str) -> Vec<String> {
+    json.pointer(pointer)
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -185,15 +185,7 @@ pub fn read_account(
             )
         })?
         .to_string();
-    let contact = json
-        .pointer("/registration/body/contact")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let contact = super::common::contacts_at(&json, "/registration/body/contact");
     let key_path = acct.join("keys").join(format!("{email}.key"));
     let pem =
         std::fs::read(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
