@@ -72,10 +72,15 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
         if !opts.only.is_empty() && !opts.only.contains(name) {
             continue;
         }
+        // In a fleet, a pair another node issued is installed here first (and reloaded).
+        let adopted = adopt(&rt, cert, &mut report);
         let snap = rt.ledger.snapshot(name, &cert.output);
         // A reload that did not complete (killed between install and reload, a failed hook) runs
         // with this pass's reloads.
-        reloads.extend(reload::pending_one(cert, &snap));
+        reloads.extend(match adopted {
+            Some(serial) => reload::request(cert, &serial),
+            None => reload::pending_one(cert, &snap),
+        });
         if opts.force {
             todo.push((cert.clone(), snap));
             continue;
@@ -130,6 +135,24 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
         report.hooks = reload::run(&rt.ledger, &reloads, rt.config.daemon.hook_timeout).await;
     }
     report
+}
+
+/// Install the fleet's current pair of `cert` here when it is newer (see [`order::adopt`]),
+/// reporting it with the issued ones; its serial when it was installed. A failure is logged: this
+/// node keeps what it has.
+fn adopt(rt: &Runtime, cert: &CertificateConfig, report: &mut PassReport) -> Option<String> {
+    match order::adopt(rt, cert) {
+        Ok(Some(issued)) => {
+            let serial = issued.cert.serial_hex.clone();
+            report.issued.push((cert.name.clone(), issued));
+            Some(serial)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            error!(cert = %cert.name, error = %e, "cannot install the fleet's current certificate here");
+            None
+        }
+    }
 }
 
 /// Issue one certificate (decided on `snap`) and record the outcome in the ledger: the success, or
