@@ -35,7 +35,7 @@ fn storage_table(pg: &Postgres, db: &str, shared: &Path, node: &str) -> String {
 /// serial it was run for, and `storage` as its `[storage]` table (none: the file backend).
 fn node_config(pebble: &Pebble, webroot: &Path, storage: Option<String>) -> TestConfig {
     let issuer = IssuerSpec::pebble("pebble", pebble).solver(&format!(
-        "webroot = {{ path = \"{}\" }}",
+        "webroot = {{ path = \"{}\", self_check = false }}",
         webroot.display()
     ));
     let mut cfg = TestConfig::new().issuer(issuer);
@@ -97,6 +97,11 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
     let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
     std::fs::write(shared.path().join("storage.key"), &key_b64).unwrap();
     std::fs::write(shared.path().join("pg.pass"), format!("{PASSWORD}\n")).unwrap();
+    for f in ["storage.key", "pg.pass"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let perms = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(shared.path().join(f), perms).unwrap();
+    }
     let nginx_certs = shared.path().join("nginx-certs");
     std::fs::create_dir_all(&nginx_certs).unwrap();
     let nginx = Nginx::start(NginxOpts {
