@@ -99,7 +99,11 @@ fn contract_schema_and_secrets_at_rest() {
         .stage_next_key("le-1", std::str::from_utf8(&next_pem).unwrap())
         .unwrap();
     let ledger = Ledger::new(s.clone());
-    ledger.save_pending_key("www", &cert_pem).unwrap();
+    ledger
+        .lock("www")
+        .unwrap()
+        .save_pending_key(&cert_pem)
+        .unwrap();
     // A private key under a name not known to hold one is sealed too (recognized by content).
     s.store("misc/stray.txt", &cert_pem).unwrap();
     // A retired account's key is re-sealed under its new name and still opens.
