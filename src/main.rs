@@ -203,6 +203,20 @@ enum AccountAction {
         #[arg(long)]
         yes: bool,
     },
+    /// Print the standing dns-persist-01 TXT record(s) to publish (experimental; registers the
+    /// account first when there is none).
+    ///
+    /// Without DOMAIN: one record for every name the issuer's dns_persist01 solver proves.
+    PersistRecord {
+        /// The issuer's config name.
+        #[arg(long)]
+        issuer: String,
+        /// The name to publish a record for (`*.example.com` implies --wildcard).
+        domain: Option<String>,
+        /// Add `policy=wildcard`: the record also covers `*.DOMAIN` and every name below DOMAIN.
+        #[arg(long)]
+        wildcard: bool,
+    },
     /// Replace the account's contact addresses (default: the issuer's `contact` from the config).
     UpdateContact {
         /// The issuer's config name.
@@ -476,14 +490,20 @@ async fn lifecycle(path: &std::path::Path, what: Lifecycle) -> ExitCode {
             )
         }).map_err(|e| e.to_string()),
         Lifecycle::Account(action) => match action {
-            AccountAction::Show { issuer } => account::show(&rt, &issuer).await,
-            AccountAction::Rollover { issuer } => account::rollover(&rt, &issuer).await,
-            AccountAction::Deactivate { issuer, yes } => account::deactivate(&rt, &issuer, yes).await,
-            AccountAction::UpdateContact { issuer, contact } => {
-                account::update_contact(&rt, &issuer, &contact).await
+            AccountAction::Show { issuer } => account::show(&rt, &issuer).await.map(|i| i.to_string()),
+            AccountAction::Rollover { issuer } => account::rollover(&rt, &issuer).await.map(|i| i.to_string()),
+            AccountAction::Deactivate { issuer, yes } => {
+                account::deactivate(&rt, &issuer, yes).await.map(|i| i.to_string())
             }
+            AccountAction::UpdateContact { issuer, contact } => {
+                account::update_contact(&rt, &issuer, &contact).await.map(|i| i.to_string())
+            }
+            AccountAction::PersistRecord {
+                issuer,
+                domain,
+                wildcard,
+            } => account::persist_records(&rt, &issuer, domain.as_deref(), wildcard).await,
         }
-        .map(|info| info.to_string())
         .map_err(|e| e.to_string()),
         Lifecycle::Import(opts) => import::import(&rt, &opts).map(|i| {
             format!(

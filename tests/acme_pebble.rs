@@ -592,6 +592,7 @@ async fn dns01_via_challtestsrv_for_a_wildcard() {
         kind: certkeeper::challenge::ChallengeKind::Dns01,
         token: ch.token.clone(),
         key_authorization: account.key_authorization(&ch.token),
+        persist: None,
     };
     pebble
         .set_txt("_acme-challenge.wild.example.com.", &ctx.dns_txt_value())

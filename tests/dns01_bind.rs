@@ -21,6 +21,7 @@ fn ctx(identifier: &str, wildcard: bool, key_auth: &str) -> ChallengeCtx {
         kind: ChallengeKind::Dns01,
         token: "token".into(),
         key_authorization: key_auth.into(),
+        persist: None,
     }
 }
 

@@ -56,6 +56,7 @@ async fn exec_nsupdate_script_present_wait_cleanup() {
         kind: ChallengeKind::Dns01,
         token: "t".into(),
         key_authorization: "t.thumb".into(),
+        persist: None,
     };
     solver.present(&ch).await.expect("present");
     solver.wait(&ch).await.expect("wait");

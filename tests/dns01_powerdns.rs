@@ -19,6 +19,7 @@ fn ctx(wildcard: bool, key_auth: &str) -> ChallengeCtx {
         kind: ChallengeKind::Dns01,
         token: "t".into(),
         key_authorization: key_auth.into(),
+        persist: None,
     }
 }
 

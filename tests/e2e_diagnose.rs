@@ -363,6 +363,7 @@ async fn self_check_through_real_nginx() {
         kind: ChallengeKind::Http01,
         token: "tokNginx".into(),
         key_authorization: "tokNginx.thumb".into(),
+        persist: None,
     };
     solver.present(&ch).await.unwrap();
     solver

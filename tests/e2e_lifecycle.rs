@@ -898,6 +898,7 @@ tlsalpn01 = {{ listen = "127.0.0.1:{tls_port}" }}
         kind: ChallengeKind::TlsAlpn01,
         token: "tok".into(),
         key_authorization: "tok.thumb".into(),
+        persist: None,
     };
     solver.present(&ctx).await.unwrap();
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());

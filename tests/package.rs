@@ -23,6 +23,7 @@ const MAN1: &[&str] = &[
     "certkeeper-account-rollover",
     "certkeeper-account-deactivate",
     "certkeeper-account-update-contact",
+    "certkeeper-account-persist-record",
     "certkeeper-import",
     "certkeeper-completions",
     "certkeeper-man",

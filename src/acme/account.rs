@@ -341,9 +341,24 @@ impl Account {
         let body = serde_json::to_string(new).map_err(|e| AcmeError::Config {
             message: format!("cannot encode the order: {e}"),
         })?;
-        let r = self
+        let r = match self
             .post(&url, Some(body.as_bytes()), ProblemOrigin::NewOrder)
-            .await?;
+            .await
+        {
+            Err(AcmeError::Problem(mut p)) => {
+                // Name what the CA offers next to its refusal of the profile.
+                p.offered_profiles = self
+                    .client
+                    .directory()
+                    .meta
+                    .profiles
+                    .keys()
+                    .cloned()
+                    .collect();
+                return Err(AcmeError::Problem(p));
+            }
+            other => other?,
+        };
         let order_url = r.location().ok_or_else(|| AcmeError::BadResponse {
             url: url.clone(),
             message: "the CA did not return the order URL (Location header)".into(),
@@ -606,19 +621,37 @@ fn top_issuer(chain: &CertificateChain) -> String {
         .unwrap_or_else(|| "?".to_string())
 }
 
-/// True when the chain's topmost certificate is issued by `cn`, or any certificate in it is `cn`.
+/// The names `preferred_chain` may use for a CA: each common name, and each organization followed
+/// by a common name. Let's Encrypt's 2026 roots are `O = ISRG, CN = Root YE` (ECDSA) and
+/// `O = ISRG, CN = Root YR` (RSA), called "ISRG Root YE" and "ISRG Root YR" in its documentation;
+/// both spellings select them, as "ISRG Root X1" keeps selecting `CN = ISRG Root X1`.
+fn ca_names(name: &openssl::x509::X509NameRef) -> Vec<String> {
+    let cns = common_names(name);
+    let orgs: Vec<String> = name
+        .entries_by_nid(openssl::nid::Nid::ORGANIZATIONNAME)
+        .filter_map(|e| e.data().to_string().ok())
+        .collect();
+    let mut out = cns.clone();
+    for o in &orgs {
+        out.extend(cns.iter().map(|cn| format!("{o} {cn}")));
+    }
+    out
+}
+
+/// True when the chain's topmost certificate is issued by `cn`, or any certificate in it is `cn`
+/// (a common name, or organization and common name: see [`ca_names`]).
 pub fn chain_matches(chain: &CertificateChain, cn: &str) -> bool {
     let Ok(certs) = chain.certificates() else {
         return false;
     };
     let top_issuer = certs
         .last()
-        .map(|c| common_names(c.issuer_name()))
+        .map(|c| ca_names(c.issuer_name()))
         .unwrap_or_default();
     top_issuer.iter().any(|n| n == cn)
         || certs
             .iter()
-            .any(|c| common_names(c.subject_name()).iter().any(|n| n == cn))
+            .any(|c| ca_names(c.subject_name()).iter().any(|n| n == cn))
 }
 
 fn generic_problem(detail: String) -> Problem {
@@ -630,6 +663,7 @@ fn generic_problem(detail: String) -> Problem {
         http_status: 0,
         retry_after: None,
         origin: ProblemOrigin::Unknown,
+        offered_profiles: Vec::new(),
     }
 }
 

@@ -352,6 +352,7 @@ pub(crate) fn problem_from(resp: &Response, origin: ProblemOrigin) -> Problem {
             http_status: 0,
             retry_after: None,
             origin: ProblemOrigin::Unknown,
+            offered_profiles: Vec::new(),
         }
     });
     p.http_status = resp.status;

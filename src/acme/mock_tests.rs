@@ -428,6 +428,98 @@ async fn alternate_chain_by_preferred_issuer() {
     assert_eq!(none.pem, default.pem);
 }
 
+/// A certificate for `subject` issued by `issuer`, each written as `(O, CN)` (O optional).
+fn cert_o(subject: (Option<&str>, &str), issuer: (Option<&str>, &str)) -> String {
+    let key = KeyType::EcdsaP256.generate().unwrap();
+    let name = |(o, cn): (Option<&str>, &str)| {
+        let mut n = openssl::x509::X509NameBuilder::new().unwrap();
+        n.append_entry_by_text("C", "US").unwrap();
+        if let Some(o) = o {
+            n.append_entry_by_text("O", o).unwrap();
+        }
+        n.append_entry_by_text("CN", cn).unwrap();
+        n.build()
+    };
+    let mut b = openssl::x509::X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name(subject)).unwrap();
+    b.set_issuer_name(&name(issuer)).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+        .unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    String::from_utf8(b.build().to_pem().unwrap()).unwrap()
+}
+
+/// Let's Encrypt's 2026 "Generation Y" roots: ISRG Root YE (ECDSA P-384) above YE1..YE3 and ISRG
+/// Root YR (RSA 4096) above YR1..YR3, published as `O = ISRG, CN = Root YE` / `CN = Root YR`.
+/// `preferred_chain` selects them by either spelling, among the alternates the CA offers.
+#[tokio::test]
+async fn preferred_chain_selects_the_2026_isrg_roots() {
+    let isrg = Some("ISRG");
+    let leaf = |int: &str| cert_o((None, "a.example"), (isrg, int));
+    // Default: RSA hierarchy; alternate: ECDSA hierarchy.
+    let yr = format!(
+        "{}{}",
+        leaf("YR1"),
+        cert_o((isrg, "YR1"), (isrg, "Root YR"))
+    );
+    let ye = format!(
+        "{}{}",
+        leaf("YE1"),
+        cert_o((isrg, "YE1"), (isrg, "Root YE"))
+    );
+    let (m, base) = mock().await;
+    *m.chains.lock().unwrap() = (yr.clone(), ye.clone());
+    let a = account(&base).await;
+    let url = format!("{base}/cert/1");
+    for (preferred, want) in [
+        ("ISRG Root YE", &ye),
+        ("Root YE", &ye),
+        ("YE1", &ye),
+        ("ISRG Root YR", &yr),
+        ("Root YR", &yr),
+        ("ISRG Root X1", &yr), // not offered: the default chain
+    ] {
+        let got = a
+            .certificate_with_preference(&url, Some(preferred))
+            .await
+            .unwrap();
+        assert_eq!(&got.pem, want, "preferred_chain = {preferred:?}");
+    }
+    // CNs that carry the whole name, and a Gen Y root cross-signed by ISRG Root X2: the chain
+    // matches both the top issuer and the root it contains.
+    let full = CertificateChain {
+        pem: format!(
+            "{}{}",
+            leaf("YE2"),
+            cert_o((isrg, "YE2"), (isrg, "ISRG Root YE"))
+        ),
+        alternates: vec![],
+    };
+    assert!(account::chain_matches(&full, "ISRG Root YE"));
+    assert!(!account::chain_matches(&full, "ISRG Root YR"));
+    let cross = CertificateChain {
+        pem: format!(
+            "{}{}{}",
+            leaf("YE1"),
+            cert_o((isrg, "YE1"), (isrg, "Root YE")),
+            cert_o(
+                (isrg, "Root YE"),
+                (Some("Internet Security Research Group"), "ISRG Root X2")
+            )
+        ),
+        alternates: vec![],
+    };
+    for name in ["ISRG Root X2", "ISRG Root YE", "Root YE"] {
+        assert!(account::chain_matches(&cross, name), "{name}");
+    }
+    assert!(!account::chain_matches(&cross, "ISRG Root YR"));
+}
+
 #[tokio::test]
 async fn oversized_and_garbage_answers_are_rejected() {
     let (_m, base) = mock().await;

@@ -49,6 +49,8 @@ pub enum ProblemKind {
     Tls,
     /// The user must visit the terms-of-service page.
     UserActionRequired,
+    /// The requested certificate profile is not one the CA offers (ACME profiles draft).
+    InvalidProfile,
     /// Any other type, including `about:blank`.
     Other,
 }
@@ -80,6 +82,7 @@ impl ProblemKind {
             "alreadyRevoked" => Self::AlreadyRevoked,
             "tls" => Self::Tls,
             "userActionRequired" => Self::UserActionRequired,
+            "invalidProfile" => Self::InvalidProfile,
             _ => Self::Other,
         }
     }
@@ -145,6 +148,10 @@ pub struct Problem {
     /// Which request this problem answered.
     #[serde(skip)]
     pub origin: ProblemOrigin,
+    /// The profiles the CA's directory lists (`meta.profiles`), filled in for a newOrder answer so
+    /// an `invalidProfile` message can name them.
+    #[serde(skip)]
+    pub offered_profiles: Vec<String>,
 }
 
 impl Problem {
@@ -160,6 +167,14 @@ impl Problem {
         } else {
             self.status.unwrap_or(0)
         }
+    }
+
+    /// True when the CA's words say the account needs a contact address (acme2certifier:
+    /// "Contact information is missing"; others: "contact ... required", "missing email").
+    pub fn says_contact_missing(&self) -> bool {
+        let d = self.detail.as_deref().unwrap_or("").to_ascii_lowercase();
+        (d.contains("contact") || d.contains("email") || d.contains("e-mail"))
+            && (d.contains("missing") || d.contains("required") || d.contains("must"))
     }
 
     /// The detail text, or a placeholder.
@@ -204,7 +219,18 @@ impl Problem {
             BadCsr => "the CA rejected the certificate request (CSR): check the key type is accepted by this CA".to_string(),
             BadPublicKey => format!("the CA does not accept this key: {detail}; choose another key type (`key`, or the issuer's `account_key`)"),
             UnsupportedIdentifier => "the CA does not support one of the identifiers (IP address or wildcard?): remove it or use another CA".to_string(),
-            Malformed => "the CA rejected the request as malformed; this is likely a certkeeper bug or a CA incompatibility: please report it with this message".to_string(),
+            Malformed if self.says_contact_missing() => "the CA requires a contact address on the account: add `contact = [\"mailto:you@example.com\"]` (your address) to this issuer".to_string(),
+            Malformed if matches!(self.origin, ProblemOrigin::Challenge(_)) => format!("the CA refused what was published for {} as malformed: {detail}; check the record or file the solver publishes (for dns-persist-01: the standing record, as `certkeeper account persist-record` prints it)", name.unwrap_or_default()),
+            Malformed if name.is_some() => format!("the CA refused {} as malformed: check the spelling of that name in `domains`", name.unwrap_or_default()),
+            Malformed => format!("the CA rejected the request as malformed: {detail}; if the CA's words name a setting (contact, names, key), fix it in the config; otherwise this is likely a certkeeper bug or a CA incompatibility: please report it with this message"),
+            InvalidProfile => {
+                let offered = if self.offered_profiles.is_empty() {
+                    "its directory lists no profiles: remove `profile`".to_string()
+                } else {
+                    format!("it offers: {}; set `profile` to one of them, or remove it for the CA's default", self.offered_profiles.join(", "))
+                };
+                format!("the CA does not accept the requested profile ({detail}); {offered}")
+            }
             ServerInternal => "the CA had an internal error; certkeeper retries later".to_string(),
             BadNonce => "the CA rejected the request nonce repeatedly; certkeeper retries later".to_string(),
             AccountDoesNotExist => "the CA has no account for this key; certkeeper creates one".to_string(),
@@ -334,7 +360,11 @@ mod tests {
             s.contains("[dns example.net] urn:ietf:params:acme:error:rejectedIdentifier"),
             "{s}"
         );
-        assert!(s.contains("likely a certkeeper bug"), "{s}");
+        // The sub-problem names the identifier: the advice points at `domains`, not at a bug.
+        assert!(
+            s.contains("check the spelling of that name in `domains`"),
+            "{s}"
+        );
     }
 
     fn prob(t: &str, origin: ProblemOrigin) -> Problem {
@@ -346,6 +376,7 @@ mod tests {
             http_status: 403,
             retry_after: None,
             origin,
+            offered_profiles: Vec::new(),
         }
     }
 
@@ -425,6 +456,42 @@ mod tests {
             "{}",
             p.advice()
         );
+    }
+
+    #[test]
+    fn malformed_advice_points_at_the_setting() {
+        let mut p = prob("malformed", ProblemOrigin::NewAccount);
+        p.detail = Some("Contact information is missing".into());
+        assert!(
+            p.advice().contains("add `contact = [\"mailto:"),
+            "{}",
+            p.advice()
+        );
+        assert!(!p.advice().contains("certkeeper bug"), "{}", p.advice());
+        let p = prob("malformed", ProblemOrigin::Challenge("a.example".into()));
+        assert!(
+            p.advice().contains("published for a.example as malformed"),
+            "{}",
+            p.advice()
+        );
+        let p = prob("malformed", ProblemOrigin::Finalize);
+        let a = p.advice();
+        assert!(
+            a.contains("details here") && a.contains("certkeeper bug"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn invalid_profile_names_the_offered_profiles() {
+        let mut p = prob("invalidProfile", ProblemOrigin::NewOrder);
+        assert_eq!(p.kind(), ProblemKind::InvalidProfile);
+        p.offered_profiles = vec!["classic".into(), "shortlived".into()];
+        let a = p.advice();
+        assert!(a.contains("it offers: classic, shortlived"), "{a}");
+        assert!(a.contains("details here"), "{a}");
+        p.offered_profiles.clear();
+        assert!(p.advice().contains("lists no profiles"), "{}", p.advice());
     }
 
     #[test]

@@ -193,9 +193,18 @@ pub struct Challenge {
     pub type_: String,
     /// The challenge URL (POST `{}` to respond).
     pub url: String,
-    /// The token (absent for unknown challenge types).
+    /// The token (absent for unknown challenge types and for dns-persist-01).
     #[serde(default)]
     pub token: String,
+    /// dns-persist-01: the CA's issuer domain names, one of which the standing record must start
+    /// with (`issuer-domain-names` in draft-00/01, `issuerDomainNames` in later drafts).
+    #[serde(
+        default,
+        rename = "issuer-domain-names",
+        alias = "issuerDomainNames",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub issuer_domain_names: Vec<String>,
     /// Status.
     pub status: ChallengeStatus,
     /// When it was validated.

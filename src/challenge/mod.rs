@@ -6,6 +6,7 @@
 //! and finally [`Solver::cleanup`], on success and on failure alike.
 
 pub mod dns01;
+pub mod dnspersist01;
 pub mod http01;
 pub mod tlsalpn01;
 pub mod webroot;
@@ -21,6 +22,9 @@ pub enum ChallengeKind {
     Dns01,
     /// `tls-alpn-01`: a self-signed certificate served with the `acme-tls/1` ALPN protocol.
     TlsAlpn01,
+    /// `dns-persist-01` (draft-ietf-acme-dns-persist, experimental): a standing TXT record at
+    /// `_validation-persist.<name>` naming the CA and the account; nothing is written per order.
+    DnsPersist01,
 }
 
 impl ChallengeKind {
@@ -30,6 +34,7 @@ impl ChallengeKind {
             Self::Http01 => "http-01",
             Self::Dns01 => "dns-01",
             Self::TlsAlpn01 => "tls-alpn-01",
+            Self::DnsPersist01 => "dns-persist-01",
         }
     }
 
@@ -39,6 +44,7 @@ impl ChallengeKind {
             "http-01" => Some(Self::Http01),
             "dns-01" => Some(Self::Dns01),
             "tls-alpn-01" => Some(Self::TlsAlpn01),
+            "dns-persist-01" => Some(Self::DnsPersist01),
             _ => None,
         }
     }
@@ -54,18 +60,23 @@ impl ChallengeKind {
     /// | `http-01`     | yes      | no       | yes        |
     /// | `tls-alpn-01` | yes      | no       | yes        |
     /// | `dns-01`      | yes      | yes      | no         |
+    /// | `dns-persist-01` | yes   | yes      | no         |
     ///
     /// Wildcards need DNS-01: HTTP-01 and TLS-ALPN-01 reach one host, not every name below the base,
     /// so CAs offer only `dns-01` for a wildcard authorization (RFC 8555 §7.1.3). An IP address has
     /// no zone to hold a TXT record, so DNS-01 cannot prove it (RFC 8738 §7); HTTP-01 connects to the
     /// address itself (RFC 8738 §5), and TLS-ALPN-01 sends the reverse-DNS name as SNI (RFC 8738 §6),
-    /// which [`tlsalpn01`] answers with the address in the certificate.
+    /// which [`tlsalpn01`] answers with the address in the certificate. `dns-persist-01` is DNS-based
+    /// like `dns-01`: the record for a wildcard sits at the base name and says `policy=wildcard`
+    /// (draft-ietf-acme-dns-persist §5); IP addresses are out of its scope.
     pub fn can_prove(self, kind: IdentifierKind) -> bool {
         match self {
             Self::Http01 | Self::TlsAlpn01 => {
                 matches!(kind, IdentifierKind::Dns | IdentifierKind::Ip)
             }
-            Self::Dns01 => matches!(kind, IdentifierKind::Dns | IdentifierKind::Wildcard),
+            Self::Dns01 | Self::DnsPersist01 => {
+                matches!(kind, IdentifierKind::Dns | IdentifierKind::Wildcard)
+            }
         }
     }
 }
@@ -144,6 +155,17 @@ pub struct ChallengeCtx {
     pub token: String,
     /// The key authorization: `token || '.' || base64url(JWK thumbprint)` (RFC 8555 §8.1).
     pub key_authorization: String,
+    /// What a `dns-persist-01` challenge names instead of a token; `None` for the other types.
+    pub persist: Option<PersistCtx>,
+}
+
+/// The account and CA names a `dns-persist-01` record must carry (draft-ietf-acme-dns-persist §3.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistCtx {
+    /// The account URL the record's `accounturi` must name.
+    pub account_url: String,
+    /// The challenge's `issuer-domain-names`: one of them starts the record.
+    pub issuer_domain_names: Vec<String>,
 }
 
 impl ChallengeCtx {
@@ -205,6 +227,18 @@ pub trait Solver: Send + Sync {
     /// The challenge type this solver answers.
     fn kind(&self) -> ChallengeKind;
 
+    /// Check, before the order is created, what the CA will look at for `name` (the base name of
+    /// a wildcard; `kind` says which) when `account_url`'s account orders it: a standing record
+    /// (`dns-persist-01`). The default has nothing to check.
+    async fn preflight(
+        &self,
+        _name: &str,
+        _kind: IdentifierKind,
+        _account_url: &str,
+    ) -> Result<(), SolveError> {
+        Ok(())
+    }
+
     /// Publish the challenge response. MUST return quickly: no waiting for propagation here.
     async fn present(&self, ch: &ChallengeCtx) -> Result<(), SolveError>;
 
@@ -237,6 +271,9 @@ mod tests {
             (Dns01, Dns, true),
             (Dns01, Wildcard, true),
             (Dns01, Ip, false),
+            (DnsPersist01, Dns, true),
+            (DnsPersist01, Wildcard, true),
+            (DnsPersist01, Ip, false),
         ];
         for (challenge, id, want) in table {
             assert_eq!(challenge.can_prove(id), want, "{challenge} {id:?}");
@@ -275,6 +312,7 @@ mod tests {
             kind: ChallengeKind::Http01,
             token: "t".into(),
             key_authorization: "t.k".into(),
+            persist: None,
         };
         assert_eq!(ctx(true, false).identifier_kind(), IdentifierKind::Ip);
         assert_eq!(ctx(false, true).identifier_kind(), IdentifierKind::Wildcard);

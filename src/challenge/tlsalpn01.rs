@@ -449,6 +449,7 @@ mod tests {
             kind: ChallengeKind::TlsAlpn01,
             token: "tok".into(),
             key_authorization: "tok.thumb".into(),
+            persist: None,
         };
         solver.present(&ctx).await.unwrap();
         let handshake = tokio::task::spawn_blocking(move || {
@@ -495,6 +496,7 @@ mod tests {
             kind: ChallengeKind::TlsAlpn01,
             token: "tok".into(),
             key_authorization: "tok.thumb".into(),
+            persist: None,
         }
     }
 

@@ -125,6 +125,14 @@ pub enum AccountError {
         /// The issuer's name.
         issuer: String,
     },
+    /// `persist-record` for an issuer without a dns_persist01 solver.
+    #[error(
+        "issuer {issuer}: no dns_persist01 solver configured: add [[issuer.{issuer}.solver]] with dns_persist01 = {{ issuer_domain = \"<the CA's issuer domain>\" }}"
+    )]
+    NoPersistSolver {
+        /// The issuer's name.
+        issuer: String,
+    },
     /// A key could not be generated or encoded.
     #[error("issuer {issuer}: {message}")]
     Key {
@@ -347,6 +355,84 @@ pub async fn deactivate(
 /// Abort the process here when [`CRASH_AT_ENV`] names `step` (crash-recovery tests only: compiled
 /// in with the `test-hooks` feature, a no-op otherwise).
 #[cfg(feature = "test-hooks")]
+/// The dns-persist-01 records to publish for `issuer_name` (experimental), one zone-file line
+/// each: for `domain` when given (`policy=wildcard` when `wildcard` is set or it is `*.name`),
+/// else for every name of every certificate at this issuer that its dns_persist01 solver proves.
+///
+/// The record names the account, so the account is registered first when there is none yet.
+pub async fn persist_records(
+    rt: &Runtime,
+    issuer_name: &str,
+    domain: Option<&str>,
+    wildcard: bool,
+) -> Result<String, AccountError> {
+    use crate::challenge::IdentifierKind;
+    use crate::challenge::dnspersist01::{record_value, zone_line};
+    use crate::config::SolverKind;
+    let issuer = issuer(rt, issuer_name)?;
+    let persist_domain = |name: &str, kind: IdentifierKind| -> Option<String> {
+        match issuer.solver_for(name, kind).map(|s| &s.kind) {
+            Some(SolverKind::DnsPersist01 { issuer_domain, .. }) => Some(issuer_domain.clone()),
+            _ => None,
+        }
+    };
+    let mut names: Vec<(String, bool, String)> = Vec::new();
+    match domain {
+        Some(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            let (kind, name) = IdentifierKind::split(&d);
+            let issuer_domain = persist_domain(name, kind)
+                .or_else(|| {
+                    issuer.solvers.iter().find_map(|s| match &s.kind {
+                        SolverKind::DnsPersist01 { issuer_domain, .. } => {
+                            Some(issuer_domain.clone())
+                        }
+                        _ => None,
+                    })
+                })
+                .ok_or_else(|| AccountError::NoPersistSolver {
+                    issuer: issuer.name.clone(),
+                })?;
+            names.push((
+                name.to_string(),
+                wildcard || kind == IdentifierKind::Wildcard,
+                issuer_domain,
+            ));
+        }
+        None => {
+            for cert in rt.config.certificates.values() {
+                if !cert.issuers.iter().any(|i| i == &issuer.name) {
+                    continue;
+                }
+                for d in &cert.domains {
+                    let (kind, name) = IdentifierKind::split(d);
+                    if let Some(issuer_domain) = persist_domain(name, kind) {
+                        let w = wildcard || kind == IdentifierKind::Wildcard;
+                        match names.iter_mut().find(|(n, _, _)| n == name) {
+                            // `example.com` and `*.example.com` share one record.
+                            Some(e) => e.1 |= w,
+                            None => names.push((name.to_string(), w, issuer_domain)),
+                        }
+                    }
+                }
+            }
+            if names.is_empty() {
+                return Err(AccountError::NoPersistSolver {
+                    issuer: issuer.name.clone(),
+                });
+            }
+        }
+    }
+    let account = rt.account(issuer).await?;
+    let lines: Vec<String> = names
+        .iter()
+        .map(|(name, w, issuer_domain)| {
+            zone_line(name, &record_value(issuer_domain, account.url(), *w))
+        })
+        .collect();
+    Ok(lines.join("\n"))
+}
+
 fn crash_point(step: &str) {
     if std::env::var(CRASH_AT_ENV).is_ok_and(|v| v == step) {
         eprintln!("certkeeper: {CRASH_AT_ENV}={step}: aborting as requested");

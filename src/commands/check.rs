@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::acme::{self, AcmeError, ProblemKind, ProblemOrigin};
-use crate::config::{Config, IssuerConfig, SolverKind};
+use crate::caa;
+use crate::challenge::dns01::zone::Lookup;
+use crate::config::{CertificateConfig, Config, IssuerConfig, SolverKind};
 use crate::engine::USER_AGENT;
 use crate::store::{self, AccountStore, FileStorage};
 
@@ -79,6 +81,10 @@ pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
     let state = Some(AccountStore::new(std::sync::Arc::new(
         FileStorage::open_read_only(&cfg.state_dir),
     )));
+    let caa = CaaContext {
+        certificates: cfg.certificates.values().collect(),
+        resolvers: &cfg.dns01.resolvers,
+    };
     for issuer in cfg.issuers.values() {
         if offline {
             if let Err(p) = bundle(issuer) {
@@ -93,7 +99,7 @@ pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
                 .collect();
             match tokio::time::timeout(
                 PROBE_TIMEOUT,
-                issuer_probes(issuer, &profiled, state.as_ref()),
+                issuer_probes(issuer, &profiled, state.as_ref(), &caa),
             )
             .await
             {
@@ -104,6 +110,7 @@ pub async fn probes(cfg: &Config, offline: bool) -> Vec<Probe> {
                     issuer.name, issuer.directory
                 ))),
             }
+            out.extend(persist_probes(cfg, issuer, state.as_ref()).await);
         }
         out.extend(solver_probes(issuer));
     }
@@ -182,11 +189,18 @@ fn bundle(issuer: &IssuerConfig) -> Result<Vec<openssl::x509::X509>, Probe> {
         })
 }
 
+/// What the CAA probes need besides the issuer: every certificate and the resolvers.
+struct CaaContext<'a> {
+    certificates: Vec<&'a CertificateConfig>,
+    resolvers: &'a [SocketAddr],
+}
+
 /// The CA probes of one issuer; `profiled` are the (certificate, profile) pairs that use it.
 async fn issuer_probes(
     issuer: &IssuerConfig,
     profiled: &[(&str, &str)],
     state: Option<&AccountStore>,
+    caa: &CaaContext<'_>,
 ) -> Vec<Probe> {
     let mut out = Vec::new();
     let roots = match bundle(issuer) {
@@ -219,9 +233,74 @@ async fn issuer_probes(
     for (cert, profile) in profiled {
         out.push(profile_probe(&issuer.name, cert, profile, &meta.profiles));
     }
-    let Some(state) = state else {
-        return out;
+    let account_uri = match state {
+        Some(state) => account_probes(issuer, &client, state, &mut out).await,
+        None => None,
     };
+    out.extend(caa_probes(issuer, &meta.caa_identities, caa, account_uri.as_deref()).await);
+    out
+}
+
+/// The CAA preflight of every certificate using `issuer` (`caa`: those certificates and the
+/// resolvers), as orders run it: a refusal fails, a name the resolvers cannot answer for is
+/// reported but passes (the CA decides), and a CA without CAA identities is skipped, saying so.
+async fn caa_probes(
+    issuer: &IssuerConfig,
+    published: &[String],
+    caa: &CaaContext<'_>,
+    account_uri: Option<&str>,
+) -> Vec<Probe> {
+    let certs: Vec<&CertificateConfig> = caa
+        .certificates
+        .iter()
+        .copied()
+        .filter(|c| c.issuers.contains(&issuer.name))
+        .collect();
+    if certs.is_empty() {
+        return Vec::new();
+    }
+    let identities = caa::identities(issuer, published);
+    if identities.is_empty() {
+        return vec![Probe::ok(format!(
+            "issuer {}: the CA publishes no caaIdentities in its directory, so CAA records are not checked \
+             (set `caa_identities = [\"...\"]` in the issuer to check them)",
+            issuer.name
+        ))];
+    }
+    let lookup = Lookup::resolvers(caa.resolvers);
+    let mut out = Vec::new();
+    for cert in certs {
+        let names = caa::names_to_check(cert, issuer);
+        let findings = caa::check(&lookup, &identities, account_uri, &names).await;
+        for f in findings {
+            out.push(match f {
+                caa::Finding::Allowed { name, why } => Probe::ok(format!(
+                    "certificate {}: CAA for {name} allows issuer {}: {why}",
+                    cert.name, issuer.name
+                )),
+                caa::Finding::Refused { name, why } => Probe::fail(format!(
+                    "certificate {}: CAA for {name} forbids issuer {}: {why}",
+                    cert.name, issuer.name
+                )),
+                caa::Finding::Unchecked { name, error } => Probe::ok(format!(
+                    "certificate {}: CAA for {name} not checked, the resolvers did not answer ({error}); \
+                     orders go ahead and the CA checks CAA itself",
+                    cert.name
+                )),
+            });
+        }
+    }
+    out
+}
+
+/// The account probe for the stored key, pushed to `out`; returns the account URL when the CA knows
+/// the account.
+async fn account_probes(
+    issuer: &IssuerConfig,
+    client: &acme::Client,
+    state: &AccountStore,
+    out: &mut Vec<Probe>,
+) -> Option<String> {
     let id = store::account_id(&issuer.name, &issuer.directory);
     let stored = match state.load(&id) {
         Ok(s) => s,
@@ -230,7 +309,7 @@ async fn issuer_probes(
                 "issuer {}: cannot read the stored account: {e}",
                 issuer.name
             )));
-            return out;
+            return None;
         }
     };
     let Some(stored) = stored else {
@@ -238,7 +317,7 @@ async fn issuer_probes(
             "issuer {}: no account yet; certkeeper registers one at the first issuance",
             issuer.name
         )));
-        return out;
+        return None;
     };
     let key = match acme::AccountKey::from_pem(stored.key_pem.as_bytes()) {
         Ok(k) => k,
@@ -249,7 +328,7 @@ async fn issuer_probes(
                 issuer.name,
                 state.describe(&id)
             )));
-            return out;
+            return None;
         }
     };
     let lookup = client
@@ -262,12 +341,16 @@ async fn issuer_probes(
             false,
         )
         .await;
+    let mut url = None;
     out.push(match lookup {
-        Ok(r) => Probe::ok(format!(
-            "issuer {}: account {} exists for the stored key",
-            issuer.name,
-            r.location().unwrap_or_else(|| "(no URL given)".into())
-        )),
+        Ok(r) => {
+            url = r.location();
+            Probe::ok(format!(
+                "issuer {}: account {} exists for the stored key",
+                issuer.name,
+                url.as_deref().unwrap_or("(no URL given)")
+            ))
+        }
         Err(AcmeError::Problem(p)) if p.kind() == ProblemKind::AccountDoesNotExist => {
             Probe::ok(format!(
                 "issuer {}: the CA has no account for the stored key yet; certkeeper registers it at the next \
@@ -283,7 +366,7 @@ async fn issuer_probes(
         )),
         Err(e) => Probe::fail(format!("issuer {}: account lookup failed: {e}", issuer.name)),
     });
-    out
+    url
 }
 
 /// Whether the CA's directory lists the profile a certificate asks for.
@@ -310,6 +393,62 @@ fn profile_probe(
             names.join(", ")
         ))
     }
+}
+
+/// dns-persist-01 (experimental): the standing record of every name a dns_persist01 solver of
+/// `issuer` proves, read at the authoritative nameservers as before an order, for the stored
+/// account.
+async fn persist_probes(
+    cfg: &Config,
+    issuer: &IssuerConfig,
+    state: Option<&AccountStore>,
+) -> Vec<Probe> {
+    use crate::challenge::IdentifierKind;
+    use crate::challenge::dnspersist01::DnsPersist01Solver;
+    let mut names = Vec::new();
+    for cert in cfg.certificates.values() {
+        if !cert.issuers.contains(&issuer.name) {
+            continue;
+        }
+        for d in &cert.domains {
+            let (kind, name) = IdentifierKind::split(d);
+            if let Some(SolverKind::DnsPersist01 {
+                issuer_domain,
+                propagation,
+            }) = issuer.solver_for(name, kind).map(|s| &s.kind)
+            {
+                let solver = DnsPersist01Solver::new(issuer_domain, propagation.clone());
+                names.push((d.clone(), name.to_string(), kind, solver));
+            }
+        }
+    }
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let id = store::account_id(&issuer.name, &issuer.directory);
+    let url = state
+        .and_then(|s| s.load(&id).ok().flatten())
+        .and_then(|a| a.record)
+        .map(|r| r.url);
+    let Some(url) = url else {
+        return vec![Probe::ok(format!(
+            "issuer {}: no account yet, so no dns-persist-01 record can name it: `certkeeper account \
+             persist-record --issuer {}` registers it and prints the records to publish",
+            issuer.name, issuer.name
+        ))];
+    };
+    let mut out = Vec::new();
+    for (written, name, kind, solver) in names {
+        let wildcard = kind == IdentifierKind::Wildcard;
+        out.push(match solver.check(&name, wildcard, &url).await {
+            Ok(()) => Probe::ok(format!(
+                "issuer {}: the dns-persist-01 record for {written} is in place",
+                issuer.name
+            )),
+            Err(e) => Probe::fail(format!("issuer {}: {e}", issuer.name)),
+        });
+    }
+    out
 }
 
 /// Solver probes: DNS provider credentials (built as issuance would) and webroot writability.

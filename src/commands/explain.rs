@@ -178,6 +178,9 @@ fn describe_solver(kind: &SolverKind, listen: &[std::net::SocketAddr]) -> String
             provider.name(),
             if propagation.check { "on" } else { "off" }
         ),
+        SolverKind::DnsPersist01 { issuer_domain, .. } => format!(
+            "dns-persist-01 (experimental) with the standing record for issuer {issuer_domain}"
+        ),
     }
 }
 
@@ -225,6 +228,7 @@ fn live_section(out: &mut String, cfg: &Config, cert: &CertificateConfig, snap: 
             "  Reload:      PENDING for serial {serial}: the reload hook did not complete; it runs at the next start"
         );
     }
+    deploy_lines(out, cert, snap);
     let due = due::due(cfg, cert, snap, jiff::Timestamp::now(), false);
     let _ = writeln!(out, "  Next renewal: {due}");
     if let DueReason::Paused { .. } = due.reason {
@@ -233,6 +237,43 @@ fn live_section(out: &mut String, cfg: &Config, cert: &CertificateConfig, snap: 
             "  PAUSED: the CA needs a human to act (see Last error); after fixing it, `systemctl reload certkeeper` (or `certkeeper renew --force {}`) tries at once",
             cert.name
         );
+    }
+}
+
+/// What the `verify_deploy` endpoints served at the last check of the installed certificate.
+fn deploy_lines(out: &mut String, cert: &CertificateConfig, snap: &Snapshot) {
+    let Some(v) = &cert.verify_deploy else {
+        return;
+    };
+    let installed = snap.live().map(|l| l.cert.serial_hex.as_str());
+    match snap
+        .state
+        .deploy
+        .as_ref()
+        .filter(|d| Some(d.serial.as_str()) == installed)
+    {
+        None => {
+            let _ = writeln!(
+                out,
+                "  Deployed:    not checked yet ({} with SNI {})",
+                v.connect.join(", "),
+                v.server_name
+            );
+        }
+        Some(d) if d.deployed => {
+            let _ = writeln!(out, "  Deployed:    yes: {} serve it", v.connect.join(", "));
+        }
+        Some(d) => {
+            let _ = writeln!(out, "  Deployed:    NO: installed, not deployed");
+            for line in d.mismatches() {
+                let _ = writeln!(out, "               {line}");
+            }
+            let _ = writeln!(
+                out,
+                "               check that the reload hook reloads this server and that it reads {}",
+                cert.output.dir.join("fullchain.pem").display()
+            );
+        }
     }
 }
 

@@ -15,7 +15,8 @@ use crate::engine::pass::{self, PassOptions, PassReport};
 use crate::engine::{Runtime, http01_spool};
 
 /// Run one pass over `cfg` and print what happened; the exit code is non-zero when any
-/// certificate failed, is backing off or paused, or a reload hook failed.
+/// certificate failed, is backing off or paused, a reload hook failed, or a `verify_deploy`
+/// endpoint does not serve the installed certificate.
 pub async fn run(cfg: Config, opts: PassOptions) -> ExitCode {
     let cfg = Arc::new(cfg);
     let shutdown = CancellationToken::new();
@@ -120,6 +121,22 @@ pub fn render(report: &PassReport) -> String {
     }
     for hook in &report.hooks {
         let _ = writeln!(out, "hook: {hook}");
+    }
+    for (name, check) in &report.deploy {
+        if check.deployed {
+            let _ = writeln!(
+                out,
+                "{name}: deployed (every verify_deploy endpoint serves serial {})",
+                check.serial
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{name}: INSTALLED, NOT DEPLOYED (installed serial {}): {}; check the reload hook and which files the server reads",
+                check.serial,
+                check.mismatches().join("; ")
+            );
+        }
     }
     out
 }

@@ -69,6 +69,11 @@ pub struct CertStatus {
     pub paused: bool,
     /// The serial whose reload hooks have not completed yet (they run at the next start).
     pub reload_pending: Option<String>,
+    /// With `verify_deploy`: whether every endpoint served the installed certificate at the last
+    /// check (`None` when it has no `verify_deploy` or the installed certificate was not checked yet).
+    pub deployed: Option<bool>,
+    /// With `verify_deploy`: the last check (when, and what each endpoint served).
+    pub deploy_check: Option<crate::store::DeployCheck>,
 }
 
 /// The status of every configured certificate (or only `only`), at `now`.
@@ -109,6 +114,11 @@ fn one(cfg: &Config, ledger: &Ledger, cert: &CertificateConfig, now: Timestamp) 
             .then(|| "a self-signed placeholder, replaced at once".to_string())
     });
     let due = due::due(cfg, cert, &snap, now, false);
+    let deploy_check = cert
+        .verify_deploy
+        .as_ref()
+        .and(state.deploy.clone())
+        .filter(|d| live.is_some_and(|l| l.cert.serial_hex == d.serial));
     CertStatus {
         name: cert.name.clone(),
         domains: cert.domains.clone(),
@@ -132,6 +142,8 @@ fn one(cfg: &Config, ledger: &Ledger, cert: &CertificateConfig, now: Timestamp) 
         reload_pending: (!cert.reload.is_empty())
             .then(|| snap.reload_pending().map(str::to_string))
             .flatten(),
+        deployed: deploy_check.as_ref().map(|d| d.deployed),
+        deploy_check,
     }
 }
 
@@ -178,6 +190,23 @@ pub fn render_text(list: &[CertStatus]) -> String {
         }
         if let Some(u) = &s.order_url {
             let _ = writeln!(out, "  in flight:   {u}");
+        }
+        if let Some(d) = &s.deploy_check {
+            let at =
+                d.at.map(|t| format!(" (checked {})", ts(t)))
+                    .unwrap_or_default();
+            if d.deployed {
+                let _ = writeln!(
+                    out,
+                    "  deployed:    yes, every verify_deploy endpoint serves it{at}"
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  deployed:    NO: installed, not deployed{at}: {}",
+                    d.mismatches().join("; ")
+                );
+            }
         }
         if let Some(serial) = &s.reload_pending {
             let _ = writeln!(

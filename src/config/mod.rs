@@ -49,6 +49,14 @@ pub const DEFAULT_PROPAGATION_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_KEY_MODE: u32 = 0o600;
 /// Default certificate mode: world readable (certificates are public).
 pub const DEFAULT_CERT_MODE: u32 = 0o644;
+/// How long deploy verification waits for every endpoint to serve the new certificate by default.
+pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the daemon checks again what the endpoints serve, by default.
+pub const DEFAULT_DEPLOY_INTERVAL: Duration = Duration::from_secs(3600);
+/// `expiring` is notified when Not After is this close, by default.
+pub const DEFAULT_WARN_BEFORE: Duration = Duration::from_secs(14 * 86400);
+/// How long a notify command may run, or a webhook delivery (all its tries) take, by default.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole validated configuration.
 #[derive(Clone, Debug)]
@@ -69,6 +77,10 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Daemon-wide limits.
     pub daemon: DaemonConfig,
+    /// `[dns01]`: DNS settings shared by every solver and the CAA preflight.
+    pub dns01: Dns01Config,
+    /// Where alerts go (`[notify]`); `None` when it is absent: nothing is notified.
+    pub notify: Option<NotifyConfig>,
     /// The issuers (`[issuer.NAME]`), by name.
     pub issuers: BTreeMap<String, IssuerConfig>,
     /// The certificates (`[certificate.NAME]`), by name.
@@ -131,6 +143,52 @@ pub struct DaemonConfig {
     pub backoff: crate::scheduler::Backoff,
 }
 
+/// `[dns01]`: DNS settings for every issuer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dns01Config {
+    /// The recursive resolvers (`resolvers = ["127.0.0.53:53"]`) used to find a zone and its
+    /// authoritative nameservers, to follow CNAMEs on `_acme-challenge` and to look up CAA. Empty
+    /// means the `nameserver` lines of `/etc/resolv.conf` (as lego's `--dns.resolvers`).
+    pub resolvers: Vec<SocketAddr>,
+}
+
+/// `[notify]`: where alerts about certificates go (see [`crate::notify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// A shell command run with the event as JSON on stdin and `CERTKEEPER_EVENT` etc. set.
+    pub command: Option<String>,
+    /// Names of the daemon's environment variables the command may see (like `reload_env`).
+    pub command_env: Vec<String>,
+    /// An HTTP POST of the same JSON.
+    pub webhook: Option<WebhookConfig>,
+    /// `expiring` is notified when Not After is this close (default 14 days).
+    pub warn_before: Duration,
+    /// How long the command may run, and how long a webhook delivery may take with its retries.
+    pub timeout: Duration,
+}
+
+/// `webhook = { url = "https://...", header_file = "..." }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Where to POST (https, or http to a loopback address).
+    pub url: String,
+    /// Headers sent with every request (`Name: value` lines of `header_file`, read at load).
+    pub headers: Vec<(String, Secret)>,
+}
+
+/// `verify_deploy = { ... }` of a certificate: the TLS endpoints that must serve it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyDeploy {
+    /// `host:port` endpoints to connect to.
+    pub connect: Vec<String>,
+    /// The SNI name sent (default: the first DNS name that is not a wildcard).
+    pub server_name: String,
+    /// How long to retry until every endpoint serves the installed certificate (default 10s).
+    pub timeout: Duration,
+    /// How often the daemon checks again (default 1h).
+    pub interval: Duration,
+}
+
 /// `[issuer.NAME]`: an ACME CA account and how to solve its challenges.
 #[derive(Clone, Debug)]
 pub struct IssuerConfig {
@@ -146,6 +204,9 @@ pub struct IssuerConfig {
     pub eab: Option<EabConfig>,
     /// The account key type (default ecdsa-p256).
     pub account_key: KeyType,
+    /// The CA's CAA identities (`caa_identities = ["letsencrypt.org"]`), overriding the directory's
+    /// `meta.caaIdentities`; `None` means: what the directory publishes.
+    pub caa_identities: Option<Vec<String>>,
     /// The solvers, in the order written (earlier wins ties in [`IssuerConfig::solver_for`]).
     pub solvers: Vec<SolverConfig>,
 }
@@ -217,6 +278,15 @@ pub enum SolverKind {
         /// How to wait for the TXT record to be visible.
         propagation: PropagationConfig,
     },
+    /// dns-persist-01 (experimental, draft-ietf-acme-dns-persist): a standing
+    /// `_validation-persist` TXT record the user publishes once; nothing is written per order.
+    DnsPersist01 {
+        /// The CA's issuer domain name the record starts with (e.g. `letsencrypt.org`).
+        issuer_domain: String,
+        /// Where the standing record is read before ordering (`nameservers`; `check = false`
+        /// skips the check; the timeout and interval are not used).
+        propagation: PropagationConfig,
+    },
 }
 
 impl SolverKind {
@@ -232,6 +302,7 @@ impl SolverKind {
             Self::Webroot { .. } => "webroot",
             Self::TlsAlpn01 { .. } => "tlsalpn01",
             Self::Dns01 { .. } => "dns01",
+            Self::DnsPersist01 { .. } => "dns_persist01",
         }
     }
 
@@ -241,6 +312,7 @@ impl SolverKind {
             Self::Http01 { .. } | Self::Webroot { .. } => ChallengeKind::Http01,
             Self::TlsAlpn01 { .. } => ChallengeKind::TlsAlpn01,
             Self::Dns01 { .. } => ChallengeKind::Dns01,
+            Self::DnsPersist01 { .. } => ChallengeKind::DnsPersist01,
         }
     }
 
@@ -256,7 +328,8 @@ impl SolverKind {
 }
 
 /// Every solver key and the challenge type it answers (as [`SolverKind::challenge_kind`]), in the
-/// order they are documented.
+/// order they are documented. The experimental `dns_persist01` is not listed: messages that say
+/// what to configure do not suggest a draft feature.
 pub(crate) const SOLVER_KEYS: [(&str, ChallengeKind); 4] = [
     ("http01", ChallengeKind::Http01),
     ("webroot", ChallengeKind::Http01),
@@ -293,6 +366,8 @@ pub struct CertificateConfig {
     /// Names of the daemon's environment variables the reload commands may see, beyond `PATH`,
     /// `LANG`, `LC_*`, `TZ` and certkeeper's own `CERTKEEPER_*` (see [`crate::child`]).
     pub reload_env: Vec<String>,
+    /// The TLS endpoints checked to serve the installed certificate after its reload, if any.
+    pub verify_deploy: Option<VerifyDeploy>,
 }
 
 /// Where a certificate's PEM files go, and their ownership and modes (the store's own type).
@@ -526,16 +601,98 @@ output = { dir = "/etc/nginx/tls/www" }
     }
 
     #[test]
+    fn verify_deploy_and_notify_are_validated_with_defaults() {
+        let text = format!(
+            "{BASE}verify_deploy = {{ connect = [\"127.0.0.1:443\", \"[::1]:8443\"] }}\n\n[notify]\ncommand = \"logger -t certkeeper\"\n"
+        );
+        let cfg = load_case(&text, &[]).unwrap();
+        let v = cfg.certificates["www"].verify_deploy.clone().unwrap();
+        assert_eq!(v.server_name, "example.com", "the first DNS name");
+        assert_eq!(v.connect, ["127.0.0.1:443", "[::1]:8443"]);
+        assert_eq!(
+            (v.timeout, v.interval),
+            (DEFAULT_DEPLOY_TIMEOUT, DEFAULT_DEPLOY_INTERVAL)
+        );
+        let n = cfg.notify.unwrap();
+        assert_eq!(n.command.as_deref(), Some("logger -t certkeeper"));
+        assert_eq!((n.warn_before, n.webhook), (DEFAULT_WARN_BEFORE, None));
+
+        let dir = tempfile::tempdir().unwrap();
+        let headers = dir.path().join("h");
+        std::fs::write(&headers, "X-Token: abc\nAuthorization: Bearer t\n").unwrap();
+        let text = format!(
+            "{BASE}\n[notify]\nwebhook = {{ url = \"https://alerts.example.com/hook\", header_file = \"{}\" }}\nwarn_before = \"20d\"\n",
+            headers.display()
+        );
+        let n = load_case(&text, &[]).unwrap().notify.unwrap();
+        let hook = n.webhook.unwrap();
+        assert_eq!(hook.headers.len(), 2);
+        assert_eq!(
+            (hook.headers[1].0.as_str(), hook.headers[1].1.expose()),
+            ("Authorization", "Bearer t")
+        );
+        assert_eq!(n.warn_before, Duration::from_secs(20 * 86400));
+
+        let cases = [
+            (
+                format!("{BASE}verify_deploy = {{ connect = [] }}\n"),
+                "certificate.www.verify_deploy.connect: names no endpoint",
+            ),
+            (
+                format!("{BASE}verify_deploy = {{ connect = [\"127.0.0.1\"] }}\n"),
+                "certificate.www.verify_deploy.connect[0]: \"127.0.0.1\" is not host:port",
+            ),
+            (
+                format!("{BASE}verify_deploy = {{ connect = [\"h:443\"], timeout = \"soon\" }}\n"),
+                "certificate.www.verify_deploy.timeout: invalid duration",
+            ),
+            (
+                BASE.replace(
+                    "domains = [\"example.com\", \"www.example.com\"]",
+                    "domains = [\"*.example.com\"]",
+                ) + "verify_deploy = { connect = [\"h:443\"] }\n",
+                "certificate.www.verify_deploy: has no DNS name to send as SNI",
+            ),
+            (
+                format!("{BASE}\n[notify]\nwarn_before = \"3d\"\n"),
+                "notify: names no destination",
+            ),
+            (
+                format!("{BASE}\n[notify]\nwebhook = {{ url = \"http://alerts.example.com/\" }}\n"),
+                "notify.webhook.url: \"http://alerts.example.com/\" must be an https:// URL",
+            ),
+            (
+                format!(
+                    "{BASE}\n[notify]\nwebhook = {{ url = \"https://a.example/\", header_file = \"/nonexistent/h\" }}\n"
+                ),
+                "notify.webhook.header_file: cannot read /nonexistent/h",
+            ),
+            (
+                format!("{BASE}\n[notify]\ncommand = \"x\"\ncommand_env = [\"NOTIFY_SOCKET\"]\n"),
+                "notify.command_env[0]: NOTIFY_SOCKET is systemd's channel",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = err_of(&text, &[]);
+            assert!(err.contains(want), "want {want:?} in:\n{err}");
+        }
+        // plain http to loopback is fine (a local relay)
+        let text =
+            format!("{BASE}\n[notify]\nwebhook = {{ url = \"http://127.0.0.1:9000/hook\" }}\n");
+        assert!(load_case(&text, &[]).is_ok());
+    }
+
+    #[test]
     fn malformed_configs_report_file_line_column_and_key() {
         type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
             ("syntax error", BASE.replace("contact = [", "contact = [,"), &[], "DIR/certkeeper.toml:5:12: issuer.le.contact: extra comma in array, expected value"),
             ("unclosed header", BASE.replace("[certificate.www]", "[certificate.www"), &[], "DIR/certkeeper.toml:14:17: unclosed table, expected `]`"),
             ("bad string", BASE.replace("issuer = \"le\"", "issuer = \"le"), &[], "DIR/certkeeper.toml:15:13: invalid basic string, expected `\"`"),
-            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `storage`, `include`, `http01`, `admin`, `daemon`, `issuer`, `certificate`"),
-            ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `solver`"),
+            ("unknown top-level key", format!("stat_dir = \"/x\"\n{BASE}"), &[], "DIR/certkeeper.toml:1:1: stat_dir: unknown field `stat_dir`, expected one of `state_dir`, `storage`, `include`, `http01`, `admin`, `daemon`, `dns01`, `notify`, `issuer`, `certificate`"),
+            ("unknown issuer key", BASE.replace("contact =", "directry = \"x\"\ncontact ="), &[], "DIR/certkeeper.toml:5:1: issuer.le.directry: unknown field `directry`, expected one of `directory`, `contact`, `ca_bundle`, `eab`, `account_key`, `caa_identities`, `solver`"),
             ("unknown solver key", BASE.replace("http01 = {}", "http01 = { self_chek = true }"), &[], "DIR/certkeeper.toml:8:12: issuer.le.solver[0].http01.self_chek: unknown field `self_chek`, expected `self_check`"),
-            ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`, `reload_env`"),
+            ("unknown certificate key", BASE.replace("issuer = \"le\"", "issuer = \"le\"\ndomain = \"x\""), &[], "DIR/certkeeper.toml:16:1: certificate.www.domain: unknown field `domain`, expected one of `issuer`, `domains`, `key`, `renew_before`, `profile`, `preferred_chain`, `key_reuse`, `output`, `reload`, `reload_env`, `verify_deploy`"),
             ("unknown output key", BASE.replace("tls/www\" }", "tls/www\", mode = \"0640\" }"), &[], "DIR/certkeeper.toml:17:40: certificate.www.output.mode: unknown field `mode`, expected one of `dir`, `owner`, `group`, `key_mode`, `cert_mode`, `allow_shared_dir`"),
             ("wrong type", BASE.replace("domains = [\"example.com\", \"www.example.com\"]", "domains = \"example.com\""), &[], "DIR/certkeeper.toml:16:11: certificate.www.domains: invalid type: string \"example.com\", expected a sequence"),
             ("unknown issuer", BASE.replace("issuer = \"le\"", "issuer = \"le2\""), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: unknown issuer \"le2\" (defined issuers: le)"),
@@ -582,6 +739,10 @@ output = { dir = "/etc/nginx/tls/www" }
             ("dns provider bad algorithm", BASE.replace("dns01 = { provider = \"exec\", command = \"/bin/true\" }", "dns01 = { provider = \"rfc2136\", server = \"127.0.0.1\", tsig_key = \"k.\", tsig_algorithm = \"hmac-md5\", tsig_secret_file = \"k.key\" }"), &[], "DIR/certkeeper.toml:12:89: issuer.le.solver[1].dns01.tsig_algorithm: \"hmac-md5\" is not supported: use hmac-sha256, hmac-sha384 or hmac-sha512"),
             ("dns provider in an include", format!("include = [\"conf.d/*.toml\"]\n{BASE}"), &[("x.toml", "[issuer.x]\ndirectory = \"letsencrypt\"\n[[issuer.x.solver]]\ndns01 = { provider = \"powerdns\", api_url = \"localhost:8081\", api_key_env = \"K\" }\n")], "DIR/conf.d/x.toml:4:44: issuer.x.solver[0].dns01.api_url: \"localhost:8081\" is not an http:// or https:// URL with a host"),
             ("duplicate issuer in list", BASE.replace("issuer = \"le\"", "issuer = [\"le\", \"le\"]"), &[], "DIR/certkeeper.toml:15:10: certificate.www.issuer: issuer \"le\" is listed twice: remove one"),
+            ("bad resolver", format!("{BASE}\n[dns01]\nresolvers = [\"127.0.0.53:53\", \"dns.google\"]\n"), &[], "DIR/certkeeper.toml:20:31: dns01.resolvers[1]: \"dns.google\" is not a resolver address: write an IP address with an optional port, e.g. \"127.0.0.53\" or \"[::1]:53\""),
+            ("empty resolvers", format!("{BASE}\n[dns01]\nresolvers = []\n"), &[], "DIR/certkeeper.toml:20:13: dns01.resolvers: is empty: list at least one recursive resolver, e.g. [\"127.0.0.53:53\"], or remove it to use /etc/resolv.conf"),
+            ("unknown dns01 key", format!("{BASE}\n[dns01]\nresolver = [\"127.0.0.1\"]\n"), &[], "DIR/certkeeper.toml:20:1: dns01.resolver: unknown field `resolver`, expected `resolvers`"),
+            ("bad caa identity", BASE.replace("contact =", "caa_identities = [\"letsencrypt.org\", \"https://ca.test\"]\ncontact ="), &[], "DIR/certkeeper.toml:5:38: issuer.le.caa_identities[1]: \"https://ca.test\" is not a CAA issuer domain name: write the name the CA's CAA records use, e.g. \"letsencrypt.org\""),
             ("propagation on http01", BASE.replace("http01 = {}", "http01 = {}\npropagation = { check = false }"), &[], "DIR/certkeeper.toml:9:15: issuer.le.solver[0].propagation: only applies to dns01 solvers: remove it"),
             ("admin on a public address without opt-in", format!("{BASE}[admin]\nlisten = \"0.0.0.0:8403\"\n"), &[], "DIR/certkeeper.toml:19:10: admin.listen: 0.0.0.0:8403 is not a loopback address and the admin listener has no authentication: listen on 127.0.0.1 or [::1], set token_file = \"/path/to/token\" to require `Authorization: Bearer <token>`, or set allow_remote = true and firewall the port"),
             ("admin token file missing", format!("{BASE}[admin]\nlisten = \"[::]:8403\"\ntoken_file = \"conf.d/none.token\"\n"), &[], "DIR/certkeeper.toml:20:14: admin.token_file: cannot read DIR/conf.d/none.token: No such file or directory (os error 2) (check the path and that certkeeper's user may read it)"),
@@ -673,6 +834,7 @@ output = { dir = "/etc/nginx/tls/www" }
             ca_bundle: None,
             eab: None,
             account_key: KeyType::EcdsaP256,
+            caa_identities: None,
             solvers: vec![
                 http01(&[], &[]),                                 // 0: fallback
                 dns01(&["example.com"], &[], "zone"),             // 1
@@ -860,9 +1022,12 @@ max_concurrent = 3
 hook_timeout = "1m 30s"
 retry_first = "5s"
 retry_max = "10m"
+[dns01]
+resolvers = ["127.0.0.53", "[::1]:5353"]
 
 [issuer.le]
 directory = "letsencrypt"
+caa_identities = ["LetsEncrypt.org."]
 contact = ["mailto:a@example.com", "mailto:b@example.com"]
 ca_bundle = "pebble-ca.pem"
 eab = { kid = "kid-1", hmac_key_file = "eab.key" }
@@ -909,7 +1074,15 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
                 }
             }
         );
+        assert_eq!(
+            cfg.dns01.resolvers,
+            vec![
+                "127.0.0.53:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:5353".parse().unwrap()
+            ]
+        );
         let le = &cfg.issuers["le"];
+        assert_eq!(le.caa_identities, Some(vec!["letsencrypt.org".to_string()]));
         assert_eq!(
             le.directory,
             "https://acme-v02.api.letsencrypt.org/directory"
@@ -1137,6 +1310,43 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
         assert_eq!(
             err,
             "/etc/certkeeper/certkeeper.toml:16:27: certificate.www.domains[1]: *.other.org is a wildcard name and needs a dns01 solver (http01, webroot, tlsalpn01 cannot prove wildcards): add [[issuer.le.solver]] with dns01 = {...} whose selector covers other.org"
+        );
+    }
+
+    #[test]
+    fn dns_persist01_solver_proves_wildcards_and_checks_its_issuer_domain() {
+        let text = BASE
+            .replace(
+                "dns01 = { provider = \"exec\", command = \"/bin/true\" }",
+                "dns_persist01 = { issuer_domain = \"LetsEncrypt.org.\" }\npropagation = { nameservers = [\"127.0.0.1:5353\"] }",
+            )
+            .replace("\"www.example.com\"]", "\"*.example.com\"]");
+        let cfg = Config::from_str(&text, Path::new("certkeeper.toml")).unwrap();
+        let chosen = cfg.issuers["le"].solver_for("example.com", IdentifierKind::Wildcard);
+        match chosen.map(|s| &s.kind) {
+            Some(SolverKind::DnsPersist01 {
+                issuer_domain,
+                propagation,
+            }) => {
+                assert_eq!(issuer_domain, "letsencrypt.org");
+                assert_eq!(propagation.nameservers.len(), 1);
+            }
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(
+            chosen.unwrap().kind.challenge_kind(),
+            ChallengeKind::DnsPersist01
+        );
+        let text = BASE.replace(
+            "dns01 = { provider = \"exec\", command = \"/bin/true\" }",
+            "dns_persist01 = { issuer_domain = \"\" }",
+        );
+        let err = Config::from_str(&text, Path::new("certkeeper.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("issuer.le.solver[1].dns_persist01.issuer_domain: is not a domain name"),
+            "{err}"
         );
     }
 

@@ -25,10 +25,19 @@ pub(crate) struct RawMain {
     pub http01: Option<RawHttp01>,
     pub admin: Option<RawAdmin>,
     pub daemon: Option<RawDaemon>,
+    pub dns01: Option<RawDns01>,
+    pub notify: Option<Spanned<RawNotify>>,
     #[serde(default)]
     pub issuer: BTreeMap<SStr, RawIssuer>,
     #[serde(default)]
     pub certificate: BTreeMap<SStr, RawCertificate>,
+}
+
+/// `[dns01]`: DNS settings for every issuer (the recursive resolvers).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns01 {
+    pub resolvers: Option<Spanned<Vec<SStr>>>,
 }
 
 /// An included file: only issuers and certificates.
@@ -75,6 +84,35 @@ pub(crate) struct RawDaemon {
     pub retry_max: Option<SStr>,
 }
 
+/// `[notify]`: where alerts go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotify {
+    pub command: Option<SStr>,
+    #[serde(default)]
+    pub command_env: Vec<SStr>,
+    pub webhook: Option<Spanned<RawWebhook>>,
+    pub warn_before: Option<SStr>,
+    pub timeout: Option<SStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhook {
+    pub url: SStr,
+    pub header_file: Option<SStr>,
+}
+
+/// `verify_deploy = { connect = ["127.0.0.1:443"], server_name = "...", timeout = "10s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVerifyDeploy {
+    pub connect: Spanned<Vec<SStr>>,
+    pub server_name: Option<SStr>,
+    pub timeout: Option<SStr>,
+    pub interval: Option<SStr>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawIssuer {
@@ -84,6 +122,7 @@ pub(crate) struct RawIssuer {
     pub ca_bundle: Option<SStr>,
     pub eab: Option<Spanned<RawEab>>,
     pub account_key: Option<SStr>,
+    pub caa_identities: Option<Spanned<Vec<SStr>>>,
     #[serde(default)]
     pub solver: Vec<Spanned<RawSolver>>,
 }
@@ -104,7 +143,15 @@ pub(crate) struct RawSolver {
     pub webroot: Option<Spanned<RawWebroot>>,
     pub tlsalpn01: Option<Spanned<RawTlsAlpn01>>,
     pub dns01: Option<Spanned<RawProvider>>,
+    pub dns_persist01: Option<Spanned<RawDnsPersist01>>,
     pub propagation: Option<Spanned<RawPropagation>>,
+}
+
+/// `dns_persist01 = { issuer_domain = "..." }` (experimental).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDnsPersist01 {
+    pub issuer_domain: SStr,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +243,7 @@ pub(crate) struct RawCertificate {
     pub reload: Vec<SStr>,
     #[serde(default)]
     pub reload_env: Vec<SStr>,
+    pub verify_deploy: Option<Spanned<RawVerifyDeploy>>,
 }
 
 #[derive(Debug, Deserialize)]

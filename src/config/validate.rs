@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::raw::{
-    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawProvider, RawSelfCheck, RawSolver,
-    SStr,
+    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawPropagation, RawProvider,
+    RawSelfCheck, RawSolver, SStr,
 };
 use super::source::{SourceFile, key_seg};
 use super::{
-    AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, EabConfig,
-    Http01Config, IssuerConfig, OutputConfig, PropagationConfig, Selector, SolverConfig,
-    SolverKind, parse_duration, secret::SecretSource,
+    AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, Dns01Config,
+    EabConfig, Http01Config, IssuerConfig, NotifyConfig, OutputConfig, PropagationConfig, Selector,
+    SolverConfig, SolverKind, VerifyDeploy, WebhookConfig, parse_duration, secret::SecretSource,
 };
 use crate::acme::KeyType;
 use crate::challenge::IdentifierKind;
@@ -230,6 +230,13 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     }
 
+    let dns01 = main
+        .dns01
+        .as_ref()
+        .map(|d| dns01_global(&mut cx, d))
+        .unwrap_or_default();
+    let notify = main.notify.as_ref().and_then(|n| notify(&mut cx, n));
+
     // Issuers.
     let mut issuers = BTreeMap::new();
     for (name, (file, key, raw)) in &raw_issuers {
@@ -280,9 +287,49 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
         http01,
         admin,
         daemon,
+        dns01,
+        notify,
         issuers,
         certificates,
     })
+}
+
+/// `[dns01]`: the recursive resolvers, each an IP address with an optional port (53).
+fn dns01_global(cx: &mut Ctx, raw: &super::raw::RawDns01) -> Dns01Config {
+    let mut out = Dns01Config::default();
+    let Some(list) = &raw.resolvers else {
+        return out;
+    };
+    if list.get_ref().is_empty() {
+        cx.err(
+            0,
+            &list.span(),
+            "dns01.resolvers",
+            "is empty: list at least one recursive resolver, e.g. [\"127.0.0.53:53\"], or remove it to use /etc/resolv.conf",
+        );
+    }
+    for (i, r) in list.get_ref().iter().enumerate() {
+        match nameserver_addr(r.get_ref()) {
+            Some(addr) => out.resolvers.push(addr),
+            None => cx.err(
+                0,
+                &r.span(),
+                format!("dns01.resolvers[{i}]"),
+                format!(
+                    "\"{}\" is not a resolver address: write an IP address with an optional port, e.g. \"127.0.0.53\" or \"[::1]:53\"",
+                    r.get_ref()
+                ),
+            ),
+        }
+    }
+    out
+}
+
+/// "192.0.2.53", "127.0.0.1:5353", "::1" or "[::1]:53" as a socket address (port 53 by default).
+fn nameserver_addr(v: &str) -> Option<SocketAddr> {
+    v.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
 }
 
 fn default_http01_listen() -> SocketAddr {
@@ -357,6 +404,208 @@ fn admin(cx: &mut Ctx, a: &super::raw::RawAdmin) -> Option<AdminConfig> {
         listen,
         allow_remote,
         token,
+    })
+}
+
+/// `[notify]`: a command and/or a webhook (one of them at least), `warn_before`, `timeout`.
+fn notify(cx: &mut Ctx, n: &Spanned<super::raw::RawNotify>) -> Option<NotifyConfig> {
+    let raw = n.get_ref();
+    let before = cx.diags.len();
+    if raw.command.is_none() && raw.webhook.is_none() {
+        cx.err(
+            0,
+            &n.span(),
+            "notify",
+            "names no destination: set command = \"/usr/local/bin/alert\" and/or webhook = { url = \"https://...\" }",
+        );
+    }
+    if let Some(c) = &raw.command
+        && c.get_ref().trim().is_empty()
+    {
+        cx.err(
+            0,
+            &c.span(),
+            "notify.command",
+            "is an empty command: remove it or name a program",
+        );
+    }
+    for (i, name) in raw.command_env.iter().enumerate() {
+        if let Err(message) = crate::child::check_env_name(name.get_ref()) {
+            cx.err(0, &name.span(), format!("notify.command_env[{i}]"), message);
+        }
+    }
+    let webhook = raw.webhook.as_ref().and_then(|w| webhook(cx, w.get_ref()));
+    let warn_before = duration(cx, 0, raw.warn_before.as_ref(), "notify.warn_before")
+        .unwrap_or(super::DEFAULT_WARN_BEFORE);
+    let timeout = duration(cx, 0, raw.timeout.as_ref(), "notify.timeout")
+        .unwrap_or(super::DEFAULT_NOTIFY_TIMEOUT);
+    if cx.diags.len() > before {
+        return None;
+    }
+    Some(NotifyConfig {
+        command: raw.command.as_ref().map(|c| c.get_ref().clone()),
+        command_env: raw
+            .command_env
+            .iter()
+            .map(|n| n.get_ref().clone())
+            .collect(),
+        webhook,
+        warn_before,
+        timeout,
+    })
+}
+
+/// `webhook = { url, header_file }`: https (plain http only to a loopback address, where nothing
+/// crosses a network); the header file is read now, one `Name: value` per line.
+fn webhook(cx: &mut Ctx, w: &super::raw::RawWebhook) -> Option<WebhookConfig> {
+    let url = w.url.get_ref();
+    let parsed = match reqwest::Url::parse(url) {
+        Ok(u) => u,
+        Err(e) => {
+            let msg = format!(
+                "\"{url}\" is not a URL ({e}): write e.g. \"https://alerts.example.com/hook\""
+            );
+            cx.err(0, &w.url.span(), "notify.webhook.url", msg);
+            return None;
+        }
+    };
+    let host = parsed.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
+    let scheme_ok = parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback);
+    if !scheme_ok {
+        let msg = format!(
+            "\"{url}\" must be an https:// URL (plain http:// only to 127.0.0.1, [::1] or localhost): the alert and its headers would cross the network in clear"
+        );
+        cx.err(0, &w.url.span(), "notify.webhook.url", msg);
+        return None;
+    }
+    let mut headers = Vec::new();
+    if let Some(f) = &w.header_file {
+        let path = cx.resolve(0, f.get_ref());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!(
+                    "cannot read {}: {e} (check the path and that certkeeper's user may read it)",
+                    path.display()
+                );
+                cx.err(0, &f.span(), "notify.webhook.header_file", msg);
+                return None;
+            }
+        };
+        super::secret::warn_if_others_can_read(&path);
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parsed = line.split_once(':').and_then(|(k, v)| {
+                let (k, v) = (k.trim(), v.trim());
+                let name_ok = reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_ok();
+                let value_ok = reqwest::header::HeaderValue::from_str(v).is_ok();
+                (name_ok && value_ok).then(|| (k.to_string(), super::secret::Secret::new(v)))
+            });
+            match parsed {
+                Some(h) => headers.push(h),
+                None => {
+                    let msg = format!(
+                        "{} line {}: not a header: write one `Name: value` per line, e.g. `Authorization: Bearer TOKEN`",
+                        path.display(),
+                        i + 1
+                    );
+                    cx.err(0, &f.span(), "notify.webhook.header_file", msg);
+                    return None;
+                }
+            }
+        }
+    }
+    Some(WebhookConfig {
+        url: url.clone(),
+        headers,
+    })
+}
+
+/// `verify_deploy` of certificate `p`: endpoints as `host:port`, the SNI name (default: the first
+/// DNS name that is not a wildcard), the timeout and the daemon's re-check interval.
+fn verify_deploy(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    v: &Spanned<super::raw::RawVerifyDeploy>,
+    domains: &[String],
+) -> Option<VerifyDeploy> {
+    let raw = v.get_ref();
+    let before = cx.diags.len();
+    if raw.connect.get_ref().is_empty() {
+        cx.err(
+            file,
+            &raw.connect.span(),
+            format!("{p}.verify_deploy.connect"),
+            "names no endpoint: list the TLS endpoints that serve this certificate, e.g. [\"127.0.0.1:443\"]",
+        );
+    }
+    for (i, c) in raw.connect.get_ref().iter().enumerate() {
+        let ok = c.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            let msg = format!(
+                "\"{}\" is not host:port: write e.g. \"127.0.0.1:443\", \"[::1]:443\" or \"www.example.com:443\"",
+                c.get_ref()
+            );
+            cx.err(
+                file,
+                &c.span(),
+                format!("{p}.verify_deploy.connect[{i}]"),
+                msg,
+            );
+        }
+    }
+    let server_name = match &raw.server_name {
+        Some(s) if s.get_ref().trim().is_empty() => {
+            cx.err(
+                file,
+                &s.span(),
+                format!("{p}.verify_deploy.server_name"),
+                "is empty: remove it or name the host to ask for",
+            );
+            None
+        }
+        Some(s) => Some(s.get_ref().clone()),
+        None => {
+            let first = domains
+                .iter()
+                .find(|d| !d.starts_with("*.") && d.parse::<IpAddr>().is_err());
+            if first.is_none() {
+                cx.err(
+                    file,
+                    &v.span(),
+                    format!("{p}.verify_deploy"),
+                    "has no DNS name to send as SNI (only wildcards or IP addresses): set server_name = \"www.example.com\"",
+                );
+            }
+            first.cloned()
+        }
+    };
+    let key = |k: &str| format!("{p}.verify_deploy.{k}");
+    let timeout = duration(cx, file, raw.timeout.as_ref(), &key("timeout"))
+        .unwrap_or(super::DEFAULT_DEPLOY_TIMEOUT);
+    let interval = duration(cx, file, raw.interval.as_ref(), &key("interval"))
+        .unwrap_or(super::DEFAULT_DEPLOY_INTERVAL);
+    if cx.diags.len() > before {
+        return None;
+    }
+    Some(VerifyDeploy {
+        connect: raw
+            .connect
+            .get_ref()
+            .iter()
+            .map(|c| c.get_ref().clone())
+            .collect(),
+        server_name: server_name?,
+        timeout,
+        interval,
     })
 }
 
@@ -518,6 +767,10 @@ fn issuer(
             solvers.push(sc);
         }
     }
+    let caa_identities = raw
+        .caa_identities
+        .as_ref()
+        .map(|list| caa_identities(cx, file, &p, list));
 
     if cx.diags.len() > errors_before {
         return None;
@@ -529,8 +782,38 @@ fn issuer(
         ca_bundle,
         eab,
         account_key: account_key?,
+        caa_identities,
         solvers,
     })
+}
+
+/// `caa_identities = ["letsencrypt.org"]` of issuer `p`: the domain names a CAA `issue` record
+/// names the CA by, lower-case without a trailing dot.
+fn caa_identities(cx: &mut Ctx, file: usize, p: &str, list: &Spanned<Vec<SStr>>) -> Vec<String> {
+    if list.get_ref().is_empty() {
+        cx.err(
+            file,
+            &list.span(),
+            format!("{p}.caa_identities"),
+            "is empty: list the domain names the CA's CAA records use (e.g. [\"letsencrypt.org\"]), or remove it to use the CA directory's meta.caaIdentities",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, v) in list.get_ref().iter().enumerate() {
+        match normalize_name(v.get_ref()) {
+            Ok((IdentifierKind::Dns, n)) => out.push(n),
+            _ => cx.err(
+                file,
+                &v.span(),
+                format!("{p}.caa_identities[{i}]"),
+                format!(
+                    "\"{}\" is not a CAA issuer domain name: write the name the CA's CAA records use, e.g. \"letsencrypt.org\"",
+                    v.get_ref()
+                ),
+            ),
+        }
+    }
+    out
 }
 
 /// `self_check = true | false | { port, resolve }` of an http01 or webroot solver at key `p`
@@ -594,6 +877,9 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
     if raw.dns01.is_some() {
         kinds.push("dns01");
     }
+    if raw.dns_persist01.is_some() {
+        kinds.push("dns_persist01");
+    }
     if kinds.len() != 1 {
         let msg = if kinds.is_empty() {
             "no solver kind: set exactly one of http01 = {}, webroot = { path = \"...\" }, tlsalpn01 = {}, dns01 = { provider = \"...\" }"
@@ -607,7 +893,7 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
         cx.err(file, &s.span(), p, msg);
         return None;
     }
-    if let (Some(prop), None) = (&raw.propagation, &raw.dns01) {
+    if let (Some(prop), None, None) = (&raw.propagation, &raw.dns01, &raw.dns_persist01) {
         cx.err(
             file,
             &prop.span(),
@@ -685,54 +971,85 @@ fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<
         };
         SolverKind::TlsAlpn01 { listen }
     } else if let Some(d) = &raw.dns01 {
-        let mut propagation = PropagationConfig::default();
-        if let Some(pr) = &raw.propagation {
-            let pr = pr.get_ref();
-            if let Some(c) = pr.check {
-                propagation.check = c;
-            }
-            if let Some(t) = duration(
-                cx,
-                file,
-                pr.timeout.as_ref(),
-                &format!("{p}.propagation.timeout"),
-            ) {
-                propagation.timeout = t;
-            }
-            if let Some(t) = duration(
-                cx,
-                file,
-                pr.interval.as_ref(),
-                &format!("{p}.propagation.interval"),
-            ) {
-                propagation.interval = t;
-            }
-            for (i, ns) in pr.nameservers.iter().enumerate() {
-                let v = ns.get_ref();
-                let addr = v
-                    .parse::<SocketAddr>()
-                    .ok()
-                    .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
-                if let Some(addr) = addr {
-                    propagation.nameservers.push(addr);
-                } else {
-                    cx.err(
-                        file,
-                        &ns.span(),
-                        format!("{p}.propagation.nameservers[{i}]"),
-                        format!("\"{v}\" is not a nameserver address: write an IP address with an optional port, e.g. \"192.0.2.53\" or \"127.0.0.1:5353\""),
-                    );
-                }
-            }
-        }
+        let propagation = propagation_setting(cx, file, p, raw.propagation.as_ref());
         SolverKind::Dns01 {
             provider: dns_provider(cx, file, &format!("{p}.dns01"), d)?,
             propagation,
+        }
+    } else if let Some(d) = &raw.dns_persist01 {
+        let domain = d
+            .get_ref()
+            .issuer_domain
+            .get_ref()
+            .trim()
+            .trim_end_matches('.');
+        if domain.is_empty() || domain.contains(char::is_whitespace) || !domain.contains('.') {
+            cx.err(
+                file,
+                &d.get_ref().issuer_domain.span(),
+                format!("{p}.dns_persist01.issuer_domain"),
+                "is not a domain name: give the CA's issuer domain name, e.g. \"letsencrypt.org\" (the CA documents it; it is in its dns-persist-01 challenges as issuer-domain-names)",
+            );
+            return None;
+        }
+        SolverKind::DnsPersist01 {
+            issuer_domain: domain.to_ascii_lowercase(),
+            propagation: propagation_setting(cx, file, p, raw.propagation.as_ref()),
         }
     } else {
         return None;
     };
     Some(SolverConfig { selector, kind })
+}
+
+/// The `propagation = { .. }` table next to a dns01 or dns_persist01 solver at key `p`.
+fn propagation_setting(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    raw: Option<&Spanned<RawPropagation>>,
+) -> PropagationConfig {
+    let mut propagation = PropagationConfig::default();
+    if let Some(pr) = raw {
+        let pr = pr.get_ref();
+        if let Some(c) = pr.check {
+            propagation.check = c;
+        }
+        if let Some(t) = duration(
+            cx,
+            file,
+            pr.timeout.as_ref(),
+            &format!("{p}.propagation.timeout"),
+        ) {
+            propagation.timeout = t;
+        }
+        if let Some(t) = duration(
+            cx,
+            file,
+            pr.interval.as_ref(),
+            &format!("{p}.propagation.interval"),
+        ) {
+            propagation.interval = t;
+        }
+        for (i, ns) in pr.nameservers.iter().enumerate() {
+            let v = ns.get_ref();
+            let addr = v
+                .parse::<SocketAddr>()
+                .ok()
+                .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            if let Some(addr) = addr {
+                propagation.nameservers.push(addr);
+            } else {
+                cx.err(
+                    file,
+                    &ns.span(),
+                    format!("{p}.propagation.nameservers[{i}]"),
+                    format!("\"{v}\" is not a nameserver address: write an IP address with an optional port, e.g. \"192.0.2.53\" or \"127.0.0.1:5353\""),
+                );
+            }
+        }
+    }
+    propagation
 }
 
 /// The `dns01` table at key `p` in `file`: the provider's settings parsed and checked (without
@@ -1059,6 +1376,10 @@ fn certificate(
         }
         reload_env.push(n.get_ref().clone());
     }
+    let verify_deploy = raw
+        .verify_deploy
+        .as_ref()
+        .and_then(|v| verify_deploy(cx, file, &p, v, &domains));
 
     // Output.
     let out = raw.output.get_ref();
@@ -1132,6 +1453,7 @@ fn certificate(
         },
         reload,
         reload_env,
+        verify_deploy,
     })
 }
 

@@ -67,6 +67,10 @@ pub struct CertMetrics {
     pub next_attempt: Option<i64>,
     /// The installed pair's reload hooks have not completed.
     pub reload_pending: bool,
+    /// With `verify_deploy`, once checked: every endpoint served the installed certificate.
+    pub deployed: Option<bool>,
+    /// With `verify_deploy`: Not After of the certificate the endpoints serve (the earliest).
+    pub served_not_after: Option<i64>,
 }
 
 /// The metrics snapshot shared by the daemon loop (writer) and the admin listener (reader).
@@ -95,6 +99,14 @@ impl Metrics {
     pub fn set_reload_pending(&self, name: &str, pending: bool) {
         if let Some(m) = self.lock().certs.get_mut(name) {
             m.reload_pending = pending;
+        }
+    }
+
+    /// Set what the last deploy check of `name` found.
+    pub fn set_deploy(&self, name: &str, deployed: bool, served_not_after: Option<i64>) {
+        if let Some(m) = self.lock().certs.get_mut(name) {
+            m.deployed = Some(deployed);
+            m.served_not_after = served_not_after;
         }
     }
 
@@ -205,6 +217,29 @@ impl Metrics {
                 escape(name),
                 u8::from(m.reload_pending)
             );
+        }
+        out.push_str("# HELP certkeeper_certificate_deployed 1 when every verify_deploy endpoint served the installed certificate at the last check, 0 when one did not (installed, not deployed).\n");
+        out.push_str("# TYPE certkeeper_certificate_deployed gauge\n");
+        for (name, m) in &inner.certs {
+            if let Some(d) = m.deployed {
+                let _ = writeln!(
+                    out,
+                    "certkeeper_certificate_deployed{{name=\"{}\"}} {}",
+                    escape(name),
+                    u8::from(d)
+                );
+            }
+        }
+        out.push_str("# HELP certkeeper_certificate_served_not_after_seconds Not After of the certificate the verify_deploy endpoints serve (the earliest), Unix time.\n");
+        out.push_str("# TYPE certkeeper_certificate_served_not_after_seconds gauge\n");
+        for (name, m) in &inner.certs {
+            if let Some(t) = m.served_not_after {
+                let _ = writeln!(
+                    out,
+                    "certkeeper_certificate_served_not_after_seconds{{name=\"{}\"}} {t}",
+                    escape(name)
+                );
+            }
         }
         out
     }
@@ -369,6 +404,8 @@ mod tests {
                 paused: true,
                 next_attempt: None,
                 reload_pending: true,
+                deployed: Some(false),
+                served_not_after: Some(1_800_000_000),
             },
         );
         m.count_renewal("www", true);
@@ -383,6 +420,11 @@ mod tests {
         assert!(text.contains("certkeeper_renewals_total{name=\"www\",result=\"failure\"} 0\n"));
         assert!(text.contains("certkeeper_renewals_total{name=\"api\",result=\"failure\"} 1\n"));
         assert!(text.contains("certkeeper_certificate_failures{name=\"api\"} 3\n"));
+        assert!(text.contains("certkeeper_certificate_deployed{name=\"api\"} 0\n"));
+        assert!(!text.contains("certkeeper_certificate_deployed{name=\"www\"}"));
+        assert!(text.contains(
+            "certkeeper_certificate_served_not_after_seconds{name=\"api\"} 1800000000\n"
+        ));
         assert!(text.contains(
             "certkeeper_last_error{name=\"api\",error=\"CA said \\\"no\\\"\\nreally\"} 1\n"
         ));

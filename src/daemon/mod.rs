@@ -3,5 +3,6 @@
 
 pub mod admin;
 mod notify;
+mod reloader;
 pub mod run;
 pub mod watch;

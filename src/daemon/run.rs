@@ -24,12 +24,12 @@ use crate::challenge::http01::{Http01Server, TokenStore};
 use crate::config::{self, CertificateConfig};
 use crate::engine::order::{Issued, adopt};
 use crate::engine::pass::{attempt, record_failure};
-use crate::engine::{IssueError, Runtime, ari, due, reload};
+use crate::engine::{IssueError, Runtime, alerts, ari, due, reload};
 use crate::hooks::ReloadRequest;
 use crate::scheduler::{DueReason, Timers};
-use crate::store::Ledger;
 
 use super::admin::{self, CertMetrics, HealthPing, Metrics};
+use super::reloader::{Job, Reloader, recheck_every};
 use super::watch::{ConfigWatcher, settle, watch_config};
 
 /// How long a clean shutdown waits for in-flight orders before interrupting them (they stay
@@ -120,6 +120,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Some(ping) = health_rx.recv() => { let _ = ping.send(()); }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = d.recheck.tick() => d.reloader.send(Job::Recheck { rt: d.rt.clone(), force: false }),
             _ = tick(watchdog.as_mut()) => { let _ = super::notify::notify(&[sd_notify::NotifyState::Watchdog]); }
         }
     }
@@ -146,7 +147,11 @@ struct Daemon {
     paused_now: HashSet<String>,
     /// Reloads of this batch, sent to the reloader when no issuance is in flight any more.
     reloads: Vec<ReloadRequest>,
+    /// Certificates installed in this batch (deploy-checked and notified after the reloads).
+    changed: Vec<String>,
     reloader: Reloader,
+    /// When to look again at what is served and what to notify ([`recheck_every`]).
+    recheck: tokio::time::Interval,
 }
 
 impl Daemon {
@@ -159,6 +164,7 @@ impl Daemon {
     ) -> Self {
         let limit = Arc::new(Semaphore::new(rt.config.daemon.max_concurrent.max(1)));
         let reloader = Reloader::start(metrics.clone());
+        let recheck = recheck_interval(&rt.config);
         Self {
             rt,
             metrics,
@@ -172,7 +178,9 @@ impl Daemon {
             running: HashSet::new(),
             paused_now: HashSet::new(),
             reloads: Vec::new(),
+            changed: Vec::new(),
             reloader,
+            recheck,
         }
     }
 
@@ -189,6 +197,11 @@ impl Daemon {
             self.reloads.extend(pending);
             self.flush_reloads();
         }
+        // What is served, and what to notify, at start-up (after the pending reloads).
+        self.reloader.send(Job::Recheck {
+            rt: self.rt.clone(),
+            force: true,
+        });
     }
 
     /// In a fleet, install the current pair of every certificate that another node renewed while
@@ -292,6 +305,7 @@ impl Daemon {
                 self.reloads.retain(|r| r.cert_name != name);
                 self.reloads
                     .extend(reload::request(&cert, &issued.cert.serial_hex));
+                self.changed.push(name.clone());
             }
             Some(Err(e)) if e.is_interrupted() => {}
             Some(Err(e)) if e.is_busy() => {
@@ -306,15 +320,15 @@ impl Daemon {
         self.schedule_one(&cert, !attempted, false);
     }
 
-    /// Hand the batch's reloads to the reloader.
+    /// Hand the batch's reloads (and the certificates installed in it) to the reloader.
     fn flush_reloads(&mut self) {
-        if self.reloads.is_empty() {
+        if self.reloads.is_empty() && self.changed.is_empty() {
             return;
         }
-        self.reloader.send(ReloadBatch {
-            ledger: self.rt.ledger.clone(),
+        self.reloader.send(Job::Batch {
+            rt: self.rt.clone(),
             requests: std::mem::take(&mut self.reloads),
-            timeout: self.rt.config.daemon.hook_timeout,
+            changed: std::mem::take(&mut self.changed),
         });
     }
 
@@ -341,6 +355,10 @@ impl Daemon {
         }
         self.timers.set(&cert.name, wake);
         let retry = &snap.state.retry;
+        let deploy_check = snap.state.deploy.as_ref().filter(|d| {
+            cert.verify_deploy.is_some()
+                && snap.live().is_some_and(|l| l.cert.serial_hex == d.serial)
+        });
         self.metrics.set_cert(
             &cert.name,
             CertMetrics {
@@ -350,6 +368,10 @@ impl Daemon {
                 paused,
                 next_attempt: Some(due.at.as_second()),
                 reload_pending: !cert.reload.is_empty() && snap.reload_pending().is_some(),
+                deployed: deploy_check.map(|d| d.deployed),
+                served_not_after: deploy_check
+                    .and_then(|d| d.served_not_after())
+                    .map(|t| t.as_second()),
             },
         );
     }
@@ -401,6 +423,11 @@ impl Daemon {
         }
         self.timers = Timers::default();
         self.schedule_all(true);
+        self.recheck = recheck_interval(&self.rt.config);
+        self.reloader.send(Job::Recheck {
+            rt: self.rt.clone(),
+            force: true,
+        });
         let _ = super::notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 
@@ -465,57 +492,23 @@ async fn work(
         return (cert.name, None);
     }
     let result = attempt(&rt, &cert, &snap).await;
+    if result
+        .as_ref()
+        .is_err_and(|e| !e.is_interrupted() && !e.is_busy())
+    {
+        // A success is notified after its reload and deploy check (the reloader's batch).
+        alerts::evaluate(&rt, &cert).await;
+    }
     (cert.name, Some(result))
 }
 
-/// One batch of reloads for the reloader.
-struct ReloadBatch {
-    ledger: Ledger,
-    requests: Vec<ReloadRequest>,
-    timeout: Duration,
-}
-
-/// Runs reload hooks in a task of its own, one batch after another, records each success in the
-/// ledger and shows it in the metrics.
-struct Reloader {
-    tx: mpsc::UnboundedSender<ReloadBatch>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Reloader {
-    fn start(metrics: Arc<Metrics>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<ReloadBatch>();
-        let task = tokio::spawn(async move {
-            while let Some(b) = rx.recv().await {
-                reload::run(&b.ledger, &b.requests, b.timeout).await;
-                for req in &b.requests {
-                    let state = b.ledger.state(&req.cert_name).ok().flatten();
-                    let still = state.and_then(|s| s.reload_pending).as_deref()
-                        == Some(req.serial.as_str());
-                    metrics.set_reload_pending(&req.cert_name, still);
-                }
-            }
-        });
-        Self { tx, task }
-    }
-
-    fn send(&self, batch: ReloadBatch) {
-        if self.tx.send(batch).is_err() {
-            error!("the reload task is gone; the reloads stay pending and run at the next start");
-        }
-    }
-
-    /// Run what is queued, but not past `deadline`.
-    async fn finish(self, deadline: Instant) {
-        let Self { tx, mut task } = self;
-        drop(tx);
-        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-            task.abort();
-            warn!(
-                "reload hooks still running at shutdown; their reload stays pending and runs at the next start"
-            );
-        }
-    }
+/// The periodic deploy and notification check; its first tick is one period away (the start
+/// and every config reload queue a check of their own).
+fn recheck_interval(cfg: &config::Config) -> tokio::time::Interval {
+    let every = recheck_every(cfg);
+    let mut i = tokio::time::interval_at(Instant::now() + every, every);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
 }
 
 /// Give the memory a burst of issuances grew into back to the system before the daemon goes idle for

@@ -3,8 +3,9 @@
 //!
 //! The policy (README, "On failure"):
 //! - only CA problems that need a human pause a certificate: rejectedIdentifier,
-//!   unsupportedIdentifier, caa, badCSR, badPublicKey, userActionRequired, externalAccountRequired
-//!   and an `unauthorized` answer to the account request (EAB or account). A paused certificate is
+//!   unsupportedIdentifier, caa, badCSR, badPublicKey, userActionRequired, externalAccountRequired,
+//!   invalidProfile, an `unauthorized` answer to the account request (EAB or account) and a
+//!   `malformed` one saying the account needs a contact address. A paused certificate is
 //!   still tried daily (sooner near expiry) and at once on every reload or restart;
 //! - everything else (transport and TLS failures, timeouts, 5xx, solver and DNS provider failures,
 //!   a missing plugin, store and I/O errors, a configuration the CA does not accept) is retried
@@ -41,6 +42,13 @@ pub enum Cause {
     /// The configuration cannot work as written against this CA: a profile or challenge type it
     /// does not offer, no solver for a name.
     Config(String),
+    /// The CAA preflight found records that do not let this CA issue (RFC 8659, RFC 8657), before
+    /// the CA was asked. A human must change DNS or the issuer, and may do so at any moment without
+    /// certkeeper seeing it: so it is retried on the backoff schedule like a configuration the CA
+    /// refuses (never later than a tenth of the remaining lifetime), not paused — pausing is for
+    /// the CA's own verdicts, retried only daily — and the next issuer, whose CA the records may
+    /// allow, is tried at once.
+    Caa(String),
     /// A local failure that is no one's configuration: key generation, a panicked task.
     Internal(String),
     /// Ctrl-C or a shutdown stopped the attempt; the order resumes at the next run.
@@ -54,7 +62,7 @@ impl fmt::Display for Cause {
             Self::Transport(e) => e.fmt(f),
             Self::Solver(e) => e.fmt(f),
             Self::Store(e) => e.fmt(f),
-            Self::Config(m) | Self::Internal(m) => f.write_str(m),
+            Self::Config(m) | Self::Caa(m) | Self::Internal(m) => f.write_str(m),
             Self::Interrupted => f.write_str("interrupted; the order resumes at the next run"),
         }
     }
@@ -243,7 +251,7 @@ pub fn decide(
             fall_back: e.is_unreachable(),
             ..retry
         },
-        Cause::Config(_) => Decision {
+        Cause::Config(_) | Cause::Caa(_) => Decision {
             fall_back: true,
             ..retry
         },
@@ -275,6 +283,10 @@ fn needs_human(p: &Problem) -> bool {
         | UserActionRequired
         | ExternalAccountRequired => true,
         Unauthorized => p.origin == ProblemOrigin::NewAccount,
+        // A profile the CA does not offer, or an account without the contact it demands: only a
+        // change of the config helps.
+        InvalidProfile => true,
+        Malformed => p.origin == ProblemOrigin::NewAccount && p.says_contact_missing(),
         _ => false,
     }
 }
@@ -296,6 +308,7 @@ mod tests {
             http_status: status,
             retry_after: None,
             origin,
+            offered_profiles: Vec::new(),
         }))
     }
 
@@ -346,6 +359,7 @@ mod tests {
             )),
             Cause::Store(StoreError::Verify("x".into())),
             Cause::Config("profile not offered".into()),
+            Cause::Caa("CAA records forbid this CA".into()),
             Cause::Internal("panic".into()),
         ] {
             assert!(!decided(&c).pause, "{c}");
@@ -363,6 +377,9 @@ mod tests {
         assert!(!decided(&problem("dns", ProblemOrigin::Unknown, 400)).fall_back);
         assert!(!decided(&Cause::Solver(SolveError::retryable("bind down"))).fall_back);
         assert!(decided(&Cause::Config("profile".into())).fall_back);
+        // CAA forbidding this CA: retried on the backoff schedule, and another CA tried now.
+        let caa = decided(&Cause::Caa("CAA".into()));
+        assert!(caa.fall_back && !caa.pause && caa.ca_wait.is_none());
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! The engine, shared by the CLI and the daemon: the runtime (TLS clients, accounts, solvers), the
-//! order flow, one attempt and one pass, ARI, reloads, and the failure policy.
+//! order flow, one attempt and one pass, ARI, reloads, deploy verification, the alert conditions,
+//! and the failure policy.
 //!
 //! ```text
 //! daemon (loop, watcher, admin)   commands (renew, status, explain, revoke, import, account, check)
 //!           └──────────────► engine ◄──────────────┘
 //!                 │ due (scheduler policy on a ledger snapshot)   error (typed cause → decide)
 //!                 │ order (one certificate)   pass (renew)   ari   reload
+//!                 │ deploy (what the servers serve)   alerts (conditions → crate::notify)
 //!                 ▼
 //!         store::Ledger (state + installed pair, events)   store::AccountStore
 //! ```
 
+pub mod alerts;
 pub mod ari;
+pub mod deploy;
 pub mod due;
 pub mod error;
 pub mod order;

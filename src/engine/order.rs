@@ -13,7 +13,9 @@ use openssl::pkey::{PKey, Private};
 use tracing::{debug, info, warn};
 
 use crate::acme::{self, AcmeError, AuthorizationStatus, Identifier, NewOrder, OrderStatus, Poll};
-use crate::challenge::{ChallengeCtx, ChallengeKind, IdentifierKind, Solver};
+use crate::caa;
+use crate::challenge::dns01::zone::Lookup;
+use crate::challenge::{ChallengeCtx, ChallengeKind, IdentifierKind, PersistCtx, Solver};
 use crate::config::{CertificateConfig, IssuerConfig};
 use crate::store::{
     self, AuthzTrace, ErrorTrace, Event, InstalledPaths, Issuance, OrderTrace, Snapshot,
@@ -21,7 +23,7 @@ use crate::store::{
 };
 
 use super::due::fingerprint;
-use super::error::{Decision, IssueError, combine, decide};
+use super::error::{Cause, Decision, IssueError, combine, decide};
 use super::runtime::Runtime;
 
 /// What a successful issuance produced.
@@ -254,7 +256,11 @@ async fn issue_with(
 
     let (mut order, key) = match resumed {
         Some(r) => r,
-        None => new_order(rt, held, &account, cert, issuer, identifiers.clone(), replaces).await?,
+        None => {
+            caa_preflight(rt, &account, cert, issuer).await?;
+            preflight(rt, &account, cert, issuer).await?;
+            new_order(rt, held, &account, cert, issuer, identifiers.clone(), replaces).await?
+        }
     };
 
     trace.order(&order);
@@ -301,6 +307,60 @@ async fn issue_with(
         .instrument(tracing::info_span!("download", cert = %cert.name))
         .await?;
     install(held, cert, issuer, &key, &cert_url, &chain)
+}
+
+/// Before a new order: let the solver of each name check what the CA will look at for it (a
+/// dns-persist-01 standing record), so a missing one is reported with what to publish instead of
+/// failing an order at the CA.
+async fn preflight(
+    rt: &Runtime,
+    account: &acme::Account,
+    cert: &CertificateConfig,
+    issuer: &IssuerConfig,
+) -> Result<(), IssueError> {
+    for d in &cert.domains {
+        let (kind, name) = IdentifierKind::split(d);
+        let (solver, _) = rt.solver_for(issuer, name, kind)?;
+        solver
+            .preflight(name, kind, account.url())
+            .await
+            .map_err(|e| IssueError::new(e).context(format!("before ordering {d}")))?;
+    }
+    Ok(())
+}
+
+/// Look up the CAA records of the certificate's names before a new order, and refuse when they do
+/// not let this CA issue ([`crate::caa`]). Names the resolvers cannot answer for are logged and not
+/// held against the order; a CA without CAA identities is not checked.
+async fn caa_preflight(
+    rt: &Runtime,
+    account: &acme::Account,
+    cert: &CertificateConfig,
+    issuer: &IssuerConfig,
+) -> Result<(), IssueError> {
+    let identities = caa::identities(issuer, &account.client().directory().meta.caa_identities);
+    if identities.is_empty() {
+        debug!(cert = %cert.name, issuer = %issuer.name, "the CA publishes no caaIdentities; CAA preflight skipped");
+        return Ok(());
+    }
+    let lookup = Lookup::resolvers(&rt.config.dns01.resolvers);
+    let names = caa::names_to_check(cert, issuer);
+    let findings = caa::check(&lookup, &identities, Some(account.url()), &names).await;
+    for f in &findings {
+        match f {
+            caa::Finding::Unchecked { name, error } => {
+                warn!(cert = %cert.name, name = %name, error = %error, "CAA lookup failed; ordering anyway (the CA checks CAA itself)")
+            }
+            caa::Finding::Allowed { name, why } => {
+                debug!(cert = %cert.name, name = %name, "CAA: {why}")
+            }
+            caa::Finding::Refused { .. } => {}
+        }
+    }
+    match caa::refusal_message(&findings) {
+        Some(msg) => Err(IssueError::new(Cause::Caa(msg))),
+        None => Ok(()),
+    }
 }
 
 /// Create a new order, its key stored in the ledger before the CA knows the order.
@@ -540,6 +600,10 @@ async fn solve_one(
         kind,
         token: challenge.token.clone(),
         key_authorization: account.key_authorization(&challenge.token),
+        persist: (kind == ChallengeKind::DnsPersist01).then(|| PersistCtx {
+            account_url: account.url().to_string(),
+            issuer_domain_names: challenge.issuer_domain_names.clone(),
+        }),
     };
     // An interrupt (Ctrl-C, shutdown) stops the waiting, not the cleanup below.
     let result = tokio::select! {

@@ -2,6 +2,10 @@
 //! concurrently under a limit, then run the reload hooks of everything that changed (and of any
 //! earlier reload that did not complete), once per command.
 //!
+//! After the reloads, the certificates issued or reloaded are checked to be served
+//! ([`super::deploy`]), and the notifications of every selected certificate are decided
+//! ([`super::alerts::evaluate`]).
+//!
 //! Also the one attempt both the pass and the daemon make per certificate: [`attempt`] issues and
 //! records the outcome in the ledger, the failure with the policy's verdict.
 
@@ -15,13 +19,14 @@ use tracing::{error, info};
 use crate::config::CertificateConfig;
 use crate::hooks::HookOutcome;
 use crate::scheduler::{Due, Failure};
-use crate::store::{Event, Snapshot};
+use crate::store::{DeployCheck, Event, Snapshot};
 
 use super::due::{due, retry_fingerprint};
 use super::error::{IssueError, decide};
 use super::order::{self, Issued};
 use super::reload;
 use super::runtime::Runtime;
+use super::{alerts, deploy};
 
 /// What the caller asked of a pass.
 #[derive(Clone, Debug, Default)]
@@ -43,16 +48,20 @@ pub struct PassReport {
     pub failed: Vec<(String, IssueError)>,
     /// The reload hooks that ran.
     pub hooks: Vec<HookOutcome>,
+    /// What the `verify_deploy` endpoints served after the reloads.
+    pub deploy: Vec<(String, DeployCheck)>,
 }
 
 impl PassReport {
     /// True when every selected certificate is valid and installed (issued now or not due), none
-    /// is waiting out a backoff or a pause after a failed attempt, and every reload hook succeeded
-    /// (a failed reload leaves servers on the old certificate).
+    /// is waiting out a backoff or a pause after a failed attempt, every reload hook succeeded
+    /// (a failed reload leaves servers on the old certificate), and every `verify_deploy`
+    /// endpoint serves the installed certificate.
     pub fn ok(&self) -> bool {
         self.failed.is_empty()
             && self.backing_off().next().is_none()
             && self.hooks.iter().all(|h| h.status.is_ok())
+            && self.deploy.iter().all(|(_, d)| d.deployed)
     }
 
     /// The not-due certificates that are skipped only because their last attempt failed: waiting
@@ -68,10 +77,12 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
     let mut report = PassReport::default();
     let mut todo: Vec<(CertificateConfig, Snapshot)> = Vec::new();
     let mut reloads = Vec::new();
+    let mut selected = Vec::new();
     for (name, cert) in &rt.config.certificates {
         if !opts.only.is_empty() && !opts.only.contains(name) {
             continue;
         }
+        selected.push(cert.clone());
         // In a fleet, a pair another node issued is installed here first (and reloaded).
         let adopted = adopt(&rt, cert, &mut report);
         let snap = rt.ledger.snapshot(name, &cert.output);
@@ -134,6 +145,7 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
     if !reloads.is_empty() {
         report.hooks = reload::run(&rt.ledger, &reloads, rt.config.daemon.hook_timeout).await;
     }
+    verify_and_notify(&rt, &mut report, &reloads, &selected).await;
     report
 }
 
@@ -152,6 +164,24 @@ fn adopt(rt: &Runtime, cert: &CertificateConfig, report: &mut PassReport) -> Opt
             error!(cert = %cert.name, error = %e, "cannot install the fleet's current certificate here");
             None
         }
+    }
+}
+
+/// After the reloads: check that the certificates issued or reloaded are served, then decide the
+/// notifications of every selected certificate.
+async fn verify_and_notify(
+    rt: &Runtime,
+    report: &mut PassReport,
+    reloads: &[crate::hooks::ReloadRequest],
+    selected: &[CertificateConfig],
+) {
+    let mut changed: Vec<String> = report.issued.iter().map(|(n, _)| n.clone()).collect();
+    changed.extend(reloads.iter().map(|r| r.cert_name.clone()));
+    changed.sort();
+    changed.dedup();
+    report.deploy = deploy::verify_batch(rt, &changed, reloads).await;
+    for cert in selected {
+        alerts::evaluate(rt, cert).await;
     }
 }
 

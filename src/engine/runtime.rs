@@ -305,8 +305,18 @@ impl Runtime {
                 let p = provider
                     .build()
                     .map_err(|e| IssueError::new(SolveError::retryable(e.to_string())))?;
-                Arc::new(Dns01Solver::new(p, propagation.clone()))
+                Arc::new(
+                    Dns01Solver::new(p, propagation.clone())
+                        .with_resolvers(self.config.dns01.resolvers.clone()),
+                )
             }
+            SolverKind::DnsPersist01 {
+                issuer_domain,
+                propagation,
+            } => Arc::new(crate::challenge::dnspersist01::DnsPersist01Solver::new(
+                issuer_domain,
+                propagation.clone(),
+            )),
         };
         solvers.insert(key, solver.clone());
         Ok((solver.clone(), solver.kind()))

@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use super::StoreError;
 use super::install::{self, Installed, InstalledPaths, OutputSpec};
 use super::shared::{self, SharedPair};
-use super::state::{CertState, OrderTrace};
+use super::state::{CertState, DeployCheck, OrderTrace};
 use super::storage::{Lease, Storage, check_name};
 use super::verify::{self as verify, VerifiedCert};
 use crate::scheduler::{Failure, RetryState};
@@ -108,6 +108,15 @@ pub enum Event {
     Reloaded {
         /// The serial that servers now read.
         serial: String,
+    },
+    /// The `verify_deploy` endpoints were asked what they serve.
+    DeployChecked(Box<DeployCheck>),
+    /// Notifications were decided ([`crate::notify::decide`]) for the conditions holding `at`.
+    Notified {
+        /// The conditions that hold.
+        holding: std::collections::BTreeSet<crate::notify::Condition>,
+        /// When.
+        at: Timestamp,
     },
 }
 
@@ -203,6 +212,10 @@ impl CertState {
                     self.reload_pending = None;
                 }
                 self.reloaded_serial = Some(serial);
+            }
+            Event::DeployChecked(check) => self.deploy = Some(*check),
+            Event::Notified { holding, at } => {
+                self.notified = crate::notify::decide(&self.notified, &holding, at).1;
             }
         }
     }
@@ -397,16 +410,26 @@ impl Ledger {
 
     /// Apply `event` to certificate `name`'s state under its state lock and return the new state.
     pub fn record(&self, name: &str, event: Event) -> Result<CertState, StoreError> {
+        self.record_change(name, event).map(|(_, after)| after)
+    }
+
+    /// [`Ledger::record`], returning the state before the event as well as after it (what a
+    /// decision made under the lock, like [`Event::Notified`], started from).
+    pub fn record_change(
+        &self,
+        name: &str,
+        event: Event,
+    ) -> Result<(CertState, CertState), StoreError> {
         self.record_under(name, event, None)
     }
 
-    /// [`Ledger::record`], fenced by `lease` when given (see [`Issuance::record`]).
+    /// [`Ledger::record_change`], fenced by `lease` when given (see [`Issuance::record`]).
     fn record_under(
         &self,
         name: &str,
         event: Event,
         lease: Option<&Lease>,
-    ) -> Result<CertState, StoreError> {
+    ) -> Result<(CertState, CertState), StoreError> {
         let key = self.event_key(name, &event)?;
         let _lock = self.storage.lock_wait(&format!("state-{name}"))?;
         let mut state = match load_json::<CertState>(&*self.storage, &key) {
@@ -418,13 +441,14 @@ impl Ledger {
             }
             Err(e) => return Err(e),
         };
+        let before = state.clone();
         state.apply(event);
         let bytes = json_bytes(&*self.storage, &key, &state)?;
         match lease {
             Some(lease) => self.storage.store_fenced(&key, &bytes, lease)?,
             None => self.storage.store(&key, &bytes)?,
         }
-        Ok(state)
+        Ok((before, state))
     }
 
     /// Take the issuance lease of certificate `name` without waiting: held while it is ordered,
@@ -511,7 +535,9 @@ impl Issuance<'_> {
 
     /// Apply `event` to the certificate's state (see [`Ledger::record`]), fenced.
     pub fn record(&self, event: Event) -> Result<CertState, StoreError> {
-        self.ledger.record_under(&self.name, event, Some(&self.lease))
+        self.ledger
+            .record_under(&self.name, event, Some(&self.lease))
+            .map(|(_, after)| after)
     }
 
     /// Save the private key of the in-flight order BEFORE the order is created, so a resumed

@@ -32,10 +32,12 @@ pub use ledger::{AriResult, Event, Issuance, Ledger, Snapshot, is_self_signed_pl
 pub use shared::SharedPair;
 pub use postgres::PgStorage;
 pub use state::{
-    AccountRecord, AuthzTrace, CertState, ChallengeTrace, ErrorTrace, OrderTrace, ProblemTrace,
-    StoredAccount, SubProblemTrace, account_id, key_fingerprint, status_word,
+    AccountRecord, AuthzTrace, CertState, ChallengeTrace, DeployCheck, EndpointServed, ErrorTrace,
+    OrderTrace, ProblemTrace, StoredAccount, SubProblemTrace, account_id, key_fingerprint,
+    status_word,
 };
 pub use storage::{FileStorage, Lease, Storage};
+pub(crate) use verify::asn1_to_ts;
 pub use verify::{VerifiedCert, verify_pair};
 
 /// Errors of the store; every message says what happened and, where it helps, what to do.

@@ -106,6 +106,73 @@ pub struct CertState {
     /// planted one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
+    /// What the `verify_deploy` endpoints served at the last check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployCheck>,
+    /// What was last notified about this certificate (see [`crate::notify::rule`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub notified: crate::notify::Notified,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// One check of what the `verify_deploy` endpoints of a certificate serve.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeployCheck {
+    /// When it was checked.
+    pub at: Option<jiff::Timestamp>,
+    /// The installed serial (hex) the endpoints were compared with.
+    pub serial: String,
+    /// Every endpoint served exactly the installed certificate.
+    pub deployed: bool,
+    /// What each endpoint served.
+    pub endpoints: Vec<EndpointServed>,
+}
+
+/// What one endpoint served.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointServed {
+    /// The endpoint (`host:port`).
+    pub endpoint: String,
+    /// It served the installed certificate (the same DER).
+    pub matches: bool,
+    /// The serial (hex) of the leaf it served, when it answered.
+    pub serial: Option<String>,
+    /// Not After of that leaf.
+    pub not_after: Option<jiff::Timestamp>,
+    /// Why it could not be asked (connection refused, TLS failure), when it did not answer.
+    pub error: Option<String>,
+}
+
+impl DeployCheck {
+    /// The endpoints that do not serve the installed certificate, one line each, for logs and
+    /// messages: `127.0.0.1:443 serves serial 0a (not after ...)` or why it could not be asked.
+    pub fn mismatches(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .filter(|e| !e.matches)
+            .map(|e| match (&e.serial, &e.error) {
+                (Some(s), _) => format!(
+                    "{} serves serial {s}{}",
+                    e.endpoint,
+                    e.not_after
+                        .map(|t| format!(" (not after {t})"))
+                        .unwrap_or_default()
+                ),
+                (None, Some(err)) => format!("{} could not be checked: {err}", e.endpoint),
+                (None, None) => format!("{} served nothing", e.endpoint),
+            })
+            .collect()
+    }
+
+    /// The Not After of the leaf served by the endpoints, the earliest when they differ.
+    pub fn served_not_after(&self) -> Option<jiff::Timestamp> {
+        self.endpoints.iter().filter_map(|e| e.not_after).min()
+    }
 }
 
 /// The SHA-256 of a key's public half (SubjectPublicKeyInfo DER), hex: what identifies a private

@@ -225,7 +225,8 @@ fn key_type(key: &PKey<Private>) -> String {
     }
 }
 
-fn asn1_to_ts(t: &Asn1TimeRef) -> Result<jiff::Timestamp, StoreError> {
+/// An ASN.1 time (Not Before / Not After) as a timestamp.
+pub(crate) fn asn1_to_ts(t: &Asn1TimeRef) -> Result<jiff::Timestamp, StoreError> {
     let epoch = Asn1Time::from_unix(0).map_err(StoreError::ssl("building the epoch"))?;
     let d = epoch
         .diff(t)

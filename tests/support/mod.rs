@@ -2,7 +2,7 @@
 //! environment for every integration test.
 //!
 //! - [`certkeeper`]: the config builder, the CLI runners (async and blocking) and the daemon guard;
-//! - [`pebble`]: pebble + challtestsrv; [`proxy`]: a switchable TLS proxy in front of it;
+//! - [`pebble`]: pebble + challtestsrv; [`a2c`]: acme2certifier, the second real CA; [`proxy`]: a switchable TLS proxy in front of it;
 //! - [`dns`]: bind9 and PowerDNS; [`nginx`]: an nginx serving the installed pair;
 //! - [`pair`]: the strict check of an installed pair; [`process`]: child-process helpers;
 //! - [`fault_env`]: the fault tests' pebble + config layer; [`sysuser`]: a throw-away service user.
@@ -10,6 +10,7 @@
 //! Each test file that uses it declares `mod support;`; not every file uses every helper.
 #![allow(dead_code, unused_imports)]
 
+pub mod a2c;
 pub mod certkeeper;
 pub mod dns;
 pub mod fault_env;

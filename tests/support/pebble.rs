@@ -491,6 +491,15 @@ impl Pebble {
         }
     }
 
+    /// The pebble process's log so far (e.g. to check that no order was created).
+    pub fn log(&self) -> String {
+        self.procs
+            .iter()
+            .filter(|p| p.name == "pebble")
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .collect()
+    }
+
     /// Print the process logs (also done automatically when a test panics).
     pub fn print_logs(&self) {
         for p in &self.procs {

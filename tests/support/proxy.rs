@@ -1,4 +1,5 @@
-//! A switchable, TLS-terminating HTTP proxy in front of pebble.
+//! A switchable, TLS-terminating HTTP proxy in front of pebble (or, with [`Proxy::for_directory`],
+//! any CA such as acme2certifier).
 //!
 //! certkeeper talks to `https://127.0.0.1:<proxy>/dir` and trusts the proxy's own test CA. The proxy
 //! forwards each request to pebble with `Host` set to the proxy's address, so every URL pebble puts
@@ -64,6 +65,9 @@ pub enum Mode {
     /// Forward, but add these `(name, description)` pairs as `meta.profiles` to the directory (pebble
     /// 2.4 offers no profiles).
     AddProfiles(Vec<(String, String)>),
+    /// Forward, but publish these names as `meta.caaIdentities` in the directory (pebble 2.4
+    /// publishes none).
+    AddCaaIdentities(Vec<String>),
     /// Forward, but replace certificate downloads with a forged chain for `names` whose leaf holds
     /// the public half of the private key in `key_file` (read at download time).
     ForgeForKey {
@@ -86,6 +90,8 @@ struct Shared {
     passed: AtomicUsize,
     /// Every POST seen: (path, body).
     posts: Mutex<Vec<(String, Bytes)>>,
+    /// The upstream's directory path (`/dir` for pebble, `/directory` for acme2certifier).
+    dir_path: String,
 }
 
 /// A running proxy; its accept loop ends when dropped.
@@ -107,6 +113,18 @@ impl Drop for Proxy {
 impl Proxy {
     /// Start a proxy in front of `upstream` (e.g. `https://127.0.0.1:14000`), trusting `upstream_ca`.
     pub async fn start(upstream: &str, upstream_ca: &str) -> Proxy {
+        Self::start_with_dir(upstream, upstream_ca, "/dir").await
+    }
+
+    /// Start a proxy in front of the CA whose directory is `directory_url` (any path), trusting
+    /// `upstream_ca`.
+    pub async fn for_directory(directory_url: &str, upstream_ca: &str) -> Proxy {
+        let u = reqwest::Url::parse(directory_url).expect("directory URL");
+        let upstream = format!("{}://{}", u.scheme(), u.authority());
+        Self::start_with_dir(&upstream, upstream_ca, u.path()).await
+    }
+
+    async fn start_with_dir(upstream: &str, upstream_ca: &str, dir_path: &str) -> Proxy {
         let (ca_pem, leaf_pem, key_pem) = crate::support::pebble::make_tls_certs();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("proxy-ca.pem");
@@ -138,6 +156,7 @@ impl Proxy {
             faulted: AtomicUsize::new(0),
             passed: AtomicUsize::new(0),
             posts: Mutex::new(Vec::new()),
+            dir_path: dir_path.to_string(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -191,7 +210,7 @@ impl Proxy {
 
     /// The directory URL through the proxy.
     pub fn directory_url(&self) -> String {
-        format!("https://{}/dir", self.addr)
+        format!("https://{}{}", self.addr, self.shared.dir_path)
     }
 
     /// Switch the mode.
@@ -316,7 +335,7 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
             v.extend_from_slice(b"\"}");
             rbody = Bytes::from(v);
         }
-        Mode::AddProfiles(profiles) if path == "/dir" && status < 300 => {
+        Mode::AddProfiles(profiles) if path == s.dir_path && status < 300 => {
             s.faulted.fetch_add(1, Ordering::SeqCst);
             let mut d: serde_json::Value = serde_json::from_slice(&rbody).unwrap_or_default();
             let map: serde_json::Map<String, serde_json::Value> = profiles
@@ -324,6 +343,12 @@ async fn handle(s: &Shared, addr: SocketAddr, req: Request<Incoming>) -> Respons
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
             d["meta"]["profiles"] = serde_json::Value::Object(map);
+            rbody = Bytes::from(d.to_string().into_bytes());
+        }
+        Mode::AddCaaIdentities(names) if path == "/dir" && status < 300 => {
+            s.faulted.fetch_add(1, Ordering::SeqCst);
+            let mut d: serde_json::Value = serde_json::from_slice(&rbody).unwrap_or_default();
+            d["meta"]["caaIdentities"] = names.clone().into();
             rbody = Bytes::from(d.to_string().into_bytes());
         }
         Mode::OnCertDownload(cmd) if path.starts_with("/certZ/") && status < 300 => {

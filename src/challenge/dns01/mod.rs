@@ -138,6 +138,8 @@ type PresentKey = (String, String);
 pub struct Dns01Solver {
     provider: Arc<dyn DnsProvider>,
     propagation: PropagationConfig,
+    /// The recursive resolvers (`[dns01] resolvers`); empty: `/etc/resolv.conf`.
+    resolvers: Vec<std::net::SocketAddr>,
     ttl: u32,
     /// What `present` created, keyed by (challenge name, value), so `cleanup` deletes exactly that.
     /// A `None` handle means `present` failed: the record may or may not exist (e.g. a timeout
@@ -160,9 +162,17 @@ impl Dns01Solver {
         Self {
             provider,
             propagation,
+            resolvers: Vec::new(),
             ttl: DEFAULT_TTL,
             presented: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Find zones, nameservers and CNAMEs through these recursive resolvers (`[dns01] resolvers`)
+    /// instead of those of `/etc/resolv.conf`; explicit `propagation.nameservers` still win.
+    pub fn with_resolvers(mut self, resolvers: Vec<std::net::SocketAddr>) -> Self {
+        self.resolvers = resolvers;
+        self
     }
 
     /// Use another TTL for the records (default [`DEFAULT_TTL`]).
@@ -177,7 +187,7 @@ impl Dns01Solver {
     /// own configured zone.
     pub async fn record_for(&self, ch: &ChallengeCtx) -> Result<TxtRecord, SolveError> {
         let name = fqdn::challenge_name(&ch.identifier);
-        let lookup = self.propagation.lookup();
+        let lookup = self.propagation.lookup_with(&self.resolvers);
         let target = match lookup.follow_cname(&name).await {
             Ok(t) => t,
             Err(e) => {
@@ -255,8 +265,9 @@ impl Solver for Dns01Solver {
                 ch.identifier
             )));
         };
-        propagation::wait_for_txt(
+        propagation::wait_for_txt_via(
             &self.propagation,
+            &self.propagation.lookup_with(&self.resolvers),
             &rec.fqdn,
             rec.zone.as_deref(),
             &rec.value,
@@ -344,6 +355,7 @@ mod tests {
             kind: ChallengeKind::Dns01,
             token: "tok".into(),
             key_authorization: ka.into(),
+            persist: None,
         }
     }
 

@@ -41,15 +41,20 @@ impl Default for PropagationConfig {
 impl PropagationConfig {
     /// The lookup these options describe: explicit servers, or the system resolver.
     pub fn lookup(&self) -> Lookup {
+        self.lookup_with(&[])
+    }
+
+    /// The lookup these options describe: explicit servers, or else the recursive `resolvers`
+    /// (`[dns01] resolvers`; empty means the system's, from `/etc/resolv.conf`).
+    pub fn lookup_with(&self, resolvers: &[SocketAddr]) -> Lookup {
         if self.nameservers.is_empty() {
-            Lookup::system()
+            Lookup::resolvers(resolvers)
         } else {
             Lookup::explicit(self.nameservers.clone())
         }
     }
 }
 
-/// Parse "90s", "2m", "1m30s" (jiff friendly or ISO 8601 spans).
 /// Why the check did not pass.
 #[derive(Debug, thiserror::Error)]
 pub enum PropagationError {
@@ -123,14 +128,27 @@ pub async fn observe(server: SocketAddr, fqdn: &str, value: &str) -> Observation
 
 /// Wait until every authoritative nameserver for `zone` answers `value` at `fqdn` with AA.
 ///
-/// `zone` is looked up when `None`. Polls every `opts.interval` until `opts.timeout`.
+/// `zone` is looked up when `None`. Polls every `opts.interval` until `opts.timeout`. Without
+/// explicit `opts.nameservers` the zone and its NS set are found through the system's resolvers;
+/// [`wait_for_txt_via`] takes the lookup to use.
 pub async fn wait_for_txt(
     opts: &PropagationConfig,
     fqdn: &str,
     zone: Option<&str>,
     value: &str,
 ) -> Result<(), PropagationError> {
-    let lookup = opts.lookup();
+    wait_for_txt_via(opts, &opts.lookup(), fqdn, zone, value).await
+}
+
+/// [`wait_for_txt`] finding the zone and its nameservers through `lookup` (usually
+/// [`PropagationConfig::lookup_with`] the configured resolvers).
+pub async fn wait_for_txt_via(
+    opts: &PropagationConfig,
+    lookup: &Lookup,
+    fqdn: &str,
+    zone: Option<&str>,
+    value: &str,
+) -> Result<(), PropagationError> {
     let fqdn = fqdn::normalize(fqdn);
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let zone = match zone {
@@ -138,6 +156,13 @@ pub async fn wait_for_txt(
         None => lookup.find_zone(&fqdn).await?,
     };
     let servers = lookup.nameservers(&zone).await?;
+    tracing::debug!(
+        fqdn = %fqdn,
+        zone = %zone,
+        servers = %servers.iter().map(|(n, a)| format!("{n} ({a})")).collect::<Vec<_>>().join(", "),
+        via = %if lookup.is_explicit() { "propagation.nameservers".to_string() } else { lookup.servers_text() },
+        "checking the TXT record at the zone's authoritative nameservers"
+    );
     loop {
         let mut lagging = Vec::new();
         for (name, addr) in &servers {
@@ -155,11 +180,24 @@ pub async fn wait_for_txt(
             return Ok(());
         }
         if tokio::time::Instant::now() + opts.interval > deadline {
+            let mut details = lagging.join("; ");
+            if !lookup.is_explicit() {
+                // Say where the servers came from: a wrong NS set is a common cause.
+                let found: Vec<String> = servers
+                    .iter()
+                    .map(|(name, addr)| format!("{name} ({addr})"))
+                    .collect();
+                details = format!(
+                    "{details} (zone {zone}, authoritative nameservers {} found through the resolvers {})",
+                    found.join(", "),
+                    lookup.servers_text()
+                );
+            }
             return Err(PropagationError::Timeout {
                 fqdn,
                 value: value.to_string(),
                 timeout: opts.timeout,
-                details: lagging.join("; "),
+                details,
             });
         }
         tracing::debug!(fqdn = %fqdn, lagging = %lagging.join("; "), "waiting for DNS propagation");

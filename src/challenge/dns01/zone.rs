@@ -143,6 +143,15 @@ impl Lookup {
         Self::recursive(servers)
     }
 
+    /// Ask the recursive resolvers `[dns01] resolvers` names, or the system's when it names none.
+    pub fn resolvers(resolvers: &[SocketAddr]) -> Self {
+        if resolvers.is_empty() {
+            Self::system()
+        } else {
+            Self::recursive(resolvers.to_vec())
+        }
+    }
+
     /// Ask these recursive resolvers (RD on); the zone's NS set is then resolved through them.
     pub fn recursive(servers: Vec<SocketAddr>) -> Self {
         Self {
@@ -161,7 +170,8 @@ impl Lookup {
         &self.servers
     }
 
-    fn servers_text(&self) -> String {
+    /// The servers asked, comma-separated, for messages.
+    pub fn servers_text(&self) -> String {
         if self.servers.is_empty() {
             return "(no nameserver configured in /etc/resolv.conf)".to_string();
         }

@@ -484,6 +484,7 @@ mod tests {
             kind: ChallengeKind::Http01,
             token: token.into(),
             key_authorization: format!("{token}.thumbprint"),
+            persist: None,
         }
     }
 

@@ -500,6 +500,7 @@ mod tests {
             kind: ChallengeKind::Http01,
             token: token.into(),
             key_authorization: format!("{token}.thumb"),
+            persist: None,
         }
     }
 

@@ -1,9 +1,11 @@
-//! Test harnesses for real DNS servers: bind9 (`named`) and PowerDNS (`pdns_server`, sqlite3).
+//! Test harnesses for real DNS servers: bind9 (`named`) and PowerDNS (`pdns_server`, sqlite3);
+//! [`loopback`]: an authoritative and a recursive bind9 on port 53 of 127.0.0.2 / 127.0.0.3.
 //!
 //! Each server runs from a temp directory on free loopback ports and is killed (by PID) on Drop.
 #![allow(dead_code)]
 
 pub mod bind;
+pub mod loopback;
 pub mod pdns;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
