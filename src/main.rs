@@ -109,6 +109,11 @@ enum Command {
         #[command(subcommand)]
         from: MigrateFrom,
     },
+    /// Manage where state is kept (`[storage]`).
+    Storage {
+        #[command(subcommand)]
+        action: StorageAction,
+    },
     /// Print the shell completion script for bash, zsh or fish to stdout.
     ///
     /// E.g. `certkeeper completions bash > ~/.local/share/bash-completion/completions/certkeeper`;
@@ -170,6 +175,28 @@ enum MigrateFrom {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum StorageAction {
+    /// Copy a single host's state (accounts, certificate states, keys) and its installed
+    /// certificates into the PostgreSQL database of `[storage]`, private keys sealed. Idempotent:
+    /// what the database already holds is kept; nothing is deleted.
+    Migrate {
+        /// Where the state comes from.
+        #[arg(long, value_enum)]
+        from: StorageSource,
+        /// The state directory to copy (default: the config's state_dir).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+/// Where `storage migrate` copies from.
+#[derive(Clone, Copy, ValueEnum)]
+enum StorageSource {
+    /// A single host's state directory (the file backend).
+    File,
 }
 
 /// The shells `certkeeper completions` writes a script for.
@@ -376,6 +403,32 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Storage {
+                action:
+                    StorageAction::Migrate {
+                        from: StorageSource::File,
+                        state_dir,
+                    },
+            } => match load(&cli.config) {
+                Ok(cfg) => {
+                    let migrated = tokio::task::spawn_blocking(move || {
+                        certkeeper::commands::storage_migrate::from_file(&cfg, state_dir.as_deref())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the migration stopped: {e}")));
+                    match migrated {
+                        Ok(report) => {
+                            println!("{report}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("certkeeper: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                Err(code) => code,
+            },
             Command::Status { json, name } => {
                 certkeeper::commands::status::run(&cli.config, json, name.as_deref())
             }

@@ -130,26 +130,19 @@ pub fn import_pem(
         )));
     }
 
-    let _lease = rt.ledger.lock(name).map_err(store_err)?;
+    let held = rt.ledger.lock(name).map_err(store_err)?;
     let now = Timestamp::now();
     let imported = Event::Imported {
         issuer: cert.issuers.first().cloned(),
         fingerprint: due::fingerprint(cert),
         at: now,
     };
-    let paths = rt
-        .ledger
-        .install(
-            name,
-            &cert.output,
-            (key_pem, chain_pem),
-            &verified,
-            imported,
-        )
+    let paths = held
+        .install(&cert.output, (key_pem, chain_pem), &verified, imported)
         .map_err(store_err)?;
     // An order in flight would finalize with another key: it is not resumed.
-    rt.ledger.drop_pending_key(name).map_err(store_err)?;
-    drop(_lease);
+    held.drop_pending_key().map_err(store_err)?;
+    drop(held);
     let snap = rt.ledger.snapshot(name, &cert.output);
     let due = due::due(&rt.config, cert, &snap, now, false);
     info!(cert = %name, serial = %verified.serial_hex, not_after = %verified.not_after, renew_at = %due.at, "certificate imported");

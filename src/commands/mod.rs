@@ -9,4 +9,5 @@ pub mod migrate;
 pub mod renew;
 pub mod revoke;
 pub mod status;
+pub mod storage_migrate;
 pub mod storage_probe;

@@ -87,6 +87,16 @@ pub fn render(report: &PassReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     for (name, issued) in &report.issued {
+        if !issued.ordered_here {
+            let _ = writeln!(
+                out,
+                "{name}: installed the fleet's current certificate, issued by another node (serial {}, valid until {}) -> {}",
+                issued.cert.serial_hex,
+                issued.cert.not_after,
+                issued.paths.fullchain.display()
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "{name}: issued by {} (serial {}, valid until {}) -> {}",

@@ -192,7 +192,7 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
         source,
     };
     // No issuance of this certificate while it is being revoked.
-    let _lease = rt.ledger.lock(name).map_err(store_err)?;
+    let held = rt.ledger.lock(name).map_err(store_err)?;
     let spec = &cert.output;
     let snap = rt.ledger.snapshot(name, spec);
     if let Some(e) = &snap.installed_error {
@@ -302,7 +302,7 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
             message: failures.join("; "),
         });
     };
-    let kept = rt.ledger.revoked(name, spec, &live).map_err(store_err)?;
+    let kept = held.revoked(spec, &live).map_err(store_err)?;
     info!(cert = %name, serial = %serial, issuer = %issuer.name, reason = %opts.reason, signed_with, kept = %kept.display(), "certificate revoked; a replacement is due at once");
     Ok(Revoked {
         serial,

@@ -203,7 +203,9 @@ output = {{ dir = "{d}/tls" }}
             at: Timestamp::now(),
         };
         rt.ledger
-            .install("www", &cert.output, (&key, &chain), &v, after)
+            .lock("www")
+            .unwrap()
+            .install(&cert.output, (&key, &chain), &v, after)
             .unwrap();
         v.serial_hex
     }

@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::challenge::http01::{Http01Server, TokenStore};
 use crate::config::{self, CertificateConfig};
-use crate::engine::order::Issued;
+use crate::engine::order::{Issued, adopt};
 use crate::engine::pass::{attempt, record_failure};
 use crate::engine::{IssueError, Runtime, alerts, ari, due, reload};
 use crate::hooks::ReloadRequest;
@@ -43,6 +43,8 @@ const CLEANUP_GRACE: Duration = Duration::from_secs(20);
 /// Reload hooks still running then are left: their reload is still pending in the ledger and runs
 /// at the next start.
 const STOP_BUDGET: Duration = Duration::from_secs(80);
+/// In a fleet, how often a node looks whether another node renewed a certificate.
+const FLEET_POLL: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
 
 /// A finished task: `None` when the certificate turned out not to be due.
 type Done = (String, Option<Result<Issued, IssueError>>);
@@ -185,7 +187,9 @@ impl Daemon {
     /// Schedule every certificate (paused ones at once) and run the reloads a previous run left
     /// pending (killed between install and reload, or a failed hook).
     fn start(&mut self) {
-        let pending = self.schedule_all(true);
+        self.adopt_all();
+        let mut pending = self.schedule_all(true);
+        pending.retain(|p| !self.reloads.iter().any(|r| r.cert_name == p.cert_name));
         // Loading the config and reading every certificate freed far more than stays in use.
         release_memory();
         if !pending.is_empty() {
@@ -199,6 +203,23 @@ impl Daemon {
             rt: self.rt.clone(),
             force: true,
         });
+    }
+
+    /// In a fleet, install the current pair of every certificate that another node renewed while
+    /// this one was down, and queue its reload.
+    fn adopt_all(&mut self) {
+        let certs: Vec<CertificateConfig> = self.rt.config.certificates.values().cloned().collect();
+        for cert in &certs {
+            match adopt(&self.rt, cert) {
+                Ok(Some(issued)) => self
+                    .reloads
+                    .extend(reload::request(cert, &issued.cert.serial_hex)),
+                Ok(None) => {}
+                Err(e) => {
+                    error!(cert = %cert.name, error = %e, "cannot install the fleet's current certificate here")
+                }
+            }
+        }
     }
 
     fn sleep_for(&self) -> Duration {
@@ -279,7 +300,9 @@ impl Daemon {
             .is_some_and(|r| r.as_ref().err().is_none_or(|e| !e.is_busy()));
         match result {
             Some(Ok(issued)) => {
-                self.metrics.count_renewal(&name, true);
+                if issued.ordered_here {
+                    self.metrics.count_renewal(&name, true);
+                }
                 self.reloads.retain(|r| r.cert_name != name);
                 self.reloads
                     .extend(reload::request(&cert, &issued.cert.serial_hex));
@@ -333,6 +356,10 @@ impl Daemon {
         }
         if after_check && wake <= now {
             wake = now + jiff::SignedDuration::from_secs(60);
+        }
+        // In a fleet, another node may renew it any time: look at the shared pair regularly.
+        if self.rt.ledger.node().is_some() {
+            wake = wake.min(now + FLEET_POLL);
         }
         self.timers.set(&cert.name, wake);
         let retry = &snap.state.retry;
@@ -463,6 +490,13 @@ async fn work(
     paused_now: bool,
 ) -> Done {
     let _permit = limit.acquire_owned().await;
+    match adopt(&rt, &cert) {
+        Ok(Some(issued)) => return (cert.name, Some(Ok(issued))),
+        Ok(None) => {}
+        Err(e) => {
+            error!(cert = %cert.name, error = %e, "cannot install the fleet's current certificate here")
+        }
+    }
     let now = Timestamp::now();
     let mut snap = rt.ledger.snapshot(&cert.name, &cert.output);
     if snap.live().is_some()

@@ -170,10 +170,13 @@ impl IssueError {
         matches!(*self.cause, Cause::Interrupted)
     }
 
-    /// True when another task or process holds the certificate's issuance lease: it is being
-    /// worked on, so this is no failure of the certificate.
+    /// True when another task, process or node holds the certificate's issuance lease (it is being
+    /// worked on), or renewed it meanwhile: no failure of the certificate.
     pub fn is_busy(&self) -> bool {
-        matches!(*self.cause, Cause::Store(StoreError::Locked { .. }))
+        matches!(
+            *self.cause,
+            Cause::Store(StoreError::Locked { .. } | StoreError::RenewedElsewhere { .. })
+        )
     }
 }
 

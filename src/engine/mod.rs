@@ -27,5 +27,5 @@ mod order_tests;
 
 pub use error::{Cause, Decision, IssueError, decide};
 pub use runtime::{
-    Runtime, USER_AGENT, decode_eab_key, file_backend, http01_spool, open_storage, read_only_ledger,
+    Runtime, USER_AGENT, decode_eab_key, http01_spool, ledger, open_storage, read_only_ledger,
 };

@@ -18,7 +18,8 @@ use crate::challenge::dns01::zone::Lookup;
 use crate::challenge::{ChallengeCtx, ChallengeKind, IdentifierKind, PersistCtx, Solver};
 use crate::config::{CertificateConfig, IssuerConfig};
 use crate::store::{
-    self, AuthzTrace, ErrorTrace, Event, InstalledPaths, OrderTrace, Snapshot, VerifiedCert,
+    self, AuthzTrace, ErrorTrace, Event, InstalledPaths, Issuance, OrderTrace, Snapshot,
+    StoreError, VerifiedCert,
 };
 
 use super::due::fingerprint;
@@ -36,6 +37,9 @@ pub struct Issued {
     pub paths: InstalledPaths,
     /// The ARI CertID of the new certificate (RFC 9773), for renewal information and `replaces`.
     pub ari_cert_id: Option<String>,
+    /// False when another node of the fleet ordered it and this node installed it from the shared
+    /// store ([`adopt`]).
+    pub ordered_here: bool,
 }
 
 /// How long one order may take from newOrder to a downloaded certificate before it is given up for
@@ -57,7 +61,20 @@ pub async fn issue(
     if rt.interrupt.is_cancelled() {
         return Err(IssueError::interrupted());
     }
-    let _lease = rt.ledger.lock(&cert.name)?;
+    let held = rt.ledger.lock(&cert.name)?;
+    // Decided on `snap`, read before the lease was taken: another process or node may have
+    // renewed it since. Then there is nothing to order; in a fleet its pair is installed here.
+    let fresh = rt.ledger.snapshot(&cert.name, &cert.output);
+    if fresh.renewed_since(snap) {
+        drop(held);
+        return match adopt(rt, cert)? {
+            Some(issued) => Ok(issued),
+            None => Err(IssueError::new(StoreError::RenewedElsewhere {
+                name: cert.name.clone(),
+                serial: fresh.current_serial().unwrap_or_default().to_string(),
+            })),
+        };
+    }
     let lifetime = snap.lifetime();
     // ARI's `replaces` names the live certificate, sent only to the CA that issued it (state from
     // before that was recorded: the first issuer).
@@ -73,7 +90,7 @@ pub async fn issue(
         let to_this = issued_by.map_or(i == 0, |by| by == issuer_name);
         let replaces = replaces.clone().filter(|_| to_this);
         let trace = Trace::new(issuer_name);
-        let result = issue_with(rt, cert, issuer, replaces, &trace).await;
+        let result = issue_with(rt, &held, cert, issuer, replaces, &trace).await;
         let e = match result {
             Ok(issued) => {
                 trace.finish(rt, &cert.name, None);
@@ -164,8 +181,26 @@ impl Trace {
     }
 }
 
+/// Install the fleet's current pair of `cert` here when it is newer than what is installed (see
+/// [`crate::store::Ledger::adopt`]); `None` when there is nothing to install, or not a fleet.
+pub fn adopt(rt: &Runtime, cert: &CertificateConfig) -> Result<Option<Issued>, IssueError> {
+    let Some((verified, paths)) = rt.ledger.adopt(&cert.name, &cert.output, &cert.domains)? else {
+        return Ok(None);
+    };
+    let state = rt.ledger.state(&cert.name)?.unwrap_or_default();
+    info!(cert = %cert.name, serial = %verified.serial_hex, not_after = %verified.not_after, "installed the fleet's current certificate");
+    Ok(Some(Issued {
+        issuer: state.issuer.unwrap_or_default(),
+        cert: verified,
+        paths,
+        ari_cert_id: state.ari_cert_id,
+        ordered_here: false,
+    }))
+}
+
 async fn issue_with(
     rt: &Runtime,
+    held: &Issuance<'_>,
     cert: &CertificateConfig,
     issuer: &IssuerConfig,
     replaces: Option<String>,
@@ -224,7 +259,16 @@ async fn issue_with(
         None => {
             caa_preflight(rt, &account, cert, issuer).await?;
             preflight(rt, &account, cert, issuer).await?;
-            new_order(rt, &account, cert, issuer, identifiers.clone(), replaces).await?
+            new_order(
+                rt,
+                held,
+                &account,
+                cert,
+                issuer,
+                identifiers.clone(),
+                replaces,
+            )
+            .await?
         }
     };
 
@@ -271,7 +315,7 @@ async fn issue_with(
         .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
         .instrument(tracing::info_span!("download", cert = %cert.name))
         .await?;
-    install(rt, cert, issuer, &key, &cert_url, &chain)
+    install(held, cert, issuer, &key, &cert_url, &chain)
 }
 
 /// Before a new order: let the solver of each name check what the CA will look at for it (a
@@ -331,6 +375,7 @@ async fn caa_preflight(
 /// Create a new order, its key stored in the ledger before the CA knows the order.
 async fn new_order(
     rt: &Runtime,
+    held: &Issuance<'_>,
     account: &acme::Account,
     cert: &CertificateConfig,
     issuer: &IssuerConfig,
@@ -344,9 +389,9 @@ async fn new_order(
     // The order this key replaces is forgotten first: an order URL must never be paired with a key
     // that is not its own (a newOrder failing after the key was saved would otherwise leave every
     // later attempt resuming the old order and rejecting its certificate).
-    rt.ledger.record(&cert.name, Event::OrderAbandoned)?;
+    held.record(Event::OrderAbandoned)?;
     // The key is stored before the CA knows the order, so a resumed order finalizes with it.
-    rt.ledger.save_pending_key(&cert.name, &key_pem)?;
+    held.save_pending_key(&key_pem)?;
     let mut req = NewOrder {
         identifiers,
         profile: cert.profile.clone(),
@@ -362,13 +407,10 @@ async fn new_order(
         }
         other => other,
     }?;
-    rt.ledger.record(
-        &cert.name,
-        Event::OrderCreated {
-            issuer: issuer.name.clone(),
-            url: order.url.clone(),
-        },
-    )?;
+    held.record(Event::OrderCreated {
+        issuer: issuer.name.clone(),
+        url: order.url.clone(),
+    })?;
     info!(cert = %cert.name, issuer = %issuer.name, order = %order.url, replaces = req.replaces.as_deref().unwrap_or("-"), "order created");
     Ok((order, key))
 }
@@ -401,7 +443,7 @@ fn finished_order(order: &acme::Order) -> Result<String, IssueError> {
 /// Verify the chain downloaded from `url` against the key and the configured names, then install
 /// it through the ledger.
 fn install(
-    rt: &Runtime,
+    held: &Issuance<'_>,
     cert: &CertificateConfig,
     issuer: &IssuerConfig,
     key: &PKey<Private>,
@@ -422,8 +464,7 @@ fn install(
         .certificates()
         .ok()
         .and_then(|c| c.first().and_then(|leaf| acme::cert_id(leaf).ok()));
-    let paths = rt.ledger.install(
-        &cert.name,
+    let paths = held.install(
         &cert.output,
         (&key_pem, chain.pem.as_bytes()),
         &verified,
@@ -443,6 +484,7 @@ fn install(
         cert: verified,
         paths,
         ari_cert_id,
+        ordered_here: true,
     })
 }
 

@@ -411,7 +411,9 @@ async fn a_far_rate_limit_on_the_only_issuer_is_clamped_not_paused() {
 /// Record an order in flight at `ca` for certificate `www`, with `key` as its pending key.
 fn order_in_flight(rt: &Runtime, ca: &Ca, key: &PKey<Private>) {
     rt.ledger
-        .save_pending_key("www", &key.private_key_to_pem_pkcs8().unwrap())
+        .lock("www")
+        .unwrap()
+        .save_pending_key(&key.private_key_to_pem_pkcs8().unwrap())
         .unwrap();
     let url = format!("{}/order/1", ca.base());
     let issuer = "a".to_string();

@@ -83,10 +83,15 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
             continue;
         }
         selected.push(cert.clone());
+        // In a fleet, a pair another node issued is installed here first (and reloaded).
+        let adopted = adopt(&rt, cert, &mut report);
         let snap = rt.ledger.snapshot(name, &cert.output);
         // A reload that did not complete (killed between install and reload, a failed hook) runs
         // with this pass's reloads.
-        reloads.extend(reload::pending_one(cert, &snap));
+        reloads.extend(match adopted {
+            Some(serial) => reload::request(cert, &serial),
+            None => reload::pending_one(cert, &snap),
+        });
         if opts.force {
             todo.push((cert.clone(), snap));
             continue;
@@ -142,6 +147,24 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
     }
     verify_and_notify(&rt, &mut report, &reloads, &selected).await;
     report
+}
+
+/// Install the fleet's current pair of `cert` here when it is newer (see [`order::adopt`]),
+/// reporting it with the issued ones; its serial when it was installed. A failure is logged: this
+/// node keeps what it has.
+fn adopt(rt: &Runtime, cert: &CertificateConfig, report: &mut PassReport) -> Option<String> {
+    match order::adopt(rt, cert) {
+        Ok(Some(issued)) => {
+            let serial = issued.cert.serial_hex.clone();
+            report.issued.push((cert.name.clone(), issued));
+            Some(serial)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            error!(cert = %cert.name, error = %e, "cannot install the fleet's current certificate here");
+            None
+        }
+    }
 }
 
 /// After the reloads: check that the certificates issued or reloaded are served, then decide the

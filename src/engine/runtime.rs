@@ -12,7 +12,8 @@ use crate::acme::{self, AcmeError};
 use crate::challenge::dns01::Dns01Solver;
 use crate::challenge::http01::{Http01Solver, TokenStore};
 use crate::challenge::{ChallengeKind, IdentifierKind, SolveError, Solver};
-use crate::config::{Config, IssuerConfig, SolverKind};
+use crate::config::{Config, IssuerConfig, SolverKind, StorageConfig};
+use crate::store::postgres::{PgOptions, PgStorage};
 use crate::store::{self, AccountStore, FileStorage, Ledger, Storage, StoreError};
 
 use super::error::IssueError;
@@ -34,27 +35,37 @@ pub struct Runtime {
     solvers: std::sync::Mutex<HashMap<(String, usize), Arc<dyn Solver>>>,
 }
 
-/// Open the storage of `config` for a process that changes state (creating the state directory).
+/// Open the storage of `config` for a process that changes state: the state directory (created
+/// when missing), or the fleet's PostgreSQL database (its schema created or migrated on the first
+/// call; a database that is down is retried call by call, it does not stop the start).
 pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StoreError> {
-    file_backend(config)?;
-    Ok(Arc::new(FileStorage::open(&config.state_dir)?))
-}
-
-/// The ledger of `config` for reading only (`status`, `explain`): nothing is created or changed.
-pub fn read_only_ledger(config: &Config) -> Result<Ledger, StoreError> {
-    file_backend(config)?;
-    Ok(Ledger::read_only(Arc::new(FileStorage::open_read_only(
-        &config.state_dir,
-    ))))
-}
-
-/// The file backend is the one this build runs on: a configured PostgreSQL backend is refused
-/// with a clear error, never silently replaced by the local state_dir.
-pub fn file_backend(config: &Config) -> Result<(), StoreError> {
-    match config.storage {
-        crate::config::StorageConfig::File => Ok(()),
-        crate::config::StorageConfig::Postgres(_) => Err(StoreError::FleetUnavailable),
+    match &config.storage {
+        StorageConfig::File => Ok(Arc::new(FileStorage::open(&config.state_dir)?)),
+        StorageConfig::Postgres(pg) => Ok(Arc::new(PgStorage::open(PgOptions::from_config(pg))?)),
     }
+}
+
+/// The ledger of `config` over `storage` (from [`open_storage`]): this host's own, or this node's
+/// view of the fleet's.
+pub fn ledger(config: &Config, storage: Arc<dyn Storage>) -> Result<Ledger, StoreError> {
+    match &config.storage {
+        StorageConfig::File => Ok(Ledger::new(storage)),
+        StorageConfig::Postgres(pg) => Ledger::shared(storage, &pg.node),
+    }
+}
+
+/// The ledger of `config` for reading only (`status`, `explain`): nothing is created or changed
+/// (with PostgreSQL, the schema is not created or migrated either).
+pub fn read_only_ledger(config: &Config) -> Result<Ledger, StoreError> {
+    let storage: Arc<dyn Storage> = match &config.storage {
+        StorageConfig::File => Arc::new(FileStorage::open_read_only(&config.state_dir)),
+        StorageConfig::Postgres(pg) => {
+            let mut opts = PgOptions::from_config(pg);
+            opts.migrate = false;
+            Arc::new(PgStorage::open(opts)?)
+        }
+    };
+    ledger(config, storage).map(Ledger::read_only)
 }
 
 impl Runtime {
@@ -62,8 +73,8 @@ impl Runtime {
     pub fn new(config: Arc<Config>, tokens: TokenStore) -> Result<Self, StoreError> {
         let storage = open_storage(&config)?;
         Ok(Self {
+            ledger: ledger(&config, storage.clone())?,
             config,
-            ledger: Ledger::new(storage.clone()),
             accounts: AccountStore::new(storage),
             tokens,
             interrupt: tokio_util::sync::CancellationToken::new(),
@@ -165,8 +176,18 @@ impl Runtime {
         let client = self.client(issuer).await?;
         let id = store::account_id(&issuer.name, &issuer.directory);
         self.resolve_rollover(&client, issuer, &id).await?;
-        let stored = self.accounts.load(&id)?;
-        let known = stored.as_ref().and_then(|s| s.record.as_ref()).is_some();
+        let mut stored = self.accounts.load(&id)?;
+        let mut known = stored.as_ref().and_then(|s| s.record.as_ref()).is_some();
+        // Registering: another process or node sharing the store may be registering the same
+        // account right now; wait for it and use what it registered.
+        let _registering = if known {
+            None
+        } else {
+            let lock = self.accounts.lock_wait(&id)?;
+            stored = self.accounts.load(&id)?;
+            known = stored.as_ref().and_then(|s| s.record.as_ref()).is_some();
+            Some(lock)
+        };
         let key = match stored {
             Some(stored) => acme::AccountKey::from_pem(stored.key_pem.as_bytes()).map_err(|e| {
                 IssueError::internal(format!(

@@ -135,6 +135,13 @@ impl AccountStore {
         Ok(self.storage.describe(&target))
     }
 
+    /// Take the lock of account `id`, waiting for its holder: held while an account is first
+    /// registered, so two processes or nodes sharing a store register one account, not two.
+    pub fn lock_wait(&self, id: &str) -> Result<Lease, StoreError> {
+        check_name(id)?;
+        self.storage.lock_wait(&format!("account-{id}"))
+    }
+
     /// Take the lock of account `id` (held across a key rollover) without waiting;
     /// [`StoreError::Locked`] when another process holds it.
     pub fn lock(&self, id: &str) -> Result<Lease, StoreError> {

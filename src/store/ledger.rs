@@ -21,6 +21,16 @@
 //! locks/<name>.lock       issuance lease: held while a certificate is ordered, imported or revoked
 //! locks/state-<name>.lock held for the few milliseconds of one read-modify-write of the state
 //! ```
+//!
+//! **Fleet** ([`Ledger::shared`], a store several nodes share): the certificate's current pair is
+//! in the store too (`pairs/<name>.json`, see [`super::shared`]), written before the local switch,
+//! and every node installs it into its own output directories ([`Ledger::adopt`]). What is a fact
+//! of one node — which serial its reload hooks ran for — is kept per node
+//! (`nodes/<node>/<name>.json`, events [`Event::Installing`] and [`Event::Reloaded`]). Writes made
+//! while the issuance lease is held go through [`Issuance`], fenced by the lease
+//! ([`Storage::store_fenced`]): a node that lost its lease cannot overwrite a newer result. With the
+//! file backend none of this changes anything: there is no shared pair, node facts are in the one
+//! state file, and an flock cannot be lost.
 
 use std::sync::Arc;
 
@@ -30,9 +40,10 @@ use serde::de::DeserializeOwned;
 
 use super::StoreError;
 use super::install::{self, Installed, InstalledPaths, OutputSpec};
+use super::shared::{self, SharedPair};
 use super::state::{CertState, DeployCheck, InstalledSummary, OrderTrace};
 use super::storage::{Lease, Storage, check_name};
-use super::verify::VerifiedCert;
+use super::verify::{self as verify, VerifiedCert};
 use crate::scheduler::{Failure, RetryState};
 
 /// Something that happened to a certificate. [`CertState::apply`] says what each one changes.
@@ -234,6 +245,9 @@ pub struct Snapshot {
     pub installed_error: Option<String>,
     /// The installed certificate is a self-signed placeholder (written so nginx could start).
     pub placeholder: bool,
+    /// In a fleet, the serial of the current pair in the shared store (`None`: none there, or
+    /// not a fleet).
+    pub shared_serial: Option<String>,
 }
 
 impl Snapshot {
@@ -249,6 +263,21 @@ impl Snapshot {
     /// `(not_before, not_after)` of the live certificate.
     pub fn lifetime(&self) -> Option<(Timestamp, Timestamp)> {
         self.live().map(|l| (l.cert.not_before, l.cert.not_after))
+    }
+
+    /// The serial of the certificate's current pair: the shared one in a fleet, else the one
+    /// installed here.
+    pub fn current_serial(&self) -> Option<&str> {
+        self.shared_serial
+            .as_deref()
+            .or_else(|| self.installed.as_ref().map(|i| i.cert.serial_hex.as_str()))
+    }
+
+    /// True when, since `before` was read, another process or node put a new pair in place: the
+    /// work decided on `before` is done already.
+    pub fn renewed_since(&self, before: &Snapshot) -> bool {
+        self.current_serial()
+            .is_some_and(|now| Some(now) != before.current_serial())
     }
 
     /// The installed serial whose reload hooks have not run yet (installed, then the process died
@@ -268,24 +297,42 @@ pub struct Ledger {
     storage: Arc<dyn Storage>,
     /// Rebuild a missing or stale installed summary when a snapshot finds one (not for readers).
     refresh: bool,
+    /// This node's name when `storage` is shared by a fleet.
+    node: Option<String>,
 }
 
 impl Ledger {
-    /// A ledger kept in `storage`.
+    /// A ledger kept in `storage`, used by this host alone (the file backend).
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         Self {
             storage,
             refresh: true,
+            node: None,
         }
     }
 
-    /// A ledger that is only read (`status`, `explain`): a snapshot never writes, not even to
-    /// rebuild a stale installed summary (it reads the files in full instead).
-    pub fn read_only(storage: Arc<dyn Storage>) -> Self {
-        Self {
+    /// A ledger kept in `storage` shared by a fleet, seen from node `node` (see the module docs).
+    pub fn shared(storage: Arc<dyn Storage>, node: &str) -> Result<Self, StoreError> {
+        check_name(node)?;
+        Ok(Self {
             storage,
+            refresh: true,
+            node: Some(node.to_string()),
+        })
+    }
+
+    /// This ledger, only read (`status`, `explain`): a snapshot never writes, not even to rebuild
+    /// a stale installed summary (it reads the files in full instead).
+    pub fn read_only(self) -> Self {
+        Self {
             refresh: false,
+            ..self
         }
+    }
+
+    /// This node's name in a fleet; `None` for a host on its own.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     /// The storage underneath (for the account store of the same state).
@@ -303,9 +350,63 @@ impl Ledger {
         Ok(format!("certs/{name}.key.pem"))
     }
 
-    /// The state of certificate `name`, or `None` when it has none yet.
+    /// Where the facts of this node about certificate `name` are kept: its own key in a fleet,
+    /// the certificate's state otherwise.
+    fn node_key(&self, name: &str) -> Result<String, StoreError> {
+        match &self.node {
+            Some(node) => {
+                check_name(name)?;
+                Ok(format!("nodes/{node}/{name}.json"))
+            }
+            None => Self::state_key(name),
+        }
+    }
+
+    /// The key an event is recorded under: node facts (which serial this node's servers read) per
+    /// node, everything else in the certificate's state.
+    fn event_key(&self, name: &str, event: &Event) -> Result<String, StoreError> {
+        match event {
+            Event::Installing { .. } | Event::Reloaded { .. } | Event::Observed(_) => {
+                self.node_key(name)
+            }
+            _ => Self::state_key(name),
+        }
+    }
+
+    /// The state of certificate `name`, or `None` when it has none yet (in a fleet, with this
+    /// node's reload facts).
     pub fn state(&self, name: &str) -> Result<Option<CertState>, StoreError> {
-        load_json(&*self.storage, &Self::state_key(name)?)
+        let state = load_json::<CertState>(&*self.storage, &Self::state_key(name)?)?;
+        if self.node.is_none() {
+            return Ok(state);
+        }
+        // Reload facts in the shared state (copied by `storage migrate` from one host) are that
+        // host's, not this node's.
+        let mine = load_json::<CertState>(&*self.storage, &self.node_key(name)?)?;
+        if state.is_none() && mine.is_none() {
+            return Ok(None);
+        }
+        let (state, mine) = (state.unwrap_or_default(), mine.unwrap_or_default());
+        Ok(Some(with_node_facts(state, &mine)))
+    }
+
+    /// The serial of the fleet's current pair of `name` (`None`: none, unreadable, or not a fleet).
+    fn shared_serial(&self, name: &str) -> Option<String> {
+        match self.shared_pair(name) {
+            Ok(p) => p.map(|p| p.serial),
+            Err(e) => {
+                tracing::warn!(cert = %name, error = %e, "the fleet's current pair is unreadable");
+                None
+            }
+        }
+    }
+
+    /// The fleet's current pair of certificate `name` (`None` when there is none, or not a fleet).
+    pub fn shared_pair(&self, name: &str) -> Result<Option<SharedPair>, StoreError> {
+        if self.node.is_none() {
+            return Ok(None);
+        }
+        shared::load(&*self.storage, name)
     }
 
     /// Read the state and the installed pair of certificate `name` (written to `output`) once.
@@ -331,6 +432,7 @@ impl Ledger {
                 installed: Some(live),
                 installed_error: None,
                 placeholder,
+                shared_serial: self.shared_serial(name),
             };
         }
         // Stamped before the read: files replaced meanwhile give a stale stamp, never stale facts.
@@ -357,12 +459,14 @@ impl Ledger {
                 tracing::debug!(cert = %name, error = %e, "cannot save the summary of the installed certificate");
             }
         }
+        let shared_serial = self.shared_serial(name);
         Snapshot {
             state,
             state_error,
             installed,
             installed_error,
             placeholder,
+            shared_serial,
         }
     }
 
@@ -378,7 +482,8 @@ impl Ledger {
         name: &str,
         events: impl IntoIterator<Item = Event>,
     ) -> Result<CertState, StoreError> {
-        self.record_changes(name, events).map(|(_, after)| after)
+        self.record_changes(name, events, None)
+            .map(|(_, after)| after)
     }
 
     /// [`Ledger::record`], returning the state before the event as well as after it (what a
@@ -388,19 +493,59 @@ impl Ledger {
         name: &str,
         event: Event,
     ) -> Result<(CertState, CertState), StoreError> {
-        self.record_changes(name, [event])
+        self.record_changes(name, [event], None)
     }
 
     /// The one read-modify-write of a certificate's state: `events` applied in order under its
-    /// state lock, one durable write; the state before and after.
+    /// state lock, fenced by `lease` when given (see [`Issuance::record`]); the state before and
+    /// after. In a fleet, this node's facts (see [`Ledger::event_key`]) go to its own key: one
+    /// durable write per key.
     fn record_changes(
         &self,
         name: &str,
         events: impl IntoIterator<Item = Event>,
+        lease: Option<&Lease>,
     ) -> Result<(CertState, CertState), StoreError> {
-        let key = Self::state_key(name)?;
+        let (mut shared, mut mine) = (Vec::new(), Vec::new());
+        for event in events {
+            if self.event_key(name, &event)? == Self::state_key(name)? {
+                shared.push(event);
+            } else {
+                mine.push(event);
+            }
+        }
         let _lock = self.storage.lock_wait(&format!("state-{name}"))?;
-        let mut state = match load_json::<CertState>(&*self.storage, &key) {
+        let state_key = Self::state_key(name)?;
+        if mine.is_empty() || self.node.is_none() {
+            shared.extend(mine);
+            return self.apply_at(name, &state_key, shared, lease);
+        }
+        let (mine_before, mine_after) = self.apply_at(name, &self.node_key(name)?, mine, lease)?;
+        let (before, after) = if shared.is_empty() {
+            let state = load_json::<CertState>(&*self.storage, &state_key)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            (state.clone(), state)
+        } else {
+            self.apply_at(name, &state_key, shared, lease)?
+        };
+        Ok((
+            with_node_facts(before, &mine_before),
+            with_node_facts(after, &mine_after),
+        ))
+    }
+
+    /// Apply `events` to the state kept under `key` (the caller holds the state lock): one durable
+    /// write, fenced by `lease` when given.
+    fn apply_at(
+        &self,
+        name: &str,
+        key: &str,
+        events: Vec<Event>,
+        lease: Option<&Lease>,
+    ) -> Result<(CertState, CertState), StoreError> {
+        let mut state = match load_json::<CertState>(&*self.storage, key) {
             Ok(s) => s.unwrap_or_default(),
             // A corrupt state file would otherwise block every later event: start it afresh.
             Err(StoreError::CorruptState { .. }) => {
@@ -413,21 +558,24 @@ impl Ledger {
         for event in events {
             state.apply(event);
         }
-        store_json(&*self.storage, &key, &state)?;
+        let bytes = json_bytes(&*self.storage, key, &state)?;
+        match lease {
+            Some(lease) => self.storage.store_fenced(key, &bytes, lease)?,
+            None => self.storage.store(key, &bytes)?,
+        }
         Ok((before, state))
     }
 
     /// Take the issuance lease of certificate `name` without waiting: held while it is ordered,
-    /// imported or revoked, so two tasks or processes never work on it at once.
-    pub fn lock(&self, name: &str) -> Result<Lease, StoreError> {
+    /// imported or revoked, so two tasks, processes or nodes never work on it at once. The writes
+    /// of that work go through the returned [`Issuance`].
+    pub fn lock(&self, name: &str) -> Result<Issuance<'_>, StoreError> {
         check_name(name)?;
-        self.storage.lock(name)
-    }
-
-    /// Save the private key of `name`'s in-flight order BEFORE the order is created, so a resumed
-    /// order finalizes with the same key.
-    pub fn save_pending_key(&self, name: &str, key_pem: &[u8]) -> Result<(), StoreError> {
-        self.storage.store(&Self::pending_path(name)?, key_pem)
+        Ok(Issuance {
+            ledger: self,
+            name: name.to_string(),
+            lease: self.storage.lock(name)?,
+        })
     }
 
     /// The in-flight order's private key of certificate `name`, if any.
@@ -435,25 +583,117 @@ impl Ledger {
         self.storage.load(&Self::pending_path(name)?)
     }
 
-    /// Switch `name`'s output directory to a verified new pair, then record `after` (an
-    /// [`Event::Issued`] or [`Event::Imported`]).
+    /// Install the fleet's current pair of `name` into this node's `output` when what is installed
+    /// here is older (or missing, torn, a placeholder), recording the reload as pending for this
+    /// node. Returns what was installed; `None` when there is nothing to do (or not a fleet).
     ///
-    /// The reload is recorded as pending before the switch (when the state can be written at all);
-    /// the order's pending key is removed after it. Once the pair is live, a failure to record is logged, not returned: the new pair must not
-    /// count as a failed issuance (that would skip the reload hooks).
-    pub fn install(
+    /// The pair is verified against `domains` before anything is touched; a pair older than the
+    /// one installed here is never installed.
+    pub fn adopt(
         &self,
         name: &str,
+        output: &OutputSpec,
+        domains: &[String],
+    ) -> Result<Option<(VerifiedCert, InstalledPaths)>, StoreError> {
+        let Some(pair) = self.shared_pair(name)? else {
+            return Ok(None);
+        };
+        let here = install::read_installed(output).ok().flatten();
+        if here
+            .as_ref()
+            .is_some_and(|i| i.cert.serial_hex == pair.serial)
+        {
+            return Ok(None);
+        }
+        let verified = verify::verify_pair(
+            pair.key_pem.as_bytes(),
+            pair.chain_pem.as_bytes(),
+            domains,
+            None,
+        )?;
+        let newer_here = here.as_ref().is_some_and(|i| {
+            !is_self_signed_placeholder(&i.fullchain_pem) && i.cert.not_before > verified.not_before
+        });
+        if newer_here {
+            return Ok(None);
+        }
+        let installing = Event::Installing {
+            serial: verified.serial_hex.clone(),
+        };
+        if let Err(e) = self.record(name, installing) {
+            tracing::warn!(cert = %name, error = %e, "cannot record the pending reload; installing anyway");
+        }
+        let paths = install::install(
+            output,
+            pair.key_pem.as_bytes(),
+            pair.chain_pem.as_bytes(),
+            &verified,
+        )?;
+        Ok(Some((verified, paths)))
+    }
+}
+
+/// The issuance lease of one certificate, held ([`Ledger::lock`]), and the ledger's writes made
+/// under it: each is fenced by the lease, so once it is lost (expired, taken over by another node)
+/// they are refused ([`StoreError::Fenced`]) and a newer result is never overwritten. Dropping it
+/// releases the lease.
+#[derive(Debug)]
+pub struct Issuance<'a> {
+    ledger: &'a Ledger,
+    name: String,
+    lease: Lease,
+}
+
+impl Issuance<'_> {
+    /// The lease held.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Apply `event` to the certificate's state (see [`Ledger::record`]), fenced.
+    pub fn record(&self, event: Event) -> Result<CertState, StoreError> {
+        self.ledger
+            .record_changes(&self.name, [event], Some(&self.lease))
+            .map(|(_, after)| after)
+    }
+
+    /// Save the private key of the in-flight order BEFORE the order is created, so a resumed
+    /// order finalizes with the same key.
+    pub fn save_pending_key(&self, key_pem: &[u8]) -> Result<(), StoreError> {
+        let key = Ledger::pending_path(&self.name)?;
+        self.ledger.storage.store_fenced(&key, key_pem, &self.lease)
+    }
+
+    /// Drop the pending key of an order that will not be resumed (`certkeeper import`).
+    pub fn drop_pending_key(&self) -> Result<(), StoreError> {
+        let key = Ledger::pending_path(&self.name)?;
+        self.ledger.storage.delete_fenced(&key, &self.lease)
+    }
+
+    /// Switch the output directory to a verified new pair, then record `after` (an
+    /// [`Event::Issued`] or [`Event::Imported`]).
+    ///
+    /// In a fleet the pair becomes the fleet's current pair first (fenced: a node that lost its
+    /// lease installs nothing). The reload is recorded as pending before the switch (when the state
+    /// can be written at all); the order's pending key is removed after it. Once the pair is live,
+    /// a failure to record is logged, not returned: the new pair must not count as a failed
+    /// issuance (that would skip the reload hooks).
+    pub fn install(
+        &self,
         output: &OutputSpec,
         pair: (&[u8], &[u8]),
         verified: &VerifiedCert,
         after: Event,
     ) -> Result<InstalledPaths, StoreError> {
+        let (ledger, name) = (self.ledger, self.name.as_str());
         let (key_pem, chain_pem) = pair;
+        if ledger.node.is_some() {
+            shared::store(&*ledger.storage, name, pair, verified, &self.lease)?;
+        }
         let installing = Event::Installing {
             serial: verified.serial_hex.clone(),
         };
-        if let Err(e) = self.record(name, installing) {
+        if let Err(e) = ledger.record(name, installing) {
             // A state directory that cannot be written must not keep a fresh certificate from its
             // servers; only a crash before the reload would then go unnoticed.
             tracing::warn!(cert = %name, error = %e, "cannot record the pending reload; installing anyway");
@@ -467,10 +707,12 @@ impl Ledger {
                 placeholder: is_self_signed_placeholder(chain_pem),
             })
         });
-        if let Err(e) = self.record_all(name, [after, Event::Observed(summary)]) {
+        let recorded =
+            ledger.record_changes(name, [after, Event::Observed(summary)], Some(&self.lease));
+        if let Err(e) = recorded {
             tracing::warn!(cert = %name, error = %e, "certificate installed, but its state could not be updated; fix the state directory");
         }
-        if let Err(e) = self.storage.delete(&Self::pending_path(name)?) {
+        if let Err(e) = self.drop_pending_key() {
             tracing::warn!(cert = %name, error = %e, "certificate installed, but the pending key could not be removed from the state directory");
         }
         Ok(paths)
@@ -480,23 +722,14 @@ impl Ledger {
     /// revocation, so the next pass replaces it at once.
     pub fn revoked(
         &self,
-        name: &str,
         output: &OutputSpec,
         live: &Installed,
     ) -> Result<std::path::PathBuf, StoreError> {
         let kept = install::keep_revoked(output, live)?;
-        self.record(
-            name,
-            Event::Revoked {
-                serial: live.cert.serial_hex.clone(),
-            },
-        )?;
+        self.record(Event::Revoked {
+            serial: live.cert.serial_hex.clone(),
+        })?;
         Ok(kept)
-    }
-
-    /// Drop the pending key of an order that will not be resumed (`certkeeper import`).
-    pub fn drop_pending_key(&self, name: &str) -> Result<(), StoreError> {
-        self.storage.delete(&Self::pending_path(name)?)
     }
 }
 
@@ -530,18 +763,37 @@ pub(crate) fn load_json<T: DeserializeOwned>(
     }
 }
 
+/// The shared `state` of a certificate with this node's own facts from `mine` (reload facts and
+/// the summary of what is installed here): in a fleet those in the shared state (copied by
+/// `storage migrate` from one host) are that host's, not this node's.
+fn with_node_facts(mut state: CertState, mine: &CertState) -> CertState {
+    state.reload_pending.clone_from(&mine.reload_pending);
+    state.reloaded_serial.clone_from(&mine.reloaded_serial);
+    state.installed.clone_from(&mine.installed);
+    state
+}
+
+/// `value` as pretty JSON, as stored under `key`.
+fn json_bytes<T: Serialize>(
+    storage: &dyn Storage,
+    key: &str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Encode {
+        path: storage.describe(key).into(),
+        source,
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
 /// Store `value` as pretty JSON under `key`.
 pub(crate) fn store_json<T: Serialize>(
     storage: &dyn Storage,
     key: &str,
     value: &T,
 ) -> Result<(), StoreError> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Encode {
-        path: storage.describe(key).into(),
-        source,
-    })?;
-    bytes.push(b'\n');
-    storage.store(key, &bytes)
+    storage.store(key, &json_bytes(storage, key, value)?)
 }
 
 #[cfg(test)]
@@ -817,7 +1069,10 @@ mod tests {
             fingerprint: "f".into(),
             at: Timestamp::now(),
         };
-        l.install("www", &spec, (&k1, &c1), &v1, imported).unwrap();
+        l.lock("www")
+            .unwrap()
+            .install(&spec, (&k1, &c1), &v1, imported)
+            .unwrap();
         let summary = l.state("www").unwrap().unwrap().installed;
         let summary = summary.expect("the install records the summary in the same write");
         assert_eq!((&summary.cert, summary.placeholder), (&v1, false));
@@ -829,9 +1084,10 @@ mod tests {
         // full; a read-only ledger does not write, a writing one rebuilds the summary.
         let (k2, c2, v2) = pair(2);
         install::install(&spec, &k2, &c2, &v2).unwrap();
-        let reader = Ledger::read_only(Arc::new(FileStorage::open_read_only(
+        let reader = Ledger::new(Arc::new(FileStorage::open_read_only(
             tmp.path().join("state"),
-        )));
+        )))
+        .read_only();
         assert_eq!(reader.snapshot("www", &spec).live().unwrap().cert, v2);
         let kept = l.state("www").unwrap().unwrap().installed;
         assert_eq!(kept.as_ref(), Some(&summary), "a reader never writes");
@@ -848,7 +1104,9 @@ mod tests {
 
         // Gone: read as missing, and the summary is dropped.
         std::fs::remove_dir_all(&spec.dir).unwrap();
-        l.install("www", &spec, (&k1, &c1), &v1, Event::OrderAbandoned)
+        l.lock("www")
+            .unwrap()
+            .install(&spec, (&k1, &c1), &v1, Event::OrderAbandoned)
             .unwrap();
         std::fs::remove_dir_all(&spec.dir).unwrap();
         let snap = l.snapshot("www", &spec);
@@ -861,26 +1119,84 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let l = ledger(tmp.path());
         assert!(l.pending_key("www").unwrap().is_none());
-        l.save_pending_key("www", b"KEY").unwrap();
+        let held = l.lock("www").unwrap();
+        held.save_pending_key(b"KEY").unwrap();
         assert_eq!(l.pending_key("www").unwrap().as_deref(), Some(&b"KEY"[..]));
-        l.drop_pending_key("www").unwrap();
-        l.drop_pending_key("www").unwrap();
+        held.drop_pending_key().unwrap();
+        held.drop_pending_key().unwrap();
         assert!(l.pending_key("www").unwrap().is_none());
-        let lease = l.lock("www").unwrap();
         let err = l.lock("www").unwrap_err();
         assert!(
             err.to_string().contains("another certkeeper process"),
             "{err}"
         );
         // The state lock is a different one: events are recorded while the lease is held.
+        held.record(Event::Revoked {
+            serial: "01".into(),
+        })
+        .unwrap();
         l.record(
             "www",
             Event::Revoked {
-                serial: "01".into(),
+                serial: "02".into(),
             },
         )
         .unwrap();
-        drop(lease);
+        drop(held);
         l.lock("www").unwrap();
+    }
+
+    /// On its own (file backend) a host keeps every fact in the one state file and has no shared
+    /// pair; in a fleet, reload facts are per node and the other facts shared.
+    #[test]
+    fn node_facts_are_per_node_in_a_fleet_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::open(tmp.path()).unwrap());
+        let alone = Ledger::new(storage.clone());
+        alone
+            .record(
+                "www",
+                Event::Installing {
+                    serial: "0a".into(),
+                },
+            )
+            .unwrap();
+        assert!(!tmp.path().join("nodes").exists());
+        assert_eq!(
+            alone
+                .state("www")
+                .unwrap()
+                .unwrap()
+                .reload_pending
+                .as_deref(),
+            Some("0a")
+        );
+        assert!(alone.shared_pair("www").unwrap().is_none());
+
+        let (a, b) = (
+            Ledger::shared(storage.clone(), "web1").unwrap(),
+            Ledger::shared(storage, "web2").unwrap(),
+        );
+        a.record(
+            "api",
+            Event::Installing {
+                serial: "0b".into(),
+            },
+        )
+        .unwrap();
+        a.record(
+            "api",
+            Event::Revoked {
+                serial: "09".into(),
+            },
+        )
+        .unwrap();
+        let seen_by_b = b.state("api").unwrap().unwrap();
+        assert_eq!(seen_by_b.revoked_serial.as_deref(), Some("09"), "shared");
+        assert_eq!(seen_by_b.reload_pending, None, "web1's reload is web1's");
+        let seen_by_a = a.state("api").unwrap().unwrap();
+        assert_eq!(seen_by_a.reload_pending.as_deref(), Some("0b"));
+        assert!(tmp.path().join("nodes/web1/api.json").exists());
+        assert!(Ledger::shared(Arc::new(FileStorage::open(tmp.path()).unwrap()), "../x").is_err());
     }
 }

@@ -16,6 +16,7 @@ pub mod contract;
 mod install;
 mod ledger;
 pub mod postgres;
+pub mod shared;
 mod state;
 pub mod storage;
 mod verify;
@@ -29,8 +30,9 @@ pub use atomic::{atomic_write, fsync_dir};
 pub use install::{
     FilesStamp, Installed, InstalledPaths, OutputSpec, install, keep_revoked, read_installed,
 };
-pub use ledger::{AriResult, Event, Ledger, Snapshot, is_self_signed_placeholder};
+pub use ledger::{AriResult, Event, Issuance, Ledger, Snapshot, is_self_signed_placeholder};
 pub use postgres::PgStorage;
+pub use shared::SharedPair;
 pub use state::{
     AccountRecord, AuthzTrace, CertState, ChallengeTrace, DeployCheck, EndpointServed, ErrorTrace,
     InstalledSummary, OrderTrace, ProblemTrace, StoredAccount, SubProblemTrace, account_id,
@@ -133,13 +135,17 @@ pub enum StoreError {
         /// The lock file.
         path: PathBuf,
     },
-    /// `[storage] backend = "postgres"` is configured, but this build does not run on it yet.
+    /// The certificate was renewed by another process or node after this one decided to renew it
+    /// and before it took the lease: there is nothing left to do.
     #[error(
-        "[storage] backend = \"postgres\" is configured, but fleet mode is not available yet in this build: \
-         the configuration and the PostgreSQL storage backend exist, the daemon and the commands do not use \
-         them yet; set backend = \"file\" (or remove [storage]) to run this host on its own state_dir"
+        "certificate '{name}' was renewed by another certkeeper process or node meanwhile (serial {serial}); nothing to do"
     )]
-    FleetUnavailable,
+    RenewedElsewhere {
+        /// The certificate name.
+        name: String,
+        /// The serial now current.
+        serial: String,
+    },
     /// A write made under a lease was refused because the lease was lost: it expired, or another
     /// node took the lock since (its token is larger). The result this node holds is stale.
     #[error(

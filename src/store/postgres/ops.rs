@@ -178,11 +178,13 @@ fn as_i64(token: u64) -> i64 {
 }
 
 /// Whether the value under `key` is a private key, stored only sealed: account keys
-/// (`accounts/<id>/key.pem`, `key.next.pem`), certificate keys (`certs/<name>.key.pem`), and any
+/// (`accounts/<id>/key.pem`, `key.next.pem`), certificate keys (`certs/<name>.key.pem`), a fleet's
+/// current pairs (`pairs/<name>.json`), and any
 /// value that looks like a PEM private key whatever its name.
 pub(super) fn is_secret(key: &str, value: &[u8]) -> bool {
     let last = key.rsplit('/').next().unwrap_or(key);
-    last == "key.pem"
+    key.starts_with("pairs/")
+        || last == "key.pem"
         || last == "key.next.pem"
         || last.ends_with(".key.pem")
         || value.windows(16).any(|w| w == b"PRIVATE KEY-----")

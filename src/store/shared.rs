@@ -1,0 +1,83 @@
+//! A fleet's current pair of a certificate in the shared store: `pairs/<name>.json`, the private
+//! key, the full chain and the leaf's serial in one value, so a reader never sees the key of one
+//! pair with the chain of another. The value holds a private key: a shared backend stores it only
+//! sealed (see [`super::postgres::crypto`]). Written by the node that issued (or imported) the
+//! pair, under its issuance lease; read by every node ([`super::Ledger::adopt`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use super::ledger::load_json;
+use super::storage::{Lease, Storage, check_name};
+use super::verify::VerifiedCert;
+
+/// The fleet's current pair of one certificate. `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedPair {
+    /// The leaf's serial (hex, as [`VerifiedCert::serial_hex`]).
+    pub serial: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+    /// The full chain, leaf first, PEM.
+    pub chain_pem: String,
+}
+
+impl std::fmt::Debug for SharedPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPair")
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The storage key of certificate `name`'s pair.
+pub fn key(name: &str) -> Result<String, StoreError> {
+    check_name(name)?;
+    Ok(format!("pairs/{name}.json"))
+}
+
+/// The current pair of `name`, if any.
+pub fn load(storage: &dyn Storage, name: &str) -> Result<Option<SharedPair>, StoreError> {
+    load_json(storage, &key(name)?)
+}
+
+/// Make a verified pair the current pair of `name`, under `lease` (the certificate's issuance
+/// lease): refused once the lease was lost.
+pub fn store(
+    storage: &dyn Storage,
+    name: &str,
+    pair: (&[u8], &[u8]),
+    verified: &VerifiedCert,
+    lease: &Lease,
+) -> Result<(), StoreError> {
+    let key = key(name)?;
+    let text = |pem: &[u8]| {
+        String::from_utf8(pem.to_vec())
+            .map_err(|_| StoreError::Verify("the pair is not PEM text".into()))
+    };
+    let value = SharedPair {
+        serial: verified.serial_hex.clone(),
+        key_pem: text(pair.0)?,
+        chain_pem: text(pair.1)?,
+    };
+    let bytes = serde_json::to_vec(&value).map_err(|source| StoreError::Encode {
+        path: storage.describe(&key).into(),
+        source,
+    })?;
+    storage.store_fenced(&key, &bytes, lease)
+}
+
+/// Seed the current pair of `name` outside of any lease (`certkeeper storage migrate`): only when
+/// there is none yet. Returns whether it was stored.
+pub fn seed(storage: &dyn Storage, name: &str, value: &SharedPair) -> Result<bool, StoreError> {
+    let key = key(name)?;
+    if storage.load(&key)?.is_some() {
+        return Ok(false);
+    }
+    let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Encode {
+        path: storage.describe(&key).into(),
+        source,
+    })?;
+    storage.store(&key, &bytes)?;
+    Ok(true)
+}
