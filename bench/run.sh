@@ -13,11 +13,14 @@
 #   BIG_TIMEOUT=1200     seconds to wait for all BIG_COUNT fullchain.pem files
 #   RUN_TIMEOUT=300      seconds before one client run is killed and counted as FAILED
 #   CLIENTS="certkeeper lego certbot"
-#   SCENARIOS="one ten twenty big"    (also: scale; see below)
+#   SCENARIOS="one ten twenty big"    (also: scale, fleet; see below)
 #   SCALE_COUNTS="1000 10000"  scale scenario: certificates installed without a CA (bench/populate.rs),
 #   SCALE_RUNS=5               then status, status --json NAME, a no-op renew, start to READY=1 and
 #   SCALE_IDLE=10              SIGHUP to READY=1 timed SCALE_RUNS times each (medians); idle observed
 #   POPULATE_BIN=path          SCALE_IDLE s; POPULATE_BIN: target/release/examples/bench_populate
+#   FLEET_COUNT=1000           fleet scenario (bench/fleet.sh, needs root and postgresql): FLEET_COUNT
+#   FLEET_NODES=3              certificates by one daemon on the file backend, then by FLEET_NODES
+#   FLEET_TIMEOUT=1800         daemons sharing one PostgreSQL, same pebble, same run
 #   CERTKEEPER_BIN=path  use this binary and skip `cargo build --release`
 #   BUILD=1              0 = do not build; then CERTKEEPER_BIN or target/release/certkeeper must exist
 #   FLOOR=1              0 = skip measuring pebble's floor (bench/floor.py)
@@ -58,6 +61,9 @@ HTTP_PORT=${HTTP_PORT:-5002}
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 
+# shellcheck source=bench/fleet.sh
+. "$BENCH_DIR/fleet.sh"
+
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -74,6 +80,7 @@ cleanup() {
     for pid in "${PIDS[@]:-}"; do
         [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
     done
+    stop_postgres
     if [ -n "$WORK" ] && [ -d "$WORK" ]; then
         if [ "$KEEP" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
     fi
@@ -113,6 +120,9 @@ ensure_packages() {
     done
     # bench/floor.py needs Debian's python3-cryptography (certbot depends on it anyway).
     /usr/bin/python3 -c 'import cryptography' 2>/dev/null || missing+=(python3-cryptography)
+    case " $SCENARIOS " in *" fleet "*)
+        compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql) ;;
+    esac
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing: ${missing[*]}"
         as_root apt-get update -qq || die "apt-get update failed; install ${missing[*]} by hand"
@@ -543,7 +553,7 @@ print_table() {
     echo "$hdr"
     echo "$sep"
     for s in $SCENARIOS; do
-        [ "$s" = scale ] && continue
+        case $s in scale | fleet) continue ;; esac
         label=$(scenario_label "$s")
         floor=$(floor_of "$s")
         row="| $label | ${floor:--} |"
@@ -577,7 +587,7 @@ measure_floor() {
     FLOORS=$WORK/floors.tsv
     : >"$FLOORS"
     for s in $SCENARIOS; do
-        case $s in big | scale) continue ;; esac
+        case $s in big | scale | fleet) continue ;; esac
         vals=()
         for ((r = 1; r <= N; r++)); do
             pick_http_port
@@ -651,7 +661,7 @@ main() {
 
     local r s c
     for s in $SCENARIOS; do
-        case $s in big | scale) continue ;; esac
+        case $s in big | scale | fleet) continue ;; esac
         for ((r = 1; r <= N; r++)); do
             # Interleave clients so slow drift of the machine hits all of them alike.
             for c in $CLIENTS; do measure_run "$c" "$s" "$r"; done
@@ -670,6 +680,10 @@ main() {
         fi ;;
     esac
 
+    case " $SCENARIOS " in *" fleet "*)
+        [ "$want_certkeeper" = 1 ] && measure_fleet_pair ;;
+    esac
+
     stop_pid "$CTS_PID"
     {
         echo
@@ -681,6 +695,10 @@ main() {
             echo "Scale: certificates installed without a CA (bench/populate.rs), medians of $SCALE_RUNS runs:"
             echo
             print_scale
+        fi
+        if [ -n "$FLEET" ]; then
+            echo
+            print_fleet
         fi
     } | tee "${OUT:-/dev/null}"
     [ "$KEEP" = 1 ] && cp "$RESULTS" "$WORK/results-final.tsv"
