@@ -17,10 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{RData, RecordType};
-
-use super::dns01::{PropagationConfig, fqdn, zone};
+use super::dns01::{PropagationConfig, fqdn, propagation};
 use super::{ChallengeCtx, ChallengeKind, IdentifierKind, SolveError, Solver};
 
 /// The label the standing record lives under (draft-ietf-acme-dns-persist §2).
@@ -206,16 +203,12 @@ impl DnsPersist01Solver {
         let now = jiff::Timestamp::now().as_second();
         let mut wrong = Vec::new();
         for (label, addr) in &servers {
-            let answered = match txt_at(*addr, &rname).await {
-                Ok(values) => expected.judge(&values, now),
+            let answered = match propagation::txt_at(*addr, &rname).await {
+                Ok(answer) => expected.judge(&answer.values, now),
                 Err(e) => Err(e),
             };
             if let Err(what) = answered {
-                let who = if label == &addr.to_string() {
-                    label.clone()
-                } else {
-                    format!("{label} ({addr})")
-                };
+                let who = propagation::server_label(label, *addr);
                 wrong.push(format!("{who} answered {what}"));
             }
         }
@@ -234,31 +227,6 @@ impl DnsPersist01Solver {
             publish()
         )))
     }
-}
-
-/// The TXT values at `name` as `server` answers them with authority (RD off).
-async fn txt_at(server: std::net::SocketAddr, name: &str) -> Result<Vec<String>, String> {
-    let resp = zone::query(server, name, RecordType::TXT, false)
-        .await
-        .map_err(|e| format!("no answer ({e})"))?;
-    match resp.metadata.response_code {
-        ResponseCode::NoError => {}
-        ResponseCode::NXDomain => return Ok(Vec::new()),
-        code => return Err(code.to_string()),
-    }
-    Ok(resp
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::TXT(t) => Some(
-                t.txt_data
-                    .iter()
-                    .map(|part| String::from_utf8_lossy(part).into_owned())
-                    .collect::<String>(),
-            ),
-            _ => None,
-        })
-        .collect())
 }
 
 #[async_trait::async_trait]

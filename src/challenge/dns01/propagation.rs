@@ -86,20 +86,28 @@ pub enum Observation {
     Lagging(String),
 }
 
-/// Ask one server for `fqdn` TXT (RD off) and judge the answer against `value`.
-pub async fn observe(server: SocketAddr, fqdn: &str, value: &str) -> Observation {
-    let resp = match zone::query(server, fqdn, RecordType::TXT, false).await {
-        Ok(r) => r,
-        Err(e) => return Observation::Lagging(format!("no answer ({e})")),
-    };
+/// What one server answered for a name's TXT records (RD off).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxtAnswer {
+    /// The TXT values, each record's strings joined.
+    pub values: Vec<String>,
+    /// The AA flag: the server is authoritative for the name.
+    pub authoritative: bool,
+    /// NXDOMAIN (then `values` is empty).
+    pub nxdomain: bool,
+}
+
+/// Ask `server` for the TXT records at `name` (RD off). An error (in words, for messages) when it
+/// does not answer or answers other than NOERROR or NXDOMAIN.
+pub async fn txt_at(server: SocketAddr, name: &str) -> Result<TxtAnswer, String> {
+    let resp = zone::query(server, name, RecordType::TXT, false)
+        .await
+        .map_err(|e| format!("no answer ({e})"))?;
     let code = resp.metadata.response_code;
-    if code == ResponseCode::NXDomain {
-        return Observation::Lagging("NXDOMAIN".to_string());
+    if code != ResponseCode::NoError && code != ResponseCode::NXDomain {
+        return Err(code.to_string());
     }
-    if code != ResponseCode::NoError {
-        return Observation::Lagging(code.to_string());
-    }
-    let values: Vec<String> = resp
+    let values = resp
         .answers
         .iter()
         .filter_map(|r| match &r.data {
@@ -112,7 +120,34 @@ pub async fn observe(server: SocketAddr, fqdn: &str, value: &str) -> Observation
             _ => None,
         })
         .collect();
-    if !resp.metadata.authoritative {
+    Ok(TxtAnswer {
+        values,
+        authoritative: resp.metadata.authoritative,
+        nxdomain: code == ResponseCode::NXDomain,
+    })
+}
+
+/// A nameserver as messages name it: `ns1.example.com (192.0.2.53:53)`, or the address alone
+/// when that is all that is known (explicit `nameservers`).
+pub fn server_label(name: &str, addr: SocketAddr) -> String {
+    if name == addr.to_string() {
+        name.to_string()
+    } else {
+        format!("{name} ({addr})")
+    }
+}
+
+/// Ask one server for `fqdn` TXT (RD off) and judge the answer against `value`.
+pub async fn observe(server: SocketAddr, fqdn: &str, value: &str) -> Observation {
+    let answer = match txt_at(server, fqdn).await {
+        Ok(a) => a,
+        Err(what) => return Observation::Lagging(what),
+    };
+    if answer.nxdomain {
+        return Observation::Lagging("NXDOMAIN".to_string());
+    }
+    let values = answer.values;
+    if !answer.authoritative {
         return Observation::Lagging(format!(
             "TXT {values:?} without the AA flag (not authoritative)"
         ));
@@ -167,12 +202,7 @@ pub async fn wait_for_txt_via(
         let mut lagging = Vec::new();
         for (name, addr) in &servers {
             if let Observation::Lagging(what) = observe(*addr, &fqdn, value).await {
-                let label = if name == &addr.to_string() {
-                    name.clone()
-                } else {
-                    format!("{name} ({addr})")
-                };
-                lagging.push(format!("{label} answered {what}"));
+                lagging.push(format!("{} answered {what}", server_label(name, *addr)));
             }
         }
         if lagging.is_empty() {
