@@ -17,6 +17,8 @@ mod raw;
 pub mod secret;
 mod source;
 mod storage;
+#[cfg(test)]
+pub(crate) mod testing;
 mod validate;
 
 use std::collections::BTreeMap;

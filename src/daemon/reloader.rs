@@ -174,21 +174,7 @@ mod tests {
     use crate::store::{DeployCheck, Event};
 
     fn runtime(dir: &std::path::Path, extra: &str) -> Runtime {
-        let text = format!(
-            r#"state_dir = "{d}/state"
-[issuer.le]
-directory = "https://127.0.0.1:1/dir"
-[[issuer.le.solver]]
-http01 = {{ self_check = false }}
-[certificate.www]
-domains = ["www.example.com"]
-output = {{ dir = "{d}/tls" }}
-{extra}
-"#,
-            d = dir.display()
-        );
-        std::fs::write(dir.join("c.toml"), text).unwrap();
-        let cfg = Arc::new(crate::config::load(&dir.join("c.toml")).unwrap());
+        let cfg = Arc::new(crate::config::testing::one_certificate(dir, extra));
         Runtime::new(cfg, TokenStore::default()).unwrap()
     }
 

@@ -203,24 +203,8 @@ mod tests {
     use crate::store::{DeployCheck, Installed, VerifiedCert};
 
     fn config(dir: &std::path::Path, extra: &str) -> Config {
-        let text = format!(
-            r#"state_dir = "{d}/state"
-[issuer.le]
-directory = "https://127.0.0.1:1/dir"
-[[issuer.le.solver]]
-http01 = {{ self_check = false }}
-[certificate.www]
-domains = ["www.example.com"]
-output = {{ dir = "{d}/tls" }}
-{extra}
-[notify]
-command = "true"
-warn_before = "10d"
-"#,
-            d = dir.display()
-        );
-        std::fs::write(dir.join("c.toml"), text).unwrap();
-        crate::config::load(&dir.join("c.toml")).unwrap()
+        let notify = "[notify]\ncommand = \"true\"\nwarn_before = \"10d\"";
+        crate::config::testing::one_certificate(dir, &format!("{extra}\n{notify}"))
     }
 
     fn snapshot(days_left: i64) -> Snapshot {
