@@ -190,6 +190,11 @@ enum StorageAction {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Make `encryption_key_file` the key that seals private keys in the database and re-seal
+    /// every value sealed with an older key (opened with `previous_encryption_key_files`), one
+    /// transaction per value. Nodes still configured with the old key are refused from then on.
+    /// Idempotent: run it again after an interruption.
+    RotateKey,
 }
 
 /// Where `storage migrate` copies from.
@@ -423,6 +428,32 @@ fn main() -> ExitCode {
                         }
                         Err(e) => {
                             eprintln!("certkeeper: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                Err(code) => code,
+            },
+            Command::Storage {
+                action: StorageAction::RotateKey,
+            } => match load(&cli.config) {
+                Ok(cfg) => {
+                    let rotated = tokio::task::spawn_blocking(move || {
+                        certkeeper::commands::storage_rotate::rotate_key(&cfg)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the rotation stopped: {e}")));
+                    match rotated {
+                        Ok(report) => {
+                            println!("{report}");
+                            if report.complete() {
+                                ExitCode::SUCCESS
+                            } else {
+                                ExitCode::FAILURE
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("certkeeper: {e}; run `certkeeper storage rotate-key` again once it is fixed (it continues where it stopped)");
                             ExitCode::FAILURE
                         }
                     }

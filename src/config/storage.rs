@@ -32,6 +32,14 @@ pub(super) fn storage(cx: &mut Ctx, raw: &Spanned<RawStorage>) -> StorageConfig 
                     );
                 }
             }
+            if let Some(v) = &s.previous_encryption_key_files {
+                cx.err(
+                    0,
+                    &v.span(),
+                    "storage.previous_encryption_key_files",
+                    "is only used with backend = \"postgres\" (the file backend keeps everything in state_dir)",
+                );
+            }
             StorageConfig::File
         }
         "postgres" => postgres(cx, raw).map_or(StorageConfig::File, StorageConfig::Postgres),
@@ -80,14 +88,36 @@ fn postgres(cx: &mut Ctx, raw: &Spanned<RawStorage>) -> Option<PostgresConfig> {
             None
         }
     };
+    let previous = previous_keys(cx, s.previous_encryption_key_files.as_ref());
     let node = node(cx, s.node.as_ref());
     Some(PostgresConfig {
         url: url?,
         password,
         encryption_key_file: key.as_ref()?.0.clone(),
         encryption_key: key?.1,
+        previous_encryption_keys: previous?,
         node: node?,
     })
+}
+
+/// `previous_encryption_key_files`: keys rotated out (they open, never seal); each must be a valid
+/// key file.
+fn previous_keys(
+    cx: &mut Ctx,
+    files: Option<&Spanned<Vec<SStr>>>,
+) -> Option<Vec<(std::path::PathBuf, DataKey)>> {
+    let Some(files) = files else {
+        return Some(Vec::new());
+    };
+    let mut keys = Vec::new();
+    let mut ok = true;
+    for f in files.get_ref() {
+        match encryption_key_at(cx, f, "storage.previous_encryption_key_files") {
+            Some(k) => keys.push(k),
+            None => ok = false,
+        }
+    }
+    ok.then_some(keys)
 }
 
 fn url(cx: &mut Ctx, u: &SStr) -> Option<String> {
@@ -151,13 +181,17 @@ fn read_file(cx: &mut Ctx, f: &SStr, key: &str) -> Option<String> {
 }
 
 fn encryption_key(cx: &mut Ctx, f: &SStr) -> Option<(std::path::PathBuf, DataKey)> {
-    let text = read_file(cx, f, "storage.encryption_key_file")?;
+    encryption_key_at(cx, f, "storage.encryption_key_file")
+}
+
+fn encryption_key_at(cx: &mut Ctx, f: &SStr, key: &str) -> Option<(std::path::PathBuf, DataKey)> {
+    let text = read_file(cx, f, key)?;
     let path = cx.resolve(0, f.get_ref());
     match DataKey::from_base64(&text) {
         Ok(k) => Some((path, k)),
         Err(e) => {
             let msg = format!("{}: {e}", path.display());
-            cx.err(0, &f.span(), "storage.encryption_key_file", msg);
+            cx.err(0, &f.span(), key, msg);
             None
         }
     }
