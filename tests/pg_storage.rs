@@ -428,7 +428,7 @@ fn fleet_config(
         .iter()
         .map(|f| keys.join(f).display().to_string())
         .collect();
-    let cfg = TestConfig::new()
+    TestConfig::new()
         .issuer(IssuerSpec::new("le", "http://127.0.0.1:1/directory").solver_http01())
         .certificate(CertSpec::new("www", "le", &["www.example.com"]))
         .certificate(CertSpec::new("api", "le", &["api.example.com"]))
@@ -440,8 +440,7 @@ fn fleet_config(
             keys.join(key_file).display(),
             toml_list(&previous),
         ))
-        .write();
-    cfg
+        .write()
 }
 
 /// Write `key` base64-encoded to `dir/file` and the test password to `dir/pg.pass`.
@@ -618,13 +617,28 @@ fn rotate_key_reseals_everything_and_refuses_the_old_key() {
     let out = rolled.run_sync(&["storage", "rotate-key"], Duration::from_secs(120));
     out.assert_ok();
     let text = out.stdout.clone();
-    assert!(text.contains(&format!("now seals with key id {}", new_key.id())), "{text}");
-    assert!(text.contains(&format!("rotated out: key id {}", old_key.id())), "{text}");
-    assert!(text.contains("every private key in the database is sealed with key id"), "{text}");
+    assert!(
+        text.contains(&format!("now seals with key id {}", new_key.id())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("rotated out: key id {}", old_key.id())),
+        "{text}"
+    );
+    assert!(
+        text.contains("every private key in the database is sealed with key id"),
+        "{text}"
+    );
     let (written, refused) = writer.join().unwrap();
     let refused = refused.expect("the old-key writer was never refused");
     assert!(
-        matches!(&refused, StoreError::Sealed { source: CryptoError::RotatedOut { .. }, .. }),
+        matches!(
+            &refused,
+            StoreError::Sealed {
+                source: CryptoError::RotatedOut(_),
+                ..
+            }
+        ),
         "{refused}"
     );
     let msg = refused.to_string();
@@ -633,35 +647,67 @@ fn rotate_key_reseals_everything_and_refuses_the_old_key() {
     eprintln!("old-key writer: {written} writes before it was refused");
 
     // Every value is under the new key; running it again re-seals nothing.
-    let probe = node(&pg, "rotate", "probe", &new_key, |_| {}).probe().unwrap();
-    assert_eq!(probe.sealed_by_key.keys().collect::<Vec<_>>(), [new_key.id()], "{probe:?}");
+    let probe = node(&pg, "rotate", "probe", &new_key, |_| {})
+        .probe()
+        .unwrap();
+    assert_eq!(
+        probe.sealed_by_key.keys().collect::<Vec<_>>(),
+        [new_key.id()],
+        "{probe:?}"
+    );
     let out = rolled.run_sync(&["storage", "rotate-key"], Duration::from_secs(120));
     out.assert_ok();
-    assert!(out.stdout.contains("re-sealed 0 value(s)"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("re-sealed 0 value(s)"),
+        "{}",
+        out.stdout
+    );
 
     // A node with only the new key reads every account and certificate key.
     let fresh = node(&pg, "rotate", "web3", &new_key, |_| {});
-    assert_eq!(fresh.load("accounts/le-1/key.pem").unwrap(), Some(acct_pem.clone()));
-    assert_eq!(fresh.load("certs/www.key.pem").unwrap(), Some(cert_pem.clone()));
-    assert_eq!(fresh.load("certs/early.key.pem").unwrap(), Some(cert_pem.clone()));
-    assert_eq!(fresh.load("certs/w0.key.pem").unwrap(), Some(cert_pem.clone()));
+    assert_eq!(
+        fresh.load("accounts/le-1/key.pem").unwrap(),
+        Some(acct_pem.clone())
+    );
+    assert_eq!(
+        fresh.load("certs/www.key.pem").unwrap(),
+        Some(cert_pem.clone())
+    );
+    assert_eq!(
+        fresh.load("certs/early.key.pem").unwrap(),
+        Some(cert_pem.clone())
+    );
+    assert_eq!(
+        fresh.load("certs/w0.key.pem").unwrap(),
+        Some(cert_pem.clone())
+    );
     assert_eq!(shared::load(&fresh, "api").unwrap(), Some(pair.clone()));
     // One with only the old key cannot read, and is told what to do.
     let stale = node(&pg, "rotate", "web4", &old_key, |_| {});
     let err = stale.load("accounts/le-1/key.pem").unwrap_err();
     assert!(
-        err.to_string().contains(&format!("sealed with key id {}", new_key.id()))
+        err.to_string()
+            .contains(&format!("sealed with key id {}", new_key.id()))
             && err.to_string().contains("install the new key file"),
         "{err}"
     );
     let old_only = fleet_config(&pg, "rotate", "web4", keys.path(), "old.key", &[]);
-    let out = old_only.run_sync(&["check"], Duration::from_secs(60)).stdout;
+    let out = old_only
+        .run_sync(&["check"], Duration::from_secs(60))
+        .stdout;
     assert!(
-        out.contains(&format!("FAIL storage: {} (key id {}) was rotated out of", keys.path().join("old.key").display(), old_key.id())),
+        out.contains(&format!(
+            "FAIL storage: {} (key id {}) was rotated out of",
+            keys.path().join("old.key").display(),
+            old_key.id()
+        )),
         "{out}"
     );
     let out = rolled.run_sync(&["check"], Duration::from_secs(60)).stdout;
-    assert!(out.contains(&format!("seals with key id {} since", new_key.id())), "{out}");
+    assert!(
+        out.contains(&format!("seals with key id {} since", new_key.id())),
+        "{out}"
+    );
     assert!(
         out.contains(&format!("previous key id {} seals nothing", old_key.id())),
         "{out}"
@@ -670,7 +716,10 @@ fn rotate_key_reseals_everything_and_refuses_the_old_key() {
     // The dump: no PEM private key, no key material, neither data key.
     let dump = pg.dump("rotate");
     assert!(contains(&dump, b"ck_objects"), "the dump has the table");
-    assert!(!contains(&dump, b"PRIVATE KEY"), "PEM private key in the dump");
+    assert!(
+        !contains(&dump, b"PRIVATE KEY"),
+        "PEM private key in the dump"
+    );
     let b64 = base64::engine::general_purpose::STANDARD;
     for (what, bytes) in [
         ("account key", &acct_der[..]),
@@ -681,7 +730,10 @@ fn rotate_key_reseals_everything_and_refuses_the_old_key() {
     ] {
         assert!(!contains(&dump, bytes), "raw {what}");
         assert!(!contains(&dump, hex(bytes).as_bytes()), "hex {what}");
-        assert!(!contains(&dump, b64.encode(bytes).as_bytes()), "base64 {what}");
+        assert!(
+            !contains(&dump, b64.encode(bytes).as_bytes()),
+            "base64 {what}"
+        );
     }
     eprintln!("key rotation: {:?}", started.elapsed());
 }

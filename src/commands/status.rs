@@ -13,7 +13,7 @@ use crate::config::{self, CertificateConfig, Config};
 use crate::engine::{due, read_only_ledger};
 use crate::scheduler::DueReason;
 use crate::store::shared::PairOrigin;
-use crate::store::{Ledger, LeaseInfo};
+use crate::store::{LeaseInfo, Ledger};
 
 /// Errors of `certkeeper status`.
 #[derive(Debug, thiserror::Error)]
@@ -405,5 +405,11 @@ output = {{ dir = "{d}/out/api" }}
         let json = serde_json::to_value(&list).unwrap();
         assert_eq!(json[0]["name"], "api");
         assert_eq!(json[0]["failures"], 2);
+        // On its own (file backend) there is no fleet part, in text or JSON.
+        assert!(json[0].get("fleet").is_none(), "{json}");
+        assert!(
+            !text.contains("lease:") && !text.contains("fleet pair:"),
+            "{text}"
+        );
     }
 }

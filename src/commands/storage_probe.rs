@@ -69,7 +69,11 @@ async fn database(pg: &PostgresConfig) -> Vec<Probe> {
 fn keys(pg: &PostgresConfig, target: &str, report: &DbReport) -> Vec<Probe> {
     let key_id = pg.encryption_key.id();
     let file = pg.encryption_key_file.display();
-    let previous: Vec<&str> = pg.previous_encryption_keys.iter().map(|(_, k)| k.id()).collect();
+    let previous: Vec<&str> = pg
+        .previous_encryption_keys
+        .iter()
+        .map(|(_, k)| k.id())
+        .collect();
     let mut out = Vec::new();
     if let Some(rec) = &report.sealing {
         let since = rec.since.strftime("%Y-%m-%d %H:%M:%S UTC");
@@ -120,7 +124,10 @@ fn keys(pg: &PostgresConfig, target: &str, report: &DbReport) -> Vec<Probe> {
             older.join(", ")
         )));
     }
-    for id in previous.iter().filter(|id| !report.sealed_by_key.contains_key(**id)) {
+    for id in previous
+        .iter()
+        .filter(|id| !report.sealed_by_key.contains_key(**id))
+    {
         out.push(Probe::ok(format!(
             "storage: previous key id {id} seals nothing in {target} any more: remove it from \
              previous_encryption_key_files once every node runs with key id {key_id}"

@@ -305,6 +305,51 @@ mod tests {
     }
 
     #[test]
+    fn previous_keys_open_during_a_rotation() {
+        let (old, new) = (
+            key_text(32),
+            base64::engine::general_purpose::STANDARD.encode([5u8; 32]),
+        );
+        let (cfg, d) = load_with(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://ck@127.0.0.1/ck\"\n\
+             encryption_key_file = \"new\"\nprevious_encryption_key_files = [\"old\"]\nnode = \"web1\"\n",
+            &[("old", &old), ("new", &new)],
+        );
+        let StorageConfig::Postgres(pg) = cfg.unwrap().storage else {
+            panic!("not postgres");
+        };
+        let want = crate::store::postgres::crypto::DataKey::from_bytes([9u8; 32]);
+        assert_eq!(pg.previous_encryption_keys.len(), 1);
+        assert_eq!(pg.previous_encryption_keys[0].0, d.path().join("old"));
+        assert_eq!(pg.previous_encryption_keys[0].1.id(), want.id());
+        let opts = crate::store::postgres::PgOptions::from_config(&pg);
+        assert_eq!(opts.keyring.retired_ids().collect::<Vec<_>>(), [want.id()]);
+        assert_ne!(opts.keyring.current_id(), want.id());
+
+        let (r, _d) = load_with(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://ck@127.0.0.1/ck\"\n\
+             encryption_key_file = \"new\"\nprevious_encryption_key_files = [\"short\"]\n",
+            &[("new", &new), ("short", &key_text(16))],
+        );
+        let err = r.unwrap_err();
+        assert!(
+            err.contains("storage.previous_encryption_key_files: DIR/short: the encryption key must be 32 random bytes"),
+            "{err}"
+        );
+        let (r, _d) = load_with(
+            "[storage]\nprevious_encryption_key_files = [\"old\"]\n",
+            &[],
+        );
+        let err = r.unwrap_err();
+        assert!(
+            err.contains(
+                "storage.previous_encryption_key_files: is only used with backend = \"postgres\""
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn mistakes_report_file_line_and_key() {
         let key = key_text(32);
         let url = "url = \"postgresql://ck@db/ck\"\n";

@@ -40,21 +40,13 @@ pub enum CryptoError {
     UnknownKey(String),
     /// This node's key was rotated out of the database: sealing with it would undo the rotation.
     #[error(
-        "this node's encryption_key_file (key id {mine}) was rotated out of the database on {since} by node \
-         {by} (`certkeeper storage rotate-key`); the database now seals with key id {current}: install that \
-         key file on this node, set encryption_key_file to it (the old file may stay in \
-         previous_encryption_key_files) and reload certkeeper"
+        "this node's encryption_key_file (key id {}) was rotated out of the database on {} by node {} \
+         (`certkeeper storage rotate-key`); the database now seals with key id {}: install that key file on \
+         this node, set encryption_key_file to it (the old file may stay in previous_encryption_key_files) \
+         and reload certkeeper",
+        .0.mine, .0.since, .0.by, .0.current
     )]
-    RotatedOut {
-        /// This node's key id.
-        mine: String,
-        /// The key id the database seals with now.
-        current: String,
-        /// When it was rotated.
-        since: String,
-        /// The node that rotated it.
-        by: String,
-    },
+    RotatedOut(Box<RotatedOut>),
     /// Authentication failed: the value was changed, moved to another name or version, or the key
     /// with its id is a different key.
     #[error("authentication failed: the value was altered, moved, or the key is wrong")]
@@ -62,6 +54,19 @@ pub enum CryptoError {
     /// OpenSSL failed to encrypt (out of memory, no randomness).
     #[error("encrypting failed: {0}")]
     Openssl(String),
+}
+
+/// A node's key rotated out: which, to which, when and by whom ([`CryptoError::RotatedOut`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedOut {
+    /// This node's key id.
+    pub mine: String,
+    /// The key id the database seals with now.
+    pub current: String,
+    /// When it was rotated.
+    pub since: String,
+    /// The node that rotated it.
+    pub by: String,
 }
 
 /// One 256-bit data key and its id.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::super::StoreError;
-use super::crypto::{CryptoError, key_id_of};
+use super::crypto::{CryptoError, RotatedOut, key_id_of};
 use super::ops::Settings;
 
 /// The object that records the sealing key (not a secret: ids only).
@@ -107,12 +107,12 @@ pub(super) async fn check_sealing(
 }
 
 fn rotated_out(mine: &str, rec: &SealingKey) -> CryptoError {
-    CryptoError::RotatedOut {
+    CryptoError::RotatedOut(Box::new(RotatedOut {
         mine: mine.to_string(),
         current: rec.key_id.clone(),
         since: rec.since.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
         by: rec.by.clone(),
-    }
+    }))
 }
 
 /// Make this node's key the database's sealing key (the key before it is rotated out); returns
@@ -143,9 +143,17 @@ pub(super) async fn adopt(
             // Rotated out: the recorded key, and every other key a value is sealed with now (not
             // the previous keys this node is configured with: a fleet may add the new key there
             // first, before any node seals with it).
-            let mut retired = before.as_ref().map(|r| r.retired.clone()).unwrap_or_default();
+            let mut retired = before
+                .as_ref()
+                .map(|r| r.retired.clone())
+                .unwrap_or_default();
             let in_use = sealed(&tx, s).await?.into_iter().map(|(_, id)| id);
-            for id in before.as_ref().map(|r| r.key_id.clone()).into_iter().chain(in_use) {
+            for id in before
+                .as_ref()
+                .map(|r| r.key_id.clone())
+                .into_iter()
+                .chain(in_use)
+            {
                 if id != mine && id != MALFORMED && !retired.contains(&id) {
                     retired.push(id);
                 }

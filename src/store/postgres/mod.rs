@@ -218,11 +218,17 @@ impl PgStorage {
     /// or a failure, it re-seals what is left. A value that cannot be opened is reported, not
     /// fatal; a database error stops the rotation (run it again).
     pub fn rotate_key(&self) -> Result<keys::Rotation, StoreError> {
-        let (before, after) = match self.worker.call("switching the sealing key", Request::AdoptKey)? {
+        let (before, after) = match self
+            .worker
+            .call("switching the sealing key", Request::AdoptKey)?
+        {
             Response::Adopted(before, after) => (before, after),
             other => return Err(self.unexpected(other)),
         };
-        let all = match self.worker.call("listing the sealed values", Request::SealedKeys)? {
+        let all = match self
+            .worker
+            .call("listing the sealed values", Request::SealedKeys)?
+        {
             Response::Sealed(all) => all,
             other => return Err(self.unexpected(other)),
         };

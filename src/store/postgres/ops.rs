@@ -96,7 +96,10 @@ pub(super) struct Settings {
 }
 
 impl Settings {
-    pub(super) fn db(&self, action: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    pub(super) fn db(
+        &self,
+        action: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
         let (action, target) = (action.into(), self.target.clone());
         move |source| StoreError::Database {
             action,
