@@ -713,6 +713,26 @@ fn rotate_key_reseals_everything_and_refuses_the_old_key() {
         "{out}"
     );
 
+    // Rotating from a node that lacks the sealing key, or back to the old key, is refused and
+    // changes nothing.
+    let record = || {
+        pg.psql_in(
+            "rotate",
+            "SELECT value FROM ck_objects WHERE key = 'meta/sealing-key.json'",
+        )
+    };
+    let before = record();
+    let third = node(&pg, "rotate", "web5", &DataKey::generate().unwrap(), |_| {});
+    let err = third.rotate_key().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("sealed with key id {}", new_key.id())),
+        "{err}"
+    );
+    let err = stale.rotate_key().unwrap_err();
+    assert!(err.to_string().contains("was rotated out"), "{err}");
+    assert_eq!(record(), before);
+
     // The dump: no PEM private key, no key material, neither data key.
     let dump = pg.dump("rotate");
     assert!(contains(&dump, b"ck_objects"), "the dump has the table");

@@ -146,6 +146,13 @@ impl Keyring {
         self.current.id()
     }
 
+    /// Whether this keyring holds the key with id `id` (current or retired).
+    pub fn knows(&self, id: &str) -> bool {
+        std::iter::once(&self.current)
+            .chain(&self.retired)
+            .any(|k| k.id == id)
+    }
+
     /// The ids of the retired keys (they open, never seal).
     pub fn retired_ids(&self) -> impl Iterator<Item = &str> {
         self.retired.iter().map(DataKey::id)

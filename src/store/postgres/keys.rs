@@ -117,7 +117,8 @@ fn rotated_out(mine: &str, rec: &SealingKey) -> CryptoError {
 
 /// Make this node's key the database's sealing key (the key before it is rotated out); returns
 /// the record before and after. Refused when this node's key was rotated out already (that would
-/// roll the rotation back).
+/// roll the rotation back), and when this node does not have the recorded sealing key (it could
+/// not re-seal what is sealed with it).
 pub(super) async fn adopt(
     client: &mut Client,
     s: &Settings,
@@ -137,24 +138,39 @@ pub(super) async fn adopt(
             source: rotated_out(&mine, rec),
         });
     }
+    if let Some(rec) = &before
+        && !s.keyring.knows(&rec.key_id)
+    {
+        // It could not open what is sealed with the key it would rotate out.
+        return Err(StoreError::Sealed {
+            key: SEALING_KEY.to_string(),
+            source: CryptoError::UnknownKey(rec.key_id.clone()),
+        });
+    }
     let after = match &before {
         Some(rec) if rec.key_id == mine => rec.clone(),
         _ => {
-            // Rotated out: the recorded key, and every other key a value is sealed with now (not
-            // the previous keys this node is configured with: a fleet may add the new key there
-            // first, before any node seals with it).
+            // Rotated out: the recorded key, and the other keys of this node that values are sealed
+            // with now. Not a previous key nothing is sealed with (a fleet may add the new key
+            // there first, before any node seals with it), nor a key this node does not have (when
+            // rotate-key is run by mistake on a node that was not given the new key, the nodes that
+            // were keep working; the values it cannot open are reported).
             let mut retired = before
                 .as_ref()
                 .map(|r| r.retired.clone())
                 .unwrap_or_default();
-            let in_use = sealed(&tx, s).await?.into_iter().map(|(_, id)| id);
+            let in_use = sealed(&tx, s)
+                .await?
+                .into_iter()
+                .map(|(_, id)| id)
+                .filter(|id| s.keyring.knows(id));
             for id in before
                 .as_ref()
                 .map(|r| r.key_id.clone())
                 .into_iter()
                 .chain(in_use)
             {
-                if id != mine && id != MALFORMED && !retired.contains(&id) {
+                if id != mine && !retired.contains(&id) {
                     retired.push(id);
                 }
             }
