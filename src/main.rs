@@ -190,10 +190,15 @@ enum StorageAction {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
-    /// Make `encryption_key_file` the key that seals private keys in the database and re-seal
-    /// every value sealed with an older key (opened with `previous_encryption_key_files`), one
-    /// transaction per value. Nodes still configured with the old key are refused from then on.
-    /// Idempotent: run it again after an interruption.
+    /// Rotate the encryption key: re-seal the database's private keys with `encryption_key_file`.
+    ///
+    /// First give every node the new key file as `encryption_key_file` and the old one in
+    /// `previous_encryption_key_files`, and reload them; then run this on one node. It records the
+    /// new key as the database's sealing key and re-seals every value sealed with another key (opened
+    /// with `previous_encryption_key_files`), one transaction per value, safely while the daemons
+    /// run. From then on a node still configured with only the old key is refused, with what to do.
+    /// Idempotent: after an interruption, run it again. When `certkeeper check` reports nothing left
+    /// under the old key, remove it from every node.
     RotateKey,
 }
 

@@ -220,7 +220,9 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
         let block = &status.stdout[status.stdout.find(&format!("{name}: ")).unwrap()..];
         let block = &block[..block.find("\n\n").unwrap_or(block.len())];
         assert!(
-            block.contains(&format!("fleet pair:  serial {serial}, ordered by node {by} at ")),
+            block.contains(&format!(
+                "fleet pair:  serial {serial}, ordered by node {by} at "
+            )),
             "{name} ordered by {by}:\n{}",
             status.stdout
         );

@@ -703,6 +703,15 @@ fn rotate_key_reseals_everything_and_refuses_the_old_key() {
         )),
         "{out}"
     );
+    // Its status says why it cannot read the fleet's pair, instead of "none".
+    let out = old_only
+        .run_sync(&["status", "api"], Duration::from_secs(60))
+        .stdout;
+    assert!(
+        out.contains("fleet pair:  unreadable on this node:")
+            && out.contains("install the new key file"),
+        "{out}"
+    );
     let out = rolled.run_sync(&["check"], Duration::from_secs(60)).stdout;
     assert!(
         out.contains(&format!("seals with key id {} since", new_key.id())),

@@ -92,8 +92,12 @@ pub struct FleetStatus {
     /// Why the leases could not be read (then `lease` is unknown, not none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_error: Option<String>,
-    /// The fleet's current pair: its serial and the node that ordered it. `None`: there is none.
+    /// The fleet's current pair: its serial and the node that ordered it. `None`: there is none
+    /// (or it is unreadable here, see `current_error`).
     pub current: Option<PairOrigin>,
+    /// Why this node cannot read the fleet's current pair (e.g. its encryption key was rotated out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_error: Option<String>,
 }
 
 /// The status of every configured certificate (or only `only`), at `now`.
@@ -136,7 +140,7 @@ fn fleet(
     ledger: &Ledger,
     leases: Option<&Leases>,
     name: &str,
-    current: Option<PairOrigin>,
+    snap: &crate::store::Snapshot,
 ) -> Option<FleetStatus> {
     let node = ledger.node()?.to_string();
     let (lease, lease_error) = match leases? {
@@ -147,7 +151,8 @@ fn fleet(
         node,
         lease,
         lease_error,
-        current,
+        current: snap.shared_origin.clone(),
+        current_error: snap.shared_error.clone(),
     })
 }
 
@@ -196,7 +201,7 @@ fn one(
             .flatten(),
         deployed: deploy_check.as_ref().map(|d| d.deployed),
         deploy_check,
-        fleet: fleet(ledger, leases, &cert.name, snap.shared_origin.clone()),
+        fleet: fleet(ledger, leases, &cert.name, &snap),
     }
 }
 
@@ -288,7 +293,10 @@ fn render_fleet(out: &mut String, f: &FleetStatus) {
                 .map(|t| format!(" at {}", ts(t)))
                 .unwrap_or_default()
         ),
-        None => writeln!(out, "  fleet pair:  none yet"),
+        None => match &f.current_error {
+            Some(e) => writeln!(out, "  fleet pair:  unreadable on this node: {e}"),
+            None => writeln!(out, "  fleet pair:  none yet"),
+        },
     };
     let this = |n: &str| if n == f.node { " (this node)" } else { "" };
     let _ = match (&f.lease, &f.lease_error) {

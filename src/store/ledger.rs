@@ -250,6 +250,8 @@ pub struct Snapshot {
     pub shared_serial: Option<String>,
     /// In a fleet, the current pair's serial and the node that ordered it (`certkeeper status`).
     pub shared_origin: Option<PairOrigin>,
+    /// In a fleet, why the current pair could not be read (then `shared_serial` is `None`).
+    pub shared_error: Option<String>,
 }
 
 impl Snapshot {
@@ -403,12 +405,12 @@ impl Ledger {
 
     /// The serial and origin of the fleet's current pair of `name` (`None`: none, unreadable, or
     /// not a fleet).
-    fn shared_origin(&self, name: &str) -> Option<PairOrigin> {
+    fn shared_origin(&self, name: &str) -> (Option<PairOrigin>, Option<String>) {
         match self.shared_pair(name) {
-            Ok(p) => p.map(|p| p.origin()),
+            Ok(p) => (p.map(|p| p.origin()), None),
             Err(e) => {
                 tracing::warn!(cert = %name, error = %e, "the fleet's current pair is unreadable");
-                None
+                (None, Some(e.to_string()))
             }
         }
     }
@@ -437,7 +439,7 @@ impl Ledger {
         if let Some(known) = &state.installed
             && let Some(live) = install::read_known(output, &known.stamp, &known.cert)
         {
-            let origin = self.shared_origin(name);
+            let (origin, shared_error) = self.shared_origin(name);
             let placeholder = known.placeholder;
             return Snapshot {
                 state,
@@ -447,6 +449,7 @@ impl Ledger {
                 placeholder,
                 shared_serial: origin.as_ref().map(|o| o.serial.clone()),
                 shared_origin: origin,
+                shared_error,
             };
         }
         // Stamped before the read: files replaced meanwhile give a stale stamp, never stale facts.
@@ -473,7 +476,7 @@ impl Ledger {
                 tracing::debug!(cert = %name, error = %e, "cannot save the summary of the installed certificate");
             }
         }
-        let origin = self.shared_origin(name);
+        let (origin, shared_error) = self.shared_origin(name);
         Snapshot {
             state,
             state_error,
@@ -482,6 +485,7 @@ impl Ledger {
             placeholder,
             shared_serial: origin.as_ref().map(|o| o.serial.clone()),
             shared_origin: origin,
+            shared_error,
         }
     }
 

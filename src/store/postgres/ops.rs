@@ -187,9 +187,7 @@ async fn leases(client: &Client, s: &Settings) -> Result<Vec<LeaseInfo>, StoreEr
         .await;
     let rows = match rows {
         Ok(rows) => rows,
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            return Ok(Vec::new());
-        }
+        Err(e) if no_schema(&e) => return Ok(Vec::new()),
         Err(e) => return Err(s.db("reading the leases")(e)),
     };
     let at = |us: i64| jiff::Timestamp::from_microsecond(us).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
@@ -250,14 +248,23 @@ pub(super) fn is_secret(key: &str, value: &[u8]) -> bool {
         || value.windows(16).any(|w| w == b"PRIVATE KEY-----")
 }
 
+/// The schema is not created yet: a reader opened without migrating (`status`) reads nothing, as
+/// from an empty state directory.
+fn no_schema(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+}
+
 async fn load(client: &Client, s: &Settings, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let row = client
+    let row = match client
         .query_opt(
             "SELECT value, sealed, version FROM ck_objects WHERE key = $1",
             &[&key],
         )
         .await
-        .map_err(s.db(format!("loading {key}")))?;
+    {
+        Err(e) if no_schema(&e) => return Ok(None),
+        other => other.map_err(s.db(format!("loading {key}")))?,
+    };
     let Some(row) = row else { return Ok(None) };
     let (value, sealed, version): (Vec<u8>, bool, i64) = (row.get(0), row.get(1), row.get(2));
     if !sealed {
@@ -385,14 +392,17 @@ async fn check_fence(
 async fn list(client: &Client, s: &Settings, prefix: &str) -> Result<Vec<String>, StoreError> {
     let under = format!("{prefix}/");
     let from = i32::try_from(under.len() + 1).unwrap_or(i32::MAX);
-    let rows = client
+    let rows = match client
         .query(
             "SELECT DISTINCT split_part(substr(key, $2), '/', 1) FROM ck_objects
              WHERE starts_with(key, $1)",
             &[&under, &from],
         )
         .await
-        .map_err(s.db(format!("listing {prefix}")))?;
+    {
+        Err(e) if no_schema(&e) => return Ok(Vec::new()),
+        other => other.map_err(s.db(format!("listing {prefix}")))?,
+    };
     let mut names: Vec<String> = rows
         .iter()
         .map(|r| r.get::<_, String>(0))
