@@ -2,15 +2,15 @@
 //!
 //! The database records its sealing key in the unsealed object [`SEALING_KEY`]: the key id that
 //! seals, the ids rotated out, when and by which node. `certkeeper storage rotate-key` makes the
-//! rotating node's `encryption_key_file` the sealing key ([`adopt`]), then re-seals every value
-//! still sealed with another key ([`reseal`], one transaction per object).
+//! rotating node's `encryption_key_file` the sealing key (`adopt`), then re-seals every value
+//! still sealed with another key (`reseal`, one transaction per object).
 //!
 //! **No race with writers.** Every transaction that seals a value first takes the advisory lock
-//! [`ROTATION_LOCK`] shared and reads the record ([`check_sealing`]); [`adopt`] takes it exclusive.
+//! `ROTATION_LOCK` shared and reads the record (`check_sealing`); `adopt` takes it exclusive.
 //! So every value sealed with the old key was committed before the switch (and the re-sealing pass
 //! after it sees it), and after the switch a node whose key was rotated out cannot seal with it: it
 //! is refused ([`CryptoError::RotatedOut`]) with what to do, instead of undoing the rotation
-//! value by value. [`reseal`] locks the row (`FOR UPDATE`), so a concurrent write is either seen
+//! value by value. `reseal` locks the row (`FOR UPDATE`), so a concurrent write is either seen
 //! (and left alone when it is sealed with the new key already) or waits; the plaintext does not
 //! change, so fenced writers lose nothing. Re-running after a crash re-seals what is left.
 
@@ -58,7 +58,7 @@ pub struct Rotation {
     pub failed: Vec<(String, String)>,
 }
 
-/// What [`reseal`] did to one value.
+/// What `reseal` did to one value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resealed {
     /// Re-sealed with the current key.

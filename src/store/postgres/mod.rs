@@ -30,6 +30,16 @@
 //! **Secrets at rest.** Values that hold private keys ([`ops::is_secret`]) are sealed with
 //! AES-256-GCM ([`crypto`]) before they leave the process; the database never sees them in
 //! clear, and a dump holds no usable key.
+//!
+//! **Key rotation** ([`keys`], `certkeeper storage rotate-key`): the database records which key
+//! id seals (the unsealed object [`keys::SEALING_KEY`], so no schema change) and which ids were
+//! rotated out; [`PgStorage::rotate_key`] switches it to this node's key and re-seals every value
+//! sealed with another key, one transaction per value. A node whose key was rotated out is refused
+//! when it seals (it would undo the rotation); `previous_encryption_key_files` ([`Keyring`]'s
+//! retired keys) keeps nodes reading old values during the roll.
+//!
+//! **Leases for `certkeeper status`**: [`Storage::leases`] reads every unexpired row of
+//! `ck_locks` in one query.
 
 pub mod crypto;
 pub mod keys;
