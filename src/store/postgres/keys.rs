@@ -150,40 +150,19 @@ pub(super) async fn adopt(
     let after = match &before {
         Some(rec) if rec.key_id == mine => rec.clone(),
         _ => {
-            // Rotated out: the recorded key, and the other keys of this node that values are sealed
-            // with now. Not a previous key nothing is sealed with (a fleet may add the new key
-            // there first, before any node seals with it), nor a key this node does not have (when
-            // rotate-key is run by mistake on a node that was not given the new key, the nodes that
-            // were keep working; the values it cannot open are reported).
-            let mut retired = before
-                .as_ref()
-                .map(|r| r.retired.clone())
-                .unwrap_or_default();
-            let in_use = sealed(&tx, s)
+            let in_use: Vec<String> = sealed(&tx, s)
                 .await?
                 .into_iter()
                 .map(|(_, id)| id)
-                .filter(|id| s.keyring.knows(id));
-            for id in before
-                .as_ref()
-                .map(|r| r.key_id.clone())
-                .into_iter()
-                .chain(in_use)
-            {
-                if id != mine && !retired.contains(&id) {
-                    retired.push(id);
-                }
-            }
-            SealingKey {
-                key_id: mine.clone(),
-                retired,
-                since: jiff::Timestamp::now(),
-                by: s.node.clone(),
-            }
+                .collect();
+            switched(before.as_ref(), s, &in_use)
         }
     };
     if before.as_ref() != Some(&after) {
-        let bytes = serde_json::to_vec(&after).unwrap_or_default();
+        let bytes = serde_json::to_vec(&after).map_err(|source| StoreError::Encode {
+            path: SEALING_KEY.into(),
+            source,
+        })?;
         tx.execute(
             "INSERT INTO ck_objects (key, value, sealed, version, updated_by)
              VALUES ($1, $2, false, nextval('ck_version'), $3)
@@ -200,6 +179,29 @@ pub(super) async fn adopt(
 
 /// The key id reported for a sealed value whose header does not parse.
 pub const MALFORMED: &str = "(malformed)";
+
+/// The record after switching from `before` to this node's key: rotated out are the recorded
+/// key, and the other keys of this node that values (`in_use`, their key ids) are sealed with now.
+/// Not a previous key nothing is sealed with (a fleet may add the new key there first, before any
+/// node seals with it), nor a key this node does not have (when rotate-key is run by mistake on a
+/// node that was not given the new key, the nodes that were keep working; the values it cannot open
+/// are reported).
+fn switched(before: Option<&SealingKey>, s: &Settings, in_use: &[String]) -> SealingKey {
+    let mine = s.keyring.current_id();
+    let mut retired = before.map(|r| r.retired.clone()).unwrap_or_default();
+    let known = in_use.iter().filter(|id| s.keyring.knows(id)).cloned();
+    for id in before.map(|r| r.key_id.clone()).into_iter().chain(known) {
+        if id != mine && !retired.contains(&id) {
+            retired.push(id);
+        }
+    }
+    SealingKey {
+        key_id: mine.to_string(),
+        retired,
+        since: jiff::Timestamp::now(),
+        by: s.node.clone(),
+    }
+}
 
 /// The storage key and key id of every sealed value.
 pub(super) async fn sealed(
