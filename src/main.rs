@@ -190,6 +190,16 @@ enum StorageAction {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Rotate the encryption key: re-seal the database's private keys with `encryption_key_file`.
+    ///
+    /// First give every node the new key file as `encryption_key_file` and the old one in
+    /// `previous_encryption_key_files`, and reload them; then run this on one node. It records the
+    /// new key as the database's sealing key and re-seals every value sealed with another key (opened
+    /// with `previous_encryption_key_files`), one transaction per value, safely while the daemons
+    /// run. From then on a node still configured with only the old key is refused, with what to do.
+    /// Idempotent: after an interruption, run it again. When `certkeeper check` reports nothing left
+    /// under the old key, remove it from every node.
+    RotateKey,
 }
 
 /// Where `storage migrate` copies from.
@@ -423,6 +433,32 @@ fn main() -> ExitCode {
                         }
                         Err(e) => {
                             eprintln!("certkeeper: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                Err(code) => code,
+            },
+            Command::Storage {
+                action: StorageAction::RotateKey,
+            } => match load(&cli.config) {
+                Ok(cfg) => {
+                    let rotated = tokio::task::spawn_blocking(move || {
+                        certkeeper::commands::storage_rotate::rotate_key(&cfg)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the rotation stopped: {e}")));
+                    match rotated {
+                        Ok(report) => {
+                            println!("{report}");
+                            if report.complete() {
+                                ExitCode::SUCCESS
+                            } else {
+                                ExitCode::FAILURE
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("certkeeper: {e}; run `certkeeper storage rotate-key` again once it is fixed (it continues where it stopped)");
                             ExitCode::FAILURE
                         }
                     }

@@ -210,6 +210,28 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
         "{}",
         status.stdout
     );
+    // ... and, per certificate, the node that ordered its current pair, and no lease held.
+    for name in CERTS {
+        let serial = installed_serial(&nodes[1].output_dir(name));
+        let by = ["web1", "web2"][first
+            .iter()
+            .position(|o| o.stdout.contains(&format!("{name}: issued by pebble")))
+            .unwrap()];
+        let block = &status.stdout[status.stdout.find(&format!("{name}: ")).unwrap()..];
+        let block = &block[..block.find("\n\n").unwrap_or(block.len())];
+        assert!(
+            block.contains(&format!(
+                "fleet pair:  serial {serial}, ordered by node {by} at "
+            )),
+            "{name} ordered by {by}:\n{}",
+            status.stdout
+        );
+    }
+    assert!(
+        status.stdout.matches("lease:       none").count() == CERTS.len(),
+        "{}",
+        status.stdout
+    );
 
     // A single host on the file backend moves into the fleet's database with `storage migrate`.
     pg.create_database("migrated");

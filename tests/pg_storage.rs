@@ -412,3 +412,357 @@ fn check_probes_the_database_and_changes_nothing() {
     assert!(out.contains("FAIL storage: connecting"), "{out}");
     assert!(out.contains("password authentication failed"), "{out}");
 }
+
+/// A node's config on database `db`: certificates `www` and `api` (status never asks a CA),
+/// `[storage]` with the key files in `keys` (`storage.key` sealing; `previous` retired ones).
+fn fleet_config(
+    pg: &Postgres,
+    db: &str,
+    node: &str,
+    keys: &std::path::Path,
+    key_file: &str,
+    previous: &[&str],
+) -> support::certkeeper::TestConfig {
+    use support::certkeeper::{CertSpec, IssuerSpec, TestConfig, toml_list};
+    let previous: Vec<String> = previous
+        .iter()
+        .map(|f| keys.join(f).display().to_string())
+        .collect();
+    TestConfig::new()
+        .issuer(IssuerSpec::new("le", "http://127.0.0.1:1/directory").solver_http01())
+        .certificate(CertSpec::new("www", "le", &["www.example.com"]))
+        .certificate(CertSpec::new("api", "le", &["api.example.com"]))
+        .tail(&format!(
+            "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
+             encryption_key_file = \"{}\"\nprevious_encryption_key_files = {}\nnode = \"{node}\"",
+            pg.url(db),
+            keys.join("pg.pass").display(),
+            keys.join(key_file).display(),
+            toml_list(&previous),
+        ))
+        .write()
+}
+
+/// Write `key` base64-encoded to `dir/file` and the test password to `dir/pg.pass`.
+fn write_key_file(dir: &std::path::Path, file: &str, key: &[u8; 32]) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    std::fs::write(dir.join(file), b64.encode(key)).unwrap();
+    std::fs::write(dir.join("pg.pass"), format!("{PASSWORD}\n")).unwrap();
+}
+
+/// `certkeeper status` on node web2 shows the issuance lease node web1 holds (holder and expiry,
+/// in text and JSON, read with one query) and which node ordered the fleet's current pair;
+/// it creates no schema on a database that has none.
+#[test]
+fn status_shows_lease_holder_and_ordering_node() {
+    use certkeeper::store::shared::{self, SharedPair};
+    let started = Instant::now();
+    let pg = Postgres::start();
+    pg.create_database("status");
+    let keys = tempfile::tempdir().unwrap();
+    let mut raw = [0u8; 32];
+    openssl::rand::rand_bytes(&mut raw).unwrap();
+    write_key_file(keys.path(), "storage.key", &raw);
+    let web2 = fleet_config(&pg, "status", "web2", keys.path(), "storage.key", &[]);
+    let status = |args: &[&str]| {
+        let out = web2.run_sync(args, Duration::from_secs(60));
+        out.assert_ok();
+        out.stdout
+    };
+
+    // Before any node ran: no lease, no pair, and status created nothing.
+    let out = status(&["status"]);
+    assert!(out.contains("lease:       none"), "{out}");
+    assert!(out.contains("fleet pair:  none yet"), "{out}");
+    let schema_table = pg.psql_in("status", "SELECT to_regclass('ck_schema_version') IS NULL");
+    assert_eq!(schema_table.trim(), "t", "status created the schema");
+
+    // Node web1 holds www's issuance lease and ordered api's current pair.
+    let web1 = node(&pg, "status", "web1", &DataKey::from_bytes(raw), |_| {});
+    let lease = web1.lock("www").unwrap();
+    let ordered_at = jiff::Timestamp::now();
+    let pair = SharedPair {
+        serial: "0a1b".into(),
+        key_pem: "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n".into(),
+        chain_pem: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into(),
+        ordered_by: Some("web1".into()),
+        ordered_at: Some(ordered_at),
+    };
+    assert!(shared::seed(&web1, "api", &pair).unwrap());
+
+    let out = status(&["status"]);
+    let www = &out[out.find("www:").unwrap()..];
+    let api = &out[out.find("api:").unwrap()..out.find("www:").unwrap()];
+    assert!(
+        www.contains("lease:       held by node web1 since "),
+        "{out}"
+    );
+    assert!(www.contains("unless renewed"), "{out}");
+    assert!(api.contains("lease:       none"), "{out}");
+    assert!(
+        api.contains(&format!(
+            "fleet pair:  serial 0a1b, ordered by node web1 at {}",
+            ordered_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        )),
+        "{out}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&status(&["status", "--json"])).unwrap();
+    let by_name = |n: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("{n} in {json}"))
+            .clone()
+    };
+    let www = by_name("www");
+    assert_eq!(www["fleet"]["node"], "web2", "{www}");
+    assert_eq!(www["fleet"]["lease"]["holder"], "web1", "{www}");
+    assert_eq!(www["fleet"]["lease"]["token"], lease.token(), "{www}");
+    let expires: jiff::Timestamp = www["fleet"]["lease"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = jiff::Timestamp::now();
+    assert!(
+        expires > now && expires < now + jiff::SignedDuration::from_mins(2),
+        "{www}"
+    );
+    assert!(www["fleet"]["current"].is_null(), "{www}");
+    let api = by_name("api");
+    assert!(api["fleet"]["lease"].is_null(), "{api}");
+    assert_eq!(api["fleet"]["current"]["ordered_by"], "web1", "{api}");
+    assert_eq!(api["fleet"]["current"]["serial"], "0a1b", "{api}");
+
+    // Released: gone from status at once.
+    drop(lease);
+    let out = status(&["status", "www"]);
+    assert!(out.contains("lease:       none"), "{out}");
+    eprintln!("status in a fleet: {:?}", started.elapsed());
+}
+
+/// Key rotation on a real PostgreSQL: the fleet's values sealed with the old key are re-sealed
+/// with the new one by `certkeeper storage rotate-key` (idempotent, safe next to a node writing),
+/// a node with only the new key reads every account and certificate key, a node with only the old
+/// key is refused with what to do, `check` reports the keys, and the dump holds neither key.
+#[test]
+fn rotate_key_reseals_everything_and_refuses_the_old_key() {
+    use certkeeper::store::postgres::crypto::CryptoError;
+    use certkeeper::store::shared::{self, SharedPair};
+    let started = Instant::now();
+    let pg = Postgres::start();
+    pg.create_database("rotate");
+    let keys = tempfile::tempdir().unwrap();
+    let (mut raw_old, mut raw_new) = ([0u8; 32], [0u8; 32]);
+    openssl::rand::rand_bytes(&mut raw_old).unwrap();
+    openssl::rand::rand_bytes(&mut raw_new).unwrap();
+    write_key_file(keys.path(), "old.key", &raw_old);
+    write_key_file(keys.path(), "new.key", &raw_new);
+    let (old_key, new_key) = (DataKey::from_bytes(raw_old), DataKey::from_bytes(raw_new));
+
+    // The fleet's state, sealed with the old key.
+    let web1 = Arc::new(node(&pg, "rotate", "web1", &old_key, |_| {}));
+    let (acct_pem, acct_der) = private_key_pem(false);
+    let (cert_pem, cert_der) = private_key_pem(false);
+    let (pair_pem, pair_der) = private_key_pem(false);
+    AccountStore::new(web1.clone())
+        .save_key("le-1", std::str::from_utf8(&acct_pem).unwrap())
+        .unwrap();
+    Ledger::new(web1.clone())
+        .lock("www")
+        .unwrap()
+        .save_pending_key(&cert_pem)
+        .unwrap();
+    let pair = SharedPair {
+        serial: "0c".into(),
+        key_pem: String::from_utf8(pair_pem.clone()).unwrap(),
+        chain_pem: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into(),
+        ordered_by: Some("web1".into()),
+        ordered_at: None,
+    };
+    assert!(shared::seed(&*web1, "api", &pair).unwrap());
+
+    // Every node gets the new key, the old one as previous: check says what is left to do.
+    let rolled = fleet_config(&pg, "rotate", "web1", keys.path(), "new.key", &["old.key"]);
+    let out = rolled.run_sync(&["check"], Duration::from_secs(60)).stdout;
+    assert!(
+        out.contains(&format!("OK   storage: 3 with key id {} still sealed with a previous key: run `certkeeper storage rotate-key`", old_key.id())),
+        "{out}"
+    );
+    // A node already on the new key seals its writes with it (one value rotated "before the crash").
+    let ahead = node(&pg, "rotate", "web2", &new_key, |o| {
+        o.keyring = Keyring::new(new_key.clone()).with_retired(old_key.clone())
+    });
+    ahead.store("certs/early.key.pem", &cert_pem).unwrap();
+
+    // A node with only the old key writes while the rotation runs: each of its writes either lands
+    // before the switch (and is re-sealed) or is refused after it.
+    let writer = {
+        let web1 = web1.clone();
+        let cert_pem = cert_pem.clone();
+        std::thread::spawn(move || {
+            for i in 0..3000 {
+                if let Err(e) = web1.store(&format!("certs/w{i}.key.pem"), &cert_pem) {
+                    return (i, Some(e));
+                }
+            }
+            (3000, None)
+        })
+    };
+    while web1.list("certs").unwrap().len() < 5 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = rolled.run_sync(&["storage", "rotate-key"], Duration::from_secs(120));
+    out.assert_ok();
+    let text = out.stdout.clone();
+    assert!(
+        text.contains(&format!("now seals with key id {}", new_key.id())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("rotated out: key id {}", old_key.id())),
+        "{text}"
+    );
+    assert!(
+        text.contains("every private key in the database is sealed with key id"),
+        "{text}"
+    );
+    let (written, refused) = writer.join().unwrap();
+    let refused = refused.expect("the old-key writer was never refused");
+    assert!(
+        matches!(
+            &refused,
+            StoreError::Sealed {
+                source: CryptoError::RotatedOut(_),
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    let msg = refused.to_string();
+    assert!(msg.contains("was rotated out of the database"), "{msg}");
+    assert!(msg.contains("set encryption_key_file to it"), "{msg}");
+    eprintln!("old-key writer: {written} writes before it was refused");
+
+    // Every value is under the new key; running it again re-seals nothing.
+    let probe = node(&pg, "rotate", "probe", &new_key, |_| {})
+        .probe()
+        .unwrap();
+    assert_eq!(
+        probe.sealed_by_key.keys().collect::<Vec<_>>(),
+        [new_key.id()],
+        "{probe:?}"
+    );
+    let out = rolled.run_sync(&["storage", "rotate-key"], Duration::from_secs(120));
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("re-sealed 0 value(s)"),
+        "{}",
+        out.stdout
+    );
+
+    // A node with only the new key reads every account and certificate key.
+    let fresh = node(&pg, "rotate", "web3", &new_key, |_| {});
+    assert_eq!(
+        fresh.load("accounts/le-1/key.pem").unwrap(),
+        Some(acct_pem.clone())
+    );
+    assert_eq!(
+        fresh.load("certs/www.key.pem").unwrap(),
+        Some(cert_pem.clone())
+    );
+    assert_eq!(
+        fresh.load("certs/early.key.pem").unwrap(),
+        Some(cert_pem.clone())
+    );
+    assert_eq!(
+        fresh.load("certs/w0.key.pem").unwrap(),
+        Some(cert_pem.clone())
+    );
+    assert_eq!(shared::load(&fresh, "api").unwrap(), Some(pair.clone()));
+    // One with only the old key cannot read, and is told what to do.
+    let stale = node(&pg, "rotate", "web4", &old_key, |_| {});
+    let err = stale.load("accounts/le-1/key.pem").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("sealed with key id {}", new_key.id()))
+            && err.to_string().contains("install the new key file"),
+        "{err}"
+    );
+    let old_only = fleet_config(&pg, "rotate", "web4", keys.path(), "old.key", &[]);
+    let out = old_only
+        .run_sync(&["check"], Duration::from_secs(60))
+        .stdout;
+    assert!(
+        out.contains(&format!(
+            "FAIL storage: {} (key id {}) was rotated out of",
+            keys.path().join("old.key").display(),
+            old_key.id()
+        )),
+        "{out}"
+    );
+    // Its status says why it cannot read the fleet's pair, instead of "none".
+    let out = old_only
+        .run_sync(&["status", "api"], Duration::from_secs(60))
+        .stdout;
+    assert!(
+        out.contains("fleet pair:  unreadable on this node:")
+            && out.contains("install the new key file"),
+        "{out}"
+    );
+    let out = rolled.run_sync(&["check"], Duration::from_secs(60)).stdout;
+    assert!(
+        out.contains(&format!("seals with key id {} since", new_key.id())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("previous key id {} seals nothing", old_key.id())),
+        "{out}"
+    );
+
+    // Rotating from a node that lacks the sealing key, or back to the old key, is refused and
+    // changes nothing.
+    let record = || {
+        pg.psql_in(
+            "rotate",
+            "SELECT value FROM ck_objects WHERE key = 'meta/sealing-key.json'",
+        )
+    };
+    let before = record();
+    let third = node(&pg, "rotate", "web5", &DataKey::generate().unwrap(), |_| {});
+    let err = third.rotate_key().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("sealed with key id {}", new_key.id())),
+        "{err}"
+    );
+    let err = stale.rotate_key().unwrap_err();
+    assert!(err.to_string().contains("was rotated out"), "{err}");
+    assert_eq!(record(), before);
+
+    // The dump: no PEM private key, no key material, neither data key.
+    let dump = pg.dump("rotate");
+    assert!(contains(&dump, b"ck_objects"), "the dump has the table");
+    assert!(
+        !contains(&dump, b"PRIVATE KEY"),
+        "PEM private key in the dump"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (what, bytes) in [
+        ("account key", &acct_der[..]),
+        ("certificate key", &cert_der[..]),
+        ("pair key", &pair_der[..]),
+        ("old data key", &raw_old[..]),
+        ("new data key", &raw_new[..]),
+    ] {
+        assert!(!contains(&dump, bytes), "raw {what}");
+        assert!(!contains(&dump, hex(bytes).as_bytes()), "hex {what}");
+        assert!(
+            !contains(&dump, b64.encode(bytes).as_bytes()),
+            "base64 {what}"
+        );
+    }
+    eprintln!("key rotation: {:?}", started.elapsed());
+}

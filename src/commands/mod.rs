@@ -11,3 +11,4 @@ pub mod revoke;
 pub mod status;
 pub mod storage_migrate;
 pub mod storage_probe;
+pub mod storage_rotate;

@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::config::{self, CertificateConfig, Config};
 use crate::engine::{due, read_only_ledger};
 use crate::scheduler::DueReason;
-use crate::store::Ledger;
+use crate::store::shared::PairOrigin;
+use crate::store::{LeaseInfo, Ledger};
 
 /// Errors of `certkeeper status`.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,29 @@ pub struct CertStatus {
     pub deployed: Option<bool>,
     /// With `verify_deploy`: the last check (when, and what each endpoint served).
     pub deploy_check: Option<crate::store::DeployCheck>,
+    /// In a fleet (PostgreSQL storage): who works on it and who ordered its current pair. Absent
+    /// (not `null`) for a host on its own, whose output is as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// A certificate's owner in a fleet.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FleetStatus {
+    /// The node this status was read on.
+    pub node: String,
+    /// The issuance lease held now: which node orders (or installs) it, and until when unless it
+    /// renews the lease. `None`: no node is working on it.
+    pub lease: Option<LeaseInfo>,
+    /// Why the leases could not be read (then `lease` is unknown, not none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_error: Option<String>,
+    /// The fleet's current pair: its serial and the node that ordered it. `None`: there is none
+    /// (or it is unreadable here, see `current_error`).
+    pub current: Option<PairOrigin>,
+    /// Why this node cannot read the fleet's current pair (e.g. its encryption key was rotated out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_error: Option<String>,
 }
 
 /// The status of every configured certificate (or only `only`), at `now`.
@@ -97,15 +121,48 @@ pub fn collect(
         });
     }
     let ledger = read_only_ledger(&cfg)?;
+    // One query for every certificate's lease (in a fleet; nothing is read on its own).
+    let leases = ledger.node().map(|_| ledger.leases());
     Ok(cfg
         .certificates
         .values()
         .filter(|c| only.is_none_or(|n| n == c.name))
-        .map(|c| one(&cfg, &ledger, c, now))
+        .map(|c| one(&cfg, &ledger, c, now, leases.as_ref()))
         .collect())
 }
 
-fn one(cfg: &Config, ledger: &Ledger, cert: &CertificateConfig, now: Timestamp) -> CertStatus {
+/// Every lease of the fleet, read at once, or why they could not be read.
+type Leases = Result<Vec<LeaseInfo>, crate::store::StoreError>;
+
+/// The fleet part of a status (`None` on its own): the lease named after the certificate (its
+/// issuance lease) and the origin of the fleet's current pair.
+fn fleet(
+    ledger: &Ledger,
+    leases: Option<&Leases>,
+    name: &str,
+    snap: &crate::store::Snapshot,
+) -> Option<FleetStatus> {
+    let node = ledger.node()?.to_string();
+    let (lease, lease_error) = match leases? {
+        Ok(all) => (all.iter().find(|l| l.name == name).cloned(), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Some(FleetStatus {
+        node,
+        lease,
+        lease_error,
+        current: snap.shared_origin.clone(),
+        current_error: snap.shared_error.clone(),
+    })
+}
+
+fn one(
+    cfg: &Config,
+    ledger: &Ledger,
+    cert: &CertificateConfig,
+    now: Timestamp,
+    leases: Option<&Leases>,
+) -> CertStatus {
     let snap = ledger.snapshot(&cert.name, &cert.output);
     let state = &snap.state;
     let live = snap.installed.as_ref();
@@ -144,6 +201,7 @@ fn one(cfg: &Config, ledger: &Ledger, cert: &CertificateConfig, now: Timestamp) 
             .flatten(),
         deployed: deploy_check.as_ref().map(|d| d.deployed),
         deploy_check,
+        fleet: fleet(ledger, leases, &cert.name, &snap),
     }
 }
 
@@ -208,6 +266,9 @@ pub fn render_text(list: &[CertStatus]) -> String {
                 );
             }
         }
+        if let Some(f) = &s.fleet {
+            render_fleet(&mut out, f);
+        }
         if let Some(serial) = &s.reload_pending {
             let _ = writeln!(
                 out,
@@ -216,6 +277,40 @@ pub fn render_text(list: &[CertStatus]) -> String {
         }
     }
     out
+}
+
+/// The fleet lines of one certificate: who ordered the current pair, and who holds the lease.
+fn render_fleet(out: &mut String, f: &FleetStatus) {
+    use std::fmt::Write as _;
+    let ts = |t: Timestamp| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let _ = match &f.current {
+        Some(c) => writeln!(
+            out,
+            "  fleet pair:  serial {}, ordered by node {}{}",
+            c.serial,
+            c.ordered_by.as_deref().unwrap_or("(not recorded)"),
+            c.ordered_at
+                .map(|t| format!(" at {}", ts(t)))
+                .unwrap_or_default()
+        ),
+        None => match &f.current_error {
+            Some(e) => writeln!(out, "  fleet pair:  unreadable on this node: {e}"),
+            None => writeln!(out, "  fleet pair:  none yet"),
+        },
+    };
+    let this = |n: &str| if n == f.node { " (this node)" } else { "" };
+    let _ = match (&f.lease, &f.lease_error) {
+        (Some(l), _) => writeln!(
+            out,
+            "  lease:       held by node {}{} since {}, until {} unless renewed",
+            l.holder,
+            this(&l.holder),
+            ts(l.acquired_at),
+            ts(l.expires_at)
+        ),
+        (None, Some(e)) => writeln!(out, "  lease:       unknown ({e})"),
+        (None, None) => writeln!(out, "  lease:       none (no node is working on it now)"),
+    };
 }
 
 /// Run `certkeeper status`: print, and return the process exit code (0, or 2 on a config error).
@@ -318,5 +413,11 @@ output = {{ dir = "{d}/out/api" }}
         let json = serde_json::to_value(&list).unwrap();
         assert_eq!(json[0]["name"], "api");
         assert_eq!(json[0]["failures"], 2);
+        // On its own (file backend) there is no fleet part, in text or JSON.
+        assert!(json[0].get("fleet").is_none(), "{json}");
+        assert!(
+            !text.contains("lease:") && !text.contains("fleet pair:"),
+            "{text}"
+        );
     }
 }

@@ -119,6 +119,9 @@ pub fn from_file(cfg: &Config, state_dir: Option<&Path>) -> Result<MigrateReport
                     serial: i.cert.serial_hex.clone(),
                     key_pem: String::from_utf8_lossy(&i.key_pem).into_owned(),
                     chain_pem: String::from_utf8_lossy(&i.fullchain_pem).into_owned(),
+                    // This host ordered it, at a time the files do not tell.
+                    ordered_by: Some(pg.node.clone()),
+                    ordered_at: None,
                 };
                 match shared::seed(&target, &cert.name, &pair) {
                     Ok(true) => report.pairs.push((cert.name.clone(), pair.serial)),

@@ -110,6 +110,9 @@ pub struct PostgresConfig {
     pub encryption_key_file: PathBuf,
     /// The key that seals private keys in the database.
     pub encryption_key: crate::store::postgres::crypto::DataKey,
+    /// `previous_encryption_key_files`: keys rotated out, which only open values still sealed
+    /// with them (during a key rotation), with their files.
+    pub previous_encryption_keys: Vec<(PathBuf, crate::store::postgres::crypto::DataKey)>,
     /// `node`: this host's name in the fleet (default: the host name).
     pub node: String,
 }

@@ -58,6 +58,7 @@ pub(crate) struct RawStorage {
     pub url: Option<SStr>,
     pub password_file: Option<SStr>,
     pub encryption_key_file: Option<SStr>,
+    pub previous_encryption_key_files: Option<Spanned<Vec<SStr>>>,
     pub node: Option<SStr>,
 }
 

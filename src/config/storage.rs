@@ -32,6 +32,14 @@ pub(super) fn storage(cx: &mut Ctx, raw: &Spanned<RawStorage>) -> StorageConfig 
                     );
                 }
             }
+            if let Some(v) = &s.previous_encryption_key_files {
+                cx.err(
+                    0,
+                    &v.span(),
+                    "storage.previous_encryption_key_files",
+                    "is only used with backend = \"postgres\" (the file backend keeps everything in state_dir)",
+                );
+            }
             StorageConfig::File
         }
         "postgres" => postgres(cx, raw).map_or(StorageConfig::File, StorageConfig::Postgres),
@@ -80,14 +88,36 @@ fn postgres(cx: &mut Ctx, raw: &Spanned<RawStorage>) -> Option<PostgresConfig> {
             None
         }
     };
+    let previous = previous_keys(cx, s.previous_encryption_key_files.as_ref());
     let node = node(cx, s.node.as_ref());
     Some(PostgresConfig {
         url: url?,
         password,
         encryption_key_file: key.as_ref()?.0.clone(),
         encryption_key: key?.1,
+        previous_encryption_keys: previous?,
         node: node?,
     })
+}
+
+/// `previous_encryption_key_files`: keys rotated out (they open, never seal); each must be a valid
+/// key file.
+fn previous_keys(
+    cx: &mut Ctx,
+    files: Option<&Spanned<Vec<SStr>>>,
+) -> Option<Vec<(std::path::PathBuf, DataKey)>> {
+    let Some(files) = files else {
+        return Some(Vec::new());
+    };
+    let mut keys = Vec::new();
+    let mut ok = true;
+    for f in files.get_ref() {
+        match encryption_key_at(cx, f, "storage.previous_encryption_key_files") {
+            Some(k) => keys.push(k),
+            None => ok = false,
+        }
+    }
+    ok.then_some(keys)
 }
 
 fn url(cx: &mut Ctx, u: &SStr) -> Option<String> {
@@ -151,13 +181,17 @@ fn read_file(cx: &mut Ctx, f: &SStr, key: &str) -> Option<String> {
 }
 
 fn encryption_key(cx: &mut Ctx, f: &SStr) -> Option<(std::path::PathBuf, DataKey)> {
-    let text = read_file(cx, f, "storage.encryption_key_file")?;
+    encryption_key_at(cx, f, "storage.encryption_key_file")
+}
+
+fn encryption_key_at(cx: &mut Ctx, f: &SStr, key: &str) -> Option<(std::path::PathBuf, DataKey)> {
+    let text = read_file(cx, f, key)?;
     let path = cx.resolve(0, f.get_ref());
     match DataKey::from_base64(&text) {
         Ok(k) => Some((path, k)),
         Err(e) => {
             let msg = format!("{}: {e}", path.display());
-            cx.err(0, &f.span(), "storage.encryption_key_file", msg);
+            cx.err(0, &f.span(), key, msg);
             None
         }
     }
@@ -268,6 +302,51 @@ mod tests {
         };
         assert!(!pg.node.is_empty());
         assert!(pg.password.is_none());
+    }
+
+    #[test]
+    fn previous_keys_open_during_a_rotation() {
+        let (old, new) = (
+            key_text(32),
+            base64::engine::general_purpose::STANDARD.encode([5u8; 32]),
+        );
+        let (cfg, d) = load_with(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://ck@127.0.0.1/ck\"\n\
+             encryption_key_file = \"new\"\nprevious_encryption_key_files = [\"old\"]\nnode = \"web1\"\n",
+            &[("old", &old), ("new", &new)],
+        );
+        let StorageConfig::Postgres(pg) = cfg.unwrap().storage else {
+            panic!("not postgres");
+        };
+        let want = crate::store::postgres::crypto::DataKey::from_bytes([9u8; 32]);
+        assert_eq!(pg.previous_encryption_keys.len(), 1);
+        assert_eq!(pg.previous_encryption_keys[0].0, d.path().join("old"));
+        assert_eq!(pg.previous_encryption_keys[0].1.id(), want.id());
+        let opts = crate::store::postgres::PgOptions::from_config(&pg);
+        assert_eq!(opts.keyring.retired_ids().collect::<Vec<_>>(), [want.id()]);
+        assert_ne!(opts.keyring.current_id(), want.id());
+
+        let (r, _d) = load_with(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://ck@127.0.0.1/ck\"\n\
+             encryption_key_file = \"new\"\nprevious_encryption_key_files = [\"short\"]\n",
+            &[("new", &new), ("short", &key_text(16))],
+        );
+        let err = r.unwrap_err();
+        assert!(
+            err.contains("storage.previous_encryption_key_files: DIR/short: the encryption key must be 32 random bytes"),
+            "{err}"
+        );
+        let (r, _d) = load_with(
+            "[storage]\nprevious_encryption_key_files = [\"old\"]\n",
+            &[],
+        );
+        let err = r.unwrap_err();
+        assert!(
+            err.contains(
+                "storage.previous_encryption_key_files: is only used with backend = \"postgres\""
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -40,9 +40,9 @@ use serde::de::DeserializeOwned;
 
 use super::StoreError;
 use super::install::{self, Installed, InstalledPaths, OutputSpec};
-use super::shared::{self, SharedPair};
+use super::shared::{self, PairOrigin, SharedPair};
 use super::state::{CertState, DeployCheck, InstalledSummary, OrderTrace};
-use super::storage::{Lease, Storage, check_name};
+use super::storage::{Lease, LeaseInfo, Storage, check_name};
 use super::verify::{self as verify, VerifiedCert};
 use crate::scheduler::{Failure, RetryState};
 
@@ -248,6 +248,10 @@ pub struct Snapshot {
     /// In a fleet, the serial of the current pair in the shared store (`None`: none there, or
     /// not a fleet).
     pub shared_serial: Option<String>,
+    /// In a fleet, the current pair's serial and the node that ordered it (`certkeeper status`).
+    pub shared_origin: Option<PairOrigin>,
+    /// In a fleet, why the current pair could not be read (then `shared_serial` is `None`).
+    pub shared_error: Option<String>,
 }
 
 impl Snapshot {
@@ -335,6 +339,15 @@ impl Ledger {
         self.node.as_deref()
     }
 
+    /// The leases held now across the fleet, read at once (`certkeeper status`); none for a host on
+    /// its own (its locks are local flocks, held by a process of this host).
+    pub fn leases(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        if self.node.is_none() {
+            return Ok(Vec::new());
+        }
+        self.storage.leases()
+    }
+
     /// The storage underneath (for the account store of the same state).
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
@@ -390,13 +403,14 @@ impl Ledger {
         Ok(Some(with_node_facts(state, &mine)))
     }
 
-    /// The serial of the fleet's current pair of `name` (`None`: none, unreadable, or not a fleet).
-    fn shared_serial(&self, name: &str) -> Option<String> {
+    /// The serial and origin of the fleet's current pair of `name` (`None`: none, unreadable, or
+    /// not a fleet).
+    fn shared_origin(&self, name: &str) -> (Option<PairOrigin>, Option<String>) {
         match self.shared_pair(name) {
-            Ok(p) => p.map(|p| p.serial),
+            Ok(p) => (p.map(|p| p.origin()), None),
             Err(e) => {
                 tracing::warn!(cert = %name, error = %e, "the fleet's current pair is unreadable");
-                None
+                (None, Some(e.to_string()))
             }
         }
     }
@@ -425,6 +439,7 @@ impl Ledger {
         if let Some(known) = &state.installed
             && let Some(live) = install::read_known(output, &known.stamp, &known.cert)
         {
+            let (origin, shared_error) = self.shared_origin(name);
             let placeholder = known.placeholder;
             return Snapshot {
                 state,
@@ -432,7 +447,9 @@ impl Ledger {
                 installed: Some(live),
                 installed_error: None,
                 placeholder,
-                shared_serial: self.shared_serial(name),
+                shared_serial: origin.as_ref().map(|o| o.serial.clone()),
+                shared_origin: origin,
+                shared_error,
             };
         }
         // Stamped before the read: files replaced meanwhile give a stale stamp, never stale facts.
@@ -459,14 +476,16 @@ impl Ledger {
                 tracing::debug!(cert = %name, error = %e, "cannot save the summary of the installed certificate");
             }
         }
-        let shared_serial = self.shared_serial(name);
+        let (origin, shared_error) = self.shared_origin(name);
         Snapshot {
             state,
             state_error,
             installed,
             installed_error,
             placeholder,
-            shared_serial,
+            shared_serial: origin.as_ref().map(|o| o.serial.clone()),
+            shared_origin: origin,
+            shared_error,
         }
     }
 
@@ -687,8 +706,8 @@ impl Issuance<'_> {
     ) -> Result<InstalledPaths, StoreError> {
         let (ledger, name) = (self.ledger, self.name.as_str());
         let (key_pem, chain_pem) = pair;
-        if ledger.node.is_some() {
-            shared::store(&*ledger.storage, name, pair, verified, &self.lease)?;
+        if let Some(node) = &ledger.node {
+            shared::store(&*ledger.storage, name, node, pair, verified, &self.lease)?;
         }
         let installing = Event::Installing {
             serial: verified.serial_hex.clone(),

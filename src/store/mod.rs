@@ -38,7 +38,7 @@ pub use state::{
     InstalledSummary, OrderTrace, ProblemTrace, StoredAccount, SubProblemTrace, account_id,
     key_fingerprint, status_word,
 };
-pub use storage::{FileStorage, Lease, Storage};
+pub use storage::{FileStorage, Lease, LeaseInfo, Storage};
 pub(crate) use verify::asn1_to_ts;
 pub use verify::{VerifiedCert, verify_pair};
 

@@ -20,13 +20,45 @@ pub struct SharedPair {
     pub key_pem: String,
     /// The full chain, leaf first, PEM.
     pub chain_pem: String,
+    /// The node that ordered (or imported, or migrated) this pair; `None` in a pair written by an
+    /// older certkeeper.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_by: Option<String>,
+    /// When that node made it the current pair (`None`: not known, e.g. a migrated pair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_at: Option<jiff::Timestamp>,
 }
 
 impl std::fmt::Debug for SharedPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedPair")
             .field("serial", &self.serial)
+            .field("ordered_by", &self.ordered_by)
+            .field("ordered_at", &self.ordered_at)
             .finish_non_exhaustive()
+    }
+}
+
+/// Which pair is the fleet's current one and who made it so: what `certkeeper status` shows,
+/// without the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PairOrigin {
+    /// The leaf's serial (hex).
+    pub serial: String,
+    /// The node that ordered it (`None`: written by an older certkeeper).
+    pub ordered_by: Option<String>,
+    /// When (`None`: not known).
+    pub ordered_at: Option<jiff::Timestamp>,
+}
+
+impl SharedPair {
+    /// Its serial and origin.
+    pub fn origin(&self) -> PairOrigin {
+        PairOrigin {
+            serial: self.serial.clone(),
+            ordered_by: self.ordered_by.clone(),
+            ordered_at: self.ordered_at,
+        }
     }
 }
 
@@ -41,11 +73,12 @@ pub fn load(storage: &dyn Storage, name: &str) -> Result<Option<SharedPair>, Sto
     load_json(storage, &key(name)?)
 }
 
-/// Make a verified pair the current pair of `name`, under `lease` (the certificate's issuance
-/// lease): refused once the lease was lost.
+/// Make a verified pair the current pair of `name`, ordered by node `node`, under `lease` (the
+/// certificate's issuance lease): refused once the lease was lost.
 pub fn store(
     storage: &dyn Storage,
     name: &str,
+    node: &str,
     pair: (&[u8], &[u8]),
     verified: &VerifiedCert,
     lease: &Lease,
@@ -59,6 +92,8 @@ pub fn store(
         serial: verified.serial_hex.clone(),
         key_pem: text(pair.0)?,
         chain_pem: text(pair.1)?,
+        ordered_by: Some(node.to_string()),
+        ordered_at: Some(jiff::Timestamp::now()),
     };
     let bytes = serde_json::to_vec(&value).map_err(|source| StoreError::Encode {
         path: storage.describe(&key).into(),

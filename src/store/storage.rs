@@ -70,6 +70,21 @@ impl std::fmt::Debug for Lease {
     }
 }
 
+/// A lock held now, as a shared backend records it (`certkeeper status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseInfo {
+    /// The lock's name (a certificate's issuance lease is named after the certificate).
+    pub name: String,
+    /// The node that holds it.
+    pub holder: String,
+    /// When the holder took it.
+    pub acquired_at: jiff::Timestamp,
+    /// When it expires unless the holder renews it (a live holder renews it while it works).
+    pub expires_at: jiff::Timestamp,
+    /// Its fencing token.
+    pub token: u64,
+}
+
 /// Where state lives: load/store/delete/list of named blobs, and locks.
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// The value under `key`, or `None` when there is none.
@@ -94,6 +109,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn lock_wait(&self, name: &str) -> Result<Lease, StoreError>;
     /// Where `key` is, for messages (`/var/lib/certkeeper/certs/www.json`).
     fn describe(&self, key: &str) -> String;
+    /// Every lock held now (unexpired), with its holder, read at once (one query, not one per
+    /// lock). A backend whose locks are local (flock) has no holders to tell: none.
+    fn leases(&self) -> Result<Vec<LeaseInfo>, StoreError>;
 }
 
 /// Check that `key` is a safe storage key (see the module docs).
@@ -272,6 +290,11 @@ impl Storage for FileStorage {
 
     fn describe(&self, key: &str) -> String {
         self.root.join(key).display().to_string()
+    }
+
+    fn leases(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        // flock: held by a process on this host, which the lock file does not name.
+        Ok(Vec::new())
     }
 }
 

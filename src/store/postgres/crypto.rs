@@ -33,9 +33,20 @@ pub enum CryptoError {
     Malformed,
     /// The value was sealed with a key this keyring does not have.
     #[error(
-        "sealed with key id {0}, which is not the configured encryption key (nor a retired one)"
+        "sealed with key id {0}, which is neither this node's encryption_key_file nor one of its \
+         previous_encryption_key_files (if the fleet's key was rotated, install the new key file on this node \
+         and set encryption_key_file to it)"
     )]
     UnknownKey(String),
+    /// This node's key was rotated out of the database: sealing with it would undo the rotation.
+    #[error(
+        "this node's encryption_key_file (key id {}) was rotated out of the database on {} by node {} \
+         (`certkeeper storage rotate-key`); the database now seals with key id {}: install that key file on \
+         this node, set encryption_key_file to it (the old file may stay in previous_encryption_key_files) \
+         and reload certkeeper",
+        .0.mine, .0.since, .0.by, .0.current
+    )]
+    RotatedOut(Box<RotatedOut>),
     /// Authentication failed: the value was changed, moved to another name or version, or the key
     /// with its id is a different key.
     #[error("authentication failed: the value was altered, moved, or the key is wrong")]
@@ -43,6 +54,19 @@ pub enum CryptoError {
     /// OpenSSL failed to encrypt (out of memory, no randomness).
     #[error("encrypting failed: {0}")]
     Openssl(String),
+}
+
+/// A node's key rotated out: which, to which, when and by whom ([`CryptoError::RotatedOut`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedOut {
+    /// This node's key id.
+    pub mine: String,
+    /// The key id the database seals with now.
+    pub current: String,
+    /// When it was rotated.
+    pub since: String,
+    /// The node that rotated it.
+    pub by: String,
 }
 
 /// One 256-bit data key and its id.
@@ -74,7 +98,7 @@ impl DataKey {
         Ok(Self::from_bytes(key))
     }
 
-    /// A new random key (tests, and a future `storage rotate-key`).
+    /// A new random key (tests).
     pub fn generate() -> Result<Self, CryptoError> {
         let mut key = [0u8; KEY_LEN];
         openssl::rand::rand_bytes(&mut key).map_err(|e| CryptoError::Openssl(e.to_string()))?;
@@ -120,6 +144,18 @@ impl Keyring {
     /// The id of the key that seals.
     pub fn current_id(&self) -> &str {
         self.current.id()
+    }
+
+    /// Whether this keyring holds the key with id `id` (current or retired).
+    pub fn knows(&self, id: &str) -> bool {
+        std::iter::once(&self.current)
+            .chain(&self.retired)
+            .any(|k| k.id == id)
+    }
+
+    /// The ids of the retired keys (they open, never seal).
+    pub fn retired_ids(&self) -> impl Iterator<Item = &str> {
+        self.retired.iter().map(DataKey::id)
     }
 
     /// Seal `plain` as the value of `name` at `version`.

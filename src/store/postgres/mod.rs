@@ -30,8 +30,19 @@
 //! **Secrets at rest.** Values that hold private keys ([`ops::is_secret`]) are sealed with
 //! AES-256-GCM ([`crypto`]) before they leave the process; the database never sees them in
 //! clear, and a dump holds no usable key.
+//!
+//! **Key rotation** ([`keys`], `certkeeper storage rotate-key`): the database records which key
+//! id seals (the unsealed object [`keys::SEALING_KEY`], so no schema change) and which ids were
+//! rotated out; [`PgStorage::rotate_key`] switches it to this node's key and re-seals every value
+//! sealed with another key, one transaction per value. A node whose key was rotated out is refused
+//! when it seals (it would undo the rotation); `previous_encryption_key_files` ([`Keyring`]'s
+//! retired keys) keeps nodes reading old values during the roll.
+//!
+//! **Leases for `certkeeper status`**: [`Storage::leases`] reads every unexpired row of
+//! `ck_locks` in one query.
 
 pub mod crypto;
+pub mod keys;
 mod lease;
 mod ops;
 pub mod schema;
@@ -46,7 +57,7 @@ use openssl::ssl::{SslConnector, SslMethod};
 use postgres_openssl::MakeTlsConnector;
 
 use super::StoreError;
-use super::storage::{Lease, Storage, check_key, check_name};
+use super::storage::{Lease, LeaseInfo, Storage, check_key, check_name};
 use crypto::Keyring;
 pub use ops::Probe;
 use ops::{Request, Response, Settings};
@@ -112,11 +123,13 @@ impl PgOptions {
 
     /// Options for the `[storage]` PostgreSQL settings of the config.
     pub fn from_config(pg: &crate::config::PostgresConfig) -> Self {
-        let mut opts = Self::new(
-            pg.url.clone(),
-            pg.node.clone(),
-            Keyring::new(pg.encryption_key.clone()),
-        );
+        let keyring = pg
+            .previous_encryption_keys
+            .iter()
+            .fold(Keyring::new(pg.encryption_key.clone()), |ring, (_, k)| {
+                ring.with_retired(k.clone())
+            });
+        let mut opts = Self::new(pg.url.clone(), pg.node.clone(), keyring);
         opts.password = pg.password.as_ref().map(|p| p.expose().to_string());
         opts
     }
@@ -207,6 +220,53 @@ impl PgStorage {
     /// The id of the key that seals.
     pub fn key_id(&self) -> &str {
         self.worker.settings.keyring.current_id()
+    }
+
+    /// Rotate the database's encryption key to this node's `encryption_key_file`: record it as the
+    /// sealing key (the keys before it are rotated out), then re-seal every value sealed with
+    /// another key, one transaction per value (see [`keys`]). Idempotent: run again after a crash
+    /// or a failure, it re-seals what is left. A value that cannot be opened is reported, not
+    /// fatal; a database error stops the rotation (run it again).
+    pub fn rotate_key(&self) -> Result<keys::Rotation, StoreError> {
+        let (before, after) = match self
+            .worker
+            .call("switching the sealing key", Request::AdoptKey)?
+        {
+            Response::Adopted(before, after) => (before, after),
+            other => return Err(self.unexpected(other)),
+        };
+        let all = match self
+            .worker
+            .call("listing the sealed values", Request::SealedKeys)?
+        {
+            Response::Sealed(all) => all,
+            other => return Err(self.unexpected(other)),
+        };
+        let mut rotation = keys::Rotation {
+            target: self.target().to_string(),
+            before,
+            after,
+            resealed: 0,
+            current: 0,
+            failed: Vec::new(),
+        };
+        for (key, id) in all {
+            if id == self.key_id() {
+                rotation.current += 1;
+                continue;
+            }
+            match self.worker.call("re-sealing", Request::Reseal(key.clone())) {
+                Ok(Response::Resealed(keys::Resealed::Done)) => rotation.resealed += 1,
+                Ok(Response::Resealed(keys::Resealed::Current)) => rotation.current += 1,
+                Ok(Response::Resealed(keys::Resealed::Gone)) => {}
+                Ok(other) => return Err(self.unexpected(other)),
+                Err(StoreError::Sealed { source, .. }) => {
+                    rotation.failed.push((key, source.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(rotation)
     }
 
     fn unexpected(&self, r: Response) -> StoreError {
@@ -383,5 +443,12 @@ impl Storage for PgStorage {
 
     fn describe(&self, key: &str) -> String {
         format!("{key} in PostgreSQL {}", self.target())
+    }
+
+    fn leases(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        match self.worker.call("reading the leases", Request::Leases)? {
+            Response::Leases(l) => Ok(l),
+            other => Err(self.unexpected(other)),
+        }
     }
 }

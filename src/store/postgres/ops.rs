@@ -5,8 +5,9 @@ use std::time::Duration;
 use tokio_postgres::{Client, Transaction};
 
 use super::super::StoreError;
-use super::super::storage::check_key;
+use super::super::storage::{LeaseInfo, check_key};
 use super::crypto::Keyring;
+use super::keys::{self, Resealed, SealingKey};
 
 /// What a call asks of the database (keys are checked by the caller).
 #[derive(Debug)]
@@ -39,6 +40,13 @@ pub(super) enum Request {
     },
     SchemaVersion,
     Probe,
+    Leases,
+    /// Make this node's key the sealing key ([`keys::adopt`]).
+    AdoptKey,
+    /// The key id of every sealed value.
+    SealedKeys,
+    /// Re-seal one value with this node's key.
+    Reseal(String),
 }
 
 /// The answer to a [`Request`].
@@ -53,6 +61,12 @@ pub(super) enum Response {
     Held(bool),
     Version(i32),
     Probe(Probe),
+    Leases(Vec<LeaseInfo>),
+    /// The sealing key record before and after.
+    Adopted(Option<SealingKey>, SealingKey),
+    /// `(storage key, key id)` of every sealed value.
+    Sealed(Vec<(String, String)>),
+    Resealed(Resealed),
 }
 
 /// What `certkeeper check` reports about the database (read without changing anything).
@@ -64,6 +78,8 @@ pub struct Probe {
     pub schema_version: i32,
     /// How many sealed values name each key id.
     pub sealed_by_key: std::collections::BTreeMap<String, u64>,
+    /// The sealing key the last `storage rotate-key` recorded (`None`: never rotated).
+    pub sealing: Option<SealingKey>,
 }
 
 /// What every operation needs besides the connection.
@@ -80,7 +96,10 @@ pub(super) struct Settings {
 }
 
 impl Settings {
-    fn db(&self, action: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    pub(super) fn db(
+        &self,
+        action: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
         let (action, target) = (action.into(), self.target.clone());
         move |source| StoreError::Database {
             action,
@@ -145,14 +164,52 @@ pub(super) async fn run(
             .await
             .map(Response::Probe)
             .map_err(s.db("probing the database")),
+        Request::Leases => leases(client, s).await.map(Response::Leases),
+        Request::AdoptKey => keys::adopt(client, s)
+            .await
+            .map(|(before, after)| Response::Adopted(before, after)),
+        Request::SealedKeys => keys::sealed(client, s).await.map(Response::Sealed),
+        Request::Reseal(key) => keys::reseal(client, s, &key).await.map(Response::Resealed),
     }
+}
+
+/// Every unexpired lease, in one query; none when the schema is not created yet (a reader opened
+/// without migrating).
+async fn leases(client: &Client, s: &Settings) -> Result<Vec<LeaseInfo>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT name, holder, token,
+                 (extract(epoch FROM acquired_at) * 1000000)::bigint,
+                 (extract(epoch FROM expires_at) * 1000000)::bigint
+             FROM ck_locks WHERE expires_at > now() ORDER BY name",
+            &[],
+        )
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) if no_schema(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(s.db("reading the leases")(e)),
+    };
+    let at = |us: i64| jiff::Timestamp::from_microsecond(us).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    Ok(rows
+        .iter()
+        .map(|r| LeaseInfo {
+            name: r.get(0),
+            holder: r.get(1),
+            token: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+            acquired_at: at(r.get(3)),
+            expires_at: at(r.get(4)),
+        })
+        .collect())
 }
 
 async fn probe(client: &Client) -> Result<Probe, tokio_postgres::Error> {
     let server_version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
     let schema_version = super::schema::version(client).await?;
     let mut sealed_by_key = std::collections::BTreeMap::new();
+    let mut sealing = None;
     if schema_version > 0 {
+        sealing = keys::read(client).await?;
         // The header of each sealed value holds its key id (see crypto).
         let rows = client
             .query(
@@ -162,7 +219,7 @@ async fn probe(client: &Client) -> Result<Probe, tokio_postgres::Error> {
             .await?;
         for row in rows {
             let head: Vec<u8> = row.get(0);
-            let id = super::crypto::key_id_of(&head).unwrap_or_else(|| "(malformed)".into());
+            let id = super::crypto::key_id_of(&head).unwrap_or_else(|| keys::MALFORMED.into());
             *sealed_by_key.entry(id).or_insert(0u64) += 1;
         }
     }
@@ -170,6 +227,7 @@ async fn probe(client: &Client) -> Result<Probe, tokio_postgres::Error> {
         server_version,
         schema_version,
         sealed_by_key,
+        sealing,
     })
 }
 
@@ -190,14 +248,23 @@ pub(super) fn is_secret(key: &str, value: &[u8]) -> bool {
         || value.windows(16).any(|w| w == b"PRIVATE KEY-----")
 }
 
+/// The schema is not created yet: a reader opened without migrating (`status`) reads nothing, as
+/// from an empty state directory.
+fn no_schema(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+}
+
 async fn load(client: &Client, s: &Settings, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let row = client
+    let row = match client
         .query_opt(
             "SELECT value, sealed, version FROM ck_objects WHERE key = $1",
             &[&key],
         )
         .await
-        .map_err(s.db(format!("loading {key}")))?;
+    {
+        Err(e) if no_schema(&e) => return Ok(None),
+        other => other.map_err(s.db(format!("loading {key}")))?,
+    };
     let Some(row) = row else { return Ok(None) };
     let (value, sealed, version): (Vec<u8>, bool, i64) = (row.get(0), row.get(1), row.get(2));
     if !sealed {
@@ -243,6 +310,9 @@ async fn put(
         .await
         .map_err(s.db(format!("storing {key}")))?
         .get(0);
+    if is_secret(key, value) {
+        keys::check_sealing(tx, s, key).await?;
+    }
     let (bytes, sealed) = seal_for(s, key, version, value)?;
     tx.execute(
         "INSERT INTO ck_objects (key, value, sealed, version, updated_by) VALUES ($1, $2, $3, $4, $5)
@@ -322,14 +392,17 @@ async fn check_fence(
 async fn list(client: &Client, s: &Settings, prefix: &str) -> Result<Vec<String>, StoreError> {
     let under = format!("{prefix}/");
     let from = i32::try_from(under.len() + 1).unwrap_or(i32::MAX);
-    let rows = client
+    let rows = match client
         .query(
             "SELECT DISTINCT split_part(substr(key, $2), '/', 1) FROM ck_objects
              WHERE starts_with(key, $1)",
             &[&under, &from],
         )
         .await
-        .map_err(s.db(format!("listing {prefix}")))?;
+    {
+        Err(e) if no_schema(&e) => return Ok(Vec::new()),
+        other => other.map_err(s.db(format!("listing {prefix}")))?,
+    };
     let mut names: Vec<String> = rows
         .iter()
         .map(|r| r.get::<_, String>(0))
