@@ -59,6 +59,7 @@ pub(crate) struct RawStorage {
     pub password_file: Option<SStr>,
     pub encryption_key_file: Option<SStr>,
     pub node: Option<SStr>,
+    pub lease: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

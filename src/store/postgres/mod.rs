@@ -118,6 +118,7 @@ impl PgOptions {
             Keyring::new(pg.encryption_key.clone()),
         );
         opts.password = pg.password.as_ref().map(|p| p.expose().to_string());
+        opts.lease_ttl = pg.lease;
         opts
     }
 }
