@@ -145,6 +145,9 @@ struct Daemon {
     running: HashSet<String>,
     /// Paused certificates to try at once (a start or reload), whatever their daily retry time.
     paused_now: HashSet<String>,
+    /// Attempts in a row that failed because the store was down, per certificate: the ledger
+    /// could not record them, so their backoff is kept here.
+    store_down: HashMap<String, u32>,
     /// Reloads of this batch, sent to the reloader when no issuance is in flight any more.
     reloads: Vec<ReloadRequest>,
     /// Certificates installed in this batch (deploy-checked and notified after the reloads).
@@ -177,6 +180,7 @@ impl Daemon {
             tasks: HashMap::new(),
             running: HashSet::new(),
             paused_now: HashSet::new(),
+            store_down: HashMap::new(),
             reloads: Vec::new(),
             changed: Vec::new(),
             reloader,
@@ -295,9 +299,13 @@ impl Daemon {
             return;
         };
         // Found not due, or found busy in another process: look again in a minute at the earliest.
-        let attempted = result
+        let busy = result
             .as_ref()
-            .is_some_and(|r| r.as_ref().err().is_none_or(|e| !e.is_busy()));
+            .is_some_and(|r| r.as_ref().is_err_and(IssueError::is_busy));
+        let attempted = result.is_some() && !busy;
+        let store_down = result
+            .as_ref()
+            .is_some_and(|r| r.as_ref().is_err_and(IssueError::is_store_down));
         match result {
             Some(Ok(issued)) => {
                 if issued.ordered_here {
@@ -320,6 +328,44 @@ impl Daemon {
         }
         // A reload of this certificate is queued above or still pending from before this run.
         let _ = self.schedule_one(&cert, !attempted, false);
+        if busy {
+            self.look_again_after_lease(&name);
+        }
+        if store_down {
+            self.back_off_store_down(&name);
+        } else if attempted {
+            self.store_down.remove(&name);
+        }
+    }
+
+    /// A certificate whose attempt failed because the store was down (its failure is not in the
+    /// ledger, which shows it as due at once): retried on the configured backoff schedule counted
+    /// here, never in a tight loop against an unreachable database.
+    fn back_off_store_down(&mut self, name: &str) {
+        let failures = self.store_down.entry(name.to_string()).or_insert(0);
+        *failures = failures.saturating_add(1);
+        let delay = self.rt.config.daemon.backoff.delay(*failures);
+        let at = Timestamp::now()
+            .checked_add(delay)
+            .unwrap_or(Timestamp::MAX);
+        if self.timers.get(name).is_none_or(|t| t < at) {
+            self.timers.set(name, at);
+        }
+        warn!(cert = %name, failures = *failures, retry_at = %at, "the shared store is unreachable; this certificate is retried with backoff");
+    }
+
+    /// In a fleet, a certificate another node holds the lease of is looked at again when that
+    /// lease would have run out had its holder died: then this node takes over (and resumes the
+    /// holder's order), or installs what the holder issued.
+    fn look_again_after_lease(&mut self, name: &str) {
+        let config::StorageConfig::Postgres(pg) = &self.rt.config.storage else {
+            return;
+        };
+        let lease = jiff::SignedDuration::try_from(pg.lease).unwrap_or(FLEET_POLL);
+        let at = Timestamp::now() + lease + jiff::SignedDuration::from_millis(500);
+        if self.timers.get(name).is_none_or(|t| t > at) {
+            self.timers.set(name, at);
+        }
     }
 
     /// Hand the batch's reloads (and the certificates installed in it) to the reloader.
