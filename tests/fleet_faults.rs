@@ -115,7 +115,9 @@ impl Fleet {
     fn shared_state(&self, name: &str) -> serde_json::Value {
         let text = self.pg.psql_in(
             "certkeeper",
-            &format!("SELECT convert_from(value, 'UTF8') FROM ck_objects WHERE key = 'certs/{name}.json'"),
+            &format!(
+                "SELECT convert_from(value, 'UTF8') FROM ck_objects WHERE key = 'certs/{name}.json'"
+            ),
         );
         serde_json::from_str(text.trim())
             .unwrap_or_else(|e| panic!("state of {name} in the database: {e}: {text:?}"))
@@ -373,7 +375,12 @@ async fn postgres_stopped_for_30s_no_crash_files_untouched_then_the_due_certific
         "both nodes to install alpha",
         Duration::from_secs(40),
         &refs,
-        || fleet.observe(&node_refs, "alpha").iter().all(Option::is_some),
+        || {
+            fleet
+                .observe(&node_refs, "alpha")
+                .iter()
+                .all(Option::is_some)
+        },
     )
     .await;
     let before: Vec<FilesSeen> = nodes
@@ -410,7 +417,10 @@ async fn postgres_stopped_for_30s_no_crash_files_untouched_then_the_due_certific
             );
         }
         assert!(
-            fleet.observe(&node_refs, "bravo").iter().all(Option::is_none),
+            fleet
+                .observe(&node_refs, "bravo")
+                .iter()
+                .all(Option::is_none),
             "bravo issued without the database"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -436,7 +446,12 @@ async fn postgres_stopped_for_30s_no_crash_files_untouched_then_the_due_certific
         "both nodes to install bravo after the outage",
         Duration::from_secs(40),
         &refs,
-        || fleet.observe(&node_refs, "bravo").iter().all(Option::is_some),
+        || {
+            fleet
+                .observe(&node_refs, "bravo")
+                .iter()
+                .all(Option::is_some)
+        },
     )
     .await;
     let recovered = back.elapsed();
