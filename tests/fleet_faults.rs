@@ -427,10 +427,7 @@ async fn postgres_stopped_for_30s_no_crash_files_untouched_then_the_due_certific
     }
     // Retried with backoff, not in a tight loop (2 s, 4 s, 8 s, 8 s ... over 30 s).
     for d in &daemons {
-        let tries = d
-            .log()
-            .matches("the shared store is unreachable; this certificate is retried with backoff")
-            .count();
+        let tries = d.log().matches("issuance failed cert=bravo").count();
         assert!(
             (1..=12).contains(&tries),
             "{tries} attempts of bravo during the outage:\n{}",

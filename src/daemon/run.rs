@@ -610,8 +610,14 @@ mod tests {
     use super::*;
 
     fn daemon(dir: &Path) -> Daemon {
+        daemon_with(dir, "")
+    }
+
+    /// A daemon on a config with `top` (top-level keys and tables) before its issuer.
+    fn daemon_with(dir: &Path, top: &str) -> Daemon {
         let text = format!(
             r#"state_dir = "{d}/state"
+{top}
 [issuer.le]
 directory = "https://127.0.0.1:1/dir"
 [[issuer.le.solver]]
@@ -664,6 +670,67 @@ output = {{ dir = "{d}/tls" }}
                 .render()
                 .contains("certkeeper_certificate_failures{name=\"www\"} 1")
         );
+    }
+
+    fn store_down() -> IssueError {
+        IssueError::new(crate::store::StoreError::Unavailable {
+            action: "connecting".into(),
+            target: "db1:5432/certkeeper".into(),
+            reason: "connection refused".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_is_retried_on_the_backoff_schedule_counted_in_memory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = daemon(tmp.path());
+        let backoff = d.rt.config.daemon.backoff;
+        for n in 1..=3u32 {
+            let before = Timestamp::now();
+            d.running.insert("www".into());
+            d.finished("www".into(), Some(Err(store_down())));
+            // The ledger holds no failure (it could not be written): without the count kept
+            // here the certificate would look due at once, and be tried in a tight loop.
+            let wait = d.timers.get("www").unwrap().duration_since(before);
+            let want = backoff.delay(n);
+            assert!(
+                wait >= want && wait < want + jiff::SignedDuration::from_secs(5),
+                "failure {n}: retried after {wait}, wanted {want}"
+            );
+        }
+        assert_eq!(d.store_down.get("www"), Some(&3));
+        // Any other outcome of an attempt ends the outage's count.
+        d.finished("www".into(), Some(Err(IssueError::internal("boom"))));
+        assert!(d.store_down.is_empty());
+    }
+
+    #[tokio::test]
+    async fn in_a_fleet_a_busy_certificate_is_looked_at_again_once_the_lease_could_expire() {
+        use base64::Engine as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        std::fs::write(tmp.path().join("storage.key"), key).unwrap();
+        // Nothing listens on port 1: the snapshots fail at once, as in an outage.
+        let storage = format!(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgresql://ck@127.0.0.1:1/ck\"\n\
+             encryption_key_file = \"{}\"\nnode = \"web1\"\nlease = \"4s\"\n",
+            tmp.path().join("storage.key").display()
+        );
+        let mut d = daemon_with(tmp.path(), &storage);
+        let busy = IssueError::new(crate::store::StoreError::Locked {
+            name: "www".into(),
+            path: "'www' held by node web2".into(),
+        });
+        let before = Timestamp::now();
+        d.running.insert("www".into());
+        d.finished("www".into(), Some(Err(busy)));
+        let wait = d.timers.get("www").unwrap().duration_since(before);
+        assert!(
+            wait >= jiff::SignedDuration::from_secs(4)
+                && wait <= jiff::SignedDuration::from_secs(6),
+            "looked at again after {wait}, not when the 4 s lease could have run out"
+        );
+        assert!(d.store_down.is_empty(), "busy is not an outage");
     }
 
     #[tokio::test]
