@@ -472,6 +472,25 @@ async fn postgres_stopped_for_30s_no_crash_files_untouched_then_the_due_certific
         let (status, _) = d.admin_get("/healthz").await;
         assert_eq!(status, 200);
     }
+    // Nothing lost in the shared state: status on each node shows both certificates installed.
+    for (i, n) in nodes.iter().enumerate() {
+        let status = n.run_cli(&["status"]).await;
+        assert!(status.ok(), "{status}");
+        for cert in ["alpha", "bravo"] {
+            let serial = fleet.observe(&node_refs, cert)[i]
+                .clone()
+                .unwrap()
+                .to_lowercase();
+            assert!(
+                status
+                    .stdout
+                    .contains(&format!("installed:   serial {serial}")),
+                "{cert} on node {}: {}",
+                i + 1,
+                status.stdout
+            );
+        }
+    }
     eprintln!(
         "outage test: {:?} (bravo on both nodes {recovered:?} after PostgreSQL came back)",
         started.elapsed()

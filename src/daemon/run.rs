@@ -318,7 +318,7 @@ impl Daemon {
             }
             Some(Err(e)) if e.is_interrupted() => {}
             Some(Err(e)) if e.is_busy() => {
-                info!(cert = %name, "being issued by another certkeeper process; looking again later");
+                info!(cert = %name, reason = %e, "being issued by another certkeeper process or node; looking again later");
             }
             Some(Err(e)) => {
                 self.metrics.count_renewal(&name, false);
