@@ -2,14 +2,16 @@
 //! (tests/support/postgres.rs), pebble, and a real nginx serving a shared webroot for HTTP-01 (as in
 //! tests/fleet.rs).
 //!
-//! - kill -9 of the node holding a certificate's lease in the middle of its order: another node
-//!   finishes the same order after the lease expires; no torn pair anywhere, at any time.
+//! - kill -9 of the node holding a certificate's lease in the middle of its order (its order
+//!   created, or already issued by the CA): another node finishes the same order after the lease
+//!   expires, the CA sees no second order; no torn pair anywhere, at any time.
 //! - PostgreSQL stopped for 30 s while the daemons run: no daemon crashes, the installed files are
 //!   untouched, and a certificate that fell due during the outage is issued once it is back.
 //!
 //! The node to kill is made to stop in the middle of its order by the `test-hooks` build's hold
-//! point (`CERTKEEPER_TEST_HOLD_AT=order-created:FILE`): the first daemon that creates an order
-//! writes its PID to FILE and waits there, alive and renewing its lease, until the test kills it.
+//! points (`CERTKEEPER_TEST_HOLD_AT=STEP:FILE`, STEP `order-created` or `order-valid`): the first
+//! daemon that gets there writes its PID to FILE and waits, alive and renewing its lease, until
+//! the test kills it.
 
 mod support;
 
@@ -191,6 +193,21 @@ async fn wait_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_lease_holder_mid_order_another_node_finishes_the_same_order() {
+    // Killed with the order created, its authorization not yet answered: the successor answers
+    // the challenge, finalizes with the order's key from the shared store, and installs.
+    kill_holder_at("order-created", "Pending").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_lease_holder_after_the_ca_issued_another_node_installs_that_certificate() {
+    // Killed with the order valid (the CA issued), before the download: the successor downloads
+    // that certificate and installs it with the order's key; the CA issues nothing more.
+    kill_holder_at("order-valid", "Valid").await;
+}
+
+/// Three daemons; the first to reach the hold point `step` (see the module docs) is killed with
+/// SIGKILL while it holds the lease; one survivor resumes the order (found in status `status`).
+async fn kill_holder_at(step: &str, status: &str) {
     let Some(fleet) = Fleet::start().await else {
         return;
     };
@@ -203,14 +220,14 @@ async fn kill_9_of_the_lease_holder_mid_order_another_node_finishes_the_same_ord
     let marker = fleet.shared.path().join("holder.pid");
     let hold = [(
         "CERTKEEPER_TEST_HOLD_AT",
-        format!("order-created:{}", marker.display()),
+        format!("{step}:{}", marker.display()),
     )];
     let mut daemons: Vec<Daemon> = nodes.iter().map(|n| spawn(n, &hold)).collect();
 
     // The first node to create the order stops in the middle of it, holding the lease.
     let mut holder_pid = None;
     wait_until(
-        "a node to create the order and hold",
+        &format!("a node to hold at {step} (the test binary needs --features test-hooks)"),
         Duration::from_secs(40),
         &daemons.iter().collect::<Vec<_>>(),
         || {
@@ -259,8 +276,8 @@ async fn kill_9_of_the_lease_holder_mid_order_another_node_finishes_the_same_ord
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let status = daemons[holder].wait_exit(Duration::from_secs(10));
-    assert!(!status.success(), "{status}");
+    let exit = daemons[holder].wait_exit(Duration::from_secs(10));
+    assert!(!exit.success(), "{exit}");
 
     // The survivors: one takes the lease once it expires and finishes the same order, the other
     // installs what it issued. Every observation on the way checks every output directory.
@@ -290,16 +307,17 @@ async fn kill_9_of_the_lease_holder_mid_order_another_node_finishes_the_same_ord
     let resumed: Vec<&usize> = survivors
         .iter()
         .filter(|i| {
-            daemons[**i]
-                .log()
-                .lines()
-                .any(|l| l.contains("resuming order") && l.contains(&order_url))
+            daemons[**i].log().lines().any(|l| {
+                l.contains("resuming order")
+                    && l.contains(&order_url)
+                    && l.contains(&format!("status={status}"))
+            })
         })
         .collect();
     assert_eq!(
         resumed.len(),
         1,
-        "exactly one survivor resumed {order_url}:\n{all_logs}"
+        "exactly one survivor resumed {order_url} in status {status}:\n{all_logs}"
     );
     let state = fleet.shared_state("alpha");
     assert_eq!(
@@ -328,7 +346,7 @@ async fn kill_9_of_the_lease_holder_mid_order_another_node_finishes_the_same_ord
         d.assert_running();
     }
     eprintln!(
-        "kill -9 test: {:?} (taken over {took_over:?} after the kill)",
+        "kill -9 at {step}: {:?} (taken over {took_over:?} after the kill)",
         started.elapsed()
     );
 }

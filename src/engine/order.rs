@@ -312,6 +312,7 @@ async fn issue_with(
         order = account.poll_order(&order.url, &poll).await?;
         trace.order(&order);
     }
+    hold_point(rt, "order-valid").await;
     let cert_url = finished_order(&order)?;
     let chain = account
         .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
