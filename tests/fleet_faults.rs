@@ -26,8 +26,9 @@ use support::pair::check_pair;
 use support::postgres::{PASSWORD, Postgres};
 use support::{Pebble, PebbleOpts, free_port, pebble};
 
-/// The lease of every node: short, so a dead holder is replaced within seconds.
-const LEASE: Duration = Duration::from_secs(3);
+/// The lease of every node: short, so a dead holder is replaced within seconds (renewed every
+/// 1.3 s, it outlives a renewal slowed by a loaded machine).
+const LEASE: Duration = Duration::from_secs(4);
 
 /// The parts a fleet runs against, and the files its nodes share (key, password, webroot).
 struct Fleet {
@@ -37,6 +38,8 @@ struct Fleet {
     _nginx: Nginx,
     pebble: Pebble,
     root: X509,
+    /// The output directories seen with a complete pair (see [`Fleet::observe`]).
+    complete: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl Fleet {
@@ -83,6 +86,7 @@ impl Fleet {
             _nginx: nginx,
             pebble,
             root,
+            complete: Default::default(),
         })
     }
 
@@ -128,16 +132,33 @@ impl Fleet {
     /// The serial installed for `cert` on each node (`None`: nothing installed yet). Panics when
     /// any output directory holds a torn or mismatched pair (key not the leaf's, fullchain not
     /// cert + chain, chain not up to pebble's root, other names).
+    ///
+    /// A first install creates the four names one after the other (each a symlink into `.live`,
+    /// which already holds the whole pair): until the last one exists the pair is not installed
+    /// yet. Once a directory was seen complete, a missing name is a failure.
     fn observe(&self, nodes: &[&TestConfig], cert: &str) -> Vec<Option<String>> {
         nodes
             .iter()
             .map(|n| {
                 let dir = n.output_dir(cert);
-                if !dir.join("fullchain.pem").exists() && !dir.join("privkey.pem").exists() {
+                let present: Vec<bool> = ["fullchain.pem", "privkey.pem", "chain.pem", "cert.pem"]
+                    .iter()
+                    .map(|f| dir.join(f).symlink_metadata().is_ok())
+                    .collect();
+                let mut complete = self.complete.lock().unwrap();
+                if present.contains(&false) {
+                    assert!(
+                        !complete.contains(&dir),
+                        "{}: files gone after a complete install: {present:?}",
+                        dir.display()
+                    );
                     return None;
                 }
                 match check_pair(&dir, &self.root, &[&domain(cert)]) {
-                    Ok(p) => Some(p.serial),
+                    Ok(p) => {
+                        complete.insert(dir);
+                        Some(p.serial)
+                    }
                     Err(e) => panic!("torn pair in {}: {e}", dir.display()),
                 }
             })
