@@ -45,7 +45,8 @@
 //! against the CA's duplicate-certificate limit), never a torn or mismatched pair: the fleet's
 //! pair is one value (key, chain and serial together) written only under a valid lease, every
 //! node verifies it (key matches the leaf, names, chain) before its atomic switch, and never
-//! replaces a newer certificate with an older one. What a partition can also cause: for up to
+//! replaces a newer certificate with an older one. (On a node's very first install the four
+//! file names appear one after the other, each pointing into the complete pair.) What a partition can also cause: for up to
 //! the nodes' next look at the shared pair (at most 5 minutes in the daemon), nodes serve
 //! different certificates, each a complete valid pair; and a node cut off for longer than the
 //! remaining lifetime of its certificates serves them until they expire, since only the fleet
