@@ -115,6 +115,9 @@ pub struct PostgresConfig {
     pub previous_encryption_keys: Vec<(PathBuf, crate::store::postgres::crypto::DataKey)>,
     /// `node`: this host's name in the fleet (default: the host name).
     pub node: String,
+    /// `lease`: how long this node's lease on a certificate lives without renewal (default
+    /// [`crate::store::postgres::DEFAULT_LEASE_TTL`]): how long the fleet waits for a dead node.
+    pub lease: std::time::Duration,
 }
 
 /// `[http01]`: where the built-in HTTP-01 responder listens.

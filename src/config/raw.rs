@@ -60,6 +60,7 @@ pub(crate) struct RawStorage {
     pub encryption_key_file: Option<SStr>,
     pub previous_encryption_key_files: Option<Spanned<Vec<SStr>>>,
     pub node: Option<SStr>,
+    pub lease: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

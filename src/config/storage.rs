@@ -1,14 +1,15 @@
 //! `[storage]`: the file tree (default) or PostgreSQL (a fleet), validated at load: the url parses
 //! and carries no password, the password and encryption key files are read, the key decodes to
-//! 32 bytes, the node name is usable.
+//! 32 bytes, the node name is usable, the lease is within bounds.
 
 use std::str::FromStr as _;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::raw::{RawStorage, SStr};
 use super::validate::Ctx;
-use super::{PostgresConfig, Secret, StorageConfig};
+use super::{PostgresConfig, Secret, StorageConfig, parse_duration};
 use crate::store::postgres::crypto::DataKey;
 
 /// Validate `[storage]`; errors go to `cx` (the returned value is then not used).
@@ -22,6 +23,7 @@ pub(super) fn storage(cx: &mut Ctx, raw: &Spanned<RawStorage>) -> StorageConfig 
                 ("password_file", &s.password_file),
                 ("encryption_key_file", &s.encryption_key_file),
                 ("node", &s.node),
+                ("lease", &s.lease),
             ] {
                 if let Some(v) = v {
                     cx.err(
@@ -90,6 +92,7 @@ fn postgres(cx: &mut Ctx, raw: &Spanned<RawStorage>) -> Option<PostgresConfig> {
     };
     let previous = previous_keys(cx, s.previous_encryption_key_files.as_ref());
     let node = node(cx, s.node.as_ref());
+    let lease = lease(cx, s.lease.as_ref());
     Some(PostgresConfig {
         url: url?,
         password,
@@ -97,6 +100,7 @@ fn postgres(cx: &mut Ctx, raw: &Spanned<RawStorage>) -> Option<PostgresConfig> {
         encryption_key: key?.1,
         previous_encryption_keys: previous?,
         node: node?,
+        lease: lease?,
     })
 }
 
@@ -118,6 +122,38 @@ fn previous_keys(
         }
     }
     ok.then_some(keys)
+}
+
+/// The shortest and longest `lease`: renewed every third of it, a lease must outlast a renewal
+/// that is slow to answer; a dead node's certificates (and the state locks it held) wait for
+/// their leases to expire, so a long one stalls the fleet.
+const LEASE_BOUNDS: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(600));
+
+fn lease(cx: &mut Ctx, l: Option<&SStr>) -> Option<Duration> {
+    let Some(l) = l else {
+        return Some(crate::store::postgres::DEFAULT_LEASE_TTL);
+    };
+    let (min, max) = LEASE_BOUNDS;
+    match parse_duration(l.get_ref()) {
+        Ok(d) if (min..=max).contains(&d) => Some(d),
+        Ok(_) => {
+            cx.err(
+                0,
+                &l.span(),
+                "storage.lease",
+                format!(
+                    "must be between 3s and 10m (how long the fleet waits for a node that died \
+                     while ordering), got \"{}\"",
+                    l.get_ref()
+                ),
+            );
+            None
+        }
+        Err(msg) => {
+            cx.err(0, &l.span(), "storage.lease", msg);
+            None
+        }
+    }
 }
 
 fn url(cx: &mut Ctx, u: &SStr) -> Option<String> {
@@ -288,6 +324,7 @@ mod tests {
         );
         assert_eq!(pg.password.as_ref().map(|p| p.expose()), Some("s3cret pw"));
         assert_eq!(pg.node, "web1");
+        assert_eq!(pg.lease, crate::store::postgres::DEFAULT_LEASE_TTL);
         assert_eq!(pg.encryption_key_file, d.path().join("storage.key"));
         let want = crate::store::postgres::crypto::DataKey::from_bytes([9u8; 32]);
         assert_eq!(pg.encryption_key.id(), want.id());
@@ -302,6 +339,19 @@ mod tests {
         };
         assert!(!pg.node.is_empty());
         assert!(pg.password.is_none());
+        // A lease of its own.
+        let (cfg, _d) = load_with(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://ck@127.0.0.1/ck\"\nencryption_key_file = \"k\"\nlease = \"45s\"\n",
+            &[("k", &key)],
+        );
+        let StorageConfig::Postgres(pg) = cfg.unwrap().storage else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.lease, std::time::Duration::from_secs(45));
+        assert_eq!(
+            crate::store::postgres::PgOptions::from_config(&pg).lease_ttl,
+            std::time::Duration::from_secs(45)
+        );
     }
 
     #[test]
@@ -403,6 +453,26 @@ mod tests {
                 "bad node",
                 format!("[storage]\nbackend = \"postgres\"\n{url}encryption_key_file = \"k\"\nnode = \"web 1\"\n"),
                 "DIR/certkeeper.toml:7:8: storage.node: \"web 1\" cannot name a node",
+            ),
+            (
+                "lease too short",
+                format!("[storage]\nbackend = \"postgres\"\n{url}encryption_key_file = \"k\"\nlease = \"1s\"\n"),
+                "DIR/certkeeper.toml:7:9: storage.lease: must be between 3s and 10m",
+            ),
+            (
+                "lease too long",
+                format!("[storage]\nbackend = \"postgres\"\n{url}encryption_key_file = \"k\"\nlease = \"1h\"\n"),
+                "DIR/certkeeper.toml:7:9: storage.lease: must be between 3s and 10m",
+            ),
+            (
+                "lease not a duration",
+                format!("[storage]\nbackend = \"postgres\"\n{url}encryption_key_file = \"k\"\nlease = \"soon\"\n"),
+                "DIR/certkeeper.toml:7:9: storage.lease:",
+            ),
+            (
+                "lease with file backend",
+                "[storage]\nlease = \"30s\"\n".to_string(),
+                "DIR/certkeeper.toml:4:9: storage.lease: is only used with backend = \"postgres\"",
             ),
             (
                 "empty password file",

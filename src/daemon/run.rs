@@ -145,6 +145,9 @@ struct Daemon {
     running: HashSet<String>,
     /// Paused certificates to try at once (a start or reload), whatever their daily retry time.
     paused_now: HashSet<String>,
+    /// Attempts in a row that failed because the store was down, per certificate: the ledger
+    /// could not record them, so their backoff is kept here.
+    store_down: HashMap<String, u32>,
     /// Reloads of this batch, sent to the reloader when no issuance is in flight any more.
     reloads: Vec<ReloadRequest>,
     /// Certificates installed in this batch (deploy-checked and notified after the reloads).
@@ -177,6 +180,7 @@ impl Daemon {
             tasks: HashMap::new(),
             running: HashSet::new(),
             paused_now: HashSet::new(),
+            store_down: HashMap::new(),
             reloads: Vec::new(),
             changed: Vec::new(),
             reloader,
@@ -295,9 +299,13 @@ impl Daemon {
             return;
         };
         // Found not due, or found busy in another process: look again in a minute at the earliest.
-        let attempted = result
+        let busy = result
             .as_ref()
-            .is_some_and(|r| r.as_ref().err().is_none_or(|e| !e.is_busy()));
+            .is_some_and(|r| r.as_ref().is_err_and(IssueError::is_busy));
+        let attempted = result.is_some() && !busy;
+        let store_down = result
+            .as_ref()
+            .is_some_and(|r| r.as_ref().is_err_and(IssueError::is_store_down));
         match result {
             Some(Ok(issued)) => {
                 if issued.ordered_here {
@@ -310,7 +318,7 @@ impl Daemon {
             }
             Some(Err(e)) if e.is_interrupted() => {}
             Some(Err(e)) if e.is_busy() => {
-                info!(cert = %name, "being issued by another certkeeper process; looking again later");
+                info!(cert = %name, reason = %e, "being issued by another certkeeper process or node; looking again later");
             }
             Some(Err(e)) => {
                 self.metrics.count_renewal(&name, false);
@@ -320,6 +328,45 @@ impl Daemon {
         }
         // A reload of this certificate is queued above or still pending from before this run.
         let _ = self.schedule_one(&cert, !attempted, false);
+        if busy {
+            self.look_again_within_lease(&name);
+        }
+        if store_down {
+            self.back_off_store_down(&name);
+        } else if attempted {
+            self.store_down.remove(&name);
+        }
+    }
+
+    /// A certificate whose attempt failed because the store was down (its failure is not in the
+    /// ledger, which shows it as due at once): retried on the configured backoff schedule counted
+    /// here, never in a tight loop against an unreachable database.
+    fn back_off_store_down(&mut self, name: &str) {
+        let failures = self.store_down.entry(name.to_string()).or_insert(0);
+        *failures = failures.saturating_add(1);
+        let delay = self.rt.config.daemon.backoff.delay(*failures);
+        let at = Timestamp::now()
+            .checked_add(delay)
+            .unwrap_or(Timestamp::MAX);
+        if self.timers.get(name).is_none_or(|t| t < at) {
+            self.timers.set(name, at);
+        }
+        warn!(cert = %name, failures = *failures, retry_at = %at, "the shared store is unreachable; this certificate is retried with backoff");
+    }
+
+    /// In a fleet, a certificate another node holds the lease of is looked at again every half
+    /// lease (its holder's lease runs out at most one lease after its last renewal): once its
+    /// holder died, this node takes over within a lease and a half and resumes the holder's order;
+    /// while it lives, this node installs what it issued. Trying a held lease costs one statement.
+    fn look_again_within_lease(&mut self, name: &str) {
+        let config::StorageConfig::Postgres(pg) = &self.rt.config.storage else {
+            return;
+        };
+        let half = (pg.lease / 2).max(Duration::from_secs(1));
+        let at = Timestamp::now() + jiff::SignedDuration::try_from(half).unwrap_or(FLEET_POLL);
+        if self.timers.get(name).is_none_or(|t| t > at) {
+            self.timers.set(name, at);
+        }
     }
 
     /// Hand the batch's reloads (and the certificates installed in it) to the reloader.
@@ -564,8 +611,14 @@ mod tests {
     use super::*;
 
     fn daemon(dir: &Path) -> Daemon {
+        daemon_with(dir, "")
+    }
+
+    /// A daemon on a config with `top` (top-level keys and tables) before its issuer.
+    fn daemon_with(dir: &Path, top: &str) -> Daemon {
         let text = format!(
             r#"state_dir = "{d}/state"
+{top}
 [issuer.le]
 directory = "https://127.0.0.1:1/dir"
 [[issuer.le.solver]]
@@ -618,6 +671,67 @@ output = {{ dir = "{d}/tls" }}
                 .render()
                 .contains("certkeeper_certificate_failures{name=\"www\"} 1")
         );
+    }
+
+    fn store_down() -> IssueError {
+        IssueError::new(crate::store::StoreError::Unavailable {
+            action: "connecting".into(),
+            target: "db1:5432/certkeeper".into(),
+            reason: "connection refused".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_is_retried_on_the_backoff_schedule_counted_in_memory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = daemon(tmp.path());
+        let backoff = d.rt.config.daemon.backoff;
+        for n in 1..=3u32 {
+            let before = Timestamp::now();
+            d.running.insert("www".into());
+            d.finished("www".into(), Some(Err(store_down())));
+            // The ledger holds no failure (it could not be written): without the count kept
+            // here the certificate would look due at once, and be tried in a tight loop.
+            let wait = d.timers.get("www").unwrap().duration_since(before);
+            let want = backoff.delay(n);
+            assert!(
+                wait >= want && wait < want + jiff::SignedDuration::from_secs(5),
+                "failure {n}: retried after {wait}, wanted {want}"
+            );
+        }
+        assert_eq!(d.store_down.get("www"), Some(&3));
+        // Any other outcome of an attempt ends the outage's count.
+        d.finished("www".into(), Some(Err(IssueError::internal("boom"))));
+        assert!(d.store_down.is_empty());
+    }
+
+    #[tokio::test]
+    async fn in_a_fleet_a_busy_certificate_is_looked_at_again_every_half_lease() {
+        use base64::Engine as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        std::fs::write(tmp.path().join("storage.key"), key).unwrap();
+        // Nothing listens on port 1: the snapshots fail at once, as in an outage.
+        let storage = format!(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgresql://ck@127.0.0.1:1/ck\"\n\
+             encryption_key_file = \"{}\"\nnode = \"web1\"\nlease = \"4s\"\n",
+            tmp.path().join("storage.key").display()
+        );
+        let mut d = daemon_with(tmp.path(), &storage);
+        let busy = IssueError::new(crate::store::StoreError::Locked {
+            name: "www".into(),
+            path: "'www' held by node web2".into(),
+        });
+        let before = Timestamp::now();
+        d.running.insert("www".into());
+        d.finished("www".into(), Some(Err(busy)));
+        let wait = d.timers.get("www").unwrap().duration_since(before);
+        assert!(
+            wait >= jiff::SignedDuration::from_secs(2)
+                && wait <= jiff::SignedDuration::from_secs(3),
+            "looked at again after {wait}, not after half the 4 s lease"
+        );
+        assert!(d.store_down.is_empty(), "busy is not an outage");
     }
 
     #[tokio::test]

@@ -178,6 +178,15 @@ impl IssueError {
             Cause::Store(StoreError::Locked { .. } | StoreError::RenewedElsewhere { .. })
         )
     }
+
+    /// True when the shared store (the fleet's database) could not be reached or failed: the
+    /// ledger could not record this failure either, so its backoff is kept by the caller.
+    pub fn is_store_down(&self) -> bool {
+        matches!(
+            *self.cause,
+            Cause::Store(StoreError::Database { .. } | StoreError::Unavailable { .. })
+        )
+    }
 }
 
 impl fmt::Display for IssueError {

@@ -259,7 +259,7 @@ async fn issue_with(
         None => {
             caa_preflight(rt, &account, cert, issuer).await?;
             preflight(rt, &account, cert, issuer).await?;
-            new_order(
+            let created = new_order(
                 rt,
                 held,
                 &account,
@@ -268,7 +268,9 @@ async fn issue_with(
                 identifiers.clone(),
                 replaces,
             )
-            .await?
+            .await?;
+            hold_point(rt, "order-created").await;
+            created
         }
     };
 
@@ -310,6 +312,7 @@ async fn issue_with(
         order = account.poll_order(&order.url, &poll).await?;
         trace.order(&order);
     }
+    hold_point(rt, "order-valid").await;
     let cert_url = finished_order(&order)?;
     let chain = account
         .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
@@ -531,6 +534,41 @@ fn usable(status: OrderStatus) -> bool {
         OrderStatus::Pending | OrderStatus::Ready | OrderStatus::Processing | OrderStatus::Valid
     )
 }
+
+/// The environment variable of [`hold_point`]: `STEP:FILE`.
+#[cfg(feature = "test-hooks")]
+pub const HOLD_AT_ENV: &str = "CERTKEEPER_TEST_HOLD_AT";
+
+/// Stop here, alive (leases still renewed), until interrupted, when [`HOLD_AT_ENV`] is
+/// `step:FILE` and this process is the first to get there: it creates FILE with its PID, for a
+/// fault test to kill -9 a node in the middle of an order. Compiled in with the `test-hooks`
+/// feature only; a no-op otherwise.
+#[cfg(feature = "test-hooks")]
+async fn hold_point(rt: &Runtime, step: &str) {
+    use std::io::Write as _;
+    let Ok(value) = std::env::var(HOLD_AT_ENV) else {
+        return;
+    };
+    let Some((at, file)) = value.split_once(':') else {
+        return;
+    };
+    if at != step {
+        return;
+    }
+    let marker = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file);
+    if let Ok(mut marker) = marker {
+        let _ = writeln!(marker, "{}", std::process::id());
+        let _ = marker.sync_all();
+        warn!("{HOLD_AT_ENV}={value}: holding here until interrupted (test hook)");
+        rt.interrupt.cancelled().await;
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+async fn hold_point(_rt: &Runtime, _step: &str) {}
 
 /// The CA's reason for a failed authorization: the first challenge error it recorded.
 fn authz_failure(authz: &acme::Authorization) -> Option<&acme::Problem> {

@@ -40,6 +40,28 @@
 //!
 //! **Leases for `certkeeper status`**: [`Storage::leases`] reads every unexpired row of
 //! `ck_locks` in one query.
+//!
+//! **What a network partition can and cannot cause.** Lease expiry is decided by the database's
+//! clock alone (`now()` in the same statement), so the nodes' clocks do not matter. A node cut off
+//! from the database keeps serving the files it has installed and never deletes them; it cannot
+//! order (taking a lease needs the database) nor install a newer pair (it cannot read one), and
+//! it retries with backoff until the database answers again. If it held a certificate's lease
+//! when cut off, the lease expires after `[storage] lease` and another node takes over with a
+//! larger fencing token: it resumes the order recorded in the shared state (the same order at the
+//! CA) or, when the cut-off node had created its order but could not record it yet, creates a new
+//! one. The cut-off node may still finish its own order at the CA, but its writes are fenced: the
+//! pair it obtained becomes neither the fleet's pair nor installed on that node. So at worst a
+//! partition costs a **duplicate order** (and a certificate that is thrown away, which counts
+//! against the CA's duplicate-certificate limit), never a torn or mismatched pair: the fleet's
+//! pair is one value (key, chain and serial together) written only under a valid lease, every
+//! node verifies it (key matches the leaf, names, chain) before its atomic switch, and never
+//! replaces a newer certificate with an older one. (On a node's very first install the four
+//! file names appear one after the other, each pointing into the complete pair.) What a partition can also cause: for up to
+//! the nodes' next look at the shared pair (at most 5 minutes in the daemon), nodes serve
+//! different certificates, each a complete valid pair; and a node cut off for longer than the
+//! remaining lifetime of its certificates serves them until they expire, since only the fleet
+//! renews them. Tested in `tests/fleet_faults.rs` (kill -9 of the holder mid-order, PostgreSQL
+//! stopped for 30 s).
 
 pub mod crypto;
 pub mod keys;
@@ -131,6 +153,7 @@ impl PgOptions {
             });
         let mut opts = Self::new(pg.url.clone(), pg.node.clone(), keyring);
         opts.password = pg.password.as_ref().map(|p| p.expose().to_string());
+        opts.lease_ttl = pg.lease;
         opts
     }
 }
