@@ -52,11 +52,13 @@ type Done = (String, Option<Result<Issued, IssueError>>);
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Arc::new(config::load(config_path)?);
-    let tokens = TokenStore::reading_spool(crate::engine::http01_spool(&cfg));
+    let mut tokens = TokenStore::reading_spool(crate::engine::http01_spool(&cfg));
     let shutdown = CancellationToken::new();
     // The HTTP-01 listener only when some issuer answers HTTP-01 through it: a webroot-only host
-    // keeps its port 80 (or the default 8402) to the web server.
+    // keeps its port 80 (or the default 8402) to the web server. In a fleet it answers every
+    // node's tokens.
     let _server = if uses_http01_listener(&cfg) {
+        tokens = tokens.with_fleet(crate::engine::fleet_tokens(&cfg)?);
         let server = Http01Server::bind(&cfg.http01.listen, tokens.clone())?;
         Some(server.serve(shutdown.clone())?)
     } else {

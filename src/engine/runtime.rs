@@ -328,6 +328,20 @@ pub fn http01_spool(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("http01")
 }
 
+/// In a fleet, the tokens every node answers (their own connection to the database, opened in the
+/// background); `None` on the file backend. Must be called inside a tokio runtime.
+pub fn fleet_tokens(
+    cfg: &Config,
+) -> Result<Option<Arc<dyn crate::challenge::http01::SharedTokens>>, StoreError> {
+    match &cfg.storage {
+        StorageConfig::File => Ok(None),
+        StorageConfig::Postgres(pg) => {
+            let tokens = crate::store::postgres::PgTokens::start(&PgOptions::from_config(pg))?;
+            Ok(Some(tokens))
+        }
+    }
+}
+
 /// Sent with every request to the CA.
 pub const USER_AGENT: &str = concat!("certkeeper/", env!("CARGO_PKG_VERSION"));
 
