@@ -45,6 +45,9 @@ const CLEANUP_GRACE: Duration = Duration::from_secs(20);
 const STOP_BUDGET: Duration = Duration::from_secs(80);
 /// In a fleet, how often a node looks whether another node renewed a certificate.
 const FLEET_POLL: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
+/// In a fleet, how soon a node looks again at a certificate another node is issuing: the pair is
+/// shared within an order's time, and every node installs it then (not a minute later).
+const FLEET_BUSY_LOOK: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 
 /// A finished task: `None` when the certificate turned out not to be due.
 type Done = (String, Option<Result<Issued, IssueError>>);
@@ -297,9 +300,10 @@ impl Daemon {
             return;
         };
         // Found not due, or found busy in another process: look again in a minute at the earliest.
-        let attempted = result
+        let busy = result
             .as_ref()
-            .is_some_and(|r| r.as_ref().err().is_none_or(|e| !e.is_busy()));
+            .is_some_and(|r| r.as_ref().is_err_and(IssueError::is_busy));
+        let attempted = result.is_some() && !busy;
         match result {
             Some(Ok(issued)) => {
                 if issued.ordered_here {
@@ -322,6 +326,12 @@ impl Daemon {
         }
         // A reload of this certificate is queued above or still pending from before this run.
         let _ = self.schedule_one(&cert, !attempted, false);
+        if busy && self.rt.ledger.node().is_some() {
+            let soon = Timestamp::now() + FLEET_BUSY_LOOK;
+            if self.timers.get(&name).is_none_or(|at| at > soon) {
+                self.timers.set(&name, soon);
+            }
+        }
     }
 
     /// Hand the batch's reloads (and the certificates installed in it) to the reloader.
