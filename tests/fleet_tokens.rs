@@ -102,7 +102,10 @@ async fn every_node_answers_the_tokens_any_node_publishes() {
     // (b) Not pushed: C was not listening when the token was published; its miss is looked up.
     a.tokens.publish("tokLate", entry("tokLate")).await.unwrap();
     let c = node(&pg, "web3", &key, &stop);
-    eventually("C connected", Duration::from_secs(15), || c.fleet.connected()).await;
+    eventually("C connected", Duration::from_secs(15), || {
+        c.fleet.connected()
+    })
+    .await;
     assert!(c.tokens.get("tokLate").is_none(), "C was sent tokLate");
     assert_eq!(
         fetch(c.addr, "tokLate", NAME).await,
@@ -162,12 +165,22 @@ async fn every_node_answers_the_tokens_any_node_publishes() {
         .await
         .unwrap_err();
     assert!(err.contains("unreachable"), "{err}");
-    assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
-    assert!(a.tokens.get("tokDown").is_none(), "served after a failed publication");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(
+        a.tokens.get("tokDown").is_none(),
+        "served after a failed publication"
+    );
 
     // Back: the nodes reconnect on their own and new tokens reach them again.
     pg.start_again();
-    eventually("B reconnected", Duration::from_secs(40), || b.fleet.connected()).await;
+    eventually("B reconnected", Duration::from_secs(40), || {
+        b.fleet.connected()
+    })
+    .await;
     a.tokens.publish("tokBack", entry("tokBack")).await.unwrap();
     for n in [&b, &c] {
         assert_eq!(fetch(n.addr, "tokBack", NAME).await.0, 200);

@@ -1,7 +1,8 @@
 //! HTTP-01: one long-lived axum listener that answers `/.well-known/acme-challenge/{token}`.
 //!
 //! The [`Http01Solver`] only inserts into and removes from a shared [`TokenStore`]; the listener
-//! ([`Http01Server`]) reads it. Put it behind nginx with
+//! ([`Http01Server`]) reads it. In a fleet the store also publishes to, and answers from, the
+//! tokens every node shares ([`SharedTokens`]). Put it behind nginx with
 //! `location /.well-known/acme-challenge/ { proxy_pass http://127.0.0.1:8402; }` or bind port 80 directly.
 //!
 //! Defences, after lego and acme-redirect: only `GET`/`HEAD` of that one path; tokens must be
@@ -830,6 +831,96 @@ mod tests {
             .unwrap_err();
         assert!(!err.retryable);
         assert!(s.tokens.is_empty());
+    }
+
+    /// The fleet's store as the listener sees it: tokens published by "other nodes", and a count
+    /// of the lookups made.
+    #[derive(Debug, Default)]
+    struct Fleet {
+        rows: std::sync::Mutex<HashMap<String, Entry>>,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl SharedTokens for Fleet {
+        async fn publish(&self, token: &str, entry: &Entry) -> Result<(), String> {
+            if token.starts_with("down") {
+                return Err("the database is unreachable".into());
+            }
+            self.rows
+                .lock()
+                .unwrap()
+                .insert(token.into(), entry.clone());
+            Ok(())
+        }
+        async fn withdraw(&self, token: &str) -> Result<(), String> {
+            self.rows.lock().unwrap().remove(token);
+            Ok(())
+        }
+        fn cached(&self, _: &str) -> Option<Entry> {
+            None
+        }
+        async fn lookup(&self, token: &str) -> Option<Entry> {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.rows.lock().unwrap().get(token).cloned()
+        }
+    }
+
+    #[tokio::test]
+    async fn fleet_tokens_are_looked_up_only_when_well_formed_and_keep_the_host_check() {
+        let fleet = Arc::new(Fleet::default());
+        let shared: Arc<dyn SharedTokens> = fleet.clone();
+        let tokens = TokenStore::new().with_fleet(Some(shared));
+        let (addr, _stop, _t) = start(tokens.clone()).await;
+        // Published by another node: only in the fleet's store.
+        fleet.rows.lock().unwrap().insert(
+            "other".into(),
+            Entry {
+                key_authorization: "other.thumbprint".into(),
+                identifier: "example.com".into(),
+            },
+        );
+        let c = reqwest::Client::new();
+        let get = |token: &str, host: &str| {
+            c.get(url(addr, token))
+                .header("host", host.to_string())
+                .send()
+        };
+        let r = get("other", "example.com").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "other.thumbprint");
+        assert_eq!(get("other", "evil.test").await.unwrap().status(), 404);
+        assert_eq!(get("missing", "example.com").await.unwrap().status(), 404);
+        let before = fleet.lookups.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(before, 3);
+        // Malformed tokens never reach the store.
+        for bad in ["bad.token", "bad%2Ftoken", &"a".repeat(256)] {
+            assert_eq!(get(bad, "example.com").await.unwrap().status(), 404);
+        }
+        assert_eq!(
+            fleet.lookups.load(std::sync::atomic::Ordering::SeqCst),
+            before
+        );
+        // This node's own tokens are answered without a lookup, and go to the fleet too.
+        let solver = Http01Solver::new(tokens.clone(), false);
+        let ch = ctx("example.com", "mine");
+        solver.present(&ch).await.unwrap();
+        assert!(fleet.rows.lock().unwrap().contains_key("mine"));
+        assert_eq!(get("mine", "example.com").await.unwrap().status(), 200);
+        assert_eq!(
+            fleet.lookups.load(std::sync::atomic::Ordering::SeqCst),
+            before
+        );
+        solver.cleanup(&ch).await.unwrap();
+        assert!(!fleet.rows.lock().unwrap().contains_key("mine"));
+        // A publication the fleet refuses fails the challenge (retryable) and serves nothing here.
+        let err = solver
+            .present(&ctx("example.com", "down1"))
+            .await
+            .unwrap_err();
+        assert!(err.retryable, "{err:?}");
+        assert!(tokens.get("down1").is_none());
     }
 
     #[tokio::test]

@@ -27,6 +27,9 @@
 //! lifetimes plus [`PgOptions::call_timeout`], after which the holder is treated as stuck
 //! ([`StoreError::Locked`]).
 //!
+//! **HTTP-01 tokens** ([`tokens::PgTokens`]) have a connection of their own, kept open with
+//! `LISTEN ck_tokens` by every node that answers challenges; see [`tokens`].
+//!
 //! **Secrets at rest.** Values that hold private keys ([`ops::is_secret`]) are sealed with
 //! AES-256-GCM ([`crypto`]) before they leave the process; the database never sees them in
 //! clear, and a dump holds no usable key.
