@@ -8,7 +8,8 @@
 //! 20 certificates: pebble sees exactly one order per certificate (a validation answered 404 by
 //! any node would fail the order and make another), every node installs the same verified pair,
 //! every node's reload hook runs once per certificate, and each of the three listeners answered
-//! validations.
+//! validations. Then a `renew --force` by hand next to the daemons publishes its tokens through
+//! the fleet as well.
 
 mod support;
 
@@ -223,6 +224,16 @@ async fn three_daemons_behind_a_balancer_answer_each_others_challenges() {
     let left = pg.psql_in("certkeeper", "SELECT count(*) FROM ck_tokens");
     assert_eq!(left.trim(), "0", "tokens left in the database");
 
+    // `renew` run by hand next to a daemon that holds its port publishes through the fleet too:
+    // the validations land on all three listeners again.
+    let renewed = nodes[1].run_cli(&["renew", "--force", "c01"]).await;
+    assert!(
+        renewed.ok() && renewed.stdout.contains("c01: issued by pebble"),
+        "stdout:\n{}\nstderr:\n{}",
+        renewed.stdout,
+        renewed.stderr
+    );
+    assert_eq!(orders_seen_by(&pebble), CERTS + 1);
     for d in &mut daemons {
         d.assert_running();
     }

@@ -24,7 +24,7 @@ use crate::challenge::http01::{Http01Server, TokenStore};
 use crate::config::{self, CertificateConfig};
 use crate::engine::order::{Issued, adopt};
 use crate::engine::pass::{attempt, record_failure};
-use crate::engine::{IssueError, Runtime, alerts, ari, due, reload};
+use crate::engine::{IssueError, Runtime, alerts, ari, due, reload, uses_http01_listener};
 use crate::hooks::ReloadRequest;
 use crate::scheduler::{DueReason, Timers};
 
@@ -546,15 +546,6 @@ fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// True when some issuer has an `http01` solver (answered by certkeeper's own listener).
-fn uses_http01_listener(cfg: &config::Config) -> bool {
-    cfg.issuers.values().any(|i| {
-        i.solvers
-            .iter()
-            .any(|s| matches!(s.kind, config::SolverKind::Http01 { .. }))
-    })
 }
 
 /// Half the systemd watchdog interval, when systemd asked for a watchdog.

@@ -38,7 +38,8 @@ pub const CHANNEL: &str = "ck_tokens";
 pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// The longest a listener's lookup on a miss may take; then it answers 404.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Lookups running at once; a flood of unknown tokens gets 404s, not a flood of queries.
+/// Lookups running at once; more wait for a turn within [`LOOKUP_TIMEOUT`], so a flood of unknown
+/// tokens gets 404s, not a flood of queries (a CA validating many names at once only waits).
 const MAX_LOOKUPS: usize = 16;
 /// First pause before reconnecting; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -77,11 +78,30 @@ impl std::fmt::Debug for PgTokens {
     }
 }
 
+/// The state of a node's token connection.
+#[derive(Clone)]
+enum Link {
+    /// Being opened (at the start, or right after it was lost): a lookup waits for it, briefly.
+    Connecting,
+    Up(Arc<Client>),
+    /// The last attempt failed; retrying with backoff: a lookup answers at once.
+    Down,
+}
+
+impl Link {
+    fn client(&self) -> Option<Arc<Client>> {
+        match self {
+            Link::Up(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+}
+
 struct Shared {
     target: String,
     node: String,
-    /// The open connection; `None` while (re)connecting.
-    client: watch::Sender<Option<Arc<Client>>>,
+    /// The connection's state.
+    link: watch::Sender<Link>,
     /// Reconnect now rather than at the end of the backoff pause (a publication is waiting).
     wake: Notify,
     /// Tokens pushed by notifications, with the instant they stop being answered.
@@ -98,7 +118,7 @@ impl PgTokens {
         let shared = Arc::new(Shared {
             target,
             node: opts.node.clone(),
-            client: watch::Sender::new(None),
+            link: watch::Sender::new(Link::Connecting),
             wake: Notify::new(),
             cache: RwLock::default(),
             lookups: Semaphore::new(MAX_LOOKUPS),
@@ -114,7 +134,7 @@ impl PgTokens {
 
     /// Whether the connection is open now (tests wait for it).
     pub fn connected(&self) -> bool {
-        self.shared.client.borrow().is_some()
+        matches!(*self.shared.link.borrow(), Link::Up(_))
     }
 }
 
@@ -188,13 +208,19 @@ impl SharedTokens for PgTokens {
 
     async fn lookup(&self, token: &str) -> Option<Entry> {
         let s = &self.shared;
-        // Down: 404 at once (the connection is being re-opened in the background).
-        let client = s.client.borrow().clone()?;
-        let Ok(_permit) = s.lookups.try_acquire() else {
-            tracing::debug!("too many HTTP-01 token lookups at once; answered 404");
-            return None;
-        };
+        // Down: 404 at once (the connection is re-opened in the background). Being opened (this
+        // node just started, or lost it a moment ago): wait for it within the lookup's time.
+        let mut link = s.link.subscribe();
         let query = async {
+            let client = link
+                .wait_for(|l| !matches!(l, Link::Connecting))
+                .await
+                .ok()
+                .and_then(|l| l.client());
+            let Some(client) = client else {
+                return Ok(None);
+            };
+            let _turn = s.lookups.acquire().await;
             client
                 .query_opt(
                     "SELECT identifier, key_authorization FROM ck_tokens
@@ -223,14 +249,14 @@ impl SharedTokens for PgTokens {
 impl Shared {
     /// The open connection, waiting (at most the call timeout) for one to be opened.
     async fn connection(&self) -> Result<Arc<Client>, String> {
-        if let Some(c) = self.client.borrow().clone() {
+        if let Some(c) = self.link.borrow().client() {
             return Ok(c);
         }
         self.wake.notify_one();
-        let mut rx = self.client.subscribe();
-        let waited = tokio::time::timeout(self.call_timeout, rx.wait_for(Option::is_some)).await;
-        match waited {
-            Ok(Ok(c)) => c.clone().ok_or_else(|| self.down()),
+        let mut rx = self.link.subscribe();
+        let up = rx.wait_for(|l| matches!(l, Link::Up(_)));
+        match tokio::time::timeout(self.call_timeout, up).await {
+            Ok(Ok(l)) => l.client().ok_or_else(|| self.down()),
             _ => Err(self.down()),
         }
     }
@@ -311,9 +337,9 @@ async fn keep_listening(shared: Arc<Shared>, connector: Connector, stop: Cancell
                 }
                 pause = BACKOFF_FIRST;
                 failures = 0;
-                shared.client.send_replace(Some(client.clone()));
+                shared.link.send_replace(Link::Up(client.clone()));
                 hold(&client, pump, &stop).await;
-                shared.client.send_replace(None);
+                shared.link.send_replace(Link::Connecting);
                 if stop.is_cancelled() {
                     return;
                 }
@@ -324,6 +350,9 @@ async fn keep_listening(shared: Arc<Shared>, connector: Connector, stop: Cancell
                 let why = format!("no answer within {:?}", connector.call_timeout);
                 failures = logged(&shared, failures, &why);
             }
+        }
+        if failures > 0 {
+            shared.link.send_replace(Link::Down);
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -419,7 +448,7 @@ mod tests {
         Shared {
             target: "db:5432/ck".into(),
             node: "web1".into(),
-            client: watch::Sender::new(None),
+            link: watch::Sender::new(Link::Connecting),
             wake: Notify::new(),
             cache: RwLock::default(),
             lookups: Semaphore::new(1),
