@@ -9,9 +9,11 @@
 //! `LISTEN` needs its connection polled all the time, and a listener's lookup must not wait behind
 //! the engine's calls). It `LISTEN`s, caches what is pushed, and on a miss for a well-formed token
 //! the listener looks it up over the same connection — one query bounded by [`LOOKUP_TIMEOUT`], so
-//! a lost notification costs one query, not a failed validation. While the database is down the
-//! connection is re-opened with backoff (never giving up, never crashing) and the listener keeps
-//! answering the tokens it has cached and answers 404 at once for the others. On every new
+//! a lost notification costs one query, not a failed validation. While the connection is being
+//! opened (the node just started, or lost it a moment ago) a lookup waits for it within that bound.
+//! While the database is down the connection is re-opened with backoff (never giving up, never
+//! crashing) and the listener keeps answering the tokens it has cached and answers 404 at once for
+//! the others. On every new
 //! connection the cache is emptied: a withdrawal may have been missed while disconnected, and what
 //! is still published is found by the lookup.
 //!
