@@ -313,6 +313,7 @@ fn proxies_only_challenge_path_with_host_preserved() {
         server_names: vec!["www.example.test".into()],
         webroot: None,
         placeholder_cert: true,
+        acme_balance: Vec::new(),
     })
     .expect("nginx starts");
 
@@ -369,6 +370,7 @@ fn webroot_mode_serves_challenge_files() {
         server_names: vec![],
         webroot: Some(webroot.path().to_path_buf()),
         placeholder_cert: true,
+        acme_balance: Vec::new(),
     })
     .expect("nginx starts");
     let (status, body) = http_get(

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::challenge::http01::{Http01Server, TokenStore};
 use crate::config::Config;
 use crate::engine::pass::{self, PassOptions, PassReport};
-use crate::engine::{Runtime, http01_spool};
+use crate::engine::{Runtime, fleet_tokens, http01_spool};
 
 /// Run one pass over `cfg` and print what happened; the exit code is non-zero when any
 /// certificate failed, is backing off or paused, a reload hook failed, or a `verify_deploy`
@@ -45,8 +45,16 @@ fn listener(
     cfg: &Config,
     shutdown: &CancellationToken,
 ) -> (TokenStore, Option<Vec<tokio::task::JoinHandle<()>>>) {
+    // In a fleet the tokens go to every node too, whichever way they are served here.
+    let fleet = match fleet_tokens(cfg) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "HTTP-01 tokens are not shared with the fleet; only this host answers them");
+            None
+        }
+    };
     // Our own listener also answers tokens other certkeeper processes publish (a concurrent renew).
-    let own = TokenStore::reading_spool(http01_spool(cfg));
+    let own = TokenStore::reading_spool(http01_spool(cfg)).with_fleet(fleet.clone());
     match Http01Server::bind(&cfg.http01.listen, own.clone())
         .and_then(|s| s.serve(shutdown.clone()))
     {
@@ -54,6 +62,7 @@ fn listener(
         // Usually the daemon holds the port: hand it our tokens through the state directory.
         Err(e) => match TokenStore::publishing_spool(http01_spool(cfg)) {
             Ok(spool) => {
+                let spool = spool.with_fleet(fleet);
                 tracing::info!(error = %e, "HTTP-01 port taken (by the running daemon?); its listener will answer this run's challenges");
                 (spool, None)
             }

@@ -24,7 +24,7 @@ use crate::challenge::http01::{Http01Server, TokenStore};
 use crate::config::{self, CertificateConfig};
 use crate::engine::order::{Issued, adopt};
 use crate::engine::pass::{attempt, record_failure};
-use crate::engine::{IssueError, Runtime, alerts, ari, due, reload};
+use crate::engine::{IssueError, Runtime, alerts, ari, due, reload, uses_http01_listener};
 use crate::hooks::ReloadRequest;
 use crate::scheduler::{DueReason, Timers};
 
@@ -52,11 +52,13 @@ type Done = (String, Option<Result<Issued, IssueError>>);
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Arc::new(config::load(config_path)?);
-    let tokens = TokenStore::reading_spool(crate::engine::http01_spool(&cfg));
+    let mut tokens = TokenStore::reading_spool(crate::engine::http01_spool(&cfg));
     let shutdown = CancellationToken::new();
     // The HTTP-01 listener only when some issuer answers HTTP-01 through it: a webroot-only host
-    // keeps its port 80 (or the default 8402) to the web server.
+    // keeps its port 80 (or the default 8402) to the web server. In a fleet it answers every
+    // node's tokens.
     let _server = if uses_http01_listener(&cfg) {
+        tokens = tokens.with_fleet(crate::engine::fleet_tokens(&cfg)?);
         let server = Http01Server::bind(&cfg.http01.listen, tokens.clone())?;
         Some(server.serve(shutdown.clone())?)
     } else {
@@ -581,15 +583,6 @@ fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// True when some issuer has an `http01` solver (answered by certkeeper's own listener).
-fn uses_http01_listener(cfg: &config::Config) -> bool {
-    cfg.issuers.values().any(|i| {
-        i.solvers
-            .iter()
-            .any(|s| matches!(s.kind, config::SolverKind::Http01 { .. }))
-    })
 }
 
 /// Half the systemd watchdog interval, when systemd asked for a watchdog.

@@ -27,5 +27,6 @@ mod order_tests;
 
 pub use error::{Cause, Decision, IssueError, decide};
 pub use runtime::{
-    Runtime, USER_AGENT, decode_eab_key, http01_spool, ledger, open_storage, read_only_ledger,
+    Runtime, USER_AGENT, decode_eab_key, fleet_tokens, http01_spool, ledger, open_storage,
+    read_only_ledger, uses_http01_listener,
 };

@@ -328,6 +328,31 @@ pub fn http01_spool(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("http01")
 }
 
+/// True when some issuer has an `http01` solver (answered by certkeeper's own listener).
+pub fn uses_http01_listener(cfg: &Config) -> bool {
+    cfg.issuers.values().any(|i| {
+        i.solvers
+            .iter()
+            .any(|s| matches!(s.kind, SolverKind::Http01 { .. }))
+    })
+}
+
+/// In a fleet whose issuers answer HTTP-01, the tokens every node answers (their own connection
+/// to the database, opened in the background); `None` on the file backend or without an `http01`
+/// solver. Must be called inside a tokio runtime.
+pub fn fleet_tokens(
+    cfg: &Config,
+) -> Result<Option<Arc<dyn crate::challenge::http01::SharedTokens>>, StoreError> {
+    match &cfg.storage {
+        StorageConfig::File => Ok(None),
+        StorageConfig::Postgres(_) if !uses_http01_listener(cfg) => Ok(None),
+        StorageConfig::Postgres(pg) => {
+            let tokens = crate::store::postgres::PgTokens::start(&PgOptions::from_config(pg))?;
+            Ok(Some(tokens))
+        }
+    }
+}
+
 /// Sent with every request to the CA.
 pub const USER_AGENT: &str = concat!("certkeeper/", env!("CARGO_PKG_VERSION"));
 

@@ -67,6 +67,10 @@ pub struct NginxOpts {
     pub cert_dir: PathBuf,
     /// Where `/.well-known/acme-challenge/` is proxied (the `Host` header is passed through unchanged).
     pub acme_upstream: Option<SocketAddr>,
+    /// When not empty, `/.well-known/acme-challenge/` is proxied round-robin across these (an
+    /// nginx `upstream`, as a load balancer in front of a fleet), and the access log records which
+    /// one answered ([`Nginx::access_log_text`]). Takes precedence over `acme_upstream`.
+    pub acme_balance: Vec<SocketAddr>,
     /// `server_name`s of both servers; empty means `_` (both servers are the default server of their port anyway).
     pub server_names: Vec<String>,
     /// If set, serve `/.well-known/acme-challenge/<token>` from `<webroot>/.well-known/acme-challenge/<token>`
@@ -232,6 +236,11 @@ impl Nginx {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// nginx's access log so far (with `upstream=<addr>` when [`NginxOpts::acme_balance`] is set).
+    pub fn access_log_text(&self) -> String {
+        std::fs::read_to_string(self.prefix.path().join("access.log")).unwrap_or_default()
     }
 
     /// Path of the error log (startup and reload failures land here, e.g. an unreadable key).
@@ -558,6 +567,8 @@ fn render_conf(
             "        location /.well-known/acme-challenge/ {{\n            root {};\n            default_type text/plain;\n        }}\n",
             q(webroot)?
         )
+    } else if !opts.acme_balance.is_empty() {
+        "        location /.well-known/acme-challenge/ {\n            proxy_pass http://certkeeper_fleet;\n            proxy_http_version 1.1;\n            proxy_set_header Host $certkeeper_host;\n            proxy_set_header X-Forwarded-For $remote_addr;\n        }\n".to_string()
     } else if let Some(up) = opts.acme_upstream {
         format!(
             "        location /.well-known/acme-challenge/ {{\n            proxy_pass http://{up};\n            proxy_http_version 1.1;\n            proxy_set_header Host $certkeeper_host;\n            proxy_set_header X-Forwarded-For $remote_addr;\n        }}\n"
@@ -572,6 +583,24 @@ fn render_conf(
     } else {
         ""
     };
+    // Round-robin (nginx's default) across the fleet; `upstream=` in the access log names who answered.
+    let balance = if opts.acme_balance.is_empty() {
+        String::new()
+    } else {
+        let servers: String = opts
+            .acme_balance
+            .iter()
+            .map(|a| format!("        server {a};\n"))
+            .collect();
+        format!(
+            "    upstream certkeeper_fleet {{\n{servers}    }}\n    log_format certkeeper_fleet '$request_uri $status upstream=$upstream_addr';\n"
+        )
+    };
+    let access_format = if opts.acme_balance.is_empty() {
+        ""
+    } else {
+        " certkeeper_fleet"
+    };
     let mut c = String::new();
     let _ = write!(
         c,
@@ -583,7 +612,8 @@ pid {pid};\n\
 error_log {err} notice;\n\
 events {{\n    worker_connections 64;\n}}\n\
 http {{\n\
-    access_log {access};\n\
+{balance}\
+    access_log {access}{access_format};\n\
     client_body_temp_path {cb};\n\
     proxy_temp_path {px};\n\
     fastcgi_temp_path {fc};\n\

@@ -1,7 +1,8 @@
 //! HTTP-01: one long-lived axum listener that answers `/.well-known/acme-challenge/{token}`.
 //!
 //! The [`Http01Solver`] only inserts into and removes from a shared [`TokenStore`]; the listener
-//! ([`Http01Server`]) reads it. Put it behind nginx with
+//! ([`Http01Server`]) reads it. In a fleet the store also publishes to, and answers from, the
+//! tokens every node shares ([`SharedTokens`]). Put it behind nginx with
 //! `location /.well-known/acme-challenge/ { proxy_pass http://127.0.0.1:8402; }` or bind port 80 directly.
 //!
 //! Defences, after lego and acme-redirect: only `GET`/`HEAD` of that one path; tokens must be
@@ -72,16 +73,36 @@ pub struct Entry {
     pub identifier: String,
 }
 
+/// Where the nodes of a fleet share their tokens (PostgreSQL:
+/// [`crate::store::postgres::PgTokens`]), so that every node's listener answers the challenges of
+/// whichever node orders.
+#[async_trait::async_trait]
+pub trait SharedTokens: Send + Sync + std::fmt::Debug {
+    /// Make `token` answered by every node; an error says why not (the order is retried).
+    async fn publish(&self, token: &str, entry: &Entry) -> Result<(), String>;
+    /// Stop every node answering `token`.
+    async fn withdraw(&self, token: &str) -> Result<(), String>;
+    /// A token another node published that was pushed to this one (no I/O).
+    fn cached(&self, token: &str) -> Option<Entry>;
+    /// Look `token` up in the shared store: one query, bounded by a short timeout; `None` when it
+    /// is unknown or the store does not answer.
+    async fn lookup(&self, token: &str) -> Option<Entry>;
+}
+
 /// The tokens currently answered, shared between solver and listener.
 ///
 /// A store may also have a *spool*: a directory (under the state directory) where another certkeeper
 /// process publishes its tokens. The daemon, which owns the listening port, answers tokens from its
 /// spool too, so `certkeeper renew` run by hand while the daemon is up still passes HTTP-01: renew
 /// cannot bind the port, publishes into the spool instead, and the daemon serves them.
+///
+/// In a fleet the store also has a [`SharedTokens`]: what this process publishes goes there too,
+/// and the listener answers the tokens other nodes published (pushed to it, or looked up on a miss).
 #[derive(Clone, Debug, Default)]
 pub struct TokenStore {
     inner: Arc<RwLock<HashMap<String, Entry>>>,
     spool: Option<Arc<Spool>>,
+    fleet: Option<Arc<dyn SharedTokens>>,
 }
 
 #[derive(Debug)]
@@ -105,6 +126,7 @@ impl TokenStore {
                 dir: dir.into(),
                 publish: false,
             })),
+            fleet: None,
         }
     }
 
@@ -119,7 +141,14 @@ impl TokenStore {
         Ok(Self {
             inner: Arc::default(),
             spool: Some(Arc::new(Spool { dir, publish: true })),
+            fleet: None,
         })
+    }
+
+    /// The same store, also publishing to and answering from the fleet's `shared` tokens.
+    pub fn with_fleet(mut self, shared: Option<Arc<dyn SharedTokens>>) -> Self {
+        self.fleet = shared;
+        self
     }
 
     /// True when this store publishes tokens for another process to serve.
@@ -127,9 +156,34 @@ impl TokenStore {
         self.spool.as_ref().is_some_and(|s| s.publish)
     }
 
-    /// Serve `entry` for `token` (replacing an earlier entry for the same token).
-    pub fn insert(&self, token: impl Into<String>, entry: Entry) {
-        let token = token.into();
+    /// Serve `entry` for `token` (replacing an earlier entry for the same token): here, through the
+    /// spool when this process has no listener, and on every node of a fleet. When the fleet cannot
+    /// be reached the token is served nowhere and the error says why.
+    pub async fn publish(&self, token: &str, entry: Entry) -> Result<(), String> {
+        self.insert(token, entry.clone());
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        if let Err(e) = fleet.publish(token, &entry).await {
+            self.remove(token);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stop serving `token`, here and on every node; returns what was served here.
+    pub async fn withdraw(&self, token: &str) -> Option<Entry> {
+        let was = self.remove(token);
+        if let Some(fleet) = &self.fleet
+            && let Err(e) = fleet.withdraw(token).await
+        {
+            tracing::warn!(error = %e, "cannot withdraw an HTTP-01 token from the fleet; it expires on its own");
+        }
+        was
+    }
+
+    fn insert(&self, token: &str, entry: Entry) {
+        let token = token.to_string();
         if let Some(spool) = self.spool.as_ref().filter(|s| s.publish)
             && valid_token(&token)
         {
@@ -145,8 +199,7 @@ impl TokenStore {
         map.insert(token, entry);
     }
 
-    /// Stop serving `token`; returns what was served.
-    pub fn remove(&self, token: &str) -> Option<Entry> {
+    fn remove(&self, token: &str) -> Option<Entry> {
         if let Some(spool) = self.spool.as_ref().filter(|s| s.publish)
             && valid_token(token)
         {
@@ -156,7 +209,8 @@ impl TokenStore {
         map.remove(token)
     }
 
-    /// What is served for `token`: this process's own tokens first, then the spool's.
+    /// What is served for `token` without asking the fleet's store: this process's own tokens
+    /// first, then the spool's, then those other nodes pushed.
     pub fn get(&self, token: &str) -> Option<Entry> {
         {
             let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
@@ -164,10 +218,26 @@ impl TokenStore {
                 return Some(e.clone());
             }
         }
-        let spool = self.spool.as_ref()?;
         if !valid_token(token) {
             return None;
         }
+        self.spooled(token)
+            .or_else(|| self.fleet.as_ref()?.cached(token))
+    }
+
+    /// What is served for `token`: [`Self::get`], then one lookup in the fleet's store.
+    pub async fn find(&self, token: &str) -> Option<Entry> {
+        if let Some(e) = self.get(token) {
+            return Some(e);
+        }
+        if !valid_token(token) {
+            return None;
+        }
+        self.fleet.as_ref()?.lookup(token).await
+    }
+
+    fn spooled(&self, token: &str) -> Option<Entry> {
+        let spool = self.spool.as_ref()?;
         let text = std::fs::read_to_string(spool.dir.join(token)).ok()?;
         let (identifier, key_authorization) = text.split_once('\n')?;
         Some(Entry {
@@ -221,7 +291,7 @@ async fn serve_token(
     if !valid_token(&token) {
         return StatusCode::NOT_FOUND.into_response();
     }
-    let Some(entry) = tokens.get(&token) else {
+    let Some(entry) = tokens.find(&token).await else {
         tracing::debug!(token = %token, "HTTP-01 request for an unknown token");
         return (StatusCode::NOT_FOUND, [(DIAG_HEADER, "unknown-token")]).into_response();
     };
@@ -433,14 +503,16 @@ impl Solver for Http01Solver {
                 ch.cert_name, ch.identifier
             )));
         }
-        self.tokens.insert(
-            ch.token.clone(),
-            Entry {
-                key_authorization: ch.key_authorization.clone(),
-                identifier: ch.identifier.clone(),
-            },
-        );
-        Ok(())
+        let entry = Entry {
+            key_authorization: ch.key_authorization.clone(),
+            identifier: ch.identifier.clone(),
+        };
+        self.tokens.publish(&ch.token, entry).await.map_err(|e| {
+            SolveError::retryable(format!(
+                "certificate '{}': HTTP-01 for {}: {e}",
+                ch.cert_name, ch.identifier
+            ))
+        })
     }
 
     async fn wait(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
@@ -451,7 +523,7 @@ impl Solver for Http01Solver {
     }
 
     async fn cleanup(&self, ch: &ChallengeCtx) -> Result<(), SolveError> {
-        self.tokens.remove(&ch.token);
+        self.tokens.withdraw(&ch.token).await;
         Ok(())
     }
 }
@@ -761,8 +833,98 @@ mod tests {
         assert!(s.tokens.is_empty());
     }
 
-    #[test]
-    fn spool_hands_tokens_from_renew_to_the_daemon() {
+    /// The fleet's store as the listener sees it: tokens published by "other nodes", and a count
+    /// of the lookups made.
+    #[derive(Debug, Default)]
+    struct Fleet {
+        rows: std::sync::Mutex<HashMap<String, Entry>>,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl SharedTokens for Fleet {
+        async fn publish(&self, token: &str, entry: &Entry) -> Result<(), String> {
+            if token.starts_with("down") {
+                return Err("the database is unreachable".into());
+            }
+            self.rows
+                .lock()
+                .unwrap()
+                .insert(token.into(), entry.clone());
+            Ok(())
+        }
+        async fn withdraw(&self, token: &str) -> Result<(), String> {
+            self.rows.lock().unwrap().remove(token);
+            Ok(())
+        }
+        fn cached(&self, _: &str) -> Option<Entry> {
+            None
+        }
+        async fn lookup(&self, token: &str) -> Option<Entry> {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.rows.lock().unwrap().get(token).cloned()
+        }
+    }
+
+    #[tokio::test]
+    async fn fleet_tokens_are_looked_up_only_when_well_formed_and_keep_the_host_check() {
+        let fleet = Arc::new(Fleet::default());
+        let shared: Arc<dyn SharedTokens> = fleet.clone();
+        let tokens = TokenStore::new().with_fleet(Some(shared));
+        let (addr, _stop, _t) = start(tokens.clone()).await;
+        // Published by another node: only in the fleet's store.
+        fleet.rows.lock().unwrap().insert(
+            "other".into(),
+            Entry {
+                key_authorization: "other.thumbprint".into(),
+                identifier: "example.com".into(),
+            },
+        );
+        let c = reqwest::Client::new();
+        let get = |token: &str, host: &str| {
+            c.get(url(addr, token))
+                .header("host", host.to_string())
+                .send()
+        };
+        let r = get("other", "example.com").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "other.thumbprint");
+        assert_eq!(get("other", "evil.test").await.unwrap().status(), 404);
+        assert_eq!(get("missing", "example.com").await.unwrap().status(), 404);
+        let before = fleet.lookups.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(before, 3);
+        // Malformed tokens never reach the store.
+        for bad in ["bad.token", "bad%2Ftoken", &"a".repeat(256)] {
+            assert_eq!(get(bad, "example.com").await.unwrap().status(), 404);
+        }
+        assert_eq!(
+            fleet.lookups.load(std::sync::atomic::Ordering::SeqCst),
+            before
+        );
+        // This node's own tokens are answered without a lookup, and go to the fleet too.
+        let solver = Http01Solver::new(tokens.clone(), false);
+        let ch = ctx("example.com", "mine");
+        solver.present(&ch).await.unwrap();
+        assert!(fleet.rows.lock().unwrap().contains_key("mine"));
+        assert_eq!(get("mine", "example.com").await.unwrap().status(), 200);
+        assert_eq!(
+            fleet.lookups.load(std::sync::atomic::Ordering::SeqCst),
+            before
+        );
+        solver.cleanup(&ch).await.unwrap();
+        assert!(!fleet.rows.lock().unwrap().contains_key("mine"));
+        // A publication the fleet refuses fails the challenge (retryable) and serves nothing here.
+        let err = solver
+            .present(&ctx("example.com", "down1"))
+            .await
+            .unwrap_err();
+        assert!(err.retryable, "{err:?}");
+        assert!(tokens.get("down1").is_none());
+    }
+
+    #[tokio::test]
+    async fn spool_hands_tokens_from_renew_to_the_daemon() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("http01");
@@ -773,7 +935,7 @@ mod tests {
             key_authorization: "tok_1.thumb".into(),
             identifier: "www.example.com".into(),
         };
-        renew.insert("tok_1", entry.clone());
+        renew.publish("tok_1", entry.clone()).await.unwrap();
         assert_eq!(daemon.get("tok_1"), Some(entry));
         assert_eq!(
             std::fs::metadata(&spool).unwrap().permissions().mode() & 0o777,
@@ -781,7 +943,7 @@ mod tests {
         );
         // tokens outside base64url never touch the file system
         assert_eq!(daemon.get("../x"), None);
-        renew.remove("tok_1");
+        renew.withdraw("tok_1").await;
         assert_eq!(daemon.get("tok_1"), None);
         assert!(
             std::fs::read_dir(&spool).unwrap().next().is_none(),

@@ -27,6 +27,9 @@
 //! lifetimes plus [`PgOptions::call_timeout`], after which the holder is treated as stuck
 //! ([`StoreError::Locked`]).
 //!
+//! **HTTP-01 tokens** ([`tokens::PgTokens`]) have a connection of their own, kept open with
+//! `LISTEN ck_tokens` by every node that answers challenges; see [`tokens`].
+//!
 //! **Secrets at rest.** Values that hold private keys ([`ops::is_secret`]) are sealed with
 //! AES-256-GCM ([`crypto`]) before they leave the process; the database never sees them in
 //! clear, and a dump holds no usable key.
@@ -68,6 +71,7 @@ pub mod keys;
 mod lease;
 mod ops;
 pub mod schema;
+pub mod tokens;
 mod worker;
 
 use std::path::PathBuf;
@@ -83,6 +87,7 @@ use super::storage::{Lease, LeaseInfo, Storage, check_key, check_name};
 use crypto::Keyring;
 pub use ops::Probe;
 use ops::{Request, Response, Settings};
+pub use tokens::PgTokens;
 use worker::{Connector, Worker};
 
 /// Lease lifetime by default: a node that dies holds a certificate's lock this long at most.
@@ -177,25 +182,7 @@ impl std::fmt::Debug for PgStorage {
 impl PgStorage {
     /// Parse the options and start the worker; the database is first contacted by the first call.
     pub fn open(opts: PgOptions) -> Result<Self, StoreError> {
-        let url_error = |reason: String| StoreError::Schema {
-            target: "[storage] url".into(),
-            reason,
-        };
-        let mut config = tokio_postgres::Config::from_str(&opts.url)
-            .map_err(|e| url_error(format!("cannot parse the url: {}", error_text(&e))))?;
-        if let Some(p) = opts
-            .password
-            .clone()
-            .or_else(|| std::env::var("PGPASSWORD").ok())
-        {
-            config.password(p);
-        }
-        config.application_name(format!("certkeeper {}", opts.node));
-        config.connect_timeout(opts.call_timeout);
-        let target = target_of(&config);
-        let tls = SslConnector::builder(SslMethod::tls())
-            .map(|b| MakeTlsConnector::new(b.build()))
-            .map_err(StoreError::ssl("setting up TLS to the database"))?;
+        let (connector, target) = connector(&opts)?;
         let settings = Arc::new(Settings {
             target,
             node: opts.node,
@@ -203,12 +190,6 @@ impl PgStorage {
             lease_ttl: opts.lease_ttl,
             call_timeout: opts.call_timeout,
         });
-        let connector = Connector {
-            config,
-            tls,
-            call_timeout: opts.call_timeout,
-            migrate: opts.migrate,
-        };
         Ok(Self {
             worker: Worker::spawn(connector, settings)?,
             renew_leases: opts.renew_leases,
@@ -332,6 +313,36 @@ impl PgStorage {
             )),
         }
     }
+}
+
+/// How to reach the database of `opts`, and its `host:port/dbname` for messages.
+fn connector(opts: &PgOptions) -> Result<(Connector, String), StoreError> {
+    let url_error = |reason: String| StoreError::Schema {
+        target: "[storage] url".into(),
+        reason,
+    };
+    let mut config = tokio_postgres::Config::from_str(&opts.url)
+        .map_err(|e| url_error(format!("cannot parse the url: {}", error_text(&e))))?;
+    if let Some(p) = opts
+        .password
+        .clone()
+        .or_else(|| std::env::var("PGPASSWORD").ok())
+    {
+        config.password(p);
+    }
+    config.application_name(format!("certkeeper {}", opts.node));
+    config.connect_timeout(opts.call_timeout);
+    let target = target_of(&config);
+    let tls = SslConnector::builder(SslMethod::tls())
+        .map(|b| MakeTlsConnector::new(b.build()))
+        .map_err(StoreError::ssl("setting up TLS to the database"))?;
+    let connector = Connector {
+        config,
+        tls,
+        call_timeout: opts.call_timeout,
+        migrate: opts.migrate,
+    };
+    Ok((connector, target))
 }
 
 /// A driver error in words: its kind, then the server's message (severity, text, detail, hint) or

@@ -12,6 +12,9 @@
 //! - `ck_locks`: one row per held lease: the holder's node, the fencing `token` (from the sequence
 //!   `ck_fence`, so it grows with every acquisition, across all nodes) and `expires_at`, which the
 //!   holder moves forward while it works. A row whose `expires_at` passed is free to take.
+//! - `ck_tokens` (version 2): the HTTP-01 challenges in flight, one row per token, published by the
+//!   node that orders and answered by every node's listener ([`super::tokens`]); a row whose
+//!   `expires` passed is answered by no one and swept by the next publication.
 
 use tokio_postgres::Client;
 
@@ -37,6 +40,14 @@ const MIGRATIONS: &[&str] = &[
          expires_at timestamptz NOT NULL
      );
      CREATE SEQUENCE ck_fence;",
+    // 2: HTTP-01 tokens answered by every node.
+    "CREATE TABLE ck_tokens (
+         token text PRIMARY KEY,
+         identifier text NOT NULL,
+         key_authorization text NOT NULL,
+         published_by text NOT NULL,
+         expires timestamptz NOT NULL
+     );",
 ];
 
 /// The schema version this build creates and expects.
