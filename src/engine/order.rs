@@ -473,9 +473,8 @@ fn install(
             issuer: issuer.name.clone(),
             fingerprint: fingerprint(cert),
             ari_cert_id: ari_cert_id.clone(),
-            key_fingerprint: PKey::private_key_from_pem(&key_pem)
-                .ok()
-                .and_then(|k| store::key_fingerprint(&k)),
+            // From the key in hand: decoding its PEM again costs OpenSSL 3 a decoder context.
+            key_fingerprint: store::key_fingerprint(key),
             at: jiff::Timestamp::now(),
         },
     )?;
