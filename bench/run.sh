@@ -707,8 +707,11 @@ main() {
     {
         echo
         machine_info
-        echo
-        print_table
+        # The table of the small scenarios and `big` (not printed for scale, fleet or warm alone).
+        case " $SCENARIOS " in *" one "* | *" ten "* | *" twenty "* | *" big "*)
+            echo
+            print_table ;;
+        esac
         if [ -n "$SCALE" ]; then
             echo
             echo "Scale: certificates installed without a CA (bench/populate.rs), medians of $SCALE_RUNS runs:"
