@@ -15,6 +15,10 @@
 FLEET_COUNT=${FLEET_COUNT:-1000}
 FLEET_NODES=${FLEET_NODES:-3}
 FLEET_TIMEOUT=${FLEET_TIMEOUT:-1800}
+# Orders in flight at once across the whole fleet, split over the nodes (max_concurrent each), so
+# the CA sees the same load from one node and from the fleet. pebble 2.4.0's in-memory store
+# deadlocks under many more concurrent orders (its POST handlers stop answering).
+FLEET_CONCURRENCY=${FLEET_CONCURRENCY:-16}
 FLEET=""
 FLEET_SHARED=""
 PG_DIR=""
@@ -56,11 +60,12 @@ pg_sql() {
 
 # Node $2 of $1 nodes in run directory $3 (node 0: the file backend).
 fleet_config() {
-    local nodes=$1 node=$2 dir=$3 i port
+    local nodes=$1 node=$2 dir=$3 i port n
     port=$([ "$node" -le 1 ] && echo "$HTTP_PORT" || free_port)
     {
         printf 'state_dir = "%s/state"\n\n[http01]\nlisten = ["127.0.0.1:%s"]\n\n' "$dir" "$port"
-        printf '[daemon]\nmax_concurrent = 16\n\n'
+        n=$((nodes > 0 ? nodes : 1))
+        printf '[daemon]\nmax_concurrent = %d\n\n' $(((FLEET_CONCURRENCY + n - 1) / n))
         if [ "$node" -ge 1 ]; then
             printf '[storage]\nbackend = "postgres"\nurl = "postgresql://certkeeper@127.0.0.1:%s/certkeeper"\n' "$PG_PORT"
             printf 'password_file = "%s"\nencryption_key_file = "%s"\nnode = "node%d"\n\n' \

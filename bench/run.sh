@@ -13,14 +13,18 @@
 #   BIG_TIMEOUT=1200     seconds to wait for all BIG_COUNT fullchain.pem files
 #   RUN_TIMEOUT=300      seconds before one client run is killed and counted as FAILED
 #   CLIENTS="certkeeper lego certbot"
-#   SCENARIOS="one ten twenty big"    (also: scale, fleet; see below)
+#   SCENARIOS="one ten twenty big"    (also: scale, fleet, warm; see below)
 #   SCALE_COUNTS="1000 10000"  scale scenario: certificates installed without a CA (bench/populate.rs),
 #   SCALE_RUNS=5               then status, status --json NAME, a no-op renew, start to READY=1 and
 #   SCALE_IDLE=10              SIGHUP to READY=1 timed SCALE_RUNS times each (medians); idle observed
 #   POPULATE_BIN=path          SCALE_IDLE s; POPULATE_BIN: target/release/examples/bench_populate
 #   FLEET_COUNT=1000           fleet scenario (bench/fleet.sh, needs root and postgresql): FLEET_COUNT
 #   FLEET_NODES=3              certificates by one daemon on the file backend, then by FLEET_NODES
-#   FLEET_TIMEOUT=1800         daemons sharing one PostgreSQL, same pebble, same run
+#   FLEET_TIMEOUT=1800         daemons sharing one PostgreSQL, same pebble, same run;
+#   FLEET_CONCURRENCY=16       orders in flight across the fleet (split over the nodes)
+#   WARM_COUNT=100             warm scenario (bench/warm.sh): WARM_COUNT certificates issued by each
+#   WARM_PAR=10                client, then all renewed with the existing account (certkeeper renew
+#                              --force, certbot renew --force-renewal, WARM_PAR lego renew at a time)
 #   CERTKEEPER_BIN=path  use this binary and skip `cargo build --release`
 #   BUILD=1              0 = do not build; then CERTKEEPER_BIN or target/release/certkeeper must exist
 #   FLOOR=1              0 = skip measuring pebble's floor (bench/floor.py)
@@ -63,6 +67,8 @@ REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 
 # shellcheck source=bench/fleet.sh
 . "$BENCH_DIR/fleet.sh"
+# shellcheck source=bench/warm.sh
+. "$BENCH_DIR/warm.sh"
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -217,6 +223,7 @@ scenario_certs() {
     twenty) for i in $(seq 1 20); do echo "c$i.example.com"; done ;;
     big) for i in $(seq 1 "$BIG_COUNT"); do echo "c$i.example.com"; done ;;
     scale) for i in $(seq 1 "$SCALE_N"); do echo "c$i.example.com"; done ;;
+    warm) for i in $(seq 1 "$WARM_COUNT"); do echo "c$i.example.com"; done ;;
     esac
 }
 
@@ -332,14 +339,19 @@ ctxt_switches() {
 }
 
 # The big scenario: `certkeeper run` until all fullchain.pem exist, then idle for IDLE_SECONDS.
+# The CPU of the pass (utime+stime from /proc) is counted for certkeeper, pebble and
+# pebble-challtestsrv (pebble's DNS) from the start of the daemon to the last fullchain.pem.
 measure_big() {
     local run=$1 dir pid t0 t1 n=0 status=FAILED wall="" rss hwm cpu0 cpu1 vol0 vol1 inv0 inv1 extra i
+    local peb0 peb1 cts0 cts1 ck1 pass_hwm pass
     dir=$WORK/runs/certkeeper-big-$run
     rm -rf "$dir"
     mkdir -p "$dir"
     pick_http_port
     start_pebble
     prepare_client certkeeper big "$dir"
+    peb0=$(cpu_seconds "$PEBBLE_PID")
+    cts0=$(cpu_seconds "$CTS_PID")
     t0=$EPOCHREALTIME
     "$CERTKEEPER_BIN" --config "$dir/certkeeper.toml" --log warn run >"$dir/out.log" 2>&1 &
     pid=$!
@@ -354,7 +366,14 @@ measure_big() {
     if [ "$n" -ge "$BIG_COUNT" ] && kill -0 "$pid" 2>/dev/null; then
         status=ok
         wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
-        log "certkeeper big run $run: $BIG_COUNT certificates in ${wall}s; idling ${IDLE_SECONDS}s"
+        ck1=$(cpu_seconds "$pid")
+        peb1=$(cpu_seconds "$PEBBLE_PID")
+        cts1=$(cpu_seconds "$CTS_PID")
+        pass_hwm=$(status_kib "$pid" VmHWM)
+        pass=$(awk -v c="$ck1" -v p0="$peb0" -v p1="$peb1" -v s0="$cts0" -v s1="$cts1" -v n="$BIG_COUNT" \
+            -v h="$pass_hwm" -v l="$(cut -d' ' -f1 /proc/loadavg)" \
+            'BEGIN { p = p1 - p0; printf "pass_cpu_s=%.2f (%.1f ms/cert) pebble_cpu_s=%.2f certkeeper/pebble=%.2f challtestsrv_cpu_s=%.2f pass_hwm_kib=%d load1=%s", c, 1000 * c / n, p, (p > 0 ? c / p : 0), s1 - s0, h, l }')
+        log "certkeeper big run $run: $BIG_COUNT certificates in ${wall}s, $pass; idling ${IDLE_SECONDS}s"
         stop_pebble # the idle daemon must not need the CA
         sleep 2     # let the last writes and hooks settle before the idle window
         rss=$(status_kib "$pid" VmRSS)
@@ -368,8 +387,8 @@ measure_big() {
             inv1=$(ctxt_switches "$pid" nonvoluntary_ctxt_switches)
             hwm=$(status_kib "$pid" VmHWM)
             extra=$(awk -v r0="$rss" -v r1="$(status_kib "$pid" VmRSS)" -v c0="$cpu0" -v c1="$cpu1" \
-                -v v0="$vol0" -v v1="$vol1" -v i0="$inv0" -v i1="$inv1" -v s="$IDLE_SECONDS" \
-                'BEGIN { printf "idle_rss_kib=%d..%d idle_cpu_s=%.3f idle_cpu_pct=%.3f wakeups_per_s=%.2f invol_per_s=%.2f", r0, r1, c1 - c0, 100 * (c1 - c0) / s, (v1 - v0) / s, (i1 - i0) / s }')
+                -v v0="$vol0" -v v1="$vol1" -v i0="$inv0" -v i1="$inv1" -v s="$IDLE_SECONDS" -v pass="$pass" \
+                'BEGIN { printf "%s idle_rss_kib=%d..%d idle_cpu_s=%.3f idle_cpu_pct=%.3f wakeups_per_s=%.2f invol_per_s=%.2f", pass, r0, r1, c1 - c0, 100 * (c1 - c0) / s, (v1 - v0) / s, (i1 - i0) / s }')
         else
             status=FAILED
             log "certkeeper exited during the idle window; see $dir/out.log"
@@ -553,7 +572,7 @@ print_table() {
     echo "$hdr"
     echo "$sep"
     for s in $SCENARIOS; do
-        case $s in scale | fleet) continue ;; esac
+        case $s in scale | fleet | warm) continue ;; esac
         label=$(scenario_label "$s")
         floor=$(floor_of "$s")
         row="| $label | ${floor:--} |"
@@ -587,7 +606,7 @@ measure_floor() {
     FLOORS=$WORK/floors.tsv
     : >"$FLOORS"
     for s in $SCENARIOS; do
-        case $s in big | scale | fleet) continue ;; esac
+        case $s in big | scale | fleet | warm) continue ;; esac
         vals=()
         for ((r = 1; r <= N; r++)); do
             pick_http_port
@@ -661,7 +680,7 @@ main() {
 
     local r s c
     for s in $SCENARIOS; do
-        case $s in big | scale | fleet) continue ;; esac
+        case $s in big | scale | fleet | warm) continue ;; esac
         for ((r = 1; r <= N; r++)); do
             # Interleave clients so slow drift of the machine hits all of them alike.
             for c in $CLIENTS; do measure_run "$c" "$s" "$r"; done
@@ -683,13 +702,17 @@ main() {
     case " $SCENARIOS " in *" fleet "*)
         [ "$want_certkeeper" = 1 ] && measure_fleet_pair ;;
     esac
+    case " $SCENARIOS " in *" warm "*) measure_warm ;; esac
 
     stop_pid "$CTS_PID"
     {
         echo
         machine_info
-        echo
-        print_table
+        # The table of the small scenarios and `big` (not printed for scale, fleet or warm alone).
+        case " $SCENARIOS " in *" one "* | *" ten "* | *" twenty "* | *" big "*)
+            echo
+            print_table ;;
+        esac
         if [ -n "$SCALE" ]; then
             echo
             echo "Scale: certificates installed without a CA (bench/populate.rs), medians of $SCALE_RUNS runs:"
@@ -699,6 +722,10 @@ main() {
         if [ -n "$FLEET" ]; then
             echo
             print_fleet
+        fi
+        if [ -n "$WARM" ]; then
+            echo
+            print_warm
         fi
     } | tee "${OUT:-/dev/null}"
     [ "$KEEP" = 1 ] && cp "$RESULTS" "$WORK/results-final.tsv"

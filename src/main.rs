@@ -307,7 +307,7 @@ fn main() -> ExitCode {
                 Ok(cfg) => certkeeper::commands::check::run(&cli.config, cfg, offline).await,
                 Err(code) => code,
             },
-            Command::Explain { name } => match load(&cli.config) {
+            Command::Explain { name } => match load_one(&cli.config, &name) {
                 Ok(cfg) => match certkeeper::commands::explain::explain(Arc::new(cfg), &name) {
                     Ok(text) => {
                         print!("{text}");
@@ -555,6 +555,14 @@ fn init_logging(filter: &str) {
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     config::load(path).map_err(|e| {
+        eprintln!("certkeeper: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// The config for a read-only command about certificate `name` (see [`config::load_one`]).
+fn load_one(path: &std::path::Path, name: &str) -> Result<Config, ExitCode> {
+    config::load_one(path, name).map_err(|e| {
         eprintln!("certkeeper: {e}");
         ExitCode::from(2)
     })

@@ -233,8 +233,10 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
         name: name.to_string(),
         message,
     };
-    let leaf_der = X509::stack_from_pem(&live.fullchain_pem)
-        .map_err(|e| bad_files(e.to_string()))?
+    let leaf_der = live
+        .fullchain_pem()
+        .map_err(|e| bad_files(e.to_string()))
+        .and_then(|pem| X509::stack_from_pem(pem).map_err(|e| bad_files(e.to_string())))?
         .first()
         .ok_or_else(|| bad_files("fullchain.pem holds no certificate".into()))?
         .to_der()
@@ -278,8 +280,12 @@ pub async fn revoke(rt: &Runtime, opts: &RevokeOptions) -> Result<Revoked, Revok
         }
     }
     if outcome.is_none() {
-        let key = PKey::private_key_from_pem(&live.key_pem)
-            .map_err(|e| bad_files(format!("privkey.pem: {e}")))?;
+        let key = live
+            .key_pem()
+            .map_err(|e| bad_files(e.to_string()))
+            .and_then(|pem| {
+                PKey::private_key_from_pem(pem).map_err(|e| bad_files(format!("privkey.pem: {e}")))
+            })?;
         let result = match rt.client(issuer).await {
             Ok(client) => acme::revoke_with_certificate_key(&client, &key, &leaf_der, reason)
                 .await

@@ -106,7 +106,11 @@ pub fn collect(
     only: Option<&str>,
     now: Timestamp,
 ) -> Result<Vec<CertStatus>, StatusError> {
-    let cfg = Arc::new(config::load(config_path)?);
+    // About one certificate: the others' config is parsed but not validated (`check` does that).
+    let cfg = Arc::new(match only {
+        Some(name) => config::load_one(config_path, name)?,
+        None => config::load(config_path)?,
+    });
     if let Some(name) = only
         && !cfg.certificates.contains_key(name)
     {

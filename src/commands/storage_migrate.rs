@@ -114,11 +114,16 @@ pub fn from_file(cfg: &Config, state_dir: Option<&Path>) -> Result<MigrateReport
     }
     for cert in cfg.certificates.values() {
         match read_installed(&cert.output) {
-            Ok(Some(i)) if !is_self_signed_placeholder(&i.fullchain_pem) => {
+            Ok(Some(i))
+                if i.fullchain_pem()
+                    .is_ok_and(|p| !is_self_signed_placeholder(p)) =>
+            {
+                let text =
+                    |pem: Result<&[u8], _>| pem.map(|p| String::from_utf8_lossy(p).into_owned());
                 let pair = SharedPair {
                     serial: i.cert.serial_hex.clone(),
-                    key_pem: String::from_utf8_lossy(&i.key_pem).into_owned(),
-                    chain_pem: String::from_utf8_lossy(&i.fullchain_pem).into_owned(),
+                    key_pem: text(i.key_pem()).map_err(|e| e.to_string())?,
+                    chain_pem: text(i.fullchain_pem()).map_err(|e| e.to_string())?,
                     // This host ordered it, at a time the files do not tell.
                     ordered_by: Some(pg.node.clone()),
                     ordered_at: None,

@@ -451,6 +451,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Config::from_str(&text, path)
 }
 
+/// Like [`load`], but of the certificates only `name` is validated and kept in
+/// [`Config::certificates`]: for read-only commands about one certificate (`status NAME`,
+/// `explain NAME`), which need not check the other thousands. Everything else (the top level,
+/// issuers, includes, a name defined twice) is checked as by [`load`]; problems in other
+/// certificates are left to `check`, `run` and `renew`. When `name` is not defined the whole config
+/// is validated, so the caller can list the names that are.
+pub fn load_one(path: &Path, name: &str) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    validate::build(&text, path, Some(name))
+}
+
 /// The `state_dir` of the config at `path`, from its top-level keys alone (TOML puts them before
 /// the first table header), without parsing and validating every certificate: for the privilege
 /// switch before a command loads the whole config. `None` when that part does not parse; then
@@ -481,7 +495,7 @@ impl Config {
     ///
     /// `include` patterns are resolved against `path`'s directory and read from disk.
     pub fn from_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        validate::build(text, path)
+        validate::build(text, path, None)
     }
 }
 
@@ -1220,6 +1234,32 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
             err.to_string(),
             "/etc/certkeeper/certkeeper.toml:1:13: state_dir: must be an absolute path, got \"rel\"\n\
              /etc/certkeeper/certkeeper.toml:17:18: certificate.www.output.dir: must be an absolute path, got \"rel\""
+        );
+    }
+
+    #[test]
+    fn load_one_validates_only_the_named_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certkeeper.toml");
+        let broken = "\n[certificate.bad]\nissuer = \"nope\"\ndomains = [\"b.example.com\"]\noutput = { dir = \"rel\" }\n";
+        std::fs::write(&path, format!("{BASE}{broken}")).unwrap();
+        let cfg = load_one(&path, "www").unwrap();
+        assert_eq!(cfg.certificates.keys().collect::<Vec<_>>(), ["www"]);
+        assert_eq!(cfg.issuers.keys().collect::<Vec<_>>(), ["le"]);
+        // The whole config still fails with every problem, and so does a name it does not define.
+        let all = load(&path).unwrap_err();
+        assert_eq!(all.diagnostics().len(), 2, "{all}");
+        assert_eq!(
+            load_one(&path, "other").unwrap_err().to_string(),
+            all.to_string()
+        );
+        // Problems outside the certificates are reported as by `load`.
+        let text = BASE.replace("\"/var/lib/certkeeper\"", "\"rel\"");
+        std::fs::write(&path, text).unwrap();
+        let err = load_one(&path, "www").unwrap_err().to_string();
+        assert!(
+            err.ends_with(":1:13: state_dir: must be an absolute path, got \"rel\""),
+            "{err}"
         );
     }
 

@@ -66,8 +66,9 @@ impl Ctx {
     }
 }
 
-/// Parse, merge and validate.
-pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
+/// Parse, merge and validate; with `only` (a defined certificate's name), that certificate alone
+/// is validated and kept (see [`super::load_one`]).
+pub(crate) fn build(text: &str, path: &Path, only: Option<&str>) -> Result<Config, ConfigError> {
     let mut cx = Ctx {
         files: vec![SourceFile {
             path: path.to_path_buf(),
@@ -253,7 +254,11 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigError> {
     // a clash (finding a line scans the file, which for every one of 10,000 certificates is slow).
     let mut dirs: HashMap<PathBuf, (String, usize, std::ops::Range<usize>)> = HashMap::new();
     // In file order, so a clash is reported at the later definition.
-    let mut ordered: Vec<_> = raw_certs.iter().collect();
+    let only = only.filter(|n| raw_certs.contains_key(*n));
+    let mut ordered: Vec<_> = raw_certs
+        .iter()
+        .filter(|(name, _)| only.is_none_or(|n| n == name.as_str()))
+        .collect();
     ordered.sort_by_key(|(_, (file, key, _))| (*file, key.span().start));
     for (name, (file, key, raw)) in ordered {
         let Some(cert) = certificate(&mut cx, *file, name, key, raw, &defined, &issuers) else {
@@ -1288,10 +1293,12 @@ fn certificate(
 ) -> Option<CertificateConfig> {
     let p = format!("certificate.{}", key_seg(name));
     let errors_before = cx.diags.len();
-    let defined_list = if defined.is_empty() {
-        "none".to_string()
-    } else {
-        defined.join(", ")
+    let defined_list = || {
+        if defined.is_empty() {
+            "none".to_string()
+        } else {
+            defined.join(", ")
+        }
     };
 
     // Issuers.
@@ -1302,7 +1309,7 @@ fn certificate(
                 file,
                 &key.span(),
                 p.clone(),
-                format!("no issuer: set issuer = \"NAME\" or a fallback list [\"A\", \"B\"] (defined issuers: {defined_list})"),
+                format!("no issuer: set issuer = \"NAME\" or a fallback list [\"A\", \"B\"] (defined issuers: {})", defined_list()),
             );
             Vec::new()
         }
@@ -1312,7 +1319,10 @@ fn certificate(
                     file,
                     &list.span(),
                     format!("{p}.issuer"),
-                    format!("is empty: name at least one issuer (defined issuers: {defined_list})"),
+                    format!(
+                        "is empty: name at least one issuer (defined issuers: {})",
+                        defined_list()
+                    ),
                 );
             }
             for (i, n) in list.get_ref().0.iter().enumerate() {
@@ -1328,7 +1338,10 @@ fn certificate(
                         file,
                         &list.span(),
                         format!("{p}.issuer"),
-                        format!("unknown issuer \"{n}\" (defined issuers: {defined_list})"),
+                        format!(
+                            "unknown issuer \"{n}\" (defined issuers: {})",
+                            defined_list()
+                        ),
                     );
                 }
             }

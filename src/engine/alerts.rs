@@ -210,8 +210,8 @@ mod tests {
     fn snapshot(days_left: i64) -> Snapshot {
         let now = Timestamp::now();
         Snapshot {
-            installed: Some(Installed {
-                cert: VerifiedCert {
+            installed: Some(Installed::new(
+                VerifiedCert {
                     serial_hex: "0b".into(),
                     not_before: now - jiff::SignedDuration::from_hours(24),
                     not_after: now + jiff::SignedDuration::from_hours(24 * days_left),
@@ -220,10 +220,10 @@ mod tests {
                     issuer_cn: None,
                     top_issuer_cn: None,
                 },
-                key_pem: Vec::new(),
-                fullchain_pem: Vec::new(),
-                source_dir: "/x".into(),
-            }),
+                Vec::new(),
+                Vec::new(),
+                "/x".into(),
+            )),
             ..Default::default()
         }
     }

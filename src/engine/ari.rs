@@ -53,8 +53,10 @@ pub async fn refresh(
         return AriOutcome::Skipped;
     };
     let state = &snap.state;
-    let cert_id = openssl::x509::X509::from_pem(&live.fullchain_pem)
+    let cert_id = live
+        .fullchain_pem()
         .map_err(|e| e.to_string())
+        .and_then(|pem| openssl::x509::X509::from_pem(pem).map_err(|e| e.to_string()))
         .and_then(|leaf| acme::cert_id(&leaf).map_err(|e| e.to_string()));
     let cert_id = match cert_id {
         Ok(id) => id,

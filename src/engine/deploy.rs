@@ -153,7 +153,7 @@ async fn check_endpoints(v: &VerifyDeploy, expected: &[u8], serial: &str) -> Dep
 /// The installed leaf of `snap` (DER and serial), when a live certificate is installed.
 fn installed_leaf(snap: &Snapshot) -> Option<(Vec<u8>, String)> {
     let live = snap.live()?;
-    let leaf = X509::from_pem(&live.fullchain_pem).ok()?;
+    let leaf = X509::from_pem(live.fullchain_pem().ok()?).ok()?;
     Some((leaf.to_der().ok()?, live.cert.serial_hex.clone()))
 }
 

@@ -229,7 +229,8 @@ async fn issue_with(
             && key.as_ref().is_some_and(|k| {
                 let live = rt.ledger.snapshot(&cert.name, &cert.output);
                 live.live()
-                    .and_then(|l| PKey::private_key_from_pem(&l.key_pem).ok())
+                    .and_then(|l| l.key_pem().ok())
+                    .and_then(|pem| PKey::private_key_from_pem(pem).ok())
                     .is_some_and(|lk| lk.public_eq(k))
             });
         if installed_already {
@@ -475,9 +476,8 @@ fn install(
             issuer: issuer.name.clone(),
             fingerprint: fingerprint(cert),
             ari_cert_id: ari_cert_id.clone(),
-            key_fingerprint: PKey::private_key_from_pem(&key_pem)
-                .ok()
-                .and_then(|k| store::key_fingerprint(&k)),
+            // From the key in hand: decoding its PEM again costs OpenSSL 3 a decoder context.
+            key_fingerprint: store::key_fingerprint(key),
             at: jiff::Timestamp::now(),
         },
     )?;
@@ -499,7 +499,8 @@ fn new_cert_key(rt: &Runtime, cert: &CertificateConfig) -> Result<PKey<Private>,
         let snap = rt.ledger.snapshot(&cert.name, &cert.output);
         // Never reuse the key of a revoked certificate: it may be the reason it was revoked.
         if let Some(live) = snap.live()
-            && let Ok(key) = PKey::private_key_from_pem(&live.key_pem)
+            && let Ok(pem) = live.key_pem()
+            && let Ok(key) = PKey::private_key_from_pem(pem)
             && acme::KeyType::of(&key) == Some(cert.key)
         {
             let ours = snap.state.key_fingerprint.is_some()

@@ -299,7 +299,8 @@ fn state(rt: &Runtime) -> CertState {
 
 /// The installed key.
 fn live_key(rt: &Runtime) -> PKey<Private> {
-    PKey::private_key_from_pem(&snapshot(rt).live().expect("a live pair").key_pem).unwrap()
+    let snap = snapshot(rt);
+    PKey::private_key_from_pem(snap.live().expect("a live pair").key_pem().unwrap()).unwrap()
 }
 
 /// The installed pair, verified against the configured names and `ca`'s certificate: its serial.
@@ -308,7 +309,8 @@ fn verify_live(rt: &Runtime, ca: &Ca) -> String {
     let live = snap.live().expect("a live pair");
     let names = &rt.config.certificates["www"].domains;
     let roots = Some(std::slice::from_ref(&ca.cert));
-    let verified = verify_pair(&live.key_pem, &live.fullchain_pem, names, roots).unwrap();
+    let (key, chain) = (live.key_pem().unwrap(), live.fullchain_pem().unwrap());
+    let verified = verify_pair(key, chain, names, roots).unwrap();
     verified.serial_hex
 }
 

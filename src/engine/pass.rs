@@ -123,7 +123,8 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
         let limit = limit.clone();
         async move {
             let _permit = limit.acquire().await;
-            let result = attempt(&rt, &cert, &snap).await;
+            // Boxed: allocated once the permit is held, not for every waiting certificate at once.
+            let result = Box::pin(attempt(&rt, &cert, &snap)).await;
             (cert, result)
         }
     }))

@@ -7,6 +7,7 @@
 use std::fs;
 use std::os::unix::fs::{PermissionsExt as _, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use nix::unistd::{Gid, Group, Uid, User};
 use openssl::x509::X509;
@@ -68,18 +69,89 @@ impl InstalledPaths {
 
 /// What is live in an output directory.
 ///
-/// `Debug` leaves the private key out.
+/// The PEM bytes are only needed to issue, revoke, fetch ARI and check a deployment, so a pair
+/// taken from the ledger's summary ([`read_known`]) carries the stamp of its files instead and
+/// reads a file on first use, refusing it if it is no longer the file that was verified
+/// ([`StoreError::Changed`]). `Debug` leaves the private key out.
 #[derive(Clone)]
 pub struct Installed {
     /// Facts about the live certificate. It may be expired: this is what is on disk.
     pub cert: VerifiedCert,
-    /// The private key PEM.
-    pub key_pem: Vec<u8>,
-    /// The full chain PEM (leaf first).
-    pub fullchain_pem: Vec<u8>,
     /// The directory the files were read from (a `.v-*` directory, or the output directory itself
     /// for a pair written by another tool before certkeeper).
     pub source_dir: PathBuf,
+    /// The private key PEM, once read.
+    key_pem: OnceLock<Vec<u8>>,
+    /// The full chain PEM (leaf first), once read.
+    fullchain_pem: OnceLock<Vec<u8>>,
+    /// For a pair not read yet: the stamp its files had when `cert` was verified from them.
+    known: Option<FilesStamp>,
+}
+
+impl Installed {
+    /// A pair whose files were read (and verified) already.
+    pub fn new(
+        cert: VerifiedCert,
+        key_pem: Vec<u8>,
+        fullchain_pem: Vec<u8>,
+        source_dir: PathBuf,
+    ) -> Self {
+        Self {
+            cert,
+            source_dir,
+            key_pem: OnceLock::from(key_pem),
+            fullchain_pem: OnceLock::from(fullchain_pem),
+            known: None,
+        }
+    }
+
+    /// The private key PEM (read on first use; see the type's docs).
+    pub fn key_pem(&self) -> Result<&[u8], StoreError> {
+        self.pem(&self.key_pem, "privkey.pem", 1)
+    }
+
+    /// The full chain PEM, leaf first (read on first use; see the type's docs).
+    pub fn fullchain_pem(&self) -> Result<&[u8], StoreError> {
+        self.pem(&self.fullchain_pem, "fullchain.pem", 0)
+    }
+
+    /// `cell`, or file `name` of `source_dir` when it still has entry `index` of the known stamp.
+    fn pem<'a>(
+        &'a self,
+        cell: &'a OnceLock<Vec<u8>>,
+        name: &str,
+        index: usize,
+    ) -> Result<&'a [u8], StoreError> {
+        if let Some(bytes) = cell.get() {
+            return Ok(bytes);
+        }
+        let path = self.source_dir.join(name);
+        let want = self.known.as_ref().and_then(|k| k.files.get(index));
+        let bytes = read_if_unchanged(&path, want)?;
+        Ok(cell.get_or_init(|| bytes))
+    }
+}
+
+/// The bytes of `path`, when the file opened still has the `(inode, size, mtime_ns)` of `want`.
+fn read_if_unchanged(path: &Path, want: Option<&(u64, u64, i64)>) -> Result<Vec<u8>, StoreError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let mut file = fs::File::open(path).map_err(|e| StoreError::io("reading", path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| StoreError::io("reading", path, e))?;
+    let have = (
+        meta.ino(),
+        meta.size(),
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+    );
+    if want != Some(&have) {
+        return Err(StoreError::Changed(path.to_path_buf()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.size()).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .map_err(|e| StoreError::io("reading", path, e))?;
+    Ok(bytes)
 }
 
 impl std::fmt::Debug for Installed {
@@ -375,14 +447,9 @@ pub fn keep_revoked(spec: &OutputSpec, live: &Installed) -> Result<PathBuf, Stor
     fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating directory", &dir, e))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| StoreError::io("setting permissions of", &dir, e))?;
-    crate::store::atomic_write(&dir.join("privkey.pem"), &live.key_pem, 0o600, None, None)?;
-    crate::store::atomic_write(
-        &dir.join("fullchain.pem"),
-        &live.fullchain_pem,
-        0o644,
-        None,
-        None,
-    )?;
+    let (key_pem, fullchain_pem) = (live.key_pem()?, live.fullchain_pem()?);
+    crate::store::atomic_write(&dir.join("privkey.pem"), key_pem, 0o600, None, None)?;
+    crate::store::atomic_write(&dir.join("fullchain.pem"), fullchain_pem, 0o644, None, None)?;
     fsync_dir(&spec.dir)?;
     Ok(dir)
 }
@@ -567,26 +634,20 @@ pub fn stamp(spec: &OutputSpec) -> Result<Option<FilesStamp>, StoreError> {
 }
 
 /// What is live in `spec.dir`, when it is still exactly the files of `known` (the stamp taken
-/// when `cert` was verified from them): the PEM files are read but not parsed or verified again.
-/// `None` when anything differs (then [`read_installed`] reads and checks everything).
+/// when `cert` was verified from them): the files are only looked at (names and stats), not read,
+/// parsed or verified again; [`Installed::key_pem`] and [`Installed::fullchain_pem`] read them on
+/// first use. `None` when anything differs (then [`read_installed`] reads and checks everything).
 pub fn read_known(spec: &OutputSpec, known: &FilesStamp, cert: &VerifiedCert) -> Option<Installed> {
-    use std::io::Read as _;
     let found = locate(spec).ok().flatten()?;
     if stamp_of(&found).ok()? != *known {
         return None;
     }
-    let read = |name: &str| -> Option<Vec<u8>> {
-        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
-        let fd = nix::fcntl::openat(&found.fd, name, flags, nix::sys::stat::Mode::empty()).ok()?;
-        let mut bytes = Vec::with_capacity(usize::try_from(known.files[0].1).unwrap_or(0));
-        fs::File::from(fd).read_to_end(&mut bytes).ok()?;
-        Some(bytes)
-    };
     Some(Installed {
         cert: cert.clone(),
-        key_pem: read("privkey.pem")?,
-        fullchain_pem: read("fullchain.pem")?,
         source_dir: found.source_dir,
+        key_pem: OnceLock::new(),
+        fullchain_pem: OnceLock::new(),
+        known: Some(known.clone()),
     })
 }
 
@@ -634,12 +695,12 @@ pub fn read_installed(spec: &OutputSpec) -> Result<Option<Installed>, StoreError
             ));
         }
     }
-    Ok(Some(Installed {
-        cert: parsed.info,
+    Ok(Some(Installed::new(
+        parsed.info,
         key_pem,
         fullchain_pem,
         source_dir,
-    }))
+    )))
 }
 
 #[cfg(test)]

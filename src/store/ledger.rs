@@ -460,7 +460,8 @@ impl Ledger {
         };
         let placeholder = installed
             .as_ref()
-            .is_some_and(|i| is_self_signed_placeholder(&i.fullchain_pem));
+            .and_then(|i| i.fullchain_pem().ok())
+            .is_some_and(is_self_signed_placeholder);
         if self.refresh && state_error.is_none() && installed_error.is_none() {
             let summary = installed
                 .as_ref()
@@ -631,7 +632,9 @@ impl Ledger {
             None,
         )?;
         let newer_here = here.as_ref().is_some_and(|i| {
-            !is_self_signed_placeholder(&i.fullchain_pem) && i.cert.not_before > verified.not_before
+            i.fullchain_pem()
+                .is_ok_and(|p| !is_self_signed_placeholder(p))
+                && i.cert.not_before > verified.not_before
         });
         if newer_here {
             return Ok(None);
@@ -1097,7 +1100,7 @@ mod tests {
         assert_eq!((&summary.cert, summary.placeholder), (&v1, false));
         let snap = l.snapshot("www", &spec);
         assert_eq!(snap.live().unwrap().cert, v1);
-        assert_eq!(snap.live().unwrap().key_pem, k1);
+        assert_eq!(snap.live().unwrap().key_pem().unwrap(), k1);
 
         // A pair switched behind the ledger's back: the stamp differs, so the files are read in
         // full; a read-only ledger does not write, a writing one rebuilds the summary.
@@ -1115,9 +1118,18 @@ mod tests {
         assert_eq!(rebuilt.cert, v2);
         assert_eq!(rebuilt.stamp, install::stamp(&spec).unwrap().unwrap());
 
-        // A file edited in place changes the stamp too.
+        // A file edited in place changes the stamp too: a snapshot taken before (from the
+        // summary, its files not read yet) refuses the new bytes, the next one reads them in full.
+        let before = l.snapshot("www", &spec);
         let key_file = spec.dir.join("privkey.pem");
         std::fs::write(&key_file, b"not a key").unwrap();
+        let live = before.live().unwrap();
+        assert!(matches!(live.key_pem(), Err(StoreError::Changed(_))));
+        assert_eq!(
+            live.fullchain_pem().unwrap(),
+            c2,
+            "an unchanged file is still read"
+        );
         let snap = l.snapshot("www", &spec);
         assert!(snap.live().is_none() && snap.installed_error.is_some());
 

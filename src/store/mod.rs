@@ -95,6 +95,10 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// An installed file was replaced or edited after it was checked (another process installed
+    /// a new pair meanwhile); the next snapshot reads and checks it again.
+    #[error("{0} changed after it was checked (a new pair was installed meanwhile); try again")]
+    Changed(PathBuf),
     /// A certificate or account name cannot be used as a file name.
     #[error(
         "name '{0}' cannot be used as a file name: use letters, digits, '.', '_' or '-', not starting with '.'"
