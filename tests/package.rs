@@ -28,6 +28,9 @@ const MAN1: &[&str] = &[
     "certkeeper-migrate",
     "certkeeper-migrate-certbot",
     "certkeeper-migrate-lego",
+    "certkeeper-storage",
+    "certkeeper-storage-migrate",
+    "certkeeper-storage-rotate-key",
     "certkeeper-completions",
     "certkeeper-man",
 ];

@@ -351,6 +351,87 @@ fn calls_fail_cleanly_while_postgres_is_down_and_resume_after() {
 
 /// `certkeeper check` with a PostgreSQL backend reaches the database, reports the schema and the
 /// key ids of the sealed values, and creates nothing.
+/// A TCP relay to `to` that, while `forward` is false, takes connections and never answers (a
+/// database behind a partition that drops packets); connections made while forwarding are relayed.
+fn silent_relay(to: u16, forward: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().take(64) {
+            let Ok(conn) = conn else { continue };
+            if !forward.load(std::sync::atomic::Ordering::SeqCst) {
+                held.push(conn);
+                continue;
+            }
+            let Ok(upstream) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (conn.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                (upstream, conn),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    port
+}
+
+/// A database that does not answer at all holds one call for the call timeout; after that calls
+/// fail at once (the daemon's loop must not stall call after call), and a background attempt
+/// reaches the database once it answers again.
+#[test]
+fn a_silent_database_fails_calls_at_once_and_is_reached_again_in_the_background() {
+    let pg = Postgres::start();
+    pg.create_database("silent");
+    let forward = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay = silent_relay(pg.port, forward.clone());
+    let key = DataKey::generate().unwrap();
+    let s = node(&pg, "silent", "web1", &key, |o| {
+        o.url = format!("postgresql://certkeeper@127.0.0.1:{relay}/silent?sslmode=disable");
+        o.call_timeout = Duration::from_millis(1500);
+    });
+
+    let t = Instant::now();
+    let err = s.load("certs/www.json").unwrap_err();
+    assert!(t.elapsed() >= Duration::from_millis(1400), "{err}");
+    assert!(err.to_string().contains("no answer within"), "{err}");
+    for _ in 0..5 {
+        let t = Instant::now();
+        let err = s.store("certs/www.json", b"x").unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "a call waited {:?} on a silent database: {err}",
+            t.elapsed()
+        );
+        assert!(
+            err.to_string().contains("reconnecting in the background"),
+            "{err}"
+        );
+    }
+
+    forward.store(true, std::sync::atomic::Ordering::SeqCst);
+    let t = Instant::now();
+    let mut stored = s.store("certs/www.json", b"back");
+    for _ in 0..60 {
+        if stored.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        stored = s.store("certs/www.json", b"back");
+    }
+    stored.unwrap_or_else(|e| panic!("not reached again within {:?}: {e}", t.elapsed()));
+    assert_eq!(
+        s.load("certs/www.json").unwrap().as_deref(),
+        Some(&b"back"[..])
+    );
+}
+
 #[test]
 fn check_probes_the_database_and_changes_nothing() {
     use support::certkeeper::TestConfig;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use postgres_openssl::MakeTlsConnector;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::super::StoreError;
@@ -117,34 +118,124 @@ impl Worker {
     }
 }
 
+/// The longest wait between two background attempts to reach a database that stopped answering.
+const PROBE_MAX: Duration = Duration::from_secs(30);
+
 /// Serve calls until every handle is dropped.
+///
+/// A database that refuses connections fails each call at once. One that does not answer at all
+/// (packets dropped: a partition, a firewall) would hold every call for the whole call timeout, and
+/// the daemon's loop, which reads the ledger synchronously, with it. So once a call got no answer
+/// in time, the database counts as *silent*: calls that need a connection fail at once with the
+/// reason, and a background task tries to connect (at once, then backing off up to
+/// [`PROBE_MAX`]) until the database answers; its connection then serves the calls again.
 async fn serve(mut rx: mpsc::UnboundedReceiver<Call>, connector: Connector, s: Arc<Settings>) {
+    let connector = Arc::new(connector);
     let mut conn: Option<Client> = None;
-    while let Some(call) = rx.recv().await {
-        let answer = tokio::time::timeout(
-            connector.call_timeout,
-            one(&mut conn, &connector, &s, call.req),
-        )
+    let mut silent: Option<String> = None;
+    let mut probe: Option<JoinHandle<Result<Client, StoreError>>> = None;
+    let mut probe_wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            call = rx.recv() => {
+                let Some(call) = call else { break };
+                let answer = match &silent {
+                    Some(reason) if conn.is_none() => Err(StoreError::Unavailable {
+                        action: "waiting for the database".into(),
+                        target: s.target.clone(),
+                        reason: format!("{reason}; reconnecting in the background"),
+                    }),
+                    _ => serve_one(&mut conn, &connector, &s, call.req).await,
+                };
+                if conn.is_none() && silent.is_none() && is_no_answer(&answer) {
+                    silent = Some(format!(
+                        "no answer within {:?} (since {})",
+                        connector.call_timeout,
+                        jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_default()
+                    ));
+                    probe_wait = Duration::ZERO;
+                    tracing::warn!(database = %s.target, "the database does not answer; failing calls at once until it does");
+                }
+                if silent.is_some() && probe.is_none() {
+                    probe = Some(spawn_probe(&connector, &s, probe_wait));
+                }
+                reply(call.reply, answer);
+            }
+            done = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                probe = None;
+                match done {
+                    Ok(Ok(client)) => {
+                        tracing::info!(database = %s.target, "the database answers again");
+                        conn = Some(client);
+                        silent = None;
+                    }
+                    _ => {
+                        probe_wait = (probe_wait * 2).clamp(Duration::from_secs(1), PROBE_MAX);
+                        probe = Some(spawn_probe(&connector, &s, probe_wait));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One call with the call timeout; a connection that did not answer is dropped.
+async fn serve_one(
+    conn: &mut Option<Client>,
+    connector: &Connector,
+    s: &Settings,
+    req: Request,
+) -> Answer {
+    let answer = tokio::time::timeout(connector.call_timeout, one(conn, connector, s, req))
         .await
         .unwrap_or_else(|_| {
-            // The connection may be stuck mid-statement: start afresh on the next call.
-            conn = None;
+            // The connection may be stuck mid-statement: start afresh.
+            *conn = None;
             Err(StoreError::Unavailable {
                 action: "waiting for the database".into(),
                 target: s.target.clone(),
                 reason: format!("no answer within {:?}", connector.call_timeout),
             })
         });
-        if answer.is_err() && conn.as_ref().is_some_and(Client::is_closed) {
-            conn = None;
+    if answer.is_err() && conn.as_ref().is_some_and(Client::is_closed) {
+        *conn = None;
+    }
+    answer
+}
+
+/// The call timed out (as opposed to a refusal or an error the database sent).
+fn is_no_answer(answer: &Answer) -> bool {
+    matches!(answer, Err(StoreError::Unavailable { reason, .. }) if reason.starts_with("no answer within"))
+}
+
+/// Try to connect after `wait`, bounded by the call timeout, in the background.
+fn spawn_probe(
+    connector: &Arc<Connector>,
+    s: &Arc<Settings>,
+    wait: Duration,
+) -> JoinHandle<Result<Client, StoreError>> {
+    let (connector, s) = (Arc::clone(connector), Arc::clone(s));
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        tokio::time::timeout(connector.call_timeout, connect(&connector, &s))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable {
+                    action: "connecting".into(),
+                    target: s.target.clone(),
+                    reason: format!("no answer within {:?}", connector.call_timeout),
+                })
+            })
+    })
+}
+
+fn reply(to: Reply, answer: Answer) {
+    match to {
+        Reply::Sync(tx) => {
+            let _ = tx.send(answer);
         }
-        match call.reply {
-            Reply::Sync(tx) => {
-                let _ = tx.send(answer);
-            }
-            Reply::Async(tx) => {
-                let _ = tx.send(answer);
-            }
+        Reply::Async(tx) => {
+            let _ = tx.send(answer);
         }
     }
 }
