@@ -13,8 +13,11 @@
 //!
 //! **Reconnecting.** The worker connects on the first call, not at [`PgStorage::open`] (a node
 //! whose database is down still starts), and again on the next call whenever the connection was
-//! closed or a call timed out. On every new connection it migrates the schema
-//! ([`schema::migrate`]: versioned, idempotent, serialized by an advisory lock).
+//! closed. A database that does not answer at all (packets dropped, not refused) holds one call
+//! for the call timeout; from then on calls fail at once while a background task reconnects
+//! (backing off up to 30 s), so a partition never stalls the daemon call after call. On every new
+//! connection it migrates the schema ([`schema::migrate`]: versioned, idempotent, serialized by an
+//! advisory lock).
 //!
 //! **Locks are leases** in `ck_locks`: a row per held lock with the holder node, an expiry the
 //! holder moves forward every third of [`PgOptions::lease_ttl`] from a background task on the
