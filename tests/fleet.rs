@@ -12,24 +12,12 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use support::certkeeper::{CertSpec, CliOutput, IssuerSpec, TestConfig};
 use support::nginx::{Nginx, NginxOpts, nginx_available};
-use support::postgres::{PASSWORD, Postgres};
+use support::postgres::{Postgres, write_shared_secrets};
 use support::{Pebble, PebbleOpts, pebble};
 
 const CERTS: [&str; 3] = ["alpha", "bravo", "charlie"];
-
-/// The `[storage]` table of a node of database `db` (key and password files in `shared`).
-fn storage_table(pg: &Postgres, db: &str, shared: &Path, node: &str) -> String {
-    format!(
-        "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
-         encryption_key_file = \"{}\"\nnode = \"{node}\"",
-        pg.url(db),
-        shared.join("pg.pass").display(),
-        shared.join("storage.key").display()
-    )
-}
 
 /// A node's config: the three certificates over the shared webroot, a reload hook that logs the
 /// serial it was run for, and `storage` as its `[storage]` table (none: the file backend).
@@ -62,21 +50,6 @@ fn installed_serial(dir: &Path) -> String {
     bn.to_hex_str().unwrap().to_lowercase()
 }
 
-fn reload_lines(cfg: &TestConfig) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(cfg.dir().join("reloads.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn orders_seen_by(pebble: &Pebble) -> usize {
-    let log = std::fs::read_to_string(pebble.dir().join("pebble.log")).unwrap_or_default();
-    log.matches("Added order").count()
-}
-
 fn render(out: &CliOutput) -> String {
     format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr)
 }
@@ -92,16 +65,7 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
     let shared = tempfile::tempdir().unwrap();
     let webroot = shared.path().join("www");
     std::fs::create_dir_all(&webroot).unwrap();
-    let mut key = [0u8; 32];
-    openssl::rand::rand_bytes(&mut key).unwrap();
-    let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
-    std::fs::write(shared.path().join("storage.key"), &key_b64).unwrap();
-    std::fs::write(shared.path().join("pg.pass"), format!("{PASSWORD}\n")).unwrap();
-    for f in ["storage.key", "pg.pass"] {
-        use std::os::unix::fs::PermissionsExt as _;
-        let perms = std::fs::Permissions::from_mode(0o600);
-        std::fs::set_permissions(shared.path().join(f), perms).unwrap();
-    }
+    write_shared_secrets(shared.path());
     let nginx_certs = shared.path().join("nginx-certs");
     std::fs::create_dir_all(&nginx_certs).unwrap();
     let nginx = Nginx::start(NginxOpts {
@@ -120,7 +84,7 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
     let nodes: Vec<TestConfig> = ["web1", "web2"]
         .iter()
         .map(|n| {
-            let storage = storage_table(&pg, "certkeeper", shared.path(), n);
+            let storage = pg.storage_table("certkeeper", shared.path(), n);
             node_config(&pebble, &webroot, Some(storage))
         })
         .collect();
@@ -130,7 +94,7 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
     let first = [&a, &b];
     let both = format!("web1 {}\nweb2 {}", render(&a), render(&b));
     assert_eq!(
-        orders_seen_by(&pebble),
+        pebble.orders_added(),
         CERTS.len(),
         "pebble saw other than one order per certificate:\n{both}"
     );
@@ -148,7 +112,7 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
         assert!(again.ok(), "second renew:\n{}", render(&again));
     }
     assert_eq!(
-        orders_seen_by(&pebble),
+        pebble.orders_added(),
         CERTS.len(),
         "no order on the second pass"
     );
@@ -161,7 +125,7 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
     let all: Vec<String> = CERTS.iter().map(|s| s.to_string()).collect();
     for cfg in &nodes {
         assert_eq!(
-            reload_lines(cfg),
+            cfg.sorted_lines("reloads.log"),
             all,
             "reload hooks of {}",
             cfg.dir().display()
@@ -174,7 +138,7 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
         "{}",
         render(&third)
     );
-    assert_eq!(reload_lines(&nodes[1]), all);
+    assert_eq!(nodes[1].sorted_lines("reloads.log"), all);
 
     // No private key in the database in clear: not as PEM, not as the key's base64 body.
     let dump = pg.dump("certkeeper");
@@ -239,7 +203,7 @@ async fn two_nodes_order_each_certificate_once_and_both_install_it() {
     let renewed = solo.run_cli(&["renew", "alpha"]).await;
     assert!(renewed.ok(), "{}", render(&renewed));
     let before = solo.run_cli(&["status", "alpha"]).await;
-    let storage = storage_table(&pg, "migrated", shared.path(), "solo");
+    let storage = pg.storage_table("migrated", shared.path(), "solo");
     let as_fleet = solo.clone().tail(&storage).write();
     let migrate = as_fleet
         .run_cli(&["storage", "migrate", "--from", "file"])

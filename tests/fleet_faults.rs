@@ -18,12 +18,11 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine as _;
 use openssl::x509::X509;
 use support::certkeeper::{CertSpec, Daemon, IssuerSpec, TestConfig, daemon_command_at};
 use support::nginx::{Nginx, NginxOpts, nginx_available};
 use support::pair::check_pair;
-use support::postgres::{PASSWORD, Postgres};
+use support::postgres::{Postgres, write_shared_secrets};
 use support::{Pebble, PebbleOpts, free_port, pebble};
 
 /// The lease of every node: short, so a dead holder is replaced within seconds (renewed every
@@ -54,16 +53,7 @@ impl Fleet {
         let shared = tempfile::tempdir().unwrap();
         let webroot = shared.path().join("www");
         std::fs::create_dir_all(&webroot).unwrap();
-        let mut key = [0u8; 32];
-        openssl::rand::rand_bytes(&mut key).unwrap();
-        let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
-        std::fs::write(shared.path().join("storage.key"), &key_b64).unwrap();
-        std::fs::write(shared.path().join("pg.pass"), format!("{PASSWORD}\n")).unwrap();
-        for f in ["storage.key", "pg.pass"] {
-            use std::os::unix::fs::PermissionsExt as _;
-            let perms = std::fs::Permissions::from_mode(0o600);
-            std::fs::set_permissions(shared.path().join(f), perms).unwrap();
-        }
+        write_shared_secrets(shared.path());
         let nginx_certs = shared.path().join("nginx-certs");
         std::fs::create_dir_all(&nginx_certs).unwrap();
         let nginx = Nginx::start(NginxOpts {
@@ -102,11 +92,9 @@ impl Fleet {
             cfg = cfg.certificate(CertSpec::new(name, "pebble", &[&domain(name)]));
         }
         let storage = format!(
-            "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
-             encryption_key_file = \"{}\"\nnode = \"{node}\"\nlease = \"{}s\"",
-            self.pg.url("certkeeper"),
-            self.shared.path().join("pg.pass").display(),
-            self.shared.path().join("storage.key").display(),
+            "{}\nlease = \"{}s\"",
+            self.pg
+                .storage_table("certkeeper", self.shared.path(), node),
             LEASE.as_secs()
         );
         cfg.tail(&storage).tail(tail).write()
@@ -114,7 +102,7 @@ impl Fleet {
 
     /// How many orders pebble created.
     fn orders(&self) -> usize {
-        self.pebble.log().matches("Added order").count()
+        self.pebble.orders_added()
     }
 
     /// The shared state of certificate `name` as the database holds it (not sealed: no key in it).

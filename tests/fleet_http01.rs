@@ -18,11 +18,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use support::certkeeper::{CertSpec, Daemon, IssuerSpec, TestConfig};
 use support::nginx::{Nginx, NginxOpts, nginx_available};
 use support::pair::check_pair;
-use support::postgres::{PASSWORD, Postgres};
+use support::postgres::{Postgres, write_shared_secrets};
 use support::{Pebble, PebbleOpts, free_port, pebble};
 
 const NODES: [&str; 3] = ["web1", "web2", "web3"];
@@ -38,20 +37,6 @@ fn domain(name: &str) -> String {
     format!("{name}.fleet.test")
 }
 
-/// The key and password files every node shares, 0600.
-fn shared_secrets(dir: &Path) {
-    let mut key = [0u8; 32];
-    openssl::rand::rand_bytes(&mut key).unwrap();
-    let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
-    std::fs::write(dir.join("storage.key"), key_b64).unwrap();
-    std::fs::write(dir.join("pg.pass"), format!("{PASSWORD}\n")).unwrap();
-    for f in ["storage.key", "pg.pass"] {
-        use std::os::unix::fs::PermissionsExt as _;
-        let perms = std::fs::Permissions::from_mode(0o600);
-        std::fs::set_permissions(dir.join(f), perms).unwrap();
-    }
-}
-
 /// Node `node`'s config: its own listener port, the 20 certificates with a reload hook logging
 /// each certificate it ran for, and the shared database.
 fn node_config(pebble: &Pebble, pg: &Postgres, shared: &Path, node: &str, port: u16) -> TestConfig {
@@ -64,36 +49,16 @@ fn node_config(pebble: &Pebble, pg: &Postgres, shared: &Path, node: &str, port: 
                 .reload(&format!("echo {name} >> {}", hook_log.display())),
         );
     }
-    let storage = format!(
-        "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
-         encryption_key_file = \"{}\"\nnode = \"{node}\"",
-        pg.url("certkeeper"),
-        shared.join("pg.pass").display(),
-        shared.join("storage.key").display()
-    );
+    let storage = pg.storage_table("certkeeper", shared, node);
     cfg.tail(&storage)
         .tail("[daemon]\nretry_first = \"2s\"\nretry_max = \"5s\"")
         .write()
 }
 
-fn reload_lines(cfg: &TestConfig) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(cfg.dir().join("reloads.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn orders_seen_by(pebble: &Pebble) -> usize {
-    pebble.log().matches("Added order").count()
-}
-
 /// Whether every node has installed every certificate and run its hook for each.
 fn converged(nodes: &[TestConfig]) -> bool {
     nodes.iter().all(|cfg| {
-        reload_lines(cfg).len() >= CERTS
+        cfg.sorted_lines("reloads.log").len() >= CERTS
             && cert_names()
                 .iter()
                 .all(|n| cfg.output_dir(n).join("fullchain.pem").exists())
@@ -122,7 +87,7 @@ async fn three_daemons_behind_a_balancer_answer_each_others_challenges() {
     let started = Instant::now();
     let pg = Postgres::start();
     let shared = tempfile::tempdir().unwrap();
-    shared_secrets(shared.path());
+    write_shared_secrets(shared.path());
     let ports: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
     let listeners: Vec<SocketAddr> = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
     let nginx_certs = shared.path().join("nginx-certs");
@@ -165,7 +130,7 @@ async fn three_daemons_behind_a_balancer_answer_each_others_challenges() {
     let all = logs(&daemons, &pebble, &nginx);
 
     assert_eq!(
-        orders_seen_by(&pebble),
+        pebble.orders_added(),
         CERTS,
         "pebble saw other than one order per certificate\n{all}"
     );
@@ -188,7 +153,7 @@ async fn three_daemons_behind_a_balancer_answer_each_others_challenges() {
     // Every node ran its own hook once per certificate.
     for (node, cfg) in NODES.iter().zip(&nodes) {
         assert_eq!(
-            reload_lines(cfg),
+            cfg.sorted_lines("reloads.log"),
             cert_names(),
             "reload hooks of {node}\n{all}"
         );
@@ -233,7 +198,7 @@ async fn three_daemons_behind_a_balancer_answer_each_others_challenges() {
         renewed.stdout,
         renewed.stderr
     );
-    assert_eq!(orders_seen_by(&pebble), CERTS + 1);
+    assert_eq!(pebble.orders_added(), CERTS + 1);
     for d in &mut daemons {
         d.assert_running();
     }

@@ -304,6 +304,18 @@ impl TestConfig {
         self
     }
 
+    /// The lines of `file` in this config's directory, sorted (empty when it does not exist yet):
+    /// e.g. the log a reload hook appends to.
+    pub fn sorted_lines(&self, file: &str) -> Vec<String> {
+        let mut lines: Vec<String> = std::fs::read_to_string(self.dir().join(file))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
     /// The tempdir everything lives in.
     pub fn dir(&self) -> &Path {
         self.dir.path()

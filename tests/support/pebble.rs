@@ -491,6 +491,12 @@ impl Pebble {
         }
     }
 
+    /// How many orders pebble created so far (its log's `Added order` lines): what a test counts
+    /// to prove one order per certificate.
+    pub fn orders_added(&self) -> usize {
+        self.log().matches("Added order").count()
+    }
+
     /// The pebble process's log so far (e.g. to check that no order was created).
     pub fn log(&self) -> String {
         self.procs

@@ -269,3 +269,33 @@ fn chown_postgres(p: &Path) {
     std::os::unix::fs::chown(p, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
         .unwrap_or_else(|e| panic!("chown {} to postgres (tests run as root): {e}", p.display()));
 }
+
+/// The files the nodes of a fleet share, written into `dir` with mode 0600: `storage.key` (a
+/// fresh random encryption key, base64) and `pg.pass` (the `certkeeper` role's password).
+pub fn write_shared_secrets(dir: &Path) {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut key = [0u8; 32];
+    openssl::rand::rand_bytes(&mut key).unwrap();
+    let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    std::fs::write(dir.join("storage.key"), key_b64).unwrap();
+    std::fs::write(dir.join("pg.pass"), format!("{PASSWORD}\n")).unwrap();
+    for f in ["storage.key", "pg.pass"] {
+        let perms = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(dir.join(f), perms).unwrap();
+    }
+}
+
+impl Postgres {
+    /// The `[storage]` table of fleet node `node` on database `db`, with the files of
+    /// [`write_shared_secrets`] in `shared` (no trailing newline: append keys such as `lease`).
+    pub fn storage_table(&self, db: &str, shared: &Path, node: &str) -> String {
+        format!(
+            "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
+             encryption_key_file = \"{}\"\nnode = \"{node}\"",
+            self.url(db),
+            shared.join("pg.pass").display(),
+            shared.join("storage.key").display()
+        )
+    }
+}
