@@ -12,10 +12,9 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use support::Pebble;
 use support::certkeeper::{CertSpec, CliOutput, IssuerSpec, TestConfig};
-use support::nginx::{Nginx, NginxOpts, nginx_available};
-use support::postgres::{Postgres, write_shared_secrets};
-use support::{Pebble, PebbleOpts, pebble};
+use support::fleet::WebrootFleet;
 
 const CERTS: [&str; 3] = ["alpha", "bravo", "charlie"];
 
@@ -56,30 +55,17 @@ fn render(out: &CliOutput) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_order_each_certificate_once_and_both_install_it() {
-    if !pebble::available() || !nginx_available() {
-        eprintln!("pebble or nginx not installed; skipping");
-        return;
-    }
     let started = Instant::now();
-    let pg = Postgres::start();
-    let shared = tempfile::tempdir().unwrap();
-    let webroot = shared.path().join("www");
-    std::fs::create_dir_all(&webroot).unwrap();
-    write_shared_secrets(shared.path());
-    let nginx_certs = shared.path().join("nginx-certs");
-    std::fs::create_dir_all(&nginx_certs).unwrap();
-    let nginx = Nginx::start(NginxOpts {
-        cert_dir: nginx_certs,
-        webroot: Some(webroot.clone()),
-        placeholder_cert: true,
-        ..Default::default()
-    })
-    .expect("start nginx");
-    let pebble = Pebble::start(PebbleOpts {
-        http_port: nginx.http_port(),
-        ..Default::default()
-    })
-    .await;
+    let Some(WebrootFleet {
+        pg,
+        shared,
+        webroot,
+        nginx,
+        pebble,
+    }) = WebrootFleet::start().await
+    else {
+        return;
+    };
 
     let nodes: Vec<TestConfig> = ["web1", "web2"]
         .iter()

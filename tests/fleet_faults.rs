@@ -20,10 +20,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use openssl::x509::X509;
 use support::certkeeper::{CertSpec, Daemon, IssuerSpec, TestConfig, daemon_command_at};
-use support::nginx::{Nginx, NginxOpts, nginx_available};
+use support::fleet::WebrootFleet;
+use support::nginx::Nginx;
 use support::pair::check_pair;
-use support::postgres::{Postgres, write_shared_secrets};
-use support::{Pebble, PebbleOpts, free_port, pebble};
+use support::postgres::Postgres;
+use support::{Pebble, free_port};
 
 /// The lease of every node: short, so a dead holder is replaced within seconds (renewed every
 /// 1.3 s, it outlives a renewal slowed by a loaded machine).
@@ -45,29 +46,13 @@ impl Fleet {
     /// PostgreSQL, nginx on the port pebble validates HTTP-01 on, pebble; `None` (skip) when
     /// pebble or nginx is not installed.
     async fn start() -> Option<Fleet> {
-        if !pebble::available() || !nginx_available() {
-            eprintln!("pebble or nginx not installed; skipping");
-            return None;
-        }
-        let pg = Postgres::start();
-        let shared = tempfile::tempdir().unwrap();
-        let webroot = shared.path().join("www");
-        std::fs::create_dir_all(&webroot).unwrap();
-        write_shared_secrets(shared.path());
-        let nginx_certs = shared.path().join("nginx-certs");
-        std::fs::create_dir_all(&nginx_certs).unwrap();
-        let nginx = Nginx::start(NginxOpts {
-            cert_dir: nginx_certs,
-            webroot: Some(webroot.clone()),
-            placeholder_cert: true,
-            ..Default::default()
-        })
-        .expect("start nginx");
-        let pebble = Pebble::start(PebbleOpts {
-            http_port: nginx.http_port(),
-            ..Default::default()
-        })
-        .await;
+        let WebrootFleet {
+            pg,
+            shared,
+            webroot,
+            nginx,
+            pebble,
+        } = WebrootFleet::start().await?;
         let root = X509::from_pem(pebble.root_pem().await.as_bytes()).unwrap();
         Some(Fleet {
             pg,

@@ -14,6 +14,7 @@ pub mod a2c;
 pub mod certkeeper;
 pub mod dns;
 pub mod fault_env;
+pub mod fleet;
 pub mod nginx;
 pub mod pair;
 pub mod pebble;
