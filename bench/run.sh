@@ -11,6 +11,8 @@
 #   IDLE_SECONDS=60      how long the idle daemon (1000 certificates configured) is observed
 #   BIG_COUNT=1000       certificates in the big daemon pass
 #   BIG_TIMEOUT=1200     seconds to wait for all BIG_COUNT fullchain.pem files
+#   MAX_CONCURRENT=16    certkeeper's [daemon] max_concurrent (orders at once)
+#   BENCH_TMP=/tmp       where the work directory is made (e.g. a journalled ext4 mount)
 #   RUN_TIMEOUT=300      seconds before one client run is killed and counted as FAILED
 #   CLIENTS="certkeeper lego certbot"
 #   SCENARIOS="one ten twenty big"    (also: scale, fleet, warm; see below)
@@ -42,6 +44,7 @@ N_BIG=${N_BIG:-1}
 IDLE_SECONDS=${IDLE_SECONDS:-60}
 BIG_COUNT=${BIG_COUNT:-1000}
 BIG_TIMEOUT=${BIG_TIMEOUT:-1200}
+MAX_CONCURRENT=${MAX_CONCURRENT:-16}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 CLIENTS=${CLIENTS-"certkeeper lego certbot"}
 SCENARIOS=${SCENARIOS:-"one ten twenty big"}
@@ -241,7 +244,7 @@ certkeeper_config() {
     local scenario=$1 dir=$2 n=0 line
     {
         printf 'state_dir = "%s/state"\n\n[http01]\nlisten = ["127.0.0.1:%s"]\n\n' "$dir" "$HTTP_PORT"
-        printf '[daemon]\nmax_concurrent = 16\n\n'
+        printf '[daemon]\nmax_concurrent = %s\n\n' "$MAX_CONCURRENT"
         printf '[issuer.pebble]\ndirectory = "%s"\nca_bundle = "%s"\n\n' "$DIRECTORY" "$CA_PEM"
         printf '[[issuer.pebble.solver]]\nhttp01 = { self_check = false }\n'
         while read -r line; do
@@ -642,7 +645,7 @@ main() {
         return 0
     fi
     ensure_packages
-    WORK=$(mktemp -d /tmp/certkeeper-bench.XXXXXX)
+    WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/certkeeper-bench.XXXXXX")
     RESULTS=$WORK/results.tsv
     : >"$RESULTS"
     log "work directory: $WORK"
