@@ -83,19 +83,34 @@ impl Poll {
     }
 }
 
-/// A downloaded certificate chain.
+/// A downloaded certificate chain, parsed once when it arrives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertificateChain {
     /// The PEM chain: end-entity certificate first.
     pub pem: String,
     /// URLs of alternate chains (`Link: <..>;rel="alternate"`).
     pub alternates: Vec<String>,
+    certs: Vec<X509>,
 }
 
 impl CertificateChain {
+    /// Parse `pem` (end-entity first); an error when it is not PEM certificates or holds none.
+    pub fn parse(pem: String, alternates: Vec<String>) -> std::result::Result<Self, String> {
+        let certs = X509::stack_from_pem(pem.as_bytes())
+            .map_err(|e| format!("the certificate chain is not valid PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("the certificate chain is empty".into());
+        }
+        Ok(Self {
+            pem,
+            alternates,
+            certs,
+        })
+    }
+
     /// The parsed certificates, end-entity first.
-    pub fn certificates(&self) -> Result<Vec<X509>> {
-        Ok(X509::stack_from_pem(self.pem.as_bytes())?)
+    pub fn certificates(&self) -> &[X509] {
+        &self.certs
     }
 }
 
@@ -558,19 +573,11 @@ impl Account {
             url: url.to_string(),
             message: "the certificate chain is not text (expected PEM)".into(),
         })?;
-        let certs = X509::stack_from_pem(pem.as_bytes()).map_err(|e| AcmeError::BadResponse {
-            url: url.to_string(),
-            message: format!("the certificate chain is not valid PEM: {e}"),
-        })?;
-        if certs.is_empty() {
-            return Err(AcmeError::BadResponse {
+        CertificateChain::parse(pem, r.links("alternate")).map_err(|message| {
+            AcmeError::BadResponse {
                 url: url.to_string(),
-                message: "the certificate chain is empty".into(),
-            });
-        }
-        Ok(CertificateChain {
-            pem,
-            alternates: r.links("alternate"),
+                message,
+            }
         })
     }
 
@@ -615,8 +622,8 @@ fn common_names(name: &openssl::x509::X509NameRef) -> Vec<String> {
 fn top_issuer(chain: &CertificateChain) -> String {
     chain
         .certificates()
-        .ok()
-        .and_then(|c| c.last().map(|c| common_names(c.issuer_name()).join(" / ")))
+        .last()
+        .map(|c| common_names(c.issuer_name()).join(" / "))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "?".to_string())
 }
@@ -641,9 +648,7 @@ fn ca_names(name: &openssl::x509::X509NameRef) -> Vec<String> {
 /// True when the chain's topmost certificate is issued by `cn`, or any certificate in it is `cn`
 /// (a common name, or organization and common name: see [`ca_names`]).
 pub fn chain_matches(chain: &CertificateChain, cn: &str) -> bool {
-    let Ok(certs) = chain.certificates() else {
-        return false;
-    };
+    let certs = chain.certificates();
     let top_issuer = certs
         .last()
         .map(|c| ca_names(c.issuer_name()))

@@ -121,8 +121,9 @@ pub fn import_pem(
         name: name.to_string(),
         source,
     };
-    let verified = store::verify_pair(key_pem, chain_pem, &cert.domains, None)
+    let pair = store::VerifiedPair::from_pem(key_pem, chain_pem, &cert.domains, None)
         .map_err(|e| rejected(e.to_string()))?;
+    let verified = pair.cert().clone();
     if verified.key_type != cert.key.as_str() {
         return Err(rejected(format!(
             "its key is {} but the config says key = \"{}\"; set key = \"{}\" for this certificate, or the daemon would replace it at once",
@@ -138,7 +139,7 @@ pub fn import_pem(
         at: now,
     };
     let paths = held
-        .install(&cert.output, (key_pem, chain_pem), &verified, imported)
+        .install(&cert.output, &pair, [imported])
         .map_err(store_err)?;
     // An order in flight would finalize with another key: it is not resumed.
     held.drop_pending_key().map_err(store_err)?;

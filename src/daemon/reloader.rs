@@ -182,7 +182,7 @@ mod tests {
         let cert = &rt.config.certificates["www"];
         let pki = crate::store::testpki::Pki::new();
         let (key, chain) = pki.leaf(&["www.example.com"], 7, (-1, 30));
-        let v = crate::store::verify_pair(&key, &chain, &cert.domains, None).unwrap();
+        let v = crate::store::VerifiedPair::from_pem(&key, &chain, &cert.domains, None).unwrap();
         let after = Event::Imported {
             issuer: None,
             fingerprint: "f".into(),
@@ -191,9 +191,9 @@ mod tests {
         rt.ledger
             .lock("www")
             .unwrap()
-            .install(&cert.output, (&key, &chain), &v, after)
+            .install(&cert.output, &v, [after])
             .unwrap();
-        v.serial_hex
+        v.cert().serial_hex.clone()
     }
 
     fn checked(rt: &Runtime, serial: &str, ago_secs: i64) {

@@ -92,10 +92,8 @@ pub async fn issue(
         let trace = Trace::new(issuer_name);
         let result = issue_with(rt, &held, cert, issuer, replaces, &trace).await;
         let e = match result {
-            Ok(issued) => {
-                trace.finish(rt, &cert.name, None);
-                return Ok(issued);
-            }
+            // The trace went into the install's own state write.
+            Ok(issued) => return Ok(issued),
             Err(e) => e.context(format!("issuer {issuer_name}")),
         };
         if e.is_interrupted() {
@@ -107,7 +105,7 @@ pub async fn issue(
             lifetime,
             &rt.config.daemon.backoff,
         );
-        trace.finish(rt, &cert.name, Some((&e, &d)));
+        trace.finish(rt, &cert.name, (&e, &d));
         let more = i + 1 < cert.issuers.len();
         if more && d.fall_back {
             warn!(cert = %cert.name, issuer = %issuer_name, error = %e, "issuer failed; trying the next one");
@@ -167,15 +165,21 @@ impl Trace {
         );
     }
 
-    /// Record the trace in the ledger (best effort: a failure is logged, not fatal).
-    fn finish(&self, rt: &Runtime, name: &str, err: Option<(&IssueError, &Decision)>) {
+    /// The trace as the ledger's event, with the attempt's error if it failed.
+    fn event(&self, err: Option<(&IssueError, &Decision)>) -> Event {
         let mut trace = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         trace.error = err.map(|(e, d)| ErrorTrace {
             message: e.to_string(),
             retryable: !d.pause,
             problem: e.problem().map(store::ProblemTrace::from),
         });
-        if let Err(e) = rt.ledger.record(name, Event::Attempt(Box::new(trace))) {
+        Event::Attempt(Box::new(trace))
+    }
+
+    /// Record a failed attempt's trace in the ledger (best effort: a failure is logged, not
+    /// fatal). A successful one is recorded by the install.
+    fn finish(&self, rt: &Runtime, name: &str, err: (&IssueError, &Decision)) {
+        if let Err(e) = rt.ledger.record(name, self.event(Some(err))) {
             warn!(cert = %name, error = %e, "cannot record the order attempt for `certkeeper explain`");
         }
     }
@@ -319,7 +323,7 @@ async fn issue_with(
         .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
         .instrument(tracing::info_span!("download", cert = %cert.name))
         .await?;
-    install(held, cert, issuer, &key, &cert_url, &chain)
+    install(held, cert, issuer, (&key, &chain), &cert_url, trace)
 }
 
 /// Before a new order: let the solver of each name check what the CA will look at for it (a
@@ -445,42 +449,34 @@ fn finished_order(order: &acme::Order) -> Result<String, IssueError> {
 }
 
 /// Verify the chain downloaded from `url` against the key and the configured names, then install
-/// it through the ledger.
+/// it through the ledger, the attempt's trace in the same state write.
 fn install(
     held: &Issuance<'_>,
     cert: &CertificateConfig,
     issuer: &IssuerConfig,
-    key: &PKey<Private>,
+    (key, chain): (&PKey<Private>, &acme::CertificateChain),
     url: &str,
-    chain: &acme::CertificateChain,
+    trace: &Trace,
 ) -> Result<Issued, IssueError> {
-    let key_pem = key
-        .private_key_to_pem_pkcs8()
-        .map_err(|e| IssueError::internal(format!("encoding the key: {e}")))?;
-    let verified = store::verify_pair(&key_pem, chain.pem.as_bytes(), &cert.domains, None)
-        .map_err(|e| {
-            IssueError::new(AcmeError::BadResponse {
-                url: url.to_string(),
-                message: format!("the CA's certificate was rejected, nothing was written: {e}"),
-            })
-        })?;
-    let ari_cert_id = chain
-        .certificates()
-        .ok()
-        .and_then(|c| c.first().and_then(|leaf| acme::cert_id(leaf).ok()));
-    let paths = held.install(
-        &cert.output,
-        (&key_pem, chain.pem.as_bytes()),
-        &verified,
-        Event::Issued {
-            issuer: issuer.name.clone(),
-            fingerprint: fingerprint(cert),
-            ari_cert_id: ari_cert_id.clone(),
-            // From the key in hand: decoding its PEM again costs OpenSSL 3 a decoder context.
-            key_fingerprint: store::key_fingerprint(key),
-            at: jiff::Timestamp::now(),
-        },
-    )?;
+    let pair =
+        store::VerifiedPair::from_key(key, chain.certificates().to_vec(), &cert.domains, None)
+            .map_err(|e| {
+                IssueError::new(AcmeError::BadResponse {
+                    url: url.to_string(),
+                    message: format!("the CA's certificate was rejected, nothing was written: {e}"),
+                })
+            })?;
+    let ari_cert_id = acme::cert_id(pair.leaf()).ok();
+    let issued = Event::Issued {
+        issuer: issuer.name.clone(),
+        fingerprint: fingerprint(cert),
+        ari_cert_id: ari_cert_id.clone(),
+        // From the key in hand: decoding its PEM again costs OpenSSL 3 a decoder context.
+        key_fingerprint: store::key_fingerprint(key),
+        at: jiff::Timestamp::now(),
+    };
+    let paths = held.install(&cert.output, &pair, [issued, trace.event(None)])?;
+    let verified = pair.cert().clone();
     info!(cert = %cert.name, issuer = %issuer.name, serial = %verified.serial_hex, not_after = %verified.not_after, "certificate installed");
     Ok(Issued {
         issuer: issuer.name.clone(),

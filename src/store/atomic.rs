@@ -47,6 +47,38 @@ pub fn atomic_write(
     fsync_dir(dir)
 }
 
+/// Write a new file at `path` in a directory nobody reads yet (a staging directory renamed into
+/// place when complete): created exclusively with `mode` and owner, written and fsynced; the caller
+/// fsyncs the directory once for all its files.
+pub fn write_new(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<Uid>,
+    group: Option<Gid>,
+) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o7777)
+        .open(path)
+        .map_err(|e| StoreError::io("creating", path, e))?;
+    // The umask may have narrowed the mode at creation; set it exactly, before any data.
+    file.set_permissions(Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| StoreError::io("setting permissions of", path, e))?;
+    if owner.is_some() || group.is_some() {
+        std::os::unix::fs::fchown(&file, owner.map(|u| u.as_raw()), group.map(|g| g.as_raw()))
+            .map_err(|e| StoreError::io("changing owner of", path, e))?;
+        // chown may clear set-id bits; set the mode again after it.
+        file.set_permissions(Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| StoreError::io("setting permissions of", path, e))?;
+    }
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| StoreError::io("writing", path, e))
+}
+
 /// Fsync a directory so that renames and creations inside it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
@@ -82,6 +114,18 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("f.pem")]);
+    }
+
+    #[test]
+    fn write_new_creates_with_the_mode_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("privkey.pem");
+        write_new(&p, b"key", 0o640, None, None).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"key");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+        let err = write_new(&p, b"other", 0o600, None, None).unwrap_err();
+        assert!(err.to_string().contains("privkey.pem"), "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"key");
     }
 
     #[test]

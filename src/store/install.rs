@@ -14,8 +14,8 @@ use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use super::atomic::{atomic_write, fsync_dir};
-use super::verify::{ParsedPair, VerifiedCert, parse_pair};
+use super::atomic::{fsync_dir, write_new};
+use super::verify::{VerifiedCert, VerifiedPair, parse_pair};
 
 /// The four files every output directory exposes.
 const FILES: [&str; 4] = ["fullchain.pem", "privkey.pem", "chain.pem", "cert.pem"];
@@ -199,33 +199,21 @@ fn resolve_ids(spec: &OutputSpec) -> Result<Ids, StoreError> {
     Ok(Ids { uid, gid })
 }
 
-/// Install a key and chain into `spec.dir`, switching atomically from what was live before.
+/// Install a verified key and chain into `spec.dir`, switching atomically from what was live before.
 ///
-/// The pair is checked again here (parses, key matches leaf, chain signatures, same serial and names
-/// as `verified`); on any mismatch, or an unknown owner/group, nothing is touched. A pair written by
-/// another tool (regular files at the top level) is first hard-linked into `.v-imported-<unix>/` so it
-/// is never lost. The previous version directory is kept for rollback; versions beyond the last
-/// three are pruned.
-pub fn install(
-    spec: &OutputSpec,
-    key_pem: &[u8],
-    chain_pem: &[u8],
-    verified: &VerifiedCert,
-) -> Result<InstalledPaths, StoreError> {
-    let ParsedPair { info, chain } = parse_pair(key_pem, chain_pem)?;
-    if info.serial_hex != verified.serial_hex || info.names != verified.names {
-        return Err(StoreError::Verify(format!(
-            "refusing to install: the PEM data (serial {}) is not the certificate that was verified (serial {})",
-            info.serial_hex, verified.serial_hex
-        )));
-    }
+/// Only a [`VerifiedPair`] is accepted, so what is written is what was checked; an unknown
+/// owner/group touches nothing. A pair written by another tool (regular files at the top level) is
+/// first hard-linked into `.v-imported-<unix>/` so it is never lost. The previous version directory
+/// is kept for rollback; versions beyond the last three are pruned.
+pub fn install(spec: &OutputSpec, pair: &VerifiedPair) -> Result<InstalledPaths, StoreError> {
+    let serial = &pair.cert().serial_hex;
     let ids = resolve_ids(spec)?;
     let dir = &spec.dir;
     prepare_output_dir(spec, &ids)?;
     clean_staging(dir);
 
     let unix = jiff::Timestamp::now().as_second();
-    let version_dir = write_version(spec, &ids, key_pem, &chain, &info.serial_hex, unix)?;
+    let version_dir = write_version(spec, &ids, pair, unix)?;
     let version_name = file_name(&version_dir);
 
     // Switch: .live.tmp -> new version, renamed over .live.
@@ -240,7 +228,7 @@ pub fn install(
     import_regular_files(dir, unix)?;
     ensure_top_links(dir)?;
     prune(dir, &version_name);
-    tracing::info!(dir = %dir.display(), serial = %info.serial_hex, version = %version_name, "installed certificate");
+    tracing::info!(dir = %dir.display(), serial = %serial, version = %version_name, "installed certificate");
     Ok(InstalledPaths::new(dir, version_dir))
 }
 
@@ -307,60 +295,31 @@ fn others_can_write(meta: &fs::Metadata, ids: &Ids) -> Option<String> {
 fn write_version(
     spec: &OutputSpec,
     ids: &Ids,
-    key_pem: &[u8],
-    chain: &[X509],
-    serial: &str,
+    pair: &VerifiedPair,
     unix: i64,
 ) -> Result<PathBuf, StoreError> {
     let dir = &spec.dir;
-    // Build in a staging directory, renamed into place when complete, so a `.v-*` dir is never partial.
+    // Build in a staging directory, renamed into place when complete, so a `.v-*` dir is never
+    // partial. Nobody reads the staging directory, so its files are written in place and the
+    // directory is fsynced once for all four.
     let staging = tempfile::Builder::new()
         .prefix(".staging-")
         .tempdir_in(dir)
         .map_err(|e| StoreError::io("creating a staging directory in", dir, e))?;
     let sp = staging.path();
-    let mut leaf = Vec::new();
-    let mut rest = Vec::new();
-    for (i, c) in chain.iter().enumerate() {
-        let pem = c
-            .to_pem()
-            .map_err(StoreError::ssl("encoding a certificate"))?;
-        if i == 0 { leaf = pem } else { rest.extend(pem) }
-    }
-    let mut full = leaf.clone();
-    full.extend_from_slice(&rest);
-    let mut key = key_pem.to_vec();
+    let mut key = pair.key_pem().to_vec();
     if !key.ends_with(b"\n") {
         key.push(b'\n');
     }
-    atomic_write(
-        &sp.join("privkey.pem"),
-        &key,
-        spec.key_mode,
-        ids.uid,
-        ids.gid,
-    )?;
-    atomic_write(
-        &sp.join("fullchain.pem"),
-        &full,
-        spec.cert_mode,
-        ids.uid,
-        ids.gid,
-    )?;
-    atomic_write(
-        &sp.join("chain.pem"),
-        &rest,
-        spec.cert_mode,
-        ids.uid,
-        ids.gid,
-    )?;
-    atomic_write(
-        &sp.join("cert.pem"),
-        &leaf,
-        spec.cert_mode,
-        ids.uid,
-        ids.gid,
-    )?;
+    let files: [(&str, &[u8], u32); 4] = [
+        ("privkey.pem", &key, spec.key_mode),
+        ("fullchain.pem", &pair.fullchain_pem(), spec.cert_mode),
+        ("chain.pem", &pair.rest_pem(), spec.cert_mode),
+        ("cert.pem", pair.leaf_pem(), spec.cert_mode),
+    ];
+    for (name, bytes, mode) in files {
+        write_new(&sp.join(name), bytes, mode, ids.uid, ids.gid)?;
+    }
     let dir_mode = if ids.gid.is_some() { 0o750 } else { 0o755 };
     if ids.uid.is_some() || ids.gid.is_some() {
         std::os::unix::fs::chown(sp, ids.uid.map(|u| u.as_raw()), ids.gid.map(|g| g.as_raw()))
@@ -370,6 +329,7 @@ fn write_version(
         .map_err(|e| StoreError::io("setting permissions of", sp, e))?;
     fsync_dir(sp)?;
 
+    let serial = &pair.cert().serial_hex;
     let mut target = dir.join(format!(".v-{serial}-{unix}"));
     let mut n = 1;
     while target.symlink_metadata().is_ok() {
@@ -705,7 +665,7 @@ pub fn read_installed(spec: &OutputSpec) -> Result<Option<Installed>, StoreError
 
 #[cfg(test)]
 mod tests {
-    use super::super::verify::{testpki::Pki, verify_pair};
+    use super::super::verify::testpki::Pki;
     use super::*;
     use std::os::unix::fs::MetadataExt as _;
 
@@ -724,9 +684,9 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn issue(pki: &Pki, serial: u32) -> (Vec<u8>, Vec<u8>, VerifiedCert) {
+    fn issue(pki: &Pki, serial: u32) -> (Vec<u8>, Vec<u8>, VerifiedPair) {
         let (k, c) = pki.leaf(&["a.test", "b.test"], serial, (-1, 90));
-        let v = verify_pair(&k, &c, &names(&["a.test", "b.test"]), None).unwrap();
+        let v = VerifiedPair::from_pem(&k, &c, &names(&["a.test", "b.test"]), None).unwrap();
         (k, c, v)
     }
 
@@ -744,12 +704,12 @@ mod tests {
     fn an_output_dir_others_can_write_is_refused_unless_allowed() {
         let tmp = tempfile::tempdir().unwrap();
         let pki = Pki::new();
-        let (k, c, v) = issue(&pki, 0x11);
+        let (.., v) = issue(&pki, 0x11);
         for (mode, who) in [(0o777, "every user"), (0o775, "the group")] {
             let out = tmp.path().join(format!("shared-{mode:o}"));
             fs::create_dir(&out).unwrap();
             fs::set_permissions(&out, fs::Permissions::from_mode(mode)).unwrap();
-            let err = install(&spec(&out), &k, &c, &v).unwrap_err();
+            let err = install(&spec(&out), &v).unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, StoreError::SharedDir { .. }), "{msg}");
             assert!(msg.contains(who) && msg.contains("chmod go-w"), "{msg}");
@@ -758,20 +718,20 @@ mod tests {
                 allow_shared_dir: true,
                 ..spec(&out)
             };
-            install(&allowed, &k, &c, &v).unwrap();
+            install(&allowed, &v).unwrap();
         }
         // A directory only certkeeper (and root) can write is fine.
         let own = tmp.path().join("own");
         fs::create_dir(&own).unwrap();
         fs::set_permissions(&own, fs::Permissions::from_mode(0o755)).unwrap();
-        install(&spec(&own), &k, &c, &v).unwrap();
+        install(&spec(&own), &v).unwrap();
     }
 
     #[test]
     fn a_created_output_dir_lets_its_group_reach_the_key() {
         let tmp = tempfile::tempdir().unwrap();
         let pki = Pki::new();
-        let (k, c, v) = issue(&pki, 0x12);
+        let (.., v) = issue(&pki, 0x12);
         let group = nix::unistd::Group::from_gid(nix::unistd::getegid())
             .unwrap()
             .unwrap()
@@ -782,12 +742,12 @@ mod tests {
             key_mode: 0o640,
             ..spec(&out)
         };
-        install(&s, &k, &c, &v).unwrap();
+        install(&s, &v).unwrap();
         let meta = fs::metadata(&out).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o750);
         assert_eq!(meta.gid(), nix::unistd::getegid().as_raw());
         let plain = tmp.path().join("plain");
-        install(&spec(&plain), &k, &c, &v).unwrap();
+        install(&spec(&plain), &v).unwrap();
         assert_eq!(fs::metadata(&plain).unwrap().mode() & 0o777, 0o755);
     }
 
@@ -796,8 +756,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("www");
         let pki = Pki::new();
-        let (k, c, v) = issue(&pki, 0x10);
-        let paths = install(&spec(&out), &k, &c, &v).unwrap();
+        let (k, _c, v) = issue(&pki, 0x10);
+        let paths = install(&spec(&out), &v).unwrap();
         for f in FILES {
             assert_eq!(
                 fs::read_link(out.join(f)).unwrap(),
@@ -824,7 +784,7 @@ mod tests {
             0o755
         );
         let got = read_installed(&spec(&out)).unwrap().unwrap();
-        assert_eq!(got.cert, v);
+        assert_eq!(&got.cert, v.cert());
         assert!(!format!("{got:?}").contains("PRIVATE"));
     }
 
@@ -832,15 +792,15 @@ mod tests {
     fn owner_and_group_applied_and_unknown_names_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let pki = Pki::new();
-        let (k, c, v) = issue(&pki, 1);
+        let (.., v) = issue(&pki, 1);
         let mut s = spec(tmp.path());
         s.owner = Some("no-such-user-xyz".into());
-        let err = install(&s, &k, &c, &v).unwrap_err().to_string();
+        let err = install(&s, &v).unwrap_err().to_string();
         assert!(err.contains("unknown user 'no-such-user-xyz'"), "{err}");
         s.owner = None;
         s.group = Some("no-such-group-xyz".into());
         assert!(
-            install(&s, &k, &c, &v)
+            install(&s, &v)
                 .unwrap_err()
                 .to_string()
                 .contains("unknown group")
@@ -855,7 +815,7 @@ mod tests {
             s.owner = Some("nobody".into());
             s.group = Some(grp.name.clone());
             s.key_mode = 0o640;
-            let p = install(&s, &k, &c, &v).unwrap();
+            let p = install(&s, &v).unwrap();
             let md = fs::metadata(&p.key).unwrap();
             assert_eq!(
                 (md.uid(), md.gid(), md.mode() & 0o7777),
@@ -870,14 +830,12 @@ mod tests {
     fn mismatched_pair_is_refused_and_nothing_changes() {
         let tmp = tempfile::tempdir().unwrap();
         let pki = Pki::new();
-        let (k1, c1, v1) = issue(&pki, 1);
-        install(&spec(tmp.path()), &k1, &c1, &v1).unwrap();
+        let (k1, _c1, v1) = issue(&pki, 1);
+        install(&spec(tmp.path()), &v1).unwrap();
         let before = versions(tmp.path());
-        let (k2, c2, v2) = issue(&pki, 2);
-        // foreign key
-        assert!(install(&spec(tmp.path()), &k1, &c2, &v2).is_err());
-        // PEMs that are not the verified certificate
-        assert!(install(&spec(tmp.path()), &k2, &c2, &v1).is_err());
+        let (_, c2, _) = issue(&pki, 2);
+        // A foreign key is refused by the verification, the only way to a pair that install takes.
+        assert!(VerifiedPair::from_pem(&k1, &c2, &names(&["a.test", "b.test"]), None).is_err());
         assert_eq!(versions(tmp.path()), before);
         assert_eq!(
             read_installed(&spec(tmp.path()))
@@ -895,8 +853,8 @@ mod tests {
         let pki = Pki::new();
         let s = spec(tmp.path());
         for serial in 1..=5u32 {
-            let (k, c, v) = issue(&pki, serial);
-            install(&s, &k, &c, &v).unwrap();
+            let (k, _c, v) = issue(&pki, serial);
+            install(&s, &v).unwrap();
             let got = read_installed(&s).unwrap().unwrap();
             assert_eq!(got.cert.serial_hex, format!("{serial:02x}"));
             assert_eq!(fs::read(tmp.path().join("privkey.pem")).unwrap(), k);
@@ -922,8 +880,8 @@ mod tests {
             (old.cert.serial_hex.as_str(), old.source_dir.as_path()),
             ("07", tmp.path())
         );
-        let (k, c, v) = issue(&pki, 8);
-        install(&s, &k, &c, &v).unwrap();
+        let (k, _c, v) = issue(&pki, 8);
+        install(&s, &v).unwrap();
         let imported: Vec<_> = versions(tmp.path())
             .into_iter()
             .filter(|n| n.starts_with(".v-imported-"))
@@ -946,8 +904,8 @@ mod tests {
         assert_eq!(fs::read(tmp.path().join("privkey.pem")).unwrap(), k);
         // Imports are never pruned.
         for serial in 9..=13 {
-            let (k, c, v) = issue(&pki, serial);
-            install(&s, &k, &c, &v).unwrap();
+            let (.., v) = issue(&pki, serial);
+            install(&s, &v).unwrap();
         }
         assert!(tmp.path().join(&imported[0]).join("privkey.pem").exists());
     }
@@ -958,8 +916,8 @@ mod tests {
         let s = spec(tmp.path());
         assert!(read_installed(&s).unwrap().is_none());
         let pki = Pki::new();
-        let (k, c, v) = issue(&pki, 1);
-        let p = install(&s, &k, &c, &v).unwrap();
+        let (k, _c, v) = issue(&pki, 1);
+        let p = install(&s, &v).unwrap();
         // key swapped for another
         let (k2, _, _) = issue(&pki, 2);
         fs::write(p.version_dir.join("privkey.pem"), &k2).unwrap();
@@ -987,14 +945,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = spec(tmp.path());
         let pki = Pki::new();
-        let (k, c, v) = issue(&pki, 1);
-        install(&s, &k, &c, &v).unwrap();
+        let (.., v) = issue(&pki, 1);
+        install(&s, &v).unwrap();
         fs::remove_file(tmp.path().join("cert.pem")).unwrap();
         let err = read_installed(&s).unwrap_err().to_string();
         assert!(err.contains("cert.pem is not the symlink"), "{err}");
         // The next install repairs it.
-        let (k, c, v) = issue(&pki, 2);
-        install(&s, &k, &c, &v).unwrap();
+        let (.., v) = issue(&pki, 2);
+        install(&s, &v).unwrap();
         assert_eq!(read_installed(&s).unwrap().unwrap().cert.serial_hex, "02");
     }
 
@@ -1008,8 +966,8 @@ mod tests {
         let pki = Pki::new();
         let s = spec(Path::new(&dir));
         for serial in 100.. {
-            let (k, c, v) = issue(&pki, serial);
-            install(&s, &k, &c, &v).unwrap();
+            let (.., v) = issue(&pki, serial);
+            install(&s, &v).unwrap();
         }
     }
 
@@ -1018,8 +976,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = spec(tmp.path());
         let pki = Pki::new();
-        let (k, c, v) = issue(&pki, 1);
-        install(&s, &k, &c, &v).unwrap();
+        let (.., v) = issue(&pki, 1);
+        install(&s, &v).unwrap();
         let exe = std::env::current_exe().unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for round in 0..12u64 {
@@ -1057,14 +1015,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = spec(tmp.path());
         let pki = Pki::new();
-        let (k, c, v) = issue(&pki, 1);
-        install(&s, &k, &c, &v).unwrap();
+        let (.., v) = issue(&pki, 1);
+        install(&s, &v).unwrap();
         // Simulate a kill -9 after staging and after creating .live.tmp.
         fs::create_dir(tmp.path().join(".staging-dead")).unwrap();
         symlink(".v-nowhere", tmp.path().join(".live.tmp")).unwrap();
         assert_eq!(read_installed(&s).unwrap().unwrap().cert.serial_hex, "01");
-        let (k, c, v) = issue(&pki, 2);
-        install(&s, &k, &c, &v).unwrap();
+        let (.., v) = issue(&pki, 2);
+        install(&s, &v).unwrap();
         assert_eq!(read_installed(&s).unwrap().unwrap().cert.serial_hex, "02");
         assert!(!tmp.path().join(".staging-dead").exists());
     }

@@ -43,7 +43,7 @@ use super::install::{self, Installed, InstalledPaths, OutputSpec};
 use super::shared::{self, PairOrigin, SharedPair};
 use super::state::{CertState, DeployCheck, InstalledSummary, OrderTrace};
 use super::storage::{Lease, LeaseInfo, Storage, check_name};
-use super::verify::{self as verify, VerifiedCert};
+use super::verify::{self as verify, VerifiedCert, VerifiedPair};
 use crate::scheduler::{Failure, RetryState};
 
 /// Something that happened to a certificate. [`CertState::apply`] says what each one changes.
@@ -565,18 +565,22 @@ impl Ledger {
         events: Vec<Event>,
         lease: Option<&Lease>,
     ) -> Result<(CertState, CertState), StoreError> {
-        let mut state = match load_json::<CertState>(&*self.storage, key) {
-            Ok(s) => s.unwrap_or_default(),
+        let (mut state, corrupt) = match load_json::<CertState>(&*self.storage, key) {
+            Ok(s) => (s.unwrap_or_default(), false),
             // A corrupt state file would otherwise block every later event: start it afresh.
             Err(StoreError::CorruptState { .. }) => {
                 tracing::warn!(cert = %name, "certificate state was corrupt; starting it afresh");
-                CertState::default()
+                (CertState::default(), true)
             }
             Err(e) => return Err(e),
         };
         let before = state.clone();
         for event in events {
             state.apply(event);
+        }
+        if state == before && !corrupt {
+            // Nothing changed (an order abandoned when there was none): no write, no new file.
+            return Ok((before, state));
         }
         let bytes = json_bytes(&*self.storage, key, &state)?;
         match lease {
@@ -625,7 +629,7 @@ impl Ledger {
         {
             return Ok(None);
         }
-        let verified = verify::verify_pair(
+        let verified = VerifiedPair::from_pem(
             pair.key_pem.as_bytes(),
             pair.chain_pem.as_bytes(),
             domains,
@@ -634,24 +638,19 @@ impl Ledger {
         let newer_here = here.as_ref().is_some_and(|i| {
             i.fullchain_pem()
                 .is_ok_and(|p| !is_self_signed_placeholder(p))
-                && i.cert.not_before > verified.not_before
+                && i.cert.not_before > verified.cert().not_before
         });
         if newer_here {
             return Ok(None);
         }
         let installing = Event::Installing {
-            serial: verified.serial_hex.clone(),
+            serial: verified.cert().serial_hex.clone(),
         };
         if let Err(e) = self.record(name, installing) {
             tracing::warn!(cert = %name, error = %e, "cannot record the pending reload; installing anyway");
         }
-        let paths = install::install(
-            output,
-            pair.key_pem.as_bytes(),
-            pair.chain_pem.as_bytes(),
-            &verified,
-        )?;
-        Ok(Some((verified, paths)))
+        let paths = install::install(output, &verified)?;
+        Ok(Some((verified.cert().clone(), paths)))
     }
 }
 
@@ -693,7 +692,7 @@ impl Issuance<'_> {
     }
 
     /// Switch the output directory to a verified new pair, then record `after` (an
-    /// [`Event::Issued`] or [`Event::Imported`]).
+    /// [`Event::Issued`] or [`Event::Imported`], and what else belongs to the same write).
     ///
     /// In a fleet the pair becomes the fleet's current pair first (fenced: a node that lost its
     /// lease installs nothing). The reload is recorded as pending before the switch (when the state
@@ -703,34 +702,32 @@ impl Issuance<'_> {
     pub fn install(
         &self,
         output: &OutputSpec,
-        pair: (&[u8], &[u8]),
-        verified: &VerifiedCert,
-        after: Event,
+        pair: &VerifiedPair,
+        after: impl IntoIterator<Item = Event>,
     ) -> Result<InstalledPaths, StoreError> {
         let (ledger, name) = (self.ledger, self.name.as_str());
-        let (key_pem, chain_pem) = pair;
         if let Some(node) = &ledger.node {
-            shared::store(&*ledger.storage, name, node, pair, verified, &self.lease)?;
+            shared::store(&*ledger.storage, name, node, pair, &self.lease)?;
         }
         let installing = Event::Installing {
-            serial: verified.serial_hex.clone(),
+            serial: pair.cert().serial_hex.clone(),
         };
         if let Err(e) = ledger.record(name, installing) {
             // A state directory that cannot be written must not keep a fresh certificate from its
             // servers; only a crash before the reload would then go unnoticed.
             tracing::warn!(cert = %name, error = %e, "cannot record the pending reload; installing anyway");
         }
-        let paths = install::install(output, key_pem, chain_pem, verified)?;
+        let paths = install::install(output, pair)?;
         // The summary of the new pair goes into the same write as `after`.
         let summary = install::stamp(output).ok().flatten().map(|stamp| {
             Box::new(InstalledSummary {
                 stamp,
-                cert: verified.clone(),
-                placeholder: is_self_signed_placeholder(chain_pem),
+                cert: pair.cert().clone(),
+                placeholder: pair.is_placeholder(),
             })
         });
-        let recorded =
-            ledger.record_changes(name, [after, Event::Observed(summary)], Some(&self.lease));
+        let events = after.into_iter().chain([Event::Observed(summary)]);
+        let recorded = ledger.record_changes(name, events, Some(&self.lease));
         if let Err(e) = recorded {
             tracing::warn!(cert = %name, error = %e, "certificate installed, but its state could not be updated; fix the state directory");
         }
@@ -757,14 +754,7 @@ impl Issuance<'_> {
 
 /// True when `fullchain_pem` is one self-signed certificate (a placeholder, not from a CA).
 pub fn is_self_signed_placeholder(fullchain_pem: &[u8]) -> bool {
-    match openssl::x509::X509::stack_from_pem(fullchain_pem) {
-        Ok(certs) if certs.len() == 1 => {
-            let c = &certs[0];
-            c.issued(c) == openssl::x509::X509VerifyResult::OK
-                && c.public_key().and_then(|k| c.verify(&k)).unwrap_or(false)
-        }
-        _ => false,
-    }
+    openssl::x509::X509::stack_from_pem(fullchain_pem).is_ok_and(|c| verify::is_self_signed(&c))
 }
 
 /// Load and parse the JSON under `key`; `None` when there is none.
@@ -906,6 +896,33 @@ mod tests {
             Some("le"),
             "only the order is forgotten"
         );
+    }
+
+    #[test]
+    fn an_event_that_changes_nothing_is_not_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = ledger(tmp.path());
+        let file = tmp.path().join("certs/www.json");
+        // No order to abandon: no state file is made.
+        l.record("www", Event::OrderAbandoned).unwrap();
+        assert!(!file.exists());
+        l.record(
+            "www",
+            Event::Revoked {
+                serial: "01".into(),
+            },
+        )
+        .unwrap();
+        let inode = |p: &std::path::Path| {
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
+        };
+        let before = inode(&file);
+        l.record("www", Event::OrderAbandoned).unwrap();
+        assert_eq!(inode(&file), before, "unchanged state, no rewrite");
+        // A corrupt file is rewritten even by an event that changes nothing.
+        std::fs::write(&file, "{not json").unwrap();
+        l.record("www", Event::OrderAbandoned).unwrap();
+        assert_eq!(l.state("www").unwrap(), Some(CertState::default()));
     }
 
     #[test]
@@ -1082,10 +1099,10 @@ mod tests {
         };
         let pair = |serial| {
             let (k, c) = pki.leaf(&["a.test"], serial, (-1, 90));
-            let v = crate::store::verify_pair(&k, &c, &names, None).unwrap();
+            let v = VerifiedPair::from_pem(&k, &c, &names, None).unwrap();
             (k, c, v)
         };
-        let (k1, c1, v1) = pair(1);
+        let (k1, _c1, v1) = pair(1);
         let imported = Event::Imported {
             issuer: None,
             fingerprint: "f".into(),
@@ -1093,29 +1110,32 @@ mod tests {
         };
         l.lock("www")
             .unwrap()
-            .install(&spec, (&k1, &c1), &v1, imported)
+            .install(&spec, &v1, [imported])
             .unwrap();
         let summary = l.state("www").unwrap().unwrap().installed;
         let summary = summary.expect("the install records the summary in the same write");
-        assert_eq!((&summary.cert, summary.placeholder), (&v1, false));
+        assert_eq!((&summary.cert, summary.placeholder), (v1.cert(), false));
         let snap = l.snapshot("www", &spec);
-        assert_eq!(snap.live().unwrap().cert, v1);
+        assert_eq!(&snap.live().unwrap().cert, v1.cert());
         assert_eq!(snap.live().unwrap().key_pem().unwrap(), k1);
 
         // A pair switched behind the ledger's back: the stamp differs, so the files are read in
         // full; a read-only ledger does not write, a writing one rebuilds the summary.
-        let (k2, c2, v2) = pair(2);
-        install::install(&spec, &k2, &c2, &v2).unwrap();
+        let (_k2, c2, v2) = pair(2);
+        install::install(&spec, &v2).unwrap();
         let reader = Ledger::new(Arc::new(FileStorage::open_read_only(
             tmp.path().join("state"),
         )))
         .read_only();
-        assert_eq!(reader.snapshot("www", &spec).live().unwrap().cert, v2);
+        assert_eq!(
+            &reader.snapshot("www", &spec).live().unwrap().cert,
+            v2.cert()
+        );
         let kept = l.state("www").unwrap().unwrap().installed;
         assert_eq!(kept.as_ref(), Some(&summary), "a reader never writes");
-        assert_eq!(l.snapshot("www", &spec).live().unwrap().cert, v2);
+        assert_eq!(&l.snapshot("www", &spec).live().unwrap().cert, v2.cert());
         let rebuilt = l.state("www").unwrap().unwrap().installed.unwrap();
-        assert_eq!(rebuilt.cert, v2);
+        assert_eq!(&rebuilt.cert, v2.cert());
         assert_eq!(rebuilt.stamp, install::stamp(&spec).unwrap().unwrap());
 
         // A file edited in place changes the stamp too: a snapshot taken before (from the
@@ -1137,7 +1157,7 @@ mod tests {
         std::fs::remove_dir_all(&spec.dir).unwrap();
         l.lock("www")
             .unwrap()
-            .install(&spec, (&k1, &c1), &v1, Event::OrderAbandoned)
+            .install(&spec, &v1, [Event::OrderAbandoned])
             .unwrap();
         std::fs::remove_dir_all(&spec.dir).unwrap();
         let snap = l.snapshot("www", &spec);

@@ -40,7 +40,7 @@ pub use state::{
 };
 pub use storage::{FileStorage, Lease, LeaseInfo, Storage};
 pub(crate) use verify::asn1_to_ts;
-pub use verify::{VerifiedCert, verify_pair};
+pub use verify::{VerifiedCert, VerifiedPair, verify_pair};
 
 /// Errors of the store; every message says what happened and, where it helps, what to do.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use super::ledger::load_json;
 use super::storage::{Lease, Storage, check_name};
-use super::verify::VerifiedCert;
+use super::verify::VerifiedPair;
 
 /// The fleet's current pair of one certificate. `Debug` leaves the key out.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,8 +79,7 @@ pub fn store(
     storage: &dyn Storage,
     name: &str,
     node: &str,
-    pair: (&[u8], &[u8]),
-    verified: &VerifiedCert,
+    pair: &VerifiedPair,
     lease: &Lease,
 ) -> Result<(), StoreError> {
     let key = key(name)?;
@@ -89,9 +88,9 @@ pub fn store(
             .map_err(|_| StoreError::Verify("the pair is not PEM text".into()))
     };
     let value = SharedPair {
-        serial: verified.serial_hex.clone(),
-        key_pem: text(pair.0)?,
-        chain_pem: text(pair.1)?,
+        serial: pair.cert().serial_hex.clone(),
+        key_pem: text(pair.key_pem())?,
+        chain_pem: text(&pair.fullchain_pem())?,
         ordered_by: Some(node.to_string()),
         ordered_at: Some(jiff::Timestamp::now()),
     };

@@ -34,22 +34,140 @@ pub struct VerifiedCert {
     pub top_issuer_cn: Option<String>,
 }
 
-/// Verify that `key_pem` and `chain_pem` form a complete, matching, currently valid certificate.
-///
-/// Checks, in order: the chain parses and holds at least one certificate; the key parses and matches
-/// the leaf's public key; the leaf's SANs (DNS and IP) equal `expected_names` (case-insensitive,
-/// wildcards literal, IPs compared as addresses); every certificate is issued and signed by the next
-/// one; when `roots` are given, the chain verifies up to one of them at the current time; the leaf is
-/// valid now.
+/// Verify that `key_pem` and `chain_pem` form a complete, matching, currently valid certificate;
+/// what [`VerifiedPair::from_pem`] checks, for callers that need only the facts.
 pub fn verify_pair(
     key_pem: &[u8],
     chain_pem: &[u8],
     expected_names: &[String],
     roots: Option<&[X509]>,
 ) -> Result<VerifiedCert, StoreError> {
-    let parsed = parse_pair(key_pem, chain_pem)?;
+    VerifiedPair::from_pem(key_pem, chain_pem, expected_names, roots).map(|p| p.cert)
+}
+
+/// A key and chain that passed verification, with the bytes to install. Only verification makes
+/// one, so an install (which takes nothing else) never writes a pair that was not checked, and
+/// the pair is parsed once: OpenSSL 3 builds a decoder context for every key and certificate it
+/// parses, which was most of the client's CPU per issuance when each step parsed the pair again.
+pub struct VerifiedPair {
+    cert: VerifiedCert,
+    key_pem: Vec<u8>,
+    chain: Vec<X509>,
+    /// The PEM of each certificate of `chain`, end-entity first.
+    pems: Vec<Vec<u8>>,
+    placeholder: bool,
+}
+
+impl VerifiedPair {
+    /// Verify a pair given as PEM (an import, a fleet's shared pair). Checks, in order: the chain
+    /// parses and holds at least one certificate; the key parses and matches the leaf's public
+    /// key; every certificate is issued and signed by the next one; the leaf's SANs (DNS and IP)
+    /// equal `expected_names` (case-insensitive, wildcards literal, IPs compared as addresses);
+    /// when `roots` are given, the chain verifies up to one of them at the current time; the leaf
+    /// is valid now.
+    pub fn from_pem(
+        key_pem: &[u8],
+        chain_pem: &[u8],
+        expected_names: &[String],
+        roots: Option<&[X509]>,
+    ) -> Result<Self, StoreError> {
+        let chain = parse_chain(chain_pem)?;
+        let key = parse_key(key_pem)?;
+        Self::checked(&key, key_pem.to_vec(), chain, expected_names, roots)
+    }
+
+    /// Verify a chain already parsed (a download) against the key in hand (the order's), as
+    /// [`VerifiedPair::from_pem`] does; the key is written as PKCS#8 PEM.
+    pub fn from_key(
+        key: &PKey<Private>,
+        chain: Vec<X509>,
+        expected_names: &[String],
+        roots: Option<&[X509]>,
+    ) -> Result<Self, StoreError> {
+        let key_pem = key
+            .private_key_to_pem_pkcs8()
+            .map_err(StoreError::ssl("encoding the private key"))?;
+        Self::checked(key, key_pem, chain, expected_names, roots)
+    }
+
+    fn checked(
+        key: &PKey<Private>,
+        key_pem: Vec<u8>,
+        chain: Vec<X509>,
+        expected_names: &[String],
+        roots: Option<&[X509]>,
+    ) -> Result<Self, StoreError> {
+        let cert = check_pair(key, &chain)?;
+        check_names(&cert, expected_names)?;
+        if let Some(roots) = roots {
+            verify_to_roots(&chain, roots)?;
+        }
+        check_valid_now(&cert)?;
+        let pems = chain
+            .iter()
+            .map(|c| c.to_pem())
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::ssl("encoding a certificate"))?;
+        let placeholder = is_self_signed(&chain);
+        Ok(Self {
+            cert,
+            key_pem,
+            chain,
+            pems,
+            placeholder,
+        })
+    }
+
+    /// What the certificate holds.
+    pub fn cert(&self) -> &VerifiedCert {
+        &self.cert
+    }
+
+    /// The private key's PEM, as given (or PKCS#8 for a key in hand).
+    pub fn key_pem(&self) -> &[u8] {
+        &self.key_pem
+    }
+
+    /// The end-entity certificate.
+    pub fn leaf(&self) -> &X509 {
+        &self.chain[0]
+    }
+
+    /// The PEM of the end-entity certificate (`cert.pem`).
+    pub fn leaf_pem(&self) -> &[u8] {
+        &self.pems[0]
+    }
+
+    /// The PEM of the certificates after the leaf (`chain.pem`).
+    pub fn rest_pem(&self) -> Vec<u8> {
+        self.pems[1..].concat()
+    }
+
+    /// The PEM of the whole chain, leaf first (`fullchain.pem`).
+    pub fn fullchain_pem(&self) -> Vec<u8> {
+        self.pems.concat()
+    }
+
+    /// True when the chain is one self-signed certificate (a placeholder, not from a CA).
+    pub fn is_placeholder(&self) -> bool {
+        self.placeholder
+    }
+}
+
+/// True when `chain` is one self-signed certificate.
+pub(crate) fn is_self_signed(chain: &[X509]) -> bool {
+    match chain {
+        [c] => {
+            c.issued(c) == X509VerifyResult::OK
+                && c.public_key().and_then(|k| c.verify(&k)).unwrap_or(false)
+        }
+        _ => false,
+    }
+}
+
+fn check_names(cert: &VerifiedCert, expected_names: &[String]) -> Result<(), StoreError> {
     let want = normalize_names(expected_names.iter().map(String::as_str));
-    let got: BTreeSet<String> = parsed.info.names.iter().cloned().collect();
+    let got: BTreeSet<String> = cert.names.iter().cloned().collect();
     if want != got {
         let missing: Vec<_> = want.difference(&got).cloned().collect();
         let extra: Vec<_> = got.difference(&want).cloned().collect();
@@ -59,23 +177,24 @@ pub fn verify_pair(
             extra.join(", ")
         )));
     }
-    if let Some(roots) = roots {
-        verify_to_roots(&parsed.chain, roots)?;
-    }
+    Ok(())
+}
+
+fn check_valid_now(cert: &VerifiedCert) -> Result<(), StoreError> {
     let now = jiff::Timestamp::now();
-    if now < parsed.info.not_before {
+    if now < cert.not_before {
         return Err(StoreError::Verify(format!(
             "the certificate is not valid before {} (now {now}); check the system clock",
-            parsed.info.not_before
+            cert.not_before
         )));
     }
-    if now > parsed.info.not_after {
+    if now > cert.not_after {
         return Err(StoreError::Verify(format!(
             "the certificate expired at {}",
-            parsed.info.not_after
+            cert.not_after
         )));
     }
-    Ok(parsed.info)
+    Ok(())
 }
 
 /// A key and chain that parse, match each other, and are chained by signatures.
@@ -86,19 +205,33 @@ pub(crate) struct ParsedPair {
 
 /// The checks that hold for any intact pair, whatever the time or configured names.
 pub(crate) fn parse_pair(key_pem: &[u8], chain_pem: &[u8]) -> Result<ParsedPair, StoreError> {
-    let chain = X509::stack_from_pem(chain_pem)
-        .map_err(|e| StoreError::Verify(format!("the certificate chain is not valid PEM: {e}")))?;
+    let chain = parse_chain(chain_pem)?;
+    let key = parse_key(key_pem)?;
+    let info = check_pair(&key, &chain)?;
+    Ok(ParsedPair { info, chain })
+}
+
+fn parse_chain(chain_pem: &[u8]) -> Result<Vec<X509>, StoreError> {
+    X509::stack_from_pem(chain_pem)
+        .map_err(|e| StoreError::Verify(format!("the certificate chain is not valid PEM: {e}")))
+}
+
+fn parse_key(key_pem: &[u8]) -> Result<PKey<Private>, StoreError> {
+    PKey::private_key_from_pem(key_pem)
+        .map_err(|_| StoreError::Verify("the private key is not a valid PEM private key".into()))
+}
+
+/// The leaf's facts, once the key matches the leaf and each certificate is signed by the next.
+fn check_pair(key: &PKey<Private>, chain: &[X509]) -> Result<VerifiedCert, StoreError> {
     let Some(leaf) = chain.first() else {
         return Err(StoreError::Verify(
             "the certificate chain holds no certificate".into(),
         ));
     };
-    let key: PKey<Private> = PKey::private_key_from_pem(key_pem)
-        .map_err(|_| StoreError::Verify("the private key is not a valid PEM private key".into()))?;
     let leaf_pub = leaf
         .public_key()
         .map_err(StoreError::ssl("reading the leaf's public key"))?;
-    if !leaf_pub.public_eq(&key) {
+    if !leaf_pub.public_eq(key) {
         return Err(StoreError::Verify(
             "the private key does not belong to the certificate (public keys differ)".into(),
         ));
@@ -129,16 +262,15 @@ pub(crate) fn parse_pair(key_pem: &[u8], chain_pem: &[u8]) -> Result<ParsedPair,
         .to_bn()
         .and_then(|bn| bn.to_hex_str().map(|s| s.to_ascii_lowercase()))
         .map_err(StoreError::ssl("reading the serial number"))?;
-    let info = VerifiedCert {
+    Ok(VerifiedCert {
         serial_hex,
         not_before: asn1_to_ts(leaf.not_before())?,
         not_after: asn1_to_ts(leaf.not_after())?,
         names: names.into_iter().collect(),
-        key_type: key_type(&key),
+        key_type: key_type(key),
         issuer_cn: cn(leaf.issuer_name()),
         top_issuer_cn: chain.last().and_then(|c| cn(c.issuer_name())),
-    };
-    Ok(ParsedPair { info, chain })
+    })
 }
 
 fn verify_to_roots(chain: &[X509], roots: &[X509]) -> Result<(), StoreError> {
@@ -358,6 +490,41 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_verified_pair_is_parsed_once_and_gives_the_files_to_write() {
+        let pki = Pki::new();
+        let (key_pem, chain_pem) = pki.leaf(&["a.test"], 0x21, (-1, 90));
+        let by_pem =
+            VerifiedPair::from_pem(&key_pem, &chain_pem, &names(&["a.test"]), None).unwrap();
+        assert_eq!(by_pem.key_pem(), key_pem, "the key is written as given");
+        assert_eq!(by_pem.fullchain_pem(), chain_pem);
+        let leaf = X509::from_pem(by_pem.leaf_pem()).unwrap();
+        assert_eq!(&leaf, by_pem.leaf());
+        assert_eq!(
+            [by_pem.leaf_pem(), &by_pem.rest_pem()].concat(),
+            by_pem.fullchain_pem()
+        );
+        assert!(!by_pem.is_placeholder());
+
+        // The key in hand and a chain already parsed (a download) give the same facts; the
+        // checks are the same (a wrong key, wrong names are refused).
+        let key = PKey::private_key_from_pem(&key_pem).unwrap();
+        let chain = X509::stack_from_pem(&chain_pem).unwrap();
+        let by_key =
+            VerifiedPair::from_key(&key, chain.clone(), &names(&["a.test"]), None).unwrap();
+        assert_eq!(by_key.cert(), by_pem.cert());
+        assert_eq!(by_key.fullchain_pem(), chain_pem);
+        let other = ec_key();
+        assert!(VerifiedPair::from_key(&other, chain.clone(), &names(&["a.test"]), None).is_err());
+        assert!(VerifiedPair::from_key(&key, chain, &names(&["b.test"]), None).is_err());
+
+        // One self-signed certificate is a placeholder.
+        let own = ec_key();
+        let placeholder = cert("a.test", &own, None, &["a.test"], 1, (-1, 30));
+        let p = VerifiedPair::from_key(&own, vec![placeholder], &names(&["a.test"]), None).unwrap();
+        assert!(p.is_placeholder());
     }
 
     #[test]
