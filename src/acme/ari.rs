@@ -31,6 +31,24 @@ pub fn cert_id_from_parts(aki: &[u8], serial_magnitude: &[u8]) -> String {
     format!("{}.{}", b64(aki), b64(serial))
 }
 
+/// True when `cert_id` (a CertID made by [`cert_id`]) names the certificate with this serial
+/// (lowercase hex, as the store reports it); false when it cannot tell.
+pub fn cert_id_has_serial(cert_id: &str, serial_hex: &str) -> bool {
+    use base64::Engine as _;
+    let Some((_, serial)) = cert_id.split_once('.') else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(serial) else {
+        return false;
+    };
+    let magnitude = match bytes.iter().position(|b| *b != 0) {
+        Some(i) => &bytes[i..],
+        None => return false,
+    };
+    let hex: String = magnitude.iter().map(|b| format!("{b:02x}")).collect();
+    hex == serial_hex.trim_start_matches("00")
+}
+
 /// The window the CA suggests for renewal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub struct SuggestedWindow {
@@ -146,5 +164,25 @@ mod tests {
         let id = cert_id(&cert).unwrap();
         let kid = cert.subject_key_id().unwrap().as_slice().to_vec();
         assert_eq!(id, format!("{}.AIdlQyE", b64(kid)));
+        assert!(cert_id_has_serial(&id, "87654321"));
+    }
+
+    #[test]
+    fn a_cert_id_tells_its_serial() {
+        let aki = hex("69:88:5B");
+        let id = cert_id_from_parts(&aki, &hex("87:65:43:21"));
+        assert!(cert_id_has_serial(&id, "87654321"));
+        assert!(!cert_id_has_serial(&id, "87654322"));
+        assert!(cert_id_has_serial(
+            &cert_id_from_parts(&aki, &hex("0a:bc")),
+            "0abc"
+        ));
+        assert!(!cert_id_has_serial(
+            &cert_id_from_parts(&aki, &hex("0a:bc")),
+            "abcd"
+        ));
+        for bad in ["", "no-dot", "aYhb.!!!", "aYhb.AA"] {
+            assert!(!cert_id_has_serial(bad, "00"), "{bad}");
+        }
     }
 }

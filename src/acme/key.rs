@@ -182,6 +182,9 @@ pub enum KeyError {
 pub struct AccountKey {
     key: PKey<Private>,
     key_type: KeyType,
+    /// The EC key in OpenSSL's own form, made once: getting it from `key` converts the key on
+    /// every call, which was most of the cost of signing a request.
+    ec: Option<openssl::ec::EcKey<Private>>,
 }
 
 impl fmt::Debug for AccountKey {
@@ -197,15 +200,15 @@ impl AccountKey {
     /// Wrap an existing private key; fails for curves or sizes other than the [`KeyType`]s.
     pub fn new(key: PKey<Private>) -> Result<Self, KeyError> {
         let key_type = KeyType::of(&key).ok_or(KeyError::Unsupported)?;
-        Ok(Self { key, key_type })
+        let ec = ec_of(&key, key_type)?;
+        Ok(Self { key, key_type, ec })
     }
 
     /// Generate a fresh account key of the given type.
     pub fn generate(key_type: KeyType) -> Result<Self, KeyGenError> {
-        Ok(Self {
-            key: key_type.generate()?,
-            key_type,
-        })
+        let key = key_type.generate()?;
+        let ec = ec_of(&key, key_type).map_err(|source| KeyGenError { key_type, source })?;
+        Ok(Self { key, key_type, ec })
     }
 
     /// Parse a PEM private key (PKCS#8, or traditional EC/RSA).
@@ -302,15 +305,14 @@ impl AccountKey {
     ///
     /// ECDSA signatures are returned as fixed-size `r || s` (RFC 7518 §3.4), not DER.
     pub fn sign(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
-        match self.key_type {
-            KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
+        match (&self.ec, self.key_type) {
+            (Some(ec), KeyType::EcdsaP256 | KeyType::EcdsaP384) => {
                 let (digest, len) = if self.key_type == KeyType::EcdsaP256 {
                     (openssl::sha::sha256(data).to_vec(), 32)
                 } else {
                     (openssl::sha::sha384(data).to_vec(), 48)
                 };
-                let ec = self.key.ec_key()?;
-                let sig = openssl::ecdsa::EcdsaSig::sign(&digest, &ec)?;
+                let sig = openssl::ecdsa::EcdsaSig::sign(&digest, ec)?;
                 let mut out = sig.r().to_vec_padded(len)?;
                 out.extend(sig.s().to_vec_padded(len)?);
                 Ok(out)
@@ -323,6 +325,17 @@ impl AccountKey {
                 Ok(signer.sign_to_vec()?)
             }
         }
+    }
+}
+
+/// The EC key of an ECDSA account key, for signing.
+fn ec_of(
+    key: &PKey<Private>,
+    key_type: KeyType,
+) -> Result<Option<openssl::ec::EcKey<Private>>, openssl::error::ErrorStack> {
+    match key_type {
+        KeyType::EcdsaP256 | KeyType::EcdsaP384 => key.ec_key().map(Some),
+        _ => Ok(None),
     }
 }
 

@@ -53,11 +53,20 @@ pub async fn refresh(
         return AriOutcome::Skipped;
     };
     let state = &snap.state;
-    let cert_id = live
-        .fullchain_pem()
-        .map_err(|e| e.to_string())
-        .and_then(|pem| openssl::x509::X509::from_pem(pem).map_err(|e| e.to_string()))
-        .and_then(|leaf| acme::cert_id(&leaf).map_err(|e| e.to_string()));
+    // The CertID recorded with the live certificate (its serial says so) saves reading and
+    // parsing the leaf.
+    let recorded = state
+        .ari_cert_id
+        .clone()
+        .filter(|id| acme::ari::cert_id_has_serial(id, &live.cert.serial_hex));
+    let cert_id = match recorded {
+        Some(id) => Ok(id),
+        None => live
+            .fullchain_pem()
+            .map_err(|e| e.to_string())
+            .and_then(|pem| openssl::x509::X509::from_pem(pem).map_err(|e| e.to_string()))
+            .and_then(|leaf| acme::cert_id(&leaf).map_err(|e| e.to_string())),
+    };
     let cert_id = match cert_id {
         Ok(id) => id,
         Err(e) => {
@@ -120,6 +129,24 @@ pub async fn refresh(
     }
     record(rt, cert, Some(cert_id), result, refetch_at);
     outcome
+}
+
+/// The ARI result to record with a certificate just issued by a CA whose directory has no
+/// `renewalInfo`: unsupported, asked again in a day, as [`refresh`] would record right after.
+/// `None` when the CA offers ARI ([`refresh`] then asks it).
+pub fn unsupported_at_issuance(
+    account: &acme::Account,
+    cert_id: Option<&str>,
+    now: Timestamp,
+) -> Option<Event> {
+    if account.client().directory().renewal_info.is_some() {
+        return None;
+    }
+    Some(Event::Ari {
+        cert_id: cert_id.map(str::to_string),
+        result: AriResult::Unsupported,
+        refetch_at: now + scheduler::ARI_REFETCH_MAX,
+    })
 }
 
 fn record(

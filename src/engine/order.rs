@@ -323,7 +323,20 @@ async fn issue_with(
         .certificate_with_preference(&cert_url, cert.preferred_chain.as_deref())
         .instrument(tracing::info_span!("download", cert = %cert.name))
         .await?;
-    install(held, cert, issuer, (&key, &chain), &cert_url, trace)
+    let done = Done {
+        url: &cert_url,
+        trace,
+        account: &account,
+    };
+    install(held, cert, issuer, (&key, &chain), done)
+}
+
+/// What an order that reached `valid` leaves for its install: the certificate URL, the trace and
+/// the account (whose CA may not offer ARI, recorded in the same write).
+struct Done<'a> {
+    url: &'a str,
+    trace: &'a Trace,
+    account: &'a acme::Account,
 }
 
 /// Before a new order: let the solver of each name check what the CA will look at for it (a
@@ -448,16 +461,21 @@ fn finished_order(order: &acme::Order) -> Result<String, IssueError> {
     })
 }
 
-/// Verify the chain downloaded from `url` against the key and the configured names, then install
-/// it through the ledger, the attempt's trace in the same state write.
+/// Verify the chain downloaded from the order's certificate URL against the key and the
+/// configured names, then install it through the ledger; the attempt's trace, and ARI's absence
+/// at a CA without it, go into the same state write.
 fn install(
     held: &Issuance<'_>,
     cert: &CertificateConfig,
     issuer: &IssuerConfig,
     (key, chain): (&PKey<Private>, &acme::CertificateChain),
-    url: &str,
-    trace: &Trace,
+    done: Done<'_>,
 ) -> Result<Issued, IssueError> {
+    let Done {
+        url,
+        trace,
+        account,
+    } = done;
     let pair =
         store::VerifiedPair::from_key(key, chain.certificates().to_vec(), &cert.domains, None)
             .map_err(|e| {
@@ -467,15 +485,18 @@ fn install(
                 })
             })?;
     let ari_cert_id = acme::cert_id(pair.leaf()).ok();
+    let now = jiff::Timestamp::now();
     let issued = Event::Issued {
         issuer: issuer.name.clone(),
         fingerprint: fingerprint(cert),
         ari_cert_id: ari_cert_id.clone(),
         // From the key in hand: decoding its PEM again costs OpenSSL 3 a decoder context.
         key_fingerprint: store::key_fingerprint(key),
-        at: jiff::Timestamp::now(),
+        at: now,
     };
-    let paths = held.install(&cert.output, &pair, [issued, trace.event(None)])?;
+    let no_ari = super::ari::unsupported_at_issuance(account, ari_cert_id.as_deref(), now);
+    let events = [Some(issued), no_ari, Some(trace.event(None))];
+    let paths = held.install(&cert.output, &pair, events.into_iter().flatten())?;
     let verified = pair.cert().clone();
     info!(cert = %cert.name, issuer = %issuer.name, serial = %verified.serial_hex, not_after = %verified.not_after, "certificate installed");
     Ok(Issued {
