@@ -15,6 +15,7 @@ mod duration;
 mod glob;
 mod raw;
 pub mod secret;
+mod slice;
 mod source;
 mod storage;
 #[cfg(test)]
@@ -457,12 +458,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// issuers, includes, a name defined twice) is checked as by [`load`]; problems in other
 /// certificates are left to `check`, `run` and `renew`. When `name` is not defined the whole config
 /// is validated, so the caller can list the names that are.
+///
+/// The other certificates' tables are not even parsed when a line scan can cut them out (see
+/// [`slice`]); then their syntax and type errors go unseen too. Otherwise, and whenever the config
+/// is invalid, everything is parsed, so the messages are those of the full parse.
 pub fn load_one(path: &Path, name: &str) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    validate::build(&text, path, Some(name))
+    match slice::load_one(&text, path, name) {
+        Some(cfg) => Ok(cfg),
+        None => validate::build(&text, path, Some(name)),
+    }
 }
 
 /// The `state_dir` of the config at `path`, from its top-level keys alone (TOML puts them before
