@@ -482,16 +482,16 @@ pub fn state_dir_of(path: &Path) -> Option<PathBuf> {
     struct Top {
         state_dir: Option<String>,
     }
-    let text = std::fs::read_to_string(path).ok()?;
-    let mut end = 0;
-    for line in text.split_inclusive('\n') {
-        if line.trim_start().starts_with('[') {
-            break;
-        }
-        end += line.len();
+    use std::io::BufRead;
+    // The lines before the first header only: the rest may be thousands of certificates.
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+    let (mut text, mut line) = (String::new(), String::new());
+    while file.read_line(&mut line).ok()? > 0 && !line.trim_start().starts_with('[') {
+        text.push_str(&line);
+        line.clear();
     }
     // A cut inside a multi-line value leaves it unterminated: a parse error, so `None`.
-    let top: Top = toml::from_str(&text[..end]).ok()?;
+    let top: Top = toml::from_str(&text).ok()?;
     let dir = top
         .state_dir
         .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from);
@@ -1269,6 +1269,24 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
             err.ends_with(":1:13: state_dir: must be an absolute path, got \"rel\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn state_dir_of_reads_the_top_level_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certkeeper.toml");
+        let mut text = BASE.as_bytes().to_vec();
+        // Not even UTF-8 after the first header: never read.
+        text.extend_from_slice(b"\n[certificate.x]\nreload = [\"\xff\"]\n");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(state_dir_of(&path), Some(PathBuf::from("/var/lib/certkeeper")));
+        std::fs::write(&path, "# no state_dir\n[issuer.le]\nstate_dir = \"/x\"\n").unwrap();
+        assert_eq!(state_dir_of(&path), Some(PathBuf::from(DEFAULT_STATE_DIR)));
+        std::fs::write(&path, "state_dir = \"rel\"\n").unwrap();
+        assert_eq!(state_dir_of(&path), None);
+        std::fs::write(&path, "state_dir = \"/s\"\nx = \"\"\"\n[a]\n\"\"\"\n").unwrap();
+        assert_eq!(state_dir_of(&path), None);
+        assert_eq!(state_dir_of(&dir.path().join("missing.toml")), None);
     }
 
     #[test]

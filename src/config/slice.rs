@@ -17,6 +17,7 @@
 //! which, like their other problems, are left to `check`, `run` and `renew`.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::path::Path;
 
 use super::{Config, ConfigError, validate};
@@ -41,8 +42,9 @@ fn reduced(text: &str, path: &Path, name: &str) -> Option<Result<Config, ConfigE
 /// Reduces the files of one load, in order, for one certificate.
 struct Slicer<'a> {
     name: &'a str,
-    /// The file (by order) each certificate name has its headers in.
-    seen: HashMap<String, usize>,
+    /// The file (by order) each certificate name has its headers in, by the name's hash (a
+    /// collision only costs the fast path).
+    seen: HashMap<u64, usize, Fnv>,
     files: usize,
     found: bool,
     doubt: bool,
@@ -52,7 +54,7 @@ impl<'a> Slicer<'a> {
     fn new(name: &'a str) -> Self {
         Self {
             name,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             files: 0,
             found: false,
             doubt: false,
@@ -62,13 +64,12 @@ impl<'a> Slicer<'a> {
     /// The next file's text with the other certificates' tables blanked; `None` (and from then on
     /// [`Slicer::trusted`] false) when the scanner is in doubt.
     fn reduce(&mut self, text: &str) -> Option<String> {
-        let file = self.files;
         self.files += 1;
         let reduced = if self.doubt {
             None
         } else {
             scan(text).and_then(|headers| {
-                let keep = self.keep(file, &headers)?;
+                let keep = self.keep(&headers)?;
                 Some(blank(text, &headers, &keep))
             })
         };
@@ -82,19 +83,18 @@ impl<'a> Slicer<'a> {
     }
 
     /// Which tables to keep (all but the other certificates'); `None` for a certificate header
-    /// written twice in this file, or a name that another file has headers for.
-    fn keep(&mut self, file: usize, headers: &[Header]) -> Option<Vec<bool>> {
-        let mut written = HashSet::new();
+    /// written twice in this file, or a name that an earlier file has headers for.
+    fn keep(&mut self, headers: &[Header]) -> Option<Vec<bool>> {
+        let mut written = HashSet::with_capacity_and_hasher(headers.len(), Fnv::default());
+        self.seen.reserve(headers.len());
         let mut keep = Vec::with_capacity(headers.len());
         for h in headers {
             let Owner::Certificate(name) = owner(h)? else {
                 keep.push(true);
                 continue;
             };
-            if !written.insert(&h.keys) {
-                return None;
-            }
-            if *self.seen.entry(name.to_string()).or_insert(file) != file {
+            let file = *self.seen.entry(hash(name)).or_insert(self.files);
+            if file != self.files || !written.insert(hash(&h.keys)) {
                 return None;
             }
             self.found |= name == self.name;
@@ -104,11 +104,40 @@ impl<'a> Slicer<'a> {
     }
 }
 
+/// FNV-1a: the sets above hash thousands of short keys, which SipHash makes a visible cost.
+type Fnv = BuildHasherDefault<FnvHasher>;
+
+struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
+    let mut h = FnvHasher::default();
+    value.hash(&mut h);
+    h.finish()
+}
+
 /// A table header: where its line starts, its keys (unquoted), and `[[…]]` or not.
 #[derive(Debug, PartialEq)]
-struct Header {
+struct Header<'t> {
     start: usize,
-    keys: Vec<String>,
+    keys: Vec<&'t str>,
     array: bool,
 }
 
@@ -118,9 +147,9 @@ enum Owner<'h> {
 }
 
 /// Whose table a header opens; `None` for `[certificate]` and `[[certificate.…]]`.
-fn owner(h: &Header) -> Option<Owner<'_>> {
+fn owner<'t>(h: &Header<'t>) -> Option<Owner<'t>> {
     match h.keys.as_slice() {
-        [first, ..] if first != "certificate" => Some(Owner::Other),
+        [first, ..] if *first != "certificate" => Some(Owner::Other),
         [_, name, ..] if !h.array => Some(Owner::Certificate(name)),
         _ => None,
     }
@@ -145,7 +174,7 @@ fn blank(text: &str, headers: &[Header], keep: &[bool]) -> String {
 
 /// Every table header of `text`, in order; `None` when the text is not understood, or a top-level
 /// key (before the first header) is `certificate…`.
-fn scan(text: &str) -> Option<Vec<Header>> {
+fn scan(text: &str) -> Option<Vec<Header<'_>>> {
     let b = text.as_bytes();
     let mut headers = Vec::new();
     let mut i = 0;
@@ -156,7 +185,7 @@ fn scan(text: &str) -> Option<Vec<Header>> {
         match b.get(i) {
             None => return Some(headers),
             Some(b'[') => {
-                let (keys, array, next) = header(b, i)?;
+                let (keys, array, next) = header(text, i)?;
                 headers.push(Header {
                     start: line,
                     keys,
@@ -166,7 +195,7 @@ fn scan(text: &str) -> Option<Vec<Header>> {
             }
             Some(b'#' | b'\r' | b'\n') => i = after_newline(b, to_newline(b, i)?),
             Some(_) => {
-                if headers.is_empty() && keys(b, i)?.0[0] == "certificate" {
+                if headers.is_empty() && keys(text, i)?.0[0] == "certificate" {
                     return None;
                 }
                 i = value_line_end(b, i)?;
@@ -175,10 +204,11 @@ fn scan(text: &str) -> Option<Vec<Header>> {
     }
 }
 
-/// A header at `b[i] == '['`: its keys, whether `[[…]]`, and where the next line starts.
-fn header(b: &[u8], i: usize) -> Option<(Vec<String>, bool, usize)> {
+/// A header at `text[i] == '['`: its keys, whether `[[…]]`, and where the next line starts.
+fn header(text: &str, i: usize) -> Option<(Vec<&str>, bool, usize)> {
+    let b = text.as_bytes();
     let array = b.get(i + 1) == Some(&b'[');
-    let (keys, j) = keys(b, i + 1 + usize::from(array))?;
+    let (keys, j) = keys(text, i + 1 + usize::from(array))?;
     let close: &[u8] = if array { b"]]" } else { b"]" };
     if !b[j..].starts_with(close) {
         return None;
@@ -191,10 +221,11 @@ fn header(b: &[u8], i: usize) -> Option<(Vec<String>, bool, usize)> {
 }
 
 /// A dotted key from `i` (whitespace around it allowed): its parts unquoted, and where it ends.
-fn keys(b: &[u8], mut i: usize) -> Option<(Vec<String>, usize)> {
+fn keys(text: &str, mut i: usize) -> Option<(Vec<&str>, usize)> {
+    let b = text.as_bytes();
     let mut keys = Vec::new();
     loop {
-        let (key, next) = key(b, skip_ws(b, i))?;
+        let (key, next) = key(text, skip_ws(b, i))?;
         keys.push(key);
         i = skip_ws(b, next);
         if b.get(i) != Some(&b'.') {
@@ -205,7 +236,8 @@ fn keys(b: &[u8], mut i: usize) -> Option<(Vec<String>, usize)> {
 }
 
 /// One simple key at `i`: bare, `"quoted"` without escapes, or `'literal'`.
-fn key(b: &[u8], i: usize) -> Option<(String, usize)> {
+fn key(text: &str, i: usize) -> Option<(&str, usize)> {
+    let b = text.as_bytes();
     let (start, end, next) = match b.get(i)? {
         q @ (b'"' | b'\'') => {
             let len = b[i + 1..]
@@ -220,16 +252,17 @@ fn key(b: &[u8], i: usize) -> Option<(String, usize)> {
             (len > 0).then_some((i, i + len, i + len))?
         }
     };
-    let key = std::str::from_utf8(&b[start..end]).ok()?;
-    Some((key.to_string(), next))
+    // The bounds are next to ASCII bytes, so on character boundaries.
+    Some((&text[start..end], next))
 }
 
 /// From inside a `key = value` line to the start of the next line outside the value (multi-line
 /// strings, arrays and inline tables followed); `None` when something is left open.
 fn value_line_end(b: &[u8], mut i: usize) -> Option<usize> {
     let mut depth = 0usize;
-    while let Some(c) = b.get(i) {
-        match c {
+    while let Some(n) = b[i..].iter().position(|c| SPECIAL[usize::from(*c)]) {
+        i += n;
+        match b[i] {
             b'"' | b'\'' => i = string_end(b, i)?,
             b'#' => i = to_newline(b, i)?,
             b'[' | b'{' => {
@@ -240,25 +273,39 @@ fn value_line_end(b: &[u8], mut i: usize) -> Option<usize> {
                 depth = depth.checked_sub(1)?;
                 i += 1;
             }
-            b'\n' if depth == 0 => return Some(i + 1),
+            _ if depth == 0 => return Some(i + 1),
             _ => i += 1,
         }
     }
-    (depth == 0).then_some(i)
+    (depth == 0).then_some(b.len())
 }
+
+/// The bytes that matter in a value: a table lookup is cheaper than eight comparisons a byte.
+static SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let bytes = *b"\"'#[]{}\n";
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Just past the string that opens at `b[i]` (a quote); `None` when it is not closed.
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let q = b[i];
     let basic = q == b'"';
     let multi = b[i..].starts_with(&[q, q, q]);
+    let special = |c: &u8| *c == q || (basic && *c == b'\\') || (!multi && *c == b'\n');
     let mut j = i + if multi { 3 } else { 1 };
     loop {
-        match *b.get(j)? {
-            b'\\' if basic => j += 2,
-            b'\n' if !multi => return None,
-            c if c == q && !multi => return Some(j + 1),
-            c if c == q && b[j..].starts_with(&[q, q, q]) => {
+        j += b.get(j..)?.iter().position(special)?;
+        match b[j] {
+            b'\\' => j += 2,
+            b'\n' => return None,
+            _ if !multi => return Some(j + 1),
+            _ if b[j..].starts_with(&[q, q, q]) => {
                 // Up to two more quotes belong to the content: `"""a"""""` is `a""`.
                 let run = b[j..].iter().take_while(|c| **c == q).count();
                 return (run <= 5).then_some(j + run);
