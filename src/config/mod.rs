@@ -1279,7 +1279,10 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
         // Not even UTF-8 after the first header: never read.
         text.extend_from_slice(b"\n[certificate.x]\nreload = [\"\xff\"]\n");
         std::fs::write(&path, &text).unwrap();
-        assert_eq!(state_dir_of(&path), Some(PathBuf::from("/var/lib/certkeeper")));
+        assert_eq!(
+            state_dir_of(&path),
+            Some(PathBuf::from("/var/lib/certkeeper"))
+        );
         std::fs::write(&path, "# no state_dir\n[issuer.le]\nstate_dir = \"/x\"\n").unwrap();
         assert_eq!(state_dir_of(&path), Some(PathBuf::from(DEFAULT_STATE_DIR)));
         std::fs::write(&path, "state_dir = \"rel\"\n").unwrap();

@@ -317,7 +317,10 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
 
 /// The index of the next `\n` from `i`, or the end of the text; `None` at a lone `\r`.
 fn to_newline(b: &[u8], i: usize) -> Option<usize> {
-    let end = b[i..].iter().position(|c| *c == b'\n').map_or(b.len(), |n| i + n);
+    let end = b[i..]
+        .iter()
+        .position(|c| *c == b'\n')
+        .map_or(b.len(), |n| i + n);
     let cr = b[i..end].iter().position(|c| *c == b'\r');
     cr.is_none_or(|n| i + n + 1 == end).then_some(end)
 }
@@ -452,10 +455,16 @@ output = { dir = "/srv/tls/a", owner = "r}o]ot" }
 "#;
         let main = format!("{TOP}{tricky}{}", cert("t"));
         let got = same(&main, &[], "t").unwrap();
-        assert!(got.contains("\"t.example.com\"") && !got.contains("evil"), "{got}");
+        assert!(
+            got.contains("\"t.example.com\"") && !got.contains("evil"),
+            "{got}"
+        );
         // The other way round: the tricky one is the target.
         let got = same(&main, &[], "a").unwrap();
-        assert!(got.contains("[certificate.t]\\ndomains = [\\\"evil\\\"]\\n"), "{got}");
+        assert!(
+            got.contains("[certificate.t]\\ndomains = [\\\"evil\\\"]\\n"),
+            "{got}"
+        );
     }
 
     #[test]
@@ -468,7 +477,10 @@ output = { dir = "/srv/tls/a", owner = "r}o]ot" }
             cert("a")
         );
         let got = same(&main, &[], "t").unwrap();
-        assert!(got.contains("/srv/tls/t") && !got.contains("/srv/tls/o1"), "{got}");
+        assert!(
+            got.contains("/srv/tls/t") && !got.contains("/srv/tls/o1"),
+            "{got}"
+        );
         same(&main, &[], "o-1").unwrap();
         same(&main, &[], "x.y").unwrap();
     }
@@ -496,7 +508,11 @@ output = { dir = "/srv/tls/a", owner = "r}o]ot" }
         // (`check`, `run` and `renew` report it).
         let broken = "\n[certificate.bad]\ndomain = \"x\"\noutput = 3\n";
         let (_dir, path) = write(&format!("{TOP}{}{broken}{}", cert("a"), cert("t")), &[]);
-        assert!(full(&path, "t").unwrap_err().contains("unknown field `domain`"));
+        assert!(
+            full(&path, "t")
+                .unwrap_err()
+                .contains("unknown field `domain`")
+        );
         let got = fast(&path, "t").unwrap().unwrap();
         assert_eq!(outcome(super::super::load_one(&path, "t")).unwrap(), got);
         assert!(super::super::load(&path).is_err());
@@ -542,12 +558,19 @@ output = { dir = "/srv/tls/a", owner = "r}o]ot" }
     fn duplicates_take_the_full_path() {
         let twice = format!("{TOP}{}{}{}", cert("a"), cert("t"), cert("a"));
         assert!(doubt(&twice, &[], "t").is_err());
-        let sub = format!("{TOP}{}\n[certificate.t.output]\ndir = \"/x\"\n{}", cert("a"), cert("t"));
+        let sub = format!(
+            "{TOP}{}\n[certificate.t.output]\ndir = \"/x\"\n{}",
+            cert("a"),
+            cert("t")
+        );
         // The target's own tables clash: the same TOML error at the same place as the full path.
         assert!(same(&sub, &[], "t").is_err());
         let main = format!("{TOP}{}{}", cert("a"), cert("t"));
         let err = doubt(&main, &[("1.toml", &cert("a"))], "t").unwrap_err();
-        assert!(err.contains("defined twice") || err.contains("already"), "{err}");
+        assert!(
+            err.contains("defined twice") || err.contains("already"),
+            "{err}"
+        );
         doubt(&main, &[("1.toml", &cert("t"))], "t").unwrap_err();
     }
 
@@ -580,10 +603,16 @@ output = { dir = "/srv/tls/a", owner = "r}o]ot" }
         let keys: Vec<_> = got.iter().map(|h| (h.keys.join("|"), h.array)).collect();
         assert_eq!(
             keys,
-            [("x|y z|w".into(), false), ("v".into(), true), ("u".into(), false)]
+            [
+                ("x|y z|w".into(), false),
+                ("v".into(), true),
+                ("u".into(), false)
+            ]
         );
         assert_eq!(got[0].start, 6);
-        for bad in ["[a", "[a.]", "[a..b]", "[]", "[a] b", "x = ]", "x = '\n'", "# \r x\n"] {
+        for bad in [
+            "[a", "[a.]", "[a..b]", "[]", "[a] b", "x = ]", "x = '\n'", "# \r x\n",
+        ] {
             assert_eq!(scan(bad), None, "{bad:?}");
         }
     }
