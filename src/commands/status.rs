@@ -106,7 +106,7 @@ pub fn collect(
     only: Option<&str>,
     now: Timestamp,
 ) -> Result<Vec<CertStatus>, StatusError> {
-    // About one certificate: the others' config is parsed but not validated (`check` does that).
+    // About one certificate: the others' config is not validated (`check` does that).
     let cfg = Arc::new(match only {
         Some(name) => config::load_one(config_path, name)?,
         None => config::load(config_path)?,

@@ -15,6 +15,7 @@ mod duration;
 mod glob;
 mod raw;
 pub mod secret;
+mod slice;
 mod source;
 mod storage;
 #[cfg(test)]
@@ -457,12 +458,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// issuers, includes, a name defined twice) is checked as by [`load`]; problems in other
 /// certificates are left to `check`, `run` and `renew`. When `name` is not defined the whole config
 /// is validated, so the caller can list the names that are.
+///
+/// The other certificates' tables are not even parsed when a line scan can cut them out (see
+/// [`slice`]); then their syntax and type errors go unseen too. Otherwise, and whenever the config
+/// is invalid, everything is parsed, so the messages are those of the full parse.
 pub fn load_one(path: &Path, name: &str) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    validate::build(&text, path, Some(name))
+    match slice::load_one(&text, path, name) {
+        Some(cfg) => Ok(cfg),
+        None => validate::build(&text, path, Some(name)),
+    }
 }
 
 /// The `state_dir` of the config at `path`, from its top-level keys alone (TOML puts them before
@@ -474,16 +482,16 @@ pub fn state_dir_of(path: &Path) -> Option<PathBuf> {
     struct Top {
         state_dir: Option<String>,
     }
-    let text = std::fs::read_to_string(path).ok()?;
-    let mut end = 0;
-    for line in text.split_inclusive('\n') {
-        if line.trim_start().starts_with('[') {
-            break;
-        }
-        end += line.len();
+    use std::io::BufRead;
+    // The lines before the first header only: the rest may be thousands of certificates.
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+    let (mut text, mut line) = (String::new(), String::new());
+    while file.read_line(&mut line).ok()? > 0 && !line.trim_start().starts_with('[') {
+        text.push_str(&line);
+        line.clear();
     }
     // A cut inside a multi-line value leaves it unterminated: a parse error, so `None`.
-    let top: Top = toml::from_str(&text[..end]).ok()?;
+    let top: Top = toml::from_str(&text).ok()?;
     let dir = top
         .state_dir
         .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from);
@@ -1261,6 +1269,27 @@ reload = ["nginx -t && systemctl reload nginx", "true"]
             err.ends_with(":1:13: state_dir: must be an absolute path, got \"rel\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn state_dir_of_reads_the_top_level_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certkeeper.toml");
+        let mut text = BASE.as_bytes().to_vec();
+        // Not even UTF-8 after the first header: never read.
+        text.extend_from_slice(b"\n[certificate.x]\nreload = [\"\xff\"]\n");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(
+            state_dir_of(&path),
+            Some(PathBuf::from("/var/lib/certkeeper"))
+        );
+        std::fs::write(&path, "# no state_dir\n[issuer.le]\nstate_dir = \"/x\"\n").unwrap();
+        assert_eq!(state_dir_of(&path), Some(PathBuf::from(DEFAULT_STATE_DIR)));
+        std::fs::write(&path, "state_dir = \"rel\"\n").unwrap();
+        assert_eq!(state_dir_of(&path), None);
+        std::fs::write(&path, "state_dir = \"/s\"\nx = \"\"\"\n[a]\n\"\"\"\n").unwrap();
+        assert_eq!(state_dir_of(&path), None);
+        assert_eq!(state_dir_of(&dir.path().join("missing.toml")), None);
     }
 
     #[test]

@@ -69,6 +69,17 @@ impl Ctx {
 /// Parse, merge and validate; with `only` (a defined certificate's name), that certificate alone
 /// is validated and kept (see [`super::load_one`]).
 pub(crate) fn build(text: &str, path: &Path, only: Option<&str>) -> Result<Config, ConfigError> {
+    build_with(text, path, only, &mut |t| t)
+}
+
+/// [`build`], with each included file's text passed through `reduce` before it is parsed (see
+/// [`super::slice`]).
+pub(super) fn build_with(
+    text: &str,
+    path: &Path,
+    only: Option<&str>,
+    reduce: &mut dyn FnMut(String) -> String,
+) -> Result<Config, ConfigError> {
     let mut cx = Ctx {
         files: vec![SourceFile {
             path: path.to_path_buf(),
@@ -115,7 +126,10 @@ pub(crate) fn build(text: &str, path: &Path, only: Option<&str>) -> Result<Confi
                     continue;
                 }
             };
-            cx.files.push(SourceFile { path: p, text });
+            cx.files.push(SourceFile {
+                path: p,
+                text: reduce(text),
+            });
             let idx = cx.files.len() - 1;
             match toml::from_str::<RawInclude>(&cx.files[idx].text) {
                 Ok(inc) => includes.push((idx, inc)),
