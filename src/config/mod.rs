@@ -591,13 +591,7 @@ output = { dir = "/etc/nginx/tls/www" }
     /// Write `main` (and `(name, text)` includes under `conf.d/`) to a temp dir, load, and return the
     /// result with the temp dir path replaced by `DIR`.
     fn load_case(main: &str, includes: &[(&str, &str)]) -> Result<Config, String> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
-        for (name, text) in includes {
-            std::fs::write(dir.path().join("conf.d").join(name), text).unwrap();
-        }
-        let path = dir.path().join("certkeeper.toml");
-        std::fs::write(&path, main).unwrap();
+        let (dir, path) = super::testing::write_files(main, includes);
         load(&path).map_err(|e| {
             e.to_string()
                 .replace(&dir.path().display().to_string(), "DIR")

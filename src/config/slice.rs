@@ -338,9 +338,9 @@ fn skip_ws(b: &[u8], i: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
+    use crate::config::testing::write_files;
 
     /// The top level and one issuer, with an include pattern; certificates are appended.
     const TOP: &str = r#"state_dir = "/var/lib/certkeeper"
@@ -359,18 +359,6 @@ http01 = {}
         format!(
             "\n[certificate.{name}]\nissuer = \"le\"\ndomains = [\"{name}.example.com\"]\noutput = {{ dir = \"/srv/tls/{name}\" }}\n"
         )
-    }
-
-    /// `main` and `(name, text)` includes under `conf.d/` written to a temp dir.
-    fn write(main: &str, includes: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
-        for (name, text) in includes {
-            std::fs::write(dir.path().join("conf.d").join(name), text).unwrap();
-        }
-        let path = dir.path().join("certkeeper.toml");
-        std::fs::write(&path, main).unwrap();
-        (dir, path)
     }
 
     /// A load's outcome as text: the whole validated config, or the message.
@@ -392,7 +380,7 @@ http01 = {}
 
     /// The fast path is taken for `name` and gives what the full path gives; returns that.
     fn same(main: &str, includes: &[(&str, &str)], name: &str) -> Result<String, String> {
-        let (_dir, path) = write(main, includes);
+        let (_dir, path) = write_files(main, includes);
         let full = full(&path, name);
         let fast = fast(&path, name).unwrap_or_else(|| panic!("in doubt about:\n{main}"));
         assert_eq!(fast, full, "config:\n{main}");
@@ -402,7 +390,7 @@ http01 = {}
 
     /// The fast path gives up on `name`; `load_one` gives what the full path gives.
     fn doubt(main: &str, includes: &[(&str, &str)], name: &str) -> Result<String, String> {
-        let (_dir, path) = write(main, includes);
+        let (_dir, path) = write_files(main, includes);
         assert!(fast(&path, name).is_none(), "not in doubt about:\n{main}");
         let full = full(&path, name);
         assert_eq!(outcome(super::super::load_one(&path, name)), full);
@@ -507,7 +495,7 @@ output = { dir = "/srv/tls/a", owner = "r}o]ot" }
         // Not even of the right type: the full path stops at it, the fast path does not see it
         // (`check`, `run` and `renew` report it).
         let broken = "\n[certificate.bad]\ndomain = \"x\"\noutput = 3\n";
-        let (_dir, path) = write(&format!("{TOP}{}{broken}{}", cert("a"), cert("t")), &[]);
+        let (_dir, path) = write_files(&format!("{TOP}{}{broken}{}", cert("a"), cert("t")), &[]);
         assert!(
             full(&path, "t")
                 .unwrap_err()
@@ -518,7 +506,7 @@ output = { dir = "/srv/tls/a", owner = "r}o]ot" }
         assert!(super::super::load(&path).is_err());
         // Nor does it see the TOML errors of two tables of another certificate that clash.
         let clash = "\n[certificate.bad.output]\ndir = \"/x\"\n[certificate.bad]\noutput = { dir = \"/y\" }\n";
-        let (_dir, path) = write(&format!("{TOP}{clash}{}", cert("t")), &[]);
+        let (_dir, path) = write_files(&format!("{TOP}{clash}{}", cert("t")), &[]);
         assert!(full(&path, "t").is_err());
         assert!(fast(&path, "t").unwrap().is_ok());
     }

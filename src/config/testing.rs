@@ -1,6 +1,6 @@
 //! Config fixtures for unit tests of other modules.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Config;
 
@@ -24,4 +24,17 @@ output = {{ dir = "{d}/tls" }}
     );
     std::fs::write(dir.join("c.toml"), text).unwrap();
     super::load(&dir.join("c.toml")).unwrap()
+}
+
+/// `main` as `certkeeper.toml` and `(name, text)` includes under `conf.d/`, written to a new temp
+/// dir (kept while the returned guard lives); the main file's path.
+pub(crate) fn write_files(main: &str, includes: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    for (name, text) in includes {
+        std::fs::write(dir.path().join("conf.d").join(name), text).unwrap();
+    }
+    let path = dir.path().join("certkeeper.toml");
+    std::fs::write(&path, main).unwrap();
+    (dir, path)
 }

@@ -26,17 +26,8 @@ pub fn atomic_write(
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| StoreError::io("creating a temporary file in", dir, e))?;
-    let file = tmp.as_file();
     // Restrict first: the data must never sit in a file with the umask's default permissions.
-    file.set_permissions(Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| StoreError::io("setting permissions of", tmp.path(), e))?;
-    if owner.is_some() || group.is_some() {
-        std::os::unix::fs::fchown(file, owner.map(|u| u.as_raw()), group.map(|g| g.as_raw()))
-            .map_err(|e| StoreError::io("changing owner of", tmp.path(), e))?;
-        // chown may clear set-id bits; set the mode again after it.
-        file.set_permissions(Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| StoreError::io("setting permissions of", tmp.path(), e))?;
-    }
+    restrict(tmp.as_file(), tmp.path(), mode, owner, group)?;
     tmp.write_all(bytes)
         .map_err(|e| StoreError::io("writing", tmp.path(), e))?;
     tmp.as_file()
@@ -65,18 +56,32 @@ pub fn write_new(
         .open(path)
         .map_err(|e| StoreError::io("creating", path, e))?;
     // The umask may have narrowed the mode at creation; set it exactly, before any data.
-    file.set_permissions(Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| StoreError::io("setting permissions of", path, e))?;
-    if owner.is_some() || group.is_some() {
-        std::os::unix::fs::fchown(&file, owner.map(|u| u.as_raw()), group.map(|g| g.as_raw()))
-            .map_err(|e| StoreError::io("changing owner of", path, e))?;
-        // chown may clear set-id bits; set the mode again after it.
-        file.set_permissions(Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| StoreError::io("setting permissions of", path, e))?;
-    }
+    restrict(&file, path, mode, owner, group)?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| StoreError::io("writing", path, e))
+}
+
+/// Give the open `file` (at `path`, for messages) exactly `mode` and, when given, its owner.
+fn restrict(
+    file: &File,
+    path: &Path,
+    mode: u32,
+    owner: Option<Uid>,
+    group: Option<Gid>,
+) -> Result<(), StoreError> {
+    let set_mode = || {
+        file.set_permissions(Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| StoreError::io("setting permissions of", path, e))
+    };
+    set_mode()?;
+    if owner.is_some() || group.is_some() {
+        std::os::unix::fs::fchown(file, owner.map(|u| u.as_raw()), group.map(|g| g.as_raw()))
+            .map_err(|e| StoreError::io("changing owner of", path, e))?;
+        // chown may clear set-id bits; set the mode again after it.
+        set_mode()?;
+    }
+    Ok(())
 }
 
 /// Fsync a directory so that renames and creations inside it are durable.
