@@ -338,7 +338,6 @@ fn skip_ws(b: &[u8], i: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::config::testing::write_files;
 
