@@ -299,7 +299,9 @@ pub(crate) fn build(text: &str, path: &Path, only: Option<&str>) -> Result<Confi
         dns01,
         notify,
         issuers,
-        certificates,
+        // Built again from sorted input: full B-tree nodes, half the memory of the inserts above
+        // (10,000 certificates of a few hundred bytes each stay in memory for the daemon's life).
+        certificates: certificates.into_iter().collect(),
     })
 }
 

@@ -443,8 +443,8 @@ impl Daemon {
             .values()
             .filter_map(|cert| self.schedule_one(cert, false, paused_now))
             .collect();
-        let names: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
-        self.metrics.retain(&names);
+        self.metrics
+            .retain(|name| config.certificates.contains_key(name));
         pending
     }
 
@@ -586,7 +586,7 @@ fn recheck_interval(cfg: &config::Config) -> tokio::time::Interval {
 
 /// Give the memory a burst of issuances grew into back to the system before the daemon goes idle for
 /// weeks (glibc keeps freed heap pages of every arena mapped otherwise).
-fn release_memory() {
+pub(super) fn release_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
