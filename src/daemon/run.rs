@@ -443,6 +443,7 @@ impl Daemon {
             .values()
             .filter_map(|cert| self.schedule_one(cert, false, paused_now))
             .collect();
+        self.timers.pack();
         self.metrics
             .retain(|name| config.certificates.contains_key(name));
         pending
@@ -582,6 +583,17 @@ fn recheck_interval(cfg: &config::Config) -> tokio::time::Interval {
     let mut i = tokio::time::interval_at(Instant::now() + every, every);
     i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     i
+}
+
+/// For the daemon, before the async runtime starts its threads: one malloc arena for every thread.
+/// glibc gives each thread that meets contention an arena of its own, and what a pass freed in
+/// those stays resident ([`release_memory`] cannot shrink their tops); two workers doing network
+/// I/O do not need that parallelism.
+pub fn one_malloc_arena() {
+    // SAFETY: mallopt only sets a tunable of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// Give the memory a burst of issuances grew into back to the system before the daemon goes idle for

@@ -39,6 +39,12 @@ impl Timers {
         self.by_name.insert(key, at);
     }
 
+    /// Rebuilds the time index in full nodes: after deadlines were set in time order (a start or
+    /// reload sets thousands), its B-tree nodes are half empty for as long as the daemon idles.
+    pub fn pack(&mut self) {
+        self.by_time = std::mem::take(&mut self.by_time).into_iter().collect();
+    }
+
     /// Removes the deadline of `name`; returns it if there was one.
     pub fn remove(&mut self, name: &str) -> Option<Timestamp> {
         let (key, at) = self.by_name.remove_entry(name)?;
@@ -151,5 +157,22 @@ mod tests {
         assert_eq!(t.remove("x"), None);
         assert_eq!(t.next_deadline(), None);
         assert!(t.pop_due(Timestamp::MAX).is_empty());
+    }
+
+    #[test]
+    fn packing_keeps_every_deadline() {
+        let mut t = Timers::new();
+        let start = ts("2026-01-01T00:00:00Z");
+        for i in 0..100i64 {
+            t.set(&format!("c{i}"), start + jiff::SignedDuration::from_secs(i));
+        }
+        let before: Vec<_> = t.iter().map(|(at, n)| (at, n.to_owned())).collect();
+        t.pack();
+        let after: Vec<_> = t.iter().map(|(at, n)| (at, n.to_owned())).collect();
+        assert_eq!(before, after);
+        t.set("c0", ts("2026-02-01T00:00:00Z"));
+        assert_eq!(t.len(), 100);
+        assert_eq!(t.pop_due(start).len(), 0);
+        assert_eq!(t.pop_due(ts("2026-02-01T00:00:00Z")).last().unwrap(), "c0");
     }
 }
