@@ -88,6 +88,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (cfg_tx, mut cfg_rx) = mpsc::channel::<()>(4);
     let watcher = watch_config(&cfg, cfg_tx.clone());
+    // From here the runtime holds the config: a reload must be able to free this one.
+    drop(cfg);
 
     // One persistent interval: a sleep recreated on every loop iteration would never fire while
     // other events keep the loop busy, and systemd would kill a healthy daemon.
