@@ -279,6 +279,7 @@ fn main() -> ExitCode {
     }
     init_logging(&cli.log);
     let switch = if matches!(cli.command, Command::Run) {
+        certkeeper::daemon::run::one_malloc_arena();
         certkeeper::privileges::refuse_root_daemon(&cli.config)
     } else if matches!(cli.command, Command::Migrate { .. }) {
         // Reads the other client's root-only files first, then acts as the state owner itself.

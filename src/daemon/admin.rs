@@ -92,7 +92,13 @@ impl Metrics {
 
     /// Replace what is known about one certificate.
     pub fn set_cert(&self, name: &str, m: CertMetrics) {
-        self.lock().certs.insert(name.to_string(), m);
+        let mut inner = self.lock();
+        match inner.certs.get_mut(name) {
+            Some(slot) => *slot = m,
+            None => {
+                inner.certs.insert(name.to_string(), m);
+            }
+        }
     }
 
     /// Set whether the installed pair of `name` still waits for its reload hooks to complete.
@@ -110,13 +116,14 @@ impl Metrics {
         }
     }
 
-    /// Forget certificates that are no longer configured (after a reload).
-    pub fn retain(&self, names: &[&str]) {
+    /// Forget certificates that are no longer `configured` (after a reload), and pack what stays
+    /// (set one by one in name order, the map's nodes are half empty; with 10,000 certificates
+    /// that is a megabyte kept for the daemon's life).
+    pub fn retain(&self, configured: impl Fn(&str) -> bool) {
         let mut inner = self.lock();
-        inner.certs.retain(|k, _| names.contains(&k.as_str()));
-        inner
-            .renewals
-            .retain(|(k, _), _| names.contains(&k.as_str()));
+        let certs = std::mem::take(&mut inner.certs);
+        inner.certs = certs.into_iter().filter(|(k, _)| configured(k)).collect();
+        inner.renewals.retain(|(k, _), _| configured(k));
     }
 
     /// Count one finished issuance attempt.
@@ -435,7 +442,7 @@ mod tests {
             text.contains("certkeeper_certificate_next_attempt_seconds{name=\"www\"} 1890000000\n")
         );
         assert!(text.contains("certkeeper_certificate_reload_pending{name=\"api\"} 1\n"));
-        m.retain(&["www"]);
+        m.retain(|n| n == "www");
         assert!(!m.render().contains("api"));
     }
 

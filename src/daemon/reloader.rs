@@ -72,6 +72,11 @@ impl Reloader {
                     } => batch(&rt, &metrics, &requests, changed).await,
                     Job::Recheck { rt, force } => recheck(&rt, &metrics, force).await,
                 }
+                // A batch ends a pass, a recheck reads every certificate: give back what they
+                // freed before the daemon idles (the loop trimmed before they ran).
+                if rx.is_empty() {
+                    super::run::release_memory();
+                }
             }
         });
         Self { tx, task }

@@ -88,6 +88,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (cfg_tx, mut cfg_rx) = mpsc::channel::<()>(4);
     let watcher = watch_config(&cfg, cfg_tx.clone());
+    // From here the runtime holds the config: a reload must be able to free this one.
+    drop(cfg);
 
     // One persistent interval: a sleep recreated on every loop iteration would never fire while
     // other events keep the loop busy, and systemd would kill a healthy daemon.
@@ -443,8 +445,9 @@ impl Daemon {
             .values()
             .filter_map(|cert| self.schedule_one(cert, false, paused_now))
             .collect();
-        let names: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
-        self.metrics.retain(&names);
+        self.timers.pack();
+        self.metrics
+            .retain(|name| config.certificates.contains_key(name));
         pending
     }
 
@@ -584,9 +587,20 @@ fn recheck_interval(cfg: &config::Config) -> tokio::time::Interval {
     i
 }
 
+/// For the daemon, before the async runtime starts its threads: one malloc arena for every thread.
+/// glibc gives each thread that meets contention an arena of its own, and what a pass freed in
+/// those stays resident ([`release_memory`] cannot shrink their tops); two workers doing network
+/// I/O do not need that parallelism.
+pub fn one_malloc_arena() {
+    // SAFETY: mallopt only sets a tunable of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Give the memory a burst of issuances grew into back to the system before the daemon goes idle for
 /// weeks (glibc keeps freed heap pages of every arena mapped otherwise).
-fn release_memory() {
+pub(super) fn release_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
