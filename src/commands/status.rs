@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::config::{self, CertificateConfig, Config};
-use crate::engine::{due, read_only_ledger};
+use crate::engine::{due, read_only_ledger, side_by_side};
 use crate::scheduler::DueReason;
 use crate::store::shared::PairOrigin;
 use crate::store::{LeaseInfo, Ledger};
@@ -127,12 +127,17 @@ pub fn collect(
     let ledger = read_only_ledger(&cfg)?;
     // One query for every certificate's lease (in a fleet; nothing is read on its own).
     let leases = ledger.node().map(|_| ledger.leases());
-    Ok(cfg
+    let certs: Vec<&CertificateConfig> = cfg
         .certificates
         .values()
         .filter(|c| only.is_none_or(|n| n == c.name))
-        .map(|c| one(&cfg, &ledger, c, now, leases.as_ref()))
-        .collect())
+        .collect();
+    let status = |c: &&CertificateConfig| one(&cfg, &ledger, c, now, leases.as_ref());
+    Ok(match ledger.node() {
+        // A fleet's storage client lives on this thread's runtime: one certificate at a time.
+        Some(_) => certs.iter().map(status).collect(),
+        None => side_by_side::map(&certs, status),
+    })
 }
 
 /// Every lease of the fleet, read at once, or why they could not be read.

@@ -21,6 +21,7 @@ pub mod order;
 pub mod pass;
 pub mod reload;
 pub mod runtime;
+pub mod side_by_side;
 
 #[cfg(test)]
 mod order_tests;

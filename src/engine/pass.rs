@@ -26,6 +26,7 @@ use super::error::{IssueError, decide};
 use super::order::{self, Issued};
 use super::reload;
 use super::runtime::Runtime;
+use super::side_by_side;
 use super::{alerts, deploy};
 
 /// What the caller asked of a pass.
@@ -78,14 +79,24 @@ pub async fn run_pass(rt: Arc<Runtime>, opts: &PassOptions) -> PassReport {
     let mut todo: Vec<(CertificateConfig, Snapshot)> = Vec::new();
     let mut reloads = Vec::new();
     let mut selected = Vec::new();
-    for (name, cert) in &rt.config.certificates {
-        if !opts.only.is_empty() && !opts.only.contains(name) {
-            continue;
-        }
+    let certs: Vec<&CertificateConfig> = rt
+        .config
+        .certificates
+        .values()
+        .filter(|c| opts.only.is_empty() || opts.only.contains(&c.name))
+        .collect();
+    // Outside a fleet nothing is adopted first, so the snapshots (most of a pass with nothing due)
+    // are read side by side (a fleet's storage client lives on this runtime: one at a time).
+    let early: Vec<Option<Snapshot>> = match rt.ledger.node() {
+        None => side_by_side::map(&certs, |c| Some(rt.ledger.snapshot(&c.name, &c.output))),
+        Some(_) => certs.iter().map(|_| None).collect(),
+    };
+    for (cert, early) in certs.into_iter().zip(early) {
+        let name = &cert.name;
         selected.push(cert.clone());
         // In a fleet, a pair another node issued is installed here first (and reloaded).
         let adopted = adopt(&rt, cert, &mut report);
-        let snap = rt.ledger.snapshot(name, &cert.output);
+        let snap = early.unwrap_or_else(|| rt.ledger.snapshot(name, &cert.output));
         // A reload that did not complete (killed between install and reload, a failed hook) runs
         // with this pass's reloads.
         reloads.extend(match adopted {
