@@ -339,6 +339,12 @@ async fn fresh_issuance_installs_a_verified_pair_and_records_issued() {
     assert_eq!(trace.status.as_deref(), Some("valid"));
     assert!(trace.error.is_none());
     assert_eq!(trace.authorizations.len(), 2);
+    // This CA has no renewalInfo: recorded with the install, for the certificate just issued (its
+    // test certificates carry no AKI, so no CertID), so no ARI check follows at once.
+    assert_eq!(st.ari_cert_id, issued.ari_cert_id);
+    let next_ari = st.ari_refetch_at.expect("the ARI refetch time");
+    assert!(next_ari > jiff::Timestamp::now() + jiff::SignedDuration::from_hours(23));
+    assert_eq!(st.ari_window, None);
     // The HTTP-01 tokens were cleaned up.
     assert!(rt.tokens.get("tok0").is_none() && rt.tokens.get("tok1").is_none());
 }
