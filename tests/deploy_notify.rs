@@ -70,11 +70,7 @@ async fn a_reload_that_does_nothing_is_caught_and_notified() {
         ..Default::default()
     })
     .expect("start nginx");
-    let pebble = Pebble::start(PebbleOpts {
-        http_port: nginx.http_port(),
-        ..Default::default()
-    })
-    .await;
+    let pebble = nginx.pebble().await;
     let events_file = base.dir().join("events.jsonl");
     let admin_port = free_port();
     let config = |reload: &str| {

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::certkeeper::{Daemon, command_at, daemon_command_at, run_command};
+use support::free_port;
 use support::nginx::{Nginx, NginxOpts, nginx_available, wait_for_serial_async};
-use support::{Pebble, PebbleOpts, free_port};
 
 /// The serial (hex) of the certificate live in `dir`, if any.
 fn serial(dir: &Path) -> Option<String> {
@@ -43,11 +43,7 @@ async fn nginx_serves_what_certkeeper_issues_and_renews() {
         ..Default::default()
     })
     .expect("start nginx");
-    let pebble = Pebble::start(PebbleOpts {
-        http_port: nginx.http_port(),
-        ..Default::default()
-    })
-    .await;
+    let pebble = nginx.pebble().await;
     std::fs::write(w.join("pebble-ca.pem"), pebble.ca_pem()).unwrap();
     let cfg = w.join("certkeeper.toml");
     std::fs::write(

@@ -22,7 +22,7 @@ use support::certkeeper::{CertSpec, Daemon, IssuerSpec, TestConfig};
 use support::nginx::{Nginx, NginxOpts, nginx_available};
 use support::pair::check_pair;
 use support::postgres::{Postgres, write_shared_secrets};
-use support::{Pebble, PebbleOpts, free_port, pebble};
+use support::{Pebble, free_port, pebble};
 
 const NODES: [&str; 3] = ["web1", "web2", "web3"];
 const CERTS: usize = 20;
@@ -99,11 +99,7 @@ async fn three_daemons_behind_a_balancer_answer_each_others_challenges() {
         ..Default::default()
     })
     .expect("start nginx");
-    let pebble = Pebble::start(PebbleOpts {
-        http_port: nginx.http_port(),
-        ..Default::default()
-    })
-    .await;
+    let pebble = nginx.pebble().await;
     let root = openssl::x509::X509::from_pem(pebble.root_pem().await.as_bytes()).unwrap();
 
     let nodes: Vec<TestConfig> = NODES

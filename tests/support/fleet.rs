@@ -40,11 +40,7 @@ impl WebrootFleet {
             ..Default::default()
         })
         .expect("start nginx");
-        let pebble = Pebble::start(PebbleOpts {
-            http_port: nginx.http_port(),
-            ..Default::default()
-        })
-        .await;
+        let pebble = nginx.pebble().await;
         Some(Self {
             pg,
             shared,

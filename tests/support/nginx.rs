@@ -95,6 +95,15 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// A pebble whose HTTP-01 validations come to this nginx (which serves or proxies them).
+    pub async fn pebble(&self) -> super::pebble::Pebble {
+        super::pebble::Pebble::start(super::pebble::PebbleOpts {
+            http_port: self.http_port(),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Write the config, start nginx and wait (bounded) until both ports accept.
     ///
     /// Fails with a message naming the cause (missing certificate file, nginx binary not found, nginx exited
