@@ -515,7 +515,7 @@ fn prepare_cert_dir(opts: &NginxOpts) -> io::Result<()> {
 }
 
 fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(super::pebble::free_port())
 }
 
 fn accepts(port: u16) -> bool {

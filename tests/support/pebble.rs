@@ -26,10 +26,26 @@ pub const PEBBLE_BIN: &str = "/usr/bin/pebble";
 /// Path of the challenge test server binary.
 pub const CHALLTESTSRV_BIN: &str = "/usr/bin/pebble-challtestsrv";
 
-/// A free TCP port on 127.0.0.1 (bound once, then released).
+/// A port free for TCP and UDP on 127.0.0.1 (bound once, then released).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Below the kernel's ephemeral range (32768–60999 by default), which every bind to port 0 and
+    // every outgoing connection draws from (ours, pebble's, nginx's): nothing else can take a port
+    // from here between this call and its user's bind. Never the same port twice in one process.
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 32_768 - FIRST;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(97) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (base + n) % SPAN).expect("a port");
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 from {FIRST}");
 }
 
 /// How to start pebble.
