@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::acme;
 use crate::config::CertificateConfig;
 use crate::scheduler;
-use crate::store::{AriResult, Event, Snapshot};
+use crate::store::{AriResult, Event, Installed, Snapshot};
 
 use super::runtime::Runtime;
 
@@ -53,21 +53,7 @@ pub async fn refresh(
         return AriOutcome::Skipped;
     };
     let state = &snap.state;
-    // The CertID recorded with the live certificate (its serial says so) saves reading and
-    // parsing the leaf.
-    let recorded = state
-        .ari_cert_id
-        .clone()
-        .filter(|id| acme::ari::cert_id_has_serial(id, &live.cert.serial_hex));
-    let cert_id = match recorded {
-        Some(id) => Ok(id),
-        None => live
-            .fullchain_pem()
-            .map_err(|e| e.to_string())
-            .and_then(|pem| openssl::x509::X509::from_pem(pem).map_err(|e| e.to_string()))
-            .and_then(|leaf| acme::cert_id(&leaf).map_err(|e| e.to_string())),
-    };
-    let cert_id = match cert_id {
+    let cert_id = match live_cert_id(state.ari_cert_id.as_deref(), live) {
         Ok(id) => id,
         Err(e) => {
             record(
@@ -129,6 +115,18 @@ pub async fn refresh(
     }
     record(rt, cert, Some(cert_id), result, refetch_at);
     outcome
+}
+
+/// The ARI CertID of the live certificate: the one recorded for it (its serial says so), which
+/// saves reading and parsing the leaf, else made from the leaf.
+fn live_cert_id(recorded: Option<&str>, live: &Installed) -> Result<String, String> {
+    if let Some(id) = recorded.filter(|id| acme::ari::cert_id_has_serial(id, &live.cert.serial_hex))
+    {
+        return Ok(id.to_string());
+    }
+    let pem = live.fullchain_pem().map_err(|e| e.to_string())?;
+    let leaf = openssl::x509::X509::from_pem(pem).map_err(|e| e.to_string())?;
+    acme::cert_id(&leaf).map_err(|e| e.to_string())
 }
 
 /// The ARI result to record with a certificate just issued by a CA whose directory has no
