@@ -149,9 +149,9 @@ struct Daemon {
     running: HashSet<String>,
     /// Paused certificates to try at once (a start or reload), whatever their daily retry time.
     paused_now: HashSet<String>,
-    /// Attempts in a row that failed because the store was down, per certificate: the ledger
-    /// could not record them, so their backoff is kept here.
-    store_down: HashMap<String, u32>,
+    /// Failed attempts in a row the ledger could not record (the store down, the state directory
+    /// gone or full), per certificate: their backoff is kept here.
+    unrecorded: HashMap<String, u32>,
     /// Reloads of this batch, sent to the reloader when no issuance is in flight any more.
     reloads: Vec<ReloadRequest>,
     /// Certificates installed in this batch (deploy-checked and notified after the reloads).
@@ -184,7 +184,7 @@ impl Daemon {
             tasks: HashMap::new(),
             running: HashSet::new(),
             paused_now: HashSet::new(),
-            store_down: HashMap::new(),
+            unrecorded: HashMap::new(),
             reloads: Vec::new(),
             changed: Vec::new(),
             reloader,
@@ -310,6 +310,10 @@ impl Daemon {
         let store_down = result
             .as_ref()
             .is_some_and(|r| r.as_ref().is_err_and(IssueError::is_store_down));
+        let failed = result.as_ref().is_some_and(|r| {
+            r.as_ref()
+                .is_err_and(|e| !e.is_interrupted() && !e.is_busy())
+        });
         match result {
             Some(Ok(issued)) => {
                 if issued.ordered_here {
@@ -335,18 +339,26 @@ impl Daemon {
         if busy {
             self.look_again_within_lease(&name);
         }
-        if store_down {
-            self.back_off_store_down(&name);
+        // A failure the ledger holds sets a retry a backoff away. One it could not take (the shared
+        // store down, the state directory removed or on a full disk) leaves the certificate due
+        // at once: never a tight loop of orders and log lines.
+        let unrecorded = failed
+            && self
+                .timers
+                .get(&name)
+                .is_some_and(|t| t <= Timestamp::now() + jiff::SignedDuration::from_secs(1));
+        if store_down || unrecorded {
+            self.back_off_unrecorded(&name, store_down);
         } else if attempted {
-            self.store_down.remove(&name);
+            self.unrecorded.remove(&name);
         }
     }
 
-    /// A certificate whose attempt failed because the store was down (its failure is not in the
-    /// ledger, which shows it as due at once): retried on the configured backoff schedule counted
-    /// here, never in a tight loop against an unreachable database.
-    fn back_off_store_down(&mut self, name: &str) {
-        let failures = self.store_down.entry(name.to_string()).or_insert(0);
+    /// A certificate whose attempt failed and whose failure is not in the ledger (the store was
+    /// down or could not be written, so the ledger shows it as due at once): retried on the
+    /// configured backoff schedule counted here, never in a tight loop.
+    fn back_off_unrecorded(&mut self, name: &str, store_down: bool) {
+        let failures = self.unrecorded.entry(name.to_string()).or_insert(0);
         *failures = failures.saturating_add(1);
         let delay = self.rt.config.daemon.backoff.delay(*failures);
         let at = Timestamp::now()
@@ -355,7 +367,11 @@ impl Daemon {
         if self.timers.get(name).is_none_or(|t| t < at) {
             self.timers.set(name, at);
         }
-        warn!(cert = %name, failures = *failures, retry_at = %at, "the shared store is unreachable; this certificate is retried with backoff");
+        if store_down {
+            warn!(cert = %name, failures = *failures, retry_at = %at, "the shared store is unreachable; this certificate is retried with backoff");
+        } else {
+            warn!(cert = %name, failures = *failures, retry_at = %at, "the failure could not be recorded in the state directory (is it there, is the disk full?); this certificate is retried with backoff");
+        }
     }
 
     /// In a fleet, a certificate another node holds the lease of is looked at again every half
@@ -733,10 +749,43 @@ output = {{ dir = "{d}/tls" }}
                 "failure {n}: retried after {wait}, wanted {want}"
             );
         }
-        assert_eq!(d.store_down.get("www"), Some(&3));
-        // Any other outcome of an attempt ends the outage's count.
-        d.finished("www".into(), Some(Err(IssueError::internal("boom"))));
-        assert!(d.store_down.is_empty());
+        assert_eq!(d.unrecorded.get("www"), Some(&3));
+        // Any other outcome of an attempt, its failure recorded as an attempt records it, ends
+        // the outage's count.
+        let cert = d.rt.config.certificates["www"].clone();
+        let boom = IssueError::internal("boom");
+        let snap = d.rt.ledger.snapshot("www", &cert.output);
+        crate::engine::pass::record_failure(&d.rt, &cert, &snap, &boom);
+        d.finished("www".into(), Some(Err(boom)));
+        assert!(d.unrecorded.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failure_the_state_directory_cannot_take_is_retried_with_backoff_not_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = daemon(tmp.path());
+        let backoff = d.rt.config.daemon.backoff;
+        // The state directory removed under the running daemon (or on a full disk): the attempt
+        // failed at its lock, and its failure could not be written either.
+        let gone = || {
+            IssueError::new(crate::store::StoreError::io(
+                "opening lock file",
+                tmp.path().join("state/locks/www.lock"),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ))
+        };
+        for n in 1..=2u32 {
+            let before = Timestamp::now();
+            d.running.insert("www".into());
+            d.finished("www".into(), Some(Err(gone())));
+            let wait = d.timers.get("www").unwrap().duration_since(before);
+            let want = backoff.delay(n);
+            assert!(
+                wait >= want && wait < want + jiff::SignedDuration::from_secs(5),
+                "failure {n}: retried after {wait}, wanted {want}"
+            );
+        }
+        assert_eq!(d.unrecorded.get("www"), Some(&2));
     }
 
     #[tokio::test]
@@ -765,7 +814,7 @@ output = {{ dir = "{d}/tls" }}
                 && wait <= jiff::SignedDuration::from_secs(3),
             "looked at again after {wait}, not after half the 4 s lease"
         );
-        assert!(d.store_down.is_empty(), "busy is not an outage");
+        assert!(d.unrecorded.is_empty(), "busy is not an outage");
     }
 
     #[tokio::test]
