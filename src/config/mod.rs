@@ -16,6 +16,7 @@ mod glob;
 mod raw;
 pub mod secret;
 mod slice;
+mod solver;
 mod source;
 mod storage;
 #[cfg(test)]

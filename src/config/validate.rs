@@ -1,4 +1,5 @@
-//! From parsed files to a validated [`Config`]: includes, merging, and every check.
+//! From parsed files to a validated [`Config`]: includes, merging, and every check (those of
+//! `[storage]` in [`super::storage`], those of an issuer's solvers in [`super::solver`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -8,19 +9,18 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::raw::{
-    Mode, RawCertificate, RawInclude, RawIssuer, RawMain, RawPropagation, RawProvider,
-    RawSelfCheck, RawSolver, SStr,
+    Mode, OneOrMany, RawCertificate, RawEab, RawInclude, RawIssuer, RawMain, RawOutput, RawSolver,
+    SStr,
 };
 use super::source::{SourceFile, key_seg};
 use super::{
     AdminConfig, CertificateConfig, Config, ConfigError, DaemonConfig, Diagnostic, Dns01Config,
-    EabConfig, Http01Config, IssuerConfig, NotifyConfig, OutputConfig, PropagationConfig, Selector,
-    SolverConfig, SolverKind, VerifyDeploy, WebhookConfig, parse_duration,
-    secret::{SecretError, credential_path, credentials_to_files, source_with_credential},
+    EabConfig, Http01Config, IssuerConfig, NotifyConfig, OutputConfig, SecretSource, SolverConfig,
+    SolverKind, VerifyDeploy, WebhookConfig, parse_duration,
+    secret::{SecretError, credential_path, source_with_credential},
 };
 use crate::acme::KeyType;
 use crate::challenge::IdentifierKind;
-use crate::challenge::dns01::providers::{DnsProviderConfig, SettingError};
 
 /// Directory shorthands.
 const SHORTHANDS: [(&str, &str); 3] = [
@@ -66,6 +66,12 @@ impl Ctx {
     }
 }
 
+/// `issuer.*` or `certificate.*` tables by name, each with its file and its name as written.
+type Defined<T> = BTreeMap<String, (usize, SStr, T)>;
+
+/// A certificate's name as the CA sees it, with where it is written: (span, key, (kind, value)).
+type NamePlace = (Range<usize>, String, (IdentifierKind, String));
+
 /// Parse, merge and validate; with `only` (a defined certificate's name), that certificate alone
 /// is validated and kept (see [`super::load_one`]).
 pub(crate) fn build(text: &str, path: &Path, only: Option<&str>) -> Result<Config, ConfigError> {
@@ -92,10 +98,69 @@ pub(super) fn build_with(
         Err(e) => return Err(ConfigError::Invalid(vec![cx.files[0].toml_error(&e)])),
     };
 
-    // Includes.
+    let (includes, include_dirs) = includes(&mut cx, &main.include, reduce);
+    let (raw_issuers, raw_certs) = merge_files(&mut cx, main.issuer, main.certificate, includes);
+
+    // Top level.
+    let state_dir = state_dir(&mut cx, main.state_dir.as_ref());
+    let storage = main
+        .storage
+        .as_ref()
+        .map(|s| super::storage::storage(&mut cx, s))
+        .unwrap_or_default();
+    let http01 = http01(&mut cx, main.http01.as_ref());
+    let admin = main.admin.as_ref().and_then(|a| admin(&mut cx, a));
+    let daemon = daemon(&mut cx, main.daemon.as_ref());
+    let dns01 = main
+        .dns01
+        .as_ref()
+        .map(|d| dns01_global(&mut cx, d))
+        .unwrap_or_default();
+    let notify = main.notify.as_ref().and_then(|n| notify(&mut cx, n));
+
+    // Issuers.
+    let mut issuers = BTreeMap::new();
+    for (name, (file, key, raw)) in &raw_issuers {
+        if let Some(issuer) = issuer(&mut cx, *file, name, key, raw) {
+            issuers.insert(name.clone(), issuer);
+        }
+    }
+
+    let defined: Vec<&str> = raw_issuers.keys().map(String::as_str).collect();
+    let certificates = certificates(&mut cx, &raw_certs, only, &defined, &issuers);
+
+    if !cx.diags.is_empty() {
+        return Err(ConfigError::Invalid(cx.diags));
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        files: cx.files.into_iter().map(|f| f.path).collect(),
+        include_dirs,
+        state_dir,
+        storage,
+        http01,
+        admin,
+        daemon,
+        dns01,
+        notify,
+        issuers,
+        // Built again from sorted input: full B-tree nodes, half the memory of the inserts in
+        // `certificates` (10,000 certificates of a few hundred bytes each stay in memory for the
+        // daemon's life).
+        certificates: certificates.into_iter().collect(),
+    })
+}
+
+/// `include = [...]` of the main file: each pattern expanded and each file found read (once) and
+/// parsed. Returns the parsed files by index in `cx.files`, and the directories the patterns name.
+fn includes(
+    cx: &mut Ctx,
+    patterns: &[SStr],
+    reduce: &mut dyn FnMut(String) -> String,
+) -> (Vec<(usize, RawInclude)>, Vec<PathBuf>) {
     let mut includes: Vec<(usize, RawInclude)> = Vec::new();
     let mut include_dirs: Vec<PathBuf> = Vec::new();
-    for (i, pat) in main.include.iter().enumerate() {
+    for (i, pat) in patterns.iter().enumerate() {
         let key = format!("include[{i}]");
         let full = cx.resolve(0, pat.get_ref());
         if let Some(dir) = full.parent().map(Path::to_path_buf)
@@ -114,56 +179,82 @@ pub(super) fn build_with(
             if cx.files.iter().any(|f| f.path == p) {
                 continue;
             }
-            let text = match std::fs::read_to_string(&p) {
-                Ok(t) => t,
-                Err(e) => {
-                    cx.err(
-                        0,
-                        &pat.span(),
-                        key.clone(),
-                        format!("cannot read {}: {e}", p.display()),
-                    );
-                    continue;
-                }
-            };
-            cx.files.push(SourceFile {
-                path: p,
-                text: reduce(text),
-            });
-            let idx = cx.files.len() - 1;
-            match toml::from_str::<RawInclude>(&cx.files[idx].text) {
-                Ok(inc) => includes.push((idx, inc)),
-                Err(e) => {
-                    let mut d = cx.files[idx].toml_error(&e);
-                    if d.message.starts_with("unknown field") {
-                        d.message.push_str(
-                            " (included files may only define issuer.* and certificate.*)",
-                        );
-                    }
-                    cx.diags.push(d);
-                }
+            if let Some(inc) = include_file(cx, pat, &key, p, reduce) {
+                includes.push(inc);
             }
         }
     }
+    (includes, include_dirs)
+}
 
-    // Merge issuer.* and certificate.* across files; a name defined twice is an error naming both.
-    let mut raw_issuers: BTreeMap<String, (usize, SStr, RawIssuer)> = BTreeMap::new();
-    let mut raw_certs: BTreeMap<String, (usize, SStr, RawCertificate)> = BTreeMap::new();
-    let main_parts = (0usize, main.issuer, main.certificate);
+/// One included file `p` (matched by `include[i]` pattern `pat`): read, added to `cx.files` and
+/// parsed; only `issuer.*` and `certificate.*` may be in it.
+fn include_file(
+    cx: &mut Ctx,
+    pat: &SStr,
+    key: &str,
+    p: PathBuf,
+    reduce: &mut dyn FnMut(String) -> String,
+) -> Option<(usize, RawInclude)> {
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) => {
+            cx.err(
+                0,
+                &pat.span(),
+                key,
+                format!("cannot read {}: {e}", p.display()),
+            );
+            return None;
+        }
+    };
+    cx.files.push(SourceFile {
+        path: p,
+        text: reduce(text),
+    });
+    let idx = cx.files.len() - 1;
+    match toml::from_str::<RawInclude>(&cx.files[idx].text) {
+        Ok(inc) => Some((idx, inc)),
+        Err(e) => {
+            let mut d = cx.files[idx].toml_error(&e);
+            if d.message.starts_with("unknown field") {
+                d.message
+                    .push_str(" (included files may only define issuer.* and certificate.*)");
+            }
+            cx.diags.push(d);
+            None
+        }
+    }
+}
+
+/// `issuer.*` and `certificate.*` of the main file and the included ones merged; a name defined
+/// twice is an error naming both places.
+fn merge_files(
+    cx: &mut Ctx,
+    main_issuers: BTreeMap<SStr, RawIssuer>,
+    main_certs: BTreeMap<SStr, RawCertificate>,
+    includes: Vec<(usize, RawInclude)>,
+) -> (Defined<RawIssuer>, Defined<RawCertificate>) {
+    let mut raw_issuers: Defined<RawIssuer> = BTreeMap::new();
+    let mut raw_certs: Defined<RawCertificate> = BTreeMap::new();
+    let main_parts = (0usize, main_issuers, main_certs);
     let inc_parts = includes
         .into_iter()
         .map(|(f, inc)| (f, inc.issuer, inc.certificate));
     for (file, issuers, certs) in std::iter::once(main_parts).chain(inc_parts) {
         for (name, raw) in issuers {
-            merge(&mut cx, &mut raw_issuers, "issuer", file, name, raw);
+            merge(cx, &mut raw_issuers, "issuer", file, name, raw);
         }
         for (name, raw) in certs {
-            merge(&mut cx, &mut raw_certs, "certificate", file, name, raw);
+            merge(cx, &mut raw_certs, "certificate", file, name, raw);
         }
     }
+    (raw_issuers, raw_certs)
+}
 
-    // Top level.
-    let state_dir = match &main.state_dir {
+/// `state_dir`: an absolute path (default [`super::DEFAULT_STATE_DIR`]).
+fn state_dir(cx: &mut Ctx, s: Option<&SStr>) -> PathBuf {
+    match s {
         None => PathBuf::from(super::DEFAULT_STATE_DIR),
         Some(s) => {
             if !Path::new(s.get_ref()).is_absolute() {
@@ -176,97 +267,94 @@ pub(super) fn build_with(
             }
             PathBuf::from(s.get_ref())
         }
-    };
-    let storage = main
-        .storage
-        .as_ref()
-        .map(|s| super::storage::storage(&mut cx, s))
-        .unwrap_or_default();
-    let http01 = match &main.http01 {
-        None => Http01Config {
+    }
+}
+
+/// `[http01]`: at least one listen address, each an IP address with a port (default
+/// 127.0.0.1:8402).
+fn http01(cx: &mut Ctx, h: Option<&super::raw::RawHttp01>) -> Http01Config {
+    let Some(h) = h else {
+        return Http01Config {
             listen: vec![default_http01_listen()],
-        },
-        Some(h) => {
-            if h.listen.get_ref().is_empty() {
-                cx.err(
-                    0,
-                    &h.listen.span(),
-                    "http01.listen",
-                    "needs at least one address, e.g. [\"127.0.0.1:8402\"]",
-                );
-            }
-            let mut listen = Vec::new();
-            for (i, a) in h.listen.get_ref().iter().enumerate() {
-                if let Some(addr) = socket_addr(&mut cx, 0, a, &format!("http01.listen[{i}]")) {
-                    listen.push(addr);
-                }
-            }
-            Http01Config { listen }
-        }
+        };
     };
-    let admin = main.admin.as_ref().and_then(|a| admin(&mut cx, a));
+    if h.listen.get_ref().is_empty() {
+        cx.err(
+            0,
+            &h.listen.span(),
+            "http01.listen",
+            "needs at least one address, e.g. [\"127.0.0.1:8402\"]",
+        );
+    }
+    let mut listen = Vec::new();
+    for (i, a) in h.listen.get_ref().iter().enumerate() {
+        if let Some(addr) = socket_addr(cx, 0, a, &format!("http01.listen[{i}]")) {
+            listen.push(addr);
+        }
+    }
+    Http01Config { listen }
+}
+
+/// `[daemon]`: `max_concurrent` at least 1, `hook_timeout`, and a retry backoff whose first wait
+/// is not longer than its longest.
+fn daemon(cx: &mut Ctx, raw: Option<&super::raw::RawDaemon>) -> DaemonConfig {
     let mut daemon = DaemonConfig {
         max_concurrent: super::DEFAULT_MAX_CONCURRENT,
         hook_timeout: super::DEFAULT_HOOK_TIMEOUT,
         backoff: crate::scheduler::Backoff::default(),
     };
-    if let Some(d) = &main.daemon {
-        if let Some(m) = &d.max_concurrent {
-            match usize::try_from(*m.get_ref()) {
-                Ok(n) if n >= 1 => daemon.max_concurrent = n,
-                _ => cx.err(
-                    0,
-                    &m.span(),
-                    "daemon.max_concurrent",
-                    format!("must be at least 1, got {}", m.get_ref()),
-                ),
-            }
-        }
-        if let Some(t) = duration(&mut cx, 0, d.hook_timeout.as_ref(), "daemon.hook_timeout") {
-            daemon.hook_timeout = t;
-        }
-        let signed = |d: std::time::Duration| {
-            jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
-        };
-        if let Some(t) = duration(&mut cx, 0, d.retry_first.as_ref(), "daemon.retry_first") {
-            daemon.backoff.first = signed(t);
-        }
-        if let Some(t) = duration(&mut cx, 0, d.retry_max.as_ref(), "daemon.retry_max") {
-            daemon.backoff.max = signed(t);
-        }
-        if daemon.backoff.first > daemon.backoff.max
-            && let Some(first) = &d.retry_first
-        {
-            cx.err(
+    let Some(d) = raw else {
+        return daemon;
+    };
+    if let Some(m) = &d.max_concurrent {
+        match usize::try_from(*m.get_ref()) {
+            Ok(n) if n >= 1 => daemon.max_concurrent = n,
+            _ => cx.err(
                 0,
-                &first.span(),
-                "daemon.retry_first",
-                "is longer than daemon.retry_max: the first retry cannot wait longer than the longest",
-            );
+                &m.span(),
+                "daemon.max_concurrent",
+                format!("must be at least 1, got {}", m.get_ref()),
+            ),
         }
     }
-
-    let dns01 = main
-        .dns01
-        .as_ref()
-        .map(|d| dns01_global(&mut cx, d))
-        .unwrap_or_default();
-    let notify = main.notify.as_ref().and_then(|n| notify(&mut cx, n));
-
-    // Issuers.
-    let mut issuers = BTreeMap::new();
-    for (name, (file, key, raw)) in &raw_issuers {
-        if let Some(issuer) = issuer(&mut cx, *file, name, key, raw) {
-            issuers.insert(name.clone(), issuer);
-        }
+    if let Some(t) = duration(cx, 0, d.hook_timeout.as_ref(), "daemon.hook_timeout") {
+        daemon.hook_timeout = t;
     }
+    let signed = |d: std::time::Duration| {
+        jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
+    };
+    if let Some(t) = duration(cx, 0, d.retry_first.as_ref(), "daemon.retry_first") {
+        daemon.backoff.first = signed(t);
+    }
+    if let Some(t) = duration(cx, 0, d.retry_max.as_ref(), "daemon.retry_max") {
+        daemon.backoff.max = signed(t);
+    }
+    if daemon.backoff.first > daemon.backoff.max
+        && let Some(first) = &d.retry_first
+    {
+        cx.err(
+            0,
+            &first.span(),
+            "daemon.retry_first",
+            "is longer than daemon.retry_max: the first retry cannot wait longer than the longest",
+        );
+    }
+    daemon
+}
 
-    // Certificates.
-    let defined: Vec<&str> = raw_issuers.keys().map(String::as_str).collect();
+/// Every `[certificate.*]` (or only `only`, when it is defined); no two may write to the same
+/// output dir.
+fn certificates(
+    cx: &mut Ctx,
+    raw_certs: &Defined<RawCertificate>,
+    only: Option<&str>,
+    defined: &[&str],
+    issuers: &BTreeMap<String, IssuerConfig>,
+) -> BTreeMap<String, CertificateConfig> {
     let mut certificates = BTreeMap::new();
     // The place of the first writer of a dir, as (name, file, span): turned into file:line only for
     // a clash (finding a line scans the file, which for every one of 10,000 certificates is slow).
-    let mut dirs: HashMap<PathBuf, (String, usize, std::ops::Range<usize>)> = HashMap::new();
+    let mut dirs: HashMap<PathBuf, (String, usize, Range<usize>)> = HashMap::new();
     // In file order, so a clash is reported at the later definition.
     let only = only.filter(|n| raw_certs.contains_key(*n));
     let mut ordered: Vec<_> = raw_certs
@@ -275,7 +363,7 @@ pub(super) fn build_with(
         .collect();
     ordered.sort_by_key(|(_, (file, key, _))| (*file, key.span().start));
     for (name, (file, key, raw)) in ordered {
-        let Some(cert) = certificate(&mut cx, *file, name, key, raw, &defined, &issuers) else {
+        let Some(cert) = certificate(cx, *file, name, key, raw, defined, issuers) else {
             continue;
         };
         let here = raw.output.get_ref().dir.span();
@@ -297,26 +385,7 @@ pub(super) fn build_with(
         }
         certificates.insert(name.clone(), cert);
     }
-
-    if !cx.diags.is_empty() {
-        return Err(ConfigError::Invalid(cx.diags));
-    }
-    Ok(Config {
-        source: path.to_path_buf(),
-        files: cx.files.into_iter().map(|f| f.path).collect(),
-        include_dirs,
-        state_dir,
-        storage,
-        http01,
-        admin,
-        daemon,
-        dns01,
-        notify,
-        issuers,
-        // Built again from sorted input: full B-tree nodes, half the memory of the inserts above
-        // (10,000 certificates of a few hundred bytes each stay in memory for the daemon's life).
-        certificates: certificates.into_iter().collect(),
-    })
+    certificates
 }
 
 /// `[dns01]`: the recursive resolvers, each an IP address with an optional port (53).
@@ -662,7 +731,13 @@ fn socket_addr(cx: &mut Ctx, file: usize, s: &SStr, key: &str) -> Option<SocketA
     }
 }
 
-fn duration(cx: &mut Ctx, file: usize, s: Option<&SStr>, key: &str) -> Option<std::time::Duration> {
+/// The duration setting `s` at `key` (e.g. "30d", "P30D"); `None` when it is absent or wrong.
+pub(super) fn duration(
+    cx: &mut Ctx,
+    file: usize,
+    s: Option<&SStr>,
+    key: &str,
+) -> Option<std::time::Duration> {
     let s = s?;
     match parse_duration(s.get_ref()) {
         Ok(d) => Some(d),
@@ -686,6 +761,8 @@ fn key_type(cx: &mut Ctx, file: usize, s: Option<&SStr>, key: &str) -> Option<Ke
     }
 }
 
+/// `[issuer.NAME]` (defined at `key` in `file`): the CA directory, contacts, CA bundle, EAB,
+/// account key, solvers and CAA identities; `None` when any of them is wrong.
 fn issuer(
     cx: &mut Ctx,
     file: usize,
@@ -696,128 +773,20 @@ fn issuer(
     let p = format!("issuer.{}", key_seg(name));
     let errors_before = cx.diags.len();
 
-    let dir = raw.directory.get_ref();
-    let directory = if let Some((_, url)) = SHORTHANDS.iter().find(|(s, _)| s == dir) {
-        url.to_string()
-    } else {
-        let ok = reqwest::Url::parse(dir).is_ok_and(|u| {
-            matches!(u.scheme(), "https" | "http") && u.host_str().is_some_and(|h| !h.is_empty())
-        });
-        if !ok {
-            cx.err(
-                file,
-                &raw.directory.span(),
-                format!("{p}.directory"),
-                format!(
-                    "\"{dir}\" is neither a known CA (letsencrypt, letsencrypt-staging, zerossl) nor an https:// URL of an ACME directory"
-                ),
-            );
-        }
-        dir.clone()
-    };
-
-    let mut contact = Vec::new();
-    for (i, c) in raw.contact.iter().enumerate() {
-        let ok = c
-            .get_ref()
-            .strip_prefix("mailto:")
-            .is_some_and(|rest| rest.contains('@'));
-        if !ok {
-            cx.err(
-                file,
-                &c.span(),
-                format!("{p}.contact[{i}]"),
-                format!(
-                    "\"{}\" must be a mailto: URL, e.g. \"mailto:admin@example.com\"",
-                    c.get_ref()
-                ),
-            );
-        }
-        contact.push(c.get_ref().clone());
-    }
-
+    let directory = directory(cx, file, &p, &raw.directory);
+    let contact = contact(cx, file, &p, &raw.contact);
     let ca_bundle = raw
         .ca_bundle
         .as_ref()
         .map(|c| cx.resolve(file, c.get_ref()));
-
-    let eab = raw.eab.as_ref().and_then(|eab_s| {
-        let e = eab_s.get_ref();
-        if e.kid.get_ref().is_empty() {
-            cx.err(
-                file,
-                &e.kid.span(),
-                format!("{p}.eab.kid"),
-                "is empty: use the key id your CA gave you",
-            );
-        }
-        let file_path = e
-            .hmac_key_file
-            .as_ref()
-            .map(|f| cx.resolve(file, f.get_ref()));
-        let source = match source_with_credential(
-            "hmac_key",
-            file_path.as_deref(),
-            e.hmac_key_env.as_ref().map(|v| v.get_ref().as_str()),
-            e.hmac_key_credential.as_ref().map(|v| v.get_ref().as_str()),
-        ) {
-            Ok(s) => s,
-            Err(err) => {
-                // A credential's own problem is reported at its key, the choice at the table.
-                let (span, key) = match (&e.hmac_key_credential, &err) {
-                    (
-                        Some(c),
-                        SecretError::CredentialName { .. }
-                        | SecretError::NoCredentialsDirectory { .. }
-                        | SecretError::CredentialMissing { .. },
-                    ) => (c.span(), format!("{p}.eab.hmac_key_credential")),
-                    _ => (eab_s.span(), format!("{p}.eab")),
-                };
-                cx.err(file, &span, key, err.to_string());
-                return None;
-            }
-        };
-        match source.read() {
-            Ok(hmac_key) => Some(EabConfig {
-                kid: e.kid.get_ref().clone(),
-                hmac_key,
-            }),
-            Err(err) => {
-                let (span, k) = match (&e.hmac_key_file, &e.hmac_key_env, &e.hmac_key_credential) {
-                    (Some(f), _, _) => (f.span(), "hmac_key_file"),
-                    (_, Some(v), _) => (v.span(), "hmac_key_env"),
-                    (_, _, Some(c)) => (c.span(), "hmac_key_credential"),
-                    _ => (eab_s.span(), ""),
-                };
-                cx.err(file, &span, format!("{p}.eab.{k}"), err.to_string());
-                None
-            }
-        }
-    });
-
+    let eab = raw.eab.as_ref().and_then(|eab_s| eab(cx, file, &p, eab_s));
     let account_key = key_type(
         cx,
         file,
         raw.account_key.as_ref(),
         &format!("{p}.account_key"),
     );
-
-    if raw.solver.is_empty() {
-        cx.err(
-            file,
-            &key.span(),
-            p.clone(),
-            format!(
-                "no solvers: add [[{p}.solver]] with http01 = {{}} (or webroot = {{ path = \"...\" }}, or dns01 = {{ provider = \"...\", ... }})"
-            ),
-        );
-    }
-    let mut solvers = Vec::new();
-    for (i, s) in raw.solver.iter().enumerate() {
-        if let Some(sc) = solver(cx, file, &format!("{p}.solver[{i}]"), s) {
-            solvers.push(sc);
-        }
-    }
+    let solvers = solvers(cx, file, &p, key, &raw.solver);
     let caa_identities = raw
         .caa_identities
         .as_ref()
@@ -836,6 +805,144 @@ fn issuer(
         caa_identities,
         solvers,
     })
+}
+
+/// `directory` of issuer `p`: a shorthand ([`SHORTHANDS`], returned as its URL) or an http(s)
+/// URL with a host.
+fn directory(cx: &mut Ctx, file: usize, p: &str, raw: &SStr) -> String {
+    let dir = raw.get_ref();
+    if let Some((_, url)) = SHORTHANDS.iter().find(|(s, _)| s == dir) {
+        return url.to_string();
+    }
+    let ok = reqwest::Url::parse(dir).is_ok_and(|u| {
+        matches!(u.scheme(), "https" | "http") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    if !ok {
+        cx.err(
+            file,
+            &raw.span(),
+            format!("{p}.directory"),
+            format!(
+                "\"{dir}\" is neither a known CA (letsencrypt, letsencrypt-staging, zerossl) nor an https:// URL of an ACME directory"
+            ),
+        );
+    }
+    dir.clone()
+}
+
+/// `contact` of issuer `p`: each a `mailto:` URL with an address.
+fn contact(cx: &mut Ctx, file: usize, p: &str, raw: &[SStr]) -> Vec<String> {
+    let mut contact = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        let ok = c
+            .get_ref()
+            .strip_prefix("mailto:")
+            .is_some_and(|rest| rest.contains('@'));
+        if !ok {
+            cx.err(
+                file,
+                &c.span(),
+                format!("{p}.contact[{i}]"),
+                format!(
+                    "\"{}\" must be a mailto: URL, e.g. \"mailto:admin@example.com\"",
+                    c.get_ref()
+                ),
+            );
+        }
+        contact.push(c.get_ref().clone());
+    }
+    contact
+}
+
+/// `eab = { kid, hmac_key_file | hmac_key_env | hmac_key_credential }` of issuer `p`: a key id,
+/// and the HMAC key read now.
+fn eab(cx: &mut Ctx, file: usize, p: &str, eab_s: &Spanned<RawEab>) -> Option<EabConfig> {
+    let e = eab_s.get_ref();
+    if e.kid.get_ref().is_empty() {
+        cx.err(
+            file,
+            &e.kid.span(),
+            format!("{p}.eab.kid"),
+            "is empty: use the key id your CA gave you",
+        );
+    }
+    let source = eab_source(cx, file, p, eab_s)?;
+    match source.read() {
+        Ok(hmac_key) => Some(EabConfig {
+            kid: e.kid.get_ref().clone(),
+            hmac_key,
+        }),
+        Err(err) => {
+            let (span, k) = match (&e.hmac_key_file, &e.hmac_key_env, &e.hmac_key_credential) {
+                (Some(f), _, _) => (f.span(), "hmac_key_file"),
+                (_, Some(v), _) => (v.span(), "hmac_key_env"),
+                (_, _, Some(c)) => (c.span(), "hmac_key_credential"),
+                _ => (eab_s.span(), ""),
+            };
+            cx.err(file, &span, format!("{p}.eab.{k}"), err.to_string());
+            None
+        }
+    }
+}
+
+/// Where the EAB HMAC key of issuer `p` comes from: exactly one of a file (resolved against
+/// `file`'s directory), an environment variable or a systemd credential.
+fn eab_source(cx: &mut Ctx, file: usize, p: &str, eab_s: &Spanned<RawEab>) -> Option<SecretSource> {
+    let e = eab_s.get_ref();
+    let file_path = e
+        .hmac_key_file
+        .as_ref()
+        .map(|f| cx.resolve(file, f.get_ref()));
+    match source_with_credential(
+        "hmac_key",
+        file_path.as_deref(),
+        e.hmac_key_env.as_ref().map(|v| v.get_ref().as_str()),
+        e.hmac_key_credential.as_ref().map(|v| v.get_ref().as_str()),
+    ) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            // A credential's own problem is reported at its key, the choice at the table.
+            let (span, key) = match (&e.hmac_key_credential, &err) {
+                (
+                    Some(c),
+                    SecretError::CredentialName { .. }
+                    | SecretError::NoCredentialsDirectory { .. }
+                    | SecretError::CredentialMissing { .. },
+                ) => (c.span(), format!("{p}.eab.hmac_key_credential")),
+                _ => (eab_s.span(), format!("{p}.eab")),
+            };
+            cx.err(file, &span, key, err.to_string());
+            None
+        }
+    }
+}
+
+/// `[[issuer.NAME.solver]]` of issuer `p` (defined at `key`): at least one, each validated by
+/// [`super::solver::solver`]; the valid ones are returned.
+fn solvers(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    key: &SStr,
+    raw: &[Spanned<RawSolver>],
+) -> Vec<SolverConfig> {
+    if raw.is_empty() {
+        cx.err(
+            file,
+            &key.span(),
+            p,
+            format!(
+                "no solvers: add [[{p}.solver]] with http01 = {{}} (or webroot = {{ path = \"...\" }}, or dns01 = {{ provider = \"...\", ... }})"
+            ),
+        );
+    }
+    let mut solvers = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        if let Some(sc) = super::solver::solver(cx, file, &format!("{p}.solver[{i}]"), s) {
+            solvers.push(sc);
+        }
+    }
+    solvers
 }
 
 /// `caa_identities = ["letsencrypt.org"]` of issuer `p`: the domain names a CAA `issue` record
@@ -865,349 +972,6 @@ fn caa_identities(cx: &mut Ctx, file: usize, p: &str, list: &Spanned<Vec<SStr>>)
         }
     }
     out
-}
-
-/// `self_check = true | false | { port, resolve }` of an http01 or webroot solver at key `p`
-/// (`issuer.X.solver[i].http01`): on by default, port 80 of the name's own addresses.
-fn self_check_setting(
-    cx: &mut Ctx,
-    file: usize,
-    p: &str,
-    raw: Option<&Spanned<RawSelfCheck>>,
-) -> (bool, crate::challenge::http01::SelfCheckTarget) {
-    let mut self_check = true;
-    let mut self_check_target = crate::challenge::http01::SelfCheckTarget::default();
-    match raw.map(|s| s.get_ref()) {
-        None => {}
-        Some(RawSelfCheck::Enabled(b)) => self_check = *b,
-        Some(RawSelfCheck::Target(t)) => {
-            if let Some(port) = &t.port {
-                match u16::try_from(*port.get_ref()) {
-                    Ok(n) if n > 0 => self_check_target.port = n,
-                    _ => cx.err(
-                        file,
-                        &port.span(),
-                        format!("{p}.self_check.port"),
-                        format!(
-                            "{} is not a TCP port: write a number from 1 to 65535",
-                            port.get_ref()
-                        ),
-                    ),
-                }
-            }
-            if let Some(resolve) = &t.resolve {
-                for v in &resolve.get_ref().0 {
-                    match v.parse::<IpAddr>() {
-                        Ok(ip) => self_check_target.resolve.push(ip),
-                        Err(_) => cx.err(
-                            file,
-                            &resolve.span(),
-                            format!("{p}.self_check.resolve"),
-                            format!("{v:?} is not an IP address: write e.g. \"203.0.113.7\" or \"2001:db8::7\""),
-                        ),
-                    }
-                }
-            }
-        }
-    }
-    (self_check, self_check_target)
-}
-
-fn solver(cx: &mut Ctx, file: usize, p: &str, s: &Spanned<RawSolver>) -> Option<SolverConfig> {
-    let raw = s.get_ref();
-    let mut kinds = Vec::new();
-    if raw.http01.is_some() {
-        kinds.push("http01");
-    }
-    if raw.webroot.is_some() {
-        kinds.push("webroot");
-    }
-    if raw.tlsalpn01.is_some() {
-        kinds.push("tlsalpn01");
-    }
-    if raw.dns01.is_some() {
-        kinds.push("dns01");
-    }
-    if raw.dns_persist01.is_some() {
-        kinds.push("dns_persist01");
-    }
-    if kinds.len() != 1 {
-        let msg = if kinds.is_empty() {
-            "no solver kind: set exactly one of http01 = {}, webroot = { path = \"...\" }, tlsalpn01 = {}, dns01 = { provider = \"...\" }"
-                .to_string()
-        } else {
-            format!(
-                "set exactly one of http01, webroot, tlsalpn01, dns01 per solver, found {}: split them into separate [[...solver]] tables",
-                kinds.join(" and ")
-            )
-        };
-        cx.err(file, &s.span(), p, msg);
-        return None;
-    }
-    if let (Some(prop), None, None) = (&raw.propagation, &raw.dns01, &raw.dns_persist01) {
-        cx.err(
-            file,
-            &prop.span(),
-            format!("{p}.propagation"),
-            "only applies to dns01 solvers: remove it",
-        );
-    }
-
-    let mut selector = Selector::default();
-    if let Some(sel) = &raw.selector {
-        for (i, z) in sel.dns_zones.iter().enumerate() {
-            match normalize_name(z.get_ref()) {
-                Ok((IdentifierKind::Dns, n)) => selector.dns_zones.push(n),
-                Ok(_) => cx.err(
-                    file,
-                    &z.span(),
-                    format!("{p}.selector.dns_zones[{i}]"),
-                    format!(
-                        "\"{}\" is not a DNS zone name: write e.g. \"example.com\"",
-                        z.get_ref()
-                    ),
-                ),
-                Err(msg) => cx.err(file, &z.span(), format!("{p}.selector.dns_zones[{i}]"), msg),
-            }
-        }
-        for (i, n) in sel.dns_names.iter().enumerate() {
-            match normalize_name(n.get_ref()) {
-                Ok((kind, n)) => selector.dns_names.push(written(kind, &n)),
-                Err(msg) => cx.err(file, &n.span(), format!("{p}.selector.dns_names[{i}]"), msg),
-            }
-        }
-    }
-
-    let kind = if let Some(h) = &raw.http01 {
-        let (self_check, self_check_target) = self_check_setting(
-            cx,
-            file,
-            &format!("{p}.http01"),
-            h.get_ref().self_check.as_ref(),
-        );
-        SolverKind::Http01 {
-            self_check,
-            self_check_target,
-        }
-    } else if let Some(w) = &raw.webroot {
-        let (self_check, self_check_target) = self_check_setting(
-            cx,
-            file,
-            &format!("{p}.webroot"),
-            w.get_ref().self_check.as_ref(),
-        );
-        SolverKind::Webroot {
-            path: cx.resolve(file, w.get_ref().path.get_ref()),
-            self_check,
-            self_check_target,
-        }
-    } else if let Some(t) = &raw.tlsalpn01 {
-        let listen = match &t.get_ref().listen {
-            None => std::net::SocketAddr::from(([0, 0, 0, 0], 443)),
-            Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
-                Ok(a) => a,
-                Err(_) => {
-                    cx.err(
-                        file,
-                        &l.span(),
-                        format!("{p}.tlsalpn01.listen"),
-                        format!(
-                            "\"{}\" is not an address:port: write e.g. \"0.0.0.0:443\"",
-                            l.get_ref()
-                        ),
-                    );
-                    return None;
-                }
-            },
-        };
-        SolverKind::TlsAlpn01 { listen }
-    } else if let Some(d) = &raw.dns01 {
-        let propagation = propagation_setting(cx, file, p, raw.propagation.as_ref());
-        SolverKind::Dns01 {
-            provider: dns_provider(cx, file, &format!("{p}.dns01"), d)?,
-            propagation,
-        }
-    } else if let Some(d) = &raw.dns_persist01 {
-        let domain = d
-            .get_ref()
-            .issuer_domain
-            .get_ref()
-            .trim()
-            .trim_end_matches('.');
-        if domain.is_empty() || domain.contains(char::is_whitespace) || !domain.contains('.') {
-            cx.err(
-                file,
-                &d.get_ref().issuer_domain.span(),
-                format!("{p}.dns_persist01.issuer_domain"),
-                "is not a domain name: give the CA's issuer domain name, e.g. \"letsencrypt.org\" (the CA documents it; it is in its dns-persist-01 challenges as issuer-domain-names)",
-            );
-            return None;
-        }
-        SolverKind::DnsPersist01 {
-            issuer_domain: domain.to_ascii_lowercase(),
-            propagation: propagation_setting(cx, file, p, raw.propagation.as_ref()),
-        }
-    } else {
-        return None;
-    };
-    Some(SolverConfig { selector, kind })
-}
-
-/// The `propagation = { .. }` table next to a dns01 or dns_persist01 solver at key `p`.
-fn propagation_setting(
-    cx: &mut Ctx,
-    file: usize,
-    p: &str,
-    raw: Option<&Spanned<RawPropagation>>,
-) -> PropagationConfig {
-    let mut propagation = PropagationConfig::default();
-    if let Some(pr) = raw {
-        let pr = pr.get_ref();
-        if let Some(c) = pr.check {
-            propagation.check = c;
-        }
-        if let Some(t) = duration(
-            cx,
-            file,
-            pr.timeout.as_ref(),
-            &format!("{p}.propagation.timeout"),
-        ) {
-            propagation.timeout = t;
-        }
-        if let Some(t) = duration(
-            cx,
-            file,
-            pr.interval.as_ref(),
-            &format!("{p}.propagation.interval"),
-        ) {
-            propagation.interval = t;
-        }
-        for (i, ns) in pr.nameservers.iter().enumerate() {
-            let v = ns.get_ref();
-            let addr = v
-                .parse::<SocketAddr>()
-                .ok()
-                .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
-            if let Some(addr) = addr {
-                propagation.nameservers.push(addr);
-            } else {
-                cx.err(
-                    file,
-                    &ns.span(),
-                    format!("{p}.propagation.nameservers[{i}]"),
-                    format!("\"{v}\" is not a nameserver address: write an IP address with an optional port, e.g. \"192.0.2.53\" or \"127.0.0.1:5353\""),
-                );
-            }
-        }
-    }
-    propagation
-}
-
-/// The `dns01` table at key `p` in `file`: the provider's settings parsed and checked (without
-/// reading secrets: a secret file that appears later is fine), and relative paths in it resolved
-/// against `file`'s directory. Problems name the key inside the table.
-fn dns_provider(
-    cx: &mut Ctx,
-    file: usize,
-    p: &str,
-    raw: &Spanned<RawProvider>,
-) -> Option<DnsProviderConfig> {
-    let table = raw.get_ref();
-    let names = DnsProviderConfig::NAMES.join(", ");
-    let Some(name_value) = table
-        .iter()
-        .find_map(|(k, v)| (k.get_ref() == "provider").then_some(v))
-    else {
-        cx.err(
-            file,
-            &raw.span(),
-            p,
-            format!("no provider: set provider = \"NAME\", one of {names}"),
-        );
-        return None;
-    };
-    let Some(name) = name_value.get_ref().as_str() else {
-        cx.err(
-            file,
-            &name_value.span(),
-            format!("{p}.provider"),
-            format!("must be a string naming the provider, one of {names}"),
-        );
-        return None;
-    };
-    let mut settings: toml::Table = table
-        .iter()
-        .filter(|(k, _)| k.get_ref() != "provider")
-        .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
-        .collect();
-    // Where a problem with `key` (`timeout`, `args[1]`, "" for the table) is reported.
-    let report = |cx: &mut Ctx, e: SettingError| {
-        let head = e.key.split(['[', '.']).next().unwrap_or("");
-        let found = table.iter().find(|(k, _)| k.get_ref() == head);
-        let span = match found {
-            Some((k, _)) if e.message.starts_with("unknown field") => k.span(),
-            Some((_, v)) => v.span(),
-            None => raw.span(),
-        };
-        let key = if e.key.is_empty() {
-            p.to_string()
-        } else {
-            format!("{p}.{}", e.key)
-        };
-        let message = match e
-            .message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.strip_suffix('`'))
-        {
-            Some(field) => format!("no {field} given: the {name} provider needs {field} = ..."),
-            None => e.message,
-        };
-        cx.err(file, &span, key, message);
-    };
-    // `<key>_credential` becomes `<key>_file` in $CREDENTIALS_DIRECTORY.
-    let credentials = match credentials_to_files(&mut settings) {
-        Ok(c) => c,
-        Err(problems) => {
-            for (key, message) in problems {
-                report(cx, SettingError::new(key, message));
-            }
-            return None;
-        }
-    };
-    let mut config = match DnsProviderConfig::from_table(name, settings) {
-        Ok(c) => c,
-        Err(mut e) => {
-            // A `<key>_credential` whose `<key>_file` the provider does not have.
-            if let Some((file_key, cred_key)) = credentials
-                .iter()
-                .find(|(f, _)| e.message.starts_with(&format!("unknown field `{f}`")))
-            {
-                e = SettingError::new(
-                    cred_key.clone(),
-                    format!(
-                        "unknown field `{cred_key}`: the {name} provider has no secret `{file_key}` to take from a credential"
-                    ),
-                );
-            }
-            report(cx, e);
-            return None;
-        }
-    };
-    let problems = config.check();
-    if !problems.is_empty() {
-        for e in problems {
-            report(cx, e);
-        }
-        return None;
-    }
-    for (key, path) in config.paths_mut() {
-        // A bare exec `command` (no `/`) is looked up in PATH, as a shell would.
-        let bare_command = key == "command" && path.components().count() < 2;
-        if !path.is_absolute() && !bare_command {
-            *path = cx.resolve(file, &*path);
-        }
-    }
-    Some(config)
 }
 
 /// Why no solver of `issuer` can prove `value` (of `kind`), and what to add.
@@ -1243,7 +1007,7 @@ fn no_solver_message(issuer: &str, kind: IdentifierKind, value: &str) -> String 
 }
 
 /// A name as written in the config: `*.` before the base of a wildcard.
-fn written(kind: IdentifierKind, value: &str) -> String {
+pub(super) fn written(kind: IdentifierKind, value: &str) -> String {
     match kind {
         IdentifierKind::Wildcard => format!("*.{value}"),
         IdentifierKind::Dns | IdentifierKind::Ip => value.to_string(),
@@ -1254,7 +1018,7 @@ fn written(kind: IdentifierKind, value: &str) -> String {
 ///
 /// Returns the kind ([`IdentifierKind::split`], the one classifier) and the identifier value the
 /// CA uses: the base name of a wildcard, an IP address in canonical form.
-fn normalize_name(raw: &str) -> Result<(IdentifierKind, String), String> {
+pub(super) fn normalize_name(raw: &str) -> Result<(IdentifierKind, String), String> {
     let s = raw.trim_end_matches('.').to_ascii_lowercase();
     let (kind, value) = IdentifierKind::split(&s);
     if kind == IdentifierKind::Ip {
@@ -1298,6 +1062,9 @@ fn normalize_name(raw: &str) -> Result<(IdentifierKind, String), String> {
     Ok((kind, base.to_string()))
 }
 
+/// `[certificate.NAME]` (defined at `key` in `file`): its issuers among `defined`, its domains
+/// (each with a solver at every issuer), key, renewal, reload, deploy check and output; `None`
+/// when any of them is wrong.
 fn certificate(
     cx: &mut Ctx,
     file: usize,
@@ -1309,113 +1076,10 @@ fn certificate(
 ) -> Option<CertificateConfig> {
     let p = format!("certificate.{}", key_seg(name));
     let errors_before = cx.diags.len();
-    let defined_list = || {
-        if defined.is_empty() {
-            "none".to_string()
-        } else {
-            defined.join(", ")
-        }
-    };
 
-    // Issuers.
-    let issuer_names: Vec<String> = match &raw.issuer {
-        None if defined.len() == 1 => vec![defined[0].to_string()],
-        None => {
-            cx.err(
-                file,
-                &key.span(),
-                p.clone(),
-                format!("no issuer: set issuer = \"NAME\" or a fallback list [\"A\", \"B\"] (defined issuers: {})", defined_list()),
-            );
-            Vec::new()
-        }
-        Some(list) => {
-            if list.get_ref().0.is_empty() {
-                cx.err(
-                    file,
-                    &list.span(),
-                    format!("{p}.issuer"),
-                    format!(
-                        "is empty: name at least one issuer (defined issuers: {})",
-                        defined_list()
-                    ),
-                );
-            }
-            for (i, n) in list.get_ref().0.iter().enumerate() {
-                if list.get_ref().0[..i].contains(n) {
-                    cx.err(
-                        file,
-                        &list.span(),
-                        format!("{p}.issuer"),
-                        format!("issuer \"{n}\" is listed twice: remove one"),
-                    );
-                } else if !defined.contains(&n.as_str()) {
-                    cx.err(
-                        file,
-                        &list.span(),
-                        format!("{p}.issuer"),
-                        format!(
-                            "unknown issuer \"{n}\" (defined issuers: {})",
-                            defined_list()
-                        ),
-                    );
-                }
-            }
-            list.get_ref().0.clone()
-        }
-    };
-
-    // Domains.
-    let mut domains = Vec::new();
-    let mut idents = Vec::new();
-    if raw.domains.get_ref().is_empty() {
-        let span = if raw.domains.span().is_empty() {
-            key.span()
-        } else {
-            raw.domains.span()
-        };
-        cx.err(
-            file,
-            &span,
-            format!("{p}.domains"),
-            "no domains: list the names, e.g. domains = [\"example.com\", \"www.example.com\"]",
-        );
-    }
-    for (i, d) in raw.domains.get_ref().iter().enumerate() {
-        let k = format!("{p}.domains[{i}]");
-        match normalize_name(d.get_ref()) {
-            Ok(ident) => {
-                let text = written(ident.0, &ident.1);
-                if domains.contains(&text) {
-                    cx.err(
-                        file,
-                        &d.span(),
-                        k,
-                        format!("\"{text}\" is listed twice: remove one"),
-                    );
-                    continue;
-                }
-                domains.push(text);
-                idents.push((d.span(), k, ident));
-            }
-            Err(msg) => cx.err(file, &d.span(), k, msg),
-        }
-    }
-
-    // Every name must have a solver at every issuer it may go to.
-    for issuer_name in &issuer_names {
-        let Some(issuer) = issuers.get(issuer_name) else {
-            continue;
-        };
-        for (span, k, (kind, value)) in &idents {
-            if issuer.solver_for(value, *kind).is_some() {
-                continue;
-            }
-            let msg = no_solver_message(issuer_name, *kind, value);
-            cx.err(file, span, k.clone(), msg);
-        }
-    }
-
+    let issuer_names = certificate_issuers(cx, file, &p, key, raw.issuer.as_ref(), defined);
+    let (domains, idents) = domains(cx, file, &p, key, &raw.domains);
+    check_solvers(cx, file, &issuer_names, &idents, issuers);
     let key_type = key_type(cx, file, raw.key.as_ref(), &format!("{p}.key"));
     let renew_before = duration(
         cx,
@@ -1438,6 +1102,171 @@ fn certificate(
             );
         }
     }
+    let (reload, reload_env) = reload(cx, file, &p, raw);
+    let verify_deploy = raw
+        .verify_deploy
+        .as_ref()
+        .and_then(|v| verify_deploy(cx, file, &p, v, &domains));
+    let output = output(cx, file, &p, raw.output.get_ref());
+
+    if cx.diags.len() > errors_before {
+        return None;
+    }
+    Some(CertificateConfig {
+        name: name.to_string(),
+        issuers: issuer_names,
+        domains,
+        key: key_type?,
+        renew_before,
+        profile: raw.profile.as_ref().map(|v| v.get_ref().clone()),
+        preferred_chain: raw.preferred_chain.as_ref().map(|v| v.get_ref().clone()),
+        key_reuse: raw.key_reuse,
+        output: output?,
+        reload,
+        reload_env,
+        verify_deploy,
+    })
+}
+
+/// The defined issuers, for messages: "a, b" or "none".
+fn defined_list(defined: &[&str]) -> String {
+    if defined.is_empty() {
+        "none".to_string()
+    } else {
+        defined.join(", ")
+    }
+}
+
+/// `issuer = "A"` or `["A", "B"]` of certificate `p` (defined at `key`): each defined, none
+/// twice; without it, the only issuer defined.
+fn certificate_issuers(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    key: &SStr,
+    raw: Option<&Spanned<OneOrMany>>,
+    defined: &[&str],
+) -> Vec<String> {
+    let list = match raw {
+        None if defined.len() == 1 => return vec![defined[0].to_string()],
+        None => {
+            cx.err(
+                file,
+                &key.span(),
+                p,
+                format!("no issuer: set issuer = \"NAME\" or a fallback list [\"A\", \"B\"] (defined issuers: {})", defined_list(defined)),
+            );
+            return Vec::new();
+        }
+        Some(list) => list,
+    };
+    if list.get_ref().0.is_empty() {
+        cx.err(
+            file,
+            &list.span(),
+            format!("{p}.issuer"),
+            format!(
+                "is empty: name at least one issuer (defined issuers: {})",
+                defined_list(defined)
+            ),
+        );
+    }
+    for (i, n) in list.get_ref().0.iter().enumerate() {
+        if list.get_ref().0[..i].contains(n) {
+            cx.err(
+                file,
+                &list.span(),
+                format!("{p}.issuer"),
+                format!("issuer \"{n}\" is listed twice: remove one"),
+            );
+        } else if !defined.contains(&n.as_str()) {
+            cx.err(
+                file,
+                &list.span(),
+                format!("{p}.issuer"),
+                format!(
+                    "unknown issuer \"{n}\" (defined issuers: {})",
+                    defined_list(defined)
+                ),
+            );
+        }
+    }
+    list.get_ref().0.clone()
+}
+
+/// `domains` of certificate `p` (defined at `key`): at least one, each a DNS name, wildcard or IP
+/// address, none twice. Returns the names as written and the valid ones with their places.
+fn domains(
+    cx: &mut Ctx,
+    file: usize,
+    p: &str,
+    key: &SStr,
+    raw: &Spanned<Vec<SStr>>,
+) -> (Vec<String>, Vec<NamePlace>) {
+    let mut domains = Vec::new();
+    let mut idents = Vec::new();
+    if raw.get_ref().is_empty() {
+        let span = if raw.span().is_empty() {
+            key.span()
+        } else {
+            raw.span()
+        };
+        cx.err(
+            file,
+            &span,
+            format!("{p}.domains"),
+            "no domains: list the names, e.g. domains = [\"example.com\", \"www.example.com\"]",
+        );
+    }
+    for (i, d) in raw.get_ref().iter().enumerate() {
+        let k = format!("{p}.domains[{i}]");
+        match normalize_name(d.get_ref()) {
+            Ok(ident) => {
+                let text = written(ident.0, &ident.1);
+                if domains.contains(&text) {
+                    cx.err(
+                        file,
+                        &d.span(),
+                        k,
+                        format!("\"{text}\" is listed twice: remove one"),
+                    );
+                    continue;
+                }
+                domains.push(text);
+                idents.push((d.span(), k, ident));
+            }
+            Err(msg) => cx.err(file, &d.span(), k, msg),
+        }
+    }
+    (domains, idents)
+}
+
+/// Every name must have a solver at every issuer it may go to (issuers that failed validation are
+/// skipped: their own errors are reported).
+fn check_solvers(
+    cx: &mut Ctx,
+    file: usize,
+    issuer_names: &[String],
+    idents: &[NamePlace],
+    issuers: &BTreeMap<String, IssuerConfig>,
+) {
+    for issuer_name in issuer_names {
+        let Some(issuer) = issuers.get(issuer_name) else {
+            continue;
+        };
+        for (span, k, (kind, value)) in idents {
+            if issuer.solver_for(value, *kind).is_some() {
+                continue;
+            }
+            let msg = no_solver_message(issuer_name, *kind, value);
+            cx.err(file, span, k.clone(), msg);
+        }
+    }
+}
+
+/// `reload` (commands, none empty) and `reload_env` (environment variable names) of
+/// certificate `p`.
+fn reload(cx: &mut Ctx, file: usize, p: &str, raw: &RawCertificate) -> (Vec<String>, Vec<String>) {
     let mut reload = Vec::new();
     for (i, r) in raw.reload.iter().enumerate() {
         if r.get_ref().trim().is_empty() {
@@ -1457,13 +1286,12 @@ fn certificate(
         }
         reload_env.push(n.get_ref().clone());
     }
-    let verify_deploy = raw
-        .verify_deploy
-        .as_ref()
-        .and_then(|v| verify_deploy(cx, file, &p, v, &domains));
+    (reload, reload_env)
+}
 
-    // Output.
-    let out = raw.output.get_ref();
+/// `output` of certificate `p`: an absolute dir, file modes (the key's readable by the owner and
+/// the group at most), and owner and group names that are not empty.
+fn output(cx: &mut Ctx, file: usize, p: &str, out: &RawOutput) -> Option<OutputConfig> {
     let dir = PathBuf::from(out.dir.get_ref());
     if !dir.is_absolute() {
         cx.err(
@@ -1511,30 +1339,13 @@ fn certificate(
             );
         }
     }
-
-    if cx.diags.len() > errors_before {
-        return None;
-    }
-    Some(CertificateConfig {
-        name: name.to_string(),
-        issuers: issuer_names,
-        domains,
-        key: key_type?,
-        renew_before,
-        profile: raw.profile.as_ref().map(|v| v.get_ref().clone()),
-        preferred_chain: raw.preferred_chain.as_ref().map(|v| v.get_ref().clone()),
-        key_reuse: raw.key_reuse,
-        output: OutputConfig {
-            dir,
-            owner: out.owner.as_ref().map(|v| v.get_ref().clone()),
-            group: out.group.as_ref().map(|v| v.get_ref().clone()),
-            key_mode: key_mode?,
-            cert_mode: cert_mode?,
-            allow_shared_dir: out.allow_shared_dir.unwrap_or(false),
-        },
-        reload,
-        reload_env,
-        verify_deploy,
+    Some(OutputConfig {
+        dir,
+        owner: out.owner.as_ref().map(|v| v.get_ref().clone()),
+        group: out.group.as_ref().map(|v| v.get_ref().clone()),
+        key_mode: key_mode?,
+        cert_mode: cert_mode?,
+        allow_shared_dir: out.allow_shared_dir.unwrap_or(false),
     })
 }
 
