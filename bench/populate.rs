@@ -106,7 +106,8 @@ impl Ca {
         b.append_extension(aki)?;
         b.sign(&self.key, MessageDigest::sha256())?;
         let leaf = b.build();
-        let cert_id = certkeeper::acme::cert_id(&leaf)?;
+        let cert_id =
+            certkeeper::acme::cert_id(&certkeeper::acme::Certificate::from_der(leaf.to_der()?)?)?;
         let mut chain = leaf.to_pem()?;
         chain.extend(self.cert.to_pem()?);
         Ok((key.private_key_to_pem_pkcs8()?, chain, cert_id))

@@ -102,7 +102,11 @@ async fn http01_issuance() {
     let state = cfg.cert_state("web").expect("state");
     assert_eq!(
         state["ari_cert_id"],
-        certkeeper::acme::cert_id(&cert).unwrap().as_str(),
+        certkeeper::acme::cert_id(
+            &certkeeper::acme::Certificate::from_der(cert.to_der().unwrap()).unwrap()
+        )
+        .unwrap()
+        .as_str(),
         "{state}"
     );
 }
@@ -264,7 +268,10 @@ async fn ari_window_schedules_and_replaces_is_sent() {
     .write();
     cfg.run_cli(&["renew"]).await.assert_ok();
     let first = assert_issued_by_a2c(&a2c, &cfg, "web", &["ari.a2c.test"]);
-    let first_id = certkeeper::acme::cert_id(&first).unwrap();
+    let first_id = certkeeper::acme::cert_id(
+        &certkeeper::acme::Certificate::from_der(first.to_der().unwrap()).unwrap(),
+    )
+    .unwrap();
     let (nb, na) = (asn1_ts(first.not_before()), asn1_ts(first.not_after()));
 
     // The daemon fetches the window at start.

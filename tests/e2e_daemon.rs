@@ -309,7 +309,10 @@ async fn ari_proxy(pebble_dir: String, http: reqwest::Client) -> (u16, Arc<Mutex
 fn cert_id_of(dir: &Path) -> String {
     let pem = std::fs::read(dir.join("cert.pem")).unwrap();
     let x = openssl::x509::X509::from_pem(&pem).unwrap();
-    certkeeper::acme::cert_id(&x).unwrap()
+    certkeeper::acme::cert_id(
+        &certkeeper::acme::Certificate::from_der(x.to_der().unwrap()).unwrap(),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openssl::pkey::{PKey, Private};
-use openssl::x509::X509;
 use serde_json::json;
 
 use super::client::{Client, Response};
@@ -90,13 +89,13 @@ pub struct CertificateChain {
     pub pem: String,
     /// URLs of alternate chains (`Link: <..>;rel="alternate"`).
     pub alternates: Vec<String>,
-    certs: Vec<X509>,
+    certs: Vec<super::Certificate>,
 }
 
 impl CertificateChain {
     /// Parse `pem` (end-entity first); an error when it is not PEM certificates or holds none.
     pub fn parse(pem: String, alternates: Vec<String>) -> std::result::Result<Self, String> {
-        let certs = X509::stack_from_pem(pem.as_bytes())
+        let certs = super::Certificate::chain_from_pem(&pem)
             .map_err(|e| format!("the certificate chain is not valid PEM: {e}"))?;
         if certs.is_empty() {
             return Err("the certificate chain is empty".into());
@@ -109,7 +108,7 @@ impl CertificateChain {
     }
 
     /// The parsed certificates, end-entity first.
-    pub fn certificates(&self) -> &[X509] {
+    pub fn certificates(&self) -> &[super::Certificate] {
         &self.certs
     }
 }
@@ -612,18 +611,12 @@ impl Account {
     }
 }
 
-fn common_names(name: &openssl::x509::X509NameRef) -> Vec<String> {
-    name.entries_by_nid(openssl::nid::Nid::COMMONNAME)
-        .filter_map(|e| e.data().to_string().ok())
-        .collect()
-}
-
 /// The issuer CN of a chain's topmost certificate, for messages ("?" when it cannot be read).
 fn top_issuer(chain: &CertificateChain) -> String {
     chain
         .certificates()
         .last()
-        .map(|c| common_names(c.issuer_name()).join(" / "))
+        .map(|c| c.name_parts(true).0.join(" / "))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "?".to_string())
 }
@@ -632,12 +625,8 @@ fn top_issuer(chain: &CertificateChain) -> String {
 /// by a common name. Let's Encrypt's 2026 roots are `O = ISRG, CN = Root YE` (ECDSA) and
 /// `O = ISRG, CN = Root YR` (RSA), called "ISRG Root YE" and "ISRG Root YR" in its documentation;
 /// both spellings select them, as "ISRG Root X1" keeps selecting `CN = ISRG Root X1`.
-fn ca_names(name: &openssl::x509::X509NameRef) -> Vec<String> {
-    let cns = common_names(name);
-    let orgs: Vec<String> = name
-        .entries_by_nid(openssl::nid::Nid::ORGANIZATIONNAME)
-        .filter_map(|e| e.data().to_string().ok())
-        .collect();
+fn ca_names(cert: &super::Certificate, issuer: bool) -> Vec<String> {
+    let (cns, orgs) = cert.name_parts(issuer);
     let mut out = cns.clone();
     for o in &orgs {
         out.extend(cns.iter().map(|cn| format!("{o} {cn}")));
@@ -649,14 +638,11 @@ fn ca_names(name: &openssl::x509::X509NameRef) -> Vec<String> {
 /// (a common name, or organization and common name: see [`ca_names`]).
 pub fn chain_matches(chain: &CertificateChain, cn: &str) -> bool {
     let certs = chain.certificates();
-    let top_issuer = certs
-        .last()
-        .map(|c| ca_names(c.issuer_name()))
-        .unwrap_or_default();
+    let top_issuer = certs.last().map(|c| ca_names(c, true)).unwrap_or_default();
     top_issuer.iter().any(|n| n == cn)
         || certs
             .iter()
-            .any(|c| ca_names(c.subject_name()).iter().any(|n| n == cn))
+            .any(|c| ca_names(c, false).iter().any(|n| n == cn))
 }
 
 fn generic_problem(detail: String) -> Problem {

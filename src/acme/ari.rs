@@ -1,6 +1,5 @@
 //! ACME Renewal Information (RFC 9773): CertID and the suggested renewal window.
 
-use openssl::x509::X509Ref;
 use serde::Deserialize;
 
 use super::client::{Client, MAX_JSON_BODY};
@@ -10,13 +9,12 @@ use super::{AcmeError, Result};
 /// The ARI CertID of a certificate: base64url(AKI keyIdentifier) "." base64url(serial DER content).
 ///
 /// Fails when the certificate has no Authority Key Identifier.
-pub fn cert_id(cert: &X509Ref) -> Result<String> {
+pub fn cert_id(cert: &super::Certificate) -> Result<String> {
     let aki = cert.authority_key_id().ok_or_else(|| AcmeError::Config {
         message: "the certificate has no Authority Key Identifier, so no ARI CertID can be made"
             .into(),
     })?;
-    let serial = cert.serial_number().to_bn()?.to_vec();
-    Ok(cert_id_from_parts(aki.as_slice(), &serial))
+    Ok(cert_id_from_parts(aki, cert.serial_magnitude()))
 }
 
 /// CertID from the AKI keyIdentifier and the unsigned big-endian serial magnitude.
@@ -161,7 +159,8 @@ mod tests {
         b.sign(&key, openssl::hash::MessageDigest::sha256())
             .unwrap();
         let cert = b.build();
-        let id = cert_id(&cert).unwrap();
+        let id =
+            cert_id(&crate::acme::Certificate::from_der(cert.to_der().unwrap()).unwrap()).unwrap();
         let kid = cert.subject_key_id().unwrap().as_slice().to_vec();
         assert_eq!(id, format!("{}.AIdlQyE", b64(kid)));
         assert!(cert_id_has_serial(&id, "87654321"));

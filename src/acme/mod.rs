@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod ari;
+pub mod certificate;
 pub mod client;
 pub mod csr;
 pub mod jws;
@@ -18,6 +19,7 @@ mod mock_tests;
 
 pub use account::{Account, CertificateChain, Eab, Poll, revoke_with_certificate_key};
 pub use ari::{RenewalInfo, SuggestedWindow, cert_id};
+pub use certificate::{Certificate, CertificateError};
 pub use client::Client;
 pub use csr::build_csr;
 pub use key::{AccountKey, KeyError, KeyGenError, KeyType, UnknownKeyType};

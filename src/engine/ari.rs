@@ -125,7 +125,12 @@ fn live_cert_id(recorded: Option<&str>, live: &Installed) -> Result<String, Stri
         return Ok(id.to_string());
     }
     let pem = live.fullchain_pem().map_err(|e| e.to_string())?;
-    let leaf = openssl::x509::X509::from_pem(pem).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(pem).map_err(|e| e.to_string())?;
+    let leaf = acme::Certificate::chain_from_pem(text)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or("fullchain.pem holds no certificate")?;
     acme::cert_id(&leaf).map_err(|e| e.to_string())
 }
 

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use nix::unistd::{Gid, Group, Uid, User};
-use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use super::atomic::{fsync_dir, write_new};
-use super::verify::{VerifiedCert, VerifiedPair, parse_pair};
+use super::verify::{VerifiedCert, VerifiedPair, parse_chain, parse_pair};
+use crate::acme::Certificate;
 
 /// The four files every output directory exposes.
 const FILES: [&str; 4] = ["fullchain.pem", "privkey.pem", "chain.pem", "cert.pem"];
@@ -638,15 +638,10 @@ pub fn read_installed(spec: &OutputSpec) -> Result<Option<Installed>, StoreError
     let fullchain_pem = read("fullchain.pem")?;
     let parsed = parse_pair(&key_pem, &fullchain_pem).map_err(|e| torn(e.to_string()))?;
     if source_dir != *dir {
-        let cert =
-            X509::stack_from_pem(&read("cert.pem")?).map_err(|e| torn(format!("cert.pem: {e}")))?;
-        let chain = X509::stack_from_pem(&read("chain.pem")?)
-            .map_err(|e| torn(format!("chain.pem: {e}")))?;
-        let der = |v: &[X509]| {
-            v.iter()
-                .map(|c| c.to_der().unwrap_or_default())
-                .collect::<Vec<_>>()
-        };
+        let cert = parse_chain(&read("cert.pem")?).map_err(|e| torn(format!("cert.pem: {e}")))?;
+        let chain =
+            parse_chain(&read("chain.pem")?).map_err(|e| torn(format!("chain.pem: {e}")))?;
+        let der = |v: &[Certificate]| v.iter().map(|c| c.der().to_vec()).collect::<Vec<_>>();
         let mut split = der(&cert);
         split.extend(der(&chain));
         if split != der(&parsed.chain) {
@@ -772,9 +767,11 @@ mod tests {
         let cert = fs::read(&paths.cert).unwrap();
         let chain = fs::read(&paths.chain).unwrap();
         assert_eq!([cert.clone(), chain.clone()].concat(), full);
-        assert_eq!(X509::stack_from_pem(&cert).unwrap().len(), 1);
+        assert_eq!(openssl::x509::X509::stack_from_pem(&cert).unwrap().len(), 1);
         assert_eq!(
-            X509::stack_from_pem(&chain).unwrap()[0].to_der().unwrap(),
+            openssl::x509::X509::stack_from_pem(&chain).unwrap()[0]
+                .to_der()
+                .unwrap(),
             pki.inter.to_der().unwrap()
         );
         assert_eq!(fs::metadata(&paths.key).unwrap().mode() & 0o7777, 0o600);

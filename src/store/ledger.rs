@@ -754,7 +754,7 @@ impl Issuance<'_> {
 
 /// True when `fullchain_pem` is one self-signed certificate (a placeholder, not from a CA).
 pub fn is_self_signed_placeholder(fullchain_pem: &[u8]) -> bool {
-    openssl::x509::X509::stack_from_pem(fullchain_pem).is_ok_and(|c| verify::is_self_signed(&c))
+    verify::parse_chain(fullchain_pem).is_ok_and(|c| verify::is_self_signed(&c))
 }
 
 /// Load and parse the JSON under `key`; `None` when there is none.

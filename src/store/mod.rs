@@ -19,7 +19,7 @@ pub mod postgres;
 pub mod shared;
 mod state;
 pub mod storage;
-mod verify;
+pub(crate) mod verify;
 #[cfg(test)]
 pub(crate) use verify::testpki;
 

@@ -8,10 +8,11 @@ use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey, Private};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509, X509NameRef, X509Ref, X509StoreContext, X509VerifyResult};
+use openssl::x509::{X509, X509StoreContext, X509VerifyResult};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::acme::Certificate;
 
 /// What a verified certificate chain holds, as the scheduler and `status` need it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,11 +49,12 @@ pub fn verify_pair(
 /// A key and chain that passed verification, with the bytes to install. Only verification makes
 /// one, so an install (which takes nothing else) never writes a pair that was not checked, and
 /// the pair is parsed once: OpenSSL 3 builds a decoder context for every key and certificate it
-/// parses, which was most of the client's CPU per issuance when each step parsed the pair again.
+/// parses, which was most of the client's CPU per issuance when each step parsed the pair again
+/// (the chain is read by [`Certificate`], which does not).
 pub struct VerifiedPair {
     cert: VerifiedCert,
     key_pem: Vec<u8>,
-    chain: Vec<X509>,
+    chain: Vec<Certificate>,
     /// The PEM of each certificate of `chain`, end-entity first.
     pems: Vec<Vec<u8>>,
     placeholder: bool,
@@ -80,7 +82,7 @@ impl VerifiedPair {
     /// [`VerifiedPair::from_pem`] does; the key is written as PKCS#8 PEM.
     pub fn from_key(
         key: &PKey<Private>,
-        chain: Vec<X509>,
+        chain: Vec<Certificate>,
         expected_names: &[String],
         roots: Option<&[X509]>,
     ) -> Result<Self, StoreError> {
@@ -93,7 +95,7 @@ impl VerifiedPair {
     fn checked(
         key: &PKey<Private>,
         key_pem: Vec<u8>,
-        chain: Vec<X509>,
+        chain: Vec<Certificate>,
         expected_names: &[String],
         roots: Option<&[X509]>,
     ) -> Result<Self, StoreError> {
@@ -103,11 +105,7 @@ impl VerifiedPair {
             verify_to_roots(&chain, roots)?;
         }
         check_valid_now(&cert)?;
-        let pems = chain
-            .iter()
-            .map(|c| c.to_pem())
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::ssl("encoding a certificate"))?;
+        let pems = chain.iter().map(Certificate::to_pem).collect();
         let placeholder = is_self_signed(&chain);
         Ok(Self {
             cert,
@@ -129,7 +127,7 @@ impl VerifiedPair {
     }
 
     /// The end-entity certificate.
-    pub fn leaf(&self) -> &X509 {
+    pub fn leaf(&self) -> &Certificate {
         &self.chain[0]
     }
 
@@ -155,14 +153,39 @@ impl VerifiedPair {
 }
 
 /// True when `chain` is one self-signed certificate.
-pub(crate) fn is_self_signed(chain: &[X509]) -> bool {
+pub(crate) fn is_self_signed(chain: &[Certificate]) -> bool {
     match chain {
-        [c] => {
-            c.issued(c) == X509VerifyResult::OK
-                && c.public_key().and_then(|k| c.verify(&k)).unwrap_or(false)
-        }
+        [c] => issued_by(c, c),
         _ => false,
     }
+}
+
+/// True when `parent` issued `child` and its key signed it: read from the bytes when they tell,
+/// else as OpenSSL's `X509_check_issued` and `X509_verify` decide.
+fn issued_by(child: &Certificate, parent: &Certificate) -> bool {
+    if let Some(yes) = child.issued_by(parent) {
+        return yes;
+    }
+    let (Ok(child), Ok(parent)) = (child.to_openssl(), parent.to_openssl()) else {
+        return false;
+    };
+    parent.issued(&child) == X509VerifyResult::OK
+        && parent
+            .public_key()
+            .and_then(|k| child.verify(&k))
+            .unwrap_or(false)
+}
+
+/// True when `key` is the private half of `leaf`'s public key.
+fn has_key(leaf: &Certificate, key: &PKey<Private>) -> Result<bool, StoreError> {
+    if let Some(yes) = leaf.has_key(key) {
+        return Ok(yes);
+    }
+    let leaf_pub = leaf
+        .to_openssl()
+        .and_then(|c| c.public_key())
+        .map_err(StoreError::ssl("reading the leaf's public key"))?;
+    Ok(leaf_pub.public_eq(key))
 }
 
 fn check_names(cert: &VerifiedCert, expected_names: &[String]) -> Result<(), StoreError> {
@@ -200,7 +223,7 @@ fn check_valid_now(cert: &VerifiedCert) -> Result<(), StoreError> {
 /// A key and chain that parse, match each other, and are chained by signatures.
 pub(crate) struct ParsedPair {
     pub(crate) info: VerifiedCert,
-    pub(crate) chain: Vec<X509>,
+    pub(crate) chain: Vec<Certificate>,
 }
 
 /// The checks that hold for any intact pair, whatever the time or configured names.
@@ -211,8 +234,12 @@ pub(crate) fn parse_pair(key_pem: &[u8], chain_pem: &[u8]) -> Result<ParsedPair,
     Ok(ParsedPair { info, chain })
 }
 
-fn parse_chain(chain_pem: &[u8]) -> Result<Vec<X509>, StoreError> {
-    X509::stack_from_pem(chain_pem)
+/// The certificates of a PEM chain, in order.
+pub(crate) fn parse_chain(chain_pem: &[u8]) -> Result<Vec<Certificate>, StoreError> {
+    let text = std::str::from_utf8(chain_pem).map_err(|_| {
+        StoreError::Verify("the certificate chain is not valid PEM: not text".into())
+    })?;
+    Certificate::chain_from_pem(text)
         .map_err(|e| StoreError::Verify(format!("the certificate chain is not valid PEM: {e}")))
 }
 
@@ -222,32 +249,24 @@ fn parse_key(key_pem: &[u8]) -> Result<PKey<Private>, StoreError> {
 }
 
 /// The leaf's facts, once the key matches the leaf and each certificate is signed by the next.
-fn check_pair(key: &PKey<Private>, chain: &[X509]) -> Result<VerifiedCert, StoreError> {
+fn check_pair(key: &PKey<Private>, chain: &[Certificate]) -> Result<VerifiedCert, StoreError> {
     let Some(leaf) = chain.first() else {
         return Err(StoreError::Verify(
             "the certificate chain holds no certificate".into(),
         ));
     };
-    let leaf_pub = leaf
-        .public_key()
-        .map_err(StoreError::ssl("reading the leaf's public key"))?;
-    if !leaf_pub.public_eq(key) {
+    if !has_key(leaf, key)? {
         return Err(StoreError::Verify(
             "the private key does not belong to the certificate (public keys differ)".into(),
         ));
     }
     for (i, pair) in chain.windows(2).enumerate() {
         let (child, parent) = (&pair[0], &pair[1]);
-        let parent_key = parent
-            .public_key()
-            .map_err(StoreError::ssl("reading a chain certificate's key"))?;
-        let issued = parent.issued(child) == X509VerifyResult::OK;
-        let signed = child.verify(&parent_key).unwrap_or(false);
-        if !issued || !signed {
+        if !issued_by(child, parent) {
             return Err(StoreError::Verify(format!(
                 "chain certificate #{i} ({}) is not signed by the next one ({})",
-                cn(child.subject_name()).unwrap_or_default(),
-                cn(parent.subject_name()).unwrap_or_default()
+                child.subject_cn().unwrap_or_default(),
+                parent.subject_cn().unwrap_or_default()
             )));
         }
     }
@@ -257,23 +276,23 @@ fn check_pair(key: &PKey<Private>, chain: &[X509]) -> Result<VerifiedCert, Store
             "the certificate has no DNS or IP subject alternative names".into(),
         ));
     }
-    let serial_hex = leaf
-        .serial_number()
-        .to_bn()
-        .and_then(|bn| bn.to_hex_str().map(|s| s.to_ascii_lowercase()))
-        .map_err(StoreError::ssl("reading the serial number"))?;
     Ok(VerifiedCert {
-        serial_hex,
-        not_before: asn1_to_ts(leaf.not_before())?,
-        not_after: asn1_to_ts(leaf.not_after())?,
+        serial_hex: leaf.serial_hex(),
+        not_before: leaf.not_before(),
+        not_after: leaf.not_after(),
         names: names.into_iter().collect(),
         key_type: key_type(key),
-        issuer_cn: cn(leaf.issuer_name()),
-        top_issuer_cn: chain.last().and_then(|c| cn(c.issuer_name())),
+        issuer_cn: leaf.issuer_cn(),
+        top_issuer_cn: chain.last().and_then(Certificate::issuer_cn),
     })
 }
 
-fn verify_to_roots(chain: &[X509], roots: &[X509]) -> Result<(), StoreError> {
+fn verify_to_roots(chain: &[Certificate], roots: &[X509]) -> Result<(), StoreError> {
+    let chain = chain
+        .iter()
+        .map(Certificate::to_openssl)
+        .collect::<Result<Vec<X509>, _>>()
+        .map_err(StoreError::ssl("reading the chain"))?;
     let mut builder = X509StoreBuilder::new().map_err(StoreError::ssl("building a trust store"))?;
     for root in roots {
         builder
@@ -302,25 +321,10 @@ fn verify_to_roots(chain: &[X509], roots: &[X509]) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn sans(leaf: &X509Ref) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    if let Some(names) = leaf.subject_alt_names() {
-        for n in names.iter() {
-            if let Some(d) = n.dnsname() {
-                out.insert(normalize_name(d));
-            } else if let Some(ip) = n.ipaddress() {
-                let addr = match ip.len() {
-                    4 => <[u8; 4]>::try_from(ip).ok().map(IpAddr::from),
-                    16 => <[u8; 16]>::try_from(ip).ok().map(IpAddr::from),
-                    _ => None,
-                };
-                if let Some(a) = addr {
-                    out.insert(a.to_string());
-                }
-            }
-        }
-    }
-    out
+fn sans(leaf: &Certificate) -> BTreeSet<String> {
+    let dns = leaf.dns_names().iter().map(|d| normalize_name(d));
+    dns.chain(leaf.ip_addrs().iter().map(IpAddr::to_string))
+        .collect()
 }
 
 /// Canonical form of a configured or certified name: IPs as addresses, DNS names lowercased
@@ -335,12 +339,6 @@ pub(crate) fn normalize_name(n: &str) -> String {
 
 pub(crate) fn normalize_names<'a>(names: impl Iterator<Item = &'a str>) -> BTreeSet<String> {
     names.map(normalize_name).collect()
-}
-
-fn cn(name: &X509NameRef) -> Option<String> {
-    name.entries_by_nid(Nid::COMMONNAME)
-        .next()
-        .and_then(|e| e.data().to_string().ok())
 }
 
 fn key_type(key: &PKey<Private>) -> String {
@@ -501,7 +499,7 @@ mod tests {
         assert_eq!(by_pem.key_pem(), key_pem, "the key is written as given");
         assert_eq!(by_pem.fullchain_pem(), chain_pem);
         let leaf = X509::from_pem(by_pem.leaf_pem()).unwrap();
-        assert_eq!(&leaf, by_pem.leaf());
+        assert_eq!(leaf.to_der().unwrap(), by_pem.leaf().der());
         assert_eq!(
             [by_pem.leaf_pem(), &by_pem.rest_pem()].concat(),
             by_pem.fullchain_pem()
@@ -511,7 +509,7 @@ mod tests {
         // The key in hand and a chain already parsed (a download) give the same facts; the
         // checks are the same (a wrong key, wrong names are refused).
         let key = PKey::private_key_from_pem(&key_pem).unwrap();
-        let chain = X509::stack_from_pem(&chain_pem).unwrap();
+        let chain = parse_chain(&chain_pem).unwrap();
         let by_key =
             VerifiedPair::from_key(&key, chain.clone(), &names(&["a.test"]), None).unwrap();
         assert_eq!(by_key.cert(), by_pem.cert());
@@ -523,6 +521,7 @@ mod tests {
         // One self-signed certificate is a placeholder.
         let own = ec_key();
         let placeholder = cert("a.test", &own, None, &["a.test"], 1, (-1, 30));
+        let placeholder = Certificate::from_der(placeholder.to_der().unwrap()).unwrap();
         let p = VerifiedPair::from_key(&own, vec![placeholder], &names(&["a.test"]), None).unwrap();
         assert!(p.is_placeholder());
     }
