@@ -454,6 +454,102 @@ async fn ca_unreachable_then_500_daemon_backs_off_and_recovers() {
     );
 }
 
+/// The state directory taken away under a running daemon (here: replaced by a file, so nothing
+/// under it can be made): an attempt fails at its lock and its failure cannot be recorded. The
+/// daemon must back off as it does when a failure is recorded, never try again at once (that was a
+/// tight loop of attempts and log lines), and recover once the directory can be made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_taken_away_is_retried_with_backoff_then_recovers() {
+    let Some(env) = Env::start(PebbleOpts::default()).await else {
+        return;
+    };
+    let upstream = env
+        .pebble
+        .directory_url()
+        .trim_end_matches("/dir")
+        .to_string();
+    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let two = [CertSpec {
+        name: "www",
+        domains: &["www.example.com", "new.example.com"],
+        key: "ecdsa-p256",
+    }];
+    // A failing CA first, so the daemon is in its (recorded) backoff; a short schedule.
+    proxy.set(Mode::Drop);
+    let fast = "[daemon]\nretry_first = \"1s\"\nretry_max = \"2s\"\n";
+    env.write_config(&proxy.directory_url(), &proxy.ca_file, "", &two, fast);
+    let log_path = env.dir.path().join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut daemon = KillOnDrop(
+        env.cmd(&["run"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn certkeeper run"),
+    );
+    let dump = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_for(
+        "a recorded failure while the CA drops connections",
+        Duration::from_secs(60),
+        || env.cert_state("www").filter(|s| failures(s) >= 1),
+    )
+    .await;
+
+    let state = env.state_dir();
+    let aside = env.dir.path().join("state.aside");
+    std::fs::rename(&state, &aside).unwrap();
+    std::fs::write(&state, "not a directory").unwrap();
+    let failed = |text: &str| text.matches("issuance failed").count();
+    let at_start = failed(&dump());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let text = dump();
+    let in_window = failed(&text) - at_start;
+    assert!(
+        daemon.0.try_wait().unwrap().is_none(),
+        "daemon exited:\n{text}"
+    );
+    // On a 1 s, 2 s, 2 s ... schedule: a handful in 6 s; a tight loop makes thousands.
+    assert!(
+        (1..=8).contains(&in_window),
+        "{in_window} failed attempts in 6 s with the state directory gone:\n{}",
+        &text[text.len().saturating_sub(4000)..]
+    );
+    assert!(
+        text.contains("could not be recorded in the state directory"),
+        "the log says why it backs off:\n{text}"
+    );
+
+    // The directory can be made again and the CA answers: the next retry issues.
+    std::fs::remove_file(&state).unwrap();
+    proxy.set(Mode::Pass);
+    let root = env.root().await;
+    wait_for(
+        "the pair once the state directory can be made again",
+        Duration::from_secs(120),
+        || {
+            check_pair(
+                &env.out_dir("www"),
+                &root,
+                &["www.example.com", "new.example.com"],
+            )
+            .ok()
+        },
+    )
+    .await;
+    let state_now = wait_for(
+        "state to record the success",
+        Duration::from_secs(30),
+        || {
+            env.cert_state("www")
+                .filter(|s| s["last_success"].is_string() || failures(s) == 0)
+        },
+    )
+    .await;
+    assert_eq!(failures(&state_now), 0, "{state_now}");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "the state directory is made private again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ca_answers_are_rejected_and_files_untouched() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
