@@ -305,6 +305,32 @@ async fn kill9_of_the_daemon_then_the_next_start_finishes() {
     drop(daemon);
 }
 
+/// A backoff of 1 s, then 2 s, so a test sees several retries within seconds.
+const FAST_RETRIES: &str = "[daemon]\nretry_first = \"1s\"\nretry_max = \"2s\"\n";
+
+/// Certificate `www` for www.example.com and new.example.com.
+fn www_and_new() -> CertSpec<'static> {
+    CertSpec {
+        name: "www",
+        domains: &["www.example.com", "new.example.com"],
+        key: "ecdsa-p256",
+    }
+}
+
+/// `certkeeper run` on the env's config, its output in `daemon.log` (returned), killed on drop.
+fn daemon_logging(env: &Env) -> (KillOnDrop, PathBuf) {
+    let log_path = env.dir.path().join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let daemon = KillOnDrop(
+        env.cmd(&["run"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn certkeeper run"),
+    );
+    (daemon, log_path)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_unreachable_then_500_daemon_backs_off_and_recovers() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
@@ -332,23 +358,16 @@ async fn ca_unreachable_then_500_daemon_backs_off_and_recovers() {
 
     // The CA goes away, and the config now asks for one more name: due at once.
     proxy.set(Mode::Drop);
-    let two = [CertSpec {
-        name: "www",
-        domains: &["www.example.com", "new.example.com"],
-        key: "ecdsa-p256",
-    }];
+    let two = [www_and_new()];
     // A short backoff through the config, so the test sees several retries within seconds.
-    let fast = "[daemon]\nretry_first = \"1s\"\nretry_max = \"2s\"\n";
-    env.write_config(&proxy.directory_url(), &proxy.ca_file, "", &two, fast);
-    let log_path = env.dir.path().join("daemon.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut daemon = KillOnDrop(
-        env.cmd(&["run"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn certkeeper run"),
+    env.write_config(
+        &proxy.directory_url(),
+        &proxy.ca_file,
+        "",
+        &two,
+        FAST_RETRIES,
     );
+    let (mut daemon, log_path) = daemon_logging(&env);
     let dump = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     wait_for(
@@ -469,24 +488,17 @@ async fn a_state_directory_taken_away_is_retried_with_backoff_then_recovers() {
         .trim_end_matches("/dir")
         .to_string();
     let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
-    let two = [CertSpec {
-        name: "www",
-        domains: &["www.example.com", "new.example.com"],
-        key: "ecdsa-p256",
-    }];
+    let two = [www_and_new()];
     // A failing CA first, so the daemon is in its (recorded) backoff; a short schedule.
     proxy.set(Mode::Drop);
-    let fast = "[daemon]\nretry_first = \"1s\"\nretry_max = \"2s\"\n";
-    env.write_config(&proxy.directory_url(), &proxy.ca_file, "", &two, fast);
-    let log_path = env.dir.path().join("daemon.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut daemon = KillOnDrop(
-        env.cmd(&["run"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn certkeeper run"),
+    env.write_config(
+        &proxy.directory_url(),
+        &proxy.ca_file,
+        "",
+        &two,
+        FAST_RETRIES,
     );
+    let (mut daemon, log_path) = daemon_logging(&env);
     let dump = || std::fs::read_to_string(&log_path).unwrap_or_default();
     wait_for(
         "a recorded failure while the CA drops connections",

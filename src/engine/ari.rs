@@ -125,8 +125,7 @@ fn live_cert_id(recorded: Option<&str>, live: &Installed) -> Result<String, Stri
         return Ok(id.to_string());
     }
     let pem = live.fullchain_pem().map_err(|e| e.to_string())?;
-    let text = std::str::from_utf8(pem).map_err(|e| e.to_string())?;
-    let leaf = acme::Certificate::chain_from_pem(text)
+    let leaf = acme::Certificate::chain_from_pem(&String::from_utf8_lossy(pem))
         .map_err(|e| e.to_string())?
         .into_iter()
         .next()

@@ -236,10 +236,10 @@ pub(crate) fn parse_pair(key_pem: &[u8], chain_pem: &[u8]) -> Result<ParsedPair,
 
 /// The certificates of a PEM chain, in order.
 pub(crate) fn parse_chain(chain_pem: &[u8]) -> Result<Vec<Certificate>, StoreError> {
-    let text = std::str::from_utf8(chain_pem).map_err(|_| {
-        StoreError::Verify("the certificate chain is not valid PEM: not text".into())
-    })?;
-    Certificate::chain_from_pem(text)
+    // Bytes that are not UTF-8 can only be outside the PEM blocks (which are ASCII): skipped, as
+    // OpenSSL's PEM reader skips them.
+    let text = String::from_utf8_lossy(chain_pem);
+    Certificate::chain_from_pem(&text)
         .map_err(|e| StoreError::Verify(format!("the certificate chain is not valid PEM: {e}")))
 }
 
@@ -510,6 +510,9 @@ mod tests {
         // checks are the same (a wrong key, wrong names are refused).
         let key = PKey::private_key_from_pem(&key_pem).unwrap();
         let chain = parse_chain(&chain_pem).unwrap();
+        // Bytes outside the PEM blocks, even not UTF-8, are skipped as OpenSSL's reader skips them.
+        let noisy = [&b"\xff\xfe comment\n"[..], &chain_pem].concat();
+        assert_eq!(parse_chain(&noisy).unwrap(), chain);
         let by_key =
             VerifiedPair::from_key(&key, chain.clone(), &names(&["a.test"]), None).unwrap();
         assert_eq!(by_key.cert(), by_pem.cert());
