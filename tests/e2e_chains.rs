@@ -168,8 +168,7 @@ async fn through_profile_proxy(profile: &str) -> Option<(Pebble, Proxy, TestConf
         ..Default::default()
     })
     .await?;
-    let upstream = pebble.directory_url().trim_end_matches("/dir").to_string();
-    let proxy = Proxy::start(&upstream, pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&pebble).await;
     proxy.set(Mode::AddProfiles(profiles()));
     let cfg = TestConfig::new()
         .http01_listen(http_port)

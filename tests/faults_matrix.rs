@@ -189,12 +189,7 @@ async fn ca_tls_untrusted_then_trusted() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    let upstream = env
-        .pebble
-        .directory_url()
-        .trim_end_matches("/dir")
-        .to_string();
-    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&env.pebble).await;
     proxy.set(Mode::UntrustedTls);
     let names = ["tls.example.com"];
     let text = head(&env, true, "", None)
@@ -289,12 +284,7 @@ async fn rate_limited_for_a_year_the_second_issuer_issues() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    let upstream = env
-        .pebble
-        .directory_url()
-        .trim_end_matches("/dir")
-        .to_string();
-    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&env.pebble).await;
     proxy.set(Mode::RateLimited {
         retry_after_secs: 365 * 86400,
     });
@@ -325,12 +315,7 @@ async fn rate_limited_alone_is_retried_soon_not_in_a_year() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    let upstream = env
-        .pebble
-        .directory_url()
-        .trim_end_matches("/dir")
-        .to_string();
-    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&env.pebble).await;
     proxy.set(Mode::RateLimited {
         retry_after_secs: 365 * 86400,
     });
@@ -435,12 +420,7 @@ async fn a_hanging_reload_hook_blocks_nothing() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    let upstream = env
-        .pebble
-        .directory_url()
-        .trim_end_matches("/dir")
-        .to_string();
-    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&env.pebble).await;
     // The second certificate's CA is unreachable at first, so it is issued while the first one's
     // reload hook hangs.
     proxy.set(Mode::Drop);

@@ -336,12 +336,7 @@ async fn ca_unreachable_then_500_daemon_backs_off_and_recovers() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    let upstream = env
-        .pebble
-        .directory_url()
-        .trim_end_matches("/dir")
-        .to_string();
-    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&env.pebble).await;
     let one = [CertSpec {
         name: "www",
         domains: &["www.example.com"],
@@ -482,12 +477,7 @@ async fn a_state_directory_taken_away_is_retried_with_backoff_then_recovers() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    let upstream = env
-        .pebble
-        .directory_url()
-        .trim_end_matches("/dir")
-        .to_string();
-    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&env.pebble).await;
     let two = [www_and_new()];
     // A failing CA first, so the daemon is in its (recorded) backoff; a short schedule.
     proxy.set(Mode::Drop);
@@ -567,12 +557,7 @@ async fn hostile_ca_answers_are_rejected_and_files_untouched() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    let upstream = env
-        .pebble
-        .directory_url()
-        .trim_end_matches("/dir")
-        .to_string();
-    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&env.pebble).await;
     env.write_config(&proxy.directory_url(), &proxy.ca_file, "", &[www()], "");
     let root = env.root().await;
     let dir = env.out_dir("www");
@@ -701,12 +686,7 @@ async fn a_ca_that_never_answers_times_out_with_a_clear_error() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    let upstream = env
-        .pebble
-        .directory_url()
-        .trim_end_matches("/dir")
-        .to_string();
-    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&env.pebble).await;
     env.write_config(&proxy.directory_url(), &proxy.ca_file, "", &[www()], "");
     let root = env.root().await;
     let dir = env.out_dir("www");
@@ -739,12 +719,7 @@ async fn a_state_directory_that_breaks_after_install_still_reloads() {
     let Some(env) = Env::start(PebbleOpts::default()).await else {
         return;
     };
-    let upstream = env
-        .pebble
-        .directory_url()
-        .trim_end_matches("/dir")
-        .to_string();
-    let proxy = Proxy::start(&upstream, env.pebble.ca_pem()).await;
+    let proxy = Proxy::for_pebble(&env.pebble).await;
     let marker = env.dir.path().join("reloaded");
     let tail = format!("reload = [\"touch {}\"]\n", marker.display());
     env.write_config(&proxy.directory_url(), &proxy.ca_file, "", &[www()], &tail);
